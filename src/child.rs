@@ -1,0 +1,241 @@
+//! Spawns the agent in its own process group and sends signals to it or to its whole group.
+//!
+//! The agent runs directly (no shell) with the guard's stdio, environment and working directory.
+//! Its own process group lets one `kill(-pgid)` reach everything it started. When the guard holds
+//! the terminal's foreground, the agent's group takes it over (as tini does), so an interactive
+//! agent still reads the terminal and gets ^C.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use libc::pid_t;
+
+use crate::signals::{JobControl, Sig};
+
+/// The running agent: its pid, which is also its process group id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Agent {
+    pid: pid_t,
+}
+
+/// The agent could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// There is no such program (exit 127).
+    #[error("cannot run `{program}`: {why}")]
+    NotFound { program: String, why: String },
+    /// The program exists but could not be executed (exit 126).
+    #[error("cannot execute `{program}`: {source}")]
+    CannotExecute {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What the agent is started with, besides the guard's own environment.
+#[derive(Debug, Clone, Default)]
+pub struct SpawnSpec {
+    /// The program and its arguments.
+    pub command: Vec<OsString>,
+    /// Variables added to (or replacing) the inherited environment.
+    pub env: Vec<(OsString, OsString)>,
+}
+
+impl Agent {
+    /// Starts the agent. `job_control` holds the signal dispositions to restore in it.
+    pub fn spawn(spec: &SpawnSpec, job_control: JobControl) -> Result<Agent, SpawnError> {
+        let Some((program, args)) = spec.command.split_first() else {
+            return Err(SpawnError::NotFound {
+                program: String::new(),
+                why: "no command given".to_string(),
+            });
+        };
+        let hand_over_terminal = holds_terminal_foreground();
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .envs(spec.env.iter().cloned())
+            .process_group(0);
+        // SAFETY: the closure only makes async-signal-safe calls (tcsetpgrp, getpid, sigaction);
+        // it runs in the forked child after setpgid and before exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if hand_over_terminal {
+                    // Errors are tolerated (ENOTTY, ENXIO), as tini does: the agent still runs.
+                    libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
+                }
+                job_control.restore_in_child()
+            });
+        }
+        let program_text = program.to_string_lossy().into_owned();
+        match cmd.spawn() {
+            // The pid is the process id and the group id; the handle is not kept, because only
+            // the reaper may wait for it. Dropping a std Child neither kills nor waits.
+            Ok(child) => Ok(Agent {
+                pid: child.id() as pid_t,
+            }),
+            Err(err) => Err(classify(program_text, err)),
+        }
+    }
+
+    /// The agent's pid, which is also its process group id.
+    pub fn pid(&self) -> pid_t {
+        self.pid
+    }
+
+    /// Sends `sig` to the agent alone. A missing process (ESRCH) is not an error: it is exiting.
+    pub fn signal_child(&self, sig: Sig) -> io::Result<()> {
+        send(self.pid, sig)
+    }
+
+    /// Sends `sig` to every process in the agent's group.
+    pub fn signal_group(&self, sig: Sig) -> io::Result<()> {
+        send(-self.pid, sig)
+    }
+
+    /// Whether any process other than a zombie is left in the agent's group. Zombies are left
+    /// out: they do no work, and one whose new parent is a slow init would otherwise hold the
+    /// guard (and the lifecycle hook) until that init gets round to reaping it.
+    pub fn group_alive(&self) -> bool {
+        // SAFETY: kill with signal 0 only checks for existence and permission.
+        let rc = unsafe { libc::kill(-self.pid, 0) };
+        if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            return false;
+        }
+        live_members(self.pid).map_or(true, |n| n > 0)
+    }
+}
+
+/// Counts the processes in group `pgid` that are not zombies, from /proc. `None` if /proc cannot
+/// be read, in which case callers must assume the group is alive.
+pub fn live_members(pgid: pid_t) -> Option<usize> {
+    let mut count = 0;
+    for entry in std::fs::read_dir("/proc").ok()? {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<pid_t>().ok()) else {
+            continue;
+        };
+        // A process may exit between read_dir and read: that is simply not a member.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some((state, group)) = parse_stat(&stat)
+            && group == pgid
+            && state != 'Z'
+            && state != 'X'
+        {
+            count += 1;
+        }
+    }
+    Some(count)
+}
+
+/// The state letter and process group from a /proc/PID/stat line. The command name may hold
+/// spaces and parentheses, so the fields are counted from the last `)`.
+fn parse_stat(stat: &str) -> Option<(char, pid_t)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+fn send(target: pid_t, sig: Sig) -> io::Result<()> {
+    // SAFETY: kill(2) with a pid and a valid signal number has no memory effects.
+    if unsafe { libc::kill(target, sig.raw()) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// Whether stdin is a terminal whose foreground group is the guard's own. Only then does the
+/// agent take the foreground: a guard started in the background must not steal the terminal
+/// from the shell that started it.
+fn holds_terminal_foreground() -> bool {
+    // SAFETY: isatty, tcgetpgrp and getpgrp only read process and terminal state.
+    unsafe {
+        libc::isatty(libc::STDIN_FILENO) == 1
+            && libc::tcgetpgrp(libc::STDIN_FILENO) == libc::getpgrp()
+    }
+}
+
+fn classify(program: String, err: io::Error) -> SpawnError {
+    match err.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => {
+            let why = if program.contains('/') {
+                "no such file".to_string()
+            } else {
+                "not found in PATH".to_string()
+            };
+            SpawnError::NotFound { program, why }
+        }
+        _ => SpawnError::CannotExecute {
+            program,
+            source: err,
+        },
+    }
+}
+
+/// Finds the program as exec would (a path, or a name looked up in PATH) and checks that it
+/// can be executed, without running it: `--check-config` reports a bad command before any
+/// instance is launched with it.
+pub fn resolve(program: &std::ffi::OsStr) -> Result<std::path::PathBuf, SpawnError> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::{Path, PathBuf};
+
+    let text = program.to_string_lossy().into_owned();
+    let executable = |p: &Path| -> io::Result<()> {
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let meta = std::fs::metadata(p)?;
+        if meta.is_dir() {
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+        }
+        // SAFETY: access(2) with a NUL-terminated path.
+        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    if program.as_bytes().contains(&b'/') {
+        let path = PathBuf::from(program);
+        return executable(&path)
+            .map(|()| path)
+            .map_err(|e| classify(text, e));
+    }
+    let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut denied = None;
+    for dir in std::env::split_paths(&search) {
+        let candidate = dir.join(program);
+        match executable(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => denied = denied.or(Some(e)),
+        }
+    }
+    Err(classify(
+        text,
+        denied.unwrap_or_else(|| io::Error::from_raw_os_error(libc::ENOENT)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_lines_with_odd_names() {
+        assert_eq!(parse_stat("42 (sh) S 1 42 42 0 -1"), Some(('S', 42)));
+        assert_eq!(parse_stat("7 (a) b (c)) Z 1 99 99 0"), Some(('Z', 99)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+}

@@ -1,0 +1,105 @@
+//! The raw command line: every flag with its help text, `AGENT_GUARD_*` environment fallback and
+//! default. Values stay strings here; `config.rs` validates them, so that a value from the config
+//! file is held to exactly the same rules as one from a flag.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Flags shown in `--help`. Defaults are declared here so that `--help` shows them; `config.rs`
+/// treats a default as the lowest layer, below the config file.
+#[derive(Debug, Parser)]
+#[command(
+    name = "agent-guard",
+    version,
+    about = "Supervise an agent on an EC2 Auto Scaling group: forward signals, reap zombies, drain before stopping.",
+    override_usage = "agent-guard [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard --check-config [OPTIONS] [-- COMMAND [ARGS...]]",
+    after_help = "Every option can also be set as AGENT_GUARD_<NAME> or as a key in the --config file.\n\
+                  Precedence: flag > environment > file > default. Durations: 500ms, 2s, 5m, 1h; a bare number is seconds.\n\
+                  Exit status: the agent's own code; 128+N if it was killed by signal N; 125 if agent-guard failed;\n\
+                  126 if COMMAND could not be executed; 127 if COMMAND was not found.",
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// TOML file of options; its keys are the long option names
+    #[arg(long, env = "AGENT_GUARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Validate everything, print the effective configuration with the source of each value, and exit
+    #[arg(long)]
+    pub check_config: bool,
+
+    /// Label for logs, metrics and the socket path [default: the command's file name]
+    #[arg(long, env = "AGENT_GUARD_NAME", value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Signal that asks the agent to stop
+    #[arg(
+        long,
+        env = "AGENT_GUARD_STOP_SIGNAL",
+        value_name = "SIG",
+        default_value = "TERM"
+    )]
+    pub stop_signal: String,
+
+    /// Grace after the stop signal before SIGKILL of the agent's process group
+    #[arg(
+        long,
+        env = "AGENT_GUARD_STOP_TIMEOUT",
+        value_name = "DUR",
+        default_value = "30s"
+    )]
+    pub stop_timeout: String,
+
+    /// Longest wait for the agent to report drained (or exit) once a drain starts
+    #[arg(
+        long,
+        env = "AGENT_GUARD_DRAIN_TIMEOUT",
+        value_name = "DUR",
+        default_value = "60s"
+    )]
+    pub drain_timeout: String,
+
+    /// Also send this signal to the agent when a drain starts (for agents that only know signals)
+    #[arg(long, env = "AGENT_GUARD_DRAIN_SIGNAL", value_name = "SIG")]
+    pub drain_signal: Option<String>,
+
+    /// Where forwarded signals go: the agent's process group, or the agent alone
+    #[arg(
+        long,
+        env = "AGENT_GUARD_FORWARD_TO",
+        value_name = "group|child",
+        default_value = "group"
+    )]
+    pub forward_to: String,
+
+    /// Become a child subreaper (PR_SET_CHILD_SUBREAPER) so orphans are reaped when not PID 1
+    #[arg(long, env = "AGENT_GUARD_SUBREAPER", value_parser = clap::builder::BoolishValueParser::new())]
+    pub subreaper: bool,
+
+    /// Format of the guard's own logs on stderr
+    #[arg(
+        long,
+        env = "AGENT_GUARD_LOG_FORMAT",
+        value_name = "text|json",
+        default_value = "text"
+    )]
+    pub log_format: String,
+
+    /// Level of the guard's own logs (error, warn, info, debug, trace, or RUST_LOG directives)
+    #[arg(
+        long,
+        env = "AGENT_GUARD_LOG_LEVEL",
+        value_name = "LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+
+    /// The agent to run, with its arguments (after `--`)
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// Options that steer how the rest is read; they cannot be set in the config file.
+pub const META_OPTIONS: &[&str] = &["config", "check-config", "help", "version"];

@@ -1,0 +1,631 @@
+//! Flags, environment and the optional TOML file become one validated [`Config`], and each value
+//! keeps where it came from, for `--check-config` and for error messages.
+//!
+//! The layers are merged generically over the options clap knows, so a new option needs one field
+//! in `cli.rs` and one line in [`Config::from_settings`]: the file, the environment fallback,
+//! provenance and the unknown-key check come with it. Precedence: flag > env > file > default.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+
+use crate::cli::{Cli, META_OPTIONS};
+use crate::signals::Sig;
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A command-line flag.
+    Flag,
+    /// An environment variable, by name.
+    Env(String),
+    /// The config file, with the line of the key.
+    File { path: PathBuf, line: usize },
+    /// The built-in default.
+    Default,
+    /// Worked out from other values (the name from the command).
+    Derived(&'static str),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Flag => f.write_str("flag"),
+            Source::Env(var) => write!(f, "env {var}"),
+            Source::File { path, line } => write!(f, "file {}:{line}", path.display()),
+            Source::Default => f.write_str("default"),
+            Source::Derived(from) => write!(f, "derived from {from}"),
+        }
+    }
+}
+
+/// One option's raw value(s) and their source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub values: Vec<String>,
+    pub source: Source,
+}
+
+/// Every option by long name, in `--help` order; `None` where nothing set it and it has no
+/// default.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    entries: Vec<(String, Option<Setting>)>,
+}
+
+impl Settings {
+    /// The setting of option `long`, if any.
+    pub fn get(&self, long: &str) -> Option<&Setting> {
+        self.entries
+            .iter()
+            .find(|(name, _)| name == long)
+            .and_then(|(_, s)| s.as_ref())
+    }
+
+    fn set(&mut self, long: &str, setting: Setting) {
+        match self.entries.iter_mut().find(|(name, _)| name == long) {
+            Some((_, slot)) => *slot = Some(setting),
+            None => self.entries.push((long.to_string(), Some(setting))),
+        }
+    }
+
+    /// Every option with its setting, in `--help` order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&Setting>)> {
+        self.entries.iter().map(|(n, s)| (n.as_str(), s.as_ref()))
+    }
+
+    /// Parses the single value of `long` with `parse`; `None` if unset.
+    fn parse<T>(
+        &self,
+        long: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        let Some(setting) = self.get(long) else {
+            return Ok(None);
+        };
+        let value = match setting.values.as_slice() {
+            [one] => one,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    option: long.to_string(),
+                    value: setting.values.join(","),
+                    origin: setting.source.clone(),
+                    why: "expected exactly one value".to_string(),
+                });
+            }
+        };
+        parse(value).map(Some).map_err(|why| ConfigError::Invalid {
+            option: long.to_string(),
+            value: value.clone(),
+            origin: setting.source.clone(),
+            why,
+        })
+    }
+
+    /// Like `parse`, for options that always have a value (a default in `cli.rs`).
+    fn require<T>(
+        &self,
+        long: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        self.parse(long, parse)?
+            .ok_or_else(|| ConfigError::Missing(long.to_string()))
+    }
+}
+
+/// Why the configuration cannot be used. Each renders as one line naming the option, file or key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(
+        "no command given: put the agent's command after `--`, as in agent-guard [OPTIONS] -- COMMAND [ARGS...]"
+    )]
+    NoCommand,
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}:{line}: {message}")]
+    FileSyntax {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error(
+        "config file {path}:{line}: unknown key `{key}` (keys are the long option names, see --help)"
+    )]
+    UnknownKey {
+        path: PathBuf,
+        line: usize,
+        key: String,
+    },
+    #[error("--{option}: invalid value `{value}` (from {origin}): {why}")]
+    Invalid {
+        option: String,
+        value: String,
+        origin: Source,
+        why: String,
+    },
+    #[error("--{0}: no value (this is a bug: the option has no default)")]
+    Missing(String),
+}
+
+/// Where forwarded signals go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardTo {
+    /// The agent's whole process group (the default).
+    Group,
+    /// The agent process alone.
+    Child,
+}
+
+/// The guard's own log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Label for logs, metrics and the socket path.
+    pub name: String,
+    /// The agent's program and arguments; empty only under `--check-config`.
+    pub command: Vec<OsString>,
+    pub stop_signal: Sig,
+    pub stop_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub drain_signal: Option<Sig>,
+    pub forward_to: ForwardTo,
+    pub subreaper: bool,
+    pub log_format: LogFormat,
+    /// An `EnvFilter` directive string, already validated.
+    pub log_level: String,
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Invocation {
+    /// Supervise the command.
+    Run(Config),
+    /// Print the effective configuration and exit.
+    CheckConfig(Config, Settings),
+    /// `--help` or `--version`: print this and exit 0.
+    Info(String),
+}
+
+/// Reads the command line (and through it the environment and the config file).
+pub fn load<I, T>(args: I) -> Result<Invocation, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = match Cli::command().try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(err) => return info_or_usage(err),
+    };
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| ConfigError::Usage(one_line(&e)))?;
+    let mut settings = from_matches(&matches)?;
+    if let Some(path) = &cli.config {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.clone(),
+            source,
+        })?;
+        apply_file(&mut settings, path, &text)?;
+    }
+    apply_rust_log(&mut settings);
+    let config = Config::from_settings(&settings, cli.command)?;
+    if cli.check_config {
+        Ok(Invocation::CheckConfig(config, settings))
+    } else if config.command.is_empty() {
+        Err(ConfigError::NoCommand)
+    } else {
+        Ok(Invocation::Run(config))
+    }
+}
+
+fn info_or_usage(err: clap::Error) -> Result<Invocation, ConfigError> {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Ok(Invocation::Info(err.to_string())),
+        ErrorKind::UnknownArgument => {
+            let arg = err
+                .get(clap::error::ContextKind::InvalidArg)
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            if arg.starts_with('-') {
+                Err(ConfigError::Usage(format!(
+                    "unknown option `{arg}` (see --help)"
+                )))
+            } else {
+                Err(ConfigError::Usage(format!(
+                    "unexpected argument `{arg}`: put the agent's command after `--`, as in agent-guard [OPTIONS] -- COMMAND [ARGS...]"
+                )))
+            }
+        }
+        _ => Err(ConfigError::Usage(one_line(&err))),
+    }
+}
+
+/// clap's messages span several lines; the guard's errors are one line each.
+fn one_line(err: &clap::Error) -> String {
+    let text = err.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    format!("{first} (see --help)")
+}
+
+/// The flag and environment layers, and the defaults, from clap.
+fn from_matches(matches: &ArgMatches) -> Result<Settings, ConfigError> {
+    let mut settings = Settings::default();
+    for arg in Cli::command().get_arguments() {
+        let Some(long) = arg.get_long() else {
+            continue; // the positional command
+        };
+        if META_OPTIONS.contains(&long) {
+            continue;
+        }
+        let id = arg.get_id().as_str();
+        let source = match matches.value_source(id) {
+            Some(ValueSource::CommandLine) => Source::Flag,
+            Some(ValueSource::EnvVariable) => Source::Env(
+                arg.get_env()
+                    .map(|e| e.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            ),
+            Some(ValueSource::DefaultValue) => Source::Default,
+            _ => {
+                settings.entries.push((long.to_string(), None));
+                continue;
+            }
+        };
+        let values = matches
+            .get_raw(id)
+            .into_iter()
+            .flatten()
+            .map(|raw| {
+                raw.to_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ConfigError::Invalid {
+                        option: long.to_string(),
+                        value: raw.to_string_lossy().into_owned(),
+                        origin: source.clone(),
+                        why: "not valid UTF-8".to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        settings
+            .entries
+            .push((long.to_string(), Some(Setting { values, source })));
+    }
+    Ok(settings)
+}
+
+/// The file layer: fills every option that only has its default (or nothing).
+fn apply_file(settings: &mut Settings, path: &Path, text: &str) -> Result<(), ConfigError> {
+    type Spanned<T> = toml::Spanned<T>;
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let table: BTreeMap<Spanned<String>, Spanned<toml::Value>> =
+        toml::from_str(text).map_err(|e| ConfigError::FileSyntax {
+            path: path.to_path_buf(),
+            line: e.span().map_or(1, |s| line_of(s.start)),
+            message: e.message().trim().to_string(),
+        })?;
+    for (key, value) in table {
+        let line = line_of(key.span().start);
+        let long = key.get_ref().replace('_', "-");
+        let known = settings.entries.iter().any(|(name, _)| *name == long);
+        if !known {
+            return Err(ConfigError::UnknownKey {
+                path: path.to_path_buf(),
+                line,
+                key: key.into_inner(),
+            });
+        }
+        let values = file_values(value.get_ref()).ok_or_else(|| ConfigError::FileSyntax {
+            path: path.to_path_buf(),
+            line,
+            message: format!(
+                "`{}` must be a string, number, boolean or array of those",
+                key.get_ref()
+            ),
+        })?;
+        let overridden = matches!(
+            settings.get(&long).map(|s| &s.source),
+            Some(Source::Flag | Source::Env(_))
+        );
+        if !overridden {
+            let source = Source::File {
+                path: path.to_path_buf(),
+                line,
+            };
+            settings.set(&long, Setting { values, source });
+        }
+    }
+    Ok(())
+}
+
+fn file_values(value: &toml::Value) -> Option<Vec<String>> {
+    match value {
+        toml::Value::String(s) => Some(vec![s.clone()]),
+        toml::Value::Integer(i) => Some(vec![i.to_string()]),
+        toml::Value::Float(f) => Some(vec![f.to_string()]),
+        toml::Value::Boolean(b) => Some(vec![b.to_string()]),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|v| file_values(v).and_then(|mut one| (one.len() == 1).then(|| one.remove(0))))
+            .collect(),
+        toml::Value::Datetime(_) | toml::Value::Table(_) => None,
+    }
+}
+
+/// `RUST_LOG` works too, below any explicit `--log-level`.
+fn apply_rust_log(settings: &mut Settings) {
+    let defaulted = matches!(
+        settings.get("log-level").map(|s| &s.source),
+        Some(Source::Default) | None
+    );
+    if let (true, Ok(filter)) = (defaulted, std::env::var("RUST_LOG"))
+        && !filter.trim().is_empty()
+    {
+        settings.set(
+            "log-level",
+            Setting {
+                values: vec![filter],
+                source: Source::Env("RUST_LOG".to_string()),
+            },
+        );
+    }
+}
+
+impl Config {
+    /// Validates every setting. The first error wins.
+    pub fn from_settings(
+        settings: &Settings,
+        command: Vec<OsString>,
+    ) -> Result<Config, ConfigError> {
+        let name = match settings.parse("name", parse_name)? {
+            Some(name) => name,
+            None => default_name(&command),
+        };
+        Ok(Config {
+            name,
+            stop_signal: settings.require("stop-signal", parse_signal)?,
+            stop_timeout: settings.require("stop-timeout", parse_duration)?,
+            drain_timeout: settings.require("drain-timeout", parse_duration)?,
+            drain_signal: settings.parse("drain-signal", parse_signal)?,
+            forward_to: settings.require("forward-to", |v| match v {
+                "group" => Ok(ForwardTo::Group),
+                "child" => Ok(ForwardTo::Child),
+                _ => Err("expected `group` or `child`".to_string()),
+            })?,
+            subreaper: settings.parse("subreaper", parse_bool)?.unwrap_or(false),
+            log_format: settings.require("log-format", |v| match v {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("expected `text` or `json`".to_string()),
+            })?,
+            log_level: settings.require("log-level", parse_log_level)?,
+            command,
+        })
+    }
+
+    /// The effective configuration as TOML a user could paste into a config file, each value
+    /// with its source as a comment.
+    pub fn describe(&self, settings: &Settings) -> String {
+        let mut rows: Vec<(String, String)> = Vec::new();
+        for (long, setting) in settings.iter() {
+            let (value, source) = match (long, setting) {
+                ("name", None) => (
+                    toml_string(&self.name),
+                    "derived from the command".to_string(),
+                ),
+                (_, None) => ("# not set".to_string(), String::new()),
+                (_, Some(s)) => {
+                    let value = match s.values.as_slice() {
+                        [one] => toml_string(one),
+                        many => format!(
+                            "[{}]",
+                            many.iter()
+                                .map(|v| toml_string(v))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    };
+                    (value, s.source.to_string())
+                }
+            };
+            let line = if value.starts_with('#') {
+                format!("# {long} {value}")
+            } else {
+                format!("{long} = {value}")
+            };
+            rows.push((line, source));
+        }
+        let command: Vec<String> = self
+            .command
+            .iter()
+            .map(|a| toml_string(&a.to_string_lossy()))
+            .collect();
+        rows.push((
+            format!("# command = [{}]", command.join(", ")),
+            "flag".to_string(),
+        ));
+        let width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for (line, source) in rows {
+            if source.is_empty() {
+                out.push_str(&line);
+            } else {
+                out.push_str(&format!("{line:width$}  # {source}"));
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The command's file name, the default `--name`.
+fn default_name(command: &[OsString]) -> String {
+    command
+        .first()
+        .and_then(|p| Path::new(p).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "agent".to_string())
+}
+
+fn parse_name(v: &str) -> Result<String, String> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err(
+            "expected 1 to 64 letters, digits, `-`, `_`, `.` or `@` (it names a socket file)"
+                .to_string(),
+        )
+    }
+}
+
+/// A duration: `500ms`, `2s`, `5m`, `1h`, `1h 30m`, or a bare number of seconds.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let t = v.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        return if secs.is_finite() && secs >= 0.0 && secs < 1e12 {
+            Ok(Duration::from_secs_f64(secs))
+        } else {
+            Err("expected a non-negative duration".to_string())
+        };
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("expected a duration such as 500ms, 2s, 5m or 1h ({e})"))
+}
+
+/// Formats a duration the way it is written in flags: `30s`, `1m 30s`, `500ms`.
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn parse_signal(v: &str) -> Result<Sig, String> {
+    v.parse::<Sig>().map_err(|e| e.to_string())
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err("expected true or false".to_string()),
+    }
+}
+
+fn parse_log_level(v: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(v)
+        .map(|_| v.to_string())
+        .map_err(|e| {
+            format!("expected error, warn, info, debug, trace or RUST_LOG directives ({e})")
+        })
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "5x", "-1", "soon", "inf"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn file_keys_take_dashes_or_underscores_and_lose_to_flags() {
+        let Invocation::CheckConfig(config, settings) = load([
+            "agent-guard",
+            "--check-config",
+            "--stop-timeout",
+            "7s",
+            "--",
+            "/bin/true",
+        ])
+        .expect("valid flags") else {
+            panic!("expected check-config");
+        };
+        assert_eq!(config.stop_timeout, Duration::from_secs(7));
+        assert_eq!(config.name, "true");
+        let mut s = settings.clone();
+        apply_file(
+            &mut s,
+            Path::new("x.toml"),
+            "stop_timeout = \"9s\"\ndrain-timeout = 12\nsubreaper = true\n",
+        )
+        .expect("valid file");
+        let config = Config::from_settings(&s, vec![]).expect("valid");
+        assert_eq!(config.stop_timeout, Duration::from_secs(7), "the flag wins");
+        assert_eq!(config.drain_timeout, Duration::from_secs(12));
+        assert!(config.subreaper);
+        assert_eq!(
+            s.get("drain-timeout").map(|s| s.source.clone()),
+            Some(Source::File {
+                path: PathBuf::from("x.toml"),
+                line: 2
+            })
+        );
+    }
+
+    #[test]
+    fn file_errors_name_file_line_and_key() {
+        let mut s = Settings {
+            entries: vec![("stop-timeout".to_string(), None)],
+        };
+        let err = apply_file(&mut s, Path::new("a.toml"), "\n\nstop_timout = 3\n")
+            .expect_err("unknown key");
+        assert_eq!(
+            err.to_string(),
+            "config file a.toml:3: unknown key `stop_timout` (keys are the long option names, see --help)"
+        );
+        let err = apply_file(&mut s, Path::new("a.toml"), "stop-timeout = \n").expect_err("syntax");
+        assert!(
+            err.to_string().starts_with("config file a.toml:1: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn toml_strings_escape() {
+        assert_eq!(toml_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+}

@@ -1,0 +1,126 @@
+//! The guard's own log lines on stderr, in text or JSON, each marked `agent-guard[NAME]` so that
+//! they cannot be mistaken for the agent's, which share the same stream.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. `level` is an `EnvFilter` directive, already validated.
+pub fn init(name: &str, format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    let line = Line {
+        name: name.to_string(),
+        format,
+    };
+    // A second init (tests running in one process) keeps the first subscriber.
+    let _ = builder.event_format(line).try_init();
+}
+
+/// Formats one event as one line.
+struct Line {
+    name: String,
+    format: LogFormat,
+}
+
+impl<S, N> FormatEvent<S, N> for Line
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let time = humantime::format_rfc3339_millis(SystemTime::now());
+        let level = event.metadata().level();
+        match self.format {
+            LogFormat::Text => {
+                let mut fields = TextFields::default();
+                event.record(&mut fields);
+                write!(
+                    writer,
+                    "{time} agent-guard[{}] {level:<5} {}",
+                    self.name, fields.message
+                )?;
+                writeln!(writer, "{}", fields.rest)
+            }
+            LogFormat::Json => {
+                let mut fields = JsonFields::default();
+                event.record(&mut fields);
+                let mut object = serde_json::Map::new();
+                object.insert("time".into(), time.to_string().into());
+                object.insert("level".into(), level.as_str().into());
+                object.insert("source".into(), "agent-guard".into());
+                object.insert("name".into(), self.name.clone().into());
+                object.extend(fields.0);
+                writeln!(writer, "{}", serde_json::Value::Object(object))
+            }
+        }
+    }
+}
+
+/// `message k=v k2=v2`, with values quoted when they hold spaces.
+#[derive(Default)]
+struct TextFields {
+    message: String,
+    rest: String,
+}
+
+impl Visit for TextFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else if value.contains(char::is_whitespace) || value.is_empty() {
+            let _ = write!(self.rest, " {}={value:?}", field.name());
+        } else {
+            let _ = write!(self.rest, " {}={value}", field.name());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            self.record_str(field, &format!("{value:?}"));
+        }
+    }
+}
+
+#[derive(Default)]
+struct JsonFields(serde_json::Map<String, serde_json::Value>);
+
+impl Visit for JsonFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
+    }
+}

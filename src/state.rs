@@ -1,0 +1,974 @@
+//! The supervisor's state machine: phases, events and actions, and the pure `step` between them.
+//!
+//! Nothing here does I/O or reads a clock: `step` is given the time and the settings it needs in a
+//! [`Ctx`], and returns the next state plus the actions to perform, in order. `supervisor.rs` is the
+//! one place that feeds events in and performs actions, so every transition is testable as a table.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::signals::Sig;
+
+use crate::reaper::ChildExit;
+
+/// Why a drain started. The names are the protocol's (`{"event":"drain","reason":…}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainReason {
+    /// The Auto Scaling group set the target lifecycle state to `Terminated`.
+    ScaleIn,
+    /// EC2 posted a spot `instance-action`; the notice time is a hard deadline.
+    SpotInterruption,
+    /// EC2 recommended a rebalance and `--on-rebalance drain` is set.
+    Rebalance,
+    /// SIGTERM or SIGINT reached the guard.
+    Signal,
+    /// An operator asked for it on the control socket.
+    Operator,
+    /// The instance is going back to a warm pool.
+    WarmPool,
+}
+
+impl DrainReason {
+    /// The wire name used in logs, events and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrainReason::ScaleIn => "scale-in",
+            DrainReason::SpotInterruption => "spot-interruption",
+            DrainReason::Rebalance => "rebalance",
+            DrainReason::Signal => "signal",
+            DrainReason::Operator => "operator",
+            DrainReason::WarmPool => "warm-pool",
+        }
+    }
+}
+
+impl fmt::Display for DrainReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What is left of the agent's process group once the agent itself has been reaped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cleanup {
+    /// Members may remain; they were sent the stop signal and get SIGKILL at `kill_at`.
+    Signalled { kill_at: Instant },
+    /// SIGKILL was sent; past `give_up_at` the guard stops waiting for the kernel to remove them.
+    Killed { give_up_at: Instant },
+}
+
+/// The one phase of the supervisor. Each variant carries what only makes sense in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// The agent runs but is not ready yet.
+    Starting,
+    /// The agent is ready: readiness answers 200.
+    Ready,
+    /// The agent has been told to drain and has until `deadline` to say it is drained or exit.
+    Draining {
+        reason: DrainReason,
+        deadline: Instant,
+        /// The latest moment SIGKILL may come (a spot notice's time minus the margin).
+        hard_deadline: Option<Instant>,
+        /// A SIGTERM/SIGINT was received already: the next one kills at once.
+        signalled: bool,
+    },
+    /// The stop signal went to the agent's group; SIGKILL follows at `kill_at` unless it exits.
+    Stopping {
+        reason: DrainReason,
+        kill_at: Instant,
+        killed: bool,
+        signalled: bool,
+    },
+    /// The agent was reaped; the rest of its process group is being cleared.
+    Exited { exit: ChildExit, cleanup: Cleanup },
+    /// The agent and its group are gone: the supervisor returns `exit`.
+    Done(ChildExit),
+}
+
+impl Phase {
+    /// The phase's name on the wire: `starting|ready|draining|stopping|exited`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::Draining { .. } => "draining",
+            Phase::Stopping { .. } => "stopping",
+            Phase::Exited { .. } | Phase::Done(_) => "exited",
+        }
+    }
+
+    /// When the supervisor must feed [`Event::Timer`] if nothing else happens first.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            Phase::Draining { deadline, .. } => Some(*deadline),
+            Phase::Stopping {
+                kill_at,
+                killed: false,
+                ..
+            } => Some(*kill_at),
+            Phase::Exited {
+                cleanup: Cleanup::Signalled { kill_at },
+                ..
+            } => Some(*kill_at),
+            Phase::Exited {
+                cleanup: Cleanup::Killed { give_up_at },
+                ..
+            } => Some(*give_up_at),
+            _ => None,
+        }
+    }
+
+    /// Whether the agent process is still running (it has not been reaped).
+    pub fn agent_running(&self) -> bool {
+        !matches!(self, Phase::Exited { .. } | Phase::Done(_))
+    }
+}
+
+/// Something that happened, fed to [`step`] by the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The agent counts as ready.
+    Ready,
+    /// SIGTERM or SIGINT reached the guard.
+    StopSignal,
+    /// A notice or an operator asks for a drain; `hard_deadline` bounds SIGKILL (spot).
+    Drain {
+        reason: DrainReason,
+        hard_deadline: Option<Instant>,
+    },
+    /// The agent reported that it is drained.
+    Drained,
+    /// A signal to pass through to the agent.
+    Forward(Sig),
+    /// The current phase's deadline was reached.
+    Timer,
+    /// The reaper collected the agent's status.
+    ChildExited(ChildExit),
+    /// No process remains in the agent's process group.
+    GroupGone,
+}
+
+/// Where a signal goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The agent's whole process group.
+    Group,
+    /// Where `--forward-to` says forwarded signals go.
+    Forwarded,
+}
+
+/// Something the supervisor must do, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send `signal` to `to`.
+    Signal { signal: Sig, to: Target },
+    /// SIGKILL the agent's whole process group.
+    Kill,
+    /// Tell the agent's listeners that a drain started, and until when.
+    AnnounceDrain {
+        reason: DrainReason,
+        deadline: Instant,
+    },
+}
+
+/// What `step` needs besides the state and the event: the time and the stop settings.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub now: Instant,
+    pub stop_signal: Sig,
+    pub stop_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub drain_signal: Option<Sig>,
+    /// Whether anyone listens for drain announcements (subscribers on the control socket).
+    pub listeners: bool,
+    /// How long to wait for the kernel to remove processes after SIGKILL before giving up.
+    pub kill_wait: Duration,
+}
+
+impl Ctx {
+    /// Whether the agent has any way to hear of a drain; without one, waiting for it is in vain.
+    fn agent_can_hear_drain(&self) -> bool {
+        self.drain_signal.is_some() || self.listeners
+    }
+}
+
+/// The supervisor's whole state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    pub phase: Phase,
+}
+
+impl State {
+    pub fn new() -> Self {
+        State {
+            phase: Phase::Starting,
+        }
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The transition function. An event that does not fit the phase is a no-op, never a panic.
+pub fn step(state: &State, event: Event, ctx: &Ctx) -> (State, Vec<Action>) {
+    let (phase, actions) = transition(&state.phase, event, ctx);
+    (State { phase }, actions)
+}
+
+fn transition(phase: &Phase, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
+    let now = ctx.now;
+    let unchanged = || (phase.clone(), Vec::new());
+    match (phase, event) {
+        (Phase::Starting, Event::Ready) => (Phase::Ready, Vec::new()),
+
+        (Phase::Starting | Phase::Ready, Event::StopSignal) => {
+            begin_drain(DrainReason::Signal, None, true, ctx)
+        }
+        (
+            Phase::Starting | Phase::Ready,
+            Event::Drain {
+                reason,
+                hard_deadline,
+            },
+        ) => begin_drain(reason, hard_deadline, false, ctx),
+
+        // A second stop signal means "now": SIGKILL at once.
+        (
+            Phase::Draining {
+                signalled: true, ..
+            },
+            Event::StopSignal,
+        )
+        | (
+            Phase::Stopping {
+                signalled: true,
+                killed: false,
+                ..
+            },
+            Event::StopSignal,
+        ) => kill_now(phase, ctx),
+        (
+            Phase::Draining {
+                reason,
+                deadline,
+                hard_deadline,
+                signalled: false,
+            },
+            Event::StopSignal,
+        ) => (
+            Phase::Draining {
+                reason: *reason,
+                deadline: *deadline,
+                hard_deadline: *hard_deadline,
+                signalled: true,
+            },
+            Vec::new(),
+        ),
+        (
+            Phase::Stopping {
+                reason,
+                kill_at,
+                killed,
+                signalled: false,
+            },
+            Event::StopSignal,
+        ) => (
+            Phase::Stopping {
+                reason: *reason,
+                kill_at: *kill_at,
+                killed: *killed,
+                signalled: true,
+            },
+            Vec::new(),
+        ),
+
+        // A later notice can only make a drain shorter (a spot notice during a scale-in drain).
+        (
+            Phase::Draining {
+                reason,
+                deadline,
+                hard_deadline,
+                signalled,
+            },
+            Event::Drain {
+                hard_deadline: Some(new_hard),
+                ..
+            },
+        ) => {
+            let hard = earliest(*hard_deadline, new_hard);
+            let deadline = (*deadline).min(drain_deadline_for(hard, ctx));
+            if deadline <= now {
+                stop(*reason, Some(hard), *signalled, ctx)
+            } else {
+                (
+                    Phase::Draining {
+                        reason: *reason,
+                        deadline,
+                        hard_deadline: Some(hard),
+                        signalled: *signalled,
+                    },
+                    Vec::new(),
+                )
+            }
+        }
+        (
+            Phase::Stopping {
+                reason,
+                kill_at,
+                killed: false,
+                signalled,
+            },
+            Event::Drain {
+                hard_deadline: Some(new_hard),
+                ..
+            },
+        ) => (
+            Phase::Stopping {
+                reason: *reason,
+                kill_at: (*kill_at).min(new_hard),
+                killed: false,
+                signalled: *signalled,
+            },
+            Vec::new(),
+        ),
+
+        (
+            Phase::Draining {
+                reason,
+                hard_deadline,
+                signalled,
+                ..
+            },
+            Event::Drained,
+        ) => stop(*reason, *hard_deadline, *signalled, ctx),
+        (
+            Phase::Draining {
+                reason,
+                deadline,
+                hard_deadline,
+                signalled,
+            },
+            Event::Timer,
+        ) if now >= *deadline => stop(*reason, *hard_deadline, *signalled, ctx),
+
+        (
+            Phase::Stopping {
+                kill_at,
+                killed: false,
+                ..
+            },
+            Event::Timer,
+        ) if now >= *kill_at => kill_now(phase, ctx),
+
+        (
+            Phase::Starting | Phase::Ready | Phase::Draining { .. } | Phase::Stopping { .. },
+            Event::Forward(signal),
+        ) => (
+            phase.clone(),
+            vec![Action::Signal {
+                signal,
+                to: Target::Forwarded,
+            }],
+        ),
+
+        // The agent is gone: whatever remains of its group gets the stop signal, then SIGKILL.
+        (
+            Phase::Stopping {
+                kill_at, killed, ..
+            },
+            Event::ChildExited(exit),
+        ) => {
+            if *killed {
+                (
+                    Phase::Exited {
+                        exit,
+                        cleanup: Cleanup::Killed {
+                            give_up_at: now + ctx.kill_wait,
+                        },
+                    },
+                    Vec::new(),
+                )
+            } else {
+                // The group already had the stop signal: keep the grace period it was given.
+                (
+                    Phase::Exited {
+                        exit,
+                        cleanup: Cleanup::Signalled { kill_at: *kill_at },
+                    },
+                    Vec::new(),
+                )
+            }
+        }
+        (Phase::Starting | Phase::Ready | Phase::Draining { .. }, Event::ChildExited(exit)) => {
+            let kill_at = match phase {
+                Phase::Draining {
+                    hard_deadline: Some(hard),
+                    ..
+                } => (now + ctx.stop_timeout).min(*hard),
+                _ => now + ctx.stop_timeout,
+            };
+            (
+                Phase::Exited {
+                    exit,
+                    cleanup: Cleanup::Signalled { kill_at },
+                },
+                vec![Action::Signal {
+                    signal: ctx.stop_signal,
+                    to: Target::Group,
+                }],
+            )
+        }
+
+        (Phase::Exited { exit, .. }, Event::GroupGone) => (Phase::Done(exit.clone()), Vec::new()),
+        (
+            Phase::Exited {
+                exit,
+                cleanup: Cleanup::Signalled { kill_at },
+            },
+            Event::Timer,
+        ) if now >= *kill_at => (
+            Phase::Exited {
+                exit: exit.clone(),
+                cleanup: Cleanup::Killed {
+                    give_up_at: now + ctx.kill_wait,
+                },
+            },
+            vec![Action::Kill],
+        ),
+        (
+            Phase::Exited {
+                exit,
+                cleanup: Cleanup::Signalled { .. },
+            },
+            Event::StopSignal,
+        ) => (
+            Phase::Exited {
+                exit: exit.clone(),
+                cleanup: Cleanup::Killed {
+                    give_up_at: now + ctx.kill_wait,
+                },
+            },
+            vec![Action::Kill],
+        ),
+        (
+            Phase::Exited {
+                exit,
+                cleanup: Cleanup::Killed { give_up_at },
+            },
+            Event::Timer,
+        ) if now >= *give_up_at => (Phase::Done(exit.clone()), Vec::new()),
+
+        _ => unchanged(),
+    }
+}
+
+/// Starts a drain: tell the agent and wait for it, or go straight to the stop signal when it
+/// has no way to hear of the drain (waiting would only delay the stop).
+fn begin_drain(
+    reason: DrainReason,
+    hard_deadline: Option<Instant>,
+    signalled: bool,
+    ctx: &Ctx,
+) -> (Phase, Vec<Action>) {
+    if !ctx.agent_can_hear_drain() {
+        return stop(reason, hard_deadline, signalled, ctx);
+    }
+    let deadline = match hard_deadline {
+        Some(hard) => (ctx.now + ctx.drain_timeout).min(drain_deadline_for(hard, ctx)),
+        None => ctx.now + ctx.drain_timeout,
+    };
+    if deadline <= ctx.now {
+        return stop(reason, hard_deadline, signalled, ctx);
+    }
+    let mut actions = vec![Action::AnnounceDrain { reason, deadline }];
+    if let Some(signal) = ctx.drain_signal {
+        actions.push(Action::Signal {
+            signal,
+            to: Target::Forwarded,
+        });
+    }
+    (
+        Phase::Draining {
+            reason,
+            deadline,
+            hard_deadline,
+            signalled,
+        },
+        actions,
+    )
+}
+
+/// The drain must end early enough that the full stop grace still fits before the hard deadline.
+fn drain_deadline_for(hard: Instant, ctx: &Ctx) -> Instant {
+    hard.checked_sub(ctx.stop_timeout)
+        .unwrap_or(ctx.now)
+        .max(ctx.now)
+}
+
+fn stop(
+    reason: DrainReason,
+    hard_deadline: Option<Instant>,
+    signalled: bool,
+    ctx: &Ctx,
+) -> (Phase, Vec<Action>) {
+    let kill_at = match hard_deadline {
+        Some(hard) => (ctx.now + ctx.stop_timeout).min(hard),
+        None => ctx.now + ctx.stop_timeout,
+    };
+    (
+        Phase::Stopping {
+            reason,
+            kill_at,
+            killed: false,
+            signalled,
+        },
+        vec![Action::Signal {
+            signal: ctx.stop_signal,
+            to: Target::Group,
+        }],
+    )
+}
+
+fn kill_now(phase: &Phase, ctx: &Ctx) -> (Phase, Vec<Action>) {
+    let reason = match phase {
+        Phase::Draining { reason, .. } | Phase::Stopping { reason, .. } => *reason,
+        _ => DrainReason::Signal,
+    };
+    (
+        Phase::Stopping {
+            reason,
+            kill_at: ctx.now,
+            killed: true,
+            signalled: true,
+        },
+        vec![Action::Kill],
+    )
+}
+
+fn earliest(current: Option<Instant>, new: Instant) -> Instant {
+    current.map_or(new, |c| c.min(new))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reaper::ChildExit;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn ctx(now: Instant) -> Ctx {
+        Ctx {
+            now,
+            stop_signal: Sig::TERM,
+            stop_timeout: 30 * S,
+            drain_timeout: 60 * S,
+            drain_signal: None,
+            listeners: false,
+            kill_wait: 5 * S,
+        }
+    }
+
+    fn with_drain_signal(now: Instant) -> Ctx {
+        Ctx {
+            drain_signal: Some(Sig::USR1),
+            ..ctx(now)
+        }
+    }
+
+    fn run(phase: Phase, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
+        let (state, actions) = step(&State { phase }, event, ctx);
+        (state.phase, actions)
+    }
+
+    fn stop_signal() -> Action {
+        Action::Signal {
+            signal: Sig::TERM,
+            to: Target::Group,
+        }
+    }
+
+    #[test]
+    fn transitions_table() {
+        let t0 = Instant::now();
+        let c = ctx(t0);
+        let d = with_drain_signal(t0);
+        let exit = ChildExit::for_test(0);
+        let draining = Phase::Draining {
+            reason: DrainReason::ScaleIn,
+            deadline: t0 + 60 * S,
+            hard_deadline: None,
+            signalled: false,
+        };
+        let stopping = Phase::Stopping {
+            reason: DrainReason::Signal,
+            kill_at: t0 + 30 * S,
+            killed: false,
+            signalled: true,
+        };
+        let cases: Vec<(&str, Phase, Event, Ctx, Phase, Vec<Action>)> = vec![
+            (
+                "ready",
+                Phase::Starting,
+                Event::Ready,
+                c.clone(),
+                Phase::Ready,
+                vec![],
+            ),
+            (
+                "ready twice is a no-op",
+                Phase::Ready,
+                Event::Ready,
+                c.clone(),
+                Phase::Ready,
+                vec![],
+            ),
+            (
+                "SIGTERM with nobody listening stops at once",
+                Phase::Ready,
+                Event::StopSignal,
+                c.clone(),
+                stopping.clone(),
+                vec![stop_signal()],
+            ),
+            (
+                "SIGTERM with a drain signal drains first",
+                Phase::Ready,
+                Event::StopSignal,
+                d.clone(),
+                Phase::Draining {
+                    reason: DrainReason::Signal,
+                    deadline: t0 + 60 * S,
+                    hard_deadline: None,
+                    signalled: true,
+                },
+                vec![
+                    Action::AnnounceDrain {
+                        reason: DrainReason::Signal,
+                        deadline: t0 + 60 * S,
+                    },
+                    Action::Signal {
+                        signal: Sig::USR1,
+                        to: Target::Forwarded,
+                    },
+                ],
+            ),
+            (
+                "a notice with a drain signal drains",
+                Phase::Ready,
+                Event::Drain {
+                    reason: DrainReason::ScaleIn,
+                    hard_deadline: None,
+                },
+                d.clone(),
+                draining.clone(),
+                vec![
+                    Action::AnnounceDrain {
+                        reason: DrainReason::ScaleIn,
+                        deadline: t0 + 60 * S,
+                    },
+                    Action::Signal {
+                        signal: Sig::USR1,
+                        to: Target::Forwarded,
+                    },
+                ],
+            ),
+            (
+                "drained ends the drain",
+                draining.clone(),
+                Event::Drained,
+                c.clone(),
+                Phase::Stopping {
+                    reason: DrainReason::ScaleIn,
+                    kill_at: t0 + 30 * S,
+                    killed: false,
+                    signalled: false,
+                },
+                vec![stop_signal()],
+            ),
+            (
+                "a timer before the deadline is ignored",
+                draining.clone(),
+                Event::Timer,
+                c.clone(),
+                draining.clone(),
+                vec![],
+            ),
+            (
+                "the drain deadline sends the stop signal",
+                draining.clone(),
+                Event::Timer,
+                ctx(t0 + 60 * S),
+                Phase::Stopping {
+                    reason: DrainReason::ScaleIn,
+                    kill_at: t0 + 90 * S,
+                    killed: false,
+                    signalled: false,
+                },
+                vec![stop_signal()],
+            ),
+            (
+                "a first SIGTERM during a notice drain is noted",
+                draining.clone(),
+                Event::StopSignal,
+                c.clone(),
+                Phase::Draining {
+                    reason: DrainReason::ScaleIn,
+                    deadline: t0 + 60 * S,
+                    hard_deadline: None,
+                    signalled: true,
+                },
+                vec![],
+            ),
+            (
+                "a second SIGTERM kills at once",
+                stopping.clone(),
+                Event::StopSignal,
+                c.clone(),
+                Phase::Stopping {
+                    reason: DrainReason::Signal,
+                    kill_at: t0,
+                    killed: true,
+                    signalled: true,
+                },
+                vec![Action::Kill],
+            ),
+            (
+                "the grace period ends in SIGKILL",
+                stopping.clone(),
+                Event::Timer,
+                ctx(t0 + 30 * S),
+                Phase::Stopping {
+                    reason: DrainReason::Signal,
+                    kill_at: t0 + 30 * S,
+                    killed: true,
+                    signalled: true,
+                },
+                vec![Action::Kill],
+            ),
+            (
+                "signals are forwarded while the agent runs",
+                Phase::Ready,
+                Event::Forward(Sig::HUP),
+                c.clone(),
+                Phase::Ready,
+                vec![Action::Signal {
+                    signal: Sig::HUP,
+                    to: Target::Forwarded,
+                }],
+            ),
+            (
+                "an agent exiting by itself: its group gets the stop signal",
+                Phase::Ready,
+                Event::ChildExited(exit.clone()),
+                c.clone(),
+                Phase::Exited {
+                    exit: exit.clone(),
+                    cleanup: Cleanup::Signalled {
+                        kill_at: t0 + 30 * S,
+                    },
+                },
+                vec![stop_signal()],
+            ),
+            (
+                "an agent exiting while stopping keeps the grace it had",
+                stopping.clone(),
+                Event::ChildExited(exit.clone()),
+                ctx(t0 + 10 * S),
+                Phase::Exited {
+                    exit: exit.clone(),
+                    cleanup: Cleanup::Signalled {
+                        kill_at: t0 + 30 * S,
+                    },
+                },
+                vec![],
+            ),
+            (
+                "leftovers past the grace are killed",
+                Phase::Exited {
+                    exit: exit.clone(),
+                    cleanup: Cleanup::Signalled { kill_at: t0 },
+                },
+                Event::Timer,
+                c.clone(),
+                Phase::Exited {
+                    exit: exit.clone(),
+                    cleanup: Cleanup::Killed {
+                        give_up_at: t0 + 5 * S,
+                    },
+                },
+                vec![Action::Kill],
+            ),
+            (
+                "an empty group ends the run",
+                Phase::Exited {
+                    exit: exit.clone(),
+                    cleanup: Cleanup::Signalled { kill_at: t0 },
+                },
+                Event::GroupGone,
+                c.clone(),
+                Phase::Done(exit.clone()),
+                vec![],
+            ),
+            (
+                "nothing forwards to a finished agent",
+                Phase::Done(exit.clone()),
+                Event::Forward(Sig::HUP),
+                c.clone(),
+                Phase::Done(exit.clone()),
+                vec![],
+            ),
+            (
+                "drained outside a drain is a no-op",
+                Phase::Ready,
+                Event::Drained,
+                c.clone(),
+                Phase::Ready,
+                vec![],
+            ),
+        ];
+        for (name, phase, event, ctx, want_phase, want_actions) in cases {
+            let (got_phase, got_actions) = run(phase, event, &ctx);
+            assert_eq!(got_phase, want_phase, "{name}: phase");
+            assert_eq!(got_actions, want_actions, "{name}: actions");
+        }
+    }
+
+    #[test]
+    fn a_hard_deadline_squeezes_drain_and_grace() {
+        let t0 = Instant::now();
+        let d = with_drain_signal(t0);
+        // A spot notice 40 s away with a 30 s stop grace leaves a 10 s drain.
+        let (phase, _) = run(
+            Phase::Ready,
+            Event::Drain {
+                reason: DrainReason::SpotInterruption,
+                hard_deadline: Some(t0 + 40 * S),
+            },
+            &d,
+        );
+        assert_eq!(phase.deadline(), Some(t0 + 10 * S));
+        // At the drain deadline the stop grace ends exactly at the hard deadline.
+        let (phase, _) = run(phase, Event::Timer, &with_drain_signal(t0 + 10 * S));
+        assert_eq!(phase.deadline(), Some(t0 + 40 * S));
+
+        // A notice closer than the grace: straight to the stop signal, SIGKILL at the notice.
+        let (phase, actions) = run(
+            Phase::Ready,
+            Event::Drain {
+                reason: DrainReason::SpotInterruption,
+                hard_deadline: Some(t0 + 4 * S),
+            },
+            &d,
+        );
+        assert!(matches!(phase, Phase::Stopping { .. }), "{phase:?}");
+        assert_eq!(phase.deadline(), Some(t0 + 4 * S));
+        assert_eq!(actions, vec![stop_signal()]);
+    }
+
+    #[test]
+    fn a_spot_notice_during_a_drain_shortens_it() {
+        let t0 = Instant::now();
+        let d = with_drain_signal(t0);
+        let (phase, _) = run(
+            Phase::Ready,
+            Event::Drain {
+                reason: DrainReason::ScaleIn,
+                hard_deadline: None,
+            },
+            &d,
+        );
+        assert_eq!(phase.deadline(), Some(t0 + 60 * S));
+        let (phase, actions) = run(
+            phase,
+            Event::Drain {
+                reason: DrainReason::SpotInterruption,
+                hard_deadline: Some(t0 + 45 * S),
+            },
+            &d,
+        );
+        assert_eq!(phase.deadline(), Some(t0 + 15 * S));
+        assert!(actions.is_empty());
+        // A later, looser notice never lengthens it.
+        let (phase, _) = run(
+            phase,
+            Event::Drain {
+                reason: DrainReason::SpotInterruption,
+                hard_deadline: Some(t0 + 500 * S),
+            },
+            &d,
+        );
+        assert_eq!(phase.deadline(), Some(t0 + 15 * S));
+    }
+
+    #[test]
+    fn after_sigkill_the_guard_waits_for_the_exit_without_a_timer() {
+        let t0 = Instant::now();
+        let killed = Phase::Stopping {
+            reason: DrainReason::Signal,
+            kill_at: t0,
+            killed: true,
+            signalled: true,
+        };
+        // The terminate hook must never be completed while the agent runs, so no timer may
+        // end this phase: only the agent's exit does.
+        assert_eq!(killed.deadline(), None);
+        let (phase, actions) = run(killed.clone(), Event::Timer, &ctx(t0 + 1000 * S));
+        assert_eq!(phase, killed);
+        assert!(actions.is_empty());
+    }
+
+    #[test]
+    fn every_phase_takes_every_event_without_panicking() {
+        let t0 = Instant::now();
+        let exit = ChildExit::for_test(3);
+        let phases = [
+            Phase::Starting,
+            Phase::Ready,
+            Phase::Draining {
+                reason: DrainReason::Operator,
+                deadline: t0,
+                hard_deadline: Some(t0),
+                signalled: false,
+            },
+            Phase::Stopping {
+                reason: DrainReason::Operator,
+                kill_at: t0,
+                killed: true,
+                signalled: false,
+            },
+            Phase::Exited {
+                exit: exit.clone(),
+                cleanup: Cleanup::Killed { give_up_at: t0 },
+            },
+            Phase::Done(exit.clone()),
+        ];
+        let events = [
+            Event::Ready,
+            Event::StopSignal,
+            Event::Drain {
+                reason: DrainReason::Rebalance,
+                hard_deadline: None,
+            },
+            Event::Drained,
+            Event::Forward(Sig::USR2),
+            Event::Timer,
+            Event::ChildExited(exit.clone()),
+            Event::GroupGone,
+        ];
+        for phase in &phases {
+            for event in &events {
+                for c in [ctx(t0), with_drain_signal(t0 + 100 * S)] {
+                    let (next, _) = run(phase.clone(), event.clone(), &c);
+                    // Once the agent is reaped it never runs again.
+                    if !phase.agent_running() {
+                        assert!(!next.agent_running(), "{phase:?} + {event:?} -> {next:?}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The one owner of the phase: receives events (signals, the reaper, timers, and the event
+//! channel other parts send on), calls `state::step`, publishes the new phase, then performs the
+//! actions in order.
+//!
+//! Publishing comes before acting so that anything reading the phase (readiness) already sees
+//! the drain when the agent is told of it.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Interval, MissedTickBehavior, interval, sleep_until};
+
+use crate::child::Agent;
+use crate::config::{Config, ForwardTo, format_duration};
+use crate::reaper::{ChildExit, Reaper};
+use crate::signals::{Role, Sig, SignalSource, role};
+use crate::state::{Action, Cleanup, Ctx, Event, Phase, State, Target, step};
+
+/// How long to wait for the kernel to remove processes after SIGKILL before giving up on them.
+/// Only a process stuck in uninterruptible sleep takes longer, and waiting cannot help it.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// How often the group is checked for leftovers once the agent has exited. Members that are not
+/// the guard's children raise no SIGCHLD here, so this is polled.
+const GROUP_POLL: Duration = Duration::from_millis(25);
+
+/// A safety net for a lost SIGCHLD, as tini's one-second tick is.
+const REAP_TICK: Duration = Duration::from_secs(1);
+
+/// The stop settings `step` needs, taken from the config once.
+#[derive(Debug, Clone)]
+pub struct StopSettings {
+    pub stop_signal: Sig,
+    pub stop_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub drain_signal: Option<Sig>,
+    pub forward_to: ForwardTo,
+}
+
+impl StopSettings {
+    pub fn from_config(config: &Config) -> Self {
+        StopSettings {
+            stop_signal: config.stop_signal,
+            stop_timeout: config.stop_timeout,
+            drain_timeout: config.drain_timeout,
+            drain_signal: config.drain_signal,
+            forward_to: config.forward_to,
+        }
+    }
+}
+
+/// The supervisor of one running agent.
+pub struct Supervisor {
+    agent: Agent,
+    reaper: Reaper,
+    signals: SignalSource,
+    events: mpsc::Receiver<Event>,
+    /// Kept so the channel never closes while the supervisor runs.
+    _events_tx: mpsc::Sender<Event>,
+    phase: watch::Sender<Phase>,
+    settings: StopSettings,
+    state: State,
+    reap_tick: Interval,
+    group_poll: Interval,
+}
+
+/// What woke the supervisor up.
+enum Wake {
+    Signal(Sig),
+    Event(Event),
+    Timer,
+    ReapTick,
+    GroupPoll,
+}
+
+impl Supervisor {
+    /// A supervisor for `agent`, which must have been spawned after `signals` was installed.
+    pub fn new(
+        agent: Agent,
+        signals: SignalSource,
+        settings: StopSettings,
+        events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
+        phase: watch::Sender<Phase>,
+    ) -> Self {
+        let mut reap_tick = interval(REAP_TICK);
+        reap_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut group_poll = interval(GROUP_POLL);
+        group_poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Supervisor {
+            agent,
+            reaper: Reaper::new(agent.pid()),
+            signals,
+            events: events.1,
+            _events_tx: events.0,
+            phase,
+            settings,
+            state: State::new(),
+            reap_tick,
+            group_poll,
+        }
+    }
+
+    /// Runs until the agent and its process group are gone; returns the agent's status.
+    pub async fn run(mut self) -> ChildExit {
+        tracing::info!(pid = self.agent.pid(), "agent started");
+        // With readiness at start (the only source so far), the agent is ready at once.
+        self.apply(Event::Ready);
+        loop {
+            if let Phase::Done(exit) = &self.state.phase {
+                return exit.clone();
+            }
+            let event = match self.wait().await {
+                Wake::Signal(sig) => self.on_signal(sig),
+                Wake::Event(event) => Some(event),
+                Wake::Timer => Some(Event::Timer),
+                Wake::ReapTick => self.reaper.reap().map(Event::ChildExited),
+                Wake::GroupPoll => (!self.agent.group_alive()).then_some(Event::GroupGone),
+            };
+            if let Some(event) = event {
+                self.apply(event);
+            }
+        }
+    }
+
+    async fn wait(&mut self) -> Wake {
+        let deadline = self.state.phase.deadline();
+        let cleaning = matches!(self.state.phase, Phase::Exited { .. });
+        let timer_at = tokio::time::Instant::from_std(
+            deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
+        );
+        tokio::select! {
+            biased;
+            sig = self.signals.next() => match sig {
+                Some(sig) => Wake::Signal(sig),
+                None => Wake::ReapTick,
+            },
+            Some(event) = self.events.recv() => Wake::Event(event),
+            _ = sleep_until(timer_at), if deadline.is_some() => Wake::Timer,
+            _ = self.group_poll.tick(), if cleaning => Wake::GroupPoll,
+            _ = self.reap_tick.tick() => Wake::ReapTick,
+        }
+    }
+
+    fn on_signal(&mut self, sig: Sig) -> Option<Event> {
+        match role(sig) {
+            Role::Reap => self.reaper.reap().map(Event::ChildExited),
+            Role::Stop => {
+                tracing::info!(signal = %sig, "received a stop signal");
+                Some(Event::StopSignal)
+            }
+            Role::Forward => Some(Event::Forward(sig)),
+        }
+    }
+
+    fn apply(&mut self, event: Event) {
+        let ctx = Ctx {
+            now: Instant::now(),
+            stop_signal: self.settings.stop_signal,
+            stop_timeout: self.settings.stop_timeout,
+            drain_timeout: self.settings.drain_timeout,
+            drain_signal: self.settings.drain_signal,
+            listeners: false,
+            kill_wait: KILL_WAIT,
+        };
+        let before = self.state.phase.clone();
+        let (next, actions) = step(&self.state, event, &ctx);
+        self.state = next;
+        if before != self.state.phase {
+            self.log_transition(&before, &ctx);
+            self.phase.send_replace(self.state.phase.clone());
+        }
+        for action in actions {
+            self.perform(action, &ctx);
+        }
+    }
+
+    fn perform(&mut self, action: Action, ctx: &Ctx) {
+        let pgid = self.agent.pid();
+        let result = match action {
+            Action::Signal {
+                signal,
+                to: Target::Group,
+            } => {
+                if !self.state.phase.agent_running() && !self.agent.group_alive() {
+                    return; // the agent left nothing behind
+                }
+                tracing::info!(signal = %signal, pgid, "sent the stop signal to the agent's process group");
+                self.agent.signal_group(signal)
+            }
+            Action::Signal {
+                signal,
+                to: Target::Forwarded,
+            } => {
+                tracing::debug!(signal = %signal, "forwarding a signal to the agent");
+                match self.settings.forward_to {
+                    ForwardTo::Group => self.agent.signal_group(signal),
+                    ForwardTo::Child => self.agent.signal_child(signal),
+                }
+            }
+            Action::Kill => {
+                tracing::warn!(pgid, "sent SIGKILL to the agent's process group");
+                self.agent.signal_group(Sig::KILL)
+            }
+            Action::AnnounceDrain { reason, deadline } => {
+                tracing::info!(
+                    reason = %reason,
+                    deadline_in = %format_duration(deadline.saturating_duration_since(ctx.now)),
+                    "told the agent to drain"
+                );
+                Ok(())
+            }
+        };
+        if let Err(err) = result {
+            tracing::error!(pgid, error = %err, "cannot signal the agent");
+        }
+    }
+
+    fn log_transition(&self, before: &Phase, ctx: &Ctx) {
+        let until = |t: Instant| format_duration(t.saturating_duration_since(ctx.now));
+        match &self.state.phase {
+            Phase::Starting => {}
+            Phase::Ready => tracing::info!("agent is ready"),
+            Phase::Draining {
+                reason, deadline, ..
+            } => {
+                if !matches!(before, Phase::Draining { .. }) {
+                    tracing::info!(reason = %reason, deadline_in = %until(*deadline), "draining");
+                } else {
+                    tracing::warn!(deadline_in = %until(*deadline), "drain deadline moved earlier");
+                }
+            }
+            Phase::Stopping {
+                reason,
+                kill_at,
+                killed,
+                ..
+            } => {
+                if *killed {
+                    tracing::warn!(reason = %reason, "killing the agent");
+                } else if let Phase::Draining { .. } = before {
+                    tracing::info!(reason = %reason, sigkill_in = %until(*kill_at), "drain over; stopping the agent");
+                } else {
+                    tracing::info!(reason = %reason, sigkill_in = %until(*kill_at), "stopping the agent");
+                }
+            }
+            Phase::Exited { exit, cleanup } => {
+                if let Phase::Exited { .. } = before {
+                    if let Cleanup::Killed { .. } = cleanup {
+                        tracing::warn!(
+                            "processes left in the agent's group outlived the grace period"
+                        );
+                    }
+                } else {
+                    tracing::info!(pid = exit.pid(), status = exit.exit_code(), "agent {exit}");
+                }
+            }
+            Phase::Done(exit) => {
+                if let Phase::Exited {
+                    cleanup: Cleanup::Killed { .. },
+                    ..
+                } = before
+                    && self.agent.group_alive()
+                {
+                    tracing::error!(
+                        pgid = self.agent.pid(),
+                        "processes in the agent's group survived SIGKILL (uninterruptible sleep?); exiting without them"
+                    );
+                }
+                tracing::info!(
+                    status = exit.exit_code(),
+                    orphans_reaped = self.reaper.orphans_reaped(),
+                    "exiting"
+                );
+            }
+        }
+    }
+}
