@@ -104,7 +104,7 @@ impl Agent {
         if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
             return false;
         }
-        live_members(self.pid).map_or(true, |n| n > 0)
+        live_members(self.pid).is_none_or(|n| n > 0)
     }
 }
 

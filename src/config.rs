@@ -503,7 +503,7 @@ fn parse_name(v: &str) -> Result<String, String> {
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
     let t = v.trim();
     if let Ok(secs) = t.parse::<f64>() {
-        return if secs.is_finite() && secs >= 0.0 && secs < 1e12 {
+        return if (0.0..1e12).contains(&secs) {
             Ok(Duration::from_secs_f64(secs))
         } else {
             Err("expected a non-negative duration".to_string())

@@ -591,6 +591,9 @@ mod tests {
         }
     }
 
+    /// name, phase before, event, context, phase after, actions.
+    type Case = (&'static str, Phase, Event, Ctx, Phase, Vec<Action>);
+
     #[test]
     fn transitions_table() {
         let t0 = Instant::now();
@@ -609,7 +612,7 @@ mod tests {
             killed: false,
             signalled: true,
         };
-        let cases: Vec<(&str, Phase, Event, Ctx, Phase, Vec<Action>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "ready",
                 Phase::Starting,

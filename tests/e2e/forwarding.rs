@@ -1,0 +1,113 @@
+//! Signals sent to the guard reach the agent: its whole group by default, or the agent alone.
+
+use std::time::Duration;
+
+use crate::support::{Guard, SOON, fixture, read, recorded, scratch, wait_until};
+
+/// Every catchable signal the guard forwards, by the name Python's `signal` module records.
+fn forwarded() -> Vec<(i32, String)> {
+    let mut sigs: Vec<(i32, String)> = [
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGQUIT, "SIGQUIT"),
+        (libc::SIGUSR1, "SIGUSR1"),
+        (libc::SIGUSR2, "SIGUSR2"),
+        (libc::SIGALRM, "SIGALRM"),
+        (libc::SIGSTKFLT, "SIGSTKFLT"),
+        (libc::SIGCONT, "SIGCONT"),
+        (libc::SIGTSTP, "SIGTSTP"),
+        (libc::SIGURG, "SIGURG"),
+        (libc::SIGXCPU, "SIGXCPU"),
+        (libc::SIGXFSZ, "SIGXFSZ"),
+        (libc::SIGVTALRM, "SIGVTALRM"),
+        (libc::SIGPROF, "SIGPROF"),
+        (libc::SIGWINCH, "SIGWINCH"),
+        (libc::SIGIO, "SIGIO"),
+        (libc::SIGPWR, "SIGPWR"),
+    ]
+    .iter()
+    .map(|(n, s)| (*n, s.to_string()))
+    .collect();
+    sigs.push((libc::SIGRTMIN(), "SIGRTMIN".to_string()));
+    sigs.push((libc::SIGRTMAX(), "SIGRTMAX".to_string()));
+    sigs
+}
+
+#[test]
+fn every_forwarded_signal_reaches_the_agent() {
+    let dir = scratch();
+    let log = dir.path().join("signals.log");
+    let mut guard = Guard::start(
+        dir.path(),
+        [
+            "--".as_ref(),
+            fixture("recorder.py").as_os_str(),
+            log.as_os_str(),
+        ],
+    );
+    wait_until("the agent is up", SOON, || {
+        dir.path().join("signals.log.ready").exists()
+    });
+    for (n, (sig, name)) in forwarded().into_iter().enumerate() {
+        guard.signal(sig);
+        wait_until(&format!("{name} reaches the agent"), SOON, || {
+            recorded(&log).len() > n
+        });
+        assert_eq!(recorded(&log)[n], name, "signal {n} in order");
+    }
+    guard.signal(libc::SIGTERM);
+    assert_eq!(
+        guard.code(),
+        0,
+        "the agent exits 0 on SIGTERM; log:\n{}",
+        guard.log()
+    );
+    assert_eq!(recorded(&log).last().map(String::as_str), Some("SIGTERM"));
+}
+
+/// An agent (parent.log) that started a helper (child.log) in its own process group.
+fn family(dir: &std::path::Path, forward_to: &str) -> Guard {
+    let recorder = fixture("recorder.py");
+    let script = format!(
+        "{r} {d}/helper.log & exec {r} {d}/agent.log",
+        r = recorder.display(),
+        d = dir.display()
+    );
+    let guard = Guard::start(dir, ["--forward-to", forward_to, "--", "sh", "-c", &script]);
+    wait_until("agent and helper are up", SOON, || {
+        dir.join("agent.log.ready").exists() && dir.join("helper.log.ready").exists()
+    });
+    guard
+}
+
+#[test]
+fn forward_to_group_reaches_every_member() {
+    let dir = scratch();
+    let mut guard = family(dir.path(), "group");
+    guard.signal(libc::SIGUSR1);
+    wait_until("both get SIGUSR1", SOON, || {
+        read(dir.path().join("agent.log")).contains("SIGUSR1")
+            && read(dir.path().join("helper.log")).contains("SIGUSR1")
+    });
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 0, "{}", guard.log());
+}
+
+#[test]
+fn forward_to_child_reaches_the_agent_alone() {
+    let dir = scratch();
+    let mut guard = family(dir.path(), "child");
+    guard.signal(libc::SIGUSR1);
+    wait_until("the agent gets SIGUSR1", SOON, || {
+        read(dir.path().join("agent.log")).contains("SIGUSR1")
+    });
+    // The helper would have recorded it by now too: both run the same handler.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !read(dir.path().join("helper.log")).contains("SIGUSR1"),
+        "the helper must not get a signal forwarded to the child alone"
+    );
+    // The stop signal still goes to the whole group.
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 0, "{}", guard.log());
+    assert!(read(dir.path().join("helper.log")).contains("SIGTERM"));
+}

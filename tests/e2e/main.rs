@@ -1,0 +1,10 @@
+//! End-to-end tests: the real binary, real processes, real signals. One file per behaviour.
+
+mod support;
+
+mod config;
+mod exit_status;
+mod forwarding;
+mod reaping;
+mod stopping;
+mod terminal;

@@ -1,0 +1,222 @@
+//! Helpers shared by the end-to-end tests: run the real binary, wait on conditions (never on
+//! fixed sleeps), and look at processes through /proc.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The generous bound for anything that should happen "soon" on a loaded 2-core machine.
+pub const SOON: Duration = Duration::from_secs(15);
+
+/// The agent-guard binary built for these tests.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_agent-guard")
+}
+
+/// A test fixture's path.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A scratch directory removed when dropped.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("agent-guard-test-")
+        .tempdir()
+        .expect("a temporary directory")
+}
+
+/// Polls `check` until it is true, or panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A file's text, or "" if it does not exist yet.
+pub fn read(path: impl AsRef<Path>) -> String {
+    fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A guard started in the background, its stderr going to a file (a pipe could fill and block it).
+pub struct Guard {
+    pub child: Child,
+    pub stderr: PathBuf,
+    pub started: Instant,
+}
+
+/// A command for the guard with a clean environment: no AGENT_GUARD_* or RUST_LOG from the
+/// developer's shell can change what a test sees.
+pub fn command() -> Command {
+    let mut cmd = Command::new(bin());
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if key_text.starts_with("AGENT_GUARD_") || key_text == "RUST_LOG" {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+impl Guard {
+    /// Starts `agent-guard ARGS` with stderr captured in `dir/guard.stderr`.
+    pub fn start<I, S>(dir: &Path, args: I) -> Guard
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = command();
+        cmd.args(args);
+        Guard::spawn(dir, cmd)
+    }
+
+    /// Starts a prepared command with stderr captured in `dir/guard.stderr`.
+    pub fn spawn(dir: &Path, mut cmd: Command) -> Guard {
+        let stderr = dir.join("guard.stderr");
+        let file = fs::File::create(&stderr).expect("stderr file");
+        cmd.stderr(file).stdout(Stdio::null());
+        let child = cmd.spawn().expect("agent-guard starts");
+        Guard {
+            child,
+            stderr,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `sig` to the guard.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+    }
+
+    /// Waits for the guard to exit, within `SOON` plus `extra`.
+    pub fn wait(&mut self, extra: Duration) -> ExitStatus {
+        let deadline = SOON + extra;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if start.elapsed() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "agent-guard did not exit within {deadline:?}; its log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The guard's exit code, after waiting for it.
+    pub fn code(&mut self) -> i32 {
+        let status = self.wait(Duration::ZERO);
+        status.code().unwrap_or_else(|| {
+            panic!(
+                "agent-guard itself died of a signal: {status:?}\n{}",
+                self.log()
+            )
+        })
+    }
+
+    /// What the guard wrote on stderr so far.
+    pub fn log(&self) -> String {
+        read(&self.stderr)
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `agent-guard ARGS` to completion; returns (code, stdout, stderr).
+pub fn run<I, S>(args: I) -> (i32, String, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = command().args(args).output().expect("agent-guard runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One process as /proc shows it.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: i32,
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+}
+
+/// Every process on the machine.
+pub fn processes() -> Vec<Proc> {
+    let mut out = Vec::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if let Some(p) = process(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// One process, if it exists.
+pub fn process(pid: i32) -> Option<Proc> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some(Proc {
+        pid,
+        state,
+        ppid,
+        pgrp,
+    })
+}
+
+/// Whether `pid` is gone or a zombie (it does no more work).
+pub fn gone(pid: i32) -> bool {
+    process(pid).is_none_or(|p| p.state == 'Z' || p.state == 'X')
+}
+
+/// The children of `pid`.
+pub fn children(pid: i32) -> Vec<Proc> {
+    processes().into_iter().filter(|p| p.ppid == pid).collect()
+}
+
+/// The lines of a recorder fixture's log.
+pub fn recorded(log: &Path) -> Vec<String> {
+    read(log).lines().map(str::to_string).collect()
+}
