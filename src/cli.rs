@@ -19,7 +19,7 @@ use clap::Parser;
                   Precedence: flag > environment > file > default. Durations: 500ms, 2s, 5m, 1h; a bare number is seconds.\n\
                   Exit status: the agent's own code; 128+N if it was killed by signal N; 125 if agent-guard failed;\n\
                   126 if COMMAND could not be executed; 127 if COMMAND was not found.",
-    max_term_width = 100,
+    term_width = 100,
     allow_negative_numbers = true
 )]
 pub struct Cli {

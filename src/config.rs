@@ -531,6 +531,9 @@ fn parse_bool(v: &str) -> Result<bool, String> {
 }
 
 fn parse_log_level(v: &str) -> Result<String, String> {
+    if crate::logging::plain_level(v).is_some() {
+        return Ok(v.trim().to_string());
+    }
     tracing_subscriber::EnvFilter::try_new(v)
         .map(|_| v.to_string())
         .map_err(|e| {

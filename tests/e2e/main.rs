@@ -5,6 +5,7 @@ mod support;
 mod config;
 mod exit_status;
 mod forwarding;
+mod readme;
 mod reaping;
 mod stopping;
 mod terminal;
