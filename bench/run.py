@@ -24,7 +24,7 @@ GUARD = os.path.join(ROOT, "target", "release", "agent-guard")
 QUICK = "--quick" in sys.argv
 # The guard's own options for these runs: no IMDS probe and no health port, so that each run
 # measures supervision alone (those features are measured by their own benchmarks).
-GUARD_OPTS = os.environ.get("BENCH_GUARD_OPTS", "").split()
+GUARD_OPTS = os.environ.get("BENCH_GUARD_OPTS", "--imds off").split()
 
 WRAPPERS = {
     "bare": [],

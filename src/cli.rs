@@ -79,6 +79,52 @@ pub struct Cli {
     #[arg(long, env = "AGENT_GUARD_SUBREAPER", value_parser = clap::builder::BoolishValueParser::new())]
     pub subreaper: bool,
 
+    /// Use IMDS for notices: `auto` if it answers at start, `on` (exit 125 if it does not answer
+    /// within 10 s), or `off`
+    #[arg(
+        long,
+        env = "AGENT_GUARD_IMDS",
+        value_name = "auto|on|off",
+        default_value = "auto"
+    )]
+    pub imds: String,
+
+    /// The instance metadata service (also read from AWS_EC2_METADATA_SERVICE_ENDPOINT)
+    #[arg(
+        long,
+        env = "AGENT_GUARD_IMDS_ENDPOINT",
+        value_name = "URL",
+        default_value = "http://169.254.169.254"
+    )]
+    pub imds_endpoint: String,
+
+    /// IMDS poll interval (with ±10 % jitter)
+    #[arg(
+        long,
+        env = "AGENT_GUARD_IMDS_POLL",
+        value_name = "DUR",
+        default_value = "2s"
+    )]
+    pub imds_poll: String,
+
+    /// What a rebalance recommendation does (it is always logged and reported)
+    #[arg(
+        long,
+        env = "AGENT_GUARD_ON_REBALANCE",
+        value_name = "ignore|drain",
+        default_value = "ignore"
+    )]
+    pub on_rebalance: String,
+
+    /// The agent is SIGKILLed no later than the spot notice time minus this margin
+    #[arg(
+        long,
+        env = "AGENT_GUARD_SPOT_MARGIN",
+        value_name = "DUR",
+        default_value = "10s"
+    )]
+    pub spot_margin: String,
+
     /// Format of the guard's own logs on stderr
     #[arg(
         long,
@@ -104,3 +150,10 @@ pub struct Cli {
 
 /// Options that steer how the rest is read; they cannot be set in the config file.
 pub const META_OPTIONS: &[&str] = &["config", "check-config", "help", "version"];
+
+/// The clap command with every environment value hidden from `--help`: help must not depend on
+/// the caller's shell, nor print what a variable holds.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().mut_args(|arg| arg.hide_env_values(true))
+}

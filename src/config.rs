@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use clap::{ArgMatches, FromArgMatches};
 
 use crate::cli::{Cli, META_OPTIONS};
+use crate::notices::OnRebalance;
 use crate::signals::Sig;
 
 /// Where a value came from.
@@ -167,6 +168,17 @@ pub enum ForwardTo {
     Child,
 }
 
+/// Whether the guard uses IMDS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImdsMode {
+    /// Use it if it answers at start; otherwise carry on without notices.
+    Auto,
+    /// Require it: exit 125 if it does not answer within 10 s.
+    On,
+    /// Never touch it.
+    Off,
+}
+
 /// The guard's own log format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -187,6 +199,11 @@ pub struct Config {
     pub drain_signal: Option<Sig>,
     pub forward_to: ForwardTo,
     pub subreaper: bool,
+    pub imds: ImdsMode,
+    pub imds_endpoint: String,
+    pub imds_poll: Duration,
+    pub on_rebalance: OnRebalance,
+    pub spot_margin: Duration,
     pub log_format: LogFormat,
     /// An `EnvFilter` directive string, already validated.
     pub log_level: String,
@@ -209,7 +226,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let matches = match Cli::command().try_get_matches_from(args) {
+    let matches = match crate::cli::command().try_get_matches_from(args) {
         Ok(m) => m,
         Err(err) => return info_or_usage(err),
     };
@@ -222,7 +239,7 @@ where
         })?;
         apply_file(&mut settings, path, &text)?;
     }
-    apply_rust_log(&mut settings);
+    apply_foreign_env(&mut settings);
     let config = Config::from_settings(&settings, cli.command)?;
     if cli.check_config {
         Ok(Invocation::CheckConfig(config, settings))
@@ -267,7 +284,7 @@ fn one_line(err: &clap::Error) -> String {
 /// The flag and environment layers, and the defaults, from clap.
 fn from_matches(matches: &ArgMatches) -> Result<Settings, ConfigError> {
     let mut settings = Settings::default();
-    for arg in Cli::command().get_arguments() {
+    for arg in crate::cli::command().get_arguments() {
         let Some(long) = arg.get_long() else {
             continue; // the positional command
         };
@@ -368,22 +385,30 @@ fn file_values(value: &toml::Value) -> Option<Vec<String>> {
     }
 }
 
-/// `RUST_LOG` works too, below any explicit `--log-level`.
-fn apply_rust_log(settings: &mut Settings) {
-    let defaulted = matches!(
-        settings.get("log-level").map(|s| &s.source),
-        Some(Source::Default) | None
-    );
-    if let (true, Ok(filter)) = (defaulted, std::env::var("RUST_LOG"))
-        && !filter.trim().is_empty()
-    {
-        settings.set(
-            "log-level",
-            Setting {
-                values: vec![filter],
-                source: Source::Env("RUST_LOG".to_string()),
-            },
+/// Variables from the wider ecosystem that also set an option, below every layer of our own:
+/// `RUST_LOG` for `--log-level`, the AWS SDK's IMDS endpoint for `--imds-endpoint`.
+const FOREIGN_ENV: &[(&str, &str)] = &[
+    ("log-level", "RUST_LOG"),
+    ("imds-endpoint", "AWS_EC2_METADATA_SERVICE_ENDPOINT"),
+];
+
+fn apply_foreign_env(settings: &mut Settings) {
+    for (long, var) in FOREIGN_ENV {
+        let defaulted = matches!(
+            settings.get(long).map(|s| &s.source),
+            Some(Source::Default) | None
         );
+        if let (true, Ok(value)) = (defaulted, std::env::var(var))
+            && !value.trim().is_empty()
+        {
+            settings.set(
+                long,
+                Setting {
+                    values: vec![value],
+                    source: Source::Env(var.to_string()),
+                },
+            );
+        }
     }
 }
 
@@ -409,6 +434,28 @@ impl Config {
                 _ => Err("expected `group` or `child`".to_string()),
             })?,
             subreaper: settings.parse("subreaper", parse_bool)?.unwrap_or(false),
+            imds: settings.require("imds", |v| match v {
+                "auto" => Ok(ImdsMode::Auto),
+                "on" => Ok(ImdsMode::On),
+                "off" => Ok(ImdsMode::Off),
+                _ => Err("expected `auto`, `on` or `off`".to_string()),
+            })?,
+            imds_endpoint: settings.require("imds-endpoint", parse_http_url)?,
+            imds_poll: settings.require("imds-poll", |v| {
+                parse_duration(v).and_then(|d| {
+                    if d >= Duration::from_millis(50) {
+                        Ok(d)
+                    } else {
+                        Err("must be at least 50ms".to_string())
+                    }
+                })
+            })?,
+            on_rebalance: settings.require("on-rebalance", |v| match v {
+                "ignore" => Ok(OnRebalance::Ignore),
+                "drain" => Ok(OnRebalance::Drain),
+                _ => Err("expected `ignore` or `drain`".to_string()),
+            })?,
+            spot_margin: settings.require("spot-margin", parse_duration)?,
             log_format: settings.require("log-format", |v| match v {
                 "text" => Ok(LogFormat::Text),
                 "json" => Ok(LogFormat::Json),
@@ -516,6 +563,17 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
 /// Formats a duration the way it is written in flags: `30s`, `1m 30s`, `500ms`.
 pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
+}
+
+fn parse_http_url(v: &str) -> Result<String, String> {
+    let uri: http::Uri = v
+        .trim()
+        .parse()
+        .map_err(|e| format!("expected a URL such as http://169.254.169.254 ({e})"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(v.trim().trim_end_matches('/').to_string()),
+        _ => Err("expected a URL such as http://169.254.169.254".to_string()),
+    }
 }
 
 fn parse_signal(v: &str) -> Result<Sig, String> {

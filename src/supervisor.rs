@@ -114,7 +114,12 @@ impl Supervisor {
                 Wake::Event(event) => Some(event),
                 Wake::Timer => Some(Event::Timer),
                 Wake::ReapTick => self.reaper.reap().map(Event::ChildExited),
-                Wake::GroupPoll => (!self.agent.group_alive()).then_some(Event::GroupGone),
+                Wake::GroupPoll => {
+                    // Reap first: leftovers that exited may be zombies of the guard's own
+                    // (orphans it adopted), and the run must not end with them unreaped.
+                    let _ = self.reaper.reap();
+                    (!self.agent.group_alive()).then_some(Event::GroupGone)
+                }
             };
             if let Some(event) = event {
                 self.apply(event);
@@ -215,6 +220,18 @@ impl Supervisor {
         }
     }
 
+    /// Says when a hard deadline (a spot notice) cut a configured timeout short, and by how much.
+    fn log_cut(&self, option: &str, configured: Duration, ends: Instant, ctx: &Ctx) {
+        let given = ends.saturating_duration_since(ctx.now);
+        if given < configured {
+            tracing::warn!(
+                configured = %format_duration(configured),
+                given = %format_duration(Duration::from_millis(given.as_millis() as u64)),
+                "{option} cut short by the spot interruption deadline"
+            );
+        }
+    }
+
     fn log_transition(&self, before: &Phase, ctx: &Ctx) {
         let until = |t: Instant| format_duration(t.saturating_duration_since(ctx.now));
         match &self.state.phase {
@@ -228,6 +245,12 @@ impl Supervisor {
                 } else {
                     tracing::warn!(deadline_in = %until(*deadline), "drain deadline moved earlier");
                 }
+                self.log_cut(
+                    "--drain-timeout",
+                    self.settings.drain_timeout,
+                    *deadline,
+                    ctx,
+                );
             }
             Phase::Stopping {
                 reason,
@@ -235,6 +258,9 @@ impl Supervisor {
                 killed,
                 ..
             } => {
+                if !*killed {
+                    self.log_cut("--stop-timeout", self.settings.stop_timeout, *kill_at, ctx);
+                }
                 if *killed {
                     tracing::warn!(reason = %reason, "killing the agent");
                 } else if let Phase::Draining { .. } = before {

@@ -67,7 +67,11 @@ fn the_config_file_steers_a_real_run() {
         "--".as_ref(),
         "sh".as_ref(),
         "-c".as_ref(),
-        "(trap '' TERM; exec sleep 600) & exit 4".as_ref(),
+        format!(
+            "{}; exit 4",
+            crate::stopping::ignoring_grandchild(&dir.path().join("gc.pid"))
+        )
+        .as_ref(),
     ]);
     assert_eq!(code, 4, "{stderr}");
     assert!(

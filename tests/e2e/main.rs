@@ -5,6 +5,7 @@ mod support;
 mod config;
 mod exit_status;
 mod forwarding;
+mod notices;
 mod readme;
 mod reaping;
 mod stopping;

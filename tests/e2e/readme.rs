@@ -19,6 +19,6 @@ fn readme_shows_the_current_help() {
     assert_eq!(
         shown,
         help.trim_end(),
-        "README's --help is stale: paste the output of `agent-guard --help` between the markers"
+        "README's --help is stale: run scripts/readme-help"
     );
 }

@@ -141,10 +141,7 @@ fn an_agent_that_exits_during_the_drain_ends_it() {
 fn a_grandchild_that_ignores_sigterm_is_gone_when_the_guard_exits() {
     let dir = scratch();
     let pidfile = dir.path().join("grandchild.pid");
-    let script = format!(
-        "(trap '' TERM; exec sleep 600) & echo $! > {}; wait",
-        pidfile.display()
-    );
+    let script = format!("{}; wait", ignoring_grandchild(&pidfile));
     let mut guard = Guard::start(
         dir.path(),
         ["--stop-timeout", "1s", "--", "sh", "-c", &script],
@@ -172,10 +169,7 @@ fn a_grandchild_that_ignores_sigterm_is_gone_when_the_guard_exits() {
 fn leftovers_of_an_agent_that_exits_by_itself_are_stopped_then_killed() {
     let dir = scratch();
     let pidfile = dir.path().join("grandchild.pid");
-    let script = format!(
-        "(trap '' TERM; exec sleep 600) & echo $! > {}; exit 3",
-        pidfile.display()
-    );
+    let script = format!("{}; exit 3", ignoring_grandchild(&pidfile));
     let started = Instant::now();
     let mut guard = Guard::start(
         dir.path(),
@@ -191,4 +185,14 @@ fn leftovers_of_an_agent_that_exits_by_itself_are_stopped_then_killed() {
         gone(grandchild),
         "grandchild {grandchild} outlived the guard"
     );
+}
+
+/// Shell that starts a grandchild ignoring SIGTERM and returns only once the grandchild has
+/// set its trap and written its pid: before that, a stop signal would still kill it.
+pub fn ignoring_grandchild(pidfile: &std::path::Path) -> String {
+    let p = pidfile.display();
+    format!(
+        "sh -c 'trap \"\" TERM; echo $$ > {p}.tmp; mv {p}.tmp {p}; exec sleep 600' & \
+         while [ ! -s {p} ]; do sleep 0.01; done"
+    )
 }

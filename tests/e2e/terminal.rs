@@ -12,6 +12,7 @@ fn the_agent_gets_the_terminal_foreground() {
     let out = Command::new(fixture("foreground.py"))
         .args([bin(), "--", "sh", "-c", check])
         .env_remove("RUST_LOG")
+        .env("AGENT_GUARD_IMDS", "off")
         .output()
         .expect("python3 runs the pty fixture");
     let text = String::from_utf8_lossy(&out.stdout);

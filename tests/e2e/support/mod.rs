@@ -55,16 +55,23 @@ pub struct Guard {
     pub started: Instant,
 }
 
-/// A command for the guard with a clean environment: no AGENT_GUARD_* or RUST_LOG from the
-/// developer's shell can change what a test sees.
+/// A command for the guard with a clean environment: no AGENT_GUARD_*, RUST_LOG or AWS_* from
+/// the developer's shell can change what a test sees.
+///
+/// IMDS is off unless a test turns it on with a flag (which beats the environment) and points it
+/// at a simulator: a test must never send a packet to the real 169.254.169.254.
 pub fn command() -> Command {
     let mut cmd = Command::new(bin());
     for (key, _) in std::env::vars_os() {
         let key_text = key.to_string_lossy();
-        if key_text.starts_with("AGENT_GUARD_") || key_text == "RUST_LOG" {
+        if key_text.starts_with("AGENT_GUARD_")
+            || key_text == "RUST_LOG"
+            || key_text.starts_with("AWS_")
+        {
             cmd.env_remove(&key);
         }
     }
+    cmd.env("AGENT_GUARD_IMDS", "off");
     cmd.stdin(Stdio::null());
     cmd
 }
