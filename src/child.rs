@@ -42,6 +42,8 @@ pub struct SpawnSpec {
     pub command: Vec<OsString>,
     /// Variables added to (or replacing) the inherited environment.
     pub env: Vec<(OsString, OsString)>,
+    /// Export `WATCHDOG_PID` set to the agent's own pid (with `--watchdog`).
+    pub watchdog_pid: bool,
 }
 
 impl Agent {
@@ -58,15 +60,26 @@ impl Agent {
         cmd.args(args)
             .envs(spec.env.iter().cloned())
             .process_group(0);
-        // SAFETY: the closure only makes async-signal-safe calls (tcsetpgrp, getpid, sigaction);
-        // it runs in the forked child after setpgid and before exec.
+        let mut own_exec = if spec.watchdog_pid {
+            Some(ExecWithPid::new(&spec.command, &spec.env)?)
+        } else {
+            None
+        };
+        // SAFETY: the closure only makes async-signal-safe calls (tcsetpgrp, getpid, sigaction,
+        // execvpe) and writes into memory allocated before the fork; it runs in the forked child
+        // after setpgid and before std's own exec.
         unsafe {
             cmd.pre_exec(move || {
                 if hand_over_terminal {
                     // Errors are tolerated (ENOTTY, ENXIO), as tini does: the agent still runs.
                     libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
                 }
-                job_control.restore_in_child()
+                job_control.restore_in_child()?;
+                match own_exec.as_mut() {
+                    // Only returns if exec failed; std then reports the error as for its own exec.
+                    Some(exec) => Err(exec.exec()),
+                    None => Ok(()),
+                }
             });
         }
         let program_text = program.to_string_lossy().into_owned();
@@ -142,6 +155,104 @@ fn parse_stat(stat: &str) -> Option<(char, pid_t)> {
     let _ppid = fields.next()?;
     let pgrp = fields.next()?.parse().ok()?;
     Some((state, pgrp))
+}
+
+/// An exec prepared before the fork whose environment carries `WATCHDOG_PID=<the agent's pid>`.
+///
+/// The agent's pid exists only after the fork, and std's `Command` fixes the environment before
+/// it. So the argument and environment arrays are built here in advance, with room for the pid's
+/// digits, and the child writes them in and calls `execvpe` itself: no allocation after fork.
+struct ExecWithPid {
+    program: std::ffi::CString,
+    _args: Vec<std::ffi::CString>,
+    argv: Vec<*const libc::c_char>,
+    _env: Vec<std::ffi::CString>,
+    envp: Vec<*const libc::c_char>,
+    /// "WATCHDOG_PID=" followed by room for the digits and the NUL.
+    pid_entry: Vec<u8>,
+}
+
+// SAFETY: the raw pointers point into the CStrings and the buffer owned by the same struct, which
+// moves as a whole into the pre_exec closure and is only used in the forked child.
+unsafe impl Send for ExecWithPid {}
+unsafe impl Sync for ExecWithPid {}
+
+const PID_PREFIX: &[u8] = b"WATCHDOG_PID=";
+
+impl ExecWithPid {
+    fn new(command: &[OsString], extra: &[(OsString, OsString)]) -> Result<Self, SpawnError> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let text = command
+            .first()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let invalid = || SpawnError::CannotExecute {
+            program: text.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "an argument holds a NUL byte"),
+        };
+        let c = |s: &std::ffi::OsStr| CString::new(s.as_bytes()).map_err(|_| invalid());
+        let args: Vec<CString> = command.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
+        let program = args.first().cloned().ok_or_else(invalid)?;
+        let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k) && k != "WATCHDOG_PID")
+            .collect();
+        vars.extend(extra.iter().cloned());
+        let env: Vec<CString> = vars
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                CString::new(kv).map_err(|_| invalid())
+            })
+            .collect::<Result<_, _>>()?;
+        let mut pid_entry = PID_PREFIX.to_vec();
+        pid_entry.resize(PID_PREFIX.len() + 24, 0);
+        let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+        envp.push(pid_entry.as_ptr().cast());
+        envp.push(std::ptr::null());
+        Ok(ExecWithPid {
+            program,
+            _args: args,
+            argv,
+            _env: env,
+            envp,
+            pid_entry,
+        })
+    }
+
+    /// In the child: writes the pid into the environment and execs. Returns only on failure.
+    fn exec(&mut self) -> io::Error {
+        // SAFETY: getpid is async-signal-safe.
+        let mut pid = unsafe { libc::getpid() } as u64;
+        let mut digits = [0u8; 20];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (pid % 10) as u8;
+            n += 1;
+            pid /= 10;
+            if pid == 0 {
+                break;
+            }
+        }
+        for i in 0..n {
+            self.pid_entry[PID_PREFIX.len() + i] = digits[n - 1 - i];
+        }
+        self.pid_entry[PID_PREFIX.len() + n] = 0;
+        // SAFETY: argv and envp are NUL-terminated arrays of NUL-terminated strings that live in
+        // self; execvpe searches PATH as execvp does.
+        unsafe {
+            libc::execvpe(
+                self.program.as_ptr(),
+                self.argv.as_ptr(),
+                self.envp.as_ptr(),
+            )
+        };
+        io::Error::last_os_error()
+    }
 }
 
 fn send(target: pid_t, sig: Sig) -> io::Result<()> {

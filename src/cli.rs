@@ -14,7 +14,7 @@ use clap::Parser;
     name = "agent-guard",
     version,
     about = "Supervise an agent on an EC2 Auto Scaling group: forward signals, reap zombies, drain before stopping.",
-    override_usage = "agent-guard [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard --check-config [OPTIONS] [-- COMMAND [ARGS...]]",
+    override_usage = "agent-guard [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard ctl [--socket PATH] [--json] status | drain [--reason R] | ready | drained | subscribe\n       agent-guard --check-config [OPTIONS] [-- COMMAND [ARGS...]]",
     after_help = "Every option can also be set as AGENT_GUARD_<NAME> or as a key in the --config file.\n\
                   Precedence: flag > environment > file > default. Durations: 500ms, 2s, 5m, 1h; a bare number is seconds.\n\
                   Exit status: the agent's own code; 128+N if it was killed by signal N; 125 if agent-guard failed;\n\
@@ -125,6 +125,36 @@ pub struct Cli {
     )]
     pub spot_margin: String,
 
+    /// The control socket (JSON lines), given to the agent as AGENT_GUARD_SOCKET [default:
+    /// $RUNTIME_DIRECTORY/NAME.sock, else /run/agent-guard/NAME.sock as root, else
+    /// $XDG_RUNTIME_DIR/agent-guard/NAME.sock]
+    #[arg(long, env = "AGENT_GUARD_SOCKET", value_name = "PATH")]
+    pub socket: Option<String>,
+
+    /// When the agent counts as ready: at once, on sd_notify READY=1 (or control `ready`), when
+    /// --child-health passes, or after a warm-up period
+    #[arg(
+        long,
+        env = "AGENT_GUARD_READY_ON",
+        value_name = "start|notify|health|DUR",
+        default_value = "start"
+    )]
+    pub ready_on: String,
+
+    /// Longest wait for readiness; past it the launch hook is abandoned
+    #[arg(
+        long,
+        env = "AGENT_GUARD_READY_TIMEOUT",
+        value_name = "DUR",
+        default_value = "10m"
+    )]
+    pub ready_timeout: String,
+
+    /// The agent must send WATCHDOG=1 at least this often, else it is reported (WATCHDOG_USEC
+    /// and WATCHDOG_PID are exported to it)
+    #[arg(long, env = "AGENT_GUARD_WATCHDOG", value_name = "DUR")]
+    pub watchdog: Option<String>,
+
     /// Format of the guard's own logs on stderr
     #[arg(
         long,
@@ -146,6 +176,54 @@ pub struct Cli {
     /// The agent to run, with its arguments (after `--`)
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+
+    #[command(subcommand)]
+    pub sub: Option<Sub>,
+}
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Sub {
+    /// Talk to a running guard over its control socket
+    Ctl(CtlArgs),
+}
+
+/// `agent-guard ctl`.
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// The guard's control socket [default: $AGENT_GUARD_SOCKET, else the default path for --name]
+    #[arg(long, env = "AGENT_GUARD_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// The guard's --name, to find its socket at the default path
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Print the guard's JSON replies and events as they are
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub request: CtlRequest,
+}
+
+/// What `ctl` asks the guard.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum CtlRequest {
+    /// Print the guard's state
+    Status,
+    /// Drain the agent now, as a scale-in would
+    Drain {
+        /// A note for the guard's log
+        #[arg(long, value_name = "R")]
+        reason: Option<String>,
+    },
+    /// Mark the agent ready (with --ready-on notify)
+    Ready,
+    /// Tell the guard the agent has drained
+    Drained,
+    /// Print phase changes and drains until the guard exits
+    Subscribe,
 }
 
 /// Options that steer how the rest is read; they cannot be set in the config file.

@@ -17,6 +17,7 @@ use clap::{ArgMatches, FromArgMatches};
 use crate::cli::{Cli, META_OPTIONS};
 use crate::notices::OnRebalance;
 use crate::signals::Sig;
+use crate::state::ReadyOn;
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +205,13 @@ pub struct Config {
     pub imds_poll: Duration,
     pub on_rebalance: OnRebalance,
     pub spot_margin: Duration,
+    /// The control socket.
+    pub socket: PathBuf,
+    /// The agent's sd_notify socket, next to the control socket.
+    pub notify_socket: PathBuf,
+    pub ready_on: ReadyOn,
+    pub ready_timeout: Duration,
+    pub watchdog: Option<Duration>,
     pub log_format: LogFormat,
     /// An `EnvFilter` directive string, already validated.
     pub log_level: String,
@@ -218,6 +226,12 @@ pub enum Invocation {
     CheckConfig(Config, Settings),
     /// `--help` or `--version`: print this and exit 0.
     Info(String),
+    /// `ctl`: talk to a running guard.
+    Ctl {
+        socket: PathBuf,
+        request: crate::ctl::Request,
+        json: bool,
+    },
 }
 
 /// Reads the command line (and through it the environment and the config file).
@@ -231,6 +245,9 @@ where
         Err(err) => return info_or_usage(err),
     };
     let cli = Cli::from_arg_matches(&matches).map_err(|e| ConfigError::Usage(one_line(&e)))?;
+    if let Some(crate::cli::Sub::Ctl(ctl)) = cli.sub {
+        return ctl_invocation(ctl);
+    }
     let mut settings = from_matches(&matches)?;
     if let Some(path) = &cli.config {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
@@ -247,6 +264,92 @@ where
         Err(ConfigError::NoCommand)
     } else {
         Ok(Invocation::Run(config))
+    }
+}
+
+fn ctl_invocation(ctl: crate::cli::CtlArgs) -> Result<Invocation, ConfigError> {
+    use crate::cli::CtlRequest;
+    use crate::ctl::Request;
+    let socket = match (ctl.socket, ctl.name) {
+        (Some(path), _) => path,
+        (None, Some(name)) => {
+            default_socket(&parse_name(&name).map_err(|why| ConfigError::Invalid {
+                option: "name".to_string(),
+                value: name.clone(),
+                origin: Source::Flag,
+                why,
+            })?)
+        }
+        (None, None) => only_socket_in(&default_socket_dir()).ok_or_else(|| {
+            ConfigError::Usage(format!(
+                "ctl: which guard? give --socket PATH or --name NAME (no single socket in {})",
+                default_socket_dir().display()
+            ))
+        })?,
+    };
+    let request = match ctl.request {
+        CtlRequest::Status => Request::Status,
+        CtlRequest::Drain { reason } => Request::Drain { reason },
+        CtlRequest::Ready => Request::Ready,
+        CtlRequest::Drained => Request::Drained,
+        CtlRequest::Subscribe => Request::Subscribe,
+    };
+    Ok(Invocation::Ctl {
+        socket,
+        request,
+        json: ctl.json,
+    })
+}
+
+/// The directory of the default socket path: `$RUNTIME_DIRECTORY` (systemd's
+/// `RuntimeDirectory=`), else `/run/agent-guard` as root, else `$XDG_RUNTIME_DIR/agent-guard`,
+/// else a private directory under /tmp.
+pub fn default_socket_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
+        // systemd may list several directories, colon-separated; the first is ours.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        return PathBuf::from(first);
+    }
+    // SAFETY: geteuid has no side effects.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return PathBuf::from("/run/agent-guard");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("agent-guard"),
+        None => PathBuf::from(format!("/tmp/agent-guard-{uid}")),
+    }
+}
+
+/// The default control socket for a guard named `name`.
+pub fn default_socket(name: &str) -> PathBuf {
+    default_socket_dir().join(format!("{name}.sock"))
+}
+
+/// The one `*.sock` in `dir`, if there is exactly one.
+fn only_socket_in(dir: &Path) -> Option<PathBuf> {
+    let mut found = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sock"));
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
+/// The agent's sd_notify socket: next to the control socket, `.notify` for `.sock`.
+fn notify_socket_for(socket: &Path) -> PathBuf {
+    if socket.extension().is_some_and(|x| x == "sock") {
+        socket.with_extension("notify")
+    } else {
+        let mut s = socket.as_os_str().to_owned();
+        s.push(".notify");
+        PathBuf::from(s)
     }
 }
 
@@ -422,7 +525,53 @@ impl Config {
             Some(name) => name,
             None => default_name(&command),
         };
+        let socket = match settings.parse("socket", parse_socket_path)? {
+            Some(path) => path,
+            None => default_socket(&name),
+        };
+        let notify_socket = notify_socket_for(&socket);
+        parse_socket_path(&notify_socket.to_string_lossy()).map_err(|why| {
+            ConfigError::Invalid {
+                option: "socket".to_string(),
+                value: socket.display().to_string(),
+                origin: settings
+                    .get("socket")
+                    .map_or(Source::Derived("--name"), |s| s.source.clone()),
+                why: format!("its sd_notify neighbour: {why}"),
+            }
+        })?;
+        let ready_on = settings.require("ready-on", |v| match v {
+            "start" => Ok(ReadyOn::Start),
+            "notify" => Ok(ReadyOn::Notify),
+            "health" => Ok(ReadyOn::Health),
+            other => parse_duration(other).map(ReadyOn::Warmup).map_err(|_| {
+                "expected `start`, `notify`, `health` or a warm-up duration such as 30s".to_string()
+            }),
+        })?;
+        if ready_on == ReadyOn::Health && settings.get("child-health").is_none() {
+            return Err(ConfigError::Invalid {
+                option: "ready-on".to_string(),
+                value: "health".to_string(),
+                origin: settings
+                    .get("ready-on")
+                    .map_or(Source::Default, |s| s.source.clone()),
+                why: "needs --child-health URL to probe".to_string(),
+            });
+        }
         Ok(Config {
+            socket,
+            notify_socket,
+            ready_on,
+            ready_timeout: settings.require("ready-timeout", parse_duration)?,
+            watchdog: settings.parse("watchdog", |v| {
+                parse_duration(v).and_then(|d| {
+                    if d >= Duration::from_millis(10) {
+                        Ok(d)
+                    } else {
+                        Err("must be at least 10ms".to_string())
+                    }
+                })
+            })?,
             name,
             stop_signal: settings.require("stop-signal", parse_signal)?,
             stop_timeout: settings.require("stop-timeout", parse_duration)?,
@@ -563,6 +712,20 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
 /// Formats a duration the way it is written in flags: `30s`, `1m 30s`, `500ms`.
 pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
+}
+
+fn parse_socket_path(v: &str) -> Result<PathBuf, String> {
+    // sun_path holds 108 bytes with the terminating NUL.
+    if v.is_empty() {
+        Err("expected a path".to_string())
+    } else if v.len() > 107 {
+        Err(format!(
+            "{} bytes is too long for a Unix socket path (at most 107)",
+            v.len()
+        ))
+    } else {
+        Ok(PathBuf::from(v))
+    }
 }
 
 fn parse_http_url(v: &str) -> Result<String, String> {

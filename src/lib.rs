@@ -13,34 +13,49 @@
 //! - [`imds`]: IMDSv2 client over the SDK's, with what it lacks (401 renewal, hop-limit hint).
 //! - [`notices`]: polls IMDS, de-duplicates notices, sends drain requests; never dies of an error.
 //! - [`sim`]: simulated IMDS (and Auto Scaling API) for tests and drills; loopback only.
+//! - [`hub`]: what the supervisor shares with the agent-facing servers (announcements, reports).
+//! - [`drain`]: the control socket (JSON lines): drains, readiness, status, for agent and operator.
+//! - [`sdnotify`]: the agent's NOTIFY_SOCKET with systemd's meanings; relays to systemd upstream.
+//! - [`unixsock`]: creating those sockets safely (0600, stale replaced, symlinks refused).
+//! - [`ctl`]: the `agent-guard ctl` client.
 //! - [`logging`]: the guard's own log lines on stderr, text or JSON.
 //! - [`exit`]: the exit status contract.
 
 pub mod child;
 pub mod cli;
 pub mod config;
+pub mod ctl;
+pub mod drain;
 pub mod exit;
+pub mod hub;
 pub mod imds;
 pub mod logging;
 pub mod notices;
 pub mod reaper;
+pub mod sdnotify;
 pub mod signals;
 pub mod sim;
 pub mod state;
 pub mod supervisor;
+pub mod unixsock;
 
+use std::ffi::OsString;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
 use crate::child::{Agent, SpawnError, SpawnSpec};
 use crate::config::{Config, ImdsMode};
+use crate::drain::Control;
+use crate::hub::Hub;
 use crate::imds::ImdsClient;
 use crate::notices::{ImdsStatus, NoticeSettings, Poller};
 use crate::reaper::ChildExit;
+use crate::sdnotify::Upstream;
 use crate::signals::{JobControl, SignalSetupError, SignalSource};
-use crate::state::Phase;
+use crate::state::State;
 use crate::supervisor::{StopSettings, Supervisor};
 
 /// Why the guard could not supervise the agent at all.
@@ -58,6 +73,8 @@ pub enum RunError {
     ImdsRequired(#[source] imds::ImdsError),
     #[error(transparent)]
     Imds(#[from] imds::ImdsError),
+    #[error(transparent)]
+    Socket(#[from] unixsock::SocketError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
 }
@@ -89,13 +106,39 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
     let job_control = JobControl::ignore().map_err(RunError::JobControl)?;
     // Handlers first: a signal that arrives while the agent starts is kept, not lost.
     let signals = SignalSource::install()?;
+    let initial = State::new().phase;
+    let (phase_tx, phase_rx) = watch::channel(initial);
+    let (events_tx, events_rx) = mpsc::channel(64);
+    let hub = Arc::new(Hub::new(&config.name, phase_rx, config.watchdog));
+    // The sockets exist before the agent does, so it can connect from its first instruction.
+    let sockets = Sockets::bind(&config)?;
+    let mut env: Vec<(OsString, OsString)> = vec![
+        ("AGENT_GUARD_SOCKET".into(), config.socket.clone().into()),
+        ("NOTIFY_SOCKET".into(), config.notify_socket.clone().into()),
+    ];
+    if let Some(watchdog) = config.watchdog {
+        env.push((
+            "WATCHDOG_USEC".into(),
+            watchdog.as_micros().to_string().into(),
+        ));
+    }
     let spec = SpawnSpec {
         command: config.command.clone(),
-        env: Vec::new(),
+        env,
+        watchdog_pid: config.watchdog.is_some(),
     };
     let agent = Agent::spawn(&spec, job_control)?;
-    let (phase_tx, _phase_rx) = watch::channel(Phase::Starting);
-    let (events_tx, events_rx) = mpsc::channel(64);
+    hub.set_agent_pid(agent.pid());
+    let control = Control {
+        hub: hub.clone(),
+        events: events_tx.clone(),
+        ready_on: config.ready_on,
+    };
+    let upstream = Upstream::from_env();
+    let servers = [
+        tokio::spawn(drain::serve(sockets.control, control.clone())),
+        tokio::spawn(sdnotify::serve(sockets.notify, control, upstream.clone())),
+    ];
     let (imds_status, _imds_status_rx) = watch::channel(ImdsStatus::default());
     let poller = imds.map(|client| {
         let settings = NoticeSettings {
@@ -112,12 +155,48 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
         StopSettings::from_config(&config),
         (events_tx, events_rx),
         phase_tx,
+        hub.clone(),
+        upstream,
     );
     let exit = supervisor.run().await;
     if let Some(poller) = poller {
         poller.abort();
     }
+    // Let subscribers' connections write the last events (`exited`) before they are dropped:
+    // on this single-threaded runtime each yield runs every task that is ready once.
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+    for server in servers {
+        server.abort();
+    }
+    unixsock::remove(&config.socket);
+    unixsock::remove(&config.notify_socket);
     Ok(exit)
+}
+
+/// The control and sd_notify sockets, bound before the agent starts.
+struct Sockets {
+    control: tokio::net::UnixListener,
+    notify: tokio::net::UnixDatagram,
+}
+
+impl Sockets {
+    fn bind(config: &Config) -> Result<Sockets, RunError> {
+        unixsock::prepare(&config.socket, unixsock::Kind::Stream)?;
+        unixsock::prepare(&config.notify_socket, unixsock::Kind::Datagram)?;
+        let control =
+            unixsock::bind_private(&config.socket, |p| tokio::net::UnixListener::bind(p))?;
+        let notify =
+            unixsock::bind_private(&config.notify_socket, |p| tokio::net::UnixDatagram::bind(p))?;
+        sdnotify::pass_credentials(&notify).map_err(|source| {
+            RunError::Socket(unixsock::SocketError::Io {
+                path: config.notify_socket.clone(),
+                source,
+            })
+        })?;
+        Ok(Sockets { control, notify })
+    }
 }
 
 /// Each IMDS request's bound, to connect and again to answer.

@@ -14,6 +14,11 @@ fn main() -> ExitCode {
         }
     };
     match invocation {
+        Invocation::Ctl {
+            socket,
+            request,
+            json,
+        } => ExitCode::from(agent_guard::ctl::run(&socket, &request, json)),
         Invocation::Info(text) => {
             print!("{text}");
             ExitCode::SUCCESS

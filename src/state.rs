@@ -61,7 +61,12 @@ pub enum Cleanup {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
     /// The agent runs but is not ready yet.
-    Starting,
+    Starting {
+        /// With `--ready-on DUR`: when the warm-up is over and the agent counts as ready.
+        warm_until: Option<Instant>,
+        /// When `--ready-timeout` runs out (the launch hook is then abandoned); `None` once past.
+        give_up_at: Option<Instant>,
+    },
     /// The agent is ready: readiness answers 200.
     Ready,
     /// The agent has been told to drain and has until `deadline` to say it is drained or exit.
@@ -77,6 +82,8 @@ pub enum Phase {
     Stopping {
         reason: DrainReason,
         kill_at: Instant,
+        /// The latest moment SIGKILL may come; an extension never passes it.
+        hard_deadline: Option<Instant>,
         killed: bool,
         signalled: bool,
     },
@@ -90,7 +97,7 @@ impl Phase {
     /// The phase's name on the wire: `starting|ready|draining|stopping|exited`.
     pub fn name(&self) -> &'static str {
         match self {
-            Phase::Starting => "starting",
+            Phase::Starting { .. } => "starting",
             Phase::Ready => "ready",
             Phase::Draining { .. } => "draining",
             Phase::Stopping { .. } => "stopping",
@@ -101,6 +108,13 @@ impl Phase {
     /// When the supervisor must feed [`Event::Timer`] if nothing else happens first.
     pub fn deadline(&self) -> Option<Instant> {
         match self {
+            Phase::Starting {
+                warm_until,
+                give_up_at,
+            } => match (warm_until, give_up_at) {
+                (Some(a), Some(b)) => Some((*a).min(*b)),
+                (a, b) => a.or(*b),
+            },
             Phase::Draining { deadline, .. } => Some(*deadline),
             Phase::Stopping {
                 kill_at,
@@ -128,8 +142,13 @@ impl Phase {
 /// Something that happened, fed to [`step`] by the supervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// The agent was spawned: start the readiness clock.
+    Spawned,
     /// The agent counts as ready.
     Ready,
+    /// The agent asks for more time: the current bound (drain deadline, or grace before
+    /// SIGKILL) moves to at least now + this, never past a hard deadline.
+    Extend(Duration),
     /// SIGTERM or SIGINT reached the guard.
     StopSignal,
     /// A notice or an operator asks for a drain; `hard_deadline` bounds SIGKILL (spot).
@@ -170,6 +189,23 @@ pub enum Action {
         reason: DrainReason,
         deadline: Instant,
     },
+    /// The agent did not become ready within `--ready-timeout`.
+    ReadyTimedOut,
+    /// A bound was extended at the agent's request.
+    Extended { until: Instant },
+}
+
+/// When the agent counts as ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyOn {
+    /// As soon as it is spawned.
+    Start,
+    /// On sd_notify `READY=1` or the control socket's `ready`.
+    Notify,
+    /// When `--child-health` passes.
+    Health,
+    /// After a warm-up period.
+    Warmup(Duration),
 }
 
 /// What `step` needs besides the state and the event: the time and the stop settings.
@@ -184,6 +220,8 @@ pub struct Ctx {
     pub listeners: bool,
     /// How long to wait for the kernel to remove processes after SIGKILL before giving up.
     pub kill_wait: Duration,
+    pub ready_on: ReadyOn,
+    pub ready_timeout: Duration,
 }
 
 impl Ctx {
@@ -202,7 +240,10 @@ pub struct State {
 impl State {
     pub fn new() -> Self {
         State {
-            phase: Phase::Starting,
+            phase: Phase::Starting {
+                warm_until: None,
+                give_up_at: None,
+            },
         }
     }
 }
@@ -223,13 +264,50 @@ fn transition(phase: &Phase, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
     let now = ctx.now;
     let unchanged = || (phase.clone(), Vec::new());
     match (phase, event) {
-        (Phase::Starting, Event::Ready) => (Phase::Ready, Vec::new()),
+        (Phase::Starting { .. }, Event::Spawned) => match ctx.ready_on {
+            ReadyOn::Start => (Phase::Ready, Vec::new()),
+            ReadyOn::Warmup(warm_up) => (
+                Phase::Starting {
+                    warm_until: Some(now + warm_up),
+                    give_up_at: Some(now + ctx.ready_timeout),
+                },
+                Vec::new(),
+            ),
+            ReadyOn::Notify | ReadyOn::Health => (
+                Phase::Starting {
+                    warm_until: None,
+                    give_up_at: Some(now + ctx.ready_timeout),
+                },
+                Vec::new(),
+            ),
+        },
+        (Phase::Starting { .. }, Event::Ready) => (Phase::Ready, Vec::new()),
+        (
+            Phase::Starting {
+                warm_until: Some(warm),
+                ..
+            },
+            Event::Timer,
+        ) if now >= *warm => (Phase::Ready, Vec::new()),
+        (
+            Phase::Starting {
+                warm_until,
+                give_up_at: Some(give_up),
+            },
+            Event::Timer,
+        ) if now >= *give_up => (
+            Phase::Starting {
+                warm_until: *warm_until,
+                give_up_at: None,
+            },
+            vec![Action::ReadyTimedOut],
+        ),
 
-        (Phase::Starting | Phase::Ready, Event::StopSignal) => {
+        (Phase::Starting { .. } | Phase::Ready, Event::StopSignal) => {
             begin_drain(DrainReason::Signal, None, true, ctx)
         }
         (
-            Phase::Starting | Phase::Ready,
+            Phase::Starting { .. } | Phase::Ready,
             Event::Drain {
                 reason,
                 hard_deadline,
@@ -272,6 +350,7 @@ fn transition(phase: &Phase, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
             Phase::Stopping {
                 reason,
                 kill_at,
+                hard_deadline,
                 killed,
                 signalled: false,
             },
@@ -280,6 +359,7 @@ fn transition(phase: &Phase, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
             Phase::Stopping {
                 reason: *reason,
                 kill_at: *kill_at,
+                hard_deadline: *hard_deadline,
                 killed: *killed,
                 signalled: true,
             },
@@ -319,6 +399,7 @@ fn transition(phase: &Phase, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
             Phase::Stopping {
                 reason,
                 kill_at,
+                hard_deadline,
                 killed: false,
                 signalled,
             },
@@ -330,11 +411,59 @@ fn transition(phase: &Phase, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
             Phase::Stopping {
                 reason: *reason,
                 kill_at: (*kill_at).min(new_hard),
+                hard_deadline: Some(earliest(*hard_deadline, new_hard)),
                 killed: false,
                 signalled: *signalled,
             },
             Vec::new(),
         ),
+
+        // More time, asked for by the agent: never shorter, never past the hard deadline.
+        (
+            Phase::Draining {
+                reason,
+                deadline,
+                hard_deadline,
+                signalled,
+            },
+            Event::Extend(by),
+        ) => {
+            let cap = hard_deadline.map(|h| drain_deadline_for(h, ctx));
+            let wanted = (*deadline).max(now + by);
+            let until = cap.map_or(wanted, |c| wanted.min(c).max(*deadline));
+            (
+                Phase::Draining {
+                    reason: *reason,
+                    deadline: until,
+                    hard_deadline: *hard_deadline,
+                    signalled: *signalled,
+                },
+                vec![Action::Extended { until }],
+            )
+        }
+        (
+            Phase::Stopping {
+                reason,
+                kill_at,
+                hard_deadline,
+                killed: false,
+                signalled,
+            },
+            Event::Extend(by),
+        ) => {
+            let wanted = (*kill_at).max(now + by);
+            let until = hard_deadline.map_or(wanted, |h| wanted.min(h).max(*kill_at));
+            (
+                Phase::Stopping {
+                    reason: *reason,
+                    kill_at: until,
+                    hard_deadline: *hard_deadline,
+                    killed: false,
+                    signalled: *signalled,
+                },
+                vec![Action::Extended { until }],
+            )
+        }
 
         (
             Phase::Draining {
@@ -365,7 +494,7 @@ fn transition(phase: &Phase, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
         ) if now >= *kill_at => kill_now(phase, ctx),
 
         (
-            Phase::Starting | Phase::Ready | Phase::Draining { .. } | Phase::Stopping { .. },
+            Phase::Starting { .. } | Phase::Ready | Phase::Draining { .. } | Phase::Stopping { .. },
             Event::Forward(signal),
         ) => (
             phase.clone(),
@@ -403,7 +532,10 @@ fn transition(phase: &Phase, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
                 )
             }
         }
-        (Phase::Starting | Phase::Ready | Phase::Draining { .. }, Event::ChildExited(exit)) => {
+        (
+            Phase::Starting { .. } | Phase::Ready | Phase::Draining { .. },
+            Event::ChildExited(exit),
+        ) => {
             let kill_at = match phase {
                 Phase::Draining {
                     hard_deadline: Some(hard),
@@ -523,6 +655,7 @@ fn stop(
         Phase::Stopping {
             reason,
             kill_at,
+            hard_deadline,
             killed: false,
             signalled,
         },
@@ -534,14 +667,24 @@ fn stop(
 }
 
 fn kill_now(phase: &Phase, ctx: &Ctx) -> (Phase, Vec<Action>) {
-    let reason = match phase {
-        Phase::Draining { reason, .. } | Phase::Stopping { reason, .. } => *reason,
-        _ => DrainReason::Signal,
+    let (reason, hard_deadline) = match phase {
+        Phase::Draining {
+            reason,
+            hard_deadline,
+            ..
+        }
+        | Phase::Stopping {
+            reason,
+            hard_deadline,
+            ..
+        } => (*reason, *hard_deadline),
+        _ => (DrainReason::Signal, None),
     };
     (
         Phase::Stopping {
             reason,
             kill_at: ctx.now,
+            hard_deadline,
             killed: true,
             signalled: true,
         },
@@ -569,6 +712,8 @@ mod tests {
             drain_signal: None,
             listeners: false,
             kill_wait: 5 * S,
+            ready_on: ReadyOn::Start,
+            ready_timeout: 600 * S,
         }
     }
 
@@ -609,13 +754,17 @@ mod tests {
         let stopping = Phase::Stopping {
             reason: DrainReason::Signal,
             kill_at: t0 + 30 * S,
+            hard_deadline: None,
             killed: false,
             signalled: true,
         };
         let cases: Vec<Case> = vec![
             (
                 "ready",
-                Phase::Starting,
+                Phase::Starting {
+                    warm_until: None,
+                    give_up_at: None,
+                },
                 Event::Ready,
                 c.clone(),
                 Phase::Ready,
@@ -687,6 +836,7 @@ mod tests {
                 Phase::Stopping {
                     reason: DrainReason::ScaleIn,
                     kill_at: t0 + 30 * S,
+                    hard_deadline: None,
                     killed: false,
                     signalled: false,
                 },
@@ -708,6 +858,7 @@ mod tests {
                 Phase::Stopping {
                     reason: DrainReason::ScaleIn,
                     kill_at: t0 + 90 * S,
+                    hard_deadline: None,
                     killed: false,
                     signalled: false,
                 },
@@ -734,6 +885,7 @@ mod tests {
                 Phase::Stopping {
                     reason: DrainReason::Signal,
                     kill_at: t0,
+                    hard_deadline: None,
                     killed: true,
                     signalled: true,
                 },
@@ -747,6 +899,7 @@ mod tests {
                 Phase::Stopping {
                     reason: DrainReason::Signal,
                     kill_at: t0 + 30 * S,
+                    hard_deadline: None,
                     killed: true,
                     signalled: true,
                 },
@@ -908,11 +1061,109 @@ mod tests {
     }
 
     #[test]
+    fn extensions_never_shorten_and_never_pass_the_hard_deadline() {
+        let t0 = Instant::now();
+        let d = with_drain_signal(t0);
+        let (draining, _) = run(
+            Phase::Ready,
+            Event::Drain {
+                reason: DrainReason::ScaleIn,
+                hard_deadline: None,
+            },
+            &d,
+        );
+        let (phase, actions) = run(draining.clone(), Event::Extend(120 * S), &d);
+        assert_eq!(phase.deadline(), Some(t0 + 120 * S));
+        assert_eq!(
+            actions,
+            vec![Action::Extended {
+                until: t0 + 120 * S
+            }]
+        );
+        let (phase, _) = run(draining, Event::Extend(S), &d);
+        assert_eq!(
+            phase.deadline(),
+            Some(t0 + 60 * S),
+            "a short extension never shortens"
+        );
+
+        // Spot: SIGKILL at t0+100 s, grace 30 s: the drain may last until t0+70 s, no longer.
+        let (spot, _) = run(
+            Phase::Ready,
+            Event::Drain {
+                reason: DrainReason::SpotInterruption,
+                hard_deadline: Some(t0 + 100 * S),
+            },
+            &d,
+        );
+        assert_eq!(spot.deadline(), Some(t0 + 60 * S));
+        let (phase, _) = run(spot, Event::Extend(3600 * S), &d);
+        assert_eq!(phase.deadline(), Some(t0 + 70 * S));
+        let (stopping, _) = run(phase, Event::Timer, &with_drain_signal(t0 + 70 * S));
+        assert_eq!(stopping.deadline(), Some(t0 + 100 * S));
+        let (phase, _) = run(
+            stopping,
+            Event::Extend(3600 * S),
+            &with_drain_signal(t0 + 80 * S),
+        );
+        assert_eq!(
+            phase.deadline(),
+            Some(t0 + 100 * S),
+            "the grace never passes the notice"
+        );
+    }
+
+    #[test]
+    fn readiness_by_warm_up_and_the_ready_timeout() {
+        let t0 = Instant::now();
+        let warm = Ctx {
+            ready_on: ReadyOn::Warmup(10 * S),
+            ..ctx(t0)
+        };
+        let (phase, _) = run(State::new().phase, Event::Spawned, &warm);
+        assert_eq!(phase.deadline(), Some(t0 + 10 * S));
+        let (phase, _) = run(
+            phase,
+            Event::Timer,
+            &Ctx {
+                now: t0 + 10 * S,
+                ..warm.clone()
+            },
+        );
+        assert_eq!(phase, Phase::Ready);
+
+        let notify = Ctx {
+            ready_on: ReadyOn::Notify,
+            ..ctx(t0)
+        };
+        let (phase, _) = run(State::new().phase, Event::Spawned, &notify);
+        assert_eq!(phase.deadline(), Some(t0 + 600 * S));
+        let (phase, actions) = run(
+            phase,
+            Event::Timer,
+            &Ctx {
+                now: t0 + 600 * S,
+                ..notify.clone()
+            },
+        );
+        assert_eq!(actions, vec![Action::ReadyTimedOut]);
+        assert_eq!(
+            phase.name(),
+            "starting",
+            "the agent keeps running, not ready"
+        );
+        assert_eq!(phase.deadline(), None);
+        let (phase, _) = run(phase, Event::Ready, &notify);
+        assert_eq!(phase, Phase::Ready, "a late READY=1 still counts");
+    }
+
+    #[test]
     fn after_sigkill_the_guard_waits_for_the_exit_without_a_timer() {
         let t0 = Instant::now();
         let killed = Phase::Stopping {
             reason: DrainReason::Signal,
             kill_at: t0,
+            hard_deadline: None,
             killed: true,
             signalled: true,
         };
@@ -929,7 +1180,10 @@ mod tests {
         let t0 = Instant::now();
         let exit = ChildExit::for_test(3);
         let phases = [
-            Phase::Starting,
+            Phase::Starting {
+                warm_until: None,
+                give_up_at: None,
+            },
             Phase::Ready,
             Phase::Draining {
                 reason: DrainReason::Operator,
@@ -940,6 +1194,7 @@ mod tests {
             Phase::Stopping {
                 reason: DrainReason::Operator,
                 kill_at: t0,
+                hard_deadline: None,
                 killed: true,
                 signalled: false,
             },

@@ -5,16 +5,19 @@
 //! Publishing comes before acting so that anything reading the phase (readiness) already sees
 //! the drain when the agent is told of it.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Interval, MissedTickBehavior, interval, sleep_until};
 
 use crate::child::Agent;
 use crate::config::{Config, ForwardTo, format_duration};
+use crate::hub::{Announcement, DrainInfo, Hub};
 use crate::reaper::{ChildExit, Reaper};
+use crate::sdnotify::Upstream;
 use crate::signals::{Role, Sig, SignalSource, role};
-use crate::state::{Action, Cleanup, Ctx, Event, Phase, State, Target, step};
+use crate::state::{Action, Cleanup, Ctx, DrainReason, Event, Phase, ReadyOn, State, Target, step};
 
 /// How long to wait for the kernel to remove processes after SIGKILL before giving up on them.
 /// Only a process stuck in uninterruptible sleep takes longer, and waiting cannot help it.
@@ -27,7 +30,7 @@ const GROUP_POLL: Duration = Duration::from_millis(25);
 /// A safety net for a lost SIGCHLD, as tini's one-second tick is.
 const REAP_TICK: Duration = Duration::from_secs(1);
 
-/// The stop settings `step` needs, taken from the config once.
+/// The settings `step` needs, taken from the config once.
 #[derive(Debug, Clone)]
 pub struct StopSettings {
     pub stop_signal: Sig,
@@ -35,6 +38,8 @@ pub struct StopSettings {
     pub drain_timeout: Duration,
     pub drain_signal: Option<Sig>,
     pub forward_to: ForwardTo,
+    pub ready_on: ReadyOn,
+    pub ready_timeout: Duration,
 }
 
 impl StopSettings {
@@ -45,6 +50,8 @@ impl StopSettings {
             drain_timeout: config.drain_timeout,
             drain_signal: config.drain_signal,
             forward_to: config.forward_to,
+            ready_on: config.ready_on,
+            ready_timeout: config.ready_timeout,
         }
     }
 }
@@ -58,6 +65,8 @@ pub struct Supervisor {
     /// Kept so the channel never closes while the supervisor runs.
     _events_tx: mpsc::Sender<Event>,
     phase: watch::Sender<Phase>,
+    hub: Arc<Hub>,
+    upstream: Upstream,
     settings: StopSettings,
     state: State,
     reap_tick: Interval,
@@ -81,6 +90,8 @@ impl Supervisor {
         settings: StopSettings,
         events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
         phase: watch::Sender<Phase>,
+        hub: Arc<Hub>,
+        upstream: Upstream,
     ) -> Self {
         let mut reap_tick = interval(REAP_TICK);
         reap_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -93,6 +104,8 @@ impl Supervisor {
             events: events.1,
             _events_tx: events.0,
             phase,
+            hub,
+            upstream,
             settings,
             state: State::new(),
             reap_tick,
@@ -103,8 +116,7 @@ impl Supervisor {
     /// Runs until the agent and its process group are gone; returns the agent's status.
     pub async fn run(mut self) -> ChildExit {
         tracing::info!(pid = self.agent.pid(), "agent started");
-        // With readiness at start (the only source so far), the agent is ready at once.
-        self.apply(Event::Ready);
+        self.apply(Event::Spawned);
         loop {
             if let Phase::Done(exit) = &self.state.phase {
                 return exit.clone();
@@ -164,19 +176,59 @@ impl Supervisor {
             stop_timeout: self.settings.stop_timeout,
             drain_timeout: self.settings.drain_timeout,
             drain_signal: self.settings.drain_signal,
-            listeners: false,
+            listeners: self.hub.has_subscribers(),
             kill_wait: KILL_WAIT,
+            ready_on: self.settings.ready_on,
+            ready_timeout: self.settings.ready_timeout,
         };
         let before = self.state.phase.clone();
         let (next, actions) = step(&self.state, event, &ctx);
         self.state = next;
         if before != self.state.phase {
             self.log_transition(&before, &ctx);
-            self.phase.send_replace(self.state.phase.clone());
+            self.publish(&before);
         }
         for action in actions {
             self.perform(action, &ctx);
         }
+    }
+
+    /// Makes a phase change visible: the watch (readiness) first, then subscribers and systemd.
+    fn publish(&mut self, before: &Phase) {
+        let phase = self.state.phase.clone();
+        self.phase.send_replace(phase.clone());
+        if before.name() == phase.name() {
+            return;
+        }
+        if let Phase::Ready = phase {
+            let source = match self.settings.ready_on {
+                ReadyOn::Start => "start",
+                ReadyOn::Warmup(_) => "warm-up",
+                ReadyOn::Notify => "notify",
+                ReadyOn::Health => "health",
+            };
+            self.hub.report().ready_source.get_or_insert(source);
+            self.upstream.send("READY=1");
+        }
+        if matches!(phase, Phase::Draining { .. } | Phase::Stopping { .. })
+            && !matches!(before, Phase::Draining { .. } | Phase::Stopping { .. })
+        {
+            self.upstream.send("STOPPING=1");
+        }
+        if self.hub.report().status.is_none() {
+            self.upstream
+                .send(&format!("STATUS=agent {}", phase.name()));
+        }
+        self.hub.announce(Announcement::Phase(phase.name()));
+    }
+
+    fn announce_drain(&self, reason: DrainReason, deadline: Instant, now: Instant) {
+        let left = deadline.saturating_duration_since(now);
+        self.hub.announce(Announcement::Drain(DrainInfo {
+            reason,
+            deadline: SystemTime::now() + left,
+            deadline_at: deadline,
+        }));
     }
 
     fn perform(&mut self, action: Action, ctx: &Ctx) {
@@ -207,11 +259,28 @@ impl Supervisor {
                 self.agent.signal_group(Sig::KILL)
             }
             Action::AnnounceDrain { reason, deadline } => {
+                self.announce_drain(reason, deadline, ctx.now);
                 tracing::info!(
                     reason = %reason,
                     deadline_in = %format_duration(deadline.saturating_duration_since(ctx.now)),
+                    subscribers = self.hub.has_subscribers(),
                     "told the agent to drain"
                 );
+                Ok(())
+            }
+            Action::ReadyTimedOut => {
+                tracing::warn!(
+                    ready_timeout = %format_duration(self.settings.ready_timeout),
+                    "the agent did not become ready within --ready-timeout"
+                );
+                Ok(())
+            }
+            Action::Extended { until } => {
+                let left = until.saturating_duration_since(ctx.now);
+                tracing::info!(until_in = %format_duration(Duration::from_millis(left.as_millis() as u64)), "the agent asked for more time");
+                if let Phase::Draining { reason, .. } = self.state.phase {
+                    self.announce_drain(reason, until, ctx.now);
+                }
                 Ok(())
             }
         };
@@ -235,7 +304,7 @@ impl Supervisor {
     fn log_transition(&self, before: &Phase, ctx: &Ctx) {
         let until = |t: Instant| format_duration(t.saturating_duration_since(ctx.now));
         match &self.state.phase {
-            Phase::Starting => {}
+            Phase::Starting { .. } => {}
             Phase::Ready => tracing::info!("agent is ready"),
             Phase::Draining {
                 reason, deadline, ..

@@ -2,7 +2,9 @@
 
 mod support;
 
+mod clients;
 mod config;
+mod drain_socket;
 mod exit_status;
 mod forwarding;
 mod notices;

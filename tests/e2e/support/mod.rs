@@ -53,6 +53,8 @@ pub struct Guard {
     pub child: Child,
     pub stderr: PathBuf,
     pub started: Instant,
+    /// Its control socket (from AGENT_GUARD_SOCKET; a `--socket` flag would override it).
+    pub socket: PathBuf,
 }
 
 /// A command for the guard with a clean environment: no AGENT_GUARD_*, RUST_LOG or AWS_* from
@@ -72,8 +74,27 @@ pub fn command() -> Command {
         }
     }
     cmd.env("AGENT_GUARD_IMDS", "off");
+    // Each guard its own control socket: tests run at once and many agents share a name.
+    cmd.env("AGENT_GUARD_SOCKET", unique_socket());
     cmd.stdin(Stdio::null());
     cmd
+}
+
+/// A fresh socket path, short enough for sun_path.
+pub fn unique_socket() -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    std::env::temp_dir().join(format!("ag-{}-{n}.sock", std::process::id()))
+}
+
+/// The socket a prepared command will use.
+fn socket_of(cmd: &Command) -> PathBuf {
+    cmd.get_envs()
+        .find(|(k, _)| *k == "AGENT_GUARD_SOCKET")
+        .and_then(|(_, v)| v)
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 impl Guard {
@@ -90,15 +111,62 @@ impl Guard {
 
     /// Starts a prepared command with stderr captured in `dir/guard.stderr`.
     pub fn spawn(dir: &Path, mut cmd: Command) -> Guard {
+        cmd.stdout(Stdio::null());
+        Guard::spawn_keeping_stdout(dir, cmd)
+    }
+
+    /// Like `spawn`, with stdout (the agent's) captured in `dir/guard.stdout`.
+    pub fn spawn_capturing(dir: &Path, mut cmd: Command) -> Guard {
+        cmd.stdout(fs::File::create(dir.join("guard.stdout")).expect("stdout file"));
+        Guard::spawn_keeping_stdout(dir, cmd)
+    }
+
+    fn spawn_keeping_stdout(dir: &Path, mut cmd: Command) -> Guard {
         let stderr = dir.join("guard.stderr");
         let file = fs::File::create(&stderr).expect("stderr file");
-        cmd.stderr(file).stdout(Stdio::null());
+        cmd.stderr(file);
+        let socket = socket_of(&cmd);
         let child = cmd.spawn().expect("agent-guard starts");
         Guard {
             child,
             stderr,
             started: Instant::now(),
+            socket,
         }
+    }
+
+    /// The agent's sd_notify socket.
+    pub fn notify_socket(&self) -> PathBuf {
+        self.socket.with_extension("notify")
+    }
+
+    /// `agent-guard ctl --socket <this guard's> ARGS`: (code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("ctl runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The guard's `status` reply as JSON (once its socket exists).
+    pub fn status(&self) -> serde_json::Value {
+        wait_until("the control socket", SOON, || self.socket.exists());
+        let (code, out, err) = self.ctl(&["--json", "status"]);
+        assert_eq!(
+            code,
+            0,
+            "ctl status failed: {err}\nguard log:\n{}",
+            self.log()
+        );
+        serde_json::from_str(out.trim()).expect("status is JSON")
     }
 
     pub fn pid(&self) -> i32 {
@@ -226,4 +294,23 @@ pub fn children(pid: i32) -> Vec<Proc> {
 /// The lines of a recorder fixture's log.
 pub fn recorded(log: &Path) -> Vec<String> {
     read(log).lines().map(str::to_string).collect()
+}
+
+/// A fixture's JSON-lines log.
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    read(path)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The monotonic time (s) of the first entry of a JSON-lines log that satisfies `pick`.
+pub fn first_time(
+    entries: &[serde_json::Value],
+    pick: impl Fn(&serde_json::Value) -> bool,
+) -> Option<f64> {
+    entries
+        .iter()
+        .find(|e| pick(e))
+        .and_then(|e| e["t"].as_f64())
 }
