@@ -155,6 +155,42 @@ pub struct Cli {
     #[arg(long, env = "AGENT_GUARD_WATCHDOG", value_name = "DUR")]
     pub watchdog: Option<String>,
 
+    /// The health endpoint's address, or `off`
+    #[arg(
+        long,
+        env = "AGENT_GUARD_HEALTH_LISTEN",
+        value_name = "ADDR|off",
+        default_value = "0.0.0.0:8099"
+    )]
+    pub health_listen: String,
+
+    /// The agent's own health URL, probed in the background (2xx passes; a JSON body saying DOWN,
+    /// OUT_OF_SERVICE or fail does not)
+    #[arg(long, env = "AGENT_GUARD_CHILD_HEALTH", value_name = "URL")]
+    pub child_health: Option<String>,
+
+    /// A dependency probe, repeatable: NAME=tcp://HOST:PORT, NAME=http://… or NAME=https://…
+    #[arg(long, env = "AGENT_GUARD_CHECK", value_name = "NAME=URL", action = clap::ArgAction::Append)]
+    pub check: Vec<String>,
+
+    /// How often each check runs
+    #[arg(
+        long,
+        env = "AGENT_GUARD_CHECK_INTERVAL",
+        value_name = "DUR",
+        default_value = "5s"
+    )]
+    pub check_interval: String,
+
+    /// How long one probe may take
+    #[arg(
+        long,
+        env = "AGENT_GUARD_CHECK_TIMEOUT",
+        value_name = "DUR",
+        default_value = "2s"
+    )]
+    pub check_timeout: String,
+
     /// Format of the guard's own logs on stderr
     #[arg(
         long,

@@ -212,6 +212,12 @@ pub struct Config {
     pub ready_on: ReadyOn,
     pub ready_timeout: Duration,
     pub watchdog: Option<Duration>,
+    /// Where the health endpoint listens; `None` with `--health-listen off`.
+    pub health_listen: Option<std::net::SocketAddr>,
+    /// `--child-health` first, then every `--check`.
+    pub checks: Vec<crate::checks::Check>,
+    pub check_interval: Duration,
+    pub check_timeout: Duration,
     pub log_format: LogFormat,
     /// An `EnvFilter` directive string, already validated.
     pub log_level: String,
@@ -558,7 +564,54 @@ impl Config {
                 why: "needs --child-health URL to probe".to_string(),
             });
         }
+        let mut checks = Vec::new();
+        if let Some(child) = settings.parse("child-health", |v| {
+            crate::checks::Check::child(v).map_err(|e| e.to_string())
+        })? {
+            checks.push(child);
+        }
+        if let Some(setting) = settings.get("check") {
+            for value in &setting.values {
+                let check =
+                    crate::checks::Check::parse_named(value).map_err(|e| ConfigError::Invalid {
+                        option: "check".to_string(),
+                        value: crate::checks::mask_spec(value),
+                        origin: setting.source.clone(),
+                        why: e.to_string(),
+                    })?;
+                if checks
+                    .iter()
+                    .any(|c: &crate::checks::Check| c.name == check.name)
+                {
+                    return Err(ConfigError::Invalid {
+                        option: "check".to_string(),
+                        value: check.name.clone(),
+                        origin: setting.source.clone(),
+                        why: "two checks have this name".to_string(),
+                    });
+                }
+                checks.push(check);
+            }
+        }
+        let positive = |v: &str| {
+            parse_duration(v).and_then(|d| {
+                if d >= Duration::from_millis(10) {
+                    Ok(d)
+                } else {
+                    Err("must be at least 10ms".to_string())
+                }
+            })
+        };
         Ok(Config {
+            health_listen: settings.require("health-listen", |v| match v.trim() {
+                "off" => Ok(None),
+                addr => addr.parse::<std::net::SocketAddr>().map(Some).map_err(|_| {
+                    "expected an address such as 0.0.0.0:8099 or 127.0.0.1:0, or `off`".to_string()
+                }),
+            })?,
+            checks,
+            check_interval: settings.require("check-interval", positive)?,
+            check_timeout: settings.require("check-timeout", positive)?,
             socket,
             notify_socket,
             ready_on,
@@ -627,14 +680,16 @@ impl Config {
                 ),
                 (_, None) => ("# not set".to_string(), String::new()),
                 (_, Some(s)) => {
+                    // Check URLs may carry credentials: they are never printed.
+                    let shown = |v: &String| match long {
+                        "check" | "child-health" => toml_string(&crate::checks::mask_spec(v)),
+                        _ => toml_string(v),
+                    };
                     let value = match s.values.as_slice() {
-                        [one] => toml_string(one),
+                        [one] if long != "check" => shown(one),
                         many => format!(
                             "[{}]",
-                            many.iter()
-                                .map(|v| toml_string(v))
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            many.iter().map(shown).collect::<Vec<_>>().join(", ")
                         ),
                     };
                     (value, s.source.to_string())

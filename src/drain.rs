@@ -198,7 +198,7 @@ async fn handle(bytes: &[u8], control: &Control) -> (Value, bool) {
         }
     };
     match op {
-        "status" => (status(&control.hub), false),
+        "status" => (crate::hub::status_json(&control.hub), false),
         "subscribe" => (
             json!({"ok": true, "subscribed": true, "phase": control.hub.phase.borrow().name()}),
             true,
@@ -250,29 +250,4 @@ async fn handle(bytes: &[u8], control: &Control) -> (Value, bool) {
             false,
         ),
     }
-}
-
-/// The `status` reply: the whole state the agent and an operator care about.
-pub fn status(hub: &Hub) -> Value {
-    let phase = hub.phase.borrow().clone();
-    let report = hub.report().clone();
-    let now = Instant::now();
-    json!({
-        "ok": true,
-        "name": hub.name,
-        "phase": phase.name(),
-        "agent_pid": hub.agent_pid(),
-        "uptime_s": hub.uptime().as_secs(),
-        "ready_source": report.ready_source,
-        "status": report.status,
-        "stopping": report.stopping,
-        "in_flight": report.in_flight.map(|(n, _)| n),
-        "drain": report.drain.as_ref().filter(|_| phase.agent_running()).map(|d| json!({
-            "reason": d.reason.as_str(),
-            "deadline": humantime::format_rfc3339_millis(d.deadline).to_string(),
-            "deadline_in_ms": d.deadline_at.saturating_duration_since(now).as_millis() as u64,
-        })),
-        "watchdog_missed": hub.watchdog_missed(now),
-        "subscribers": hub.subscribers(),
-    })
 }

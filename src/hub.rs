@@ -5,12 +5,18 @@
 //!
 //! The phase itself stays the supervisor's: everyone else reads it through the `watch` here.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{broadcast, watch};
 
+use serde_json::{Value, json};
+
+use crate::checks::Snapshot;
+use crate::notices::ImdsStatus;
 use crate::state::{DrainReason, Phase};
 
 /// Something every subscriber hears.
@@ -51,32 +57,80 @@ pub struct AgentReport {
     pub ready_source: Option<&'static str>,
 }
 
+/// What the guard itself tracks for status and metrics.
+#[derive(Debug, Clone)]
+pub struct GuardStats {
+    /// When the phase last changed (by name).
+    pub phase_since: SystemTime,
+    /// The supervisor's last wake-up: a stuck loop fails /livez.
+    pub last_tick: Instant,
+    /// Drains started, by reason.
+    pub drains: BTreeMap<&'static str, u64>,
+    /// The agent's exit code (128+N for a signal), once it exited.
+    pub agent_exit: Option<u8>,
+    /// Where the health endpoint listens.
+    pub health_addr: Option<SocketAddr>,
+}
+
 /// The shared hub. One per run, behind an `Arc`.
 pub struct Hub {
     pub name: String,
     pub phase: watch::Receiver<Phase>,
     pub watchdog: Option<Duration>,
+    pub imds: watch::Receiver<ImdsStatus>,
+    pub checks: watch::Receiver<Snapshot>,
     announce: broadcast::Sender<Announcement>,
     subscribers: AtomicUsize,
     report: Mutex<AgentReport>,
+    stats: Mutex<GuardStats>,
     agent_pid: Mutex<Option<i32>>,
     started: Instant,
+    agent_started: Mutex<Option<Instant>>,
 }
 
 impl Hub {
-    pub fn new(name: &str, phase: watch::Receiver<Phase>, watchdog: Option<Duration>) -> Self {
+    pub fn new(
+        name: &str,
+        phase: watch::Receiver<Phase>,
+        watchdog: Option<Duration>,
+        imds: watch::Receiver<ImdsStatus>,
+        checks: watch::Receiver<Snapshot>,
+    ) -> Self {
         // A subscriber that falls this far behind misses announcements; it is told so.
         let (announce, _) = broadcast::channel(64);
         Hub {
             name: name.to_string(),
             phase,
             watchdog,
+            imds,
+            checks,
             announce,
             subscribers: AtomicUsize::new(0),
             report: Mutex::new(AgentReport::default()),
+            stats: Mutex::new(GuardStats {
+                phase_since: SystemTime::now(),
+                last_tick: Instant::now(),
+                drains: BTreeMap::new(),
+                agent_exit: None,
+                health_addr: None,
+            }),
             agent_pid: Mutex::new(None),
             started: Instant::now(),
+            agent_started: Mutex::new(None),
         }
+    }
+
+    /// The guard's own counters, to read or update.
+    pub fn stats(&self) -> MutexGuard<'_, GuardStats> {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long the agent has run.
+    pub fn agent_uptime(&self) -> Option<Duration> {
+        self.agent_started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed())
     }
 
     /// Sends `a` to every subscriber.
@@ -114,6 +168,7 @@ impl Hub {
 
     pub fn set_agent_pid(&self, pid: i32) {
         *self.agent_pid.lock().unwrap_or_else(|e| e.into_inner()) = Some(pid);
+        *self.agent_started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         self.report().last_watchdog = Some(Instant::now());
     }
 
@@ -149,4 +204,66 @@ impl Drop for OwnedSubscription {
     fn drop(&mut self) {
         self.hub.subscribers.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The whole state as JSON: the control socket's `status` reply and the body of `/status`.
+pub fn status_json(hub: &Hub) -> Value {
+    let phase = hub.phase.borrow().clone();
+    let report = hub.report().clone();
+    let stats = hub.stats().clone();
+    let now = Instant::now();
+    let imds = hub.imds.borrow().clone();
+    let checks = hub.checks.borrow().verdicts(now);
+    json!({
+        "ok": true,
+        "name": hub.name,
+        "phase": phase.name(),
+        "phase_since": rfc3339(stats.phase_since),
+        "agent_pid": hub.agent_pid(),
+        "agent_uptime_s": hub.agent_uptime().map(|d| d.as_secs()),
+        "agent_exit": stats.agent_exit,
+        "uptime_s": hub.uptime().as_secs(),
+        "ready_source": report.ready_source,
+        "status": report.status,
+        "stopping": report.stopping,
+        "in_flight": report.in_flight.map(|(n, _)| n),
+        "in_flight_reported": report.in_flight.map(|(_, at)| rfc3339(at)),
+        "drain": report.drain.as_ref().filter(|_| phase.agent_running()).map(|d| json!({
+            "reason": d.reason.as_str(),
+            "deadline": rfc3339(d.deadline),
+            "deadline_in_ms": d.deadline_at.saturating_duration_since(now).as_millis() as u64,
+        })),
+        "drains": stats.drains,
+        "watchdog_missed": hub.watchdog_missed(now),
+        "subscribers": hub.subscribers(),
+        "health_listen": stats.health_addr.map(|a| a.to_string()),
+        "imds": (!imds.endpoint.is_empty()).then(|| json!({
+            "endpoint": imds.endpoint,
+            "instance_id": imds.instance_id,
+            "region": imds.region,
+            "lifecycle_state": imds.lifecycle_state,
+            "last_poll": imds.last_poll.map(rfc3339),
+            "last_ok": imds.last_ok.map(rfc3339),
+            "errors": imds.errors_total,
+            "last_error": imds.last_error,
+            "notices": imds.notices.iter().map(|n| json!({
+                "kind": n.kind.as_str(),
+                "value": n.value,
+                "seen": rfc3339(n.seen_at),
+                "drain": n.drain.map(|r| r.as_str()),
+            })).collect::<Vec<_>>(),
+        })),
+        "checks": checks.iter().map(|v| json!({
+            "name": v.name,
+            "ok": v.ok,
+            "why": v.why,
+            "target": v.result.as_ref().map(|r| r.shown.clone()),
+            "latency_ms": v.result.as_ref().map(|r| r.latency.as_secs_f64() * 1000.0),
+            "checked": v.result.as_ref().map(|r| rfc3339(r.at_wall)),
+        })).collect::<Vec<_>>(),
+    })
 }

@@ -13,6 +13,8 @@
 //! - [`imds`]: IMDSv2 client over the SDK's, with what it lacks (401 renewal, hop-limit hint).
 //! - [`notices`]: polls IMDS, de-duplicates notices, sends drain requests; never dies of an error.
 //! - [`sim`]: simulated IMDS (and Auto Scaling API) for tests and drills; loopback only.
+//! - [`health`]: the HTTP health endpoint (/livez /readyz /health /status /metrics) from snapshots.
+//! - [`checks`]: background probes of the agent's health URL and its dependencies.
 //! - [`hub`]: what the supervisor shares with the agent-facing servers (announcements, reports).
 //! - [`drain`]: the control socket (JSON lines): drains, readiness, status, for agent and operator.
 //! - [`sdnotify`]: the agent's NOTIFY_SOCKET with systemd's meanings; relays to systemd upstream.
@@ -21,12 +23,14 @@
 //! - [`logging`]: the guard's own log lines on stderr, text or JSON.
 //! - [`exit`]: the exit status contract.
 
+pub mod checks;
 pub mod child;
 pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod drain;
 pub mod exit;
+pub mod health;
 pub mod hub;
 pub mod imds;
 pub mod logging;
@@ -75,6 +79,12 @@ pub enum RunError {
     Imds(#[from] imds::ImdsError),
     #[error(transparent)]
     Socket(#[from] unixsock::SocketError),
+    #[error("--health-listen: cannot listen on {addr}: {source}")]
+    HealthListen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
 }
@@ -90,6 +100,8 @@ pub fn run(config: Config) -> Result<ChildExit, RunError> {
 }
 
 async fn supervise(config: Config) -> Result<ChildExit, RunError> {
+    // One TLS stack for the whole process (the AWS SDK's and the HTTPS checks'): rustls with ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if config.subreaper && std::process::id() != 1 {
         become_subreaper().map_err(RunError::Subreaper)?;
     }
@@ -109,7 +121,29 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
     let initial = State::new().phase;
     let (phase_tx, phase_rx) = watch::channel(initial);
     let (events_tx, events_rx) = mpsc::channel(64);
-    let hub = Arc::new(Hub::new(&config.name, phase_rx, config.watchdog));
+    let (imds_status, imds_status_rx) = watch::channel(ImdsStatus::default());
+    let (checks_tx, checks_rx) = watch::channel(checks::Snapshot::default());
+    let hub = Arc::new(Hub::new(
+        &config.name,
+        phase_rx,
+        config.watchdog,
+        imds_status_rx,
+        checks_rx,
+    ));
+    let health = match config.health_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::HealthListen { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| RunError::HealthListen { addr, source })?;
+            hub.stats().health_addr = Some(bound);
+            tracing::info!(addr = %bound, "health endpoint listening");
+            Some(listener)
+        }
+        None => None,
+    };
     // The sockets exist before the agent does, so it can connect from its first instruction.
     let sockets = Sockets::bind(&config)?;
     let mut env: Vec<(OsString, OsString)> = vec![
@@ -135,11 +169,23 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
         ready_on: config.ready_on,
     };
     let upstream = Upstream::from_env();
-    let servers = [
+    let mut servers = vec![
         tokio::spawn(drain::serve(sockets.control, control.clone())),
         tokio::spawn(sdnotify::serve(sockets.notify, control, upstream.clone())),
     ];
-    let (imds_status, _imds_status_rx) = watch::channel(ImdsStatus::default());
+    if let Some(listener) = health {
+        servers.push(tokio::spawn(health::serve(listener, hub.clone())));
+    }
+    servers.extend(checks::spawn(
+        config.checks.clone(),
+        checks::ProbeSettings {
+            interval: config.check_interval,
+            timeout: config.check_timeout,
+            ready_on_child: config.ready_on == state::ReadyOn::Health,
+        },
+        checks_tx,
+        events_tx.clone(),
+    ));
     let poller = imds.map(|client| {
         let settings = NoticeSettings {
             poll: config.imds_poll,

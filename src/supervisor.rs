@@ -121,7 +121,9 @@ impl Supervisor {
             if let Phase::Done(exit) = &self.state.phase {
                 return exit.clone();
             }
-            let event = match self.wait().await {
+            let woke = self.wait().await;
+            self.hub.stats().last_tick = Instant::now();
+            let event = match woke {
                 Wake::Signal(sig) => self.on_signal(sig),
                 Wake::Event(event) => Some(event),
                 Wake::Timer => Some(Event::Timer),
@@ -199,6 +201,20 @@ impl Supervisor {
         self.phase.send_replace(phase.clone());
         if before.name() == phase.name() {
             return;
+        }
+        {
+            let mut stats = self.hub.stats();
+            stats.phase_since = SystemTime::now();
+            let drain_started = matches!(before, Phase::Starting { .. } | Phase::Ready);
+            match &phase {
+                Phase::Draining { reason, .. } | Phase::Stopping { reason, .. }
+                    if drain_started =>
+                {
+                    *stats.drains.entry(reason.as_str()).or_insert(0) += 1;
+                }
+                Phase::Exited { exit, .. } => stats.agent_exit = Some(exit.exit_code()),
+                _ => {}
+            }
         }
         if let Phase::Ready = phase {
             let source = match self.settings.ready_on {

@@ -7,6 +7,7 @@ mod config;
 mod drain_socket;
 mod exit_status;
 mod forwarding;
+mod health;
 mod notices;
 mod readme;
 mod reaping;

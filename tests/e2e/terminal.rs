@@ -13,6 +13,8 @@ fn the_agent_gets_the_terminal_foreground() {
         .args([bin(), "--", "sh", "-c", check])
         .env_remove("RUST_LOG")
         .env("AGENT_GUARD_IMDS", "off")
+        .env("AGENT_GUARD_HEALTH_LISTEN", "off")
+        .env("AGENT_GUARD_SOCKET", crate::support::unique_socket())
         .output()
         .expect("python3 runs the pty fixture");
     let text = String::from_utf8_lossy(&out.stdout);

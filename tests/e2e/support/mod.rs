@@ -74,6 +74,8 @@ pub fn command() -> Command {
         }
     }
     cmd.env("AGENT_GUARD_IMDS", "off");
+    // No port 8099 on all interfaces: tests that need the endpoint ask for 127.0.0.1:0.
+    cmd.env("AGENT_GUARD_HEALTH_LISTEN", "off");
     // Each guard its own control socket: tests run at once and many agents share a name.
     cmd.env("AGENT_GUARD_SOCKET", unique_socket());
     cmd.stdin(Stdio::null());
@@ -313,4 +315,37 @@ pub fn first_time(
         .iter()
         .find(|e| pick(e))
         .and_then(|e| e["t"].as_f64())
+}
+
+/// A raw HTTP/1.1 exchange (`Connection: close`): (status, lower-cased head, body).
+pub fn http(addr: &str, method: &str, path: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the health endpoint");
+    stream.set_read_timeout(Some(SOON)).expect("timeout");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+impl Guard {
+    /// The health endpoint's address, once it listens (`--health-listen 127.0.0.1:0`).
+    pub fn health_addr(&self) -> String {
+        let mut addr = String::new();
+        wait_until("the health endpoint", SOON, || {
+            addr = self.status()["health_listen"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            !addr.is_empty()
+        });
+        addr
+    }
 }
