@@ -191,6 +191,33 @@ pub struct Cli {
     )]
     pub check_timeout: String,
 
+    /// Termination lifecycle hook to complete after the agent exits
+    #[arg(long, env = "AGENT_GUARD_TERMINATE_HOOK", value_name = "NAME")]
+    pub terminate_hook: Option<String>,
+
+    /// Launch lifecycle hook to complete once the agent is ready
+    #[arg(long, env = "AGENT_GUARD_LAUNCH_HOOK", value_name = "NAME")]
+    pub launch_hook: Option<String>,
+
+    /// The Auto Scaling group [default: the IMDS tag aws:autoscaling:groupName, else
+    /// DescribeAutoScalingInstances]
+    #[arg(long, env = "AGENT_GUARD_ASG_NAME", value_name = "NAME")]
+    pub asg_name: Option<String>,
+
+    /// RecordLifecycleActionHeartbeat cadence while draining [default: a third of the hook's
+    /// HeartbeatTimeout, else 60s]
+    #[arg(long, env = "AGENT_GUARD_HEARTBEAT_INTERVAL", value_name = "DUR")]
+    pub heartbeat_interval: Option<String>,
+
+    /// Lifecycle result when the agent did not stop cleanly
+    #[arg(
+        long,
+        env = "AGENT_GUARD_ON_UNCLEAN_EXIT",
+        value_name = "continue|abandon",
+        default_value = "abandon"
+    )]
+    pub on_unclean_exit: String,
+
     /// Format of the guard's own logs on stderr
     #[arg(
         long,

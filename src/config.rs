@@ -218,6 +218,7 @@ pub struct Config {
     pub checks: Vec<crate::checks::Check>,
     pub check_interval: Duration,
     pub check_timeout: Duration,
+    pub lifecycle: crate::lifecycle::LifecycleSettings,
     pub log_format: LogFormat,
     /// An `EnvFilter` directive string, already validated.
     pub log_level: String,
@@ -602,7 +603,71 @@ impl Config {
                 }
             })
         };
+        let hook_name = |v: &str| {
+            let ok = !v.is_empty()
+                && v.len() <= 255
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_/".contains(c));
+            if ok {
+                Ok(v.to_string())
+            } else {
+                Err("a hook name is 1 to 255 letters, digits, `-`, `_` or `/`".to_string())
+            }
+        };
+        let imds_mode = settings.require("imds", |v| match v {
+            "auto" => Ok(ImdsMode::Auto),
+            "on" => Ok(ImdsMode::On),
+            "off" => Ok(ImdsMode::Off),
+            _ => Err("expected `auto`, `on` or `off`".to_string()),
+        })?;
+        let lifecycle = crate::lifecycle::LifecycleSettings {
+            terminate_hook: settings.parse("terminate-hook", hook_name)?,
+            launch_hook: settings.parse("launch-hook", hook_name)?,
+            asg_name: settings.parse("asg-name", |v| {
+                if v.is_empty() || v.len() > 255 {
+                    Err("expected a group name of 1 to 255 characters".to_string())
+                } else {
+                    Ok(v.to_string())
+                }
+            })?,
+            heartbeat_interval: settings.parse("heartbeat-interval", |v| {
+                parse_duration(v).and_then(|d| {
+                    if d >= Duration::from_millis(100) {
+                        Ok(d)
+                    } else {
+                        Err("must be at least 100ms".to_string())
+                    }
+                })
+            })?,
+            on_unclean_exit: settings.require("on-unclean-exit", |v| match v {
+                "continue" => Ok(crate::lifecycle::HookResult::Continue),
+                "abandon" => Ok(crate::lifecycle::HookResult::Abandon),
+                _ => Err("expected `continue` or `abandon`".to_string()),
+            })?,
+            stop_signal: settings.require("stop-signal", parse_signal)?,
+            imds_endpoint: settings.require("imds-endpoint", parse_http_url)?,
+        };
+        if lifecycle.enabled() && imds_mode == ImdsMode::Off {
+            let option = if lifecycle.terminate_hook.is_some() {
+                "terminate-hook"
+            } else {
+                "launch-hook"
+            };
+            return Err(ConfigError::Invalid {
+                option: option.to_string(),
+                value: settings
+                    .get(option)
+                    .map(|s| s.values.join(","))
+                    .unwrap_or_default(),
+                origin: settings
+                    .get(option)
+                    .map_or(Source::Default, |s| s.source.clone()),
+                why: "a lifecycle hook needs the instance id from IMDS, but --imds is off"
+                    .to_string(),
+            });
+        }
         Ok(Config {
+            lifecycle,
             health_listen: settings.require("health-listen", |v| match v.trim() {
                 "off" => Ok(None),
                 addr => addr.parse::<std::net::SocketAddr>().map(Some).map_err(|_| {

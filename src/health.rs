@@ -489,6 +489,51 @@ fn metrics(hub: &Hub) -> String {
         )
         .sample("agent_guard_agent_in_flight", &[], n as f64);
     }
+    let lifecycle = hub.lifecycle().clone();
+    let mut f = Family::new(
+        &mut out,
+        "agent_guard_lifecycle_calls_total",
+        "counter",
+        "Auto Scaling API calls, by action and outcome.",
+    );
+    for ((action, outcome), n) in &lifecycle.calls {
+        f.sample(
+            "agent_guard_lifecycle_calls_total",
+            &[("action", action), ("outcome", outcome)],
+            *n as f64,
+        );
+    }
+    let mut f = Family::new(
+        &mut out,
+        "agent_guard_lifecycle_heartbeats_total",
+        "counter",
+        "Lifecycle heartbeats sent.",
+    );
+    if let Some(h) = &lifecycle.terminate {
+        f.sample(
+            "agent_guard_lifecycle_heartbeats_total",
+            &[("hook", &h.name)],
+            h.heartbeats as f64,
+        );
+    }
+    let mut f = Family::new(
+        &mut out,
+        "agent_guard_lifecycle_completed",
+        "gauge",
+        "1 once a hook was completed, by hook and result.",
+    );
+    for h in [&lifecycle.terminate, &lifecycle.launch]
+        .into_iter()
+        .flatten()
+    {
+        if let (Some(result), "completed") = (h.result, h.state) {
+            f.sample(
+                "agent_guard_lifecycle_completed",
+                &[("hook", &h.name), ("result", result)],
+                1.0,
+            );
+        }
+    }
     Family::new(
         &mut out,
         "agent_guard_uptime_seconds",

@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use serde_json::{Value, json};
 
 use crate::checks::Snapshot;
+use crate::lifecycle::LifecycleStatus;
 use crate::notices::ImdsStatus;
 use crate::state::{DrainReason, Phase};
 
@@ -70,6 +71,8 @@ pub struct GuardStats {
     pub agent_exit: Option<u8>,
     /// Where the health endpoint listens.
     pub health_addr: Option<SocketAddr>,
+    /// The guard had to SIGKILL the agent's group.
+    pub sigkilled: bool,
 }
 
 /// The shared hub. One per run, behind an `Arc`.
@@ -79,6 +82,11 @@ pub struct Hub {
     pub watchdog: Option<Duration>,
     pub imds: watch::Receiver<ImdsStatus>,
     pub checks: watch::Receiver<Snapshot>,
+    /// The agent asked for more time (the lifecycle work heartbeats at once).
+    pub extended: Notify,
+    /// `--ready-timeout` ran out (the launch hook is abandoned).
+    pub ready_timed_out: Notify,
+    lifecycle: Mutex<LifecycleStatus>,
     announce: broadcast::Sender<Announcement>,
     subscribers: AtomicUsize,
     report: Mutex<AgentReport>,
@@ -113,11 +121,20 @@ impl Hub {
                 drains: BTreeMap::new(),
                 agent_exit: None,
                 health_addr: None,
+                sigkilled: false,
             }),
+            lifecycle: Mutex::new(LifecycleStatus::default()),
+            extended: Notify::new(),
+            ready_timed_out: Notify::new(),
             agent_pid: Mutex::new(None),
             started: Instant::now(),
             agent_started: Mutex::new(None),
         }
+    }
+
+    /// The lifecycle work's state, to read or update.
+    pub fn lifecycle(&self) -> MutexGuard<'_, LifecycleStatus> {
+        self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The guard's own counters, to read or update.
@@ -257,6 +274,7 @@ pub fn status_json(hub: &Hub) -> Value {
                 "drain": n.drain.map(|r| r.as_str()),
             })).collect::<Vec<_>>(),
         })),
+        "lifecycle": lifecycle_json(&hub.lifecycle()),
         "checks": checks.iter().map(|v| json!({
             "name": v.name,
             "ok": v.ok,
@@ -265,5 +283,30 @@ pub fn status_json(hub: &Hub) -> Value {
             "latency_ms": v.result.as_ref().map(|r| r.latency.as_secs_f64() * 1000.0),
             "checked": v.result.as_ref().map(|r| rfc3339(r.at_wall)),
         })).collect::<Vec<_>>(),
+    })
+}
+
+fn lifecycle_json(l: &LifecycleStatus) -> Value {
+    let hook = |h: &Option<crate::lifecycle::HookStatus>| {
+        h.as_ref().map(|h| {
+            json!({
+                "name": h.name,
+                "state": h.state,
+                "heartbeats": h.heartbeats,
+                "result": h.result,
+                "last_error": h.last_error,
+            })
+        })
+    };
+    if l.terminate.is_none() && l.launch.is_none() {
+        return Value::Null;
+    }
+    json!({
+        "group": l.group,
+        "instance_id": l.instance_id,
+        "heartbeat_interval_s": l.heartbeat_interval.map(|d| d.as_secs_f64()),
+        "terminate_hook": hook(&l.terminate),
+        "launch_hook": hook(&l.launch),
+        "error": l.error,
     })
 }

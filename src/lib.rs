@@ -20,6 +20,7 @@
 //! - [`sdnotify`]: the agent's NOTIFY_SOCKET with systemd's meanings; relays to systemd upstream.
 //! - [`unixsock`]: creating those sockets safely (0600, stale replaced, symlinks refused).
 //! - [`ctl`]: the `agent-guard ctl` client.
+//! - [`lifecycle`]: Auto Scaling lifecycle actions: heartbeats, completion only after the agent exits.
 //! - [`logging`]: the guard's own log lines on stderr, text or JSON.
 //! - [`exit`]: the exit status contract.
 
@@ -33,6 +34,7 @@ pub mod exit;
 pub mod health;
 pub mod hub;
 pub mod imds;
+pub mod lifecycle;
 pub mod logging;
 pub mod notices;
 pub mod reaper;
@@ -55,6 +57,7 @@ use crate::config::{Config, ImdsMode};
 use crate::drain::Control;
 use crate::hub::Hub;
 use crate::imds::ImdsClient;
+use crate::lifecycle::LifecycleHandle;
 use crate::notices::{ImdsStatus, NoticeSettings, Poller};
 use crate::reaper::ChildExit;
 use crate::sdnotify::Upstream;
@@ -204,7 +207,16 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
         hub.clone(),
         upstream,
     );
+    let lifecycle = config
+        .lifecycle
+        .enabled()
+        .then(|| LifecycleHandle::start(config.lifecycle.clone(), hub.clone()));
     let exit = supervisor.run().await;
+    if let Some(lifecycle) = lifecycle {
+        // The agent and its whole group are gone: only now may the termination hook complete.
+        let sigkilled = hub.stats().sigkilled;
+        lifecycle.finish(exit.clone(), sigkilled).await;
+    }
     if let Some(poller) = poller {
         poller.abort();
     }

@@ -47,6 +47,18 @@ impl ChildExit {
         }
     }
 
+    /// A death by signal made up for unit tests of code that takes a `ChildExit`.
+    #[cfg(test)]
+    pub(crate) fn for_test_signal(signal: Sig) -> ChildExit {
+        ChildExit {
+            pid: 1,
+            kind: ExitKind::Signal {
+                signal,
+                core_dumped: false,
+            },
+        }
+    }
+
     /// A status made up for unit tests of code that takes a `ChildExit`.
     #[cfg(test)]
     pub(crate) fn for_test(code: u8) -> ChildExit {

@@ -271,6 +271,7 @@ impl Supervisor {
                 }
             }
             Action::Kill => {
+                self.hub.stats().sigkilled = true;
                 tracing::warn!(pgid, "sent SIGKILL to the agent's process group");
                 self.agent.signal_group(Sig::KILL)
             }
@@ -285,6 +286,7 @@ impl Supervisor {
                 Ok(())
             }
             Action::ReadyTimedOut => {
+                self.hub.ready_timed_out.notify_one();
                 tracing::warn!(
                     ready_timeout = %format_duration(self.settings.ready_timeout),
                     "the agent did not become ready within --ready-timeout"
@@ -292,6 +294,7 @@ impl Supervisor {
                 Ok(())
             }
             Action::Extended { until } => {
+                self.hub.extended.notify_one();
                 let left = until.saturating_duration_since(ctx.now);
                 tracing::info!(until_in = %format_duration(Duration::from_millis(left.as_millis() as u64)), "the agent asked for more time");
                 if let Phase::Draining { reason, .. } = self.state.phase {

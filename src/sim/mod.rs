@@ -5,6 +5,7 @@
 //! listen on loopback only, each on its own thread and runtime, so synchronous tests and the
 //! guard's own runtime can both drive them.
 
+pub mod autoscaling;
 pub mod imds;
 
 use std::future::Future;

@@ -8,6 +8,7 @@ mod drain_socket;
 mod exit_status;
 mod forwarding;
 mod health;
+mod lifecycle;
 mod notices;
 mod readme;
 mod reaping;

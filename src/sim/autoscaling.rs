@@ -1,0 +1,701 @@
+//! A fake of the Auto Scaling API's lifecycle calls, for tests and `agent-guard drill`; loopback
+//! only. moto (5.2.5) implements neither `CompleteLifecycleAction` nor
+//! `RecordLifecycleActionHeartbeat` and skips the wait states, so this fake stands in for them.
+//!
+//! It follows the AWS Query protocol and the documented semantics
+//! (shared/reference/aws-imds-and-lifecycle.md §3): form-encoded POSTs with `Action` and
+//! `Version=2011-01-01`, a SigV4 `Authorization` header required, XML answers and
+//! `ErrorResponse`s; groups, hooks with `HeartbeatTimeout`, `GlobalTimeout` and `DefaultResult`;
+//! per-instance wait states, a heartbeat extending the timeout by the heartbeat timeout, the
+//! default result applied on timeout, `ValidationError` outside a wait state. Faults can be
+//! injected (`Throttling`, 5xx, `AccessDenied`), and every call is logged with its time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+use super::SimServer;
+
+const XMLNS: &str = "http://autoscaling.amazonaws.com/doc/2011-01-01/";
+pub const LAUNCHING: &str = "autoscaling:EC2_INSTANCE_LAUNCHING";
+pub const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
+
+/// A lifecycle hook.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    pub name: String,
+    /// `LAUNCHING` or `TERMINATING`.
+    pub transition: &'static str,
+    pub heartbeat_timeout: Duration,
+    pub global_timeout: Duration,
+    /// `CONTINUE` or `ABANDON`.
+    pub default_result: &'static str,
+}
+
+impl Hook {
+    /// A hook with AWS's defaults: heartbeat timeout 3600 s, global timeout the smaller of 48 h
+    /// and 100 heartbeat timeouts, default result ABANDON.
+    pub fn new(name: &str, transition: &'static str) -> Hook {
+        Hook {
+            name: name.to_string(),
+            transition,
+            heartbeat_timeout: Duration::from_secs(3600),
+            global_timeout: Duration::from_secs(172_800),
+            default_result: "ABANDON",
+        }
+    }
+
+    /// Sets the heartbeat timeout, and the global timeout that follows from it.
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> Hook {
+        self.heartbeat_timeout = timeout;
+        self.global_timeout = (timeout * 100).min(Duration::from_secs(172_800));
+        self
+    }
+}
+
+/// A lifecycle action waiting for completion.
+#[derive(Debug, Clone)]
+struct Pending {
+    hook: String,
+    token: String,
+    deadline: Instant,
+    global_deadline: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct Instance {
+    state: String,
+    protected: bool,
+    action: Option<Pending>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Group {
+    hooks: BTreeMap<String, Hook>,
+    instances: BTreeMap<String, Instance>,
+}
+
+/// Faults to inject; all off by default.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// The next N calls get 400 `Throttling`.
+    pub throttle: u32,
+    /// The next N calls get 500 `InternalFailure`.
+    pub server_errors: u32,
+    /// These actions are refused with 403 `AccessDenied`, as without the IAM permission.
+    pub denied: BTreeSet<String>,
+}
+
+/// One call as the fake saw it.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub action: String,
+    pub params: BTreeMap<String, String>,
+    pub status: u16,
+    /// The error code, for an error answer.
+    pub error: Option<String>,
+    pub at: Instant,
+}
+
+/// How an instance's lifecycle action ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub instance: String,
+    pub hook: String,
+    pub result: String,
+    /// `false` when the timeout applied the default result.
+    pub by_call: bool,
+    pub at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    groups: BTreeMap<String, Group>,
+    faults: Faults,
+    calls: Vec<Call>,
+    completions: Vec<Completion>,
+    next_token: u64,
+}
+
+/// A running fake Auto Scaling API. Dropping it stops the server.
+pub struct AutoScalingSim {
+    server: SimServer,
+    state: Arc<Mutex<State>>,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl AutoScalingSim {
+    /// Starts a fake on an ephemeral loopback port.
+    pub fn start() -> io::Result<AutoScalingSim> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Starts a fake on `addr`, which must be a loopback address.
+    pub fn start_on(addr: SocketAddr) -> io::Result<AutoScalingSim> {
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        let server = SimServer::start(addr, "autoscaling", move |io| {
+            let state = shared.clone();
+            async move {
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(io), service)
+                    .await;
+            }
+        })?;
+        Ok(AutoScalingSim { server, state })
+    }
+
+    /// The URL to give `AWS_ENDPOINT_URL_AUTO_SCALING`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server.addr())
+    }
+
+    /// Adds a group (if new) and a hook to it.
+    pub fn put_hook(&self, group: &str, hook: Hook) {
+        lock(&self.state)
+            .groups
+            .entry(group.to_string())
+            .or_default()
+            .hooks
+            .insert(hook.name.clone(), hook);
+    }
+
+    /// Adds an instance in `state` to `group`.
+    pub fn add_instance(&self, group: &str, id: &str, state: &str) {
+        lock(&self.state)
+            .groups
+            .entry(group.to_string())
+            .or_default()
+            .instances
+            .insert(
+                id.to_string(),
+                Instance {
+                    state: state.to_string(),
+                    protected: false,
+                    action: None,
+                },
+            );
+    }
+
+    /// Starts a transition: the instance waits in `wait_state` if a hook of `transition` exists,
+    /// else goes straight to `done_state`.
+    fn transition(
+        &self,
+        group: &str,
+        id: &str,
+        transition: &str,
+        wait_state: &str,
+        done_state: &str,
+    ) {
+        let mut s = lock(&self.state);
+        s.next_token += 1;
+        let token = format!("c0ffee00-0000-4000-8000-{:012x}", s.next_token);
+        let Some(g) = s.groups.get_mut(group) else {
+            return;
+        };
+        let hook = g
+            .hooks
+            .values()
+            .find(|h| h.transition == transition)
+            .cloned();
+        let now = Instant::now();
+        let instance = g.instances.entry(id.to_string()).or_insert(Instance {
+            state: "Pending".to_string(),
+            protected: false,
+            action: None,
+        });
+        match hook {
+            Some(hook) => {
+                instance.state = wait_state.to_string();
+                instance.action = Some(Pending {
+                    hook: hook.name.clone(),
+                    token,
+                    deadline: now + hook.heartbeat_timeout,
+                    global_deadline: now + hook.global_timeout,
+                });
+            }
+            None => {
+                instance.state = done_state.to_string();
+                instance.action = None;
+            }
+        }
+    }
+
+    /// A scale-out launch: `Pending:Wait` with a launch hook, else `InService`.
+    pub fn launch(&self, group: &str, id: &str) {
+        self.transition(group, id, LAUNCHING, "Pending:Wait", "InService");
+    }
+
+    /// A launch into the warm pool: `Warmed:Pending:Wait` with a launch hook.
+    pub fn launch_into_warm_pool(&self, group: &str, id: &str) {
+        self.transition(
+            group,
+            id,
+            LAUNCHING,
+            "Warmed:Pending:Wait",
+            "Warmed:Stopped",
+        );
+    }
+
+    /// A scale-in: `Terminating:Wait` with a termination hook, else `Terminated`.
+    pub fn terminate(&self, group: &str, id: &str) {
+        self.transition(group, id, TERMINATING, "Terminating:Wait", "Terminated");
+    }
+
+    /// An instance going back to the warm pool (instance reuse): the termination hook pauses at
+    /// `Warmed:Pending:Wait`.
+    pub fn return_to_warm_pool(&self, group: &str, id: &str) {
+        self.transition(
+            group,
+            id,
+            TERMINATING,
+            "Warmed:Pending:Wait",
+            "Warmed:Stopped",
+        );
+    }
+
+    /// The instance's lifecycle state, with timeouts applied.
+    pub fn instance_state(&self, id: &str) -> Option<String> {
+        let mut s = lock(&self.state);
+        expire(&mut s, Instant::now());
+        s.groups
+            .values()
+            .find_map(|g| g.instances.get(id))
+            .map(|i| i.state.clone())
+    }
+
+    /// Whether the instance is protected from scale-in.
+    pub fn protected(&self, id: &str) -> Option<bool> {
+        let s = lock(&self.state);
+        s.groups
+            .values()
+            .find_map(|g| g.instances.get(id))
+            .map(|i| i.protected)
+    }
+
+    /// Replaces the injected faults.
+    pub fn set_faults(&self, faults: Faults) {
+        lock(&self.state).faults = faults;
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.state).calls.clone()
+    }
+
+    /// Every lifecycle action that ended, by call or by timeout.
+    pub fn completions(&self) -> Vec<Completion> {
+        let mut s = lock(&self.state);
+        expire(&mut s, Instant::now());
+        s.completions.clone()
+    }
+}
+
+/// Applies the default result to every action past its timeout.
+fn expire(s: &mut State, now: Instant) {
+    let mut ended = Vec::new();
+    for group in s.groups.values_mut() {
+        for (id, instance) in group.instances.iter_mut() {
+            let Some(action) = &instance.action else {
+                continue;
+            };
+            if now < action.deadline && now < action.global_deadline {
+                continue;
+            }
+            let default = group
+                .hooks
+                .get(&action.hook)
+                .map_or("ABANDON", |h| h.default_result);
+            ended.push(Completion {
+                instance: id.clone(),
+                hook: action.hook.clone(),
+                result: default.to_string(),
+                by_call: false,
+                at: now,
+            });
+            let state = instance.state.clone();
+            instance.state = after(&state, default);
+            instance.action = None;
+        }
+    }
+    s.completions.extend(ended);
+}
+
+/// The state after a wait state ends with `result`.
+fn after(wait_state: &str, result: &str) -> String {
+    match (wait_state, result) {
+        ("Pending:Wait", "CONTINUE") => "InService",
+        ("Pending:Wait", _) => "Terminating",
+        ("Warmed:Pending:Wait", "CONTINUE") => "Warmed:Stopped",
+        ("Warmed:Pending:Wait", _) => "Terminating",
+        _ => "Terminating:Proceed",
+    }
+    .to_string()
+}
+
+type Answer = Response<Full<Bytes>>;
+
+fn xml(status: StatusCode, body: String) -> Answer {
+    let mut answer = Response::new(Full::new(Bytes::from(body)));
+    *answer.status_mut() = status;
+    answer.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/xml"),
+    );
+    answer
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "ff028e98-1dc1-11e6-89f3-{:012x}",
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// An answer before it is rendered: the call log records the error code from here.
+enum Reply {
+    Ok {
+        action: String,
+        result: String,
+    },
+    Error {
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: String,
+    },
+}
+
+impl Reply {
+    fn code(&self) -> Option<String> {
+        match self {
+            Reply::Ok { .. } => None,
+            Reply::Error { code, .. } => Some(code.to_string()),
+        }
+    }
+
+    fn render(self) -> Answer {
+        match self {
+            Reply::Ok { action, result } => xml(
+                StatusCode::OK,
+                format!(
+                    "<{action}Response xmlns=\"{XMLNS}\"><{action}Result>{result}</{action}Result><ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata></{action}Response>",
+                    request_id()
+                ),
+            ),
+            Reply::Error {
+                status,
+                kind,
+                code,
+                message,
+            } => xml(
+                status,
+                format!(
+                    "<ErrorResponse xmlns=\"{XMLNS}\"><Error><Type>{kind}</Type><Code>{code}</Code><Message>{}</Message></Error><RequestId>{}</RequestId></ErrorResponse>",
+                    escape(&message),
+                    request_id()
+                ),
+            ),
+        }
+    }
+}
+
+fn error(status: StatusCode, kind: &'static str, code: &'static str, message: &str) -> Reply {
+    Reply::Error {
+        status,
+        kind,
+        code,
+        message: message.to_string(),
+    }
+}
+
+fn success(action: &str, result: &str) -> Reply {
+    Reply::Ok {
+        action: action.to_string(),
+        result: result.to_string(),
+    }
+}
+
+fn validation(message: &str) -> Reply {
+    error(
+        StatusCode::BAD_REQUEST,
+        "Sender",
+        "ValidationError",
+        message,
+    )
+}
+
+/// Whether the request carries a SigV4 Authorization header for this service.
+fn signed(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.starts_with("AWS4-HMAC-SHA256 ")
+                && v.contains("Credential=")
+                && v.contains("/autoscaling/aws4_request")
+                && v.contains("SignedHeaders=")
+                && v.contains("Signature=")
+        })
+}
+
+async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Answer {
+    if req.method() != Method::POST {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Sender",
+            "InvalidAction",
+            "only POST is supported",
+        )
+        .render();
+    }
+    let has_signature = signed(&req);
+    let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Sender",
+                "MalformedQueryString",
+                "body too large",
+            )
+            .render();
+        }
+    };
+    let params: BTreeMap<String, String> = form_urlencoded::parse(&body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let action = params.get("Action").cloned().unwrap_or_default();
+    let now = Instant::now();
+    let mut s = lock(state);
+    expire(&mut s, now);
+    let reply = answer(&mut s, &action, &params, has_signature, now);
+    let error = reply.code();
+    let answer = reply.render();
+    s.calls.push(Call {
+        action,
+        params,
+        status: answer.status().as_u16(),
+        error,
+        at: now,
+    });
+    answer
+}
+
+fn answer(
+    s: &mut State,
+    action: &str,
+    params: &BTreeMap<String, String>,
+    has_signature: bool,
+    now: Instant,
+) -> Reply {
+    if !has_signature {
+        return error(
+            StatusCode::FORBIDDEN,
+            "Sender",
+            "MissingAuthenticationToken",
+            "Request is missing Authentication Token",
+        );
+    }
+    if params.get("Version").map(String::as_str) != Some("2011-01-01") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Sender",
+            "InvalidAction",
+            "Version must be 2011-01-01",
+        );
+    }
+    if s.faults.denied.contains(action) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "Sender",
+            "AccessDenied",
+            &format!(
+                "User: arn:aws:sts::123456789012:assumed-role/agent/i-0123456789abcdef0 is not authorized to perform: autoscaling:{action} because no identity-based policy allows the autoscaling:{action} action"
+            ),
+        );
+    }
+    if s.faults.throttle > 0 {
+        s.faults.throttle -= 1;
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Sender",
+            "Throttling",
+            "Rate exceeded",
+        );
+    }
+    if s.faults.server_errors > 0 {
+        s.faults.server_errors -= 1;
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Receiver",
+            "InternalFailure",
+            "An internal error occurred",
+        );
+    }
+    let get = |k: &str| params.get(k).map(String::as_str).unwrap_or_default();
+    match action {
+        "CompleteLifecycleAction" | "RecordLifecycleActionHeartbeat" => {
+            let complete = action == "CompleteLifecycleAction";
+            let result = get("LifecycleActionResult");
+            if complete && result != "CONTINUE" && result != "ABANDON" {
+                return validation("LifecycleActionResult must be CONTINUE or ABANDON");
+            }
+            let (group_name, hook_name) = (get("AutoScalingGroupName"), get("LifecycleHookName"));
+            let (instance_id, token) = (get("InstanceId"), get("LifecycleActionToken"));
+            if instance_id.is_empty() && token.is_empty() {
+                return validation("Either InstanceId or LifecycleActionToken must be specified");
+            }
+            let not_found = if instance_id.is_empty() {
+                format!("No active Lifecycle Action found with token {token}")
+            } else {
+                format!("No active Lifecycle Action found with instance ID {instance_id}")
+            };
+            let Some(group) = s.groups.get_mut(group_name) else {
+                return validation(&not_found);
+            };
+            let hook = group.hooks.get(hook_name).cloned();
+            let found = group.instances.iter_mut().find(|(id, i)| {
+                i.action.as_ref().is_some_and(|a| {
+                    a.hook == hook_name
+                        && (id.as_str() == instance_id || (!token.is_empty() && a.token == token))
+                })
+            });
+            let (Some((id, instance)), Some(hook)) = (found, hook) else {
+                return validation(&not_found);
+            };
+            let id = id.clone();
+            if complete {
+                let state = instance.state.clone();
+                instance.state = after(&state, result);
+                instance.action = None;
+                s.completions.push(Completion {
+                    instance: id,
+                    hook: hook_name.to_string(),
+                    result: result.to_string(),
+                    by_call: true,
+                    at: now,
+                });
+            } else if let Some(a) = instance.action.as_mut() {
+                // "Extends the timeout by the length of time defined using PutLifecycleHook",
+                // never past the global timeout.
+                a.deadline = (now + hook.heartbeat_timeout).min(a.global_deadline);
+            }
+            success(action, "")
+        }
+        "DescribeAutoScalingInstances" => {
+            let wanted: BTreeSet<&str> = params
+                .iter()
+                .filter(|(k, _)| k.starts_with("InstanceIds.member."))
+                .map(|(_, v)| v.as_str())
+                .collect();
+            let mut members = String::new();
+            for (group_name, group) in &s.groups {
+                for (id, i) in &group.instances {
+                    if !wanted.is_empty() && !wanted.contains(id.as_str()) {
+                        continue;
+                    }
+                    members.push_str(&format!(
+                        "<member><InstanceId>{}</InstanceId><InstanceType>m5.large</InstanceType><AutoScalingGroupName>{}</AutoScalingGroupName><AvailabilityZone>us-east-1a</AvailabilityZone><LifecycleState>{}</LifecycleState><HealthStatus>HEALTHY</HealthStatus><ProtectedFromScaleIn>{}</ProtectedFromScaleIn></member>",
+                        escape(id),
+                        escape(group_name),
+                        escape(&i.state),
+                        i.protected
+                    ));
+                }
+            }
+            success(
+                action,
+                &format!("<AutoScalingInstances>{members}</AutoScalingInstances>"),
+            )
+        }
+        "DescribeLifecycleHooks" => {
+            let group_name = get("AutoScalingGroupName");
+            let Some(group) = s.groups.get(group_name) else {
+                return validation(&format!("Group {group_name} not found"));
+            };
+            let wanted: BTreeSet<&str> = params
+                .iter()
+                .filter(|(k, _)| k.starts_with("LifecycleHookNames.member."))
+                .map(|(_, v)| v.as_str())
+                .collect();
+            let mut members = String::new();
+            for hook in group.hooks.values() {
+                if !wanted.is_empty() && !wanted.contains(hook.name.as_str()) {
+                    continue;
+                }
+                members.push_str(&format!(
+                    "<member><LifecycleHookName>{}</LifecycleHookName><AutoScalingGroupName>{}</AutoScalingGroupName><LifecycleTransition>{}</LifecycleTransition><HeartbeatTimeout>{}</HeartbeatTimeout><GlobalTimeout>{}</GlobalTimeout><DefaultResult>{}</DefaultResult></member>",
+                    escape(&hook.name),
+                    escape(group_name),
+                    hook.transition,
+                    hook.heartbeat_timeout.as_secs(),
+                    hook.global_timeout.as_secs(),
+                    hook.default_result
+                ));
+            }
+            success(
+                action,
+                &format!("<LifecycleHooks>{members}</LifecycleHooks>"),
+            )
+        }
+        "SetInstanceProtection" => {
+            let group_name = get("AutoScalingGroupName");
+            let protect = match get("ProtectedFromScaleIn") {
+                "true" => true,
+                "false" => false,
+                _ => return validation("ProtectedFromScaleIn must be true or false"),
+            };
+            let Some(group) = s.groups.get_mut(group_name) else {
+                return validation(&format!("AutoScalingGroup name not found - {group_name}"));
+            };
+            let ids: Vec<String> = params
+                .iter()
+                .filter(|(k, _)| k.starts_with("InstanceIds.member."))
+                .map(|(_, v)| v.clone())
+                .collect();
+            for id in &ids {
+                match group.instances.get_mut(id) {
+                    Some(i) => i.protected = protect,
+                    None => {
+                        return validation(&format!(
+                            "The instance {id} is not part of Auto Scaling group {group_name}."
+                        ));
+                    }
+                }
+            }
+            success(action, "")
+        }
+        other => error(
+            StatusCode::BAD_REQUEST,
+            "Sender",
+            "InvalidAction",
+            &format!("The action {other} is not valid for this web service."),
+        ),
+    }
+}

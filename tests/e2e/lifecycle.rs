@@ -1,0 +1,642 @@
+//! Lifecycle actions end to end, with the simulated IMDS and Auto Scaling API and the real AWS
+//! SDK: heartbeats while the agent drains, the termination hook completed strictly after the
+//! agent exited, the launch hook completed only once the agent is ready, and the error paths.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use agent_guard::sim::autoscaling::{AutoScalingSim, Call, Faults, Hook, LAUNCHING, TERMINATING};
+use agent_guard::sim::imds::ImdsSim;
+
+use crate::support::{Guard, SOON, command, first_time, fixture, json_lines, scratch, wait_until};
+
+const GROUP: &str = "workers";
+const INSTANCE: &str = "i-0123456789abcdef0";
+
+/// CLOCK_MONOTONIC in seconds, the clock the fixture agents log with.
+fn monotonic() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// Maps an `Instant` (the sim's call times) onto CLOCK_MONOTONIC seconds.
+struct Clock {
+    instant: Instant,
+    mono: f64,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        Clock {
+            instant: Instant::now(),
+            mono: monotonic(),
+        }
+    }
+    fn mono(&self, at: Instant) -> f64 {
+        if at >= self.instant {
+            self.mono + (at - self.instant).as_secs_f64()
+        } else {
+            self.mono - (self.instant - at).as_secs_f64()
+        }
+    }
+}
+
+struct World {
+    imds: ImdsSim,
+    asg: AutoScalingSim,
+}
+
+fn world(terminate: Option<Hook>, launch: Option<Hook>) -> World {
+    let imds = ImdsSim::start().expect("imds sim");
+    let asg = AutoScalingSim::start().expect("asg sim");
+    asg.add_instance(GROUP, INSTANCE, "InService");
+    for hook in [terminate, launch].into_iter().flatten() {
+        asg.put_hook(GROUP, hook);
+    }
+    World { imds, asg }
+}
+
+fn terminate_hook() -> Hook {
+    Hook::new("drain-hook", TERMINATING).heartbeat_timeout(Duration::from_secs(30))
+}
+
+fn guard(dir: &Path, w: &World, options: &[&str], agent: &[&str]) -> Guard {
+    let mut cmd = command();
+    cmd.env("AWS_ENDPOINT_URL_AUTO_SCALING", w.asg.url())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "AKIDTESTTESTTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret")
+        .args([
+            "--imds",
+            "on",
+            "--imds-endpoint",
+            &w.imds.url(),
+            "--imds-poll",
+            "200ms",
+        ])
+        .args(options)
+        .arg("--")
+        .args(agent);
+    Guard::spawn(dir, cmd)
+}
+
+fn calls(w: &World, action: &str) -> Vec<Call> {
+    w.asg
+        .calls()
+        .into_iter()
+        .filter(|c| c.action == action)
+        .collect()
+}
+
+fn wait_lifecycle_ready(guard: &Guard) {
+    wait_until("lifecycle setup", SOON, || {
+        guard.log().contains("lifecycle hooks ready")
+    });
+}
+
+#[test]
+fn scale_in_heartbeats_while_draining_and_completes_continue_after_the_agent_exits() {
+    let dir = scratch();
+    let w = world(Some(terminate_hook()), None);
+    let log = dir.path().join("agent.log");
+    let mut guard = guard(
+        dir.path(),
+        &w,
+        &[
+            "--terminate-hook",
+            "drain-hook",
+            "--asg-name",
+            GROUP,
+            "--heartbeat-interval",
+            "300ms",
+            "--drain-timeout",
+            "10m",
+        ],
+        &[
+            fixture("socket_agent.py").to_str().expect("utf-8"),
+            log.to_str().expect("utf-8"),
+            "--drained-after",
+            "1.5",
+        ],
+    );
+    wait_lifecycle_ready(&guard);
+    wait_until("subscribed", SOON, || guard.status()["subscribers"] == 1);
+    let clock = Clock::now();
+    w.asg.terminate(GROUP, INSTANCE);
+    w.imds.set_lifecycle_state(Some("Terminated"));
+    assert_eq!(guard.code(), 0, "the agent's own status: {}", guard.log());
+
+    let completes = calls(&w, "CompleteLifecycleAction");
+    assert_eq!(completes.len(), 1, "{completes:?}");
+    let complete = &completes[0];
+    assert_eq!(complete.status, 200);
+    assert_eq!(complete.params["LifecycleActionResult"], "CONTINUE");
+    assert_eq!(complete.params["LifecycleHookName"], "drain-hook");
+    assert_eq!(complete.params["InstanceId"], INSTANCE);
+    assert_eq!(complete.params["AutoScalingGroupName"], GROUP);
+    let heartbeats = calls(&w, "RecordLifecycleActionHeartbeat");
+    assert!(
+        heartbeats.len() >= 2,
+        "heartbeats while the 1.5 s drain ran: {heartbeats:?}"
+    );
+    assert!(
+        heartbeats
+            .iter()
+            .all(|h| h.status == 200 && h.at < complete.at)
+    );
+    // Strictly after the agent's exit marker (its SIGTERM handler runs just before it exits).
+    let entries = json_lines(&log);
+    let exit_marker =
+        first_time(&entries, |e| e["signal"] == "SIGTERM").expect("the agent's exit marker");
+    assert!(
+        clock.mono(complete.at) > exit_marker,
+        "completed {:.3}s before the agent exited",
+        exit_marker - clock.mono(complete.at)
+    );
+    assert_eq!(
+        w.asg.instance_state(INSTANCE).as_deref(),
+        Some("Terminating:Proceed")
+    );
+    assert_eq!(w.asg.completions().len(), 1);
+    assert!(
+        w.asg.completions()[0].by_call,
+        "completed by the guard, not by the timeout"
+    );
+}
+
+#[test]
+fn an_agent_that_ignores_sigterm_gets_the_unclean_result_after_sigkill() {
+    for (option, want) in [(None, "ABANDON"), (Some("continue"), "CONTINUE")] {
+        let dir = scratch();
+        let w = world(Some(terminate_hook()), None);
+        let log = dir.path().join("signals.log");
+        let mut options = vec![
+            "--terminate-hook",
+            "drain-hook",
+            "--asg-name",
+            GROUP,
+            "--stop-timeout",
+            "500ms",
+        ];
+        if let Some(o) = option {
+            options.extend(["--on-unclean-exit", o]);
+        }
+        let mut guard = guard(
+            dir.path(),
+            &w,
+            &options,
+            &[
+                fixture("recorder.py").to_str().expect("utf-8"),
+                log.to_str().expect("utf-8"),
+                "--ignore-term",
+            ],
+        );
+        wait_lifecycle_ready(&guard);
+        w.asg.terminate(GROUP, INSTANCE);
+        w.imds.set_lifecycle_state(Some("Terminated"));
+        assert_eq!(guard.code(), 137, "{}", guard.log());
+        let completes = calls(&w, "CompleteLifecycleAction");
+        assert_eq!(completes.len(), 1, "{completes:?}");
+        assert_eq!(
+            completes[0].params["LifecycleActionResult"], want,
+            "{option:?}"
+        );
+    }
+}
+
+#[test]
+fn the_launch_hook_is_completed_only_after_ready_1() {
+    let dir = scratch();
+    let w = world(
+        None,
+        Some(Hook::new("launch-hook", LAUNCHING).heartbeat_timeout(Duration::from_secs(60))),
+    );
+    w.asg.launch(GROUP, INSTANCE);
+    assert_eq!(
+        w.asg.instance_state(INSTANCE).as_deref(),
+        Some("Pending:Wait")
+    );
+    let log = dir.path().join("agent.log");
+    let trigger = dir.path().join("go");
+    let mut guard = guard(
+        dir.path(),
+        &w,
+        &["--launch-hook", "launch-hook", "--ready-on", "notify"],
+        &[
+            fixture("notify_agent.py").to_str().expect("utf-8"),
+            log.to_str().expect("utf-8"),
+            "--ready-on-file",
+            trigger.to_str().expect("utf-8"),
+        ],
+    );
+    wait_lifecycle_ready(&guard);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        calls(&w, "CompleteLifecycleAction").is_empty(),
+        "no completion before the agent is ready"
+    );
+    let clock = Clock::now();
+    std::fs::write(&trigger, "").expect("trigger");
+    wait_until("the launch hook completes", SOON, || {
+        !calls(&w, "CompleteLifecycleAction").is_empty()
+    });
+    let complete = &calls(&w, "CompleteLifecycleAction")[0];
+    assert_eq!(complete.params["LifecycleActionResult"], "CONTINUE");
+    assert_eq!(complete.params["LifecycleHookName"], "launch-hook");
+    let ready_sent = first_time(&json_lines(&log), |e| {
+        e["sent"].as_str().is_some_and(|s| s.starts_with("READY=1"))
+    })
+    .expect("READY=1 sent");
+    assert!(
+        clock.mono(complete.at) > ready_sent,
+        "completed before READY=1"
+    );
+    assert_eq!(w.asg.instance_state(INSTANCE).as_deref(), Some("InService"));
+    wait_until("status shows it", SOON, || {
+        guard.status()["lifecycle"]["launch_hook"]["state"] == "completed"
+    });
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 0);
+}
+
+#[test]
+fn the_launch_hook_is_abandoned_when_the_agent_is_not_ready_in_time() {
+    let dir = scratch();
+    let w = world(None, Some(Hook::new("launch-hook", LAUNCHING)));
+    w.asg.launch(GROUP, INSTANCE);
+    let mut guard = guard(
+        dir.path(),
+        &w,
+        &[
+            "--launch-hook",
+            "launch-hook",
+            "--ready-on",
+            "notify",
+            "--ready-timeout",
+            "1s",
+        ],
+        &["sleep", "600"],
+    );
+    wait_until("the launch hook is abandoned", SOON, || {
+        !calls(&w, "CompleteLifecycleAction").is_empty()
+    });
+    assert_eq!(
+        calls(&w, "CompleteLifecycleAction")[0].params["LifecycleActionResult"],
+        "ABANDON"
+    );
+    assert!(
+        guard
+            .log()
+            .contains("did not become ready within --ready-timeout"),
+        "{}",
+        guard.log()
+    );
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 143);
+}
+
+#[test]
+fn throttling_is_retried_until_the_completion_succeeds() {
+    let dir = scratch();
+    let w = world(Some(terminate_hook()), None);
+    let mut guard = guard(
+        dir.path(),
+        &w,
+        &[
+            "--terminate-hook",
+            "drain-hook",
+            "--asg-name",
+            GROUP,
+            "--heartbeat-interval",
+            "10s",
+        ],
+        &["sleep", "600"],
+    );
+    wait_lifecycle_ready(&guard);
+    w.asg.terminate(GROUP, INSTANCE);
+    w.asg.set_faults(Faults {
+        throttle: 3,
+        ..Faults::default()
+    });
+    w.imds.set_lifecycle_state(Some("Terminated"));
+    assert_eq!(guard.code(), 143, "{}", guard.log());
+    let completes = calls(&w, "CompleteLifecycleAction");
+    let outcomes: Vec<_> = completes
+        .iter()
+        .map(|c| c.error.clone().unwrap_or_else(|| c.status.to_string()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["Throttling", "Throttling", "Throttling", "200"],
+        "{completes:?}"
+    );
+    assert!(completes.windows(2).all(|p| p[1].at > p[0].at));
+}
+
+#[test]
+fn no_active_lifecycle_action_is_retried_for_a_window_then_given_up() {
+    let dir = scratch();
+    // The group holds no wait state for the instance: every completion is a ValidationError.
+    let w = world(Some(terminate_hook()), None);
+    let started = Instant::now();
+    let mut guard = guard(
+        dir.path(),
+        &w,
+        &[
+            "--terminate-hook",
+            "drain-hook",
+            "--asg-name",
+            GROUP,
+            "--heartbeat-interval",
+            "300ms",
+        ],
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 7' TERM; while :; do sleep 0.05; done",
+        ],
+    );
+    wait_lifecycle_ready(&guard);
+    w.imds.set_lifecycle_state(Some("Terminated"));
+    assert_eq!(
+        guard.code(),
+        7,
+        "the agent's status, after giving up: {}",
+        guard.log()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "within a bound"
+    );
+    let completes = calls(&w, "CompleteLifecycleAction");
+    assert!(completes.len() >= 2, "retried: {completes:?}");
+    assert!(
+        completes
+            .iter()
+            .all(|c| c.error.as_deref() == Some("ValidationError"))
+    );
+    let log = guard.log();
+    assert_eq!(
+        log.matches("nothing to complete").count(),
+        1,
+        "logged once:\n{log}"
+    );
+}
+
+#[test]
+fn the_group_is_found_by_tag_and_by_api() {
+    // By the instance metadata tag.
+    let dir = scratch();
+    let w = world(Some(terminate_hook()), None);
+    w.imds.set_tag("aws:autoscaling:groupName", Some(GROUP));
+    let mut by_tag = guard(
+        dir.path(),
+        &w,
+        &["--terminate-hook", "drain-hook"],
+        &["sleep", "600"],
+    );
+    wait_lifecycle_ready(&by_tag);
+    assert_eq!(by_tag.status()["lifecycle"]["group"], GROUP);
+    assert!(
+        calls(&w, "DescribeAutoScalingInstances").is_empty(),
+        "the tag made the call needless"
+    );
+    // A third of the hook's 30 s heartbeat timeout.
+    assert_eq!(by_tag.status()["lifecycle"]["heartbeat_interval_s"], 10.0);
+    by_tag.signal(libc::SIGTERM);
+    assert_eq!(by_tag.code(), 143);
+
+    // By DescribeAutoScalingInstances.
+    let dir = scratch();
+    let w = world(Some(terminate_hook()), None);
+    let mut by_api = guard(
+        dir.path(),
+        &w,
+        &["--terminate-hook", "drain-hook"],
+        &["sleep", "600"],
+    );
+    wait_lifecycle_ready(&by_api);
+    assert_eq!(by_api.status()["lifecycle"]["group"], GROUP);
+    let describe = calls(&w, "DescribeAutoScalingInstances");
+    assert_eq!(describe.len(), 1);
+    assert_eq!(describe[0].params["InstanceIds.member.1"], INSTANCE);
+    by_api.signal(libc::SIGTERM);
+    assert_eq!(by_api.code(), 143);
+}
+
+#[test]
+fn a_missing_permission_is_one_line_naming_the_iam_action() {
+    let dir = scratch();
+    let w = world(Some(terminate_hook()), None);
+    w.asg.set_faults(Faults {
+        denied: ["CompleteLifecycleAction".to_string()]
+            .into_iter()
+            .collect(),
+        ..Faults::default()
+    });
+    let mut guard = guard(
+        dir.path(),
+        &w,
+        &["--terminate-hook", "drain-hook", "--asg-name", GROUP],
+        &["sleep", "600"],
+    );
+    wait_lifecycle_ready(&guard);
+    w.asg.terminate(GROUP, INSTANCE);
+    w.imds.set_lifecycle_state(Some("Terminated"));
+    assert_eq!(guard.code(), 143);
+    let log = guard.log();
+    let lines: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("lacks autoscaling:CompleteLifecycleAction"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert_eq!(
+        calls(&w, "CompleteLifecycleAction").len(),
+        1,
+        "a denial is not retried"
+    );
+}
+
+#[test]
+fn a_spot_interruption_completes_the_hook_when_the_group_holds_one_and_stays_quiet_when_not() {
+    // Capacity rebalancing put the instance in Terminating:Wait.
+    let dir = scratch();
+    let w = world(Some(terminate_hook()), None);
+    let mut guard1 = guard(
+        dir.path(),
+        &w,
+        &[
+            "--terminate-hook",
+            "drain-hook",
+            "--asg-name",
+            GROUP,
+            "--spot-margin",
+            "1s",
+        ],
+        &["sleep", "600"],
+    );
+    wait_lifecycle_ready(&guard1);
+    w.asg.terminate(GROUP, INSTANCE);
+    let notice =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(60))
+            .to_string();
+    w.imds.post_spot_interruption("terminate", &notice);
+    assert_eq!(guard1.code(), 143);
+    assert_eq!(
+        calls(&w, "CompleteLifecycleAction")
+            .first()
+            .map(|c| c.status),
+        Some(200)
+    );
+
+    // No wait state: the ValidationError is expected, and logged quietly.
+    let dir = scratch();
+    let w = world(Some(terminate_hook()), None);
+    let mut guard2 = guard(
+        dir.path(),
+        &w,
+        &[
+            "--terminate-hook",
+            "drain-hook",
+            "--asg-name",
+            GROUP,
+            "--heartbeat-interval",
+            "300ms",
+        ],
+        &["sleep", "600"],
+    );
+    wait_lifecycle_ready(&guard2);
+    w.imds.post_spot_interruption("terminate", &notice);
+    assert_eq!(guard2.code(), 143);
+    let log = guard2.log();
+    assert!(log.contains("as expected for a spot interruption"), "{log}");
+    assert!(!log.contains("WARN  lifecycle: no active"), "{log}");
+}
+
+#[test]
+fn status_and_metrics_show_the_hook() {
+    let dir = scratch();
+    let w = world(Some(terminate_hook()), None);
+    let mut cmd_guard = guard(
+        dir.path(),
+        &w,
+        &[
+            "--terminate-hook",
+            "drain-hook",
+            "--asg-name",
+            GROUP,
+            "--health-listen",
+            "127.0.0.1:0",
+            "--heartbeat-interval",
+            "200ms",
+            "--drain-signal",
+            "USR1",
+            "--drain-timeout",
+            "1s",
+        ],
+        &[
+            "sh",
+            "-c",
+            "trap '' USR1; trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        ],
+    );
+    wait_lifecycle_ready(&cmd_guard);
+    let addr = cmd_guard.health_addr();
+    w.asg.terminate(GROUP, INSTANCE);
+    w.imds.set_lifecycle_state(Some("Terminated"));
+    wait_until("a heartbeat", SOON, || {
+        cmd_guard.status()["lifecycle"]["terminate_hook"]["heartbeats"].as_u64() >= Some(1)
+    });
+    let status = cmd_guard.status();
+    assert_eq!(
+        status["lifecycle"]["terminate_hook"]["state"], "heartbeating",
+        "{status}"
+    );
+    let metrics = crate::support::http(&addr, "GET", "/metrics").2;
+    assert!(metrics.contains("agent_guard_lifecycle_calls_total{action=\"RecordLifecycleActionHeartbeat\",outcome=\"ok\"}"), "{metrics}");
+    assert_eq!(cmd_guard.code(), 0);
+}
+
+/// moto, a server we did not write, checks the SDK wiring for the calls it implements.
+#[test]
+fn the_sdk_wiring_works_against_a_real_moto_server() {
+    let Some(moto) = moto_url() else {
+        eprintln!(
+            "SKIPPED the_sdk_wiring_works_against_a_real_moto_server: no moto server (.ci/run starts one)"
+        );
+        return;
+    };
+    let python = std::env::var("AGENT_GUARD_TEST_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string());
+    // A group with one instance and a termination hook, made with boto3 (moto's own client).
+    let group = format!("moto-{}", std::process::id());
+    let setup = format!(
+        r#"
+import boto3
+c = boto3.client("autoscaling", endpoint_url="{moto}", region_name="us-east-1",
+                 aws_access_key_id="test", aws_secret_access_key="test")
+ec2 = boto3.client("ec2", endpoint_url="{moto}", region_name="us-east-1",
+                   aws_access_key_id="test", aws_secret_access_key="test")
+c.create_launch_configuration(LaunchConfigurationName="{group}-lc", ImageId="ami-12c6146b", InstanceType="t2.micro")
+c.create_auto_scaling_group(AutoScalingGroupName="{group}", LaunchConfigurationName="{group}-lc",
+                            MinSize=1, MaxSize=1, DesiredCapacity=1, AvailabilityZones=["us-east-1a"])
+c.put_lifecycle_hook(LifecycleHookName="drain-hook", AutoScalingGroupName="{group}",
+                     LifecycleTransition="autoscaling:EC2_INSTANCE_TERMINATING", HeartbeatTimeout=90)
+print(c.describe_auto_scaling_groups(AutoScalingGroupNames=["{group}"])["AutoScalingGroups"][0]["Instances"][0]["InstanceId"])
+"#
+    );
+    let out = Command::new(&python)
+        .args(["-c", &setup])
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "moto setup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let instance = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let imds = ImdsSim::start().expect("imds sim");
+    imds.set_identity(&instance, "us-east-1");
+    let dir = scratch();
+    let mut cmd = command();
+    cmd.env("AWS_ENDPOINT_URL_AUTO_SCALING", &moto)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .args([
+            "--imds",
+            "on",
+            "--imds-endpoint",
+            &imds.url(),
+            "--imds-poll",
+            "200ms",
+            "--terminate-hook",
+            "drain-hook",
+            "--",
+            "sleep",
+            "600",
+        ]);
+    let mut guard = Guard::spawn(dir.path(), cmd);
+    wait_lifecycle_ready(&guard);
+    let status = guard.status();
+    // DescribeAutoScalingInstances found the group; DescribeLifecycleHooks gave 90 s / 3.
+    assert_eq!(status["lifecycle"]["group"], group.as_str(), "{status}");
+    assert_eq!(
+        status["lifecycle"]["heartbeat_interval_s"], 30.0,
+        "{status}"
+    );
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 143);
+}
+
+fn moto_url() -> Option<String> {
+    let url = std::env::var("AGENT_GUARD_TEST_MOTO").ok()?;
+    let addr = url.trim_start_matches("http://").to_string();
+    std::net::TcpStream::connect(&addr).ok().map(|_| url)
+}
