@@ -1,9 +1,11 @@
-//! Benchmark: IMDS notice → stop signal latency, and IMDS requests per minute while idle.
-//!
-//! Run with `bench/notices.sh` (it builds the release binary first). Each sample starts the
-//! real guard against the simulated IMDS, waits for polling to begin, posts `Terminated` at a
-//! random moment within a poll interval, and times the agent's SIGTERM handler on
-//! CLOCK_MONOTONIC, which the agent and this program share.
+//! Benchmarks against the simulators, run by `bench/notices.sh` and `bench/lifecycle.sh` (they
+//! build the release binary first):
+//! - `notices`: IMDS notice → stop signal latency, and IMDS requests per minute while idle. Each
+//!   sample starts the real guard against the simulated IMDS, waits for polling to begin, posts
+//!   `Terminated` at a random moment within a poll interval, and times the agent's SIGTERM
+//!   handler on CLOCK_MONOTONIC, which the agent and this program share.
+//! - `lifecycle`: the agent's exit → `CompleteLifecycleAction` arriving at the simulated Auto
+//!   Scaling API, over 20 scale-ins.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -118,7 +120,71 @@ fn idle_rate(poll: Duration, window: Duration) -> f64 {
     seen as f64 * 60.0 / window.as_secs_f64()
 }
 
+/// One scale-in; returns the time from the agent's last act (its SIGTERM handler, just before
+/// it exits) to the completion request reaching the server.
+fn lifecycle_sample(dir: &Path, n: usize) -> Duration {
+    use agent_guard::sim::autoscaling::{AutoScalingSim, Hook, TERMINATING};
+    let imds = ImdsSim::start().expect("imds sim");
+    let asg = AutoScalingSim::start().expect("asg sim");
+    let instance = "i-0123456789abcdef0";
+    asg.add_instance("workers", instance, "InService");
+    asg.put_hook("workers", Hook::new("drain", TERMINATING));
+    let out = dir.join(format!("exit-{n}"));
+    let mut guard = Command::new(root().join("target/release/agent-guard"))
+        .env("AWS_ENDPOINT_URL_AUTO_SCALING", asg.url())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "bench")
+        .env("AWS_SECRET_ACCESS_KEY", "bench")
+        .args(["--imds", "on", "--imds-endpoint", &imds.url(), "--imds-poll", "100ms"])
+        .args(["--terminate-hook", "drain", "--asg-name", "workers", "--health-listen", "off"])
+        .arg("--")
+        .arg(root().join("bench/term_agent.py"))
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("agent-guard runs");
+    let ready = PathBuf::from(format!("{}.ready", out.display()));
+    wait_for("the agent", Duration::from_secs(20), || ready.exists());
+    // Setup done: the group's hooks were read.
+    wait_for("lifecycle setup", Duration::from_secs(20), || {
+        asg.calls().iter().any(|c| c.action == "DescribeLifecycleHooks")
+    });
+    let reference = (Instant::now(), monotonic_ns());
+    asg.terminate("workers", instance);
+    imds.set_lifecycle_state(Some("Terminated"));
+    let status = guard.wait().expect("guard exits");
+    assert!(status.success(), "guard exited {status:?}");
+    let exited: u64 = std::fs::read_to_string(&out).expect("exit time").trim().parse().expect("ns");
+    let complete = asg
+        .calls()
+        .into_iter()
+        .find(|c| c.action == "CompleteLifecycleAction")
+        .expect("a completion");
+    let complete_ns = reference.1 + (complete.at - reference.0).as_nanos() as u64;
+    Duration::from_nanos(complete_ns.saturating_sub(exited))
+}
+
+fn lifecycle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut all: Vec<Duration> = (0..20).map(|n| lifecycle_sample(dir.path(), n)).collect();
+    all.sort();
+    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+    let p99 = all[all.len() - 1];
+    println!("| runs | p50 (ms) | p99 (ms) | floor p99 | within floor |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | 100 ms | {} |",
+        all.len(),
+        ms(all[all.len() / 2]),
+        ms(p99),
+        if p99 <= Duration::from_millis(100) { "yes" } else { "NO" }
+    );
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "lifecycle") {
+        return lifecycle();
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let ms = |d: Duration| format!("{:.0}", d.as_secs_f64() * 1000.0);
     println!(
