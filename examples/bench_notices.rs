@@ -135,8 +135,22 @@ fn lifecycle_sample(dir: &Path, n: usize) -> Duration {
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "bench")
         .env("AWS_SECRET_ACCESS_KEY", "bench")
-        .args(["--imds", "on", "--imds-endpoint", &imds.url(), "--imds-poll", "100ms"])
-        .args(["--terminate-hook", "drain", "--asg-name", "workers", "--health-listen", "off"])
+        .args([
+            "--imds",
+            "on",
+            "--imds-endpoint",
+            &imds.url(),
+            "--imds-poll",
+            "100ms",
+        ])
+        .args([
+            "--terminate-hook",
+            "drain",
+            "--asg-name",
+            "workers",
+            "--health-listen",
+            "off",
+        ])
         .arg("--")
         .arg(root().join("bench/term_agent.py"))
         .arg(&out)
@@ -147,14 +161,20 @@ fn lifecycle_sample(dir: &Path, n: usize) -> Duration {
     wait_for("the agent", Duration::from_secs(20), || ready.exists());
     // Setup done: the group's hooks were read.
     wait_for("lifecycle setup", Duration::from_secs(20), || {
-        asg.calls().iter().any(|c| c.action == "DescribeLifecycleHooks")
+        asg.calls()
+            .iter()
+            .any(|c| c.action == "DescribeLifecycleHooks")
     });
     let reference = (Instant::now(), monotonic_ns());
     asg.terminate("workers", instance);
     imds.set_lifecycle_state(Some("Terminated"));
     let status = guard.wait().expect("guard exits");
     assert!(status.success(), "guard exited {status:?}");
-    let exited: u64 = std::fs::read_to_string(&out).expect("exit time").trim().parse().expect("ns");
+    let exited: u64 = std::fs::read_to_string(&out)
+        .expect("exit time")
+        .trim()
+        .parse()
+        .expect("ns");
     let complete = asg
         .calls()
         .into_iter()
@@ -177,7 +197,11 @@ fn lifecycle() {
         all.len(),
         ms(all[all.len() / 2]),
         ms(p99),
-        if p99 <= Duration::from_millis(100) { "yes" } else { "NO" }
+        if p99 <= Duration::from_millis(100) {
+            "yes"
+        } else {
+            "NO"
+        }
     );
 }
 

@@ -146,6 +146,12 @@ pub fn live_members(pgid: pid_t) -> Option<usize> {
     Some(count)
 }
 
+/// The process group of `pid`, from /proc.
+pub fn process_group_of(pid: pid_t) -> Option<pid_t> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat).map(|(_, group)| group)
+}
+
 /// The state letter and process group from a /proc/PID/stat line. The command name may hold
 /// spaces and parentheses, so the fields are counted from the last `)`.
 fn parse_stat(stat: &str) -> Option<(char, pid_t)> {

@@ -14,7 +14,7 @@ use clap::Parser;
     name = "agent-guard",
     version,
     about = "Supervise an agent on an EC2 Auto Scaling group: forward signals, reap zombies, drain before stopping.",
-    override_usage = "agent-guard [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard ctl [--socket PATH] [--json] status | drain [--reason R] | ready | drained | subscribe\n       agent-guard --check-config [OPTIONS] [-- COMMAND [ARGS...]]",
+    override_usage = "agent-guard [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard ctl [--socket PATH] [--json] status | drain [--reason R] | ready | drained | subscribe\n       agent-guard drill <scale-in|spot|rebalance|sigterm> [DRILL OPTIONS] [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard --check-config [OPTIONS] [-- COMMAND [ARGS...]]",
     after_help = "Every option can also be set as AGENT_GUARD_<NAME> or as a key in the --config file.\n\
                   Precedence: flag > environment > file > default. Durations: 500ms, 2s, 5m, 1h; a bare number is seconds.\n\
                   Exit status: the agent's own code; 128+N if it was killed by signal N; 125 if agent-guard failed;\n\
@@ -249,6 +249,45 @@ pub struct Cli {
 pub enum Sub {
     /// Talk to a running guard over its control socket
     Ctl(CtlArgs),
+    /// Rehearse a scale-in, spot interruption, rebalance or SIGTERM against simulated AWS
+    Drill(DrillCli),
+}
+
+/// `agent-guard drill`.
+#[derive(Debug, clap::Args)]
+#[command(
+    override_usage = "agent-guard drill <scale-in|spot|rebalance|sigterm> [--after DUR] [--deadline DUR] [--heartbeat-timeout DUR] [--json] [--verbose] [OPTIONS] -- COMMAND [ARGS...]",
+    after_help = "OPTIONS are the guard's own (see agent-guard --help), used as in production.\n\
+                  Exit status: 0 PASS, 1 FAIL, 125 the drill could not run."
+)]
+pub struct DrillCli {
+    /// The event to rehearse
+    #[arg(value_parser = ["scale-in", "spot", "rebalance", "sigterm"])]
+    pub event: String,
+
+    /// How long after the agent is ready the event comes
+    #[arg(long, value_name = "DUR", default_value = "1s")]
+    pub after: String,
+
+    /// For `spot`: the notice's time, this long after the event (AWS gives about two minutes)
+    #[arg(long, value_name = "DUR", default_value = "120s")]
+    pub deadline: String,
+
+    /// The simulated termination hook's HeartbeatTimeout
+    #[arg(long, value_name = "DUR", default_value = "300s")]
+    pub heartbeat_timeout: String,
+
+    /// Print the timeline and verdict as one JSON document
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also print the guard's own log lines (JSON) on stderr as they come
+    #[arg(long)]
+    pub verbose: bool,
+
+    /// The guard's OPTIONS, then -- COMMAND [ARGS...]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0.., value_name = "OPTIONS")]
+    pub rest: Vec<OsString>,
 }
 
 /// `agent-guard ctl`.

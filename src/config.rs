@@ -233,6 +233,8 @@ pub enum Invocation {
     CheckConfig(Config, Settings),
     /// `--help` or `--version`: print this and exit 0.
     Info(String),
+    /// `drill`: rehearse an event.
+    Drill(crate::drill::DrillArgs),
     /// `ctl`: talk to a running guard.
     Ctl {
         socket: PathBuf,
@@ -252,8 +254,10 @@ where
         Err(err) => return info_or_usage(err),
     };
     let cli = Cli::from_arg_matches(&matches).map_err(|e| ConfigError::Usage(one_line(&e)))?;
-    if let Some(crate::cli::Sub::Ctl(ctl)) = cli.sub {
-        return ctl_invocation(ctl);
+    match cli.sub {
+        Some(crate::cli::Sub::Ctl(ctl)) => return ctl_invocation(ctl),
+        Some(crate::cli::Sub::Drill(drill)) => return drill_invocation(drill),
+        None => {}
     }
     let mut settings = from_matches(&matches)?;
     if let Some(path) = &cli.config {
@@ -272,6 +276,77 @@ where
     } else {
         Ok(Invocation::Run(config))
     }
+}
+
+fn drill_invocation(d: crate::cli::DrillCli) -> Result<Invocation, ConfigError> {
+    use crate::drill::{DrillArgs, DrillEvent};
+    let event = match d.event.as_str() {
+        "scale-in" => DrillEvent::ScaleIn,
+        "spot" => DrillEvent::Spot,
+        "rebalance" => DrillEvent::Rebalance,
+        _ => DrillEvent::Sigterm,
+    };
+    let duration = |option: &str, value: &str| {
+        parse_duration(value).map_err(|why| ConfigError::Invalid {
+            option: option.to_string(),
+            value: value.to_string(),
+            origin: Source::Flag,
+            why,
+        })
+    };
+    // The drill's own flags may also come after the guard's options (before `--`).
+    let mut args = DrillArgs {
+        event,
+        after: duration("after", &d.after)?,
+        deadline: duration("deadline", &d.deadline)?,
+        heartbeat_timeout: duration("heartbeat-timeout", &d.heartbeat_timeout)?,
+        json: d.json,
+        verbose: d.verbose,
+        guard_args: Vec::new(),
+    };
+    // clap drops the `--` when nothing precedes it: then everything is the command.
+    let mut raw = d.rest;
+    if !raw.iter().any(|a| a == "--") {
+        match raw.first() {
+            Some(first) if first.to_string_lossy().starts_with('-') => {
+                return Err(ConfigError::Usage(
+                    "drill: put the agent's command after `--`, as in agent-guard drill scale-in [OPTIONS] -- COMMAND".to_string(),
+                ));
+            }
+            _ => raw.insert(0, OsString::from("--")),
+        }
+    }
+    let mut rest = raw.into_iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--" {
+            args.guard_args.push(arg);
+            args.guard_args.extend(rest.by_ref());
+            break;
+        }
+        let text = arg.to_string_lossy().into_owned();
+        let (name, inline) = match text.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (text.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String, ConfigError> {
+            inline
+                .clone()
+                .or_else(|| rest.next().map(|v| v.to_string_lossy().into_owned()))
+                .ok_or_else(|| ConfigError::Usage(format!("{name} needs a value")))
+        };
+        match name.as_str() {
+            "--json" => args.json = true,
+            "--verbose" => args.verbose = true,
+            "--after" => args.after = duration("after", &value("--after")?)?,
+            "--deadline" => args.deadline = duration("deadline", &value("--deadline")?)?,
+            "--heartbeat-timeout" => {
+                args.heartbeat_timeout =
+                    duration("heartbeat-timeout", &value("--heartbeat-timeout")?)?;
+            }
+            _ => args.guard_args.push(arg),
+        }
+    }
+    Ok(Invocation::Drill(args))
 }
 
 fn ctl_invocation(ctl: crate::cli::CtlArgs) -> Result<Invocation, ConfigError> {

@@ -50,7 +50,9 @@ pub async fn serve(listener: UnixListener, control: Control) {
                 continue;
             }
         };
-        let peer_uid = stream.peer_cred().map(|c| c.uid()).ok();
+        let peer = stream.peer_cred().ok();
+        let peer_uid = peer.map(|c| c.uid());
+        let peer_pid = peer.and_then(|c| c.pid());
         if !peer_uid.is_some_and(unixsock::peer_allowed) {
             tracing::warn!(uid = ?peer_uid, "control socket: refused a peer of another user");
             let _ = reply(&mut stream, &refusal("permission denied")).await;
@@ -62,7 +64,7 @@ pub async fn serve(listener: UnixListener, control: Control) {
         };
         let control = control.clone();
         tokio::spawn(async move {
-            connection(stream, &control).await;
+            connection(stream, &control, peer_pid).await;
             drop(slot);
         });
     }
@@ -99,7 +101,7 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R, within: D
     }
 }
 
-async fn connection(stream: UnixStream, control: &Control) {
+async fn connection(stream: UnixStream, control: &Control, peer_pid: Option<i32>) {
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::new(read_half);
     let mut within = FIRST_LINE_WITHIN;
@@ -139,7 +141,12 @@ async fn connection(stream: UnixStream, control: &Control) {
             return;
         }
         if subscribe && subscription.is_none() {
-            let rx = control.hub.subscribe_owned();
+            // Only the agent's own processes make a drain wait for them.
+            let from_agent = match (peer_pid, control.hub.agent_pid()) {
+                (Some(peer), Some(agent)) => crate::child::process_group_of(peer) == Some(agent),
+                _ => false,
+            };
+            let rx = control.hub.subscribe_owned(from_agent);
             // A subscriber that arrives mid-drain hears of it at once.
             let draining = control.hub.phase.borrow().name() == "draining";
             let current = control.hub.report().drain.clone().filter(|_| draining);

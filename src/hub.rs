@@ -159,12 +159,17 @@ impl Hub {
         let _ = self.announce.send(a);
     }
 
-    /// A new subscription; counted until it is dropped.
-    pub fn subscribe_owned(self: &Arc<Self>) -> OwnedSubscription {
-        self.subscribers.fetch_add(1, Ordering::SeqCst);
+    /// A new subscription. One from the agent's own processes (`agent`) counts as a listener
+    /// until it is dropped: a drain then waits for the agent. An observer's (an operator's `ctl
+    /// subscribe`, a drill) hears the same events but must not make the guard wait for it.
+    pub fn subscribe_owned(self: &Arc<Self>, agent: bool) -> OwnedSubscription {
+        if agent {
+            self.subscribers.fetch_add(1, Ordering::SeqCst);
+        }
         OwnedSubscription {
             hub: self.clone(),
             rx: self.announce.subscribe(),
+            counted: agent,
         }
     }
 
@@ -173,7 +178,7 @@ impl Hub {
         self.subscribers() > 0
     }
 
-    /// How many connections are subscribed.
+    /// How many of the agent's connections are subscribed.
     pub fn subscribers(&self) -> usize {
         self.subscribers.load(Ordering::SeqCst)
     }
@@ -215,11 +220,14 @@ impl Hub {
 pub struct OwnedSubscription {
     hub: Arc<Hub>,
     pub rx: broadcast::Receiver<Announcement>,
+    counted: bool,
 }
 
 impl Drop for OwnedSubscription {
     fn drop(&mut self) {
-        self.hub.subscribers.fetch_sub(1, Ordering::SeqCst);
+        if self.counted {
+            self.hub.subscribers.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 

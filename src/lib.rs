@@ -19,6 +19,7 @@
 //! - [`drain`]: the control socket (JSON lines): drains, readiness, status, for agent and operator.
 //! - [`sdnotify`]: the agent's NOTIFY_SOCKET with systemd's meanings; relays to systemd upstream.
 //! - [`unixsock`]: creating those sockets safely (0600, stale replaced, symlinks refused).
+//! - [`drill`]: `agent-guard drill`: rehearses an event against the simulators, prints a verdict.
 //! - [`ctl`]: the `agent-guard ctl` client.
 //! - [`lifecycle`]: Auto Scaling lifecycle actions: heartbeats, completion only after the agent exits.
 //! - [`logging`]: the guard's own log lines on stderr, text or JSON.
@@ -30,6 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod drain;
+pub mod drill;
 pub mod exit;
 pub mod health;
 pub mod hub;

@@ -89,6 +89,16 @@ pub fn result_for(
     }
 }
 
+/// The same judgement from an exit status alone (0, or 128 + the stop signal, is clean), for
+/// `drill`, which sees the guard's status; whether SIGKILL came is judged separately.
+pub fn result_for_code(status: u8, stop_signal: Sig) -> HookResult {
+    if status == 0 || i32::from(status) == 128 + stop_signal.raw() {
+        HookResult::Continue
+    } else {
+        HookResult::Abandon
+    }
+}
+
 /// One hook as `/status` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HookStatus {
@@ -348,9 +358,10 @@ impl Api {
         }
         api.heartbeat_interval = settings
             .heartbeat_interval
+            // A third of the timeout leaves two missed heartbeats of slack; never more than that.
             .or(api
                 .hook_timeout
-                .map(|t| (t / 3).max(Duration::from_secs(1))))
+                .map(|t| (t / 3).max(Duration::from_millis(100))))
             .unwrap_or(DEFAULT_HEARTBEAT);
         status(hub, |s| s.heartbeat_interval = Some(api.heartbeat_interval));
         tracing::info!(

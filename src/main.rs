@@ -19,6 +19,7 @@ fn main() -> ExitCode {
             request,
             json,
         } => ExitCode::from(agent_guard::ctl::run(&socket, &request, json)),
+        Invocation::Drill(args) => ExitCode::from(agent_guard::drill::run(args)),
         Invocation::Info(text) => {
             print!("{text}");
             ExitCode::SUCCESS

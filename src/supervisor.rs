@@ -184,6 +184,9 @@ impl Supervisor {
             ready_timeout: self.settings.ready_timeout,
         };
         let before = self.state.phase.clone();
+        if event == Event::Drained && matches!(before, Phase::Draining { .. }) {
+            tracing::info!("the agent says it is drained");
+        }
         let (next, actions) = step(&self.state, event, &ctx);
         self.state = next;
         if before != self.state.phase {
@@ -277,10 +280,18 @@ impl Supervisor {
             }
             Action::AnnounceDrain { reason, deadline } => {
                 self.announce_drain(reason, deadline, ctx.now);
+                let via = match (self.hub.subscribers(), ctx.drain_signal) {
+                    (0, Some(sig)) => format!("drain signal {sig}"),
+                    (n, None) => format!("drain event to {n} subscriber(s)"),
+                    (n, Some(sig)) => {
+                        format!("drain event to {n} subscriber(s) and drain signal {sig}")
+                    }
+                };
                 tracing::info!(
                     reason = %reason,
                     deadline_in = %format_duration(deadline.saturating_duration_since(ctx.now)),
                     subscribers = self.hub.has_subscribers(),
+                    via = %via,
                     "told the agent to drain"
                 );
                 Ok(())
@@ -314,7 +325,7 @@ impl Supervisor {
         if given < configured {
             tracing::warn!(
                 configured = %format_duration(configured),
-                given = %format_duration(Duration::from_millis(given.as_millis() as u64)),
+                given = %format_duration(Duration::from_secs(given.as_secs_f64().round() as u64)),
                 "{option} cut short by the spot interruption deadline"
             );
         }

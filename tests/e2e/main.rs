@@ -5,6 +5,7 @@ mod support;
 mod clients;
 mod config;
 mod drain_socket;
+mod drill;
 mod exit_status;
 mod forwarding;
 mod health;
