@@ -58,6 +58,8 @@ pub struct Setting {
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
     entries: Vec<(String, Option<Setting>)>,
+    /// `command = [...]` from the config file: the agent, when none follows `--`.
+    file_command: Option<(Vec<String>, Source)>,
 }
 
 impl Settings {
@@ -126,7 +128,7 @@ pub enum ConfigError {
     #[error("{0}")]
     Usage(String),
     #[error(
-        "no command given: put the agent's command after `--`, as in agent-guard [OPTIONS] -- COMMAND [ARGS...]"
+        "no command given: put the agent's command after `--`, as in agent-guard [OPTIONS] -- COMMAND [ARGS...], or `command = [...]` in the --config file"
     )]
     NoCommand,
     #[error("cannot read config file {path}: {source}")]
@@ -268,7 +270,12 @@ where
         apply_file(&mut settings, path, &text)?;
     }
     apply_foreign_env(&mut settings);
-    let config = Config::from_settings(&settings, cli.command)?;
+    // The command after `--` wins; else the config file's `command`.
+    let command = match (cli.command.is_empty(), &settings.file_command) {
+        (true, Some((command, _))) => command.iter().map(OsString::from).collect(),
+        _ => cli.command,
+    };
+    let config = Config::from_settings(&settings, command)?;
     if cli.check_config {
         Ok(Invocation::CheckConfig(config, settings))
     } else if config.command.is_empty() {
@@ -524,6 +531,27 @@ fn apply_file(settings: &mut Settings, path: &Path, text: &str) -> Result<(), Co
         })?;
     for (key, value) in table {
         let line = line_of(key.span().start);
+        if key.get_ref() == "command" {
+            let command = match value.get_ref() {
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .filter(|c| !c.is_empty()),
+                _ => None,
+            };
+            let command = command.ok_or_else(|| ConfigError::FileSyntax {
+                path: path.to_path_buf(),
+                line,
+                message: "`command` must be a non-empty array of strings, such as [\"/opt/worker/bin/worker\", \"--queue\", \"jobs\"]".to_string(),
+            })?;
+            let source = Source::File {
+                path: path.to_path_buf(),
+                line,
+            };
+            settings.file_command = Some((command, source));
+            continue;
+        }
         let long = key.get_ref().replace('_', "-");
         let known = settings.entries.iter().any(|(name, _)| *name == long);
         if !known {
@@ -847,10 +875,18 @@ impl Config {
             .iter()
             .map(|a| toml_string(&a.to_string_lossy()))
             .collect();
-        rows.push((
-            format!("# command = [{}]", command.join(", ")),
-            "flag".to_string(),
-        ));
+        let command_source = match &settings.file_command {
+            Some((file, source)) if file.len() == self.command.len() => source.to_string(),
+            _ => "flag".to_string(),
+        };
+        if command.is_empty() {
+            rows.push(("# command = []".to_string(), "none given".to_string()));
+        } else {
+            rows.push((
+                format!("command = [{}]", command.join(", ")),
+                command_source,
+            ));
+        }
         let width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
         let mut out = String::new();
         for (line, source) in rows {
@@ -1029,6 +1065,7 @@ mod tests {
     fn file_errors_name_file_line_and_key() {
         let mut s = Settings {
             entries: vec![("stop-timeout".to_string(), None)],
+            file_command: None,
         };
         let err = apply_file(&mut s, Path::new("a.toml"), "\n\nstop_timout = 3\n")
             .expect_err("unknown key");

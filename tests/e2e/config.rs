@@ -168,3 +168,27 @@ fn check_config_validates_the_command() {
     assert_eq!(code, 0, "a config without a command can still be checked");
     assert!(stdout.contains("stop-timeout = \"30s\""), "{stdout}");
 }
+
+#[test]
+fn the_config_file_can_hold_the_command() {
+    let dir = scratch();
+    let file = dir.path().join("agent.toml");
+    fs::write(&file, "command = [\"sh\", \"-c\", \"exit 6\"]\n").expect("write");
+    let (code, _, stderr) = run(["--config".as_ref(), file.as_os_str()]);
+    assert_eq!(code, 6, "the file's command ran: {stderr}");
+    // The command after `--` wins.
+    let (code, _, _) = run([
+        "--config".as_ref(),
+        file.as_os_str(),
+        "--".as_ref(),
+        "true".as_ref(),
+    ]);
+    assert_eq!(code, 0);
+    fs::write(&file, "command = \"sh -c 'exit 6'\"\n").expect("write");
+    let (code, _, stderr) = run(["--config".as_ref(), file.as_os_str()]);
+    assert_eq!(code, 125);
+    assert!(
+        stderr.contains("`command` must be a non-empty array of strings"),
+        "{stderr}"
+    );
+}

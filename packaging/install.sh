@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Installs agent-guard for an AMI bake: the binary, the systemd unit template agent-guard@.service
+# and an example config. No network; running it twice changes nothing the second time.
+#
+# usage: packaging/install.sh [BINARY]      install BINARY (default target/release/agent-guard)
+#        packaging/install.sh --uninstall   remove what it installed (your configs are kept)
+# environment: PREFIX (default /usr/local), DESTDIR (stage under this root, for packaging)
+set -euo pipefail
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+die() { echo "install.sh: $*" >&2; exit 1; }
+
+here=$(cd "$(dirname "$0")" && pwd)
+PREFIX=${PREFIX:-/usr/local}
+DESTDIR=${DESTDIR:-}
+bindir=$DESTDIR$PREFIX/bin
+unitdir=$DESTDIR/etc/systemd/system
+confdir=$DESTDIR/etc/agent-guard
+unit=$unitdir/agent-guard@.service
+example=$confdir/example.toml
+
+mode=install
+binary=target/release/agent-guard
+case "${1:-}" in
+  --uninstall) mode=uninstall; [[ $# -eq 1 ]] || usage ;;
+  -h|--help) usage ;;
+  -*) echo "install.sh: unknown option $1" >&2; usage ;;
+  "") ;;
+  *) binary=$1; [[ $# -eq 1 ]] || usage ;;
+esac
+[[ $PREFIX == /* ]] || die "PREFIX must be an absolute path, not '$PREFIX'"
+
+writable() {  # the nearest existing parent of $1 must be writable
+  local d=$1
+  while [[ ! -e $d ]]; do d=$(dirname "$d"); done
+  [[ -w $d ]]
+}
+for d in "$bindir" "$unitdir" "$confdir"; do
+  writable "$d" || die "cannot write to $d: run as root, or stage with DESTDIR=/some/dir"
+done
+
+reload_systemd() {
+  # Only on a live system with systemd running, never while staging.
+  if [[ -z $DESTDIR && -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+    systemctl daemon-reload
+  fi
+}
+
+if [[ $mode == uninstall ]]; then
+  rm -f "$bindir/agent-guard" "$unit" "$example"
+  # Only directories left empty, and only the ones this script creates; never a user's config.
+  rmdir "$confdir" 2>/dev/null || true
+  if [[ -n $DESTDIR ]]; then
+    for d in "$bindir" "$unitdir" "$DESTDIR$PREFIX" "$DESTDIR/etc/systemd" "$DESTDIR/etc" "$DESTDIR/usr"; do
+      rmdir "$d" 2>/dev/null || true
+    done
+  fi
+  reload_systemd
+  echo "agent-guard removed from ${DESTDIR:-/}"
+  exit 0
+fi
+
+[[ -f $binary ]] || die "no binary at $binary: build it with 'cargo build --release --locked', or give its path"
+[[ -x $binary ]] || die "$binary is not executable"
+version=$("$binary" --version 2>/dev/null) || die "$binary does not run on this machine (built for another architecture?)"
+[[ $version == "agent-guard "* ]] || die "$binary is not agent-guard (it says: $version)"
+
+install -d -m 0755 "$bindir" "$unitdir"
+install -d -m 0755 "$confdir"
+install -m 0755 "$binary" "$bindir/agent-guard"
+# The unit names the binary by its absolute path: the one PREFIX puts it at.
+sed "s|/usr/bin/agent-guard|$PREFIX/bin/agent-guard|" "$here/systemd/agent-guard@.service" > "$unit.tmp"
+chmod 0644 "$unit.tmp"
+mv -f "$unit.tmp" "$unit"
+install -m 0644 "$here/examples/queue-worker.toml" "$example"
+reload_systemd
+echo "installed $version: $PREFIX/bin/agent-guard, /etc/systemd/system/agent-guard@.service, /etc/agent-guard/example.toml${DESTDIR:+ (under $DESTDIR)}"
+echo "next: write /etc/agent-guard/NAME.toml (see example.toml), then systemctl enable --now agent-guard@NAME"
