@@ -15,9 +15,8 @@ check() { local what=$1; shift; if "$@" >"$work/out" 2>&1; then ok "$what"; else
 skip() { echo "SKIPPED $*"; }
 
 binary=target/release/agent-guard
-if [[ ! -x $binary ]]; then
-  cargo build --release --locked >/dev/null 2>&1 || { echo "cannot build $binary"; exit 1; }
-fi
+# Always (a no-op when up to date): a stale binary would test yesterday's options.
+cargo build --release --locked --bin agent-guard >/dev/null 2>&1 || { echo "cannot build $binary"; exit 1; }
 python=${AGENT_GUARD_TEST_PYTHON:-python3}
 
 # install.sh: twice gives the same tree; --uninstall leaves nothing.

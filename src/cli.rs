@@ -218,6 +218,50 @@ pub struct Cli {
     )]
     pub on_unclean_exit: String,
 
+    /// Protect the instance from scale-in while the agent reports work in flight
+    #[arg(long, env = "AGENT_GUARD_PROTECT_WHILE_BUSY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub protect_while_busy: bool,
+
+    /// How long the agent must be idle before scale-in protection is removed
+    #[arg(
+        long,
+        env = "AGENT_GUARD_IDLE_RELEASE",
+        value_name = "DUR",
+        default_value = "30s"
+    )]
+    pub idle_release: String,
+
+    /// At most one SetInstanceProtection call per this interval
+    #[arg(
+        long,
+        env = "AGENT_GUARD_PROTECT_MIN_INTERVAL",
+        value_name = "DUR",
+        default_value = "10s"
+    )]
+    pub protect_min_interval: String,
+
+    /// A load report older than this counts as idle (a busy agent re-sends its load more often)
+    #[arg(
+        long,
+        env = "AGENT_GUARD_BUSY_STALE",
+        value_name = "DUR",
+        default_value = "5m"
+    )]
+    pub busy_stale: String,
+
+    /// Write CloudWatch Embedded Metric Format lines with the agent's load to PATH, or stdout
+    #[arg(long, env = "AGENT_GUARD_METRICS_EMF", value_name = "PATH|stdout")]
+    pub metrics_emf: Option<String>,
+
+    /// How often an EMF line is written
+    #[arg(
+        long,
+        env = "AGENT_GUARD_METRICS_INTERVAL",
+        value_name = "DUR",
+        default_value = "60s"
+    )]
+    pub metrics_interval: String,
+
     /// Format of the guard's own logs on stderr
     #[arg(
         long,

@@ -221,6 +221,7 @@ pub struct Config {
     pub check_interval: Duration,
     pub check_timeout: Duration,
     pub lifecycle: crate::lifecycle::LifecycleSettings,
+    pub busy: crate::busy::BusySettings,
     pub log_format: LogFormat,
     /// An `EnvFilter` directive string, already validated.
     pub log_level: String,
@@ -750,6 +751,51 @@ impl Config {
             stop_signal: settings.require("stop-signal", parse_signal)?,
             imds_endpoint: settings.require("imds-endpoint", parse_http_url)?,
         };
+        let at_least = |min: Duration| {
+            move |v: &str| {
+                parse_duration(v).and_then(|d| {
+                    if d >= min {
+                        Ok(d)
+                    } else {
+                        Err(format!("must be at least {}", format_duration(min)))
+                    }
+                })
+            }
+        };
+        let busy = crate::busy::BusySettings {
+            protect: settings
+                .parse("protect-while-busy", parse_bool)?
+                .unwrap_or(false),
+            idle_release: settings.require("idle-release", parse_duration)?,
+            min_interval: settings
+                .require("protect-min-interval", at_least(Duration::from_millis(100)))?,
+            busy_stale: settings.require("busy-stale", at_least(Duration::from_secs(1)))?,
+            emf: settings.parse("metrics-emf", |v| match v.trim() {
+                "" => Err("expected a file path or `stdout`".to_string()),
+                "stdout" | "-" => Ok(crate::busy::EmfTarget::Stdout),
+                path => Ok(crate::busy::EmfTarget::File(PathBuf::from(path))),
+            })?,
+            emf_interval: settings
+                .require("metrics-interval", at_least(Duration::from_millis(100)))?,
+        };
+        if busy.enabled() && imds_mode == ImdsMode::Off {
+            let option = if busy.protect {
+                "protect-while-busy"
+            } else {
+                "metrics-emf"
+            };
+            return Err(ConfigError::Invalid {
+                option: option.to_string(),
+                value: settings
+                    .get(option)
+                    .map(|s| s.values.join(","))
+                    .unwrap_or_default(),
+                origin: settings
+                    .get(option)
+                    .map_or(Source::Default, |s| s.source.clone()),
+                why: "needs the instance id from IMDS, but --imds is off".to_string(),
+            });
+        }
         if lifecycle.enabled() && imds_mode == ImdsMode::Off {
             let option = if lifecycle.terminate_hook.is_some() {
                 "terminate-hook"
@@ -770,6 +816,7 @@ impl Config {
             });
         }
         Ok(Config {
+            busy,
             lifecycle,
             health_listen: settings.require("health-listen", |v| match v.trim() {
                 "off" => Ok(None),

@@ -490,6 +490,19 @@ fn metrics(hub: &Hub) -> String {
         .sample("agent_guard_agent_in_flight", &[], n as f64);
     }
     let lifecycle = hub.lifecycle().clone();
+    if let Some(protected) = lifecycle.protected {
+        Family::new(
+            &mut out,
+            "agent_guard_protected_from_scale_in",
+            "gauge",
+            "1 while the instance is protected from scale-in (--protect-while-busy).",
+        )
+        .sample(
+            "agent_guard_protected_from_scale_in",
+            &[],
+            f64::from(u8::from(protected)),
+        );
+    }
     let mut f = Family::new(
         &mut out,
         "agent_guard_lifecycle_calls_total",

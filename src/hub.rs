@@ -306,7 +306,7 @@ fn lifecycle_json(l: &LifecycleStatus) -> Value {
             })
         })
     };
-    if l.terminate.is_none() && l.launch.is_none() {
+    if l.terminate.is_none() && l.launch.is_none() && l.protected.is_none() && l.group.is_none() {
         return Value::Null;
     }
     json!({
@@ -316,5 +316,6 @@ fn lifecycle_json(l: &LifecycleStatus) -> Value {
         "terminate_hook": hook(&l.terminate),
         "launch_hook": hook(&l.launch),
         "error": l.error,
+        "protected_from_scale_in": l.protected,
     })
 }

@@ -22,9 +22,11 @@
 //! - [`drill`]: `agent-guard drill`: rehearses an event against the simulators, prints a verdict.
 //! - [`ctl`]: the `agent-guard ctl` client.
 //! - [`lifecycle`]: Auto Scaling lifecycle actions: heartbeats, completion only after the agent exits.
+//! - [`busy`]: scale-in protection while the agent has work; its load as CloudWatch EMF lines.
 //! - [`logging`]: the guard's own log lines on stderr, text or JSON.
 //! - [`exit`]: the exit status contract.
 
+pub mod busy;
 pub mod checks;
 pub mod child;
 pub mod cli;
@@ -54,6 +56,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::busy::BusyHandle;
 use crate::child::{Agent, SpawnError, SpawnSpec};
 use crate::config::{Config, ImdsMode};
 use crate::drain::Control;
@@ -213,7 +216,15 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
         .lifecycle
         .enabled()
         .then(|| LifecycleHandle::start(config.lifecycle.clone(), hub.clone()));
+    let busy = config
+        .busy
+        .enabled()
+        .then(|| BusyHandle::start(config.busy.clone(), config.lifecycle.clone(), hub.clone()));
     let exit = supervisor.run().await;
+    if let Some(busy) = busy {
+        // A protected instance whose agent is gone must not stay protected.
+        busy.finish().await;
+    }
     if let Some(lifecycle) = lifecycle {
         // The agent and its whole group are gone: only now may the termination hook complete.
         let sigkilled = hub.stats().sigkilled;

@@ -122,6 +122,8 @@ pub struct LifecycleStatus {
     pub calls: BTreeMap<(&'static str, &'static str), u64>,
     /// A setup failure that turned hook completion off.
     pub error: Option<String>,
+    /// Whether the instance is protected from scale-in (`--protect-while-busy`), if known.
+    pub protected: Option<bool>,
 }
 
 /// How a call failed, for the retry policy.
@@ -288,6 +290,44 @@ async fn run(
     api.watch(&settings, &hub, finish).await;
 }
 
+/// The Auto Scaling client and the group and instance it acts on, for the other parts that
+/// call the Auto Scaling API (scale-in protection).
+pub struct AwsContext {
+    pub client: aws_sdk_autoscaling::Client,
+    pub group: String,
+    pub instance_id: String,
+}
+
+/// Connects as the lifecycle work does (same region, credentials and group discovery), without
+/// reading the hook.
+pub async fn connect(settings: &LifecycleSettings, hub: &Hub) -> Result<AwsContext, String> {
+    let api = Api::setup_with(settings, hub, false).await?;
+    Ok(AwsContext {
+        client: api.client,
+        group: api.target.group,
+        instance_id: api.target.instance_id,
+    })
+}
+
+/// Whether a failed call is worth trying again later (throttling, 5xx, timeouts), and its text.
+pub fn retryable<E, R>(err: &SdkError<E, R>) -> (bool, String)
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let failure = classify(err);
+    let text = match &failure {
+        Failure::Denied(t) => format!("{t} (is the IAM permission missing?)"),
+        other => other.text().to_string(),
+    };
+    (matches!(failure, Failure::Retry(_)), text)
+}
+
+/// Counts a call for `/metrics`.
+pub fn record_call(hub: &Hub, action: &'static str, outcome: &'static str) {
+    count(hub, action, outcome);
+}
+
 /// The Auto Scaling client and what it acts on.
 struct Api {
     client: aws_sdk_autoscaling::Client,
@@ -302,6 +342,15 @@ impl Api {
     /// instance id (IMDS), the group (flag, IMDS tag, DescribeAutoScalingInstances) and the
     /// heartbeat interval (flag, a third of the hook's timeout, else 60 s).
     async fn setup(settings: &LifecycleSettings, hub: &Hub) -> Result<Api, String> {
+        Self::setup_with(settings, hub, true).await
+    }
+
+    /// `setup`, reading the hook's heartbeat timeout only when `read_hook`.
+    async fn setup_with(
+        settings: &LifecycleSettings,
+        hub: &Hub,
+        read_hook: bool,
+    ) -> Result<Api, String> {
         let mut imds = hub.imds.clone();
         // The watch guard is dropped inside the future: it must not live across an await.
         let identity = tokio::time::timeout(IDENTITY_WITHIN, async {
@@ -353,7 +402,7 @@ impl Api {
             heartbeat_interval: DEFAULT_HEARTBEAT,
             hook_timeout: None,
         };
-        if let Some(hook) = &settings.terminate_hook {
+        if let (Some(hook), true) = (&settings.terminate_hook, read_hook) {
             api.hook_timeout = api.hook_heartbeat_timeout(hook, hub).await;
         }
         api.heartbeat_interval = settings

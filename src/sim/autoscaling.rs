@@ -289,6 +289,14 @@ impl AutoScalingSim {
             .map(|i| i.protected)
     }
 
+    /// Sets an instance's scale-in protection directly, as an earlier run would have left it.
+    pub fn set_protected(&self, id: &str, protected: bool) {
+        let mut s = lock(&self.state);
+        if let Some(i) = s.groups.values_mut().find_map(|g| g.instances.get_mut(id)) {
+            i.protected = protected;
+        }
+    }
+
     /// Replaces the injected faults.
     pub fn set_faults(&self, faults: Faults) {
         lock(&self.state).faults = faults;

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod busy;
 mod clients;
 mod config;
 mod drain_socket;
