@@ -778,12 +778,16 @@ impl Config {
             emf_interval: settings
                 .require("metrics-interval", at_least(Duration::from_millis(100)))?,
         };
-        if busy.enabled() && imds_mode == ImdsMode::Off {
-            let option = if busy.protect {
-                "protect-while-busy"
-            } else {
-                "metrics-emf"
-            };
+        // Hooks, protection and EMF act for this instance: its id comes from IMDS.
+        let needs_imds = [
+            (lifecycle.terminate_hook.is_some(), "terminate-hook"),
+            (lifecycle.launch_hook.is_some(), "launch-hook"),
+            (busy.protect, "protect-while-busy"),
+            (busy.emf.is_some(), "metrics-emf"),
+        ];
+        if let (ImdsMode::Off, Some((_, option))) =
+            (imds_mode, needs_imds.iter().find(|(on, _)| *on))
+        {
             return Err(ConfigError::Invalid {
                 option: option.to_string(),
                 value: settings
@@ -793,26 +797,7 @@ impl Config {
                 origin: settings
                     .get(option)
                     .map_or(Source::Default, |s| s.source.clone()),
-                why: "needs the instance id from IMDS, but --imds is off".to_string(),
-            });
-        }
-        if lifecycle.enabled() && imds_mode == ImdsMode::Off {
-            let option = if lifecycle.terminate_hook.is_some() {
-                "terminate-hook"
-            } else {
-                "launch-hook"
-            };
-            return Err(ConfigError::Invalid {
-                option: option.to_string(),
-                value: settings
-                    .get(option)
-                    .map(|s| s.values.join(","))
-                    .unwrap_or_default(),
-                origin: settings
-                    .get(option)
-                    .map_or(Source::Default, |s| s.source.clone()),
-                why: "a lifecycle hook needs the instance id from IMDS, but --imds is off"
-                    .to_string(),
+                why: "it needs the instance id from IMDS, but --imds is off".to_string(),
             });
         }
         Ok(Config {

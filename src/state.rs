@@ -556,28 +556,14 @@ fn transition(phase: &Phase, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
         }
 
         (Phase::Exited { exit, .. }, Event::GroupGone) => (Phase::Done(exit.clone()), Vec::new()),
+        // Leftovers past their grace, or a stop signal while they linger: SIGKILL them.
         (
             Phase::Exited {
                 exit,
                 cleanup: Cleanup::Signalled { kill_at },
             },
-            Event::Timer,
-        ) if now >= *kill_at => (
-            Phase::Exited {
-                exit: exit.clone(),
-                cleanup: Cleanup::Killed {
-                    give_up_at: now + ctx.kill_wait,
-                },
-            },
-            vec![Action::Kill],
-        ),
-        (
-            Phase::Exited {
-                exit,
-                cleanup: Cleanup::Signalled { .. },
-            },
-            Event::StopSignal,
-        ) => (
+            event,
+        ) if event == Event::StopSignal || (event == Event::Timer && now >= *kill_at) => (
             Phase::Exited {
                 exit: exit.clone(),
                 cleanup: Cleanup::Killed {

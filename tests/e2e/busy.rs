@@ -10,7 +10,7 @@ use agent_guard::sim::autoscaling::{AutoScalingSim, Call, Faults};
 use agent_guard::sim::imds::ImdsSim;
 use serde_json::Value;
 
-use crate::support::{Guard, SOON, command, read, scratch, wait_until};
+use crate::support::{Guard, SOON, aws_command, read, scratch, wait_until};
 
 const GROUP: &str = "workers";
 const INSTANCE: &str = "i-0123456789abcdef0";
@@ -28,21 +28,8 @@ fn world() -> World {
 }
 
 fn guard(dir: &Path, w: &World, options: &[&str]) -> Guard {
-    let mut cmd = command();
-    cmd.env("AWS_ENDPOINT_URL_AUTO_SCALING", w.asg.url())
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "AKIDTESTTESTTEST")
-        .env("AWS_SECRET_ACCESS_KEY", "test-secret")
-        .args([
-            "--imds",
-            "on",
-            "--imds-endpoint",
-            &w.imds.url(),
-            "--imds-poll",
-            "200ms",
-            "--asg-name",
-            GROUP,
-        ])
+    let mut cmd = aws_command(&w.imds, &w.asg);
+    cmd.args(["--asg-name", GROUP])
         .args(options)
         .args(["--", "sleep", "600"]);
     Guard::spawn(dir, cmd)

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use agent_guard::sim::autoscaling::{AutoScalingSim, Call, Faults, Hook, LAUNCHING, TERMINATING};
 use agent_guard::sim::imds::ImdsSim;
 
-use crate::support::{Guard, SOON, command, first_time, fixture, json_lines, scratch, wait_until};
+use crate::support::{
+    Guard, SOON, aws_command, command, first_time, fixture, json_lines, scratch, wait_until,
+};
 
 const GROUP: &str = "workers";
 const INSTANCE: &str = "i-0123456789abcdef0";
@@ -67,22 +69,8 @@ fn terminate_hook() -> Hook {
 }
 
 fn guard(dir: &Path, w: &World, options: &[&str], agent: &[&str]) -> Guard {
-    let mut cmd = command();
-    cmd.env("AWS_ENDPOINT_URL_AUTO_SCALING", w.asg.url())
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "AKIDTESTTESTTEST")
-        .env("AWS_SECRET_ACCESS_KEY", "test-secret")
-        .args([
-            "--imds",
-            "on",
-            "--imds-endpoint",
-            &w.imds.url(),
-            "--imds-poll",
-            "200ms",
-        ])
-        .args(options)
-        .arg("--")
-        .args(agent);
+    let mut cmd = aws_command(&w.imds, &w.asg);
+    cmd.args(options).arg("--").args(agent);
     Guard::spawn(dir, cmd)
 }
 

@@ -349,3 +349,24 @@ impl Guard {
         addr
     }
 }
+
+/// A guard command pointed at the simulated IMDS and Auto Scaling API, with test credentials.
+pub fn aws_command(
+    imds: &agent_guard::sim::imds::ImdsSim,
+    asg: &agent_guard::sim::autoscaling::AutoScalingSim,
+) -> Command {
+    let mut cmd = command();
+    cmd.env("AWS_ENDPOINT_URL_AUTO_SCALING", asg.url())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "AKIDTESTTESTTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret")
+        .args([
+            "--imds",
+            "on",
+            "--imds-endpoint",
+            &imds.url(),
+            "--imds-poll",
+            "200ms",
+        ]);
+    cmd
+}
