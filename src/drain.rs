@@ -137,25 +137,27 @@ async fn connection(stream: UnixStream, control: &Control, peer_pid: Option<i32>
         };
         within = IDLE_WITHIN;
         let (answer, subscribe) = handle(&bytes, control).await;
-        if write(&mut write_half, &answer).await.is_err() {
-            return;
-        }
+        // The subscription exists before its confirmation is sent: a client that starts a drain
+        // on seeing "subscribed" must already count as listening.
+        let mut current_drain = None;
         if subscribe && subscription.is_none() {
             // Only the agent's own processes make a drain wait for them.
             let from_agent = match (peer_pid, control.hub.agent_pid()) {
                 (Some(peer), Some(agent)) => crate::child::process_group_of(peer) == Some(agent),
                 _ => false,
             };
-            let rx = control.hub.subscribe_owned(from_agent);
+            subscription = Some(control.hub.subscribe_owned(from_agent));
             // A subscriber that arrives mid-drain hears of it at once.
             let draining = control.hub.phase.borrow().name() == "draining";
-            let current = control.hub.report().drain.clone().filter(|_| draining);
-            if let Some(info) = current
-                && write(&mut write_half, &drain_event(&info)).await.is_err()
-            {
-                return;
-            }
-            subscription = Some(rx);
+            current_drain = control.hub.report().drain.clone().filter(|_| draining);
+        }
+        if write(&mut write_half, &answer).await.is_err() {
+            return;
+        }
+        if let Some(info) = current_drain
+            && write(&mut write_half, &drain_event(&info)).await.is_err()
+        {
+            return;
         }
     }
 }

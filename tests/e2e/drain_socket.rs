@@ -524,7 +524,7 @@ fn peers_of_another_user_are_refused() {
     }
     let script = "import socket, sys\n\
         c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); c.connect(sys.argv[1])\n\
-        c.sendall(b'{\"op\":\"drain\"}\\n'); print(c.makefile().readline().strip())\n\
+        print(c.makefile().readline().strip())  # refused at once, before any request\n\
         d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.sendto(b'STATUS=intruder', sys.argv[2])\n";
     use std::os::unix::process::CommandExt;
     let out = Command::new("python3")
@@ -599,4 +599,69 @@ fn a_stale_socket_is_replaced_a_live_one_or_a_symlink_refused() {
         third.log()
     );
     assert_eq!(std::fs::read_to_string(&target).expect("intact"), "data");
+}
+
+#[test]
+fn under_systemd_the_guard_relays_ready_status_and_stopping_upstream() {
+    let dir = scratch();
+    // Stands in for systemd's notification socket.
+    let upstream_path = dir.path().join("systemd-notify.sock");
+    let upstream = UnixDatagram::bind(&upstream_path).expect("bind");
+    upstream.set_read_timeout(Some(SOON)).expect("timeout");
+    let log = agent_log(dir.path());
+    let mut cmd = crate::support::command();
+    cmd.env("NOTIFY_SOCKET", &upstream_path)
+        .args(["--ready-on", "notify", "--"])
+        .arg(fixture("notify_agent.py"))
+        .arg(&log);
+    let mut guard = Guard::spawn(dir.path(), cmd);
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !heard.iter().any(|m: &String| m.contains("READY=1")) {
+        let n = upstream
+            .recv(&mut buf)
+            .expect("a notification from the guard");
+        heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        heard.iter().any(|m| m == "STATUS=notify fixture up"),
+        "the agent's STATUS is relayed: {heard:?}"
+    );
+    guard.signal(libc::SIGTERM);
+    loop {
+        let n = upstream.recv(&mut buf).expect("STOPPING=1 from the guard");
+        if &buf[..n] == b"STOPPING=1" {
+            break;
+        }
+    }
+    assert_eq!(guard.code(), 0);
+    // The agent never saw systemd's socket: it got the guard's own.
+    let entries = json_lines(Path::new(&log));
+    assert_eq!(
+        entries[0]["env"]["NOTIFY_SOCKET"].as_str(),
+        guard.notify_socket().to_str()
+    );
+}
+
+#[test]
+fn the_fd_sent_with_barrier_1_is_closed() {
+    let dir = scratch();
+    let done = dir.path().join("barrier-done");
+    // sd_notify_barrier(): send the write end of a pipe with BARRIER=1, close ours, wait for EOF.
+    let script = format!(
+        "import os, socket\n\
+         r, w = os.pipe()\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         s.connect(os.environ['NOTIFY_SOCKET'])  # send_fds ignores its address argument\n\
+         socket.send_fds(s, [b'BARRIER=1'], [w])\n\
+         os.close(w)\n\
+         os.read(r, 1)\n\
+         open('{}', 'w').close()\n\
+         import time; time.sleep(600)\n",
+        done.display()
+    );
+    let mut guard = start(dir.path(), &[], &["python3", "-c", &script]);
+    wait_until("the barrier returns", SOON, || done.exists());
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 143);
 }
