@@ -250,12 +250,21 @@ pub fn spawn(
         s.interval = settings.interval;
         s.checks = checks.iter().map(|c| (c.clone(), None)).collect();
     });
-    let client = match http_client(settings.timeout) {
-        Ok(c) => c,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot build the HTTP client for checks; HTTP checks will fail");
-            reqwest::Client::new()
+    // Built only when an HTTP check needs it: it loads the system's TLS roots, which costs
+    // milliseconds and megabytes that a guard without HTTP checks should not pay.
+    let needs_http = checks
+        .iter()
+        .any(|c| matches!(c.target, Target::Http { .. }));
+    let client = if needs_http {
+        match http_client(settings.timeout) {
+            Ok(c) => Some(c),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot build the HTTP client for checks; HTTP checks will fail");
+                None
+            }
         }
+    } else {
+        None
     };
     checks
         .into_iter()
@@ -272,7 +281,7 @@ pub fn spawn(
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    let result = probe(&client, &check, settings.timeout).await;
+                    let result = probe(client.as_ref(), &check, settings.timeout).await;
                     if last_ok != Some(result.ok) {
                         match (&result.why, result.ok) {
                             (_, true) => tracing::info!(check = %check.name, target = %check.shown, "check passes"),
@@ -309,7 +318,11 @@ fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
 }
 
 /// Runs one probe, bounded by `timeout` whatever happens inside.
-pub async fn probe(client: &reqwest::Client, check: &Check, timeout: Duration) -> CheckResult {
+pub async fn probe(
+    client: Option<&reqwest::Client>,
+    check: &Check,
+    timeout: Duration,
+) -> CheckResult {
     let started = Instant::now();
     let outcome = tokio::time::timeout(timeout, attempt(client, check)).await;
     let (ok, why, http_status) = match outcome {
@@ -336,7 +349,10 @@ pub async fn probe(client: &reqwest::Client, check: &Check, timeout: Duration) -
     }
 }
 
-async fn attempt(client: &reqwest::Client, check: &Check) -> (bool, Option<String>, Option<u16>) {
+async fn attempt(
+    client: Option<&reqwest::Client>,
+    check: &Check,
+) -> (bool, Option<String>, Option<u16>) {
     match &check.target {
         Target::Tcp { host, port } => {
             match tokio::net::TcpStream::connect((host.as_str(), *port)).await {
@@ -345,6 +361,13 @@ async fn attempt(client: &reqwest::Client, check: &Check) -> (bool, Option<Strin
             }
         }
         Target::Http { url } => {
+            let Some(client) = client else {
+                return (
+                    false,
+                    Some("no HTTP client (see the log at start)".to_string()),
+                    None,
+                );
+            };
             let response = match client.get(url.clone()).send().await {
                 Ok(r) => r,
                 // without_url: the URL may hold credentials.
