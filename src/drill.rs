@@ -319,6 +319,31 @@ impl Drill {
             unsafe { libc::kill(guard.id() as i32, libc::SIGTERM) };
             return Ok((None, extra));
         }
+        // The guard's lifecycle setup (group, hook) is done before the event, as on an instance
+        // that has been up a while.
+        let setup = wait(Duration::from_secs(30), || {
+            logs.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|l| {
+                    l.message.contains("lifecycle hooks ready")
+                        || l.message.contains("lifecycle hooks are off")
+                })
+        });
+        let failed = logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|l| l.message.contains("lifecycle hooks are off"))
+            .map(|l| l.field("error"));
+        if !setup || failed.is_some() {
+            // SAFETY: kill(2) on our own child: the rehearsal cannot go on.
+            unsafe { libc::kill(guard.id() as i32, libc::SIGTERM) };
+            return Err(format!(
+                "the guard's lifecycle setup did not complete: {}",
+                failed.unwrap_or_else(|| "no answer within 30s".to_string())
+            ));
+        }
         std::thread::sleep(self.args.after);
         let health = health_addr(socket);
         let notice_at = SystemTime::now();

@@ -59,6 +59,10 @@ fn every_endpoint_answers_per_phase() {
         ],
     );
     let addr = guard.health_addr();
+    // The agent's handlers are in place before it gets any signal.
+    wait_until("the agent is up", SOON, || {
+        dir.path().join("agent.log.ready").exists()
+    });
 
     // Starting: alive, not ready.
     assert_eq!(http(&addr, "GET", "/livez").0, 200);

@@ -186,6 +186,10 @@ fn an_agent_that_ignores_sigterm_gets_the_unclean_result_after_sigkill() {
             ],
         );
         wait_lifecycle_ready(&guard);
+        // Its SIGTERM handler must be in place, or SIGTERM alone would end it (143).
+        wait_until("the agent is up", SOON, || {
+            dir.path().join("signals.log.ready").exists()
+        });
         w.asg.terminate(GROUP, INSTANCE);
         w.imds.set_lifecycle_state(Some("Terminated"));
         assert_eq!(guard.code(), 137, "{}", guard.log());
