@@ -439,7 +439,21 @@ impl Drill {
                 .find(|(_, p)| p != "ready")
                 .map(|(t, _)| *t)
         });
-        if let Some(t) = o.extra.not_ready_at.or(left_ready) {
+        // Observations of one moment; the earliest is the closest (the poller samples every
+        // 10 ms, the phase event and the log line follow the change).
+        // The guard logs the transition before it publishes the phase (readiness) and before it
+        // tells the agent: from outside, that line is the truest time of the 503.
+        let transition = o.notice_at.and_then(|_| {
+            o.logs
+                .iter()
+                .find(|l| l.message == "draining" || l.message == "stopping the agent")
+                .map(|l| l.time)
+        });
+        let not_ready = [o.extra.not_ready_at, left_ready, transition]
+            .into_iter()
+            .flatten()
+            .min();
+        if let Some(t) = not_ready {
             push(
                 t,
                 "readiness 503",
