@@ -26,28 +26,26 @@
 //! - [`logging`]: the guard's own log lines on stderr, text or JSON.
 //! - [`exit`]: the exit status contract.
 
-pub mod busy;
-pub mod checks;
-pub mod child;
-pub mod cli;
-pub mod config;
-pub mod ctl;
-pub mod drain;
-pub mod drill;
-pub mod exit;
-pub mod health;
-pub mod hub;
-pub mod imds;
-pub mod lifecycle;
-pub mod logging;
-pub mod notices;
-pub mod reaper;
-pub mod sdnotify;
-pub mod signals;
+mod agent;
+mod aws;
+mod cli;
+mod cmd;
+mod config;
+mod health;
+mod logging;
+mod machine;
+mod process;
 pub mod sim;
-pub mod state;
-pub mod supervisor;
-pub mod unixsock;
+
+// What the binary (`main.rs`) needs; everything else stays inside the crate.
+pub use crate::cmd::ctl::run as ctl;
+pub use crate::cmd::drill::run as drill;
+pub use crate::config::{Invocation, load};
+pub use crate::logging::init as init_logging;
+pub use crate::process::child::resolve;
+pub use crate::process::exit::{GUARD_FAILED, for_error};
+/// The proof that the agent exited; public so that its doctest shows it cannot be forged.
+pub use crate::process::reaper::ChildExit;
 
 use std::ffi::OsString;
 use std::io;
@@ -56,19 +54,22 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::busy::BusyHandle;
-use crate::child::{Agent, SpawnError, SpawnSpec};
+use crate::agent::control::Control;
+use crate::agent::hub::Hub;
+use crate::agent::sdnotify::Upstream;
+use crate::agent::{control, sdnotify, unixsock};
+use crate::aws::imds::ImdsClient;
+use crate::aws::lifecycle::LifecycleHandle;
+use crate::aws::notices::{ImdsStatus, NoticeSettings, Poller};
+use crate::aws::protection::BusyHandle;
+use crate::aws::{imds, notices};
 use crate::config::{Config, ImdsMode};
-use crate::drain::Control;
-use crate::hub::Hub;
-use crate::imds::ImdsClient;
-use crate::lifecycle::LifecycleHandle;
-use crate::notices::{ImdsStatus, NoticeSettings, Poller};
-use crate::reaper::ChildExit;
-use crate::sdnotify::Upstream;
-use crate::signals::{JobControl, SignalSetupError, SignalSource};
-use crate::state::State;
-use crate::supervisor::{StopSettings, Supervisor};
+use crate::health::{checks, server};
+use crate::machine::state;
+use crate::machine::state::State;
+use crate::machine::supervisor::{StopSettings, Supervisor};
+use crate::process::child::{Agent, SpawnError, SpawnSpec};
+use crate::process::signals::{JobControl, SignalSetupError, SignalSource};
 
 /// Why the guard could not supervise the agent at all.
 #[derive(Debug, thiserror::Error)]
@@ -178,11 +179,11 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
     };
     let upstream = Upstream::from_env();
     let mut servers = vec![
-        tokio::spawn(drain::serve(sockets.control, control.clone())),
+        tokio::spawn(control::serve(sockets.control, control.clone())),
         tokio::spawn(sdnotify::serve(sockets.notify, control, upstream.clone())),
     ];
     if let Some(listener) = health {
-        servers.push(tokio::spawn(health::serve(listener, hub.clone())));
+        servers.push(tokio::spawn(server::serve(listener, hub.clone())));
     }
     servers.extend(checks::spawn(
         config.checks.clone(),

@@ -2,15 +2,14 @@
 
 use std::process::ExitCode;
 
-use agent_guard::config::{self, Invocation};
-use agent_guard::{child, exit, logging};
+use agent_guard::Invocation;
 
 fn main() -> ExitCode {
-    let invocation = match config::load(std::env::args_os()) {
+    let invocation = match agent_guard::load(std::env::args_os()) {
         Ok(invocation) => invocation,
         Err(err) => {
             eprintln!("agent-guard: {err}");
-            return ExitCode::from(exit::GUARD_FAILED);
+            return ExitCode::from(agent_guard::GUARD_FAILED);
         }
     };
     match invocation {
@@ -18,29 +17,29 @@ fn main() -> ExitCode {
             socket,
             request,
             json,
-        } => ExitCode::from(agent_guard::ctl::run(&socket, &request, json)),
-        Invocation::Drill(args) => ExitCode::from(agent_guard::drill::run(args)),
+        } => ExitCode::from(agent_guard::ctl(&socket, &request, json)),
+        Invocation::Drill(args) => ExitCode::from(agent_guard::drill(args)),
         Invocation::Info(text) => {
             print!("{text}");
             ExitCode::SUCCESS
         }
         Invocation::CheckConfig(config, settings) => {
             if let Some(program) = config.command.first()
-                && let Err(err) = child::resolve(program)
+                && let Err(err) = agent_guard::resolve(program)
             {
                 eprintln!("agent-guard: {err}");
-                return ExitCode::from(exit::GUARD_FAILED);
+                return ExitCode::from(agent_guard::GUARD_FAILED);
             }
             print!("{}", config.describe(&settings));
             ExitCode::SUCCESS
         }
         Invocation::Run(config) => {
-            logging::init(&config.name, config.log_format, &config.log_level);
+            agent_guard::init_logging(&config.name, config.log_format, &config.log_level);
             match agent_guard::run(config) {
                 Ok(status) => ExitCode::from(status.exit_code()),
                 Err(err) => {
                     tracing::error!("{err}");
-                    ExitCode::from(exit::for_error(&err))
+                    ExitCode::from(agent_guard::for_error(&err))
                 }
             }
         }

@@ -14,9 +14,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
-use crate::hub::{Announcement, DrainInfo, Hub};
-use crate::state::{DrainReason, Event, ReadyOn};
-use crate::unixsock;
+use crate::agent::hub::{Announcement, DrainInfo, Hub};
+use crate::agent::unixsock;
+use crate::machine::state::{DrainReason, Event, ReadyOn};
 
 /// The longest request line.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -143,7 +143,9 @@ async fn connection(stream: UnixStream, control: &Control, peer_pid: Option<i32>
         if subscribe && subscription.is_none() {
             // Only the agent's own processes make a drain wait for them.
             let from_agent = match (peer_pid, control.hub.agent_pid()) {
-                (Some(peer), Some(agent)) => crate::child::process_group_of(peer) == Some(agent),
+                (Some(peer), Some(agent)) => {
+                    crate::process::child::process_group_of(peer) == Some(agent)
+                }
                 _ => false,
             };
             subscription = Some(control.hub.subscribe_owned(from_agent));
@@ -168,7 +170,7 @@ async fn write(w: &mut tokio::net::unix::OwnedWriteHalf, value: &Value) -> std::
     w.write_all(line.as_bytes()).await
 }
 
-async fn next_announcement(rx: &mut crate::hub::OwnedSubscription) -> Option<Value> {
+async fn next_announcement(rx: &mut crate::agent::hub::OwnedSubscription) -> Option<Value> {
     match rx.rx.recv().await {
         Ok(Announcement::Phase(phase)) => Some(json!({"event": "phase", "phase": phase})),
         Ok(Announcement::Drain(info)) => Some(drain_event(&info)),
@@ -207,7 +209,7 @@ async fn handle(bytes: &[u8], control: &Control) -> (Value, bool) {
         }
     };
     match op {
-        "status" => (crate::hub::status_json(&control.hub), false),
+        "status" => (crate::agent::hub::status_json(&control.hub), false),
         "subscribe" => (
             json!({"ok": true, "subscribed": true, "phase": control.hub.phase.borrow().name()}),
             true,

@@ -10,7 +10,7 @@ use std::fmt;
 
 use libc::{c_int, pid_t};
 
-use crate::signals::Sig;
+use crate::process::signals::Sig;
 
 /// How the agent ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,13 +11,15 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Interval, MissedTickBehavior, interval, sleep_until};
 
-use crate::child::Agent;
+use crate::agent::hub::{Announcement, DrainInfo, Hub};
+use crate::agent::sdnotify::Upstream;
 use crate::config::{Config, ForwardTo, format_duration};
-use crate::hub::{Announcement, DrainInfo, Hub};
-use crate::reaper::{ChildExit, Reaper};
-use crate::sdnotify::Upstream;
-use crate::signals::{Role, Sig, SignalSource, role};
-use crate::state::{Action, Cleanup, Ctx, DrainReason, Event, Phase, ReadyOn, State, Target, step};
+use crate::machine::state::{
+    Action, Cleanup, Ctx, DrainReason, Event, Phase, ReadyOn, State, Target, step,
+};
+use crate::process::child::Agent;
+use crate::process::reaper::{ChildExit, Reaper};
+use crate::process::signals::{Role, Sig, SignalSource, role};
 
 /// How long to wait for the kernel to remove processes after SIGKILL before giving up on them.
 /// Only a process stuck in uninterruptible sleep takes longer, and waiting cannot help it.

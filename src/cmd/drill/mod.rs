@@ -17,9 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
+use crate::aws::lifecycle::{HookResult, result_for_code};
+use crate::aws::notices::OnRebalance;
 use crate::config::{self, Config, Invocation, Source, format_duration};
-use crate::lifecycle::{HookResult, result_for_code};
-use crate::notices::OnRebalance;
 use crate::sim::autoscaling::{AutoScalingSim, Hook, LAUNCHING, TERMINATING};
 use crate::sim::imds::ImdsSim;
 
@@ -664,16 +664,16 @@ impl Drill {
 
 fn ready_on_text(config: &Config) -> String {
     match config.ready_on {
-        crate::state::ReadyOn::Start => "start".to_string(),
-        crate::state::ReadyOn::Notify => "notify".to_string(),
-        crate::state::ReadyOn::Health => "health".to_string(),
-        crate::state::ReadyOn::Warmup(d) => format_duration(d),
+        crate::machine::state::ReadyOn::Start => "start".to_string(),
+        crate::machine::state::ReadyOn::Notify => "notify".to_string(),
+        crate::machine::state::ReadyOn::Health => "health".to_string(),
+        crate::machine::state::ReadyOn::Warmup(d) => format_duration(d),
     }
 }
 
 fn exit_text(code: u8) -> String {
     if code > 128 {
-        match crate::signals::Sig::from_raw(i32::from(code) - 128) {
+        match crate::process::signals::Sig::from_raw(i32::from(code) - 128) {
             Some(sig) => format!("killed by {sig} (status {code})"),
             None => format!("status {code}"),
         }

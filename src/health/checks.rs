@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::state::Event;
+use crate::machine::state::Event;
 
 /// The name of the `--child-health` check.
 pub const CHILD: &str = "child-health";

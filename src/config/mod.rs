@@ -14,10 +14,10 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, FromArgMatches};
 
+use crate::aws::notices::OnRebalance;
 use crate::cli::{Cli, META_OPTIONS};
-use crate::notices::OnRebalance;
-use crate::signals::Sig;
-use crate::state::ReadyOn;
+use crate::machine::state::ReadyOn;
+use crate::process::signals::Sig;
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,11 +217,11 @@ pub struct Config {
     /// Where the health endpoint listens; `None` with `--health-listen off`.
     pub health_listen: Option<std::net::SocketAddr>,
     /// `--child-health` first, then every `--check`.
-    pub checks: Vec<crate::checks::Check>,
+    pub checks: Vec<crate::health::checks::Check>,
     pub check_interval: Duration,
     pub check_timeout: Duration,
-    pub lifecycle: crate::lifecycle::LifecycleSettings,
-    pub busy: crate::busy::BusySettings,
+    pub lifecycle: crate::aws::lifecycle::LifecycleSettings,
+    pub busy: crate::aws::protection::BusySettings,
     pub log_format: LogFormat,
     /// An `EnvFilter` directive string, already validated.
     pub log_level: String,
@@ -237,11 +237,11 @@ pub enum Invocation {
     /// `--help` or `--version`: print this and exit 0.
     Info(String),
     /// `drill`: rehearse an event.
-    Drill(crate::drill::DrillArgs),
+    Drill(crate::cmd::drill::DrillArgs),
     /// `ctl`: talk to a running guard.
     Ctl {
         socket: PathBuf,
-        request: crate::ctl::Request,
+        request: crate::cmd::ctl::Request,
         json: bool,
     },
 }
@@ -287,7 +287,7 @@ where
 }
 
 fn drill_invocation(d: crate::cli::DrillCli) -> Result<Invocation, ConfigError> {
-    use crate::drill::{DrillArgs, DrillEvent};
+    use crate::cmd::drill::{DrillArgs, DrillEvent};
     let event = match d.event.as_str() {
         "scale-in" => DrillEvent::ScaleIn,
         "spot" => DrillEvent::Spot,
@@ -359,7 +359,7 @@ fn drill_invocation(d: crate::cli::DrillCli) -> Result<Invocation, ConfigError> 
 
 fn ctl_invocation(ctl: crate::cli::CtlArgs) -> Result<Invocation, ConfigError> {
     use crate::cli::CtlRequest;
-    use crate::ctl::Request;
+    use crate::cmd::ctl::Request;
     let socket = match (ctl.socket, ctl.name) {
         (Some(path), _) => path,
         (None, Some(name)) => {
@@ -671,22 +671,23 @@ impl Config {
         }
         let mut checks = Vec::new();
         if let Some(child) = settings.parse("child-health", |v| {
-            crate::checks::Check::child(v).map_err(|e| e.to_string())
+            crate::health::checks::Check::child(v).map_err(|e| e.to_string())
         })? {
             checks.push(child);
         }
         if let Some(setting) = settings.get("check") {
             for value in &setting.values {
-                let check =
-                    crate::checks::Check::parse_named(value).map_err(|e| ConfigError::Invalid {
+                let check = crate::health::checks::Check::parse_named(value).map_err(|e| {
+                    ConfigError::Invalid {
                         option: "check".to_string(),
-                        value: crate::checks::mask_spec(value),
+                        value: crate::health::checks::mask_spec(value),
                         origin: setting.source.clone(),
                         why: e.to_string(),
-                    })?;
+                    }
+                })?;
                 if checks
                     .iter()
-                    .any(|c: &crate::checks::Check| c.name == check.name)
+                    .any(|c: &crate::health::checks::Check| c.name == check.name)
                 {
                     return Err(ConfigError::Invalid {
                         option: "check".to_string(),
@@ -724,7 +725,7 @@ impl Config {
             "off" => Ok(ImdsMode::Off),
             _ => Err("expected `auto`, `on` or `off`".to_string()),
         })?;
-        let lifecycle = crate::lifecycle::LifecycleSettings {
+        let lifecycle = crate::aws::lifecycle::LifecycleSettings {
             terminate_hook: settings.parse("terminate-hook", hook_name)?,
             launch_hook: settings.parse("launch-hook", hook_name)?,
             asg_name: settings.parse("asg-name", |v| {
@@ -744,8 +745,8 @@ impl Config {
                 })
             })?,
             on_unclean_exit: settings.require("on-unclean-exit", |v| match v {
-                "continue" => Ok(crate::lifecycle::HookResult::Continue),
-                "abandon" => Ok(crate::lifecycle::HookResult::Abandon),
+                "continue" => Ok(crate::aws::lifecycle::HookResult::Continue),
+                "abandon" => Ok(crate::aws::lifecycle::HookResult::Abandon),
                 _ => Err("expected `continue` or `abandon`".to_string()),
             })?,
             stop_signal: settings.require("stop-signal", parse_signal)?,
@@ -762,7 +763,7 @@ impl Config {
                 })
             }
         };
-        let busy = crate::busy::BusySettings {
+        let busy = crate::aws::protection::BusySettings {
             protect: settings
                 .parse("protect-while-busy", parse_bool)?
                 .unwrap_or(false),
@@ -772,8 +773,8 @@ impl Config {
             busy_stale: settings.require("busy-stale", at_least(Duration::from_secs(1)))?,
             emf: settings.parse("metrics-emf", |v| match v.trim() {
                 "" => Err("expected a file path or `stdout`".to_string()),
-                "stdout" | "-" => Ok(crate::busy::EmfTarget::Stdout),
-                path => Ok(crate::busy::EmfTarget::File(PathBuf::from(path))),
+                "stdout" | "-" => Ok(crate::aws::protection::EmfTarget::Stdout),
+                path => Ok(crate::aws::protection::EmfTarget::File(PathBuf::from(path))),
             })?,
             emf_interval: settings
                 .require("metrics-interval", at_least(Duration::from_millis(100)))?,
@@ -882,7 +883,9 @@ impl Config {
                 (_, Some(s)) => {
                     // Check URLs may carry credentials: they are never printed.
                     let shown = |v: &String| match long {
-                        "check" | "child-health" => toml_string(&crate::checks::mask_spec(v)),
+                        "check" | "child-health" => {
+                            toml_string(&crate::health::checks::mask_spec(v))
+                        }
                         _ => toml_string(v),
                     };
                     let value = match s.values.as_slice() {

@@ -10,7 +10,7 @@
 //! ```compile_fail
 //! // ChildExit has private fields and no public constructor: no code outside the reaper can
 //! // make one, so no code can complete the termination hook before the agent has exited.
-//! let exit = agent_guard::reaper::ChildExit { pid: 1, kind: agent_guard::reaper::ExitKind::Code(0) };
+//! let exit = agent_guard::ChildExit { pid: 1, kind: todo!() };
 //! ```
 //!
 //! Errors: throttling, 5xx, timeouts and `ResourceContention` are retried with exponential
@@ -26,12 +26,12 @@ use std::time::{Duration, Instant, SystemTime};
 use aws_sdk_autoscaling::error::{ProvideErrorMetadata, SdkError};
 use tokio::sync::oneshot;
 
+use crate::agent::hub::Hub;
+use crate::aws::imds::ImdsClient;
 use crate::config::format_duration;
-use crate::hub::Hub;
-use crate::imds::ImdsClient;
-use crate::reaper::{ChildExit, ExitKind};
-use crate::signals::Sig;
-use crate::state::{DrainReason, Phase};
+use crate::machine::state::{DrainReason, Phase};
+use crate::process::reaper::{ChildExit, ExitKind};
+use crate::process::signals::Sig;
 
 /// What the lifecycle hooks answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,9 +22,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::hub::{Hub, status_json};
-use crate::notices::NoticeKind;
-use crate::state::Phase;
+use crate::agent::hub::{Hub, status_json};
+use crate::aws::notices::NoticeKind;
+use crate::machine::state::Phase;
 
 /// The largest request head read (hyper's minimum buffer is 8 KiB).
 const MAX_HEAD: usize = 16 * 1024;

@@ -15,10 +15,10 @@ use tokio::sync::{Notify, broadcast, watch};
 
 use serde_json::{Value, json};
 
-use crate::checks::Snapshot;
-use crate::lifecycle::LifecycleStatus;
-use crate::notices::ImdsStatus;
-use crate::state::{DrainReason, Phase};
+use crate::aws::lifecycle::LifecycleStatus;
+use crate::aws::notices::ImdsStatus;
+use crate::health::checks::Snapshot;
+use crate::machine::state::{DrainReason, Phase};
 
 /// Something every subscriber hears.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,7 +295,7 @@ pub fn status_json(hub: &Hub) -> Value {
 }
 
 fn lifecycle_json(l: &LifecycleStatus) -> Value {
-    let hook = |h: &Option<crate::lifecycle::HookStatus>| {
+    let hook = |h: &Option<crate::aws::lifecycle::HookStatus>| {
         h.as_ref().map(|h| {
             json!({
                 "name": h.name,

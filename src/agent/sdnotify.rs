@@ -18,9 +18,9 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, socko
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 
-use crate::drain::Control;
-use crate::state::{Event, ReadyOn};
-use crate::unixsock;
+use crate::agent::control::Control;
+use crate::agent::unixsock;
+use crate::machine::state::{Event, ReadyOn};
 
 /// systemd's own limit for one notification.
 const MAX_DATAGRAM: usize = 4096;

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 
+use crate::aws::imds::{ImdsClient, ImdsError};
 use crate::config::format_duration;
-use crate::imds::{ImdsClient, ImdsError};
-use crate::state::{DrainReason, Event};
+use crate::machine::state::{DrainReason, Event};
 
 /// The three paths polled each round.
 pub const LIFECYCLE_PATH: &str = "autoscaling/target-lifecycle-state";

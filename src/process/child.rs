@@ -12,7 +12,7 @@ use std::process::Command;
 
 use libc::pid_t;
 
-use crate::signals::{JobControl, Sig};
+use crate::process::signals::{JobControl, Sig};
 
 /// The running agent: its pid, which is also its process group id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //! failed".
 
 use crate::RunError;
-use crate::child::SpawnError;
+use crate::process::child::SpawnError;
 
 /// agent-guard itself failed: a bad option or config, IMDS required but absent, socket unusable.
 pub const GUARD_FAILED: u8 = 125;

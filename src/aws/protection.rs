@@ -17,9 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::hub::Hub;
-use crate::lifecycle::{self, AwsContext, LifecycleSettings};
-use crate::state::Phase;
+use crate::agent::hub::Hub;
+use crate::aws::lifecycle::{self, AwsContext, LifecycleSettings};
+use crate::machine::state::Phase;
 
 /// Where EMF lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,3 @@
+//! The health endpoint and the background probes it reports.
+pub(crate) mod checks;
+pub(crate) mod server;

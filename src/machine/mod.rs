@@ -1,0 +1,3 @@
+//! The supervisor's state machine: the pure `step`, and the one task that owns the phase.
+pub(crate) mod state;
+pub(crate) mod supervisor;

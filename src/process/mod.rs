@@ -1,0 +1,5 @@
+//! The agent as a process: spawning it, signalling it, reaping it, and its exit status.
+pub(crate) mod child;
+pub(crate) mod exit;
+pub(crate) mod reaper;
+pub(crate) mod signals;
