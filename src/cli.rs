@@ -4,6 +4,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -306,8 +307,8 @@ pub enum Sub {
 )]
 pub struct DrillCli {
     /// The event to rehearse
-    #[arg(value_parser = ["scale-in", "spot", "rebalance", "sigterm"])]
-    pub event: String,
+    #[arg(value_enum)]
+    pub event: DrillEvent,
 
     /// How long after the agent is ready the event comes
     #[arg(long, value_name = "DUR", default_value = "1s")]
@@ -332,6 +333,40 @@ pub struct DrillCli {
     /// The guard's OPTIONS, then -- COMMAND [ARGS...]
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0.., value_name = "OPTIONS")]
     pub rest: Vec<OsString>,
+}
+
+/// What to rehearse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DrillEvent {
+    ScaleIn,
+    Spot,
+    Rebalance,
+    Sigterm,
+}
+
+impl DrillEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrillEvent::ScaleIn => "scale-in",
+            DrillEvent::Spot => "spot",
+            DrillEvent::Rebalance => "rebalance",
+            DrillEvent::Sigterm => "sigterm",
+        }
+    }
+}
+
+/// The drill's own settings, and the guard's arguments to run.
+#[derive(Debug, Clone)]
+pub struct DrillArgs {
+    pub event: DrillEvent,
+    pub after: Duration,
+    pub deadline: Duration,
+    pub heartbeat_timeout: Duration,
+    pub json: bool,
+    /// Print the guard's own log lines as they come.
+    pub verbose: bool,
+    /// `[OPTIONS] -- COMMAND [ARGS...]` for the guard.
+    pub guard_args: Vec<OsString>,
 }
 
 /// `agent-guard ctl`.

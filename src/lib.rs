@@ -31,6 +31,7 @@ mod aws;
 mod cli;
 mod cmd;
 mod config;
+mod fmt;
 mod health;
 mod logging;
 mod machine;
@@ -43,9 +44,9 @@ pub use crate::cmd::drill::run as drill;
 pub use crate::config::{Invocation, load};
 pub use crate::logging::init as init_logging;
 pub use crate::process::child::resolve;
-pub use crate::process::exit::{GUARD_FAILED, for_error};
 /// The proof that the agent exited; public so that its doctest shows it cannot be forged.
-pub use crate::process::reaper::ChildExit;
+pub use crate::process::exit::ChildExit;
+pub use crate::process::exit::GUARD_FAILED;
 
 use std::ffi::OsString;
 use std::io;
@@ -96,6 +97,18 @@ pub enum RunError {
     },
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
+}
+
+impl RunError {
+    /// The guard's exit status for a run that failed before the agent could be supervised.
+    pub fn exit_code(&self) -> u8 {
+        use crate::process::exit::{CANNOT_EXECUTE, GUARD_FAILED, NOT_FOUND};
+        match self {
+            RunError::Spawn(SpawnError::NotFound { .. }) => NOT_FOUND,
+            RunError::Spawn(SpawnError::CannotExecute { .. }) => CANNOT_EXECUTE,
+            _ => GUARD_FAILED,
+        }
+    }
 }
 
 /// Supervises `config.command` until it and its process group are gone; returns its status.

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             socket,
             request,
             json,
-        } => ExitCode::from(agent_guard::ctl(&socket, &request, json)),
+        } => ExitCode::from(agent_guard::ctl(&socket, request, json)),
         Invocation::Drill(args) => ExitCode::from(agent_guard::drill(args)),
         Invocation::Info(text) => {
             print!("{text}");
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
                 Ok(status) => ExitCode::from(status.exit_code()),
                 Err(err) => {
                     tracing::error!("{err}");
-                    ExitCode::from(agent_guard::for_error(&err))
+                    ExitCode::from(err.exit_code())
                 }
             }
         }

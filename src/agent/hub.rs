@@ -15,10 +15,69 @@ use tokio::sync::{Notify, broadcast, watch};
 
 use serde_json::{Value, json};
 
-use crate::aws::lifecycle::LifecycleStatus;
 use crate::aws::notices::ImdsStatus;
+use crate::config::HookResult;
+use crate::fmt::rfc3339;
 use crate::health::checks::Snapshot;
 use crate::machine::state::{DrainReason, Phase};
+
+/// Where the work on one lifecycle hook stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HookState {
+    /// Nothing to do yet: no drain that ends the instance, or the agent is not ready.
+    #[default]
+    Waiting,
+    /// A terminating drain runs: heartbeats keep the hook open.
+    Heartbeating,
+    /// The agent is gone: `CompleteLifecycleAction` is being sent.
+    Completing,
+    /// The group accepted the completion.
+    Completed,
+    /// The group held no lifecycle action for this instance.
+    NothingToComplete,
+    /// Completion failed for good (permission, or retries exhausted).
+    GaveUp,
+}
+
+impl HookState {
+    /// The name in `/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookState::Waiting => "waiting",
+            HookState::Heartbeating => "heartbeating",
+            HookState::Completing => "completing",
+            HookState::Completed => "completed",
+            HookState::NothingToComplete => "nothing-to-complete",
+            HookState::GaveUp => "gave-up",
+        }
+    }
+}
+
+/// One hook as `/status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HookStatus {
+    pub name: String,
+    pub state: HookState,
+    pub heartbeats: u64,
+    pub result: Option<HookResult>,
+    pub last_error: Option<String>,
+}
+
+/// What `/status` and `/metrics` show of the lifecycle work.
+#[derive(Debug, Clone, Default)]
+pub struct LifecycleStatus {
+    pub group: Option<String>,
+    pub instance_id: Option<String>,
+    pub heartbeat_interval: Option<Duration>,
+    pub terminate: Option<HookStatus>,
+    pub launch: Option<HookStatus>,
+    /// Calls by (action, outcome).
+    pub calls: BTreeMap<(&'static str, &'static str), u64>,
+    /// A setup failure that turned hook completion off.
+    pub error: Option<String>,
+    /// Whether the instance is protected from scale-in (`--protect-while-busy`), if known.
+    pub protected: Option<bool>,
+}
 
 /// Something every subscriber hears.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,10 +290,6 @@ impl Drop for OwnedSubscription {
     }
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 /// The whole state as JSON: the control socket's `status` reply and the body of `/status`.
 pub fn status_json(hub: &Hub) -> Value {
     let phase = hub.phase.borrow().clone();
@@ -295,13 +350,13 @@ pub fn status_json(hub: &Hub) -> Value {
 }
 
 fn lifecycle_json(l: &LifecycleStatus) -> Value {
-    let hook = |h: &Option<crate::aws::lifecycle::HookStatus>| {
+    let hook = |h: &Option<HookStatus>| {
         h.as_ref().map(|h| {
             json!({
                 "name": h.name,
-                "state": h.state,
+                "state": h.state.as_str(),
                 "heartbeats": h.heartbeats,
-                "result": h.result,
+                "result": h.result.map(HookResult::as_str),
                 "last_error": h.last_error,
             })
         })

@@ -70,7 +70,7 @@ pub async fn serve(socket: UnixDatagram, control: Control, upstream: Upstream) {
                 let missed = control.hub.watchdog_missed(Instant::now());
                 if missed && !missed_reported {
                     tracing::warn!(
-                        watchdog = %crate::config::format_duration(watchdog.unwrap_or_default()),
+                        watchdog = %crate::fmt::format_duration(watchdog.unwrap_or_default()),
                         "the agent missed its watchdog deadline (no WATCHDOG=1 in time)"
                     );
                 } else if !missed && missed_reported {

@@ -20,9 +20,6 @@ use aws_config::imds::client::error::ImdsError as SdkImdsError;
 use aws_config::provider_config::ProviderConfig;
 use aws_smithy_http_client::Builder as HttpClientBuilder;
 
-/// IMDS's address on EC2.
-pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
-
 /// Why a metadata read failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ImdsError {

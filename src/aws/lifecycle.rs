@@ -19,54 +19,19 @@
 //! group has the instance in `Terminating:Wait`), then logged once as nothing to complete; a
 //! missing permission is one line naming the IAM action.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_autoscaling::error::{ProvideErrorMetadata, SdkError};
 use tokio::sync::oneshot;
 
-use crate::agent::hub::Hub;
+use crate::agent::hub::{HookState, HookStatus, Hub, LifecycleStatus};
 use crate::aws::imds::ImdsClient;
-use crate::config::format_duration;
+use crate::config::settings::{HookResult, LifecycleSettings};
+use crate::fmt::format_duration;
 use crate::machine::state::{DrainReason, Phase};
-use crate::process::reaper::{ChildExit, ExitKind};
-use crate::process::signals::Sig;
-
-/// What the lifecycle hooks answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HookResult {
-    Continue,
-    Abandon,
-}
-
-impl HookResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HookResult::Continue => "CONTINUE",
-            HookResult::Abandon => "ABANDON",
-        }
-    }
-}
-
-/// The lifecycle settings from the config.
-#[derive(Debug, Clone)]
-pub struct LifecycleSettings {
-    pub terminate_hook: Option<String>,
-    pub launch_hook: Option<String>,
-    pub asg_name: Option<String>,
-    pub heartbeat_interval: Option<Duration>,
-    pub on_unclean_exit: HookResult,
-    pub stop_signal: Sig,
-    pub imds_endpoint: String,
-}
-
-impl LifecycleSettings {
-    /// Whether any hook is to be completed.
-    pub fn enabled(&self) -> bool {
-        self.terminate_hook.is_some() || self.launch_hook.is_some()
-    }
-}
+use crate::process::exit::{ChildExit, ExitKind};
+use crate::process::sig::Sig;
 
 /// The result for a termination hook given how the agent ended: CONTINUE when it stopped
 /// cleanly (exited 0, or ended by the guard's stop signal within the grace period, whether it
@@ -97,33 +62,6 @@ pub fn result_for_code(status: u8, stop_signal: Sig) -> HookResult {
     } else {
         HookResult::Abandon
     }
-}
-
-/// One hook as `/status` shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HookStatus {
-    pub name: String,
-    /// `waiting`, `heartbeating`, `completing`, `completed`, `nothing-to-complete`, `gave-up`.
-    pub state: &'static str,
-    pub heartbeats: u64,
-    pub result: Option<&'static str>,
-    pub last_error: Option<String>,
-}
-
-/// What `/status` and `/metrics` show of the lifecycle work.
-#[derive(Debug, Clone, Default)]
-pub struct LifecycleStatus {
-    pub group: Option<String>,
-    pub instance_id: Option<String>,
-    pub heartbeat_interval: Option<Duration>,
-    pub terminate: Option<HookStatus>,
-    pub launch: Option<HookStatus>,
-    /// Calls by (action, outcome).
-    pub calls: BTreeMap<(&'static str, &'static str), u64>,
-    /// A setup failure that turned hook completion off.
-    pub error: Option<String>,
-    /// Whether the instance is protected from scale-in (`--protect-while-busy`), if known.
-    pub protected: Option<bool>,
 }
 
 /// How a call failed, for the retry policy.
@@ -255,12 +193,12 @@ async fn run(
     status(&hub, |s| {
         s.terminate = settings.terminate_hook.as_ref().map(|name| HookStatus {
             name: name.clone(),
-            state: "waiting",
+            state: HookState::Waiting,
             ..HookStatus::default()
         });
         s.launch = settings.launch_hook.as_ref().map(|name| HookStatus {
             name: name.clone(),
-            state: "waiting",
+            state: HookState::Waiting,
             ..HookStatus::default()
         });
     });
@@ -505,7 +443,7 @@ impl Api {
                         );
                         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                         heartbeat = Some(tick);
-                        set_hook(hub, true, |h| h.state = "heartbeating");
+                        set_hook(hub, true, |h| h.state = HookState::Heartbeating);
                     }
                 }
                 _ = async { heartbeat.as_mut().expect("guarded by the branch condition").tick().await }, if heartbeat.is_some() => {
@@ -563,7 +501,7 @@ impl Api {
             let outcome = self.complete(&hub, &hook, result, false).await;
             set_hook(&hub, false, |h| {
                 h.state = outcome;
-                h.result = Some(result.as_str());
+                h.result = Some(result);
             });
         })
     }
@@ -623,7 +561,7 @@ impl Api {
             settings.on_unclean_exit,
         );
         tracing::info!(hook = %hook, result = result.as_str(), agent = %exit, "lifecycle: the agent and its group are gone; completing the termination hook");
-        set_hook(hub, true, |h| h.state = "completing");
+        set_hook(hub, true, |h| h.state = HookState::Completing);
         let quiet = hub
             .stats()
             .drains
@@ -632,19 +570,13 @@ impl Api {
         let outcome = self.complete(hub, hook, result, quiet).await;
         set_hook(hub, true, |h| {
             h.state = outcome;
-            h.result = Some(result.as_str());
+            h.result = Some(result);
         });
     }
 
     /// `CompleteLifecycleAction` with retries; returns the final state for `/status`.
     /// `quiet`: "no active action" is expected (a spot interruption the group did not hold).
-    async fn complete(
-        &self,
-        hub: &Hub,
-        hook: &str,
-        result: HookResult,
-        quiet: bool,
-    ) -> &'static str {
+    async fn complete(&self, hub: &Hub, hook: &str, result: HookResult, quiet: bool) -> HookState {
         let started = Instant::now();
         let retry_window = self
             .hook_timeout
@@ -674,7 +606,7 @@ impl Api {
                         attempt,
                         "lifecycle: hook completed"
                     );
-                    return "completed";
+                    return HookState::Completed;
                 }
                 Err(err) => classify(&err),
             };
@@ -688,11 +620,11 @@ impl Api {
                         hook,
                         "lifecycle: the instance profile lacks autoscaling:CompleteLifecycleAction; the hook runs to its timeout"
                     );
-                    return "gave-up";
+                    return HookState::GaveUp;
                 }
                 Failure::Fatal(text) => {
                     tracing::error!(hook, error = %text, "lifecycle: cannot complete the hook");
-                    return "gave-up";
+                    return HookState::GaveUp;
                 }
             };
             if elapsed + delay > window {
@@ -706,11 +638,11 @@ impl Api {
                         } else {
                             tracing::warn!(hook, error = %text, "lifecycle: no active lifecycle action after retrying; nothing to complete");
                         }
-                        "nothing-to-complete"
+                        HookState::NothingToComplete
                     }
                     other => {
                         tracing::error!(hook, error = %other.text(), after = %format_duration(Duration::from_secs(elapsed.as_secs())), "lifecycle: gave up completing the hook");
-                        "gave-up"
+                        HookState::GaveUp
                     }
                 };
             }

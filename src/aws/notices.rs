@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use crate::aws::imds::{ImdsClient, ImdsError};
-use crate::config::format_duration;
+use crate::config::settings::OnRebalance;
+use crate::fmt::format_duration;
 use crate::machine::state::{DrainReason, Event};
 
 /// The three paths polled each round.
@@ -29,15 +30,6 @@ const MAX_BACKOFF_POLLS: u32 = 5;
 const AUTO_PROBE_BOUND: Duration = Duration::from_secs(3);
 /// How often a persisting IMDS failure is logged again.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
-
-/// What a rebalance recommendation does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnRebalance {
-    /// Log and report it only.
-    Ignore,
-    /// Drain the agent.
-    Drain,
-}
 
 /// The poller's settings.
 #[derive(Debug, Clone)]

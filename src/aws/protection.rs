@@ -10,7 +10,6 @@
 //! restarted guard converges instead of flapping. [`Protection`] decides, without I/O.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,32 +17,9 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use crate::agent::hub::Hub;
-use crate::aws::lifecycle::{self, AwsContext, LifecycleSettings};
+use crate::aws::lifecycle::{self, AwsContext};
+use crate::config::settings::{BusySettings, EmfTarget, LifecycleSettings};
 use crate::machine::state::Phase;
-
-/// Where EMF lines go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EmfTarget {
-    Stdout,
-    File(PathBuf),
-}
-
-/// The settings of this module.
-#[derive(Debug, Clone)]
-pub struct BusySettings {
-    pub protect: bool,
-    pub idle_release: Duration,
-    pub min_interval: Duration,
-    pub busy_stale: Duration,
-    pub emf: Option<EmfTarget>,
-    pub emf_interval: Duration,
-}
-
-impl BusySettings {
-    pub fn enabled(&self) -> bool {
-        self.protect || self.emf.is_some()
-    }
-}
 
 /// What the protection logic decides at a moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

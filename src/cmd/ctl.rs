@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::cli::CtlRequest;
+
 /// The guard refused the request.
 pub const REFUSED: u8 = 1;
 /// No guard answers on the socket.
@@ -23,6 +25,18 @@ pub enum Request {
     Ready,
     Drained,
     Subscribe,
+}
+
+impl From<CtlRequest> for Request {
+    fn from(request: CtlRequest) -> Request {
+        match request {
+            CtlRequest::Status => Request::Status,
+            CtlRequest::Drain { reason } => Request::Drain { reason },
+            CtlRequest::Ready => Request::Ready,
+            CtlRequest::Drained => Request::Drained,
+            CtlRequest::Subscribe => Request::Subscribe,
+        }
+    }
 }
 
 impl Request {
@@ -41,7 +55,8 @@ impl Request {
 }
 
 /// Sends `request` to the guard at `socket` and prints the answer; returns the exit status.
-pub fn run(socket: &PathBuf, request: &Request, as_json: bool) -> u8 {
+pub fn run(socket: &PathBuf, request: CtlRequest, as_json: bool) -> u8 {
+    let request = &Request::from(request);
     let stream = match UnixStream::connect(socket) {
         Ok(s) => s,
         Err(err) => {

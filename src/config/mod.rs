@@ -12,12 +12,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::parser::ValueSource;
+
+pub(crate) mod check;
+pub(crate) mod settings;
 use clap::{ArgMatches, FromArgMatches};
 
-use crate::aws::notices::OnRebalance;
+pub(crate) use self::settings::*;
 use crate::cli::{Cli, META_OPTIONS};
+pub(crate) use crate::fmt::{format_duration, parse_duration};
+use crate::logging::LogFormat;
 use crate::machine::state::ReadyOn;
-use crate::process::signals::Sig;
+use crate::process::sig::Sig;
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,33 +167,6 @@ pub enum ConfigError {
     Missing(String),
 }
 
-/// Where forwarded signals go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ForwardTo {
-    /// The agent's whole process group (the default).
-    Group,
-    /// The agent process alone.
-    Child,
-}
-
-/// Whether the guard uses IMDS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImdsMode {
-    /// Use it if it answers at start; otherwise carry on without notices.
-    Auto,
-    /// Require it: exit 125 if it does not answer within 10 s.
-    On,
-    /// Never touch it.
-    Off,
-}
-
-/// The guard's own log format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -217,11 +195,11 @@ pub struct Config {
     /// Where the health endpoint listens; `None` with `--health-listen off`.
     pub health_listen: Option<std::net::SocketAddr>,
     /// `--child-health` first, then every `--check`.
-    pub checks: Vec<crate::health::checks::Check>,
+    pub checks: Vec<check::Check>,
     pub check_interval: Duration,
     pub check_timeout: Duration,
-    pub lifecycle: crate::aws::lifecycle::LifecycleSettings,
-    pub busy: crate::aws::protection::BusySettings,
+    pub lifecycle: LifecycleSettings,
+    pub busy: BusySettings,
     pub log_format: LogFormat,
     /// An `EnvFilter` directive string, already validated.
     pub log_level: String,
@@ -237,11 +215,11 @@ pub enum Invocation {
     /// `--help` or `--version`: print this and exit 0.
     Info(String),
     /// `drill`: rehearse an event.
-    Drill(crate::cmd::drill::DrillArgs),
+    Drill(crate::cli::DrillArgs),
     /// `ctl`: talk to a running guard.
     Ctl {
         socket: PathBuf,
-        request: crate::cmd::ctl::Request,
+        request: crate::cli::CtlRequest,
         json: bool,
     },
 }
@@ -287,13 +265,8 @@ where
 }
 
 fn drill_invocation(d: crate::cli::DrillCli) -> Result<Invocation, ConfigError> {
-    use crate::cmd::drill::{DrillArgs, DrillEvent};
-    let event = match d.event.as_str() {
-        "scale-in" => DrillEvent::ScaleIn,
-        "spot" => DrillEvent::Spot,
-        "rebalance" => DrillEvent::Rebalance,
-        _ => DrillEvent::Sigterm,
-    };
+    use crate::cli::DrillArgs;
+    let event = d.event;
     let duration = |option: &str, value: &str| {
         parse_duration(value).map_err(|why| ConfigError::Invalid {
             option: option.to_string(),
@@ -358,8 +331,6 @@ fn drill_invocation(d: crate::cli::DrillCli) -> Result<Invocation, ConfigError> 
 }
 
 fn ctl_invocation(ctl: crate::cli::CtlArgs) -> Result<Invocation, ConfigError> {
-    use crate::cli::CtlRequest;
-    use crate::cmd::ctl::Request;
     let socket = match (ctl.socket, ctl.name) {
         (Some(path), _) => path,
         (None, Some(name)) => {
@@ -377,16 +348,9 @@ fn ctl_invocation(ctl: crate::cli::CtlArgs) -> Result<Invocation, ConfigError> {
             ))
         })?,
     };
-    let request = match ctl.request {
-        CtlRequest::Status => Request::Status,
-        CtlRequest::Drain { reason } => Request::Drain { reason },
-        CtlRequest::Ready => Request::Ready,
-        CtlRequest::Drained => Request::Drained,
-        CtlRequest::Subscribe => Request::Subscribe,
-    };
     Ok(Invocation::Ctl {
         socket,
-        request,
+        request: ctl.request,
         json: ctl.json,
     })
 }
@@ -671,24 +635,19 @@ impl Config {
         }
         let mut checks = Vec::new();
         if let Some(child) = settings.parse("child-health", |v| {
-            crate::health::checks::Check::child(v).map_err(|e| e.to_string())
+            check::Check::child(v).map_err(|e| e.to_string())
         })? {
             checks.push(child);
         }
         if let Some(setting) = settings.get("check") {
             for value in &setting.values {
-                let check = crate::health::checks::Check::parse_named(value).map_err(|e| {
-                    ConfigError::Invalid {
-                        option: "check".to_string(),
-                        value: crate::health::checks::mask_spec(value),
-                        origin: setting.source.clone(),
-                        why: e.to_string(),
-                    }
+                let check = check::Check::parse_named(value).map_err(|e| ConfigError::Invalid {
+                    option: "check".to_string(),
+                    value: check::mask_spec(value),
+                    origin: setting.source.clone(),
+                    why: e.to_string(),
                 })?;
-                if checks
-                    .iter()
-                    .any(|c: &crate::health::checks::Check| c.name == check.name)
-                {
+                if checks.iter().any(|c: &check::Check| c.name == check.name) {
                     return Err(ConfigError::Invalid {
                         option: "check".to_string(),
                         value: check.name.clone(),
@@ -725,7 +684,7 @@ impl Config {
             "off" => Ok(ImdsMode::Off),
             _ => Err("expected `auto`, `on` or `off`".to_string()),
         })?;
-        let lifecycle = crate::aws::lifecycle::LifecycleSettings {
+        let lifecycle = LifecycleSettings {
             terminate_hook: settings.parse("terminate-hook", hook_name)?,
             launch_hook: settings.parse("launch-hook", hook_name)?,
             asg_name: settings.parse("asg-name", |v| {
@@ -745,8 +704,8 @@ impl Config {
                 })
             })?,
             on_unclean_exit: settings.require("on-unclean-exit", |v| match v {
-                "continue" => Ok(crate::aws::lifecycle::HookResult::Continue),
-                "abandon" => Ok(crate::aws::lifecycle::HookResult::Abandon),
+                "continue" => Ok(HookResult::Continue),
+                "abandon" => Ok(HookResult::Abandon),
                 _ => Err("expected `continue` or `abandon`".to_string()),
             })?,
             stop_signal: settings.require("stop-signal", parse_signal)?,
@@ -763,7 +722,7 @@ impl Config {
                 })
             }
         };
-        let busy = crate::aws::protection::BusySettings {
+        let busy = BusySettings {
             protect: settings
                 .parse("protect-while-busy", parse_bool)?
                 .unwrap_or(false),
@@ -773,8 +732,8 @@ impl Config {
             busy_stale: settings.require("busy-stale", at_least(Duration::from_secs(1)))?,
             emf: settings.parse("metrics-emf", |v| match v.trim() {
                 "" => Err("expected a file path or `stdout`".to_string()),
-                "stdout" | "-" => Ok(crate::aws::protection::EmfTarget::Stdout),
-                path => Ok(crate::aws::protection::EmfTarget::File(PathBuf::from(path))),
+                "stdout" | "-" => Ok(EmfTarget::Stdout),
+                path => Ok(EmfTarget::File(PathBuf::from(path))),
             })?,
             emf_interval: settings
                 .require("metrics-interval", at_least(Duration::from_millis(100)))?,
@@ -883,9 +842,7 @@ impl Config {
                 (_, Some(s)) => {
                     // Check URLs may carry credentials: they are never printed.
                     let shown = |v: &String| match long {
-                        "check" | "child-health" => {
-                            toml_string(&crate::health::checks::mask_spec(v))
-                        }
+                        "check" | "child-health" => toml_string(&check::mask_spec(v)),
                         _ => toml_string(v),
                     };
                     let value = match s.values.as_slice() {
@@ -961,25 +918,6 @@ fn parse_name(v: &str) -> Result<String, String> {
     }
 }
 
-/// A duration: `500ms`, `2s`, `5m`, `1h`, `1h 30m`, or a bare number of seconds.
-pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    let t = v.trim();
-    if let Ok(secs) = t.parse::<f64>() {
-        return if (0.0..1e12).contains(&secs) {
-            Ok(Duration::from_secs_f64(secs))
-        } else {
-            Err("expected a non-negative duration".to_string())
-        };
-    }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("expected a duration such as 500ms, 2s, 5m or 1h ({e})"))
-}
-
-/// Formats a duration the way it is written in flags: `30s`, `1m 30s`, `500ms`.
-pub fn format_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
-
 fn parse_socket_path(v: &str) -> Result<PathBuf, String> {
     // sun_path holds 108 bytes with the terminating NUL.
     if v.is_empty() {
@@ -1047,19 +985,6 @@ fn toml_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        for bad in ["", "5x", "-1", "soon", "inf"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn file_keys_take_dashes_or_underscores_and_lose_to_flags() {

@@ -22,8 +22,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::agent::hub::HookState;
 use crate::agent::hub::{Hub, status_json};
 use crate::aws::notices::NoticeKind;
+use crate::fmt::rfc3339;
 use crate::machine::state::Phase;
 
 /// The largest request head read (hyper's minimum buffer is 8 KiB).
@@ -213,10 +215,6 @@ fn probe_answer(kind: &str, items: &[Item], verbose: bool) -> Answer {
         let _ = writeln!(body, "{kind} check failed");
     }
     text(status, body)
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// `/health` in the IETF health-check response format (draft-inadarei-api-health-check-06).
@@ -539,10 +537,10 @@ fn metrics(hub: &Hub) -> String {
         .into_iter()
         .flatten()
     {
-        if let (Some(result), "completed") = (h.result, h.state) {
+        if let (Some(result), HookState::Completed) = (h.result, h.state) {
             f.sample(
                 "agent_guard_lifecycle_completed",
-                &[("hook", &h.name), ("result", result)],
+                &[("hook", &h.name), ("result", result.as_str())],
                 1.0,
             );
         }

@@ -7,9 +7,9 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::process::signals::Sig;
+use crate::process::sig::Sig;
 
-use crate::process::reaper::ChildExit;
+use crate::process::exit::ChildExit;
 
 /// Why a drain started. The names are the protocol's (`{"event":"drain","reason":…}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -685,7 +685,7 @@ fn earliest(current: Option<Instant>, new: Instant) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::reaper::ChildExit;
+    use crate::process::exit::ChildExit;
 
     const S: Duration = Duration::from_secs(1);
 

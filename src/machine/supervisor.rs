@@ -13,13 +13,16 @@ use tokio::time::{Interval, MissedTickBehavior, interval, sleep_until};
 
 use crate::agent::hub::{Announcement, DrainInfo, Hub};
 use crate::agent::sdnotify::Upstream;
-use crate::config::{Config, ForwardTo, format_duration};
+use crate::config::{Config, ForwardTo};
+use crate::fmt::format_duration;
 use crate::machine::state::{
     Action, Cleanup, Ctx, DrainReason, Event, Phase, ReadyOn, State, Target, step,
 };
 use crate::process::child::Agent;
-use crate::process::reaper::{ChildExit, Reaper};
-use crate::process::signals::{Role, Sig, SignalSource, role};
+use crate::process::exit::ChildExit;
+use crate::process::reaper::Reaper;
+use crate::process::sig::{Role, Sig, role};
+use crate::process::signals::SignalSource;
 
 /// How long to wait for the kernel to remove processes after SIGKILL before giving up on them.
 /// Only a process stuck in uninterruptible sleep takes longer, and waiting cannot help it.

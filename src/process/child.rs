@@ -12,7 +12,8 @@ use std::process::Command;
 
 use libc::pid_t;
 
-use crate::process::signals::{JobControl, Sig};
+use crate::process::sig::Sig;
+use crate::process::signals::JobControl;
 
 /// The running agent: its pid, which is also its process group id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

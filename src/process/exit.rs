@@ -2,8 +2,11 @@
 //! codes of the guard's own, so that scripts and systemd can tell "agent failed" from "guard
 //! failed".
 
-use crate::RunError;
-use crate::process::child::SpawnError;
+use std::fmt;
+
+use libc::{c_int, pid_t};
+
+use crate::process::sig::Sig;
 
 /// agent-guard itself failed: a bad option or config, IMDS required but absent, socket unusable.
 pub const GUARD_FAILED: u8 = 125;
@@ -12,11 +15,97 @@ pub const CANNOT_EXECUTE: u8 = 126;
 /// COMMAND was not found.
 pub const NOT_FOUND: u8 = 127;
 
-/// The exit code for a run that failed before the agent could be supervised.
-pub fn for_error(err: &RunError) -> u8 {
-    match err {
-        RunError::Spawn(SpawnError::NotFound { .. }) => NOT_FOUND,
-        RunError::Spawn(SpawnError::CannotExecute { .. }) => CANNOT_EXECUTE,
-        _ => GUARD_FAILED,
+/// How the agent ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    /// It exited with this code.
+    Code(u8),
+    /// It was killed by this signal.
+    Signal { signal: Sig, core_dumped: bool },
+}
+
+/// Proof that the agent has exited and been reaped, with its status. Only the reaper makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildExit {
+    pid: pid_t,
+    kind: ExitKind,
+}
+
+impl ChildExit {
+    /// Only the reaper (in this module's parent, `process`) makes one, from a status it reaped.
+    pub(in crate::process) fn new(pid: pid_t, kind: ExitKind) -> ChildExit {
+        ChildExit { pid, kind }
+    }
+
+    /// The agent's pid (now free for reuse).
+    pub fn pid(&self) -> pid_t {
+        self.pid
+    }
+
+    /// How it ended.
+    pub fn kind(&self) -> ExitKind {
+        self.kind
+    }
+
+    /// The status the guard exits with: the agent's code, or 128+N for signal N, as a shell does.
+    pub fn exit_code(&self) -> u8 {
+        match self.kind {
+            ExitKind::Code(code) => code,
+            ExitKind::Signal { signal, .. } => (128 + signal.raw()).clamp(0, 255) as u8,
+        }
+    }
+
+    /// A death by signal made up for unit tests of code that takes a `ChildExit`.
+    #[cfg(test)]
+    pub(crate) fn for_test_signal(signal: Sig) -> ChildExit {
+        ChildExit {
+            pid: 1,
+            kind: ExitKind::Signal {
+                signal,
+                core_dumped: false,
+            },
+        }
+    }
+
+    /// A status made up for unit tests of code that takes a `ChildExit`.
+    #[cfg(test)]
+    pub(crate) fn for_test(code: u8) -> ChildExit {
+        ChildExit {
+            pid: 1,
+            kind: ExitKind::Code(code),
+        }
+    }
+}
+
+impl fmt::Display for ChildExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            ExitKind::Code(code) => write!(f, "exited with code {code}"),
+            ExitKind::Signal {
+                signal,
+                core_dumped,
+            } => {
+                write!(f, "killed by {signal}")?;
+                if core_dumped {
+                    f.write_str(" (core dumped)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Decodes a `waitpid` status: an exit or a death by signal; `None` for stop/continue.
+pub(in crate::process) fn decode(status: c_int) -> Option<ExitKind> {
+    if libc::WIFEXITED(status) {
+        Some(ExitKind::Code(libc::WEXITSTATUS(status) as u8))
+    } else if libc::WIFSIGNALED(status) {
+        let raw = libc::WTERMSIG(status);
+        Some(ExitKind::Signal {
+            signal: Sig::from_raw(raw).unwrap_or(Sig::KILL),
+            core_dumped: libc::WCOREDUMP(status),
+        })
+    } else {
+        None
     }
 }

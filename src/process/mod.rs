@@ -2,4 +2,5 @@
 pub(crate) mod child;
 pub(crate) mod exit;
 pub(crate) mod reaper;
+pub(crate) mod sig;
 pub(crate) mod signals;

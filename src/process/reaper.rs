@@ -6,86 +6,9 @@
 //! [`ChildExit`] can only be made here: code that needs proof the agent has exited (completing
 //! the terminate hook) takes a `ChildExit`, so it cannot be written to run before the exit.
 
-use std::fmt;
-
 use libc::{c_int, pid_t};
 
-use crate::process::signals::Sig;
-
-/// How the agent ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitKind {
-    /// It exited with this code.
-    Code(u8),
-    /// It was killed by this signal.
-    Signal { signal: Sig, core_dumped: bool },
-}
-
-/// Proof that the agent has exited and been reaped, with its status. Only the reaper makes one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChildExit {
-    pid: pid_t,
-    kind: ExitKind,
-}
-
-impl ChildExit {
-    /// The agent's pid (now free for reuse).
-    pub fn pid(&self) -> pid_t {
-        self.pid
-    }
-
-    /// How it ended.
-    pub fn kind(&self) -> ExitKind {
-        self.kind
-    }
-
-    /// The status the guard exits with: the agent's code, or 128+N for signal N, as a shell does.
-    pub fn exit_code(&self) -> u8 {
-        match self.kind {
-            ExitKind::Code(code) => code,
-            ExitKind::Signal { signal, .. } => (128 + signal.raw()).clamp(0, 255) as u8,
-        }
-    }
-
-    /// A death by signal made up for unit tests of code that takes a `ChildExit`.
-    #[cfg(test)]
-    pub(crate) fn for_test_signal(signal: Sig) -> ChildExit {
-        ChildExit {
-            pid: 1,
-            kind: ExitKind::Signal {
-                signal,
-                core_dumped: false,
-            },
-        }
-    }
-
-    /// A status made up for unit tests of code that takes a `ChildExit`.
-    #[cfg(test)]
-    pub(crate) fn for_test(code: u8) -> ChildExit {
-        ChildExit {
-            pid: 1,
-            kind: ExitKind::Code(code),
-        }
-    }
-}
-
-impl fmt::Display for ChildExit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
-            ExitKind::Code(code) => write!(f, "exited with code {code}"),
-            ExitKind::Signal {
-                signal,
-                core_dumped,
-            } => {
-                write!(f, "killed by {signal}")?;
-                if core_dumped {
-                    f.write_str(" (core dumped)")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
+use crate::process::exit::{ChildExit, decode};
 
 /// Reaps children and picks out the agent's status.
 #[derive(Debug)]
@@ -129,27 +52,13 @@ impl Reaper {
                 continue; // stopped or continued: not an exit
             };
             if pid == self.agent {
-                agent_exit = Some(ChildExit { pid, kind });
+                agent_exit = Some(ChildExit::new(pid, kind));
             } else {
                 self.orphans += 1;
                 tracing::debug!(pid, "reaped an orphaned process");
             }
         }
         agent_exit
-    }
-}
-
-fn decode(status: c_int) -> Option<ExitKind> {
-    if libc::WIFEXITED(status) {
-        Some(ExitKind::Code(libc::WEXITSTATUS(status) as u8))
-    } else if libc::WIFSIGNALED(status) {
-        let raw = libc::WTERMSIG(status);
-        Some(ExitKind::Signal {
-            signal: Sig::from_raw(raw).unwrap_or(Sig::KILL),
-            core_dumped: libc::WCOREDUMP(status),
-        })
-    } else {
-        None
     }
 }
 

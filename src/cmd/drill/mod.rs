@@ -17,45 +17,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::aws::lifecycle::{HookResult, result_for_code};
-use crate::aws::notices::OnRebalance;
-use crate::config::{self, Config, Invocation, Source, format_duration};
+use crate::aws::lifecycle::result_for_code;
+use crate::cli::{DrillArgs, DrillEvent};
+use crate::config::{self, Config, Invocation, Source};
+use crate::config::{HookResult, OnRebalance};
+use crate::fmt::format_duration;
 use crate::sim::autoscaling::{AutoScalingSim, Hook, LAUNCHING, TERMINATING};
 use crate::sim::imds::ImdsSim;
-
-/// What to rehearse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DrillEvent {
-    ScaleIn,
-    Spot,
-    Rebalance,
-    Sigterm,
-}
-
-impl DrillEvent {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DrillEvent::ScaleIn => "scale-in",
-            DrillEvent::Spot => "spot",
-            DrillEvent::Rebalance => "rebalance",
-            DrillEvent::Sigterm => "sigterm",
-        }
-    }
-}
-
-/// The drill's own settings, and the guard's arguments to run.
-#[derive(Debug, Clone)]
-pub struct DrillArgs {
-    pub event: DrillEvent,
-    pub after: Duration,
-    pub deadline: Duration,
-    pub heartbeat_timeout: Duration,
-    pub json: bool,
-    /// Print the guard's own log lines as they come.
-    pub verbose: bool,
-    /// `[OPTIONS] -- COMMAND [ARGS...]` for the guard.
-    pub guard_args: Vec<OsString>,
-}
 
 /// Exit statuses.
 pub const PASS: u8 = 0;
@@ -673,7 +641,7 @@ fn ready_on_text(config: &Config) -> String {
 
 fn exit_text(code: u8) -> String {
     if code > 128 {
-        match crate::process::signals::Sig::from_raw(i32::from(code) - 128) {
+        match crate::process::sig::Sig::from_raw(i32::from(code) - 128) {
             Some(sig) => format!("killed by {sig} (status {code})"),
             None => format!("status {code}"),
         }
