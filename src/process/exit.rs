@@ -109,3 +109,44 @@ pub(in crate::process) fn decode(status: c_int) -> Option<ExitKind> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        let exit = |kind| ChildExit { pid: 9, kind };
+        assert_eq!(exit(ExitKind::Code(0)).exit_code(), 0);
+        assert_eq!(exit(ExitKind::Code(255)).exit_code(), 255);
+        let killed = |signal| ExitKind::Signal {
+            signal,
+            core_dumped: false,
+        };
+        assert_eq!(exit(killed(Sig::TERM)).exit_code(), 143);
+        assert_eq!(exit(killed(Sig::KILL)).exit_code(), 137);
+        assert_eq!(exit(killed(Sig::USR1)).exit_code(), 138);
+    }
+
+    #[test]
+    fn decodes_raw_statuses() {
+        // Status words as the kernel builds them: code << 8 for an exit, the signal for a kill.
+        assert_eq!(decode(42 << 8), Some(ExitKind::Code(42)));
+        assert_eq!(
+            decode(libc::SIGTERM),
+            Some(ExitKind::Signal {
+                signal: Sig::TERM,
+                core_dumped: false
+            })
+        );
+        assert_eq!(
+            decode(libc::SIGSEGV | 0x80),
+            Some(ExitKind::Signal {
+                signal: Sig::from_raw(libc::SIGSEGV).expect("SEGV is a signal"),
+                core_dumped: true
+            })
+        );
+        // Stopped (0x7f) is not an exit.
+        assert_eq!(decode((libc::SIGSTOP << 8) | 0x7f), None);
+    }
+}
