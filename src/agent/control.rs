@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc};
 
 use crate::agent::hub::{Announcement, DrainInfo, Hub};
 use crate::agent::unixsock;
-use crate::machine::state::{DrainReason, Event, ReadyOn};
+use crate::machine::state::{DrainReason, Event, PhaseName, ReadyOn};
 
 /// The longest request line.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -150,7 +150,7 @@ async fn connection(stream: UnixStream, control: &Control, peer_pid: Option<i32>
             };
             subscription = Some(control.hub.subscribe_owned(from_agent));
             // A subscriber that arrives mid-drain hears of it at once.
-            let draining = control.hub.phase.borrow().name() == "draining";
+            let draining = control.hub.phase.borrow().name() == PhaseName::Draining;
             current_drain = control.hub.report().drain.clone().filter(|_| draining);
         }
         if write(&mut write_half, &answer).await.is_err() {
@@ -211,7 +211,7 @@ async fn handle(bytes: &[u8], control: &Control) -> (Value, bool) {
     match op {
         "status" => (crate::agent::hub::status_json(&control.hub), false),
         "subscribe" => (
-            json!({"ok": true, "subscribed": true, "phase": control.hub.phase.borrow().name()}),
+            json!({"ok": true, "subscribed": true, "phase": control.hub.phase.borrow().name().as_str()}),
             true,
         ),
         "ready" => {

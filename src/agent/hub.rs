@@ -19,7 +19,7 @@ use crate::aws::notices::ImdsStatus;
 use crate::config::HookResult;
 use crate::fmt::rfc3339;
 use crate::health::checks::Snapshot;
-use crate::machine::state::{DrainReason, Phase};
+use crate::machine::state::{DrainReason, Phase, PhaseName};
 
 /// Where the work on one lifecycle hook stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -82,8 +82,8 @@ pub struct LifecycleStatus {
 /// Something every subscriber hears.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Announcement {
-    /// The phase changed to this (`starting|ready|draining|stopping|exited`).
-    Phase(&'static str),
+    /// The phase changed to this.
+    Phase(PhaseName),
     /// A drain started (or its deadline moved).
     Drain(DrainInfo),
 }
@@ -125,7 +125,7 @@ pub struct GuardStats {
     /// The supervisor's last wake-up: a stuck loop fails /livez.
     pub last_tick: Instant,
     /// Drains started, by reason.
-    pub drains: BTreeMap<&'static str, u64>,
+    pub drains: BTreeMap<DrainReason, u64>,
     /// The agent's exit code (128+N for a signal), once it exited.
     pub agent_exit: Option<u8>,
     /// Where the health endpoint listens.
@@ -317,7 +317,7 @@ pub fn status_json(hub: &Hub) -> Value {
             "deadline": rfc3339(d.deadline),
             "deadline_in_ms": d.deadline_at.saturating_duration_since(now).as_millis() as u64,
         })),
-        "drains": stats.drains,
+        "drains": stats.drains.iter().map(|(r, n)| (r.as_str(), *n)).collect::<BTreeMap<_, _>>(),
         "watchdog_missed": hub.watchdog_missed(now),
         "subscribers": hub.subscribers(),
         "health_listen": stats.health_addr.map(|a| a.to_string()),

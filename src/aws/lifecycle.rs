@@ -433,7 +433,7 @@ impl Api {
                     }
                     if let Phase::Draining { reason, .. } | Phase::Stopping { reason, .. } = now
                         && !terminating
-                        && matches!(reason, DrainReason::ScaleIn | DrainReason::WarmPool | DrainReason::SpotInterruption)
+                        && reason.ends_instance()
                         && settings.terminate_hook.is_some()
                     {
                         terminating = true;
@@ -480,9 +480,11 @@ impl Api {
         exit: ChildExit,
         killed: bool,
     ) {
-        let terminating = hub.stats().drains.iter().any(|(reason, n)| {
-            *n > 0 && ["scale-in", "warm-pool", "spot-interruption"].contains(reason)
-        });
+        let terminating = hub
+            .stats()
+            .drains
+            .iter()
+            .any(|(reason, n)| *n > 0 && reason.ends_instance());
         self.finish_termination(settings, hub, terminating, exit, killed)
             .await;
     }
@@ -566,7 +568,7 @@ impl Api {
             .stats()
             .drains
             .iter()
-            .all(|(reason, n)| *n == 0 || *reason == "spot-interruption");
+            .all(|(reason, n)| *n == 0 || *reason == DrainReason::SpotInterruption);
         let outcome = self.complete(hub, hook, result, quiet).await;
         set_hook(hub, true, |h| {
             h.state = outcome;

@@ -339,7 +339,7 @@ fn write_emf(target: &EmfTarget, context: &AwsContext, hub: &Hub, settings: &Bus
         &context.instance_id,
         in_flight,
         protected,
-        phase,
+        phase.as_str(),
         now,
     );
     line.push('\n');

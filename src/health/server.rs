@@ -26,7 +26,7 @@ use crate::agent::hub::HookState;
 use crate::agent::hub::{Hub, status_json};
 use crate::aws::notices::NoticeKind;
 use crate::fmt::rfc3339;
-use crate::machine::state::Phase;
+use crate::machine::state::{DrainReason, Phase, PhaseName};
 
 /// The largest request head read (hyper's minimum buffer is 8 KiB).
 const MAX_HEAD: usize = 16 * 1024;
@@ -180,7 +180,11 @@ fn livez(hub: &Hub) -> Vec<Item> {
 /// Ready: the phase is `ready` and every check passes with a fresh result.
 fn readyz(hub: &Hub) -> Vec<Item> {
     let phase = hub.phase.borrow().clone();
-    let mut items = vec![item("phase", matches!(phase, Phase::Ready), phase.name())];
+    let mut items = vec![item(
+        "phase",
+        matches!(phase, Phase::Ready),
+        phase.name().as_str(),
+    )];
     for verdict in hub.checks.borrow().verdicts(Instant::now()) {
         items.push(item(&verdict.name, verdict.ok, verdict.why));
     }
@@ -232,7 +236,7 @@ fn health_json(hub: &Hub) -> Answer {
     };
     checks.insert(
         "agent-guard:phase".into(),
-        json!([{"componentType": "system", "observedValue": phase.name(), "status": phase_status, "time": rfc3339(wall)}]),
+        json!([{"componentType": "system", "observedValue": phase.name().as_str(), "status": phase_status, "time": rfc3339(wall)}]),
     );
     let agent_status = if live { "pass" } else { "fail" };
     let mut agent = json!({
@@ -349,10 +353,10 @@ fn metrics(hub: &Hub) -> String {
         "gauge",
         "The supervisor's phase: 1 for the current one.",
     );
-    for name in ["starting", "ready", "draining", "stopping", "exited"] {
+    for name in PhaseName::ALL {
         f.sample(
             "agent_guard_phase",
-            &[("phase", name)],
+            &[("phase", name.as_str())],
             f64::from(u8::from(phase.name() == name)),
         );
     }
@@ -362,16 +366,13 @@ fn metrics(hub: &Hub) -> String {
         "counter",
         "Drains started, by reason.",
     );
-    for reason in [
-        "scale-in",
-        "spot-interruption",
-        "rebalance",
-        "signal",
-        "operator",
-        "warm-pool",
-    ] {
-        let n = stats.drains.get(reason).copied().unwrap_or(0);
-        f.sample("agent_guard_drains_total", &[("reason", reason)], n as f64);
+    for reason in DrainReason::ALL {
+        let n = stats.drains.get(&reason).copied().unwrap_or(0);
+        f.sample(
+            "agent_guard_drains_total",
+            &[("reason", reason.as_str())],
+            n as f64,
+        );
     }
     let mut f = Family::new(
         &mut out,

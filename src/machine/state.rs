@@ -12,7 +12,10 @@ use crate::process::sig::Sig;
 use crate::process::exit::ChildExit;
 
 /// Why a drain started. The names are the protocol's (`{"event":"drain","reason":…}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum DrainReason {
     /// The Auto Scaling group set the target lifecycle state to `Terminated`.
     ScaleIn,
@@ -29,6 +32,25 @@ pub enum DrainReason {
 }
 
 impl DrainReason {
+    /// Every reason, for tables that must list each one (metrics).
+    pub const ALL: [DrainReason; 6] = [
+        DrainReason::ScaleIn,
+        DrainReason::SpotInterruption,
+        DrainReason::Rebalance,
+        DrainReason::Signal,
+        DrainReason::Operator,
+        DrainReason::WarmPool,
+    ];
+
+    /// Whether a drain for this reason ends with the instance leaving the group, so that the
+    /// termination lifecycle hook is to be completed once the agent is gone.
+    pub fn ends_instance(self) -> bool {
+        matches!(
+            self,
+            DrainReason::ScaleIn | DrainReason::WarmPool | DrainReason::SpotInterruption
+        )
+    }
+
     /// The wire name used in logs, events and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -93,15 +115,57 @@ pub enum Phase {
     Done(ChildExit),
 }
 
-impl Phase {
-    /// The phase's name on the wire: `starting|ready|draining|stopping|exited`.
-    pub fn name(&self) -> &'static str {
+/// A phase as the outside world names it (`{"event":"phase","phase":…}`, `/status`, metrics):
+/// `Exited` and `Done` are one phase there.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PhaseName {
+    Starting,
+    Ready,
+    Draining,
+    Stopping,
+    Exited,
+}
+
+impl PhaseName {
+    /// Every phase, for tables that must list each one (metrics).
+    pub const ALL: [PhaseName; 5] = [
+        PhaseName::Starting,
+        PhaseName::Ready,
+        PhaseName::Draining,
+        PhaseName::Stopping,
+        PhaseName::Exited,
+    ];
+
+    /// The wire name: `starting|ready|draining|stopping|exited`.
+    pub fn as_str(self) -> &'static str {
         match self {
-            Phase::Starting { .. } => "starting",
-            Phase::Ready => "ready",
-            Phase::Draining { .. } => "draining",
-            Phase::Stopping { .. } => "stopping",
-            Phase::Exited { .. } | Phase::Done(_) => "exited",
+            PhaseName::Starting => "starting",
+            PhaseName::Ready => "ready",
+            PhaseName::Draining => "draining",
+            PhaseName::Stopping => "stopping",
+            PhaseName::Exited => "exited",
+        }
+    }
+}
+
+impl fmt::Display for PhaseName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Phase {
+    /// The phase as the outside world names it.
+    pub fn name(&self) -> PhaseName {
+        match self {
+            Phase::Starting { .. } => PhaseName::Starting,
+            Phase::Ready => PhaseName::Ready,
+            Phase::Draining { .. } => PhaseName::Draining,
+            Phase::Stopping { .. } => PhaseName::Stopping,
+            Phase::Exited { .. } | Phase::Done(_) => PhaseName::Exited,
         }
     }
 
@@ -1135,7 +1199,7 @@ mod tests {
         assert_eq!(actions, vec![Action::ReadyTimedOut]);
         assert_eq!(
             phase.name(),
-            "starting",
+            PhaseName::Starting,
             "the agent keeps running, not ready"
         );
         assert_eq!(phase.deadline(), None);

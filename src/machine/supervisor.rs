@@ -218,7 +218,7 @@ impl Supervisor {
                 Phase::Draining { reason, .. } | Phase::Stopping { reason, .. }
                     if drain_started =>
                 {
-                    *stats.drains.entry(reason.as_str()).or_insert(0) += 1;
+                    *stats.drains.entry(*reason).or_insert(0) += 1;
                 }
                 Phase::Exited { exit, .. } => stats.agent_exit = Some(exit.exit_code()),
                 _ => {}
