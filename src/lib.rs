@@ -33,6 +33,7 @@ mod cmd;
 mod config;
 mod fmt;
 mod health;
+mod journal;
 mod logging;
 mod machine;
 mod process;
@@ -54,21 +55,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::agent::control::Control;
 use crate::agent::hub::Hub;
 use crate::agent::sdnotify::Upstream;
 use crate::agent::{control, sdnotify, unixsock};
+use crate::aws::context::SharedAws;
+use crate::aws::emf;
 use crate::aws::imds::ImdsClient;
 use crate::aws::lifecycle::LifecycleHandle;
 use crate::aws::notices::{ImdsStatus, NoticeSettings, Poller};
-use crate::aws::protection::BusyHandle;
+use crate::aws::protection::ProtectionHandle;
 use crate::aws::{imds, notices};
 use crate::config::{Config, ImdsMode};
 use crate::health::{checks, server};
 use crate::machine::state;
 use crate::machine::state::State;
-use crate::machine::supervisor::{StopSettings, Supervisor};
+use crate::machine::supervisor::{Outcome, StopSettings, Supervisor};
 use crate::process::child::{Agent, SpawnError, SpawnSpec};
 use crate::process::signals::{JobControl, SignalSetupError, SignalSource};
 
@@ -121,6 +125,10 @@ pub fn run(config: Config) -> Result<ChildExit, RunError> {
     runtime.block_on(supervise(config))
 }
 
+/// How long the servers get, once told to stop, to write their last words (the `exited` phase to
+/// subscribers) and close.
+const SHUTDOWN_WITHIN: Duration = Duration::from_secs(2);
+
 async fn supervise(config: Config) -> Result<ChildExit, RunError> {
     // One TLS stack for the whole process (the AWS SDK's and the HTTPS checks'): rustls with ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -140,9 +148,7 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
     let job_control = JobControl::ignore().map_err(RunError::JobControl)?;
     // Handlers first: a signal that arrives while the agent starts is kept, not lost.
     let signals = SignalSource::install()?;
-    let initial = State::new().phase;
-    let (phase_tx, phase_rx) = watch::channel(initial);
-    let (events_tx, events_rx) = mpsc::channel(64);
+    let (phase_tx, phase_rx) = watch::channel(State::new().phase);
     let (imds_status, imds_status_rx) = watch::channel(ImdsStatus::default());
     let (checks_tx, checks_rx) = watch::channel(checks::Snapshot::default());
     let hub = Arc::new(Hub::new(
@@ -152,22 +158,63 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
         imds_status_rx,
         checks_rx,
     ));
-    let health = match config.health_listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| RunError::HealthListen { addr, source })?;
-            let bound = listener
-                .local_addr()
-                .map_err(|source| RunError::HealthListen { addr, source })?;
-            hub.stats().health_addr = Some(bound);
-            tracing::info!(addr = %bound, "health endpoint listening");
-            Some(listener)
-        }
-        None => None,
-    };
+    let health = bind_health(&config, &hub).await?;
     // The sockets exist before the agent does, so it can connect from its first instruction.
     let sockets = Sockets::bind(&config)?;
+    let agent = Agent::spawn(&spawn_spec(&config), job_control)?;
+    hub.set_agent_pid(agent.pid());
+    let (events_tx, events_rx) = mpsc::channel(64);
+    let upstream = Upstream::from_env();
+    let tasks = Tasks::start(
+        &config,
+        &hub,
+        Started {
+            sockets,
+            health,
+            imds: imds.map(|client| (client, imds_status)),
+            checks: checks_tx,
+            events: events_tx.clone(),
+            upstream: upstream.clone(),
+        },
+    );
+    let supervisor = Supervisor::new(
+        agent,
+        signals,
+        StopSettings::from_config(&config),
+        (events_tx, events_rx),
+        phase_tx,
+        hub.clone(),
+        upstream,
+    );
+    let outcome = supervisor.run().await;
+    let exit = outcome.exit.clone();
+    tasks.finish(outcome).await;
+    unixsock::remove(&config.socket);
+    unixsock::remove(&config.notify_socket);
+    Ok(exit)
+}
+
+/// The health listener, bound before the agent starts (a port in use is the guard's failure).
+async fn bind_health(
+    config: &Config,
+    hub: &Hub,
+) -> Result<Option<tokio::net::TcpListener>, RunError> {
+    let Some(addr) = config.health_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::HealthListen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| RunError::HealthListen { addr, source })?;
+    hub.stats().health_addr = Some(bound);
+    tracing::info!(addr = %bound, "health endpoint listening");
+    Ok(Some(listener))
+}
+
+/// The agent's command and the environment the guard adds to its own.
+fn spawn_spec(config: &Config) -> SpawnSpec {
     let mut env: Vec<(OsString, OsString)> = vec![
         ("AGENT_GUARD_SOCKET".into(), config.socket.clone().into()),
         ("NOTIFY_SOCKET".into(), config.notify_socket.clone().into()),
@@ -178,86 +225,147 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
             watchdog.as_micros().to_string().into(),
         ));
     }
-    let spec = SpawnSpec {
+    SpawnSpec {
         command: config.command.clone(),
         env,
         watchdog_pid: config.watchdog.is_some(),
-    };
-    let agent = Agent::spawn(&spec, job_control)?;
-    hub.set_agent_pid(agent.pid());
-    let control = Control {
-        hub: hub.clone(),
-        events: events_tx.clone(),
-        ready_on: config.ready_on,
-    };
-    let upstream = Upstream::from_env();
-    let mut servers = vec![
-        tokio::spawn(control::serve(sockets.control, control.clone())),
-        tokio::spawn(sdnotify::serve(sockets.notify, control, upstream.clone())),
-    ];
-    if let Some(listener) = health {
-        servers.push(tokio::spawn(server::serve(listener, hub.clone())));
     }
-    servers.extend(checks::spawn(
-        config.checks.clone(),
-        checks::ProbeSettings {
-            interval: config.check_interval,
-            timeout: config.check_timeout,
-            ready_on_child: config.ready_on == state::ReadyOn::Health,
-        },
-        checks_tx,
-        events_tx.clone(),
-    ));
-    let poller = imds.map(|client| {
-        let settings = NoticeSettings {
-            poll: config.imds_poll,
-            on_rebalance: config.on_rebalance,
-            spot_margin: config.spot_margin,
+}
+
+/// What the tasks beside the supervisor are started with.
+struct Started {
+    sockets: Sockets,
+    health: Option<tokio::net::TcpListener>,
+    imds: Option<(ImdsClient, watch::Sender<ImdsStatus>)>,
+    checks: watch::Sender<checks::Snapshot>,
+    events: mpsc::Sender<state::Event>,
+    upstream: Upstream,
+}
+
+/// Everything that runs beside the supervisor, and how each is ended.
+struct Tasks {
+    /// Told once the agent is gone; every server and poller then ends by itself.
+    shutdown: CancellationToken,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    lifecycle: Option<LifecycleHandle>,
+    protection: Option<ProtectionHandle>,
+}
+
+impl Tasks {
+    fn start(config: &Config, hub: &Arc<Hub>, started: Started) -> Tasks {
+        let shutdown = CancellationToken::new();
+        let control = Control {
+            hub: hub.clone(),
+            events: started.events.clone(),
+            ready_on: config.ready_on,
         };
-        let poller = Poller::new(client, settings, events_tx.clone(), imds_status);
-        tokio::spawn(poller.run(config.imds == ImdsMode::Auto))
-    });
-    let supervisor = Supervisor::new(
-        agent,
-        signals,
-        StopSettings::from_config(&config),
-        (events_tx, events_rx),
-        phase_tx,
-        hub.clone(),
-        upstream,
-    );
-    let lifecycle = config
-        .lifecycle
-        .enabled()
-        .then(|| LifecycleHandle::start(config.lifecycle.clone(), hub.clone()));
-    let busy = config
-        .busy
-        .enabled()
-        .then(|| BusyHandle::start(config.busy.clone(), config.lifecycle.clone(), hub.clone()));
-    let exit = supervisor.run().await;
-    if let Some(busy) = busy {
-        // A protected instance whose agent is gone must not stay protected.
-        busy.finish().await;
+        let mut servers = vec![
+            tokio::spawn(control::serve(started.sockets.control, control.clone())),
+            tokio::spawn(sdnotify::serve(
+                started.sockets.notify,
+                control,
+                started.upstream,
+            )),
+        ];
+        if let Some(listener) = started.health {
+            servers.push(tokio::spawn(server::serve(listener, hub.clone())));
+        }
+        servers.extend(checks::spawn(
+            config.checks.clone(),
+            checks::ProbeSettings {
+                interval: config.check_interval,
+                timeout: config.check_timeout,
+                ready_on_child: config.ready_on == state::ReadyOn::Health,
+            },
+            started.checks,
+            started.events.clone(),
+        ));
+        if let Some((client, status)) = started.imds {
+            let settings = NoticeSettings {
+                poll: config.imds_poll,
+                on_rebalance: config.on_rebalance,
+                spot_margin: config.spot_margin,
+            };
+            let poller = Poller::new(client, settings, started.events, status);
+            let probe_first = config.imds == ImdsMode::Auto;
+            let stop = shutdown.clone();
+            servers.push(tokio::spawn(async move {
+                // The poller holds nothing that needs closing: dropping it at an await is its end.
+                tokio::select! {
+                    _ = poller.run(probe_first) => {}
+                    _ = stop.cancelled() => {}
+                }
+            }));
+        }
+        let needs_aws = config.lifecycle.enabled() || config.busy.enabled();
+        let aws = needs_aws.then(|| {
+            SharedAws::new(
+                config.lifecycle.asg_name.clone(),
+                config.lifecycle.imds_endpoint.clone(),
+                hub.clone(),
+            )
+        });
+        let mut tasks = Tasks {
+            shutdown,
+            servers,
+            lifecycle: None,
+            protection: None,
+        };
+        if let Some(aws) = aws {
+            tasks.start_aws(config, hub, aws);
+        }
+        tasks
     }
-    if let Some(lifecycle) = lifecycle {
-        // The agent and its whole group are gone: only now may the termination hook complete.
-        let sigkilled = hub.stats().sigkilled;
-        lifecycle.finish(exit.clone(), sigkilled).await;
+
+    /// The features that act on the group: each shares the one AWS context, built when first
+    /// needed.
+    fn start_aws(&mut self, config: &Config, hub: &Arc<Hub>, aws: Arc<SharedAws>) {
+        if config.lifecycle.enabled() {
+            self.lifecycle = Some(LifecycleHandle::start(
+                config.lifecycle.clone(),
+                aws.clone(),
+                hub.clone(),
+            ));
+        }
+        if config.busy.protect {
+            self.protection = Some(ProtectionHandle::start(
+                config.busy.clone(),
+                aws.clone(),
+                hub.clone(),
+            ));
+        }
+        if let Some(target) = config.busy.emf.clone() {
+            self.servers.push(tokio::spawn(emf::run(
+                config.busy.clone(),
+                target,
+                aws,
+                hub.clone(),
+                self.shutdown.clone(),
+            )));
+        }
     }
-    if let Some(poller) = poller {
-        poller.abort();
+
+    /// The agent and its group are gone. Decide (done), tell (release protection, complete the
+    /// hook, cancel the servers), then wait for each under a deadline.
+    async fn finish(self, outcome: Outcome) {
+        if let Some(protection) = self.protection {
+            // A protected instance whose agent is gone must not stay protected.
+            protection.finish().await;
+        }
+        if let Some(lifecycle) = self.lifecycle {
+            // Only now, with the proof of exit in hand, may the termination hook complete.
+            lifecycle.finish(outcome).await;
+        }
+        self.shutdown.cancel();
+        for mut server in self.servers {
+            if tokio::time::timeout(SHUTDOWN_WITHIN, &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
+        }
     }
-    // Let subscribers' connections write the last events (`exited`) before they are dropped:
-    // on this single-threaded runtime each yield runs every task that is ready once.
-    for _ in 0..8 {
-        tokio::task::yield_now().await;
-    }
-    for server in servers {
-        server.abort();
-    }
-    unixsock::remove(&config.socket);
-    unixsock::remove(&config.notify_socket);
-    Ok(exit)
 }
 
 /// The control and sd_notify sockets, bound before the agent starts.

@@ -98,8 +98,14 @@ struct TextFields {
     rest: String,
 }
 
+/// The field that carries a [`crate::journal::Record`]: for tools, so the text format omits it.
+const JOURNAL: &str = "journal";
+
 impl Visit for TextFields {
     fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == JOURNAL {
+            return;
+        }
         if field.name() == "message" {
             self.message.push_str(value);
         } else if value.contains(char::is_whitespace) || value.is_empty() {
@@ -138,7 +144,14 @@ impl Visit for JsonFields {
         self.0.insert(field.name().into(), value.into());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().into(), format!("{value:?}").into());
+        let text = format!("{value:?}");
+        if field.name() == JOURNAL {
+            // The journal record is JSON already: embed it as an object, `"event": {…}`.
+            if let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) {
+                self.0.insert("event".into(), record);
+            }
+            return;
+        }
+        self.0.insert(field.name().into(), text.into());
     }
 }

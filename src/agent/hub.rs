@@ -130,8 +130,6 @@ pub struct GuardStats {
     pub agent_exit: Option<u8>,
     /// Where the health endpoint listens.
     pub health_addr: Option<SocketAddr>,
-    /// The guard had to SIGKILL the agent's group.
-    pub sigkilled: bool,
 }
 
 /// The shared hub. One per run, behind an `Arc`.
@@ -180,7 +178,6 @@ impl Hub {
                 drains: BTreeMap::new(),
                 agent_exit: None,
                 health_addr: None,
-                sigkilled: false,
             }),
             lifecycle: Mutex::new(LifecycleStatus::default()),
             extended: Notify::new(),

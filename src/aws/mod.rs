@@ -1,4 +1,7 @@
 //! Everything that talks to AWS: IMDS and its notices, lifecycle hooks, scale-in protection.
+pub(crate) mod api;
+pub(crate) mod context;
+pub(crate) mod emf;
 pub(crate) mod imds;
 pub(crate) mod lifecycle;
 pub(crate) mod notices;

@@ -39,23 +39,7 @@ pub struct NoticeSettings {
     pub spot_margin: Duration,
 }
 
-/// Which kind of notice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoticeKind {
-    LifecycleState,
-    Spot,
-    Rebalance,
-}
-
-impl NoticeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NoticeKind::LifecycleState => "target-lifecycle-state",
-            NoticeKind::Spot => "spot-interruption",
-            NoticeKind::Rebalance => "rebalance-recommendation",
-        }
-    }
-}
+pub use crate::journal::NoticeKind;
 
 /// A notice as seen, for `/status` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]

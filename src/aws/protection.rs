@@ -1,6 +1,5 @@
-//! Stateful agents: protect the instance from scale-in while the agent reports work in flight,
-//! and publish the agent's own load as CloudWatch Embedded Metric Format lines, so the group can
-//! scale on what the agent is doing rather than on CPU.
+//! Stateful agents: protect the instance from scale-in while the agent reports work in flight
+//! (its load also goes out as CloudWatch EMF lines: see `emf`).
 //!
 //! The agent reports its load with `{"op":"busy","in_flight":N}` on the control socket or
 //! `X_IN_FLIGHT=N` on `NOTIFY_SOCKET`. A report older than `--busy-stale` counts as idle, so a hung
@@ -9,16 +8,15 @@
 //! work, released at once when a drain starts or the agent is gone, and read back at start so a
 //! restarted guard converges instead of flapping. [`Protection`] decides, without I/O.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::json;
 use tokio::sync::oneshot;
 
 use crate::agent::hub::Hub;
-use crate::aws::lifecycle::{self, AwsContext};
-use crate::config::settings::{BusySettings, EmfTarget, LifecycleSettings};
+use crate::aws::api::{CallError, record_result};
+use crate::aws::context::{AwsContext, SharedAws};
+use crate::config::settings::BusySettings;
 use crate::machine::state::Phase;
 
 /// What the protection logic decides at a moment.
@@ -113,17 +111,17 @@ pub fn busy(report: Option<(u64, SystemTime)>, now: SystemTime, stale: Duration)
     report.is_some_and(|(n, at)| n > 0 && now.duration_since(at).unwrap_or_default() <= stale)
 }
 
-/// The running protection and EMF work; `finish` releases protection once the agent is gone.
-pub struct BusyHandle {
+/// The running protection work; `finish` releases protection once the agent is gone.
+pub struct ProtectionHandle {
     finish: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl BusyHandle {
-    pub fn start(settings: BusySettings, aws: LifecycleSettings, hub: Arc<Hub>) -> BusyHandle {
+impl ProtectionHandle {
+    pub fn start(settings: BusySettings, aws: Arc<SharedAws>, hub: Arc<Hub>) -> ProtectionHandle {
         let (finish, finish_rx) = oneshot::channel();
         let task = tokio::spawn(run(settings, aws, hub, finish_rx));
-        BusyHandle { finish, task }
+        ProtectionHandle { finish, task }
     }
 
     /// The agent is gone: releases protection (bounded) and stops.
@@ -141,69 +139,55 @@ impl BusyHandle {
 
 async fn run(
     settings: BusySettings,
-    aws: LifecycleSettings,
+    aws: Arc<SharedAws>,
     hub: Arc<Hub>,
     mut finish: oneshot::Receiver<()>,
 ) {
     let context = tokio::select! {
-        c = lifecycle::connect(&aws, &hub) => c,
+        c = aws.get() => c,
         _ = &mut finish => return,
     };
     let context = match context {
         Ok(c) => c,
         Err(err) => {
-            tracing::error!(error = %err, "scale-in protection and EMF metrics are off");
+            tracing::error!(error = %err, "scale-in protection is off");
             let _ = finish.await;
             return;
         }
     };
-    let mut protection = None;
-    if settings.protect {
-        let current = read_protection(&context, &hub).await;
-        tracing::info!(protected = ?current, "scale-in protection: the instance's current state");
-        hub.lifecycle().protected = current;
-        protection = Some(Protection::new(
-            settings.idle_release,
-            settings.min_interval,
-            current,
-        ));
-    }
+    let current = read_protection(&context, &hub).await;
+    tracing::info!(protected = ?current, "scale-in protection: the instance's current state");
+    hub.lifecycle().protected = current;
+    let mut protection = Protection::new(settings.idle_release, settings.min_interval, current);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut emf_tick = tokio::time::interval(settings.emf_interval);
-    emf_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick(), if protection.is_some() => {
-                if let Some(p) = protection.as_mut() {
-                    let phase = hub.phase.borrow().clone();
-                    let release = !matches!(phase, Phase::Starting { .. } | Phase::Ready);
-                    let is_busy = busy(hub.report().in_flight, SystemTime::now(), settings.busy_stale);
-                    protect_step(p, &context, &hub, is_busy, release).await;
-                }
-            }
-            _ = emf_tick.tick(), if settings.emf.is_some() => {
-                if let Some(target) = &settings.emf {
-                    write_emf(target, &context, &hub, &settings);
-                }
+            _ = tick.tick() => {
+                let phase = hub.phase.borrow().clone();
+                let release = !matches!(phase, Phase::Starting { .. } | Phase::Ready);
+                let is_busy = busy(hub.report().in_flight, SystemTime::now(), settings.busy_stale);
+                protect_step(&mut protection, &context, &hub, is_busy, release).await;
             }
             _ = &mut finish => break,
         }
     }
-    // The agent is gone: a protected instance without an agent must not stay protected.
-    if let Some(p) = protection.as_mut() {
-        for _ in 0..3 {
-            match p.step(Instant::now(), false, true) {
-                Step::Call(_) | Step::WaitUntil(_) if p.current != Some(false) => {
-                    let ok = set_protection(&context, &hub, false).await;
-                    p.called(Instant::now(), false, ok);
-                    if ok {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+    release_at_exit(&mut protection, &context, &hub).await;
+}
+
+/// The agent is gone: a protected instance without an agent must not stay protected.
+async fn release_at_exit(p: &mut Protection, context: &AwsContext, hub: &Hub) {
+    for _ in 0..3 {
+        match p.step(Instant::now(), false, true) {
+            Step::Call(_) | Step::WaitUntil(_) if p.current != Some(false) => {
+                let ok = set_protection(context, hub, false).await;
+                p.called(Instant::now(), false, ok);
+                if ok {
+                    break;
                 }
-                _ => break,
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            _ => break,
         }
     }
 }
@@ -241,19 +225,17 @@ async fn read_protection(context: &AwsContext, hub: &Hub) -> Option<bool> {
         .describe_auto_scaling_instances()
         .instance_ids(&context.instance_id)
         .send()
-        .await;
+        .await
+        .map_err(|e| CallError::from(&e));
+    record_result(hub, "DescribeAutoScalingInstances", &answer);
     match answer {
-        Ok(out) => {
-            lifecycle::record_call(hub, "DescribeAutoScalingInstances", "ok");
-            out.auto_scaling_instances()
-                .iter()
-                .find(|i| i.instance_id() == Some(context.instance_id.as_str()))
-                .and_then(|i| i.protected_from_scale_in())
-        }
+        Ok(out) => out
+            .auto_scaling_instances()
+            .iter()
+            .find(|i| i.instance_id() == Some(context.instance_id.as_str()))
+            .and_then(|i| i.protected_from_scale_in()),
         Err(err) => {
-            let (_, text) = lifecycle::retryable(&err);
-            lifecycle::record_call(hub, "DescribeAutoScalingInstances", "error");
-            tracing::warn!(error = %text, "scale-in protection: cannot read the current state");
+            tracing::warn!(error = %err, "scale-in protection: cannot read the current state");
             None
         }
     }
@@ -267,93 +249,13 @@ async fn set_protection(context: &AwsContext, hub: &Hub, protect: bool) -> bool 
         .instance_ids(&context.instance_id)
         .protected_from_scale_in(protect)
         .send()
-        .await;
-    match answer {
-        Ok(_) => {
-            lifecycle::record_call(hub, "SetInstanceProtection", "ok");
-            true
-        }
-        Err(err) => {
-            let (retry, text) = lifecycle::retryable(&err);
-            lifecycle::record_call(
-                hub,
-                "SetInstanceProtection",
-                if retry { "retryable-error" } else { "error" },
-            );
-            tracing::warn!(protect, error = %text, "scale-in protection: SetInstanceProtection failed; will retry");
-            false
-        }
+        .await
+        .map_err(|e| CallError::from(&e));
+    record_result(hub, "SetInstanceProtection", &answer);
+    if let Err(err) = &answer {
+        tracing::warn!(protect, error = %err, "scale-in protection: SetInstanceProtection failed; will retry");
     }
-}
-
-/// One EMF line: the agent's load, the protection and the phase, by group and by instance.
-pub fn emf_line(
-    group: &str,
-    instance_id: &str,
-    in_flight: u64,
-    protected: bool,
-    phase: &str,
-    now: SystemTime,
-) -> String {
-    let millis = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    json!({
-        "_aws": {
-            "Timestamp": millis,
-            "CloudWatchMetrics": [{
-                "Namespace": "AgentGuard",
-                // By group (what a target-tracking policy averages) and by instance.
-                "Dimensions": [["AutoScalingGroupName"], ["AutoScalingGroupName", "InstanceId"]],
-                "Metrics": [
-                    {"Name": "InFlight", "Unit": "Count"},
-                    {"Name": "ProtectedFromScaleIn", "Unit": "Count"},
-                    {"Name": "Ready", "Unit": "Count"},
-                    {"Name": "Draining", "Unit": "Count"},
-                ],
-            }],
-        },
-        "AutoScalingGroupName": group,
-        "InstanceId": instance_id,
-        "InFlight": in_flight,
-        "ProtectedFromScaleIn": u8::from(protected),
-        "Ready": u8::from(phase == "ready"),
-        "Draining": u8::from(phase == "draining" || phase == "stopping"),
-        "Phase": phase,
-    })
-    .to_string()
-}
-
-fn write_emf(target: &EmfTarget, context: &AwsContext, hub: &Hub, settings: &BusySettings) {
-    let now = SystemTime::now();
-    let report = hub.report().in_flight;
-    let in_flight = if busy(report, now, settings.busy_stale) {
-        report.map_or(0, |(n, _)| n)
-    } else {
-        0
-    };
-    let protected = hub.lifecycle().protected.unwrap_or(false);
-    let phase = hub.phase.borrow().name();
-    let mut line = emf_line(
-        &context.group,
-        &context.instance_id,
-        in_flight,
-        protected,
-        phase.as_str(),
-        now,
-    );
-    line.push('\n');
-    let written = match target {
-        EmfTarget::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
-        EmfTarget::File(path) => std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|mut f| f.write_all(line.as_bytes())),
-    };
-    if let Err(err) = written {
-        tracing::warn!(error = %err, "cannot write the EMF metrics line");
-    }
+    answer.is_ok()
 }
 
 #[cfg(test)]

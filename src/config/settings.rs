@@ -36,7 +36,8 @@ pub enum OnRebalance {
 }
 
 /// What the lifecycle hooks answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum HookResult {
     Continue,
     Abandon,

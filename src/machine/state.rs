@@ -79,6 +79,31 @@ pub enum Cleanup {
     Killed { give_up_at: Instant },
 }
 
+/// A drain in progress: the agent was told and has until `deadline` to say it is drained or exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    pub reason: DrainReason,
+    pub deadline: Instant,
+    /// The latest moment SIGKILL may come (a spot notice's time minus the margin).
+    pub hard_deadline: Option<Instant>,
+    /// A SIGTERM/SIGINT was received already: the next one kills at once.
+    pub signalled: bool,
+}
+
+/// The stop sequence in progress: the stop signal went to the agent's group, and SIGKILL
+/// follows at `kill_at` unless it exits first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stop {
+    pub reason: DrainReason,
+    pub kill_at: Instant,
+    /// The latest moment SIGKILL may come; an extension never passes it.
+    pub hard_deadline: Option<Instant>,
+    /// SIGKILL was sent.
+    pub killed: bool,
+    /// A SIGTERM/SIGINT was received already: the next one kills at once.
+    pub signalled: bool,
+}
+
 /// The one phase of the supervisor. Each variant carries what only makes sense in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
@@ -91,24 +116,10 @@ pub enum Phase {
     },
     /// The agent is ready: readiness answers 200.
     Ready,
-    /// The agent has been told to drain and has until `deadline` to say it is drained or exit.
-    Draining {
-        reason: DrainReason,
-        deadline: Instant,
-        /// The latest moment SIGKILL may come (a spot notice's time minus the margin).
-        hard_deadline: Option<Instant>,
-        /// A SIGTERM/SIGINT was received already: the next one kills at once.
-        signalled: bool,
-    },
-    /// The stop signal went to the agent's group; SIGKILL follows at `kill_at` unless it exits.
-    Stopping {
-        reason: DrainReason,
-        kill_at: Instant,
-        /// The latest moment SIGKILL may come; an extension never passes it.
-        hard_deadline: Option<Instant>,
-        killed: bool,
-        signalled: bool,
-    },
+    /// The agent has been told to drain.
+    Draining(Drain),
+    /// The stop signal went to the agent's group.
+    Stopping(Stop),
     /// The agent was reaped; the rest of its process group is being cleared.
     Exited { exit: ChildExit, cleanup: Cleanup },
     /// The agent and its group are gone: the supervisor returns `exit`.
@@ -163,8 +174,8 @@ impl Phase {
         match self {
             Phase::Starting { .. } => PhaseName::Starting,
             Phase::Ready => PhaseName::Ready,
-            Phase::Draining { .. } => PhaseName::Draining,
-            Phase::Stopping { .. } => PhaseName::Stopping,
+            Phase::Draining(_) => PhaseName::Draining,
+            Phase::Stopping(_) => PhaseName::Stopping,
             Phase::Exited { .. } | Phase::Done(_) => PhaseName::Exited,
         }
     }
@@ -179,12 +190,8 @@ impl Phase {
                 (Some(a), Some(b)) => Some((*a).min(*b)),
                 (a, b) => a.or(*b),
             },
-            Phase::Draining { deadline, .. } => Some(*deadline),
-            Phase::Stopping {
-                kill_at,
-                killed: false,
-                ..
-            } => Some(*kill_at),
+            Phase::Draining(d) => Some(d.deadline),
+            Phase::Stopping(s) if !s.killed => Some(s.kill_at),
             Phase::Exited {
                 cleanup: Cleanup::Signalled { kill_at },
                 ..
@@ -193,6 +200,15 @@ impl Phase {
                 cleanup: Cleanup::Killed { give_up_at },
                 ..
             } => Some(*give_up_at),
+            _ => None,
+        }
+    }
+
+    /// Why the agent is being drained or stopped, if it is.
+    pub fn drain_reason(&self) -> Option<DrainReason> {
+        match self {
+            Phase::Draining(d) => Some(d.reason),
+            Phase::Stopping(s) => Some(s.reason),
             _ => None,
         }
     }
@@ -320,330 +336,236 @@ impl Default for State {
 
 /// The transition function. An event that does not fit the phase is a no-op, never a panic.
 pub fn step(state: &State, event: Event, ctx: &Ctx) -> (State, Vec<Action>) {
-    let (phase, actions) = transition(&state.phase, event, ctx);
+    let (phase, actions) = match &state.phase {
+        Phase::Starting {
+            warm_until,
+            give_up_at,
+        } => starting(*warm_until, *give_up_at, event, ctx),
+        Phase::Ready => ready(event, ctx),
+        Phase::Draining(d) => draining(*d, event, ctx),
+        Phase::Stopping(s) => stopping(*s, event, ctx),
+        Phase::Exited { exit, cleanup } => exited(exit, cleanup, event, ctx),
+        Phase::Done(_) => (state.phase.clone(), Vec::new()),
+    };
     (State { phase }, actions)
 }
 
-fn transition(phase: &Phase, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
+/// `t + d`, saturating: no configured duration can make deadline arithmetic panic.
+pub fn later(t: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 86_400);
+    t.checked_add(d).or_else(|| t.checked_add(FAR)).unwrap_or(t)
+}
+
+fn no_change(phase: Phase) -> (Phase, Vec<Action>) {
+    (phase, Vec::new())
+}
+
+fn forward(signal: Sig) -> Action {
+    Action::Signal {
+        signal,
+        to: Target::Forwarded,
+    }
+}
+
+fn stop_signal(ctx: &Ctx) -> Action {
+    Action::Signal {
+        signal: ctx.stop_signal,
+        to: Target::Group,
+    }
+}
+
+fn starting(
+    warm_until: Option<Instant>,
+    give_up_at: Option<Instant>,
+    event: Event,
+    ctx: &Ctx,
+) -> (Phase, Vec<Action>) {
     let now = ctx.now;
-    let unchanged = || (phase.clone(), Vec::new());
-    match (phase, event) {
-        (Phase::Starting { .. }, Event::Spawned) => match ctx.ready_on {
-            ReadyOn::Start => (Phase::Ready, Vec::new()),
-            ReadyOn::Warmup(warm_up) => (
-                Phase::Starting {
-                    warm_until: Some(now + warm_up),
-                    give_up_at: Some(now + ctx.ready_timeout),
-                },
-                Vec::new(),
-            ),
-            ReadyOn::Notify | ReadyOn::Health => (
-                Phase::Starting {
+    let phase = Phase::Starting {
+        warm_until,
+        give_up_at,
+    };
+    match event {
+        Event::Spawned => {
+            let give_up_at = Some(later(now, ctx.ready_timeout));
+            match ctx.ready_on {
+                ReadyOn::Start => no_change(Phase::Ready),
+                ReadyOn::Warmup(warm_up) => no_change(Phase::Starting {
+                    warm_until: Some(later(now, warm_up)),
+                    give_up_at,
+                }),
+                ReadyOn::Notify | ReadyOn::Health => no_change(Phase::Starting {
                     warm_until: None,
-                    give_up_at: Some(now + ctx.ready_timeout),
-                },
-                Vec::new(),
-            ),
-        },
-        (Phase::Starting { .. }, Event::Ready) => (Phase::Ready, Vec::new()),
-        (
-            Phase::Starting {
-                warm_until: Some(warm),
-                ..
-            },
-            Event::Timer,
-        ) if now >= *warm => (Phase::Ready, Vec::new()),
-        (
+                    give_up_at,
+                }),
+            }
+        }
+        Event::Ready => no_change(Phase::Ready),
+        Event::Timer if warm_until.is_some_and(|warm| now >= warm) => no_change(Phase::Ready),
+        Event::Timer if give_up_at.is_some_and(|give_up| now >= give_up) => (
             Phase::Starting {
                 warm_until,
-                give_up_at: Some(give_up),
-            },
-            Event::Timer,
-        ) if now >= *give_up => (
-            Phase::Starting {
-                warm_until: *warm_until,
                 give_up_at: None,
             },
             vec![Action::ReadyTimedOut],
         ),
+        // Before readiness, the agent is treated as a ready one would be.
+        other => match ready(other, ctx) {
+            (Phase::Ready, actions) => (phase, actions),
+            changed => changed,
+        },
+    }
+}
 
-        (Phase::Starting { .. } | Phase::Ready, Event::StopSignal) => {
-            begin_drain(DrainReason::Signal, None, true, ctx)
-        }
-        (
-            Phase::Starting { .. } | Phase::Ready,
-            Event::Drain {
-                reason,
-                hard_deadline,
-            },
-        ) => begin_drain(reason, hard_deadline, false, ctx),
+fn ready(event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
+    match event {
+        Event::StopSignal => begin_drain(DrainReason::Signal, None, true, ctx),
+        Event::Drain {
+            reason,
+            hard_deadline,
+        } => begin_drain(reason, hard_deadline, false, ctx),
+        Event::Forward(signal) => (Phase::Ready, vec![forward(signal)]),
+        Event::ChildExited(exit) => agent_gone(exit, later(ctx.now, ctx.stop_timeout), ctx),
+        _ => no_change(Phase::Ready),
+    }
+}
 
+fn draining(d: Drain, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
+    let now = ctx.now;
+    match event {
         // A second stop signal means "now": SIGKILL at once.
-        (
-            Phase::Draining {
-                signalled: true, ..
-            },
-            Event::StopSignal,
-        )
-        | (
-            Phase::Stopping {
-                signalled: true,
-                killed: false,
-                ..
-            },
-            Event::StopSignal,
-        ) => kill_now(phase, ctx),
-        (
-            Phase::Draining {
-                reason,
-                deadline,
-                hard_deadline,
-                signalled: false,
-            },
-            Event::StopSignal,
-        ) => (
-            Phase::Draining {
-                reason: *reason,
-                deadline: *deadline,
-                hard_deadline: *hard_deadline,
-                signalled: true,
-            },
-            Vec::new(),
-        ),
-        (
-            Phase::Stopping {
-                reason,
-                kill_at,
-                hard_deadline,
-                killed,
-                signalled: false,
-            },
-            Event::StopSignal,
-        ) => (
-            Phase::Stopping {
-                reason: *reason,
-                kill_at: *kill_at,
-                hard_deadline: *hard_deadline,
-                killed: *killed,
-                signalled: true,
-            },
-            Vec::new(),
-        ),
-
+        Event::StopSignal if d.signalled => kill_now(d.reason, d.hard_deadline, ctx),
+        Event::StopSignal => no_change(Phase::Draining(Drain {
+            signalled: true,
+            ..d
+        })),
         // A later notice can only make a drain shorter (a spot notice during a scale-in drain).
-        (
-            Phase::Draining {
-                reason,
-                deadline,
-                hard_deadline,
-                signalled,
-            },
-            Event::Drain {
-                hard_deadline: Some(new_hard),
-                ..
-            },
-        ) => {
-            let hard = earliest(*hard_deadline, new_hard);
-            let deadline = (*deadline).min(drain_deadline_for(hard, ctx));
+        Event::Drain {
+            hard_deadline: Some(new_hard),
+            ..
+        } => {
+            let hard = earliest(d.hard_deadline, new_hard);
+            let deadline = d.deadline.min(drain_deadline_for(hard, ctx));
             if deadline <= now {
-                stop(*reason, Some(hard), *signalled, ctx)
+                stop(d.reason, Some(hard), d.signalled, ctx)
             } else {
-                (
-                    Phase::Draining {
-                        reason: *reason,
-                        deadline,
-                        hard_deadline: Some(hard),
-                        signalled: *signalled,
-                    },
-                    Vec::new(),
-                )
-            }
-        }
-        (
-            Phase::Stopping {
-                reason,
-                kill_at,
-                hard_deadline,
-                killed: false,
-                signalled,
-            },
-            Event::Drain {
-                hard_deadline: Some(new_hard),
-                ..
-            },
-        ) => (
-            Phase::Stopping {
-                reason: *reason,
-                kill_at: (*kill_at).min(new_hard),
-                hard_deadline: Some(earliest(*hard_deadline, new_hard)),
-                killed: false,
-                signalled: *signalled,
-            },
-            Vec::new(),
-        ),
-
-        // More time, asked for by the agent: never shorter, never past the hard deadline.
-        (
-            Phase::Draining {
-                reason,
-                deadline,
-                hard_deadline,
-                signalled,
-            },
-            Event::Extend(by),
-        ) => {
-            let cap = hard_deadline.map(|h| drain_deadline_for(h, ctx));
-            let wanted = (*deadline).max(now + by);
-            let until = cap.map_or(wanted, |c| wanted.min(c).max(*deadline));
-            (
-                Phase::Draining {
-                    reason: *reason,
-                    deadline: until,
-                    hard_deadline: *hard_deadline,
-                    signalled: *signalled,
-                },
-                vec![Action::Extended { until }],
-            )
-        }
-        (
-            Phase::Stopping {
-                reason,
-                kill_at,
-                hard_deadline,
-                killed: false,
-                signalled,
-            },
-            Event::Extend(by),
-        ) => {
-            let wanted = (*kill_at).max(now + by);
-            let until = hard_deadline.map_or(wanted, |h| wanted.min(h).max(*kill_at));
-            (
-                Phase::Stopping {
-                    reason: *reason,
-                    kill_at: until,
-                    hard_deadline: *hard_deadline,
-                    killed: false,
-                    signalled: *signalled,
-                },
-                vec![Action::Extended { until }],
-            )
-        }
-
-        (
-            Phase::Draining {
-                reason,
-                hard_deadline,
-                signalled,
-                ..
-            },
-            Event::Drained,
-        ) => stop(*reason, *hard_deadline, *signalled, ctx),
-        (
-            Phase::Draining {
-                reason,
-                deadline,
-                hard_deadline,
-                signalled,
-            },
-            Event::Timer,
-        ) if now >= *deadline => stop(*reason, *hard_deadline, *signalled, ctx),
-
-        (
-            Phase::Stopping {
-                kill_at,
-                killed: false,
-                ..
-            },
-            Event::Timer,
-        ) if now >= *kill_at => kill_now(phase, ctx),
-
-        (
-            Phase::Starting { .. } | Phase::Ready | Phase::Draining { .. } | Phase::Stopping { .. },
-            Event::Forward(signal),
-        ) => (
-            phase.clone(),
-            vec![Action::Signal {
-                signal,
-                to: Target::Forwarded,
-            }],
-        ),
-
-        // The agent is gone: whatever remains of its group gets the stop signal, then SIGKILL.
-        (
-            Phase::Stopping {
-                kill_at, killed, ..
-            },
-            Event::ChildExited(exit),
-        ) => {
-            if *killed {
-                (
-                    Phase::Exited {
-                        exit,
-                        cleanup: Cleanup::Killed {
-                            give_up_at: now + ctx.kill_wait,
-                        },
-                    },
-                    Vec::new(),
-                )
-            } else {
-                // The group already had the stop signal: keep the grace period it was given.
-                (
-                    Phase::Exited {
-                        exit,
-                        cleanup: Cleanup::Signalled { kill_at: *kill_at },
-                    },
-                    Vec::new(),
-                )
-            }
-        }
-        (
-            Phase::Starting { .. } | Phase::Ready | Phase::Draining { .. },
-            Event::ChildExited(exit),
-        ) => {
-            let kill_at = match phase {
-                Phase::Draining {
+                no_change(Phase::Draining(Drain {
+                    deadline,
                     hard_deadline: Some(hard),
-                    ..
-                } => (now + ctx.stop_timeout).min(*hard),
-                _ => now + ctx.stop_timeout,
+                    ..d
+                }))
+            }
+        }
+        // More time, asked for by the agent: never shorter, never past the hard deadline.
+        Event::Extend(by) => {
+            let cap = d.hard_deadline.map(|h| drain_deadline_for(h, ctx));
+            let wanted = d.deadline.max(later(now, by));
+            let until = cap.map_or(wanted, |c| wanted.min(c).max(d.deadline));
+            (
+                Phase::Draining(Drain {
+                    deadline: until,
+                    ..d
+                }),
+                vec![Action::Extended { until }],
+            )
+        }
+        Event::Drained => stop(d.reason, d.hard_deadline, d.signalled, ctx),
+        Event::Timer if now >= d.deadline => stop(d.reason, d.hard_deadline, d.signalled, ctx),
+        Event::Forward(signal) => (Phase::Draining(d), vec![forward(signal)]),
+        Event::ChildExited(exit) => {
+            let grace = later(now, ctx.stop_timeout);
+            agent_gone(exit, d.hard_deadline.map_or(grace, |h| grace.min(h)), ctx)
+        }
+        _ => no_change(Phase::Draining(d)),
+    }
+}
+
+fn stopping(s: Stop, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
+    let now = ctx.now;
+    match event {
+        Event::StopSignal if s.signalled && !s.killed => kill_now(s.reason, s.hard_deadline, ctx),
+        Event::StopSignal => no_change(Phase::Stopping(Stop {
+            signalled: true,
+            ..s
+        })),
+        Event::Drain {
+            hard_deadline: Some(new_hard),
+            ..
+        } if !s.killed => no_change(Phase::Stopping(Stop {
+            kill_at: s.kill_at.min(new_hard),
+            hard_deadline: Some(earliest(s.hard_deadline, new_hard)),
+            ..s
+        })),
+        Event::Extend(by) if !s.killed => {
+            let wanted = s.kill_at.max(later(now, by));
+            let until = s
+                .hard_deadline
+                .map_or(wanted, |h| wanted.min(h).max(s.kill_at));
+            (
+                Phase::Stopping(Stop {
+                    kill_at: until,
+                    ..s
+                }),
+                vec![Action::Extended { until }],
+            )
+        }
+        Event::Timer if !s.killed && now >= s.kill_at => kill_now(s.reason, s.hard_deadline, ctx),
+        Event::Forward(signal) => (Phase::Stopping(s), vec![forward(signal)]),
+        // The agent is gone: whatever remains of its group keeps the grace it was given, or
+        // after SIGKILL is only waited for.
+        Event::ChildExited(exit) => {
+            let cleanup = if s.killed {
+                Cleanup::Killed {
+                    give_up_at: later(now, ctx.kill_wait),
+                }
+            } else {
+                Cleanup::Signalled { kill_at: s.kill_at }
             };
+            no_change(Phase::Exited { exit, cleanup })
+        }
+        _ => no_change(Phase::Stopping(s)),
+    }
+}
+
+/// The agent exited by itself: whatever remains of its group gets the stop signal, then
+/// SIGKILL at `kill_at`.
+fn agent_gone(exit: ChildExit, kill_at: Instant, ctx: &Ctx) -> (Phase, Vec<Action>) {
+    (
+        Phase::Exited {
+            exit,
+            cleanup: Cleanup::Signalled { kill_at },
+        },
+        vec![stop_signal(ctx)],
+    )
+}
+
+fn exited(exit: &ChildExit, cleanup: &Cleanup, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
+    let now = ctx.now;
+    let unchanged = || {
+        no_change(Phase::Exited {
+            exit: exit.clone(),
+            cleanup: cleanup.clone(),
+        })
+    };
+    match (cleanup, event) {
+        (_, Event::GroupGone) => no_change(Phase::Done(exit.clone())),
+        // Leftovers past their grace, or a stop signal while they linger: SIGKILL them.
+        (Cleanup::Signalled { kill_at }, event)
+            if event == Event::StopSignal || (event == Event::Timer && now >= *kill_at) =>
+        {
             (
                 Phase::Exited {
-                    exit,
-                    cleanup: Cleanup::Signalled { kill_at },
+                    exit: exit.clone(),
+                    cleanup: Cleanup::Killed {
+                        give_up_at: later(now, ctx.kill_wait),
+                    },
                 },
-                vec![Action::Signal {
-                    signal: ctx.stop_signal,
-                    to: Target::Group,
-                }],
+                vec![Action::Kill],
             )
         }
-
-        (Phase::Exited { exit, .. }, Event::GroupGone) => (Phase::Done(exit.clone()), Vec::new()),
-        // Leftovers past their grace, or a stop signal while they linger: SIGKILL them.
-        (
-            Phase::Exited {
-                exit,
-                cleanup: Cleanup::Signalled { kill_at },
-            },
-            event,
-        ) if event == Event::StopSignal || (event == Event::Timer && now >= *kill_at) => (
-            Phase::Exited {
-                exit: exit.clone(),
-                cleanup: Cleanup::Killed {
-                    give_up_at: now + ctx.kill_wait,
-                },
-            },
-            vec![Action::Kill],
-        ),
-        (
-            Phase::Exited {
-                exit,
-                cleanup: Cleanup::Killed { give_up_at },
-            },
-            Event::Timer,
-        ) if now >= *give_up_at => (Phase::Done(exit.clone()), Vec::new()),
-
+        (Cleanup::Killed { give_up_at }, Event::Timer) if now >= *give_up_at => {
+            no_change(Phase::Done(exit.clone()))
+        }
         _ => unchanged(),
     }
 }
@@ -659,27 +581,23 @@ fn begin_drain(
     if !ctx.agent_can_hear_drain() {
         return stop(reason, hard_deadline, signalled, ctx);
     }
+    let drain_end = later(ctx.now, ctx.drain_timeout);
     let deadline = match hard_deadline {
-        Some(hard) => (ctx.now + ctx.drain_timeout).min(drain_deadline_for(hard, ctx)),
-        None => ctx.now + ctx.drain_timeout,
+        Some(hard) => drain_end.min(drain_deadline_for(hard, ctx)),
+        None => drain_end,
     };
     if deadline <= ctx.now {
         return stop(reason, hard_deadline, signalled, ctx);
     }
     let mut actions = vec![Action::AnnounceDrain { reason, deadline }];
-    if let Some(signal) = ctx.drain_signal {
-        actions.push(Action::Signal {
-            signal,
-            to: Target::Forwarded,
-        });
-    }
+    actions.extend(ctx.drain_signal.map(forward));
     (
-        Phase::Draining {
+        Phase::Draining(Drain {
             reason,
             deadline,
             hard_deadline,
             signalled,
-        },
+        }),
         actions,
     )
 }
@@ -697,47 +615,32 @@ fn stop(
     signalled: bool,
     ctx: &Ctx,
 ) -> (Phase, Vec<Action>) {
-    let kill_at = match hard_deadline {
-        Some(hard) => (ctx.now + ctx.stop_timeout).min(hard),
-        None => ctx.now + ctx.stop_timeout,
-    };
+    let grace = later(ctx.now, ctx.stop_timeout);
     (
-        Phase::Stopping {
+        Phase::Stopping(Stop {
             reason,
-            kill_at,
+            kill_at: hard_deadline.map_or(grace, |hard| grace.min(hard)),
             hard_deadline,
             killed: false,
             signalled,
-        },
-        vec![Action::Signal {
-            signal: ctx.stop_signal,
-            to: Target::Group,
-        }],
+        }),
+        vec![stop_signal(ctx)],
     )
 }
 
-fn kill_now(phase: &Phase, ctx: &Ctx) -> (Phase, Vec<Action>) {
-    let (reason, hard_deadline) = match phase {
-        Phase::Draining {
-            reason,
-            hard_deadline,
-            ..
-        }
-        | Phase::Stopping {
-            reason,
-            hard_deadline,
-            ..
-        } => (*reason, *hard_deadline),
-        _ => (DrainReason::Signal, None),
-    };
+fn kill_now(
+    reason: DrainReason,
+    hard_deadline: Option<Instant>,
+    ctx: &Ctx,
+) -> (Phase, Vec<Action>) {
     (
-        Phase::Stopping {
+        Phase::Stopping(Stop {
             reason,
             kill_at: ctx.now,
             hard_deadline,
             killed: true,
             signalled: true,
-        },
+        }),
         vec![Action::Kill],
     )
 }

@@ -15,6 +15,7 @@ use crate::agent::hub::{Announcement, DrainInfo, Hub};
 use crate::agent::sdnotify::Upstream;
 use crate::config::{Config, ForwardTo};
 use crate::fmt::format_duration;
+use crate::journal::Record;
 use crate::machine::state::{
     Action, Cleanup, Ctx, DrainReason, Event, Phase, ReadyOn, State, Target, step,
 };
@@ -61,6 +62,14 @@ impl StopSettings {
     }
 }
 
+/// How the supervision ended: the agent's status, and whether the guard had to SIGKILL.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub exit: ChildExit,
+    /// SIGKILL went to the agent's group: a status of 128+TERM is then not a clean stop.
+    pub sigkilled: bool,
+}
+
 /// The supervisor of one running agent.
 pub struct Supervisor {
     agent: Agent,
@@ -76,6 +85,7 @@ pub struct Supervisor {
     state: State,
     reap_tick: Interval,
     group_poll: Interval,
+    sigkilled: bool,
 }
 
 /// What woke the supervisor up.
@@ -115,16 +125,20 @@ impl Supervisor {
             state: State::new(),
             reap_tick,
             group_poll,
+            sigkilled: false,
         }
     }
 
-    /// Runs until the agent and its process group are gone; returns the agent's status.
-    pub async fn run(mut self) -> ChildExit {
+    /// Runs until the agent and its process group are gone; returns how it ended.
+    pub async fn run(mut self) -> Outcome {
         tracing::info!(pid = self.agent.pid(), "agent started");
         self.apply(Event::Spawned);
         loop {
             if let Phase::Done(exit) = &self.state.phase {
-                return exit.clone();
+                return Outcome {
+                    exit: exit.clone(),
+                    sigkilled: self.sigkilled,
+                };
             }
             let woke = self.wait().await;
             self.hub.stats().last_tick = Instant::now();
@@ -169,7 +183,10 @@ impl Supervisor {
         match role(sig) {
             Role::Reap => self.reaper.reap().map(Event::ChildExited),
             Role::Stop => {
-                tracing::info!(signal = %sig, "received a stop signal");
+                let record = Record::StopSignalReceived {
+                    signal: sig.to_string(),
+                };
+                tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal");
                 Some(Event::StopSignal)
             }
             Role::Forward => Some(Event::Forward(sig)),
@@ -189,8 +206,9 @@ impl Supervisor {
             ready_timeout: self.settings.ready_timeout,
         };
         let before = self.state.phase.clone();
-        if event == Event::Drained && matches!(before, Phase::Draining { .. }) {
-            tracing::info!("the agent says it is drained");
+        if event == Event::Drained && matches!(before, Phase::Draining(_)) {
+            let record = Record::AgentDrained;
+            tracing::info!(journal = %record.json(), "the agent says it is drained");
         }
         let (next, actions) = step(&self.state, event, &ctx);
         self.state = next;
@@ -214,14 +232,11 @@ impl Supervisor {
             let mut stats = self.hub.stats();
             stats.phase_since = SystemTime::now();
             let drain_started = matches!(before, Phase::Starting { .. } | Phase::Ready);
-            match &phase {
-                Phase::Draining { reason, .. } | Phase::Stopping { reason, .. }
-                    if drain_started =>
-                {
-                    *stats.drains.entry(*reason).or_insert(0) += 1;
-                }
-                Phase::Exited { exit, .. } => stats.agent_exit = Some(exit.exit_code()),
-                _ => {}
+            if let (Some(reason), true) = (phase.drain_reason(), drain_started) {
+                *stats.drains.entry(reason).or_insert(0) += 1;
+            }
+            if let Phase::Exited { exit, .. } = &phase {
+                stats.agent_exit = Some(exit.exit_code());
             }
         }
         if let Phase::Ready = phase {
@@ -234,9 +249,7 @@ impl Supervisor {
             self.hub.report().ready_source.get_or_insert(source);
             self.upstream.send("READY=1");
         }
-        if matches!(phase, Phase::Draining { .. } | Phase::Stopping { .. })
-            && !matches!(before, Phase::Draining { .. } | Phase::Stopping { .. })
-        {
+        if phase.drain_reason().is_some() && before.drain_reason().is_none() {
             self.upstream.send("STOPPING=1");
         }
         if self.hub.report().status.is_none() {
@@ -265,7 +278,11 @@ impl Supervisor {
                 if !self.state.phase.agent_running() && !self.agent.group_alive() {
                     return; // the agent left nothing behind
                 }
-                tracing::info!(signal = %signal, pgid, "sent the stop signal to the agent's process group");
+                let record = Record::StopSignalSent {
+                    signal: signal.to_string(),
+                    pgid,
+                };
+                tracing::info!(signal = %signal, pgid, journal = %record.json(), "sent the stop signal to the agent's process group");
                 self.agent.signal_group(signal)
             }
             Action::Signal {
@@ -279,8 +296,9 @@ impl Supervisor {
                 }
             }
             Action::Kill => {
-                self.hub.stats().sigkilled = true;
-                tracing::warn!(pgid, "sent SIGKILL to the agent's process group");
+                self.sigkilled = true;
+                let record = Record::Killed { pgid };
+                tracing::warn!(pgid, journal = %record.json(), "sent SIGKILL to the agent's process group");
                 self.agent.signal_group(Sig::KILL)
             }
             Action::AnnounceDrain { reason, deadline } => {
@@ -292,11 +310,19 @@ impl Supervisor {
                         format!("drain event to {n} subscriber(s) and drain signal {sig}")
                     }
                 };
+                let deadline_in = deadline.saturating_duration_since(ctx.now);
+                let record = Record::DrainAnnounced {
+                    reason,
+                    deadline_in_ms: u64::try_from(deadline_in.as_millis()).unwrap_or(u64::MAX),
+                    subscribers: self.hub.subscribers(),
+                    drain_signal: ctx.drain_signal.map(|s| s.to_string()),
+                };
                 tracing::info!(
                     reason = %reason,
-                    deadline_in = %format_duration(deadline.saturating_duration_since(ctx.now)),
+                    deadline_in = %format_duration(deadline_in),
                     subscribers = self.hub.has_subscribers(),
                     via = %via,
+                    journal = %record.json(),
                     "told the agent to drain"
                 );
                 Ok(())
@@ -313,8 +339,8 @@ impl Supervisor {
                 self.hub.extended.notify_one();
                 let left = until.saturating_duration_since(ctx.now);
                 tracing::info!(until_in = %format_duration(Duration::from_millis(left.as_millis() as u64)), "the agent asked for more time");
-                if let Phase::Draining { reason, .. } = self.state.phase {
-                    self.announce_drain(reason, until, ctx.now);
+                if let Phase::Draining(d) = self.state.phase {
+                    self.announce_drain(d.reason, until, ctx.now);
                 }
                 Ok(())
             }
@@ -328,9 +354,16 @@ impl Supervisor {
     fn log_cut(&self, option: &str, configured: Duration, ends: Instant, ctx: &Ctx) {
         let given = ends.saturating_duration_since(ctx.now);
         if given < configured {
+            let given = Duration::from_secs(given.as_secs_f64().round() as u64);
+            let record = Record::TimeoutCut {
+                option: option.trim_start_matches("--").to_string(),
+                configured_ms: u64::try_from(configured.as_millis()).unwrap_or(u64::MAX),
+                given_ms: u64::try_from(given.as_millis()).unwrap_or(u64::MAX),
+            };
             tracing::warn!(
                 configured = %format_duration(configured),
-                given = %format_duration(Duration::from_secs(given.as_secs_f64().round() as u64)),
+                given = %format_duration(given),
+                journal = %record.json(),
                 "{option} cut short by the spot interruption deadline"
             );
         }
@@ -338,70 +371,76 @@ impl Supervisor {
 
     fn log_transition(&self, before: &Phase, ctx: &Ctx) {
         let until = |t: Instant| format_duration(t.saturating_duration_since(ctx.now));
-        match &self.state.phase {
+        let phase = &self.state.phase;
+        let record = Record::PhaseChanged {
+            phase: phase.name(),
+            reason: phase.drain_reason(),
+        }
+        .json();
+        match phase {
             Phase::Starting { .. } => {}
-            Phase::Ready => tracing::info!("agent is ready"),
-            Phase::Draining {
-                reason, deadline, ..
-            } => {
-                if !matches!(before, Phase::Draining { .. }) {
-                    tracing::info!(reason = %reason, deadline_in = %until(*deadline), "draining");
+            Phase::Ready => tracing::info!(journal = %record, "agent is ready"),
+            Phase::Draining(d) => {
+                if !matches!(before, Phase::Draining(_)) {
+                    tracing::info!(reason = %d.reason, deadline_in = %until(d.deadline), journal = %record, "draining");
                 } else {
-                    tracing::warn!(deadline_in = %until(*deadline), "drain deadline moved earlier");
+                    tracing::warn!(deadline_in = %until(d.deadline), "drain deadline moved earlier");
                 }
                 self.log_cut(
                     "--drain-timeout",
                     self.settings.drain_timeout,
-                    *deadline,
+                    d.deadline,
                     ctx,
                 );
             }
-            Phase::Stopping {
-                reason,
-                kill_at,
-                killed,
-                ..
-            } => {
-                if !*killed {
-                    self.log_cut("--stop-timeout", self.settings.stop_timeout, *kill_at, ctx);
+            Phase::Stopping(s) => {
+                if s.killed {
+                    tracing::warn!(reason = %s.reason, journal = %record, "killing the agent");
+                    return;
                 }
-                if *killed {
-                    tracing::warn!(reason = %reason, "killing the agent");
-                } else if let Phase::Draining { .. } = before {
-                    tracing::info!(reason = %reason, sigkill_in = %until(*kill_at), "drain over; stopping the agent");
+                self.log_cut("--stop-timeout", self.settings.stop_timeout, s.kill_at, ctx);
+                if let Phase::Draining(_) = before {
+                    tracing::info!(reason = %s.reason, sigkill_in = %until(s.kill_at), journal = %record, "drain over; stopping the agent");
                 } else {
-                    tracing::info!(reason = %reason, sigkill_in = %until(*kill_at), "stopping the agent");
+                    tracing::info!(reason = %s.reason, sigkill_in = %until(s.kill_at), journal = %record, "stopping the agent");
                 }
             }
-            Phase::Exited { exit, cleanup } => {
-                if let Phase::Exited { .. } = before {
-                    if let Cleanup::Killed { .. } = cleanup {
-                        tracing::warn!(
-                            "processes left in the agent's group outlived the grace period"
-                        );
-                    }
-                } else {
-                    tracing::info!(pid = exit.pid(), status = exit.exit_code(), "agent {exit}");
-                }
-            }
-            Phase::Done(exit) => {
-                if let Phase::Exited {
-                    cleanup: Cleanup::Killed { .. },
-                    ..
-                } = before
-                    && self.agent.group_alive()
-                {
-                    tracing::error!(
-                        pgid = self.agent.pid(),
-                        "processes in the agent's group survived SIGKILL (uninterruptible sleep?); exiting without them"
-                    );
-                }
-                tracing::info!(
-                    status = exit.exit_code(),
-                    orphans_reaped = self.reaper.orphans_reaped(),
-                    "exiting"
-                );
-            }
+            Phase::Exited { exit, cleanup } => self.log_exit(before, exit, cleanup),
+            Phase::Done(exit) => self.log_done(before, exit),
         }
+    }
+
+    fn log_exit(&self, before: &Phase, exit: &ChildExit, cleanup: &Cleanup) {
+        if let Phase::Exited { .. } = before {
+            if let Cleanup::Killed { .. } = cleanup {
+                tracing::warn!("processes left in the agent's group outlived the grace period");
+            }
+            return;
+        }
+        let record = Record::AgentExited {
+            pid: exit.pid(),
+            status: exit.exit_code(),
+            how: exit.to_string(),
+        };
+        tracing::info!(pid = exit.pid(), status = exit.exit_code(), journal = %record.json(), "agent {exit}");
+    }
+
+    fn log_done(&self, before: &Phase, exit: &ChildExit) {
+        if let Phase::Exited {
+            cleanup: Cleanup::Killed { .. },
+            ..
+        } = before
+            && self.agent.group_alive()
+        {
+            tracing::error!(
+                pgid = self.agent.pid(),
+                "processes in the agent's group survived SIGKILL (uninterruptible sleep?); exiting without them"
+            );
+        }
+        tracing::info!(
+            status = exit.exit_code(),
+            orphans_reaped = self.reaper.orphans_reaped(),
+            "exiting"
+        );
     }
 }

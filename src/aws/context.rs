@@ -1,0 +1,171 @@
+//! One AWS context for the whole run: the Auto Scaling client (region, credentials, timeouts,
+//! one TLS stack), this instance's id and its group. Built once, the first time a feature needs
+//! it (lifecycle hooks, scale-in protection, EMF), and shared by all of them, so the
+//! configuration is loaded and the group discovered once, not per feature.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OnceCell, watch};
+
+use crate::agent::hub::Hub;
+use crate::aws::api::{CallError, record_result};
+use crate::aws::imds::ImdsClient;
+use crate::aws::notices::ImdsStatus;
+
+/// How long the first user waits for IMDS to give the instance id and region.
+const IDENTITY_WITHIN: Duration = Duration::from_secs(30);
+
+/// Why the AWS context could not be built; every feature that needs it is then off.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContextError {
+    #[error("the instance id did not come from IMDS within 30s")]
+    NoIdentity,
+    #[error("no AWS region: set AWS_REGION or let IMDS give placement/region")]
+    NoRegion,
+    #[error("instance {instance_id} is in no Auto Scaling group (DescribeAutoScalingInstances)")]
+    NotInGroup { instance_id: String },
+    #[error(
+        "cannot find the group: give --asg-name, enable instance metadata tags, or allow autoscaling:DescribeAutoScalingInstances"
+    )]
+    GroupLookupDenied,
+    #[error("cannot find the group: {0}")]
+    GroupLookup(String),
+}
+
+/// The Auto Scaling client and the group and instance it acts on.
+#[derive(Debug)]
+pub struct AwsContext {
+    pub client: aws_sdk_autoscaling::Client,
+    pub group: String,
+    pub instance_id: String,
+    pub region: String,
+}
+
+/// What is needed to build the context, and the context once built.
+pub struct SharedAws {
+    asg_name: Option<String>,
+    imds_endpoint: String,
+    imds: watch::Receiver<ImdsStatus>,
+    hub: Arc<Hub>,
+    cell: OnceCell<Result<Arc<AwsContext>, ContextError>>,
+}
+
+impl SharedAws {
+    /// Nothing is loaded or called until [`SharedAws::get`].
+    pub fn new(asg_name: Option<String>, imds_endpoint: String, hub: Arc<Hub>) -> Arc<SharedAws> {
+        Arc::new(SharedAws {
+            asg_name,
+            imds_endpoint,
+            imds: hub.imds.clone(),
+            hub,
+            cell: OnceCell::new(),
+        })
+    }
+
+    /// The context, built by the first caller; later callers wait for it and share the result.
+    pub async fn get(&self) -> Result<Arc<AwsContext>, ContextError> {
+        self.cell
+            .get_or_init(|| async { self.build().await.map(Arc::new) })
+            .await
+            .clone()
+    }
+
+    async fn build(&self) -> Result<AwsContext, ContextError> {
+        let mut imds = self.imds.clone();
+        // The watch guard is dropped inside the future: it must not live across an await.
+        let identity = tokio::time::timeout(IDENTITY_WITHIN, async {
+            imds.wait_for(|s| s.instance_id.is_some())
+                .await
+                .map(|s| (s.instance_id.clone().unwrap_or_default(), s.region.clone()))
+        })
+        .await;
+        let Ok(Ok((instance_id, imds_region))) = identity else {
+            return Err(ContextError::NoIdentity);
+        };
+        let region = std::env::var("AWS_REGION")
+            .ok()
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .filter(|r| !r.is_empty())
+            .or(imds_region)
+            .ok_or(ContextError::NoRegion)?;
+        let client = client(&region).await;
+        let group = match &self.asg_name {
+            Some(name) => name.clone(),
+            None => self.discover_group(&client, &instance_id).await?,
+        };
+        {
+            let mut status = self.hub.lifecycle();
+            status.group = Some(group.clone());
+            status.instance_id = Some(instance_id.clone());
+        }
+        Ok(AwsContext {
+            client,
+            group,
+            instance_id,
+            region,
+        })
+    }
+
+    /// The group from the IMDS tag `aws:autoscaling:groupName`, else
+    /// DescribeAutoScalingInstances.
+    async fn discover_group(
+        &self,
+        client: &aws_sdk_autoscaling::Client,
+        instance_id: &str,
+    ) -> Result<String, ContextError> {
+        if let Ok(imds) = ImdsClient::new(&self.imds_endpoint, Duration::from_secs(1))
+            && let Ok(Some(name)) = imds.get("tags/instance/aws:autoscaling:groupName").await
+            && !name.trim().is_empty()
+        {
+            tracing::info!(group = %name.trim(), "lifecycle: group from the instance's metadata tag");
+            return Ok(name.trim().to_string());
+        }
+        let answer = client
+            .describe_auto_scaling_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(|e| CallError::from(&e));
+        record_result(&self.hub, "DescribeAutoScalingInstances", &answer);
+        match answer {
+            Ok(out) => {
+                let group = out
+                    .auto_scaling_instances()
+                    .iter()
+                    .find(|i| i.instance_id() == Some(instance_id))
+                    .and_then(|i| i.auto_scaling_group_name())
+                    .ok_or_else(|| ContextError::NotInGroup {
+                        instance_id: instance_id.to_string(),
+                    })?;
+                tracing::info!(group = %group, "lifecycle: group from DescribeAutoScalingInstances");
+                Ok(group.to_string())
+            }
+            Err(CallError::Denied(_)) => Err(ContextError::GroupLookupDenied),
+            Err(other) => Err(ContextError::GroupLookup(other.text().to_string())),
+        }
+    }
+}
+
+/// The Auto Scaling client: rustls with ring (the process's one TLS stack), bounded calls, and
+/// no SDK retries — callers retry with their own window and logging.
+async fn client(region: &str) -> aws_sdk_autoscaling::Client {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .operation_attempt_timeout(Duration::from_secs(10))
+        .operation_timeout(Duration::from_secs(10))
+        .build();
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http)
+        .region(aws_config::Region::new(region.to_string()))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .timeout_config(timeouts)
+        .load()
+        .await;
+    aws_sdk_autoscaling::Client::new(&config)
+}

@@ -1,0 +1,114 @@
+//! The agent's own load as CloudWatch Embedded Metric Format lines (`--metrics-emf`), so the
+//! group can scale on what the agent is doing rather than on CPU: one line every
+//! `--metrics-interval`, by group and by instance, to stdout or appended to a file.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::hub::Hub;
+use crate::aws::context::{AwsContext, SharedAws};
+use crate::aws::protection::busy;
+use crate::config::settings::{BusySettings, EmfTarget};
+
+/// Writes EMF lines until `shutdown`; off (one line in the log) without an AWS context.
+pub async fn run(
+    settings: BusySettings,
+    target: EmfTarget,
+    aws: Arc<SharedAws>,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+) {
+    let context = tokio::select! {
+        c = aws.get() => c,
+        _ = shutdown.cancelled() => return,
+    };
+    let context = match context {
+        Ok(c) => c,
+        Err(err) => {
+            tracing::error!(error = %err, "EMF metrics are off");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(settings.emf_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => write_emf(&target, &context, &hub, &settings),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One EMF line: the agent's load, the protection and the phase, by group and by instance.
+pub fn emf_line(
+    group: &str,
+    instance_id: &str,
+    in_flight: u64,
+    protected: bool,
+    phase: &str,
+    now: SystemTime,
+) -> String {
+    let millis = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    json!({
+        "_aws": {
+            "Timestamp": millis,
+            "CloudWatchMetrics": [{
+                "Namespace": "AgentGuard",
+                // By group (what a target-tracking policy averages) and by instance.
+                "Dimensions": [["AutoScalingGroupName"], ["AutoScalingGroupName", "InstanceId"]],
+                "Metrics": [
+                    {"Name": "InFlight", "Unit": "Count"},
+                    {"Name": "ProtectedFromScaleIn", "Unit": "Count"},
+                    {"Name": "Ready", "Unit": "Count"},
+                    {"Name": "Draining", "Unit": "Count"},
+                ],
+            }],
+        },
+        "AutoScalingGroupName": group,
+        "InstanceId": instance_id,
+        "InFlight": in_flight,
+        "ProtectedFromScaleIn": u8::from(protected),
+        "Ready": u8::from(phase == "ready"),
+        "Draining": u8::from(phase == "draining" || phase == "stopping"),
+        "Phase": phase,
+    })
+    .to_string()
+}
+
+fn write_emf(target: &EmfTarget, context: &AwsContext, hub: &Hub, settings: &BusySettings) {
+    let now = SystemTime::now();
+    let report = hub.report().in_flight;
+    let in_flight = if busy(report, now, settings.busy_stale) {
+        report.map_or(0, |(n, _)| n)
+    } else {
+        0
+    };
+    let protected = hub.lifecycle().protected.unwrap_or(false);
+    let phase = hub.phase.borrow().name();
+    let mut line = emf_line(
+        &context.group,
+        &context.instance_id,
+        in_flight,
+        protected,
+        phase.as_str(),
+        now,
+    );
+    line.push('\n');
+    let written = match target {
+        EmfTarget::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
+        EmfTarget::File(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(line.as_bytes())),
+    };
+    if let Err(err) = written {
+        tracing::warn!(error = %err, "cannot write the EMF metrics line");
+    }
+}

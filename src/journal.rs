@@ -1,0 +1,101 @@
+//! The guard's typed record of what it did, for the tools that judge it (the drill, and any log
+//! pipeline) — never its human log text, which may be reworded freely.
+//!
+//! Each [`Record`] rides on the log line that tells a person the same thing, as the field
+//! `journal`: the JSON log format (`--log-format json`) prints it as the object `"event": {…}`,
+//! the text format leaves it out. One line, two audiences, and nothing to keep in step.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::HookResult;
+use crate::machine::state::{DrainReason, PhaseName};
+
+/// Something the guard did or saw, as tools read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Record {
+    /// A notice was read from IMDS (a new value only).
+    NoticeSeen {
+        kind: NoticeKind,
+        /// The target lifecycle state, or the notice's body.
+        value: String,
+        /// The drain it starts, if any.
+        drain: Option<DrainReason>,
+    },
+    /// SIGTERM or SIGINT reached the guard.
+    StopSignalReceived { signal: String },
+    /// The supervisor's phase changed; logged before readiness and the agent hear of it.
+    PhaseChanged {
+        phase: PhaseName,
+        reason: Option<DrainReason>,
+    },
+    /// The agent's listeners were told to drain.
+    DrainAnnounced {
+        reason: DrainReason,
+        deadline_in_ms: u64,
+        subscribers: usize,
+        drain_signal: Option<String>,
+    },
+    /// The agent said it is drained.
+    AgentDrained,
+    /// A hard deadline (a spot notice) left less than a configured timeout.
+    TimeoutCut {
+        /// `drain-timeout` or `stop-timeout`.
+        option: String,
+        configured_ms: u64,
+        given_ms: u64,
+    },
+    /// The stop signal went to the agent's process group.
+    StopSignalSent { signal: String, pgid: i32 },
+    /// SIGKILL went to the agent's process group.
+    Killed { pgid: i32 },
+    /// The agent was reaped.
+    AgentExited {
+        pid: i32,
+        status: u8,
+        /// `exited with code N` or `killed by SIGNAL`.
+        how: String,
+    },
+    /// The lifecycle work found its group and instance.
+    HooksReady { group: String, instance_id: String },
+    /// The lifecycle work could not start: no hook will be completed.
+    HooksOff { error: String },
+    /// A lifecycle hook's work ended.
+    HookFinished {
+        hook: String,
+        result: HookResult,
+        /// `completed`, `nothing-to-complete` or `gave-up`.
+        state: String,
+    },
+}
+
+impl Record {
+    /// The record as one JSON object, for the `journal` field of a log line.
+    pub fn json(&self) -> String {
+        // Serializing plain data to a string cannot fail; an empty object is the harmless
+        // fallback should it ever.
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
+    }
+}
+
+/// Which kind of notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NoticeKind {
+    #[serde(rename = "target-lifecycle-state")]
+    LifecycleState,
+    #[serde(rename = "spot-interruption")]
+    Spot,
+    #[serde(rename = "rebalance-recommendation")]
+    Rebalance,
+}
+
+impl NoticeKind {
+    /// The name in `/status`, metrics and the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::LifecycleState => "target-lifecycle-state",
+            NoticeKind::Spot => "spot-interruption",
+            NoticeKind::Rebalance => "rebalance-recommendation",
+        }
+    }
+}
