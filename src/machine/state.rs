@@ -698,19 +698,19 @@ mod tests {
         let c = ctx(t0);
         let d = with_drain_signal(t0);
         let exit = ChildExit::for_test(0);
-        let draining = Phase::Draining {
+        let draining = Phase::Draining(Drain {
             reason: DrainReason::ScaleIn,
             deadline: t0 + 60 * S,
             hard_deadline: None,
             signalled: false,
-        };
-        let stopping = Phase::Stopping {
+        });
+        let stopping = Phase::Stopping(Stop {
             reason: DrainReason::Signal,
             kill_at: t0 + 30 * S,
             hard_deadline: None,
             killed: false,
             signalled: true,
-        };
+        });
         let cases: Vec<Case> = vec![
             (
                 "ready",
@@ -744,12 +744,12 @@ mod tests {
                 Phase::Ready,
                 Event::StopSignal,
                 d.clone(),
-                Phase::Draining {
+                Phase::Draining(Drain {
                     reason: DrainReason::Signal,
                     deadline: t0 + 60 * S,
                     hard_deadline: None,
                     signalled: true,
-                },
+                }),
                 vec![
                     Action::AnnounceDrain {
                         reason: DrainReason::Signal,
@@ -786,13 +786,13 @@ mod tests {
                 draining.clone(),
                 Event::Drained,
                 c.clone(),
-                Phase::Stopping {
+                Phase::Stopping(Stop {
                     reason: DrainReason::ScaleIn,
                     kill_at: t0 + 30 * S,
                     hard_deadline: None,
                     killed: false,
                     signalled: false,
-                },
+                }),
                 vec![stop_signal()],
             ),
             (
@@ -808,13 +808,13 @@ mod tests {
                 draining.clone(),
                 Event::Timer,
                 ctx(t0 + 60 * S),
-                Phase::Stopping {
+                Phase::Stopping(Stop {
                     reason: DrainReason::ScaleIn,
                     kill_at: t0 + 90 * S,
                     hard_deadline: None,
                     killed: false,
                     signalled: false,
-                },
+                }),
                 vec![stop_signal()],
             ),
             (
@@ -822,12 +822,12 @@ mod tests {
                 draining.clone(),
                 Event::StopSignal,
                 c.clone(),
-                Phase::Draining {
+                Phase::Draining(Drain {
                     reason: DrainReason::ScaleIn,
                     deadline: t0 + 60 * S,
                     hard_deadline: None,
                     signalled: true,
-                },
+                }),
                 vec![],
             ),
             (
@@ -835,13 +835,13 @@ mod tests {
                 stopping.clone(),
                 Event::StopSignal,
                 c.clone(),
-                Phase::Stopping {
+                Phase::Stopping(Stop {
                     reason: DrainReason::Signal,
                     kill_at: t0,
                     hard_deadline: None,
                     killed: true,
                     signalled: true,
-                },
+                }),
                 vec![Action::Kill],
             ),
             (
@@ -849,13 +849,13 @@ mod tests {
                 stopping.clone(),
                 Event::Timer,
                 ctx(t0 + 30 * S),
-                Phase::Stopping {
+                Phase::Stopping(Stop {
                     reason: DrainReason::Signal,
                     kill_at: t0 + 30 * S,
                     hard_deadline: None,
                     killed: true,
                     signalled: true,
-                },
+                }),
                 vec![Action::Kill],
             ),
             (
@@ -973,7 +973,7 @@ mod tests {
             },
             &d,
         );
-        assert!(matches!(phase, Phase::Stopping { .. }), "{phase:?}");
+        assert!(matches!(phase, Phase::Stopping(Stop { .. })), "{phase:?}");
         assert_eq!(phase.deadline(), Some(t0 + 4 * S));
         assert_eq!(actions, vec![stop_signal()]);
     }
@@ -1113,13 +1113,13 @@ mod tests {
     #[test]
     fn after_sigkill_the_guard_waits_for_the_exit_without_a_timer() {
         let t0 = Instant::now();
-        let killed = Phase::Stopping {
+        let killed = Phase::Stopping(Stop {
             reason: DrainReason::Signal,
             kill_at: t0,
             hard_deadline: None,
             killed: true,
             signalled: true,
-        };
+        });
         // The terminate hook must never be completed while the agent runs, so no timer may
         // end this phase: only the agent's exit does.
         assert_eq!(killed.deadline(), None);
@@ -1138,19 +1138,19 @@ mod tests {
                 give_up_at: None,
             },
             Phase::Ready,
-            Phase::Draining {
+            Phase::Draining(Drain {
                 reason: DrainReason::Operator,
                 deadline: t0,
                 hard_deadline: Some(t0),
                 signalled: false,
-            },
-            Phase::Stopping {
+            }),
+            Phase::Stopping(Stop {
                 reason: DrainReason::Operator,
                 kill_at: t0,
                 hard_deadline: None,
                 killed: true,
                 signalled: false,
-            },
+            }),
             Phase::Exited {
                 exit: exit.clone(),
                 cleanup: Cleanup::Killed { give_up_at: t0 },
