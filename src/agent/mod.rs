@@ -1,5 +1,6 @@
 //! What faces the agent and the operator: the control socket, sd_notify, and what they share.
 pub(crate) mod control;
 pub(crate) mod hub;
+pub(crate) mod protocol;
 pub(crate) mod sdnotify;
 pub(crate) mod unixsock;

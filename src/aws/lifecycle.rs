@@ -58,16 +58,6 @@ pub fn result_for(
     }
 }
 
-/// The same judgement from an exit status alone (0, or 128 + the stop signal, is clean), for
-/// `drill`, which sees the guard's status; whether SIGKILL came is judged separately.
-pub fn result_for_code(status: u8, stop_signal: Sig) -> HookResult {
-    if status == 0 || i32::from(status) == 128 + stop_signal.raw() {
-        HookResult::Continue
-    } else {
-        HookResult::Abandon
-    }
-}
-
 /// The running lifecycle work; `finish` ends it once the agent is gone.
 pub struct LifecycleHandle {
     finish: oneshot::Sender<Outcome>,

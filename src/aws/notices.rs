@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use crate::aws::imds::{ImdsClient, ImdsError};
 use crate::config::settings::OnRebalance;
 use crate::fmt::format_duration;
+use crate::journal::Record;
 use crate::machine::state::{DrainReason, Event};
 
 /// The three paths polled each round.
@@ -372,9 +373,15 @@ impl Poller {
     }
 
     async fn act(&mut self, decision: Decision) {
+        let record = Record::NoticeSeen {
+            kind: decision.record.kind,
+            value: decision.record.value.clone(),
+            drain: decision.drain.map(|(reason, _)| reason),
+        }
+        .json();
         match decision.drain {
-            Some(_) => tracing::warn!("{}", decision.note),
-            None => tracing::info!("{}", decision.note),
+            Some(_) => tracing::warn!(journal = %record, "{}", decision.note),
+            None => tracing::info!(journal = %record, "{}", decision.note),
         }
         self.status
             .send_modify(|s| s.notices.push(decision.record.clone()));

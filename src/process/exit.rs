@@ -15,6 +15,13 @@ pub const CANNOT_EXECUTE: u8 = 126;
 /// COMMAND was not found.
 pub const NOT_FOUND: u8 = 127;
 
+/// Whether an exit status alone reads as a clean stop: 0, or 128 + the stop signal (death by
+/// it, or a JVM's exit with that code). Whether SIGKILL came must be judged separately; the
+/// lifecycle result (`aws::lifecycle::result_for`) and the drill's verdict both start here.
+pub fn is_clean_status(status: u8, stop_signal: Sig) -> bool {
+    status == 0 || i32::from(status) == 128 + stop_signal.raw()
+}
+
 /// How the agent ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitKind {

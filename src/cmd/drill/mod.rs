@@ -4,26 +4,30 @@
 //!
 //! The drill starts the simulated IMDS and Auto Scaling API on loopback and runs this very binary
 //! as a real guard around the agent (the production code path, with the user's options), pointed
-//! at them. It watches from outside: the control socket (phases), the guard's JSON log lines, the
-//! health endpoint (readiness) and the simulators' call logs (heartbeats, the hook's completion);
-//! then prints the timeline and a verdict: would the agent have lost work?
+//! at them. It watches from outside ([`watch`]): the guard's typed journal records, its control
+//! socket, its health endpoint and the simulators' call logs; [`verdict`] judges them and
+//! [`report`] prints the timeline: would the agent have lost work?
+
+mod report;
+mod verdict;
+mod watch;
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use serde_json::{Value, json};
-
-use crate::aws::lifecycle::result_for_code;
 use crate::cli::{DrillArgs, DrillEvent};
-use crate::config::{self, Config, Invocation, Source};
-use crate::config::{HookResult, OnRebalance};
+use crate::config::{self, Config, ConfigError, Invocation, OnRebalance, Source};
 use crate::fmt::format_duration;
+use crate::journal::Record;
+use crate::machine::state::{PhaseName, ReadyOn};
 use crate::sim::autoscaling::{AutoScalingSim, Hook, LAUNCHING, TERMINATING};
 use crate::sim::imds::ImdsSim;
+
+use report::{Context, Report};
+use verdict::{HookCall, Observation, Scenario};
+use watch::Observations;
 
 /// Exit statuses.
 pub const PASS: u8 = 0;
@@ -46,19 +50,46 @@ const OWNED: &[&str] = &[
     "log-level",
 ];
 
+/// Why the drill could not run at all (exit 125), as opposed to a FAIL.
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    #[error("no command: put the agent's command after `--`")]
+    NoCommand,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("unexpected options")]
+    UnexpectedOptions,
+    #[error("cannot create {path}: {source}")]
+    TempDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the {which} simulator: {source}")]
+    Simulator {
+        which: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot find this binary: {0}")]
+    CurrentExe(#[source] std::io::Error),
+    #[error("cannot start the guard: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("the guard exited ({status}) before it started: {last}")]
+    ExitedEarly { status: String, last: String },
+    #[error("the guard's control socket did not appear within 20s")]
+    NoSocket,
+    #[error("the guard's lifecycle setup did not complete: {0}")]
+    Setup(String),
+}
+
 /// Runs the drill; returns the exit status.
 pub fn run(args: DrillArgs) -> u8 {
-    match Drill::prepare(args) {
-        Ok(drill) => match drill.execute() {
-            Ok(report) => {
-                report.print();
-                if report.pass { PASS } else { FAIL }
-            }
-            Err(err) => {
-                eprintln!("agent-guard drill: {err}");
-                CANNOT_RUN
-            }
-        },
+    match Drill::prepare(args).and_then(Drill::execute) {
+        Ok(report) => {
+            report.print();
+            if report.pass() { PASS } else { FAIL }
+        }
         Err(err) => {
             eprintln!("agent-guard drill: {err}");
             CANNOT_RUN
@@ -86,18 +117,24 @@ impl Drop for TempDir {
     }
 }
 
+/// The simulated world the guard runs in.
+struct World {
+    imds: ImdsSim,
+    asg: AutoScalingSim,
+}
+
 impl Drill {
-    fn prepare(args: DrillArgs) -> Result<Drill, String> {
+    fn prepare(args: DrillArgs) -> Result<Drill, DrillError> {
         let split = args.guard_args.iter().position(|a| a == "--");
         let (options, command) = match split {
             Some(i) => (
                 args.guard_args[..i].to_vec(),
                 args.guard_args[i + 1..].to_vec(),
             ),
-            None => return Err("no command: put the agent's command after `--`".to_string()),
+            None => return Err(DrillError::NoCommand),
         };
         if command.is_empty() {
-            return Err("no command: put the agent's command after `--`".to_string());
+            return Err(DrillError::NoCommand);
         }
         // The guard's own parser validates the options, as it will in the real run.
         let mut full = vec![
@@ -107,9 +144,8 @@ impl Drill {
         full.extend(options.iter().cloned());
         full.push("--".into());
         full.extend(command.iter().cloned());
-        let (config, settings) = match config::load(full).map_err(|e| e.to_string())? {
-            Invocation::CheckConfig(config, settings) => (config, settings),
-            _ => return Err("unexpected options".to_string()),
+        let Invocation::CheckConfig(config, settings) = config::load(full)? else {
+            return Err(DrillError::UnexpectedOptions);
         };
         let given: Vec<String> = settings
             .iter()
@@ -123,8 +159,10 @@ impl Drill {
             .clone()
             .unwrap_or_else(|| DEFAULT_HOOK.to_string());
         let dir = std::env::temp_dir().join(format!("agent-guard-drill-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|source| DrillError::TempDir {
+            path: dir.clone(),
+            source,
+        })?;
         Ok(Drill {
             args,
             config,
@@ -140,10 +178,31 @@ impl Drill {
         self.given.iter().any(|g| g == long)
     }
 
-    fn execute(self) -> Result<Report, String> {
-        let imds = ImdsSim::start().map_err(|e| format!("cannot start the IMDS simulator: {e}"))?;
-        let asg = AutoScalingSim::start()
-            .map_err(|e| format!("cannot start the Auto Scaling simulator: {e}"))?;
+    fn socket(&self) -> PathBuf {
+        if self.given("socket") {
+            self.config.socket.clone()
+        } else {
+            self.dir.0.join("drill.sock")
+        }
+    }
+
+    fn poll(&self) -> Duration {
+        if self.given("imds-poll") {
+            self.config.imds_poll
+        } else {
+            DRILL_POLL
+        }
+    }
+
+    /// A report-only rebalance: the agent must keep running.
+    fn report_only(&self) -> bool {
+        self.args.event == DrillEvent::Rebalance && self.config.on_rebalance == OnRebalance::Ignore
+    }
+
+    fn world(&self) -> Result<World, DrillError> {
+        let simulator = |which| move |source| DrillError::Simulator { which, source };
+        let imds = ImdsSim::start().map_err(simulator("IMDS"))?;
+        let asg = AutoScalingSim::start().map_err(simulator("Auto Scaling"))?;
         asg.add_instance(GROUP, INSTANCE, "InService");
         asg.put_hook(
             GROUP,
@@ -156,32 +215,22 @@ impl Drill {
             );
             asg.launch(GROUP, INSTANCE);
         }
-        let socket = if self.given("socket") {
-            self.config.socket.clone()
-        } else {
-            self.dir.0.join("drill.sock")
-        };
-        let mut cmd = Command::new(
-            std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?,
-        );
+        Ok(World { imds, asg })
+    }
+
+    /// This binary as a guard, with the user's options, pointed at the simulators.
+    fn guard_command(&self, world: &World) -> Result<Command, DrillError> {
+        let mut cmd = Command::new(std::env::current_exe().map_err(DrillError::CurrentExe)?);
         cmd.args(&self.options)
-            .args([
-                "--imds",
-                "on",
-                "--imds-endpoint",
-                &imds.url(),
-                "--log-format",
-                "json",
-                "--log-level",
-                "info",
-            ])
+            .args(["--imds", "on", "--imds-endpoint", &world.imds.url()])
+            .args(["--log-format", "json", "--log-level", "info"])
             .args(["--asg-name", GROUP]);
         if !self.given("imds-poll") {
             cmd.arg("--imds-poll")
                 .arg(format!("{}ms", DRILL_POLL.as_millis()));
         }
         if !self.given("socket") {
-            cmd.arg("--socket").arg(&socket);
+            cmd.arg("--socket").arg(self.socket());
         }
         if !self.given("health-listen") {
             cmd.args(["--health-listen", "127.0.0.1:0"]);
@@ -199,7 +248,7 @@ impl Drill {
         ] {
             cmd.env_remove(var);
         }
-        cmd.env("AWS_ENDPOINT_URL_AUTO_SCALING", asg.url())
+        cmd.env("AWS_ENDPOINT_URL_AUTO_SCALING", world.asg.url())
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "AKIDDRILLDRILLDRILL")
             .env("AWS_SECRET_ACCESS_KEY", "drill")
@@ -208,393 +257,144 @@ impl Drill {
             .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
             .stdin(Stdio::null())
             .stderr(Stdio::piped());
-        let reference = (Instant::now(), SystemTime::now());
-        let mut guard = cmd
+        Ok(cmd)
+    }
+
+    fn execute(self) -> Result<Report, DrillError> {
+        let world = self.world()?;
+        // One moment on both clocks: the simulator logs calls on the monotonic one.
+        let (origin, start) = (std::time::Instant::now(), SystemTime::now());
+        let mut guard = self
+            .guard_command(&world)?
             .spawn()
-            .map_err(|e| format!("cannot start the guard: {e}"))?;
-        let logs = collect_logs(&mut guard, self.args.verbose);
-        let phases = Arc::new(Mutex::new(Vec::<(SystemTime, String)>::new()));
-        let result = self.rehearse(&imds, &asg, &mut guard, &socket, &logs, &phases);
+            .map_err(DrillError::Spawn)?;
+        let observations = Observations::default();
+        watch::collect_logs(&mut guard, self.args.verbose, &observations);
+        let rehearsed = self.rehearse(&world, &mut guard, &observations);
         // Whatever happened, nothing is left running.
-        let status = finish(&mut guard, &self.config);
-        let exit_at = SystemTime::now();
-        let (notice_at, extra) = result?;
-        let logs = logs.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let phases = phases.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(self.report(Observed {
-            notice_at,
-            logs,
-            phases,
-            calls: asg.calls(),
-            reference,
-            status,
-            exit_at,
-            extra,
+        let status = watch::finish(&mut guard, &self.config);
+        observations.push(SystemTime::now(), Observation::GuardExit(status));
+        rehearsed?;
+        for call in world.asg.calls() {
+            let at = start + call.at.saturating_duration_since(origin);
+            observations.push(at, Observation::HookCall(hook_call(call)));
+        }
+        let observed = observations.sorted();
+        let scenario = Scenario {
+            event: self.args.event,
+            stop_signal: self.config.stop_signal,
+            report_only: self.report_only(),
+            spot_margin: self.config.spot_margin,
+        };
+        let verdict = verdict::verdict(&scenario, &observed);
+        Ok(Report::new(self.context(), verdict, &observed, start))
+    }
+
+    /// Waits for ready, triggers the event, and watches what follows; the guard then ends by
+    /// itself (or is stopped, when the rehearsal cannot go on).
+    fn rehearse(
+        &self,
+        world: &World,
+        guard: &mut Child,
+        observations: &Observations,
+    ) -> Result<(), DrillError> {
+        let socket = self.socket();
+        wait_for_socket(&socket, guard, observations)?;
+        watch::subscribe(&socket, observations);
+        let ready_within = self.config.ready_timeout.min(READY_WITHIN);
+        let ready = |o: &Observation| *o == Observation::Phase(PhaseName::Ready);
+        watch::wait(ready_within, || {
+            observations.any(ready) || guard.try_wait().ok().flatten().is_some()
+        });
+        if !observations.any(ready) {
+            observations.push(
+                SystemTime::now(),
+                Observation::NeverReady {
+                    waited: ready_within,
+                },
+            );
+            // The rehearsal cannot go on: stop the guard now, as an operator would.
+            watch::signal(guard, libc::SIGTERM);
+            return Ok(());
+        }
+        self.wait_for_setup(guard, observations)?;
+        std::thread::sleep(self.args.after);
+        let health = watch::health_addr(&socket);
+        self.trigger(world, guard, observations);
+        if self.report_only() {
+            // Reported only: the agent must keep running. Give the guard a few polls to show it.
+            std::thread::sleep(self.poll() * 4 + Duration::from_millis(500));
+            let kept = guard.try_wait().ok().flatten().is_none()
+                && observations.last_phase() == Some(PhaseName::Ready);
+            observations.push(SystemTime::now(), Observation::KeptRunning(kept));
+            // The rehearsal is over.
+            watch::signal(guard, libc::SIGTERM);
+        } else if let Some(addr) = health {
+            watch::watch_readiness(&addr, guard, observations);
+        }
+        Ok(())
+    }
+
+    /// The guard's lifecycle setup (group, hook) is done before the event, as on an instance
+    /// that has been up a while.
+    fn wait_for_setup(&self, guard: &Child, observations: &Observations) -> Result<(), DrillError> {
+        let settled = |r: &Record| matches!(r, Record::HooksReady { .. } | Record::HooksOff { .. });
+        let setup = watch::wait(Duration::from_secs(30), || {
+            observations.record(settled).is_some()
+        });
+        let failed = observations.record(|r| matches!(r, Record::HooksOff { .. }));
+        if setup && failed.is_none() {
+            return Ok(());
+        }
+        // The rehearsal cannot go on.
+        watch::signal(guard, libc::SIGTERM);
+        Err(DrillError::Setup(match failed {
+            Some(Record::HooksOff { error }) => error,
+            _ => "no answer within 30s".to_string(),
         }))
     }
 
-    /// Waits for ready, triggers the event, and waits for the guard to finish.
-    fn rehearse(
-        &self,
-        imds: &ImdsSim,
-        asg: &AutoScalingSim,
-        guard: &mut Child,
-        socket: &Path,
-        logs: &Arc<Mutex<Vec<LogLine>>>,
-        phases: &Arc<Mutex<Vec<(SystemTime, String)>>>,
-    ) -> Result<(Option<SystemTime>, Extra), String> {
-        let mut extra = Extra::default();
-        let start = Instant::now();
-        while !socket.exists() {
-            if let Some(status) = guard.try_wait().map_err(|e| e.to_string())? {
-                let last = logs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .last()
-                    .map(|l| l.message.clone());
-                return Err(format!(
-                    "the guard exited ({}) before it started: {}",
-                    status
-                        .code()
-                        .map_or("a signal".to_string(), |c| c.to_string()),
-                    last.unwrap_or_default()
-                ));
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                return Err("the guard's control socket did not appear within 20s".to_string());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        subscribe(socket, phases.clone());
-        let ready_within = self.config.ready_timeout.min(READY_WITHIN);
-        let ready = wait(ready_within, || {
-            phases
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .any(|(_, p)| p == "ready")
-                || guard.try_wait().ok().flatten().is_some()
-        });
-        let is_ready = phases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|(_, p)| p == "ready");
-        if !ready || !is_ready {
-            extra.never_ready = Some(ready_within);
-            // The rehearsal cannot go on: stop the guard now, as an operator would.
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(guard.id() as i32, libc::SIGTERM) };
-            return Ok((None, extra));
-        }
-        // The guard's lifecycle setup (group, hook) is done before the event, as on an instance
-        // that has been up a while.
-        let setup = wait(Duration::from_secs(30), || {
-            logs.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .any(|l| {
-                    l.message.contains("lifecycle hooks ready")
-                        || l.message.contains("lifecycle hooks are off")
-                })
-        });
-        let failed = logs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|l| l.message.contains("lifecycle hooks are off"))
-            .map(|l| l.field("error"));
-        if !setup || failed.is_some() {
-            // SAFETY: kill(2) on our own child: the rehearsal cannot go on.
-            unsafe { libc::kill(guard.id() as i32, libc::SIGTERM) };
-            return Err(format!(
-                "the guard's lifecycle setup did not complete: {}",
-                failed.unwrap_or_else(|| "no answer within 30s".to_string())
-            ));
-        }
-        std::thread::sleep(self.args.after);
-        let health = health_addr(socket);
+    /// Posts the notice (or sends the signal) and records when.
+    fn trigger(&self, world: &World, guard: &Child, observations: &Observations) {
         let notice_at = SystemTime::now();
+        observations.push(notice_at, Observation::NoticePosted);
         match self.args.event {
             DrillEvent::ScaleIn => {
-                asg.terminate(GROUP, INSTANCE);
-                imds.set_lifecycle_state(Some("Terminated"));
+                world.asg.terminate(GROUP, INSTANCE);
+                world.imds.set_lifecycle_state(Some("Terminated"));
             }
             DrillEvent::Spot => {
                 // Capacity rebalancing holds the instance in Terminating:Wait; EC2 posts the notice.
-                asg.terminate(GROUP, INSTANCE);
+                world.asg.terminate(GROUP, INSTANCE);
                 let time =
                     humantime::format_rfc3339_seconds(notice_at + self.args.deadline).to_string();
-                imds.post_spot_interruption("terminate", &time);
-                extra.spot_deadline = humantime::parse_rfc3339(&time).ok();
+                world.imds.post_spot_interruption("terminate", &time);
+                if let Ok(deadline) = humantime::parse_rfc3339(&time) {
+                    observations.push(notice_at, Observation::SpotDeadline(deadline));
+                }
             }
             DrillEvent::Rebalance => {
                 let time = humantime::format_rfc3339_seconds(notice_at).to_string();
-                imds.set_rebalance(Some(format!("{{\"noticeTime\": \"{time}\"}}")));
+                world
+                    .imds
+                    .set_rebalance(Some(format!("{{\"noticeTime\": \"{time}\"}}")));
             }
-            DrillEvent::Sigterm => {
-                // SAFETY: kill(2) on our own child.
-                unsafe { libc::kill(guard.id() as i32, libc::SIGTERM) };
-            }
+            DrillEvent::Sigterm => watch::signal(guard, libc::SIGTERM),
         }
-        let reported_only = self.args.event == DrillEvent::Rebalance
-            && self.config.on_rebalance == OnRebalance::Ignore;
-        if let (Some(addr), false) = (health, reported_only) {
-            extra.not_ready_at = watch_readiness(&addr, guard);
-        }
-        if reported_only {
-            // Reported only: the agent must keep running. Give the guard a few polls to show it.
-            let poll = if self.given("imds-poll") {
-                self.config.imds_poll
-            } else {
-                DRILL_POLL
-            };
-            std::thread::sleep(poll * 4 + Duration::from_millis(500));
-            extra.kept_running = guard.try_wait().ok().flatten().is_none()
-                && phases
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .last()
-                    .is_some_and(|(_, p)| p == "ready");
-            // SAFETY: kill(2) on our own child: the rehearsal is over.
-            unsafe { libc::kill(guard.id() as i32, libc::SIGTERM) };
-        }
-        Ok((Some(notice_at), extra))
     }
 
-    fn report(&self, o: Observed) -> Report {
-        let mut timeline: Vec<Entry> = Vec::new();
-        let base = o.notice_at.unwrap_or(o.reference.1);
-        let offset = |t: SystemTime| -> f64 {
-            match t.duration_since(base) {
-                Ok(d) => d.as_secs_f64(),
-                Err(e) => -e.duration().as_secs_f64(),
+    /// The words of the report.
+    fn context(&self) -> Context {
+        let summary = match self.args.event {
+            DrillEvent::Rebalance if self.report_only() => {
+                "the rebalance recommendation was reported and the agent kept running (--on-rebalance ignore)"
             }
+            DrillEvent::ScaleIn | DrillEvent::Spot => {
+                "the agent stopped cleanly before the deadline and the hook was completed with CONTINUE: no work lost"
+            }
+            _ => "the agent stopped cleanly within its timeouts: no work lost",
         };
-        let at_instant = |i: Instant| o.reference.1 + i.saturating_duration_since(o.reference.0);
-        let mut push = |t: SystemTime, what: &str, detail: String| {
-            timeline.push(Entry {
-                offset: offset(t),
-                what: what.to_string(),
-                detail,
-            });
-        };
-        if let Some((t, _)) = o.phases.iter().find(|(_, p)| p == "ready") {
-            push(
-                *t,
-                "agent ready",
-                format!("--ready-on {}", ready_on_text(&self.config)),
-            );
-        }
-        if let Some(t) = o.notice_at {
-            push(t, "notice posted", self.notice_text());
-        }
-        let find = |needle: &str| o.logs.iter().find(|l| l.message.contains(needle));
-        let seen = match self.args.event {
-            DrillEvent::ScaleIn => find("target lifecycle state is Terminated"),
-            DrillEvent::Spot => find("spot interruption notice"),
-            DrillEvent::Rebalance => find("rebalance recommendation"),
-            DrillEvent::Sigterm => find("received a stop signal"),
-        };
-        if let Some(l) = seen {
-            push(l.time, "notice seen by the guard", l.message.clone());
-        }
-        // /readyz as polled, else the moment the phase left `ready` (one watch drives both).
-        let left_ready = o.notice_at.and_then(|_| {
-            let ready_at = o.phases.iter().position(|(_, p)| p == "ready")?;
-            o.phases[ready_at..]
-                .iter()
-                .find(|(_, p)| p != "ready")
-                .map(|(t, _)| *t)
-        });
-        // Observations of one moment; the earliest is the closest (the poller samples every
-        // 10 ms, the phase event and the log line follow the change).
-        // The guard logs the transition before it publishes the phase (readiness) and before it
-        // tells the agent: from outside, that line is the truest time of the 503.
-        let transition = o.notice_at.and_then(|_| {
-            o.logs
-                .iter()
-                .find(|l| l.message == "draining" || l.message == "stopping the agent")
-                .map(|l| l.time)
-        });
-        let not_ready = [o.extra.not_ready_at, left_ready, transition]
-            .into_iter()
-            .flatten()
-            .min();
-        if let Some(t) = not_ready {
-            push(
-                t,
-                "readiness 503",
-                "/readyz answers 503: the load balancer stops sending".to_string(),
-            );
-        }
-        let told = find("told the agent to drain");
-        let stop = find("sent the stop signal");
-        match (told, stop) {
-            (Some(l), _) => push(l.time, "agent told to drain", l.field("via")),
-            (None, Some(l)) if o.notice_at.is_some() => push(
-                l.time,
-                "agent told to drain",
-                "by the stop signal itself: nobody subscribed and no --drain-signal".to_string(),
-            ),
-            _ => {}
-        }
-        if let Some(l) = find("the agent says it is drained") {
-            push(
-                l.time,
-                "agent drained",
-                "it said so (drained / X_DRAINED=1)".to_string(),
-            );
-        }
-        if let Some(l) = stop {
-            push(
-                l.time,
-                "stop signal",
-                format!("{} to the agent's process group", l.field("signal")),
-            );
-        }
-        let killed = find("sent SIGKILL");
-        if let Some(l) = killed {
-            push(l.time, "SIGKILL", "the grace period ran out".to_string());
-        }
-        let exited = o.logs.iter().find(|l| {
-            l.message.starts_with("agent exited") || l.message.starts_with("agent killed")
-        });
-        if let Some(l) = exited {
-            push(
-                l.time,
-                "agent exit",
-                l.message.trim_start_matches("agent ").to_string(),
-            );
-        }
-        for c in o
-            .calls
-            .iter()
-            .filter(|c| c.action == "RecordLifecycleActionHeartbeat")
-        {
-            push(at_instant(c.at), "heartbeat", outcome(c.status, &c.error));
-        }
-        let completions: Vec<_> = o
-            .calls
-            .iter()
-            .filter(|c| c.action == "CompleteLifecycleAction")
-            .collect();
-        for c in &completions {
-            let result = c
-                .params
-                .get("LifecycleActionResult")
-                .cloned()
-                .unwrap_or_default();
-            push(
-                at_instant(c.at),
-                "lifecycle action",
-                format!(
-                    "{} {result}: {}",
-                    c.params
-                        .get("LifecycleHookName")
-                        .cloned()
-                        .unwrap_or_default(),
-                    outcome(c.status, &c.error)
-                ),
-            );
-        }
-        push(
-            o.exit_at,
-            "guard exit",
-            o.status
-                .map_or("killed by the drill".to_string(), |c| format!("status {c}")),
-        );
-        timeline.sort_by(|a, b| a.offset.total_cmp(&b.offset));
-
-        // The verdict.
-        let mut reasons = Vec::new();
-        let stop_signal = self.config.stop_signal;
-        if let Some(within) = o.extra.never_ready {
-            reasons.push(format!(
-                "the agent never became ready (waited {})",
-                format_duration(within)
-            ));
-        } else {
-            let kept = self.args.event == DrillEvent::Rebalance
-                && self.config.on_rebalance == OnRebalance::Ignore;
-            if kept && !o.extra.kept_running {
-                reasons.push("the agent did not keep running through a rebalance recommendation that only reports".to_string());
-            }
-            if let (Some(k), Some(s)) = (killed, stop) {
-                let after = k.time.duration_since(s.time).unwrap_or_default();
-                reasons.push(format!(
-                    "the agent ignored {stop_signal} and was killed after {}",
-                    format_duration(Duration::from_millis(after.as_millis() as u64))
-                ));
-            }
-            for cut in o.logs.iter().filter(|l| {
-                l.message
-                    .contains("cut short by the spot interruption deadline")
-            }) {
-                let option = cut
-                    .message
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("a timeout")
-                    .to_string();
-                reasons.push(format!(
-                    "the spot deadline left {} for a {} {}",
-                    cut.field("given"),
-                    cut.field("configured"),
-                    option.trim_start_matches("--").replace('-', " ")
-                ));
-            }
-            if !kept {
-                let clean = o.status.is_some_and(|code| {
-                    killed.is_none() && result_for_code(code, stop_signal) == HookResult::Continue
-                });
-                if !clean && killed.is_none() {
-                    match o.status {
-                        Some(code) => reasons.push(format!(
-                            "the agent did not stop cleanly: {}",
-                            exit_text(code)
-                        )),
-                        None => reasons.push(
-                            "the guard did not finish in time and was killed by the drill"
-                                .to_string(),
-                        ),
-                    }
-                }
-                if let (Some(deadline), Some(l)) = (o.extra.spot_deadline, exited) {
-                    let kill_by = deadline - self.config.spot_margin;
-                    if l.time > kill_by {
-                        reasons.push(format!(
-                            "the agent was still running {} past the spot deadline minus --spot-margin",
-                            format_duration(Duration::from_millis(l.time.duration_since(kill_by).unwrap_or_default().as_millis() as u64))
-                        ));
-                    }
-                }
-                if matches!(self.args.event, DrillEvent::ScaleIn | DrillEvent::Spot) {
-                    let done = completions.iter().find(|c| c.status == 200);
-                    match done.and_then(|c| c.params.get("LifecycleActionResult")) {
-                        Some(r) if r == "CONTINUE" => {}
-                        Some(r) => reasons.push(format!(
-                            "the lifecycle hook was completed with {r}, not CONTINUE"
-                        )),
-                        None => reasons.push("the lifecycle hook was not completed".to_string()),
-                    }
-                }
-            }
-        }
-        let summary = if reasons.is_empty() {
-            match self.args.event {
-                DrillEvent::Rebalance if self.config.on_rebalance == OnRebalance::Ignore => {
-                    "the rebalance recommendation was reported and the agent kept running (--on-rebalance ignore)".to_string()
-                }
-                DrillEvent::ScaleIn | DrillEvent::Spot => {
-                    "the agent stopped cleanly before the deadline and the hook was completed with CONTINUE: no work lost".to_string()
-                }
-                _ => "the agent stopped cleanly within its timeouts: no work lost".to_string(),
-            }
-        } else {
-            String::new()
-        };
-        Report {
+        Context {
             event: self.args.event,
             command: self
                 .command
@@ -602,11 +402,14 @@ impl Drill {
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect::<Vec<_>>()
                 .join(" "),
-            pass: reasons.is_empty(),
-            reasons,
-            summary,
-            timeline,
-            status: o.status,
+            ready_on: match self.config.ready_on {
+                ReadyOn::Start => "start".to_string(),
+                ReadyOn::Notify => "notify".to_string(),
+                ReadyOn::Health => "health".to_string(),
+                ReadyOn::Warmup(d) => format_duration(d),
+            },
+            notice: self.notice_text(),
+            summary: summary.to_string(),
             json: self.args.json,
         }
     }
@@ -630,30 +433,41 @@ impl Drill {
     }
 }
 
-fn ready_on_text(config: &Config) -> String {
-    match config.ready_on {
-        crate::machine::state::ReadyOn::Start => "start".to_string(),
-        crate::machine::state::ReadyOn::Notify => "notify".to_string(),
-        crate::machine::state::ReadyOn::Health => "health".to_string(),
-        crate::machine::state::ReadyOn::Warmup(d) => format_duration(d),
-    }
-}
-
-fn exit_text(code: u8) -> String {
-    if code > 128 {
-        match crate::process::sig::Sig::from_raw(i32::from(code) - 128) {
-            Some(sig) => format!("killed by {sig} (status {code})"),
-            None => format!("status {code}"),
+/// Waits for the guard's control socket; the guard exiting first is its own failure to start.
+fn wait_for_socket(
+    socket: &Path,
+    guard: &mut Child,
+    observations: &Observations,
+) -> Result<(), DrillError> {
+    let start = std::time::Instant::now();
+    while !socket.exists() {
+        if let Ok(Some(status)) = guard.try_wait() {
+            return Err(DrillError::ExitedEarly {
+                status: status
+                    .code()
+                    .map_or("a signal".to_string(), |c| c.to_string()),
+                last: observations.last_message(),
+            });
         }
-    } else {
-        format!("exited with code {code}")
+        if start.elapsed() > Duration::from_secs(20) {
+            return Err(DrillError::NoSocket);
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
+    Ok(())
 }
 
-fn outcome(status: u16, error: &Option<String>) -> String {
-    match error {
-        Some(code) => format!("{code} ({status})"),
-        None => format!("ok ({status})"),
+fn hook_call(call: crate::sim::autoscaling::Call) -> HookCall {
+    HookCall {
+        hook: call
+            .params
+            .get("LifecycleHookName")
+            .cloned()
+            .unwrap_or_default(),
+        result: call.params.get("LifecycleActionResult").cloned(),
+        action: call.action,
+        status: call.status,
+        error: call.error,
     }
 }
 
@@ -676,246 +490,4 @@ fn strip_owned(options: &[OsString]) -> Vec<OsString> {
         }
     }
     out
-}
-
-/// A guard log line.
-#[derive(Debug, Clone)]
-struct LogLine {
-    time: SystemTime,
-    message: String,
-    fields: Value,
-}
-
-impl LogLine {
-    fn field(&self, name: &str) -> String {
-        match self.fields.get(name) {
-            Some(Value::String(s)) => s.clone(),
-            Some(v) => v.to_string(),
-            None => String::new(),
-        }
-    }
-}
-
-/// Reads the guard's JSON log lines as they come.
-fn collect_logs(guard: &mut Child, verbose: bool) -> Arc<Mutex<Vec<LogLine>>> {
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    if let Some(stderr) = guard.stderr.take() {
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if verbose {
-                    eprintln!("{line}");
-                }
-                let Ok(fields) = serde_json::from_str::<Value>(&line) else {
-                    // Not ours (a panic message, say): keep it visible.
-                    eprintln!("{line}");
-                    continue;
-                };
-                let time = fields
-                    .get("time")
-                    .and_then(Value::as_str)
-                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-                    .unwrap_or_else(SystemTime::now);
-                let message = fields
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                sink.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(LogLine {
-                        time,
-                        message,
-                        fields,
-                    });
-            }
-        });
-    }
-    logs
-}
-
-/// Subscribes on the control socket and records each phase as it comes.
-fn subscribe(socket: &Path, phases: Arc<Mutex<Vec<(SystemTime, String)>>>) {
-    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
-        return;
-    };
-    let _ = stream.write_all(b"{\"op\":\"subscribe\"}\n");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if let Some(phase) = v.get("phase").and_then(Value::as_str) {
-                phases
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((SystemTime::now(), phase.to_string()));
-            }
-        }
-    });
-}
-
-fn wait(within: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    done()
-}
-
-/// The guard's health address, from its status.
-fn health_addr(socket: &Path) -> Option<String> {
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream.write_all(b"{\"op\":\"status\"}\n").ok()?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).ok()?;
-    let v: Value = serde_json::from_str(&line).ok()?;
-    v.get("health_listen")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-}
-
-/// Polls /readyz until it answers 503; returns when.
-fn watch_readiness(addr: &str, guard: &mut Child) -> Option<SystemTime> {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if readyz(addr) == Some(503) {
-            return Some(SystemTime::now());
-        }
-        if guard.try_wait().ok().flatten().is_some() {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
-}
-
-fn readyz(addr: &str) -> Option<u16> {
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream
-        .write_all(b"GET /readyz HTTP/1.1\r\nHost: drill\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
-}
-
-/// Waits for the guard to exit within its own bounds; past them, stops it as an operator would:
-/// SIGTERM twice (the second kills the agent), then SIGKILL. Returns its status.
-fn finish(guard: &mut Child, config: &Config) -> Option<u8> {
-    let bound = config.drain_timeout + config.stop_timeout + Duration::from_secs(90);
-    let start = Instant::now();
-    let status = loop {
-        if let Ok(Some(status)) = guard.try_wait() {
-            break Some(status);
-        }
-        if start.elapsed() > bound {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    if let Some(status) = status {
-        return status.code().map(|c| c as u8);
-    }
-    let pid = guard.id() as i32;
-    for _ in 0..2 {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let _ = guard.kill();
-    let _ = guard.wait();
-    None
-}
-
-#[derive(Debug, Default)]
-struct Extra {
-    never_ready: Option<Duration>,
-    not_ready_at: Option<SystemTime>,
-    kept_running: bool,
-    spot_deadline: Option<SystemTime>,
-}
-
-struct Observed {
-    notice_at: Option<SystemTime>,
-    logs: Vec<LogLine>,
-    phases: Vec<(SystemTime, String)>,
-    calls: Vec<crate::sim::autoscaling::Call>,
-    reference: (Instant, SystemTime),
-    status: Option<u8>,
-    exit_at: SystemTime,
-    extra: Extra,
-}
-
-/// One line of the timeline.
-#[derive(Debug, Clone)]
-struct Entry {
-    /// Seconds from the notice (negative before it).
-    offset: f64,
-    what: String,
-    detail: String,
-}
-
-/// The drill's outcome.
-struct Report {
-    event: DrillEvent,
-    command: String,
-    pass: bool,
-    reasons: Vec<String>,
-    summary: String,
-    timeline: Vec<Entry>,
-    status: Option<u8>,
-    json: bool,
-}
-
-impl Report {
-    fn print(&self) {
-        if self.json {
-            let doc = json!({
-                "event": self.event.as_str(),
-                "command": self.command,
-                "verdict": if self.pass { "PASS" } else { "FAIL" },
-                "reasons": self.reasons,
-                "summary": self.summary,
-                "exit_status": self.status,
-                "timeline": self.timeline.iter().map(|e| json!({
-                    "offset_ms": (e.offset * 1000.0).round() as i64,
-                    "what": e.what,
-                    "detail": e.detail,
-                })).collect::<Vec<_>>(),
-            });
-            println!("{doc}");
-            return;
-        }
-        let mut out = String::new();
-        out.push_str(&format!(
-            "\nagent-guard drill {}: {}\n\n",
-            self.event.as_str(),
-            self.command
-        ));
-        out.push_str(&format!("{:>9}  {:<25} {}\n", "offset", "event", "detail"));
-        for e in &self.timeline {
-            out.push_str(&format!(
-                "{:>+8.3}s  {:<25} {}\n",
-                e.offset, e.what, e.detail
-            ));
-        }
-        out.push('\n');
-        if self.pass {
-            out.push_str(&format!("PASS: {}\n", self.summary));
-        } else {
-            out.push_str("FAIL:\n");
-            for r in &self.reasons {
-                out.push_str(&format!("  - {r}\n"));
-            }
-        }
-        print!("{out}");
-    }
 }

@@ -1,0 +1,513 @@
+//! The drill's verdict: would the agent have lost work? A pure function of what was observed —
+//! the guard's typed journal records, the phases heard on its control socket, the simulated
+//! Auto Scaling API's call log and the drill's own measurements — so every reason to FAIL is
+//! tested as a table, and rewording a log line cannot change a verdict.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use crate::cli::DrillEvent;
+use crate::fmt::format_duration;
+use crate::journal::Record;
+use crate::machine::state::PhaseName;
+use crate::process::exit::is_clean_status;
+use crate::process::sig::Sig;
+
+/// Something observed during the rehearsal, at a wall-clock time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timed {
+    pub at: SystemTime,
+    pub what: Observation,
+}
+
+/// What the drill observed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// A journal record from the guard's JSON log.
+    Guard(Record),
+    /// A phase announced on the control socket.
+    Phase(PhaseName),
+    /// The drill posted the notice (or sent the signal).
+    NoticePosted,
+    /// `/readyz` answered 503.
+    ReadinessLost,
+    /// The agent never became ready within this long; the rehearsal stopped there.
+    NeverReady { waited: Duration },
+    /// With a report-only rebalance: whether the agent was still running and ready afterwards.
+    KeptRunning(bool),
+    /// The spot notice's time, as posted.
+    SpotDeadline(SystemTime),
+    /// A call the simulated Auto Scaling API answered.
+    HookCall(HookCall),
+    /// The guard's exit status; `None` when the drill had to kill it.
+    GuardExit(Option<u8>),
+}
+
+/// A lifecycle call as the simulated Auto Scaling API logged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookCall {
+    pub action: String,
+    pub hook: String,
+    /// `LifecycleActionResult`, for a completion.
+    pub result: Option<String>,
+    pub status: u16,
+    /// The error code, for an error answer.
+    pub error: Option<String>,
+}
+
+/// What was rehearsed, and the options the verdict depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scenario {
+    pub event: DrillEvent,
+    pub stop_signal: Sig,
+    /// A rebalance recommendation with `--on-rebalance ignore`: the agent must keep running.
+    pub report_only: bool,
+    pub spot_margin: Duration,
+}
+
+/// Why a rehearsal failed. Each renders as one plain sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailReason {
+    NeverReady {
+        waited: Duration,
+    },
+    StoppedByReportOnlyRebalance,
+    Killed {
+        stop_signal: Sig,
+        after: Duration,
+    },
+    SpotSqueeze {
+        given: Duration,
+        configured: Duration,
+        option: String,
+    },
+    Unclean {
+        status: u8,
+    },
+    GuardHung,
+    PastSpotDeadline {
+        by: Duration,
+    },
+    HookResult {
+        result: String,
+    },
+    HookNotCompleted,
+}
+
+impl fmt::Display for FailReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailReason::NeverReady { waited } => write!(
+                f,
+                "the agent never became ready (waited {})",
+                format_duration(*waited)
+            ),
+            FailReason::StoppedByReportOnlyRebalance => f.write_str(
+                "the agent did not keep running through a rebalance recommendation that only reports",
+            ),
+            FailReason::Killed { stop_signal, after } => write!(
+                f,
+                "the agent ignored {stop_signal} and was killed after {}",
+                format_duration(*after)
+            ),
+            FailReason::SpotSqueeze {
+                given,
+                configured,
+                option,
+            } => write!(
+                f,
+                "the spot deadline left {} for a {} {}",
+                format_duration(*given),
+                format_duration(*configured),
+                option.replace('-', " ")
+            ),
+            FailReason::Unclean { status } => {
+                write!(f, "the agent did not stop cleanly: {}", exit_text(*status))
+            }
+            FailReason::GuardHung => {
+                f.write_str("the guard did not finish in time and was killed by the drill")
+            }
+            FailReason::PastSpotDeadline { by } => write!(
+                f,
+                "the agent was still running {} past the spot deadline minus --spot-margin",
+                format_duration(*by)
+            ),
+            FailReason::HookResult { result } => write!(
+                f,
+                "the lifecycle hook was completed with {result}, not CONTINUE"
+            ),
+            FailReason::HookNotCompleted => f.write_str("the lifecycle hook was not completed"),
+        }
+    }
+}
+
+/// The verdict: PASS when there is no reason to fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub reasons: Vec<FailReason>,
+}
+
+impl Verdict {
+    pub fn pass(&self) -> bool {
+        self.reasons.is_empty()
+    }
+}
+
+/// An exit status in words: `exited with code 1`, `killed by SIGKILL (status 137)`.
+pub fn exit_text(code: u8) -> String {
+    if code > 128 {
+        match Sig::from_raw(i32::from(code) - 128) {
+            Some(sig) => format!("killed by {sig} (status {code})"),
+            None => format!("status {code}"),
+        }
+    } else {
+        format!("exited with code {code}")
+    }
+}
+
+/// Whole milliseconds, as the verdict's sentences show durations.
+fn millis(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Judges a rehearsal from what was observed (in any order).
+pub fn verdict(scenario: &Scenario, observed: &[Timed]) -> Verdict {
+    let first = |pick: &dyn Fn(&Observation) -> bool| observed.iter().find(|o| pick(&o.what));
+    if let Some(Timed {
+        what: Observation::NeverReady { waited },
+        ..
+    }) = first(&|o| matches!(o, Observation::NeverReady { .. }))
+    {
+        return Verdict {
+            reasons: vec![FailReason::NeverReady { waited: *waited }],
+        };
+    }
+    let mut reasons = Vec::new();
+    let kept = observed
+        .iter()
+        .any(|o| o.what == Observation::KeptRunning(true));
+    if scenario.report_only && !kept {
+        reasons.push(FailReason::StoppedByReportOnlyRebalance);
+    }
+    let killed = first(&|o| matches!(o, Observation::Guard(Record::Killed { .. })));
+    let stop = first(&|o| matches!(o, Observation::Guard(Record::StopSignalSent { .. })));
+    if let (Some(k), Some(s)) = (killed, stop) {
+        reasons.push(FailReason::Killed {
+            stop_signal: scenario.stop_signal,
+            after: millis(k.at.duration_since(s.at).unwrap_or_default()),
+        });
+    }
+    for o in observed {
+        if let Observation::Guard(Record::TimeoutCut {
+            option,
+            configured_ms,
+            given_ms,
+        }) = &o.what
+        {
+            reasons.push(FailReason::SpotSqueeze {
+                given: Duration::from_millis(*given_ms),
+                configured: Duration::from_millis(*configured_ms),
+                option: option.clone(),
+            });
+        }
+    }
+    if !scenario.report_only {
+        reasons.extend(stop_reasons(scenario, observed, killed.is_some()));
+    }
+    Verdict { reasons }
+}
+
+/// For a drill that stops the agent: it stopped cleanly, in time, and the hook was completed.
+fn stop_reasons(scenario: &Scenario, observed: &[Timed], killed: bool) -> Vec<FailReason> {
+    let mut reasons = Vec::new();
+    let status = observed.iter().find_map(|o| match o.what {
+        Observation::GuardExit(status) => Some(status),
+        _ => None,
+    });
+    let status = status.flatten();
+    let clean = status.is_some_and(|code| !killed && is_clean_status(code, scenario.stop_signal));
+    if !clean && !killed {
+        reasons.push(match status {
+            Some(status) => FailReason::Unclean { status },
+            None => FailReason::GuardHung,
+        });
+    }
+    let deadline = observed.iter().find_map(|o| match o.what {
+        Observation::SpotDeadline(t) => Some(t),
+        _ => None,
+    });
+    let exited = observed
+        .iter()
+        .find(|o| matches!(o.what, Observation::Guard(Record::AgentExited { .. })));
+    if let (Some(deadline), Some(exited)) = (deadline, exited) {
+        let kill_by = deadline
+            .checked_sub(scenario.spot_margin)
+            .unwrap_or(deadline);
+        if let Ok(by) = exited.at.duration_since(kill_by) {
+            reasons.push(FailReason::PastSpotDeadline { by: millis(by) });
+        }
+    }
+    if matches!(scenario.event, DrillEvent::ScaleIn | DrillEvent::Spot) {
+        let completed = observed.iter().find_map(|o| match &o.what {
+            Observation::HookCall(c)
+                if c.action == "CompleteLifecycleAction" && c.status == 200 =>
+            {
+                Some(c.result.clone().unwrap_or_default())
+            }
+            _ => None,
+        });
+        match completed {
+            Some(r) if r == "CONTINUE" => {}
+            Some(result) => reasons.push(FailReason::HookResult { result }),
+            None => reasons.push(FailReason::HookNotCompleted),
+        }
+    }
+    reasons
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn scenario(event: DrillEvent) -> Scenario {
+        Scenario {
+            event,
+            stop_signal: Sig::TERM,
+            report_only: false,
+            spot_margin: 10 * S,
+        }
+    }
+
+    fn at(t0: SystemTime, offset_ms: u64, what: Observation) -> Timed {
+        Timed {
+            at: t0 + Duration::from_millis(offset_ms),
+            what,
+        }
+    }
+
+    fn completion(result: &str, status: u16) -> Observation {
+        Observation::HookCall(HookCall {
+            action: "CompleteLifecycleAction".to_string(),
+            hook: "drill-hook".to_string(),
+            result: Some(result.to_string()),
+            status,
+            error: (status != 200).then(|| "ValidationError".to_string()),
+        })
+    }
+
+    fn exited(status: u8) -> Observation {
+        Observation::Guard(Record::AgentExited {
+            pid: 7,
+            status,
+            how: exit_text(status),
+        })
+    }
+
+    fn stop_sent() -> Observation {
+        Observation::Guard(Record::StopSignalSent {
+            signal: "SIGTERM".to_string(),
+            pgid: 7,
+        })
+    }
+
+    /// A clean scale-in: the stop signal, the agent's exit, CONTINUE, status 143.
+    fn clean_scale_in(t0: SystemTime) -> Vec<Timed> {
+        vec![
+            at(t0, 0, Observation::NoticePosted),
+            at(t0, 10, stop_sent()),
+            at(t0, 20, exited(143)),
+            at(t0, 30, completion("CONTINUE", 200)),
+            at(t0, 40, Observation::GuardExit(Some(143))),
+        ]
+    }
+
+    #[test]
+    fn every_reason_to_fail_table() {
+        let t0 = SystemTime::UNIX_EPOCH + 1_000_000 * S;
+        let scale_in = scenario(DrillEvent::ScaleIn);
+        let spot = scenario(DrillEvent::Spot);
+        let report_only = Scenario {
+            report_only: true,
+            ..scenario(DrillEvent::Rebalance)
+        };
+        let with = |extra: Vec<Timed>| {
+            let mut all = clean_scale_in(t0);
+            all.extend(extra);
+            all
+        };
+        let replace_exit = |status: Option<u8>| {
+            let mut all: Vec<Timed> = clean_scale_in(t0)
+                .into_iter()
+                .filter(|o| !matches!(o.what, Observation::GuardExit(_)))
+                .collect();
+            all.push(at(t0, 40, Observation::GuardExit(status)));
+            all
+        };
+        let cases: Vec<(&str, Scenario, Vec<Timed>, Vec<FailReason>)> = vec![
+            (
+                "a clean scale-in passes",
+                scale_in,
+                clean_scale_in(t0),
+                vec![],
+            ),
+            (
+                "never ready",
+                scale_in,
+                vec![at(t0, 0, Observation::NeverReady { waited: 2 * S })],
+                vec![FailReason::NeverReady { waited: 2 * S }],
+            ),
+            (
+                "a report-only rebalance that stopped the agent",
+                report_only,
+                vec![at(t0, 0, Observation::KeptRunning(false))],
+                vec![FailReason::StoppedByReportOnlyRebalance],
+            ),
+            (
+                "a report-only rebalance the agent kept running through passes",
+                report_only,
+                vec![at(t0, 0, Observation::KeptRunning(true))],
+                vec![],
+            ),
+            (
+                "SIGKILL after the grace",
+                scale_in,
+                vec![
+                    at(t0, 10, stop_sent()),
+                    at(t0, 1010, Observation::Guard(Record::Killed { pgid: 7 })),
+                    at(t0, 1020, exited(137)),
+                    at(t0, 1030, completion("ABANDON", 200)),
+                    at(t0, 1040, Observation::GuardExit(Some(137))),
+                ],
+                vec![
+                    FailReason::Killed {
+                        stop_signal: Sig::TERM,
+                        after: S,
+                    },
+                    FailReason::HookResult {
+                        result: "ABANDON".to_string(),
+                    },
+                ],
+            ),
+            (
+                "a spot deadline shorter than the stop timeout",
+                spot,
+                with(vec![at(
+                    t0,
+                    5,
+                    Observation::Guard(Record::TimeoutCut {
+                        option: "stop-timeout".to_string(),
+                        configured_ms: 30_000,
+                        given_ms: 5_000,
+                    }),
+                )]),
+                vec![FailReason::SpotSqueeze {
+                    given: 5 * S,
+                    configured: 30 * S,
+                    option: "stop-timeout".to_string(),
+                }],
+            ),
+            (
+                "an unclean exit",
+                scale_in,
+                replace_exit(Some(1)),
+                vec![FailReason::Unclean { status: 1 }],
+            ),
+            (
+                "a guard the drill had to kill",
+                scale_in,
+                replace_exit(None),
+                vec![FailReason::GuardHung],
+            ),
+            (
+                "the agent exited well before the spot deadline minus the margin",
+                spot,
+                with(vec![at(t0, 0, Observation::SpotDeadline(t0 + 120 * S))]),
+                vec![],
+            ),
+            (
+                "the agent exited past the spot deadline minus the margin",
+                spot,
+                with(vec![at(
+                    t0,
+                    0,
+                    Observation::SpotDeadline(t0 + 10 * S - Duration::from_millis(500)),
+                )]),
+                vec![FailReason::PastSpotDeadline {
+                    by: Duration::from_millis(520),
+                }],
+            ),
+            (
+                "the hook completed with ABANDON",
+                scale_in,
+                vec![
+                    at(t0, 10, stop_sent()),
+                    at(t0, 20, exited(143)),
+                    at(t0, 30, completion("ABANDON", 200)),
+                    at(t0, 40, Observation::GuardExit(Some(143))),
+                ],
+                vec![FailReason::HookResult {
+                    result: "ABANDON".to_string(),
+                }],
+            ),
+            (
+                "the hook was never completed (a refused call does not count)",
+                scale_in,
+                vec![
+                    at(t0, 10, stop_sent()),
+                    at(t0, 20, exited(0)),
+                    at(t0, 30, completion("CONTINUE", 400)),
+                    at(t0, 40, Observation::GuardExit(Some(0))),
+                ],
+                vec![FailReason::HookNotCompleted],
+            ),
+            (
+                "a SIGTERM drill needs no hook",
+                scenario(DrillEvent::Sigterm),
+                replace_exit(Some(0))
+                    .into_iter()
+                    .filter(|o| !matches!(o.what, Observation::HookCall(_)))
+                    .collect(),
+                vec![],
+            ),
+        ];
+        for (name, scenario, observed, want) in cases {
+            let got = verdict(&scenario, &observed);
+            assert_eq!(got.reasons, want, "{name}");
+            assert_eq!(got.pass(), want.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn reasons_read_as_sentences() {
+        let cases = [
+            (
+                FailReason::Killed {
+                    stop_signal: Sig::TERM,
+                    after: S,
+                },
+                "the agent ignored SIGTERM and was killed after 1s",
+            ),
+            (
+                FailReason::NeverReady { waited: 2 * S },
+                "the agent never became ready (waited 2s)",
+            ),
+            (
+                FailReason::SpotSqueeze {
+                    given: 5 * S,
+                    configured: 30 * S,
+                    option: "stop-timeout".to_string(),
+                },
+                "the spot deadline left 5s for a 30s stop timeout",
+            ),
+            (
+                FailReason::Unclean { status: 137 },
+                "the agent did not stop cleanly: killed by SIGKILL (status 137)",
+            ),
+        ];
+        for (reason, text) in cases {
+            assert_eq!(reason.to_string(), text);
+        }
+    }
+}
