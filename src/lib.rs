@@ -191,10 +191,22 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
         ready_on: config.ready_on,
     };
     let upstream = Upstream::from_env();
-    let mut servers = vec![
-        tokio::spawn(control::serve(sockets.control, control.clone())),
-        tokio::spawn(sdnotify::serve(sockets.notify, control, upstream.clone())),
+    // Told to the agent-facing servers once the supervisor is done; they say goodbye and return.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut agent_facing = [
+        tokio::spawn(control::serve(
+            sockets.control,
+            control.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(sdnotify::serve(
+            sockets.notify,
+            control,
+            upstream.clone(),
+            shutdown.clone(),
+        )),
     ];
+    let mut servers = Vec::new();
     if let Some(listener) = health {
         servers.push(tokio::spawn(server::serve(listener, hub.clone())));
     }
@@ -247,12 +259,16 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
     if let Some(poller) = poller {
         poller.abort();
     }
-    // Let subscribers' connections write the last events (`exited`) before they are dropped:
-    // on this single-threaded runtime each yield runs every task that is ready once.
-    for _ in 0..8 {
-        tokio::task::yield_now().await;
-    }
-    for server in servers {
+    // Subscribers hear the last events (`exited`) before their connections close; each
+    // connection has 1 s for that, and this wait is bounded above it all the same.
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        for server in agent_facing.iter_mut() {
+            let _ = server.await;
+        }
+    })
+    .await;
+    for server in agent_facing.into_iter().chain(servers) {
         server.abort();
     }
     unixsock::remove(&config.socket);
