@@ -1,8 +1,9 @@
 //! The control socket's wire protocol as types: the requests a client sends, the replies and
 //! events it reads, one JSON object per line (README, "Talking to the guard").
 //!
-//! The server (`agent::control`), `agent-guard ctl` and the drill all speak through these types,
-//! so the protocol is written down once. Pure: no I/O, nothing above `machine::state` imported.
+//! The server (`agent::control`) and `agent-guard ctl` speak through these types, so the protocol
+//! is written down once (the drill still writes its two requests by hand). Pure: no I/O, nothing
+//! above `machine::state` imported.
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
