@@ -260,11 +260,16 @@ impl Tasks {
             ready_on: config.ready_on,
         };
         let mut servers = vec![
-            tokio::spawn(control::serve(started.sockets.control, control.clone())),
+            tokio::spawn(control::serve(
+                started.sockets.control,
+                control.clone(),
+                shutdown.clone(),
+            )),
             tokio::spawn(sdnotify::serve(
                 started.sockets.notify,
                 control,
                 started.upstream,
+                shutdown.clone(),
             )),
         ];
         if let Some(listener) = started.health {

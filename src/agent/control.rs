@@ -1,24 +1,38 @@
-//! The control socket: a Unix stream socket speaking one JSON object per line, through which the
-//! agent hears of drains and reports on itself, and an operator drains by hand (`agent-guard
-//! ctl`). The protocol is in README ("Talking to the guard").
+//! The control socket: a Unix stream socket speaking one JSON object per line (the types are in
+//! `agent::protocol`), through which the agent hears of drains and reports on itself, and an
+//! operator drains by hand (`agent-guard ctl`). The protocol is in README ("Talking to the guard").
 //!
 //! Bad input never harms the guard: peers of other users are refused, a line is at most 64 KiB,
 //! a connection must send its first line within 10 s, at most 64 connections are served at once,
 //! and every malformed request gets a one-line error reply.
+//!
+//! Shutdown is decided elsewhere and told through a `CancellationToken`: the server stops
+//! accepting, each subscriber is sent what was already announced (the last of it `exited`) within
+//! `FAREWELL_WITHIN`, and `serve` returns once every connection is closed.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use bytes::BytesMut;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::{Decoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::agent::hub::{Announcement, DrainInfo, Hub};
+use crate::agent::hub::{Announcement, DrainInfo, Hub, OwnedSubscription};
+use crate::agent::protocol::{self, Event, Reply, Request};
 use crate::agent::unixsock;
-use crate::machine::state::{DrainReason, Event, PhaseName, ReadyOn};
+use crate::machine::state::{self, DrainReason, PhaseName, ReadyOn};
 
-/// The longest request line.
+/// The longest request line, its newline included.
 pub const MAX_LINE: usize = 64 * 1024;
 /// How long a new connection may take to send its first line.
 const FIRST_LINE_WITHIN: Duration = Duration::from_secs(10);
@@ -28,21 +42,65 @@ const IDLE_WITHIN: Duration = Duration::from_secs(300);
 const MAX_CONNECTIONS: usize = 64;
 /// The longest `extend` accepted in one request.
 const MAX_EXTEND: Duration = Duration::from_secs(48 * 3600);
+/// How long a connection may take, once shutdown is decided, to send what is still due: a
+/// client that stopped reading must not hold up the guard's exit.
+const FAREWELL_WITHIN: Duration = Duration::from_secs(1);
 
 /// What the control server needs from the rest of the guard.
 #[derive(Clone)]
 pub struct Control {
     pub hub: Arc<Hub>,
-    pub events: mpsc::Sender<Event>,
+    pub events: mpsc::Sender<state::Event>,
     pub ready_on: ReadyOn,
 }
 
-/// Serves `listener` until the task is dropped.
-pub async fn serve(listener: UnixListener, control: Control) {
+/// What the agent's words mean, whichever socket they came by (this one or sd_notify), so the
+/// two protocols cannot drift apart; each keeps only its own parsing and validation.
+impl Control {
+    /// The agent says it is ready (`source` is shown in `status`). That counts only with
+    /// `--ready-on notify`; otherwise nothing happens and this returns false.
+    pub async fn agent_ready(&self, source: &'static str) -> bool {
+        if self.ready_on != ReadyOn::Notify {
+            return false;
+        }
+        self.hub.report().ready_source.get_or_insert(source);
+        self.tell(state::Event::Ready).await;
+        true
+    }
+
+    /// The agent has finished its work.
+    pub async fn agent_drained(&self) {
+        self.tell(state::Event::Drained).await;
+    }
+
+    /// The agent holds `in_flight` units of work.
+    pub fn agent_busy(&self, in_flight: u64) {
+        self.hub.report().in_flight = Some((in_flight, SystemTime::now()));
+    }
+
+    /// The agent asks for `by` more time.
+    pub async fn agent_extend(&self, by: Duration) {
+        self.tell(state::Event::Extend(by)).await;
+    }
+
+    async fn tell(&self, event: state::Event) {
+        // The supervisor outlives the servers; a closed channel means the run is over.
+        let _ = self.events.send(event).await;
+    }
+}
+
+/// Serves `listener` until `shutdown` is cancelled; returns once every connection is closed
+/// (each within `FAREWELL_WITHIN` of the cancellation).
+pub async fn serve(listener: UnixListener, control: Control, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = TaskTracker::new();
     loop {
-        let (mut stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let mut stream = match accepted {
+            Ok((stream, _)) => stream,
             Err(err) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %err, "control socket: accept failed");
@@ -55,92 +113,142 @@ pub async fn serve(listener: UnixListener, control: Control) {
         let peer_pid = peer.and_then(|c| c.pid());
         if !peer_uid.is_some_and(unixsock::peer_allowed) {
             tracing::warn!(uid = ?peer_uid, "control socket: refused a peer of another user");
-            let _ = reply(&mut stream, &refusal("permission denied")).await;
+            refuse(&mut stream, "permission denied").await;
             continue;
         }
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            let _ = reply(&mut stream, &refusal("too many connections; try again")).await;
+            refuse(&mut stream, "too many connections; try again").await;
             continue;
         };
-        let control = control.clone();
-        tokio::spawn(async move {
-            connection(stream, &control, peer_pid).await;
+        let (control, shutdown) = (control.clone(), shutdown.clone());
+        connections.spawn(async move {
+            connection(stream, &control, peer_pid, &shutdown).await;
             drop(slot);
         });
     }
+    // Nobody new gets in; those inside finish, each under its own bound.
+    drop(listener);
+    connections.close();
+    connections.wait().await;
 }
 
-fn refusal(error: &str) -> Value {
-    json!({"ok": false, "error": error})
+/// Answers a connection that will not be served. A fresh socket's buffer takes one short line
+/// at once, so this does not wait on the client.
+async fn refuse(stream: &mut UnixStream, error: &str) {
+    if let Ok(line) = protocol::to_line(&Reply::refused(error)) {
+        let _ = stream.write_all(&line).await;
+    }
 }
 
-async fn reply(stream: &mut UnixStream, value: &Value) -> std::io::Result<()> {
-    let mut line = value.to_string();
-    line.push('\n');
-    stream.write_all(line.as_bytes()).await
+/// One client, from its first line to its last, or to the guard's shutdown.
+async fn connection(
+    stream: UnixStream,
+    control: &Control,
+    peer_pid: Option<i32>,
+    shutdown: &CancellationToken,
+) {
+    let mut conn = Connection::new(stream);
+    tokio::select! {
+        // The client left, broke a rule, or stopped taking replies: nothing more to say.
+        () = conn.serve(control, peer_pid) => return,
+        () = shutdown.cancelled() => {}
+    }
+    // Everything `serve` may have been interrupted in is cancel-safe (see `Connection`), so the
+    // farewell starts from a whole state: no line half read, no line torn.
+    let _ = tokio::time::timeout(FAREWELL_WITHIN, conn.farewell()).await;
 }
 
-/// One line read from a client.
+/// A connection's state, kept outside any one `select!` so that losing a race loses nothing: the
+/// reader holds a request line read in part, the outbox the part of a line not yet written, and
+/// the subscription every announcement not yet received.
+struct Connection {
+    lines: FramedRead<OwnedReadHalf, RequestLines>,
+    writer: OwnedWriteHalf,
+    outbox: Vec<u8>,
+    subscription: Option<OwnedSubscription>,
+}
+
+/// What reading the next request gave.
 enum Read {
-    Line(Vec<u8>),
+    Line(BytesMut),
     TooLong,
     Closed,
     Idle,
 }
 
-async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R, within: Duration) -> Read {
-    let mut buf = Vec::new();
-    let limited = (&mut *reader).take(MAX_LINE as u64 + 1);
-    let mut limited = limited;
-    match tokio::time::timeout(within, limited.read_until(b'\n', &mut buf)).await {
-        Err(_) => Read::Idle,
-        Ok(Err(_)) | Ok(Ok(0)) => Read::Closed,
-        Ok(Ok(_)) if buf.len() > MAX_LINE => Read::TooLong,
-        Ok(Ok(_)) if !buf.ends_with(b"\n") => Read::Closed, // EOF before the end of the line
-        Ok(Ok(_)) => Read::Line(buf),
+impl Connection {
+    fn new(stream: UnixStream) -> Connection {
+        let (read_half, writer) = stream.into_split();
+        Connection {
+            lines: FramedRead::new(read_half, RequestLines::default()),
+            writer,
+            outbox: Vec::new(),
+            subscription: None,
+        }
     }
-}
 
-async fn connection(stream: UnixStream, control: &Control, peer_pid: Option<i32>) {
-    let (read_half, mut write_half) = stream.into_split();
-    let mut reader = BufReader::new(read_half);
-    let mut within = FIRST_LINE_WITHIN;
-    let mut subscription = None;
-    loop {
-        let line = match subscription.as_mut() {
-            None => read_line(&mut reader, within).await,
-            Some(rx) => {
-                // A subscriber may also send requests (`drained`) on the same connection.
-                tokio::select! {
-                    line = read_line(&mut reader, Duration::from_secs(u64::MAX / 4)) => line,
-                    announcement = next_announcement(rx) => {
-                        let Some(value) = announcement else { return };
-                        if write(&mut write_half, &value).await.is_err() {
+    /// Answers requests (and, once subscribed, passes announcements on) until the client goes.
+    async fn serve(&mut self, control: &Control, peer_pid: Option<i32>) {
+        let mut within = Some(FIRST_LINE_WITHIN);
+        loop {
+            let read = match self.subscription.as_mut() {
+                None => next_request(&mut self.lines, within).await,
+                // A subscriber may also send requests (`drained`) on the same connection; it is
+                // never idle, as it may wait for a drain for days.
+                Some(subscription) => tokio::select! {
+                    read = next_request(&mut self.lines, None) => read,
+                    received = subscription.rx.recv() => {
+                        let event = match received {
+                            Ok(announcement) => event_of(announcement),
+                            // A subscriber this far behind is told how much it missed.
+                            Err(RecvError::Lagged(missed)) => Event::Lagged { missed },
+                            Err(RecvError::Closed) => return,
+                        };
+                        if self.send(&event).await.is_err() {
                             return;
                         }
                         continue;
                     }
+                },
+            };
+            let line = match read {
+                Read::Line(line) => line,
+                Read::TooLong => {
+                    let _ = self
+                        .send(&Reply::refused("request line longer than 64 KiB"))
+                        .await;
+                    return;
                 }
-            }
-        };
-        let bytes = match line {
-            Read::Line(bytes) => bytes,
-            Read::TooLong => {
-                let _ = write(&mut write_half, &refusal("request line longer than 64 KiB")).await;
+                Read::Idle => {
+                    let _ = self
+                        .send(&Reply::refused("no request in time; closing"))
+                        .await;
+                    return;
+                }
+                Read::Closed => return,
+            };
+            within = Some(IDLE_WITHIN);
+            if self.request(&line, control, peer_pid).await.is_err() {
                 return;
             }
-            Read::Idle => {
-                let _ = write(&mut write_half, &refusal("no request in time; closing")).await;
-                return;
-            }
-            Read::Closed => return,
+        }
+    }
+
+    /// Answers one request line.
+    async fn request(
+        &mut self,
+        line: &[u8],
+        control: &Control,
+        peer_pid: Option<i32>,
+    ) -> io::Result<()> {
+        let request = match Request::parse(line) {
+            Ok(request) => request,
+            Err(error) => return self.send(&Reply::refused(error)).await,
         };
-        within = IDLE_WITHIN;
-        let (answer, subscribe) = handle(&bytes, control).await;
         // The subscription exists before its confirmation is sent: a client that starts a drain
         // on seeing "subscribed" must already count as listening.
         let mut current_drain = None;
-        if subscribe && subscription.is_none() {
+        if request == Request::Subscribe && self.subscription.is_none() {
             // Only the agent's own processes make a drain wait for them.
             let from_agent = match (peer_pid, control.hub.agent_pid()) {
                 (Some(peer), Some(agent)) => {
@@ -148,117 +256,253 @@ async fn connection(stream: UnixStream, control: &Control, peer_pid: Option<i32>
                 }
                 _ => false,
             };
-            subscription = Some(control.hub.subscribe_owned(from_agent));
+            self.subscription = Some(control.hub.subscribe_owned(from_agent));
             // A subscriber that arrives mid-drain hears of it at once.
             let draining = control.hub.phase.borrow().name() == PhaseName::Draining;
             current_drain = control.hub.report().drain.clone().filter(|_| draining);
         }
-        if write(&mut write_half, &answer).await.is_err() {
-            return;
+        self.send(&answer(request, control).await).await?;
+        if let Some(info) = current_drain {
+            self.send(&drain_event(&info)).await?;
         }
-        if let Some(info) = current_drain
-            && write(&mut write_half, &drain_event(&info)).await.is_err()
-        {
-            return;
+        Ok(())
+    }
+
+    /// Sends one message, after whatever is still in the outbox.
+    async fn send(&mut self, message: &impl Serialize) -> io::Result<()> {
+        self.queue(message)?;
+        self.flush().await
+    }
+
+    fn queue(&mut self, message: &impl Serialize) -> io::Result<()> {
+        self.outbox.extend(protocol::to_line(message)?);
+        Ok(())
+    }
+
+    /// Writes the outbox out. With `write`, not `write_all`: `write` is cancel-safe, so when
+    /// shutdown interrupts, the unwritten rest of a line stays here for the farewell.
+    async fn flush(&mut self) -> io::Result<()> {
+        while !self.outbox.is_empty() {
+            let written = self.writer.write(&self.outbox).await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.outbox.drain(..written);
         }
+        Ok(())
+    }
+
+    /// The guard is stopping: a subscriber gets every announcement already made (the last of
+    /// them `exited`), then the connection closes. The caller bounds how long this may take.
+    async fn farewell(&mut self) {
+        let mut due = Vec::new();
+        if let Some(subscription) = self.subscription.as_mut() {
+            loop {
+                match subscription.rx.try_recv() {
+                    Ok(announcement) => due.push(event_of(announcement)),
+                    Err(TryRecvError::Lagged(missed)) => due.push(Event::Lagged { missed }),
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                }
+            }
+        }
+        for event in &due {
+            if self.queue(event).is_err() {
+                break;
+            }
+        }
+        let _ = self.flush().await;
     }
 }
 
-async fn write(w: &mut tokio::net::unix::OwnedWriteHalf, value: &Value) -> std::io::Result<()> {
-    let mut line = value.to_string();
-    line.push('\n');
-    w.write_all(line.as_bytes()).await
-}
-
-async fn next_announcement(rx: &mut crate::agent::hub::OwnedSubscription) -> Option<Value> {
-    match rx.rx.recv().await {
-        Ok(Announcement::Phase(phase)) => Some(json!({"event": "phase", "phase": phase})),
-        Ok(Announcement::Drain(info)) => Some(drain_event(&info)),
-        // A subscriber this far behind is told how much it missed, and carries on.
-        Err(broadcast::error::RecvError::Lagged(n)) => {
-            Some(json!({"event": "lagged", "missed": n}))
-        }
-        Err(broadcast::error::RecvError::Closed) => None,
+/// The next request line, or why there is none. Cancel-safe: a line read in part stays in the
+/// reader's buffer.
+async fn next_request(
+    lines: &mut FramedRead<OwnedReadHalf, RequestLines>,
+    within: Option<Duration>,
+) -> Read {
+    use futures_core::Stream;
+    let next = std::future::poll_fn(|cx| Pin::new(&mut *lines).poll_next(cx));
+    let frame = match within {
+        Some(within) => match tokio::time::timeout(within, next).await {
+            Ok(frame) => frame,
+            Err(_) => return Read::Idle,
+        },
+        None => next.await,
+    };
+    match frame {
+        Some(Ok(Frame::Line(line))) => Read::Line(line),
+        Some(Ok(Frame::TooLong)) => Read::TooLong,
+        Some(Err(_)) | None => Read::Closed,
     }
 }
 
-/// The drain event as the protocol gives it.
-pub fn drain_event(info: &DrainInfo) -> Value {
-    json!({
-        "event": "drain",
-        "reason": info.reason.as_str(),
-        "deadline": humantime::format_rfc3339_millis(info.deadline).to_string(),
-        "deadline_in_ms": info.deadline_at.saturating_duration_since(Instant::now()).as_millis() as u64,
-    })
+/// Request lines as the protocol frames them: bytes up to and including `\n`, at most `MAX_LINE`
+/// of them. Not `LinesCodec`: that one makes bytes that are not UTF-8 an I/O error (here they get
+/// the "invalid JSON" answer like any bad line) and hands over a last line cut short by EOF
+/// (here that is no request).
+#[derive(Default)]
+struct RequestLines {
+    /// How far the buffer has been searched for `\n` already.
+    searched: usize,
 }
 
-/// Answers one request; the flag says whether it was `subscribe`.
-async fn handle(bytes: &[u8], control: &Control) -> (Value, bool) {
-    let request: Value = match serde_json::from_slice(bytes) {
-        Ok(v) => v,
-        Err(e) => return (refusal(&format!("invalid JSON: {e}")), false),
-    };
-    let Some(op) = request.get("op").and_then(Value::as_str) else {
-        return (refusal("missing \"op\""), false);
-    };
-    let send = |event: Event| {
-        let events = control.events.clone();
-        async move {
-            // The supervisor outlives this server; a closed channel means the run is over.
-            events.send(event).await.is_ok()
-        }
-    };
-    match op {
-        "status" => (crate::agent::hub::status_json(&control.hub), false),
-        "subscribe" => (
-            json!({"ok": true, "subscribed": true, "phase": control.hub.phase.borrow().name().as_str()}),
-            true,
-        ),
-        "ready" => {
-            if control.ready_on != ReadyOn::Notify {
-                return (
-                    json!({"ok": true, "ignored": "readiness comes from --ready-on, not from the agent"}),
-                    false,
-                );
+enum Frame {
+    Line(BytesMut),
+    TooLong,
+}
+
+impl Decoder for RequestLines {
+    type Item = Frame;
+    type Error = io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Option<Frame>> {
+        let window = buf.len().min(MAX_LINE);
+        let from = self.searched.min(window);
+        match buf[from..window].iter().position(|&b| b == b'\n') {
+            Some(at) => {
+                self.searched = 0;
+                Ok(Some(Frame::Line(buf.split_to(from + at + 1))))
             }
-            control.hub.report().ready_source.get_or_insert("control");
-            send(Event::Ready).await;
-            (json!({"ok": true}), false)
-        }
-        "drained" => {
-            send(Event::Drained).await;
-            (json!({"ok": true}), false)
-        }
-        "busy" => match request.get("in_flight").and_then(Value::as_u64) {
-            Some(n) => {
-                control.hub.report().in_flight = Some((n, SystemTime::now()));
-                (json!({"ok": true}), false)
+            None if buf.len() > MAX_LINE => Ok(Some(Frame::TooLong)),
+            None => {
+                self.searched = window;
+                Ok(None)
             }
-            None => (refusal("\"in_flight\" must be a whole number ≥ 0"), false),
-        },
-        "extend" => match request.get("seconds").and_then(Value::as_f64) {
-            Some(s) if s > 0.0 && s.is_finite() => {
-                let by = Duration::from_secs_f64(s).min(MAX_EXTEND);
-                send(Event::Extend(by)).await;
-                (json!({"ok": true}), false)
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> io::Result<Option<Frame>> {
+        let frame = self.decode(buf)?;
+        if frame.is_none() {
+            // A line cut short by EOF is no request.
+            buf.clear();
+            self.searched = 0;
+        }
+        Ok(frame)
+    }
+}
+
+/// A reply: most are a `Reply`; `status` is the hub's JSON (which says `"ok":true` itself).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Answer {
+    Reply(Reply),
+    Status(Value),
+}
+
+impl From<Reply> for Answer {
+    fn from(reply: Reply) -> Answer {
+        Answer::Reply(reply)
+    }
+}
+
+/// Does what `request` asks and says how it went.
+async fn answer(request: Request, control: &Control) -> Answer {
+    match request {
+        Request::Status => Answer::Status(crate::agent::hub::status_json(&control.hub)),
+        Request::Subscribe => Reply::subscribed(control.hub.phase.borrow().name()).into(),
+        Request::Ready => {
+            if control.agent_ready("control").await {
+                Reply::ok().into()
+            } else {
+                Reply::ignored("readiness comes from --ready-on, not from the agent").into()
             }
-            _ => (refusal("\"seconds\" must be a number > 0"), false),
-        },
-        "drain" => {
-            let note = request.get("reason").and_then(Value::as_str).unwrap_or("");
+        }
+        Request::Drained => {
+            control.agent_drained().await;
+            Reply::ok().into()
+        }
+        Request::Busy { in_flight } => {
+            control.agent_busy(in_flight);
+            Reply::ok().into()
+        }
+        Request::Extend { seconds } => {
+            // `seconds` is finite and > 0; one too large for a Duration is simply the most.
+            let by = Duration::try_from_secs_f64(seconds).map_or(MAX_EXTEND, |d| d.min(MAX_EXTEND));
+            control.agent_extend(by).await;
+            Reply::ok().into()
+        }
+        Request::Drain { reason } => {
+            let note = reason.as_deref().unwrap_or("");
             tracing::info!(note, "drain requested on the control socket");
-            send(Event::Drain {
-                reason: DrainReason::Operator,
-                hard_deadline: None,
-            })
-            .await;
-            (json!({"ok": true}), false)
+            control
+                .tell(state::Event::Drain {
+                    reason: DrainReason::Operator,
+                    hard_deadline: None,
+                })
+                .await;
+            Reply::ok().into()
         }
-        other => (
-            refusal(&format!(
-                "unknown op `{other}` (expected status, subscribe, ready, drained, busy, extend or drain)"
-            )),
-            false,
-        ),
+    }
+}
+
+/// An announcement as subscribers hear it.
+fn event_of(announcement: Announcement) -> Event {
+    match announcement {
+        Announcement::Phase(phase) => Event::Phase { phase },
+        Announcement::Drain(info) => drain_event(&info),
+    }
+}
+
+/// The drain event, its deadline both as a time and from now.
+fn drain_event(info: &DrainInfo) -> Event {
+    Event::Drain {
+        reason: info.reason,
+        deadline: humantime::format_rfc3339_millis(info.deadline).to_string(),
+        deadline_in_ms: info
+            .deadline_at
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(input: &[u8], eof: bool) -> Vec<Result<Vec<u8>, &'static str>> {
+        let mut codec = RequestLines::default();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        // Fed a byte at a time, the way a slow client writes.
+        for &b in input {
+            buf.extend_from_slice(&[b]);
+            while let Some(frame) = codec.decode(&mut buf).expect("decode") {
+                match frame {
+                    Frame::Line(line) => out.push(Ok(line.to_vec())),
+                    Frame::TooLong => return [out, vec![Err("too long")]].concat(),
+                }
+            }
+        }
+        if eof && let Some(Frame::Line(line)) = codec.decode_eof(&mut buf).expect("eof") {
+            out.push(Ok(line.to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn lines_are_split_at_newlines_and_a_partial_last_line_is_dropped() {
+        let got = frames(b"{\"op\":\"status\"}\n\xff\n{\"op\":", true);
+        assert_eq!(
+            got,
+            vec![
+                Ok(b"{\"op\":\"status\"}\n".to_vec()),
+                Ok(b"\xff\n".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_line_is_at_most_max_line_bytes_with_its_newline() {
+        let mut fits = vec![b'x'; MAX_LINE - 1];
+        fits.push(b'\n');
+        assert_eq!(frames(&fits, false), vec![Ok(fits.clone())]);
+        let mut over = vec![b'x'; MAX_LINE];
+        over.push(b'\n');
+        assert_eq!(frames(&over, false), vec![Err("too long")]);
+        // Exactly MAX_LINE bytes and then EOF: the client left mid-line, nothing to answer.
+        assert_eq!(frames(&over[..MAX_LINE], true), vec![]);
     }
 }

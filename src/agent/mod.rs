@@ -1,4 +1,5 @@
-//! What faces the agent and the operator: the control socket, sd_notify, and what they share.
+//! What faces the agent and the operator: the control socket, its protocol, sd_notify, and what
+//! they share.
 pub(crate) mod control;
 pub(crate) mod hub;
 pub(crate) mod protocol;

@@ -12,15 +12,15 @@ use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram as StdDatagram;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
+use tokio_util::sync::CancellationToken;
 
 use crate::agent::control::Control;
 use crate::agent::unixsock;
-use crate::machine::state::{Event, ReadyOn};
 
 /// systemd's own limit for one notification.
 const MAX_DATAGRAM: usize = 4096;
@@ -41,8 +41,15 @@ pub fn pass_credentials(socket: &UnixDatagram) -> io::Result<()> {
     setsockopt(socket, sockopt::PassCred, &true).map_err(io::Error::from)
 }
 
-/// Serves the agent's notifications until the task is dropped.
-pub async fn serve(socket: UnixDatagram, control: Control, upstream: Upstream) {
+/// Serves the agent's notifications until `shutdown` is cancelled. A datagram is handled whole
+/// (its events reach the supervisor, or the closed channel says the run is over), so returning
+/// never waits on anything outside.
+pub async fn serve(
+    socket: UnixDatagram,
+    control: Control,
+    upstream: Upstream,
+    shutdown: CancellationToken,
+) {
     let watchdog = control.hub.watchdog;
     let mut check = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| {
         (w / 4).max(Duration::from_millis(50))
@@ -51,6 +58,7 @@ pub async fn serve(socket: UnixDatagram, control: Control, upstream: Upstream) {
     let mut refused = RateLimit::default();
     loop {
         tokio::select! {
+            () = shutdown.cancelled() => return,
             ready = socket.readable() => {
                 if let Err(err) = ready {
                     tracing::warn!(error = %err, "notify socket: wait failed");
@@ -137,55 +145,44 @@ async fn handle(d: Datagram, control: &Control, upstream: &Upstream, refused: &m
         let Some((key, value)) = line.split_once('=') else {
             continue;
         };
-        let event = apply(key, value, control, upstream);
-        if let Some(event) = event {
-            // The supervisor outlives this server; a closed channel means the run is over.
-            let _ = control.events.send(event).await;
-        }
+        apply(key, value, control, upstream).await;
     }
 }
 
-/// Applies one `KEY=VALUE`; returns the event it means for the supervisor, if any.
-fn apply(key: &str, value: &str, control: &Control, upstream: &Upstream) -> Option<Event> {
+/// Applies one `KEY=VALUE`. What the agent's words mean is `Control`'s, shared with the control
+/// socket; only systemd's keys and value syntax are read here.
+async fn apply(key: &str, value: &str, control: &Control, upstream: &Upstream) {
     let hub = &control.hub;
     match (key, value) {
-        ("READY", "1") if control.ready_on == ReadyOn::Notify => {
-            hub.report().ready_source.get_or_insert("notify");
-            Some(Event::Ready)
+        ("READY", "1") => {
+            // Without `--ready-on notify`, READY=1 is ignored as systemd ignores it for a
+            // unit that is not Type=notify.
+            control.agent_ready("notify").await;
         }
         ("STOPPING", "1") => {
             if !hub.report().stopping {
                 tracing::info!("the agent says it is stopping (STOPPING=1)");
             }
             hub.report().stopping = true;
-            None
         }
         ("STATUS", text) => {
             hub.report().status = Some(text.to_string());
             upstream.send(&format!("STATUS={text}"));
-            None
         }
-        ("WATCHDOG", "1") => {
-            hub.report().last_watchdog = Some(Instant::now());
-            None
+        ("WATCHDOG", "1") => hub.report().last_watchdog = Some(Instant::now()),
+        ("WATCHDOG", "trigger") => hub.report().watchdog_triggered = true,
+        ("EXTEND_TIMEOUT_USEC", usec) => {
+            if let Ok(us) = usec.trim().parse::<u64>() {
+                control.agent_extend(Duration::from_micros(us)).await;
+            }
         }
-        ("WATCHDOG", "trigger") => {
-            hub.report().watchdog_triggered = true;
-            None
-        }
-        ("EXTEND_TIMEOUT_USEC", usec) => usec
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .map(|us| Event::Extend(Duration::from_micros(us))),
-        ("X_DRAINED", "1") => Some(Event::Drained),
+        ("X_DRAINED", "1") => control.agent_drained().await,
         ("X_IN_FLIGHT", n) => {
             if let Ok(n) = n.trim().parse::<u64>() {
-                hub.report().in_flight = Some((n, SystemTime::now()));
+                control.agent_busy(n);
             }
-            None
         }
-        _ => None,
+        _ => {}
     }
 }
 

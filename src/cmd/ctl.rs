@@ -8,8 +8,10 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::Value;
 
+use crate::agent::protocol::{self, Event, Reply, Request};
 use crate::cli::CtlRequest;
 
 /// The guard refused the request.
@@ -17,46 +19,20 @@ pub const REFUSED: u8 = 1;
 /// No guard answers on the socket.
 pub const UNREACHABLE: u8 = 2;
 
-/// What to ask.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    Status,
-    Drain { reason: Option<String> },
-    Ready,
-    Drained,
-    Subscribe,
-}
-
-impl From<CtlRequest> for Request {
-    fn from(request: CtlRequest) -> Request {
-        match request {
-            CtlRequest::Status => Request::Status,
-            CtlRequest::Drain { reason } => Request::Drain { reason },
-            CtlRequest::Ready => Request::Ready,
-            CtlRequest::Drained => Request::Drained,
-            CtlRequest::Subscribe => Request::Subscribe,
-        }
-    }
-}
-
-impl Request {
-    fn to_json(&self) -> Value {
-        match self {
-            Request::Status => json!({"op": "status"}),
-            Request::Drain { reason } => match reason {
-                Some(r) => json!({"op": "drain", "reason": r}),
-                None => json!({"op": "drain"}),
-            },
-            Request::Ready => json!({"op": "ready"}),
-            Request::Drained => json!({"op": "drained"}),
-            Request::Subscribe => json!({"op": "subscribe"}),
-        }
+/// The protocol's request for what the operator asked.
+fn request_for(request: CtlRequest) -> Request {
+    match request {
+        CtlRequest::Status => Request::Status,
+        CtlRequest::Drain { reason } => Request::Drain { reason },
+        CtlRequest::Ready => Request::Ready,
+        CtlRequest::Drained => Request::Drained,
+        CtlRequest::Subscribe => Request::Subscribe,
     }
 }
 
 /// Sends `request` to the guard at `socket` and prints the answer; returns the exit status.
 pub fn run(socket: &PathBuf, request: CtlRequest, as_json: bool) -> u8 {
-    let request = &Request::from(request);
+    let request = &request_for(request);
     let stream = match UnixStream::connect(socket) {
         Ok(s) => s,
         Err(err) => {
@@ -68,13 +44,15 @@ pub fn run(socket: &PathBuf, request: CtlRequest, as_json: bool) -> u8 {
         }
     };
     // A request answers at once; only `subscribe` waits, for as long as the guard runs.
-    if *request != Request::Subscribe {
+    let subscribe = *request == Request::Subscribe;
+    if !subscribe {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     }
     let mut writer = &stream;
-    let mut line = request.to_json().to_string();
-    line.push('\n');
-    if let Err(err) = writer.write_all(line.as_bytes()) {
+    let sent = protocol::to_line(request)
+        .map_err(std::io::Error::from)
+        .and_then(|line| writer.write_all(&line));
+    if let Err(err) = sent {
         eprintln!(
             "agent-guard ctl: cannot write to {}: {err}",
             socket.display()
@@ -99,31 +77,30 @@ pub fn run(socket: &PathBuf, request: CtlRequest, as_json: bool) -> u8 {
             return UNREACHABLE;
         }
     };
-    let reply: Value =
-        serde_json::from_str(&first).unwrap_or_else(|_| json!({"ok": false, "error": first}));
-    if reply.get("ok") != Some(&Value::Bool(true)) {
-        let error = reply
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("refused");
+    // The whole line for `--json` and the status summary; its head, typed, for the rest.
+    let body: Value = serde_json::from_str(&first)
+        .unwrap_or_else(|_| serde_json::json!({"ok": false, "error": first}));
+    let reply = Reply::deserialize(&body).unwrap_or_default();
+    if !reply.ok {
         if as_json {
-            println!("{reply}");
+            println!("{body}");
         }
+        let error = reply.error.as_deref().unwrap_or("refused");
         eprintln!("agent-guard ctl: refused: {error}");
         return REFUSED;
     }
     if as_json {
-        println!("{reply}");
+        println!("{body}");
     } else {
-        print!("{}", summary(request, &reply));
+        print!("{}", summary(request, &reply, &body));
     }
-    if *request == Request::Subscribe {
+    if subscribe {
         for line in lines {
             let Ok(line) = line else { break };
             if as_json {
                 println!("{line}");
-            } else if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                println!("{}", event_line(&event));
+            } else if let Some(text) = event_line(&line) {
+                println!("{text}");
             }
             let _ = std::io::stdout().flush();
         }
@@ -131,7 +108,27 @@ pub fn run(socket: &PathBuf, request: CtlRequest, as_json: bool) -> u8 {
     0
 }
 
-fn summary(request: &Request, reply: &Value) -> String {
+/// The readable answer to `request`: `reply` is its typed head, `body` the whole line (the
+/// `status` body is the hub's JSON, read field by field).
+fn summary(request: &Request, reply: &Reply, body: &Value) -> String {
+    match request {
+        Request::Status => status_summary(body),
+        Request::Drain { .. } => "drain requested\n".to_string(),
+        Request::Ready => match &reply.ignored {
+            Some(why) => format!("ignored: {why}\n"),
+            None => "ready\n".to_string(),
+        },
+        Request::Drained => "drained\n".to_string(),
+        Request::Subscribe => format!(
+            "subscribed; phase {}\n",
+            reply.phase.map_or("-", |p| p.as_str())
+        ),
+        // `ctl` does not send these; an answer to them is just "ok".
+        Request::Busy { .. } | Request::Extend { .. } => "ok\n".to_string(),
+    }
+}
+
+fn status_summary(reply: &Value) -> String {
     let s = |k: &str| {
         reply
             .get(k)
@@ -139,70 +136,56 @@ fn summary(request: &Request, reply: &Value) -> String {
             .unwrap_or("-")
             .to_string()
     };
-    match request {
-        Request::Status => {
-            let mut out = format!(
-                "{}: {} (agent pid {}, up {}s)\n",
-                s("name"),
-                s("phase"),
-                reply
-                    .get("agent_pid")
-                    .map_or("-".to_string(), Value::to_string),
-                reply
-                    .get("uptime_s")
-                    .map_or("-".to_string(), Value::to_string),
-            );
-            if let Some(d) = reply.get("drain").filter(|d| !d.is_null()) {
-                out.push_str(&format!(
-                    "draining: reason {}, deadline {} (in {} ms)\n",
-                    d.get("reason").and_then(Value::as_str).unwrap_or("-"),
-                    d.get("deadline").and_then(Value::as_str).unwrap_or("-"),
-                    d.get("deadline_in_ms")
-                        .map_or("-".to_string(), Value::to_string)
-                ));
-            }
-            if let Some(st) = reply.get("status").and_then(Value::as_str) {
-                out.push_str(&format!("agent status: {st}\n"));
-            }
-            if let Some(n) = reply.get("in_flight").and_then(Value::as_u64) {
-                out.push_str(&format!("in flight: {n}\n"));
-            }
-            if let Some(n) = reply.get("subscribers").and_then(Value::as_u64) {
-                out.push_str(&format!("subscribers: {n}\n"));
-            }
-            if reply.get("watchdog_missed") == Some(&Value::Bool(true)) {
-                out.push_str("watchdog: MISSED\n");
-            }
-            out
-        }
-        Request::Drain { .. } => "drain requested\n".to_string(),
-        Request::Ready => match reply.get("ignored").and_then(Value::as_str) {
-            Some(why) => format!("ignored: {why}\n"),
-            None => "ready\n".to_string(),
-        },
-        Request::Drained => "drained\n".to_string(),
-        Request::Subscribe => format!("subscribed; phase {}\n", s("phase")),
+    let mut out = format!(
+        "{}: {} (agent pid {}, up {}s)\n",
+        s("name"),
+        s("phase"),
+        reply
+            .get("agent_pid")
+            .map_or("-".to_string(), Value::to_string),
+        reply
+            .get("uptime_s")
+            .map_or("-".to_string(), Value::to_string),
+    );
+    if let Some(d) = reply.get("drain").filter(|d| !d.is_null()) {
+        out.push_str(&format!(
+            "draining: reason {}, deadline {} (in {} ms)\n",
+            d.get("reason").and_then(Value::as_str).unwrap_or("-"),
+            d.get("deadline").and_then(Value::as_str).unwrap_or("-"),
+            d.get("deadline_in_ms")
+                .map_or("-".to_string(), Value::to_string)
+        ));
     }
+    if let Some(st) = reply.get("status").and_then(Value::as_str) {
+        out.push_str(&format!("agent status: {st}\n"));
+    }
+    if let Some(n) = reply.get("in_flight").and_then(Value::as_u64) {
+        out.push_str(&format!("in flight: {n}\n"));
+    }
+    if let Some(n) = reply.get("subscribers").and_then(Value::as_u64) {
+        out.push_str(&format!("subscribers: {n}\n"));
+    }
+    if reply.get("watchdog_missed") == Some(&Value::Bool(true)) {
+        out.push_str("watchdog: MISSED\n");
+    }
+    out
 }
 
-fn event_line(event: &Value) -> String {
-    let s = |k: &str| {
-        event
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or("-")
-            .to_string()
-    };
-    match event.get("event").and_then(Value::as_str) {
-        Some("phase") => format!("phase {}", s("phase")),
-        Some("drain") => format!(
-            "drain: reason {}, deadline {} (in {} ms)",
-            s("reason"),
-            s("deadline"),
-            event
-                .get("deadline_in_ms")
-                .map_or("-".to_string(), Value::to_string)
-        ),
-        _ => event.to_string(),
+/// One event as a readable line; other JSON is shown as it is, and a line that is not JSON at
+/// all is skipped.
+fn event_line(line: &str) -> Option<String> {
+    match serde_json::from_str::<Event>(line) {
+        Ok(Event::Phase { phase }) => Some(format!("phase {}", phase.as_str())),
+        Ok(Event::Drain {
+            reason,
+            deadline,
+            deadline_in_ms,
+        }) => Some(format!(
+            "drain: reason {}, deadline {deadline} (in {deadline_in_ms} ms)",
+            reason.as_str()
+        )),
+        Ok(Event::Lagged { .. }) | Err(_) => serde_json::from_str::<Value>(line)
+            .ok()
+            .map(|v| v.to_string()),
     }
 }

@@ -665,3 +665,119 @@ fn the_fd_sent_with_barrier_1_is_closed() {
     guard.signal(libc::SIGTERM);
     assert_eq!(guard.code(), 143);
 }
+
+/// A raw subscriber: connects, subscribes, and returns the stream and a reader of its lines.
+fn subscribe(socket: &Path) -> (UnixStream, BufReader<UnixStream>) {
+    let stream = UnixStream::connect(socket).expect("connect");
+    stream.set_read_timeout(Some(SOON)).expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    (&stream)
+        .write_all(b"{\"op\":\"subscribe\"}\n")
+        .expect("subscribe");
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("the subscribe reply");
+    assert!(line.contains("\"subscribed\":true"), "{line}");
+    (stream, reader)
+}
+
+fn next_line(reader: &mut BufReader<UnixStream>) -> String {
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("a line from the guard");
+    line
+}
+
+#[test]
+fn a_request_written_in_two_parts_survives_an_event_between_them() {
+    let dir = scratch();
+    let log = agent_log(dir.path());
+    let trigger = dir.path().join("go");
+    let mut guard = start(
+        dir.path(),
+        &["--ready-on", "notify"],
+        &[
+            fixture("notify_agent.py").to_str().expect("utf-8"),
+            &log,
+            "--ready-on-file",
+            trigger.to_str().expect("utf-8"),
+        ],
+    );
+    wait_ready_file(dir.path());
+    wait_until("the control socket", SOON, || guard.socket.exists());
+    let (mut stream, mut reader) = subscribe(&guard.socket);
+    // The request without its newline; the pause lets the guard read it (a deliberate sleep:
+    // there is nothing to observe, the point is that the bytes sit half-read in the guard).
+    stream
+        .write_all(b"{\"op\":\"drained\"}")
+        .expect("first part");
+    std::thread::sleep(Duration::from_millis(300));
+    // Now an event is delivered on the same connection while the request waits for its end.
+    std::fs::write(&trigger, "").expect("trigger");
+    let event = next_line(&mut reader);
+    assert_eq!(event.trim(), r#"{"event":"phase","phase":"ready"}"#);
+    stream.write_all(b"\n").expect("second part");
+    let reply = next_line(&mut reader);
+    assert_eq!(
+        reply.trim(),
+        r#"{"ok":true}"#,
+        "the first part was lost: {reply}"
+    );
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 0, "{}", guard.log());
+}
+
+#[test]
+fn a_subscriber_hears_exited_and_then_the_connection_closes() {
+    let dir = scratch();
+    let log = agent_log(dir.path());
+    let mut guard = start(
+        dir.path(),
+        &[],
+        &[fixture("notify_agent.py").to_str().expect("utf-8"), &log],
+    );
+    wait_ready_file(dir.path());
+    wait_until("the control socket", SOON, || guard.socket.exists());
+    let (_stream, mut reader) = subscribe(&guard.socket);
+    guard.signal(libc::SIGTERM);
+    let mut rest = String::new();
+    reader
+        .read_to_string(&mut rest)
+        .expect("the guard closes the connection");
+    assert!(
+        rest.ends_with("{\"event\":\"phase\",\"phase\":\"exited\"}\n"),
+        "{rest:?}"
+    );
+    assert_eq!(guard.code(), 0, "{}", guard.log());
+}
+
+#[test]
+fn a_client_that_never_reads_cannot_hold_the_guard_at_exit() {
+    let dir = scratch();
+    let log = agent_log(dir.path());
+    let mut guard = start(
+        dir.path(),
+        &[],
+        &[fixture("notify_agent.py").to_str().expect("utf-8"), &log],
+    );
+    wait_ready_file(dir.path());
+    wait_until("the control socket", SOON, || guard.socket.exists());
+    // Thousands of status requests whose replies (about 1 KiB each) are never read: the guard's
+    // writes to this client block once the socket's buffers are full.
+    let mut stuck = UnixStream::connect(&guard.socket).expect("connect");
+    stuck
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    for _ in 0..5000 {
+        if stuck.write_all(b"{\"op\":\"status\"}\n").is_err() {
+            break; // the guard stopped reading too: it is blocked on its reply
+        }
+    }
+    let sent = Instant::now();
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 0, "{}", guard.log());
+    assert!(
+        sent.elapsed() < Duration::from_secs(8),
+        "exit took {:?}",
+        sent.elapsed()
+    );
+    drop(stuck);
+}
