@@ -191,6 +191,7 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
         ready_on: config.ready_on,
     };
     let upstream = Upstream::from_env();
+    let shutdown = tokio_util::sync::CancellationToken::new();
     let mut servers = vec![
         tokio::spawn(control::serve(sockets.control, control.clone())),
         tokio::spawn(sdnotify::serve(sockets.notify, control, upstream.clone())),
@@ -207,6 +208,7 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
         },
         checks_tx,
         events_tx.clone(),
+        shutdown.clone(),
     ));
     let poller = imds.map(|client| {
         let settings = NoticeSettings {
@@ -252,6 +254,7 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
     for _ in 0..8 {
         tokio::task::yield_now().await;
     }
+    shutdown.cancel();
     for server in servers {
         server.abort();
     }
