@@ -197,7 +197,11 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
         tokio::spawn(sdnotify::serve(sockets.notify, control, upstream.clone())),
     ];
     if let Some(listener) = health {
-        servers.push(tokio::spawn(server::serve(listener, hub.clone())));
+        servers.push(tokio::spawn(server::serve(
+            listener,
+            hub.clone(),
+            shutdown.clone(),
+        )));
     }
     servers.extend(checks::spawn(
         config.checks.clone(),

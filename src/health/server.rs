@@ -1,6 +1,6 @@
 //! The health endpoint's HTTP server (hyper 1): accepts connections within limits, routes
 //! `/livez`, `/readyz` (`?verbose`), `/health`, `/status` and `/metrics` to the answers built in
-//! [`probes`](crate::health::probes) and [`metrics`](crate::health::metrics).
+//! [`probes`](crate::health::probes) and [`metrics`](crate::health::metrics), and stops when told.
 //!
 //! Every answer is built from snapshots, never from a probe made for the request, so it takes
 //! microseconds even while a dependency hangs. The server stays bounded under abuse: a request
@@ -19,6 +19,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::agent::hub::{Hub, status_json};
 use crate::health::{metrics, probes};
@@ -29,12 +31,22 @@ const MAX_HEAD: usize = 16 * 1024;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections open at once; past this, new ones are closed at once.
 const MAX_CONNECTIONS: usize = 2048;
-/// Serves health requests on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
+/// How long requests in flight may take to finish once the server is told to stop. Answers take
+/// microseconds; this only bounds writing to a client that reads slowly, and a half-sent head.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
+/// Serves health requests on `listener` until `shutdown` is cancelled, then stops accepting,
+/// lets requests in flight finish for at most [`SHUTDOWN_GRACE`], and returns.
+pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = TaskTracker::new();
     let mut refused_logged: Option<Instant> = None;
     loop {
-        let stream = match listener.accept().await {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(err) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -53,23 +65,51 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
             }
             continue; // dropping the stream closes it
         };
-        tokio::spawn(connection(stream, hub.clone(), slot));
+        connections.spawn(connection(stream, hub.clone(), shutdown.clone(), slot));
+    }
+    // New connections are refused from here on.
+    drop(listener);
+    connections.close();
+    // Each connection bounds itself by SHUTDOWN_GRACE; this deadline only guards that promise.
+    let all_closed = connections.wait();
+    if tokio::time::timeout(SHUTDOWN_GRACE * 2, all_closed)
+        .await
+        .is_err()
+    {
+        tracing::debug!(
+            open = connections.len(),
+            "health endpoint: connections still open at shutdown"
+        );
     }
 }
 
-/// Serves one connection until the client closes it. `slot` is its place in the limit.
-async fn connection(stream: TcpStream, hub: Arc<Hub>, slot: OwnedSemaphorePermit) {
+/// Serves one connection until the client closes it, or until `shutdown`; then lets its
+/// request in flight finish for at most [`SHUTDOWN_GRACE`]. `slot` is its place in the limit.
+async fn connection(
+    stream: TcpStream,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+    slot: OwnedSemaphorePermit,
+) {
     let _ = stream.set_nodelay(true);
     let service = service_fn(move |req| {
         let hub = hub.clone();
         async move { Ok::<_, Infallible>(respond(&hub, &req)) }
     });
-    let _ = hyper::server::conn::http1::Builder::new()
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEAD)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+        .serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = shutdown.cancelled() => {
+            // Idle keep-alive connections close now; a request in flight is answered first.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+        }
+    }
     drop(slot);
 }
 
@@ -140,4 +180,66 @@ fn body(status: StatusCode, content_type: &'static str, body: String) -> Reply {
         http::HeaderValue::from_static(content_type),
     );
     reply
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::watch;
+
+    use crate::aws::notices::ImdsStatus;
+    use crate::health::checks::Snapshot;
+    use crate::machine::state::Phase;
+
+    use super::*;
+
+    fn hub() -> Arc<Hub> {
+        Arc::new(Hub::new(
+            "agent",
+            watch::channel(Phase::Ready).1,
+            None,
+            watch::channel(ImdsStatus::default()).1,
+            watch::channel(Snapshot::default()).1,
+        ))
+    }
+
+    #[tokio::test]
+    async fn on_cancel_it_stops_accepting_and_returns_within_its_grace() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, hub(), shutdown.clone()));
+
+        // A keep-alive client, idle after one answer.
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        idle.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 512];
+        let n = idle.read(&mut buf).await.expect("read");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        // A slow client: half a head, then nothing (it would hold on for 5 s otherwise).
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        tokio::task::yield_now().await;
+
+        let told = Instant::now();
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_millis(1500), server)
+            .await
+            .expect("serve returns within its grace")
+            .expect("and does not panic");
+        assert!(told.elapsed() <= SHUTDOWN_GRACE * 2, "{:?}", told.elapsed());
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "no new connection once stopped"
+        );
+        // Both old connections were closed by the server.
+        for stream in [&mut idle, &mut slow] {
+            let read = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
+            assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+        }
+    }
 }
