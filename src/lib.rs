@@ -273,7 +273,11 @@ impl Tasks {
             )),
         ];
         if let Some(listener) = started.health {
-            servers.push(tokio::spawn(server::serve(listener, hub.clone())));
+            servers.push(tokio::spawn(server::serve(
+                listener,
+                hub.clone(),
+                shutdown.clone(),
+            )));
         }
         servers.extend(checks::spawn(
             config.checks.clone(),
@@ -284,6 +288,7 @@ impl Tasks {
             },
             started.checks,
             started.events.clone(),
+            shutdown.clone(),
         ));
         if let Some((client, status)) = started.imds {
             let settings = NoticeSettings {

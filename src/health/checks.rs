@@ -6,27 +6,64 @@
 //! Credentials in a check URL are masked when the check is built, and probe errors are reported
 //! without their URL, so they appear in no log, endpoint or metric.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::check::{Check, Target};
+use crate::fmt::format_duration;
 use crate::machine::state::Event;
 
+/// Why one probe failed. `Display` is the `why` an operator reads in `/readyz?verbose`,
+/// `/health`, `/status` and the log, so it never holds the check's URL (it may carry
+/// credentials) and it fits on one line.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProbeError {
+    /// The TCP connection failed (refused, unreachable, name not resolved). Not a `#[source]`:
+    /// the text already ends with the OS error, and a cause chain would print it twice.
+    #[error("connect: {0}")]
+    Connect(Arc<std::io::Error>),
+    /// Nothing complete came back within `--check-timeout`.
+    #[error("no answer within {}", format_duration(*.0))]
+    Timeout(Duration),
+    /// The HTTP client could not be built at start (logged then); HTTP checks cannot run.
+    #[error("no HTTP client (see the log at start)")]
+    NoClient,
+    /// The HTTP request failed before a status came back. The error has its URL removed, and
+    /// `Display` puts its causes on the same line (so it is not a `#[source]` either): this one
+    /// line is all the operator sees.
+    #[error("{}", one_line(.0))]
+    Request(Arc<reqwest::Error>),
+    /// The service answered with a status other than 2xx.
+    #[error("HTTP {0}")]
+    Status(u16),
+    /// The agent's own health URL answered 2xx but its JSON body says it is down.
+    #[error("the agent reports `{state}`")]
+    ReportsDown {
+        /// The `status` value as the agent wrote it (`DOWN`, `OUT_OF_SERVICE`, `fail`, …).
+        state: String,
+    },
+}
+
 /// The latest result of one check.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct CheckResult {
-    pub name: String,
     pub shown: String,
     pub component_type: &'static str,
-    pub ok: bool,
-    /// Why it failed (never with credentials).
-    pub why: Option<String>,
+    /// Passed, or why not (never with credentials).
+    pub outcome: Result<(), ProbeError>,
     pub latency: Duration,
     pub at: Instant,
     pub at_wall: SystemTime,
-    /// The HTTP status, for HTTP checks that got an answer.
-    pub http_status: Option<u16>,
+}
+
+impl CheckResult {
+    /// Whether the probe passed.
+    pub fn ok(&self) -> bool {
+        self.outcome.is_ok()
+    }
 }
 
 /// Every check's latest result; `None` until its first probe finished.
@@ -60,8 +97,10 @@ impl Snapshot {
                             now.saturating_duration_since(r.at).as_secs()
                         ),
                     ),
-                    Some(r) if r.ok => (true, "ok".to_string()),
-                    Some(r) => (false, r.why.clone().unwrap_or_else(|| "failed".to_string())),
+                    Some(r) => match &r.outcome {
+                        Ok(()) => (true, "ok".to_string()),
+                        Err(err) => (false, err.to_string()),
+                    },
                 };
                 Verdict {
                     name: check.name.clone(),
@@ -83,12 +122,16 @@ pub struct ProbeSettings {
     pub ready_on_child: bool,
 }
 
-/// Starts one task per check; they publish into `snapshot` until dropped (aborted).
+/// Starts one task per check; they publish into `snapshot` until `shutdown` is cancelled.
+///
+/// On cancel each task ends at once: a probe in flight is dropped rather than waited for, since
+/// it may take up to `--check-timeout` and its result would be read by nobody.
 pub fn spawn(
     checks: Vec<Check>,
     settings: ProbeSettings,
     snapshot: watch::Sender<Snapshot>,
     events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     snapshot.send_modify(|s| {
         s.interval = settings.interval;
@@ -114,39 +157,66 @@ pub fn spawn(
         .into_iter()
         .enumerate()
         .map(|(index, check)| {
-            let snapshot = snapshot.clone();
-            let events = events.clone();
-            let client = client.clone();
-            let settings = settings.clone();
+            let task = Prober {
+                index,
+                check,
+                client: client.clone(),
+                settings: settings.clone(),
+                snapshot: snapshot.clone(),
+                events: events.clone(),
+            };
+            let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                let mut ready_sent = false;
-                let mut last_ok = None;
-                let mut tick = tokio::time::interval(settings.interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let result = probe(client.as_ref(), &check, settings.timeout).await;
-                    if last_ok != Some(result.ok) {
-                        match (&result.why, result.ok) {
-                            (_, true) => tracing::info!(check = %check.name, target = %check.shown, "check passes"),
-                            (Some(why), false) => tracing::warn!(check = %check.name, target = %check.shown, why = %why, "check fails"),
-                            (None, false) => {}
-                        }
-                        last_ok = Some(result.ok);
-                    }
-                    if check.is_child && result.ok && settings.ready_on_child && !ready_sent {
-                        ready_sent = true;
-                        let _ = events.send(Event::Ready).await;
-                    }
-                    snapshot.send_modify(|s| {
-                        if let Some(slot) = s.checks.get_mut(index) {
-                            slot.1 = Some(result);
-                        }
-                    });
-                }
+                shutdown.run_until_cancelled(task.run()).await;
             })
         })
         .collect()
+}
+
+/// One check's task: probes on every tick and publishes the result in its slot.
+struct Prober {
+    /// The check's slot in the snapshot.
+    index: usize,
+    check: Check,
+    client: Option<reqwest::Client>,
+    settings: ProbeSettings,
+    snapshot: watch::Sender<Snapshot>,
+    events: mpsc::Sender<Event>,
+}
+
+impl Prober {
+    /// Runs until dropped; logs only when the check starts passing or failing.
+    async fn run(self) {
+        let check = &self.check;
+        let mut ready_sent = false;
+        let mut last_ok = None;
+        let mut tick = tokio::time::interval(self.settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let result = probe(self.client.as_ref(), check, self.settings.timeout).await;
+            if last_ok != Some(result.ok()) {
+                match &result.outcome {
+                    Ok(()) => {
+                        tracing::info!(check = %check.name, target = %check.shown, "check passes")
+                    }
+                    Err(why) => {
+                        tracing::warn!(check = %check.name, target = %check.shown, why = %why, "check fails")
+                    }
+                }
+                last_ok = Some(result.ok());
+            }
+            if check.is_child && result.ok() && self.settings.ready_on_child && !ready_sent {
+                ready_sent = true;
+                let _ = self.events.send(Event::Ready).await;
+            }
+            self.snapshot.send_modify(|s| {
+                if let Some(slot) = s.checks.get_mut(self.index) {
+                    slot.1 = Some(result);
+                }
+            });
+        }
+    }
 }
 
 fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
@@ -168,80 +238,56 @@ pub async fn probe(
     timeout: Duration,
 ) -> CheckResult {
     let started = Instant::now();
-    let outcome = tokio::time::timeout(timeout, attempt(client, check)).await;
-    let (ok, why, http_status) = match outcome {
-        Ok(result) => result,
-        Err(_) => (
-            false,
-            Some(format!(
-                "no answer within {}",
-                crate::fmt::format_duration(timeout)
-            )),
-            None,
-        ),
-    };
+    let outcome = tokio::time::timeout(timeout, attempt(client, check))
+        .await
+        .unwrap_or(Err(ProbeError::Timeout(timeout)));
     CheckResult {
-        name: check.name.clone(),
         shown: check.shown.clone(),
         component_type: check.component_type(),
-        ok,
-        why,
+        outcome,
         latency: started.elapsed(),
         at: Instant::now(),
         at_wall: SystemTime::now(),
-        http_status,
     }
 }
 
-async fn attempt(
-    client: Option<&reqwest::Client>,
-    check: &Check,
-) -> (bool, Option<String>, Option<u16>) {
+/// One attempt, unbounded: `probe` bounds it.
+async fn attempt(client: Option<&reqwest::Client>, check: &Check) -> Result<(), ProbeError> {
     match &check.target {
         Target::Tcp { host, port } => {
-            match tokio::net::TcpStream::connect((host.as_str(), *port)).await {
-                Ok(_) => (true, None, None),
-                Err(e) => (false, Some(format!("connect: {e}")), None),
-            }
+            tokio::net::TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(|e| ProbeError::Connect(Arc::new(e)))?;
+            Ok(())
         }
         Target::Http { url } => {
-            let Some(client) = client else {
-                return (
-                    false,
-                    Some("no HTTP client (see the log at start)".to_string()),
-                    None,
-                );
-            };
-            let response = match client.get(url.clone()).send().await {
-                Ok(r) => r,
+            let client = client.ok_or(ProbeError::NoClient)?;
+            let response = client
+                .get(url.clone())
+                .send()
+                .await
                 // without_url: the URL may hold credentials.
-                Err(e) => return (false, Some(describe(e.without_url())), None),
-            };
-            let status = response.status().as_u16();
+                .map_err(|e| ProbeError::Request(Arc::new(e.without_url())))?;
             if !response.status().is_success() {
-                return (false, Some(format!("HTTP {status}")), Some(status));
+                return Err(ProbeError::Status(response.status().as_u16()));
             }
             if check.is_child {
                 // Spring's DOWN/OUT_OF_SERVICE and health+json's fail mean down, even with a 200.
                 if let Ok(body) = response.bytes().await
                     && let Some(state) = reported_down(&body)
                 {
-                    return (
-                        false,
-                        Some(format!("the agent reports `{state}`")),
-                        Some(status),
-                    );
+                    return Err(ProbeError::ReportsDown { state });
                 }
             }
-            (true, None, Some(status))
+            Ok(())
         }
     }
 }
 
 /// An error and its causes, on one line.
-fn describe(err: reqwest::Error) -> String {
+fn one_line(err: &reqwest::Error) -> String {
     let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
+    let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
@@ -286,15 +332,12 @@ mod tests {
         let check = Check::parse_named("r=tcp://127.0.0.1:1").expect("valid");
         let now = Instant::now();
         let fresh = CheckResult {
-            name: "r".into(),
             shown: check.shown.clone(),
             component_type: "datastore",
-            ok: true,
-            why: None,
+            outcome: Ok(()),
             latency: Duration::ZERO,
             at: now,
             at_wall: SystemTime::now(),
-            http_status: None,
         };
         let snap = |r: Option<CheckResult>| Snapshot {
             interval: Duration::from_secs(5),
@@ -307,5 +350,91 @@ mod tests {
             "{stale:?}"
         );
         assert_eq!(snap(None).verdicts(now)[0].why, "not checked yet");
+    }
+
+    #[test]
+    fn probe_errors_read_as_before() {
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(
+            ProbeError::Connect(Arc::new(refused)).to_string(),
+            "connect: Connection refused (os error 111)"
+        );
+        assert_eq!(
+            ProbeError::Timeout(Duration::from_secs(1)).to_string(),
+            "no answer within 1s"
+        );
+        assert_eq!(
+            ProbeError::Timeout(Duration::from_millis(1500)).to_string(),
+            "no answer within 1s 500ms"
+        );
+        assert_eq!(
+            ProbeError::NoClient.to_string(),
+            "no HTTP client (see the log at start)"
+        );
+        assert_eq!(ProbeError::Status(502).to_string(), "HTTP 502");
+        let down = ProbeError::ReportsDown {
+            state: "DOWN".into(),
+        };
+        assert_eq!(down.to_string(), "the agent reports `DOWN`");
+    }
+
+    #[tokio::test]
+    async fn a_refused_tcp_check_fails_with_the_os_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a port")
+            .port();
+        let check = Check::parse_named(&format!("r=tcp://127.0.0.1:{port}")).expect("valid");
+        let result = probe(None, &check, Duration::from_secs(5)).await;
+        assert!(
+            matches!(&result.outcome, Err(ProbeError::Connect(_))),
+            "{result:?}"
+        );
+        assert!(!result.ok());
+    }
+
+    #[tokio::test]
+    async fn probe_tasks_end_on_cancel_even_mid_probe() {
+        // As at the guard's start: the HTTP client needs the process's TLS provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // Accepts connections and never answers: every HTTP probe hangs until its timeout.
+        let hang = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = hang.local_addr().expect("addr").port();
+        let checks = vec![
+            Check::parse_named(&format!("hang=http://127.0.0.1:{port}/")).expect("valid"),
+            Check::parse_named(&format!("tcp=tcp://127.0.0.1:{port}")).expect("valid"),
+        ];
+        let (snapshot, snapshot_rx) = watch::channel(Snapshot::default());
+        let (events, _events_rx) = mpsc::channel(1);
+        let shutdown = CancellationToken::new();
+        let settings = ProbeSettings {
+            interval: Duration::from_millis(10),
+            timeout: Duration::from_secs(3600),
+            ready_on_child: false,
+        };
+        let tasks = spawn(checks, settings, snapshot, events, shutdown.clone());
+        // The TCP check has reported, so the HTTP one is stuck in its hour-long probe.
+        let reported = async {
+            let mut rx = snapshot_rx.clone();
+            while rx.borrow_and_update().checks[1].1.is_none() {
+                rx.changed().await.expect("sender alive");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), reported)
+            .await
+            .expect("the TCP check reports");
+        shutdown.cancel();
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(1), task)
+                .await
+                .expect("a probe task ends at once on cancel")
+                .expect("and does not panic");
+        }
+        assert!(
+            snapshot_rx.borrow().checks[0].1.is_none(),
+            "the hung probe was dropped"
+        );
     }
 }

@@ -1,3 +1,5 @@
 //! The health endpoint and the background probes it reports.
 pub(crate) mod checks;
+pub(crate) mod metrics;
+pub(crate) mod probes;
 pub(crate) mod server;

@@ -1,6 +1,7 @@
 //! The health endpoint: each path per phase, readiness turning 503 before the agent is told,
 //! checks that fail or hang without slowing an answer, secrets kept out of every output, a
-//! Prometheus text a real parser accepts, and a server that stays up under abuse.
+//! Prometheus text a real parser accepts, a server that stays up under abuse, and a shutdown that
+//! nothing in flight can hold up.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -529,4 +530,47 @@ fn abuse_leaves_it_answering_other_clients() {
     );
     guard.signal(libc::SIGTERM);
     assert_eq!(guard.code(), 143);
+}
+
+#[test]
+fn the_guard_exits_promptly_with_a_probe_hanging_and_clients_connected() {
+    let dir = scratch();
+    // Accepts connections and never answers them: the probe hangs for its whole minute.
+    let hang = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hang_port = hang.local_addr().expect("addr").port();
+    let mut guard = start(
+        dir.path(),
+        &[
+            "--check",
+            &format!("hang=http://127.0.0.1:{hang_port}/"),
+            "--check-interval",
+            "200ms",
+            "--check-timeout",
+            "1m",
+        ],
+        &["sleep", "600"],
+    );
+    let addr = guard.health_addr();
+    assert_eq!(http(&addr, "GET", "/livez").0, 200);
+    // A client with half a request head, and one idle between requests.
+    let mut slow = TcpStream::connect(&addr).expect("connect");
+    slow.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    let mut idle = TcpStream::connect(&addr).expect("connect");
+    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    idle.set_read_timeout(Some(SOON)).expect("timeout");
+    let mut buf = [0u8; 512];
+    let n = idle.read(&mut buf).expect("an answer");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+
+    let t = Instant::now();
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 143);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "the guard took {:?} to exit: neither the probe nor the clients may hold it",
+        t.elapsed()
+    );
+    drop((slow, idle, hang));
 }

@@ -1,0 +1,580 @@
+//! `/metrics`: the Prometheus text format, one row of [`FAMILIES`] per metric family.
+//!
+//! Every family reads one [`Scrape`], taken once per request, so the whole text describes a
+//! single moment. Families labelled by an enum (`phase`, `reason`, `kind`) list every variant,
+//! zeros included, because a series that only appears once non-zero hides its first increase
+//! from `rate()`. They read the variants from the enums: a new `PhaseName` or `DrainReason` gets
+//! its series without touching this file, and a new `NoticeKind` stops the build here until it
+//! is listed.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use crate::agent::hub::{AgentReport, GuardStats, HookState, HookStatus, Hub, LifecycleStatus};
+use crate::aws::notices::{ImdsStatus, NoticeKind};
+use crate::health::checks::Verdict;
+use crate::machine::state::{DrainReason, Phase, PhaseName};
+
+/// The Prometheus text of `hub` at this moment.
+pub fn render(hub: &Hub) -> String {
+    let scrape = Scrape::take(hub);
+    let mut out = String::new();
+    for family in FAMILIES {
+        if let Some(samples) = (family.samples)(&scrape) {
+            family.write(&samples, &mut out);
+        }
+    }
+    out
+}
+
+/// Everything the families read, copied out of the hub at once (each lock taken once).
+struct Scrape {
+    phase: Phase,
+    stats: GuardStats,
+    report: AgentReport,
+    imds: ImdsStatus,
+    verdicts: Vec<Verdict>,
+    lifecycle: LifecycleStatus,
+    watchdog_missed: bool,
+    subscribers: usize,
+    uptime: Duration,
+}
+
+impl Scrape {
+    fn take(hub: &Hub) -> Scrape {
+        // One statement per lock: a guard held to the end of a bigger expression would deadlock
+        // with `watchdog_missed`, which takes the report's lock again.
+        let now = Instant::now();
+        let phase = hub.phase.borrow().clone();
+        let stats = hub.stats().clone();
+        let report = hub.report().clone();
+        let imds = hub.imds.borrow().clone();
+        let verdicts = hub.checks.borrow().verdicts(now);
+        let lifecycle = hub.lifecycle().clone();
+        let watchdog_missed = hub.watchdog_missed(now);
+        Scrape {
+            phase,
+            stats,
+            report,
+            imds,
+            verdicts,
+            lifecycle,
+            watchdog_missed,
+            subscribers: hub.subscribers(),
+            uptime: hub.uptime(),
+        }
+    }
+}
+
+/// A metric family's type, as its `# TYPE` line names it.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+        }
+    }
+}
+
+/// One sample of a family: its labels (name, unescaped value) and its value.
+struct Sample {
+    labels: Vec<(&'static str, String)>,
+    value: f64,
+}
+
+impl Sample {
+    fn new<const N: usize>(labels: [(&'static str, &str); N], value: f64) -> Sample {
+        Sample {
+            labels: labels.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+            value,
+        }
+    }
+}
+
+/// What a family yields: `None` leaves the family out entirely (its `HELP` and `TYPE` too), for
+/// what the guard does not know at all (the agent never reported its work, protection is off);
+/// an empty list keeps the header, for a family that simply has no series yet.
+type Samples = Option<Vec<Sample>>;
+
+/// One metric family: its header, and how its samples are read from a scrape.
+struct Family {
+    /// The family's name, which is also every sample's name (no `_bucket`-style suffixes here).
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    samples: fn(&Scrape) -> Samples,
+}
+
+impl Family {
+    fn write(&self, samples: &[Sample], out: &mut String) {
+        let name = self.name;
+        let _ = writeln!(out, "# HELP {name} {}", self.help);
+        let _ = writeln!(out, "# TYPE {name} {}", self.kind.as_str());
+        for sample in samples {
+            let _ = write!(out, "{name}");
+            if !sample.labels.is_empty() {
+                let parts: Vec<String> = sample
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
+                    .collect();
+                let _ = write!(out, "{{{}}}", parts.join(","));
+            }
+            let _ = writeln!(out, " {}", sample.value);
+        }
+    }
+}
+
+/// One unlabelled sample.
+fn single(value: f64) -> Samples {
+    Some(vec![Sample::new([], value)])
+}
+
+/// 1 or 0.
+fn flag(on: bool) -> f64 {
+    f64::from(u8::from(on))
+}
+
+/// Every metric, in the order of the text. Long but flat, on purpose: each row reads as the
+/// family it writes, header and samples side by side.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "agent_guard_phase",
+        kind: Kind::Gauge,
+        help: "The supervisor's phase: 1 for the current one.",
+        samples: |s| {
+            let current = s.phase.name();
+            let each =
+                PhaseName::ALL.map(|p| Sample::new([("phase", p.as_str())], flag(p == current)));
+            Some(each.into())
+        },
+    },
+    Family {
+        name: "agent_guard_drains_total",
+        kind: Kind::Counter,
+        help: "Drains started, by reason.",
+        samples: |s| {
+            let count = |r: DrainReason| s.stats.drains.get(&r).copied().unwrap_or(0) as f64;
+            let each = DrainReason::ALL.map(|r| Sample::new([("reason", r.as_str())], count(r)));
+            Some(each.into())
+        },
+    },
+    Family {
+        name: "agent_guard_notices_total",
+        kind: Kind::Counter,
+        help: "IMDS notices seen, by kind.",
+        samples: |s| {
+            let mut counts = [0u64; NOTICE_KINDS.len()];
+            for notice in &s.imds.notices {
+                counts[notice_index(notice.kind)] += 1;
+            }
+            let each = NOTICE_KINDS
+                .iter()
+                .zip(counts)
+                .map(|(kind, n)| Sample::new([("kind", kind.as_str())], n as f64));
+            Some(each.collect())
+        },
+    },
+    Family {
+        name: "agent_guard_imds_errors_total",
+        kind: Kind::Counter,
+        help: "Failed IMDS reads.",
+        samples: |s| single(s.imds.errors_total as f64),
+    },
+    Family {
+        name: "agent_guard_check_up",
+        kind: Kind::Gauge,
+        help: "Whether a check passes (1) or fails (0); stale results fail.",
+        samples: |s| {
+            let up = |v: &Verdict| Sample::new([("check", v.name.as_str())], flag(v.ok));
+            Some(s.verdicts.iter().map(up).collect())
+        },
+    },
+    Family {
+        name: "agent_guard_check_latency_seconds",
+        kind: Kind::Gauge,
+        help: "How long the last probe of a check took.",
+        samples: |s| {
+            let measured = s
+                .verdicts
+                .iter()
+                .filter_map(|v| Some((v.name.as_str(), v.result.as_ref()?)));
+            let each =
+                measured.map(|(name, r)| Sample::new([("check", name)], r.latency.as_secs_f64()));
+            Some(each.collect())
+        },
+    },
+    Family {
+        name: "agent_guard_agent_up",
+        kind: Kind::Gauge,
+        help: "1 while the agent runs.",
+        samples: |s| single(flag(s.phase.agent_running())),
+    },
+    Family {
+        name: "agent_guard_agent_exits_total",
+        kind: Kind::Counter,
+        help: "Times the agent exited (the guard does not restart it).",
+        samples: |s| single(flag(s.stats.agent_exit.is_some())),
+    },
+    Family {
+        name: "agent_guard_agent_restarts_total",
+        kind: Kind::Counter,
+        help: "Times the agent was restarted (never: a restart is systemd's or the group's job).",
+        samples: |_| single(0.0),
+    },
+    Family {
+        name: "agent_guard_watchdog_missed",
+        kind: Kind::Gauge,
+        help: "1 while the agent's --watchdog deadline is missed.",
+        samples: |s| single(flag(s.watchdog_missed)),
+    },
+    Family {
+        name: "agent_guard_subscribers",
+        kind: Kind::Gauge,
+        help: "Connections subscribed to drain announcements.",
+        samples: |s| single(s.subscribers as f64),
+    },
+    Family {
+        name: "agent_guard_agent_in_flight",
+        kind: Kind::Gauge,
+        help: "Work in flight, as the agent last reported it.",
+        samples: |s| single(s.report.in_flight?.0 as f64),
+    },
+    Family {
+        name: "agent_guard_protected_from_scale_in",
+        kind: Kind::Gauge,
+        help: "1 while the instance is protected from scale-in (--protect-while-busy).",
+        samples: |s| single(flag(s.lifecycle.protected?)),
+    },
+    Family {
+        name: "agent_guard_lifecycle_calls_total",
+        kind: Kind::Counter,
+        help: "Auto Scaling API calls, by action and outcome.",
+        samples: |s| {
+            let each = s.lifecycle.calls.iter().map(|((action, outcome), n)| {
+                Sample::new([("action", *action), ("outcome", *outcome)], *n as f64)
+            });
+            Some(each.collect())
+        },
+    },
+    Family {
+        name: "agent_guard_lifecycle_heartbeats_total",
+        kind: Kind::Counter,
+        help: "Lifecycle heartbeats sent.",
+        // Only the termination hook heartbeats: the launch hook completes once the agent is ready.
+        samples: |s| {
+            let sent =
+                |h: &HookStatus| Sample::new([("hook", h.name.as_str())], h.heartbeats as f64);
+            Some(s.lifecycle.terminate.iter().map(sent).collect())
+        },
+    },
+    Family {
+        name: "agent_guard_lifecycle_completed",
+        kind: Kind::Gauge,
+        help: "1 once a hook was completed, by hook and result.",
+        samples: |s| {
+            let hooks = [&s.lifecycle.terminate, &s.lifecycle.launch]
+                .into_iter()
+                .flatten();
+            let completed = hooks.filter_map(|h| match (h.result, h.state) {
+                (Some(result), HookState::Completed) => Some((&h.name, result)),
+                _ => None,
+            });
+            let each = completed.map(|(hook, result)| {
+                Sample::new([("hook", hook.as_str()), ("result", result.as_str())], 1.0)
+            });
+            Some(each.collect())
+        },
+    },
+    Family {
+        name: "agent_guard_uptime_seconds",
+        kind: Kind::Gauge,
+        help: "How long the guard has run.",
+        samples: |s| single(s.uptime.as_secs_f64()),
+    },
+];
+
+/// Every notice kind, in the order of `agent_guard_notices_total`. `aws::notices` has no
+/// `NoticeKind::ALL` yet; [`notice_index`] stops compiling when a kind is added, pointing here.
+const NOTICE_KINDS: [NoticeKind; 3] = [
+    NoticeKind::LifecycleState,
+    NoticeKind::Spot,
+    NoticeKind::Rebalance,
+];
+
+/// The place of `kind` in [`NOTICE_KINDS`]; an exhaustive match, so a new kind cannot be missed.
+fn notice_index(kind: NoticeKind) -> usize {
+    match kind {
+        NoticeKind::LifecycleState => 0,
+        NoticeKind::Spot => 1,
+        NoticeKind::Rebalance => 2,
+    }
+}
+
+/// A label value in Prometheus text: backslash, quote and newline escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::SystemTime;
+
+    use tokio::sync::watch;
+
+    use crate::aws::notices::NoticeRecord;
+    use crate::config::HookResult;
+    use crate::config::check::Check;
+    use crate::health::checks::{CheckResult, Snapshot};
+
+    use super::*;
+
+    /// A hub with something in every family: drains, notices, checks (one unchecked), work in
+    /// flight, protection, calls, and two completed hooks (one name needing escapes).
+    fn busy_hub() -> Hub {
+        let now = Instant::now();
+        let phase = Phase::Draining {
+            reason: DrainReason::Operator,
+            deadline: now + Duration::from_secs(60),
+            hard_deadline: None,
+            signalled: false,
+        };
+        let notice = |kind| NoticeRecord {
+            kind,
+            value: "x".into(),
+            seen_at: SystemTime::now(),
+            drain: None,
+        };
+        let imds = ImdsStatus {
+            errors_total: 7,
+            notices: vec![
+                notice(NoticeKind::Spot),
+                notice(NoticeKind::Rebalance),
+                notice(NoticeKind::Spot),
+            ],
+            ..ImdsStatus::default()
+        };
+        let db = Check::parse_named("db=tcp://127.0.0.1:1").expect("valid");
+        let web = Check::parse_named("web=http://127.0.0.1:1/").expect("valid");
+        let result = CheckResult {
+            shown: db.shown.clone(),
+            component_type: "datastore",
+            outcome: Ok(()),
+            latency: Duration::from_micros(1500),
+            at: now,
+            at_wall: SystemTime::now(),
+        };
+        let checks = Snapshot {
+            interval: Duration::from_secs(3600),
+            checks: vec![(db, Some(result)), (web, None)],
+        };
+        let hub = Hub::new(
+            "agent",
+            watch::channel(phase).1,
+            Some(Duration::from_millis(1)),
+            watch::channel(imds).1,
+            watch::channel(checks).1,
+        );
+        hub.set_agent_pid(42);
+        hub.report().watchdog_triggered = true;
+        hub.report().in_flight = Some((3, SystemTime::now()));
+        {
+            let mut stats = hub.stats();
+            stats.drains = BTreeMap::from([(DrainReason::Operator, 1), (DrainReason::ScaleIn, 2)]);
+            stats.agent_exit = Some(143);
+        }
+        {
+            let mut l = hub.lifecycle();
+            l.protected = Some(true);
+            l.calls.insert(("complete", "ok"), 1);
+            l.calls.insert(("heartbeat", "error"), 2);
+            l.terminate = Some(HookStatus {
+                name: "term\"hook".into(),
+                state: HookState::Completed,
+                heartbeats: 4,
+                result: Some(HookResult::Continue),
+                last_error: None,
+            });
+            l.launch = Some(HookStatus {
+                name: "launch".into(),
+                state: HookState::Completed,
+                heartbeats: 0,
+                result: Some(HookResult::Abandon),
+                last_error: None,
+            });
+        }
+        hub
+    }
+
+    /// The text without the uptime sample, the one value that moves by itself.
+    fn steady(text: &str) -> String {
+        text.lines()
+            .filter(|l| !l.starts_with("agent_guard_uptime_seconds "))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    /// The text as `server.rs` wrote it before the table (its uptime line aside), byte for byte.
+    const BUSY: &str = r#"# HELP agent_guard_phase The supervisor's phase: 1 for the current one.
+# TYPE agent_guard_phase gauge
+agent_guard_phase{phase="starting"} 0
+agent_guard_phase{phase="ready"} 0
+agent_guard_phase{phase="draining"} 1
+agent_guard_phase{phase="stopping"} 0
+agent_guard_phase{phase="exited"} 0
+# HELP agent_guard_drains_total Drains started, by reason.
+# TYPE agent_guard_drains_total counter
+agent_guard_drains_total{reason="scale-in"} 2
+agent_guard_drains_total{reason="spot-interruption"} 0
+agent_guard_drains_total{reason="rebalance"} 0
+agent_guard_drains_total{reason="signal"} 0
+agent_guard_drains_total{reason="operator"} 1
+agent_guard_drains_total{reason="warm-pool"} 0
+# HELP agent_guard_notices_total IMDS notices seen, by kind.
+# TYPE agent_guard_notices_total counter
+agent_guard_notices_total{kind="target-lifecycle-state"} 0
+agent_guard_notices_total{kind="spot-interruption"} 2
+agent_guard_notices_total{kind="rebalance-recommendation"} 1
+# HELP agent_guard_imds_errors_total Failed IMDS reads.
+# TYPE agent_guard_imds_errors_total counter
+agent_guard_imds_errors_total 7
+# HELP agent_guard_check_up Whether a check passes (1) or fails (0); stale results fail.
+# TYPE agent_guard_check_up gauge
+agent_guard_check_up{check="db"} 1
+agent_guard_check_up{check="web"} 0
+# HELP agent_guard_check_latency_seconds How long the last probe of a check took.
+# TYPE agent_guard_check_latency_seconds gauge
+agent_guard_check_latency_seconds{check="db"} 0.0015
+# HELP agent_guard_agent_up 1 while the agent runs.
+# TYPE agent_guard_agent_up gauge
+agent_guard_agent_up 1
+# HELP agent_guard_agent_exits_total Times the agent exited (the guard does not restart it).
+# TYPE agent_guard_agent_exits_total counter
+agent_guard_agent_exits_total 1
+# HELP agent_guard_agent_restarts_total Times the agent was restarted (never: a restart is systemd's or the group's job).
+# TYPE agent_guard_agent_restarts_total counter
+agent_guard_agent_restarts_total 0
+# HELP agent_guard_watchdog_missed 1 while the agent's --watchdog deadline is missed.
+# TYPE agent_guard_watchdog_missed gauge
+agent_guard_watchdog_missed 1
+# HELP agent_guard_subscribers Connections subscribed to drain announcements.
+# TYPE agent_guard_subscribers gauge
+agent_guard_subscribers 0
+# HELP agent_guard_agent_in_flight Work in flight, as the agent last reported it.
+# TYPE agent_guard_agent_in_flight gauge
+agent_guard_agent_in_flight 3
+# HELP agent_guard_protected_from_scale_in 1 while the instance is protected from scale-in (--protect-while-busy).
+# TYPE agent_guard_protected_from_scale_in gauge
+agent_guard_protected_from_scale_in 1
+# HELP agent_guard_lifecycle_calls_total Auto Scaling API calls, by action and outcome.
+# TYPE agent_guard_lifecycle_calls_total counter
+agent_guard_lifecycle_calls_total{action="complete",outcome="ok"} 1
+agent_guard_lifecycle_calls_total{action="heartbeat",outcome="error"} 2
+# HELP agent_guard_lifecycle_heartbeats_total Lifecycle heartbeats sent.
+# TYPE agent_guard_lifecycle_heartbeats_total counter
+agent_guard_lifecycle_heartbeats_total{hook="term\"hook"} 4
+# HELP agent_guard_lifecycle_completed 1 once a hook was completed, by hook and result.
+# TYPE agent_guard_lifecycle_completed gauge
+agent_guard_lifecycle_completed{hook="term\"hook",result="CONTINUE"} 1
+agent_guard_lifecycle_completed{hook="launch",result="ABANDON"} 1
+# HELP agent_guard_uptime_seconds How long the guard has run.
+# TYPE agent_guard_uptime_seconds gauge
+"#;
+
+    /// Families with nothing to report: headers only, and the optional ones left out.
+    const IDLE: &str = r#"# HELP agent_guard_phase The supervisor's phase: 1 for the current one.
+# TYPE agent_guard_phase gauge
+agent_guard_phase{phase="starting"} 0
+agent_guard_phase{phase="ready"} 1
+agent_guard_phase{phase="draining"} 0
+agent_guard_phase{phase="stopping"} 0
+agent_guard_phase{phase="exited"} 0
+# HELP agent_guard_drains_total Drains started, by reason.
+# TYPE agent_guard_drains_total counter
+agent_guard_drains_total{reason="scale-in"} 0
+agent_guard_drains_total{reason="spot-interruption"} 0
+agent_guard_drains_total{reason="rebalance"} 0
+agent_guard_drains_total{reason="signal"} 0
+agent_guard_drains_total{reason="operator"} 0
+agent_guard_drains_total{reason="warm-pool"} 0
+# HELP agent_guard_notices_total IMDS notices seen, by kind.
+# TYPE agent_guard_notices_total counter
+agent_guard_notices_total{kind="target-lifecycle-state"} 0
+agent_guard_notices_total{kind="spot-interruption"} 0
+agent_guard_notices_total{kind="rebalance-recommendation"} 0
+# HELP agent_guard_imds_errors_total Failed IMDS reads.
+# TYPE agent_guard_imds_errors_total counter
+agent_guard_imds_errors_total 0
+# HELP agent_guard_check_up Whether a check passes (1) or fails (0); stale results fail.
+# TYPE agent_guard_check_up gauge
+# HELP agent_guard_check_latency_seconds How long the last probe of a check took.
+# TYPE agent_guard_check_latency_seconds gauge
+# HELP agent_guard_agent_up 1 while the agent runs.
+# TYPE agent_guard_agent_up gauge
+agent_guard_agent_up 1
+# HELP agent_guard_agent_exits_total Times the agent exited (the guard does not restart it).
+# TYPE agent_guard_agent_exits_total counter
+agent_guard_agent_exits_total 0
+# HELP agent_guard_agent_restarts_total Times the agent was restarted (never: a restart is systemd's or the group's job).
+# TYPE agent_guard_agent_restarts_total counter
+agent_guard_agent_restarts_total 0
+# HELP agent_guard_watchdog_missed 1 while the agent's --watchdog deadline is missed.
+# TYPE agent_guard_watchdog_missed gauge
+agent_guard_watchdog_missed 0
+# HELP agent_guard_subscribers Connections subscribed to drain announcements.
+# TYPE agent_guard_subscribers gauge
+agent_guard_subscribers 0
+# HELP agent_guard_lifecycle_calls_total Auto Scaling API calls, by action and outcome.
+# TYPE agent_guard_lifecycle_calls_total counter
+# HELP agent_guard_lifecycle_heartbeats_total Lifecycle heartbeats sent.
+# TYPE agent_guard_lifecycle_heartbeats_total counter
+# HELP agent_guard_lifecycle_completed 1 once a hook was completed, by hook and result.
+# TYPE agent_guard_lifecycle_completed gauge
+# HELP agent_guard_uptime_seconds How long the guard has run.
+# TYPE agent_guard_uptime_seconds gauge
+"#;
+
+    #[test]
+    fn every_family_reads_as_before() {
+        let text = render(&busy_hub());
+        assert_eq!(steady(&text), BUSY);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("agent_guard_uptime_seconds "))
+        );
+    }
+
+    #[test]
+    fn an_idle_guard_reads_as_before() {
+        let hub = Hub::new(
+            "agent",
+            watch::channel(Phase::Ready).1,
+            None,
+            watch::channel(ImdsStatus::default()).1,
+            watch::channel(Snapshot::default()).1,
+        );
+        assert_eq!(steady(&render(&hub)), IDLE);
+    }
+
+    #[test]
+    fn notice_kinds_are_listed_in_their_index_order() {
+        for (i, kind) in NOTICE_KINDS.into_iter().enumerate() {
+            assert_eq!(notice_index(kind), i, "{}", kind.as_str());
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
