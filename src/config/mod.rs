@@ -28,7 +28,7 @@ mod validate;
 
 pub use self::layers::{Settings, Source};
 pub(crate) use self::settings::*;
-use crate::cli::{Cli, Sub};
+use crate::cli::{BadDuration, Cli, Sub};
 use crate::logging::LogFormat;
 use crate::machine::state::ReadyOn;
 use crate::process::sig::Sig;
@@ -143,7 +143,12 @@ where
     let cli = Cli::from_arg_matches(&matches).map_err(|e| ConfigError::Usage(one_line(&e)))?;
     match cli.sub {
         Some(Sub::Ctl(ctl)) => return subcommands::ctl_invocation(ctl),
-        Some(Sub::Drill(drill)) => return subcommands::drill_invocation(drill),
+        Some(Sub::Drill(drill)) => {
+            let drill_matches = matches
+                .subcommand_matches("drill")
+                .expect("clap parsed `drill` from these matches");
+            return subcommands::drill_invocation(drill, drill_matches);
+        }
         None => {}
     }
     let mut settings = layers::from_matches(&matches)?;
@@ -171,10 +176,13 @@ where
 }
 
 /// clap's refusals in the guard's words: help and version are not errors, an unknown option or a
-/// stray word says what to do.
+/// stray word says what to do, and a bad drill duration reads like any other bad value.
 fn info_or_usage(err: clap::Error) -> Result<Invocation, ConfigError> {
     match err.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Ok(Invocation::Info(err.to_string())),
+        ErrorKind::ValueValidation => {
+            Err(bad_duration(&err).unwrap_or_else(|| ConfigError::Usage(one_line(&err))))
+        }
         ErrorKind::UnknownArgument => {
             let arg = err
                 .get(ContextKind::InvalidArg)
@@ -200,6 +208,21 @@ fn one_line(err: &clap::Error) -> String {
     let first = text.lines().next().unwrap_or_default();
     let first = first.strip_prefix("error: ").unwrap_or(first);
     format!("{first} (see --help)")
+}
+
+/// A drill duration that clap's value parser refused, reported as a bad value of its flag like
+/// any other; `None` for any other validation error.
+fn bad_duration(err: &clap::Error) -> Option<ConfigError> {
+    let why = std::error::Error::source(err)?.downcast_ref::<BadDuration>()?;
+    // clap names the argument as in help: `--after <DUR>`.
+    let arg = err.get(ContextKind::InvalidArg)?.to_string();
+    let option = arg.trim_start_matches('-').split([' ', '=']).next()?;
+    Some(ConfigError::Invalid {
+        option: option.to_string(),
+        value: err.get(ContextKind::InvalidValue)?.to_string(),
+        origin: Source::Flag,
+        why: why.0.clone(),
+    })
 }
 
 #[cfg(test)]
