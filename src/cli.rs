@@ -1,6 +1,7 @@
 //! The raw command line: every flag with its help text, `AGENT_GUARD_*` environment fallback and
-//! default. Values stay strings here; `config.rs` validates them, so that a value from the config
-//! file is held to exactly the same rules as one from a flag.
+//! default. The guard's values stay strings here; `config` validates them, so that a value from the
+//! config file is held to exactly the same rules as one from a flag. The drill's own durations,
+//! which only ever come from flags, are typed here.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// Flags shown in `--help`. Defaults are declared here so that `--help` shows them; `config.rs`
+/// Flags shown in `--help`. Defaults are declared here so that `--help` shows them; `config`
 /// treats a default as the lowest layer, below the config file.
 #[derive(Debug, Parser)]
 #[command(
@@ -298,12 +299,14 @@ pub enum Sub {
     Drill(DrillCli),
 }
 
-/// `agent-guard drill`.
+/// `agent-guard drill`. Its subcommand also holds the guard's options, hidden (see [`command`]),
+/// so that clap reads the drill's flags wherever they stand before `--`.
 #[derive(Debug, clap::Args)]
 #[command(
     override_usage = "agent-guard drill <scale-in|spot|rebalance|sigterm> [--after DUR] [--deadline DUR] [--heartbeat-timeout DUR] [--json] [--verbose] [OPTIONS] -- COMMAND [ARGS...]",
     after_help = "OPTIONS are the guard's own (see agent-guard --help), used as in production.\n\
-                  Exit status: 0 PASS, 1 FAIL, 125 the drill could not run."
+                  Exit status: 0 PASS, 1 FAIL, 125 the drill could not run.",
+    allow_negative_numbers = true
 )]
 pub struct DrillCli {
     /// The event to rehearse
@@ -311,16 +314,16 @@ pub struct DrillCli {
     pub event: DrillEvent,
 
     /// How long after the agent is ready the event comes
-    #[arg(long, value_name = "DUR", default_value = "1s")]
-    pub after: String,
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = duration)]
+    pub after: Duration,
 
     /// For `spot`: the notice's time, this long after the event (AWS gives about two minutes)
-    #[arg(long, value_name = "DUR", default_value = "120s")]
-    pub deadline: String,
+    #[arg(long, value_name = "DUR", default_value = "120s", value_parser = duration)]
+    pub deadline: Duration,
 
     /// The simulated termination hook's HeartbeatTimeout
-    #[arg(long, value_name = "DUR", default_value = "300s")]
-    pub heartbeat_timeout: String,
+    #[arg(long, value_name = "DUR", default_value = "300s", value_parser = duration)]
+    pub heartbeat_timeout: Duration,
 
     /// Print the timeline and verdict as one JSON document
     #[arg(long)]
@@ -330,9 +333,23 @@ pub struct DrillCli {
     #[arg(long)]
     pub verbose: bool,
 
+    // The agent's command: everything after `--` (the guard's options before it are the hidden
+    // ones). Shown in help as the whole tail, which is what the user types. Without `--`, the first
+    // value that is not an option starts the command, as it always has.
     /// The guard's OPTIONS, then -- COMMAND [ARGS...]
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0.., value_name = "OPTIONS")]
-    pub rest: Vec<OsString>,
+    #[arg(trailing_var_arg = true, num_args = 0.., value_name = "OPTIONS")]
+    pub command: Vec<OsString>,
+}
+
+/// A drill duration that does not parse. A type of its own so that `config` can tell it from
+/// clap's other errors and report it in the guard's words (`--after: invalid value …`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadDuration(pub String);
+
+/// The drill's durations, read as the guard reads its own.
+fn duration(value: &str) -> Result<Duration, BadDuration> {
+    crate::fmt::parse_duration(value).map_err(BadDuration)
 }
 
 /// What to rehearse.
@@ -365,7 +382,8 @@ pub struct DrillArgs {
     pub json: bool,
     /// Print the guard's own log lines as they come.
     pub verbose: bool,
-    /// `[OPTIONS] -- COMMAND [ARGS...]` for the guard.
+    /// `[OPTIONS] -- COMMAND [ARGS...]` for the guard: the options the user typed, in their order,
+    /// each as `--long=value` (or `--flag`), then `--` and the agent's command.
     pub guard_args: Vec<OsString>,
 }
 
@@ -412,7 +430,30 @@ pub const META_OPTIONS: &[&str] = &["config", "check-config", "help", "version"]
 
 /// The clap command with every environment value hidden from `--help`: help must not depend on
 /// the caller's shell, nor print what a variable holds.
+///
+/// The `drill` subcommand also gets a hidden copy of each of the guard's options, so that one clap
+/// parse reads the drill's flags and the guard's options in any order, with values and `=` forms
+/// handled by clap alone. The copies read no environment and have no defaults: they only say what
+/// was typed; the guard run by the drill reads its environment and defaults itself.
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
-    Cli::command().mut_args(|arg| arg.hide_env_values(true))
+    let cli = Cli::command().mut_args(|arg| arg.hide_env_values(true));
+    let hidden: Vec<clap::Arg> = guard_options(&cli)
+        .map(|arg| {
+            arg.clone()
+                .hide(true)
+                .env(None::<&'static str>)
+                .default_value(None::<&'static str>)
+        })
+        .collect();
+    cli.mut_subcommand("drill", |drill| drill.args(hidden))
+}
+
+/// The guard's own options (every flag with a long name but `--help` and `--version`), in
+/// `--help` order.
+pub fn guard_options(cli: &clap::Command) -> impl Iterator<Item = &clap::Arg> {
+    cli.get_arguments().filter(|arg| {
+        arg.get_long()
+            .is_some_and(|l| l != "help" && l != "version")
+    })
 }
