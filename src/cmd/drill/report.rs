@@ -153,13 +153,13 @@ fn timeline(context: &Context, observed: &[Timed], start: SystemTime) -> Vec<Ent
     }
     if let Some(t) = notice_at {
         entries.push((t, "notice posted", context.notice.clone()));
-        if let Some(t) = readiness_lost(observed, first_ready.map(|o| o.at)) {
-            let detail = "/readyz answers 503: the load balancer stops sending".to_string();
-            entries.push((t, "readiness 503", detail));
-        }
     }
     if let Some((t, detail)) = notice_seen(context.event, observed) {
         entries.push((t, "notice seen by the guard", detail));
+    }
+    if let Some(t) = notice_at.and_then(|_| readiness_lost(observed, first_ready.map(|o| o.at))) {
+        let detail = "/readyz answers 503: the load balancer stops sending".to_string();
+        entries.push((t, "readiness 503", detail));
     }
     entries.extend(told(observed, notice_at.is_some()));
     let mut seen: Vec<&'static str> = Vec::new();

@@ -116,7 +116,16 @@ pub fn subscribe(socket: &Path, observations: &Observations) {
     }
     let sink = observations.clone();
     std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
+        let mut lines = BufReader::new(stream).lines();
+        // The confirmation carries the phase the subscription began in; events follow.
+        if let Some(Ok(first)) = lines.next()
+            && let Ok(protocol::Reply {
+                phase: Some(phase), ..
+            }) = serde_json::from_str(&first)
+        {
+            sink.push(SystemTime::now(), Observation::Phase(phase));
+        }
+        for line in lines {
             let Ok(line) = line else { break };
             if let Ok(protocol::Event::Phase { phase }) = serde_json::from_str(&line) {
                 sink.push(SystemTime::now(), Observation::Phase(phase));
@@ -129,9 +138,8 @@ fn write_request(
     stream: &mut std::os::unix::net::UnixStream,
     request: &protocol::Request,
 ) -> std::io::Result<()> {
-    let mut line = serde_json::to_string(request).map_err(std::io::Error::other)?;
-    line.push('\n');
-    stream.write_all(line.as_bytes())
+    let line = protocol::to_line(request).map_err(std::io::Error::other)?;
+    stream.write_all(&line)
 }
 
 /// The guard's health address, from its `status` reply.
