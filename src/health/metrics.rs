@@ -343,12 +343,12 @@ mod tests {
     /// flight, protection, calls, and two completed hooks (one name needing escapes).
     fn busy_hub() -> Hub {
         let now = Instant::now();
-        let phase = Phase::Draining {
+        let phase = Phase::Draining(crate::machine::state::Drain {
             reason: DrainReason::Operator,
             deadline: now + Duration::from_secs(60),
             hard_deadline: None,
             signalled: false,
-        };
+        });
         let notice = |kind| NoticeRecord {
             kind,
             value: "x".into(),

@@ -515,6 +515,7 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Answer {
     answer
 }
 
+/// The Query API's answer: authentication and injected faults first, then the action.
 fn answer(
     s: &mut State,
     action: &str,
@@ -522,183 +523,16 @@ fn answer(
     has_signature: bool,
     now: Instant,
 ) -> Reply {
-    if !has_signature {
-        return error(
-            StatusCode::FORBIDDEN,
-            "Sender",
-            "MissingAuthenticationToken",
-            "Request is missing Authentication Token",
-        );
+    if let Some(refused) = refusal(s, action, params, has_signature) {
+        return refused;
     }
-    if params.get("Version").map(String::as_str) != Some("2011-01-01") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "Sender",
-            "InvalidAction",
-            "Version must be 2011-01-01",
-        );
-    }
-    if s.faults.denied.contains(action) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "Sender",
-            "AccessDenied",
-            &format!(
-                "User: arn:aws:sts::123456789012:assumed-role/agent/i-0123456789abcdef0 is not authorized to perform: autoscaling:{action} because no identity-based policy allows the autoscaling:{action} action"
-            ),
-        );
-    }
-    if s.faults.throttle > 0 {
-        s.faults.throttle -= 1;
-        return error(
-            StatusCode::BAD_REQUEST,
-            "Sender",
-            "Throttling",
-            "Rate exceeded",
-        );
-    }
-    if s.faults.server_errors > 0 {
-        s.faults.server_errors -= 1;
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Receiver",
-            "InternalFailure",
-            "An internal error occurred",
-        );
-    }
-    let get = |k: &str| params.get(k).map(String::as_str).unwrap_or_default();
     match action {
         "CompleteLifecycleAction" | "RecordLifecycleActionHeartbeat" => {
-            let complete = action == "CompleteLifecycleAction";
-            let result = get("LifecycleActionResult");
-            if complete && result != "CONTINUE" && result != "ABANDON" {
-                return validation("LifecycleActionResult must be CONTINUE or ABANDON");
-            }
-            let (group_name, hook_name) = (get("AutoScalingGroupName"), get("LifecycleHookName"));
-            let (instance_id, token) = (get("InstanceId"), get("LifecycleActionToken"));
-            if instance_id.is_empty() && token.is_empty() {
-                return validation("Either InstanceId or LifecycleActionToken must be specified");
-            }
-            let not_found = if instance_id.is_empty() {
-                format!("No active Lifecycle Action found with token {token}")
-            } else {
-                format!("No active Lifecycle Action found with instance ID {instance_id}")
-            };
-            let Some(group) = s.groups.get_mut(group_name) else {
-                return validation(&not_found);
-            };
-            let hook = group.hooks.get(hook_name).cloned();
-            let found = group.instances.iter_mut().find(|(id, i)| {
-                i.action.as_ref().is_some_and(|a| {
-                    a.hook == hook_name
-                        && (id.as_str() == instance_id || (!token.is_empty() && a.token == token))
-                })
-            });
-            let (Some((id, instance)), Some(hook)) = (found, hook) else {
-                return validation(&not_found);
-            };
-            let id = id.clone();
-            if complete {
-                let state = instance.state.clone();
-                instance.state = after(&state, result);
-                instance.action = None;
-                s.completions.push(Completion {
-                    instance: id,
-                    hook: hook_name.to_string(),
-                    result: result.to_string(),
-                    by_call: true,
-                    at: now,
-                });
-            } else if let Some(a) = instance.action.as_mut() {
-                // "Extends the timeout by the length of time defined using PutLifecycleHook",
-                // never past the global timeout.
-                a.deadline = (now + hook.heartbeat_timeout).min(a.global_deadline);
-            }
-            success(action, "")
+            lifecycle_action(s, action, params, now)
         }
-        "DescribeAutoScalingInstances" => {
-            let wanted: BTreeSet<&str> = params
-                .iter()
-                .filter(|(k, _)| k.starts_with("InstanceIds.member."))
-                .map(|(_, v)| v.as_str())
-                .collect();
-            let mut members = String::new();
-            for (group_name, group) in &s.groups {
-                for (id, i) in &group.instances {
-                    if !wanted.is_empty() && !wanted.contains(id.as_str()) {
-                        continue;
-                    }
-                    members.push_str(&format!(
-                        "<member><InstanceId>{}</InstanceId><InstanceType>m5.large</InstanceType><AutoScalingGroupName>{}</AutoScalingGroupName><AvailabilityZone>us-east-1a</AvailabilityZone><LifecycleState>{}</LifecycleState><HealthStatus>HEALTHY</HealthStatus><ProtectedFromScaleIn>{}</ProtectedFromScaleIn></member>",
-                        escape(id),
-                        escape(group_name),
-                        escape(&i.state),
-                        i.protected
-                    ));
-                }
-            }
-            success(
-                action,
-                &format!("<AutoScalingInstances>{members}</AutoScalingInstances>"),
-            )
-        }
-        "DescribeLifecycleHooks" => {
-            let group_name = get("AutoScalingGroupName");
-            let Some(group) = s.groups.get(group_name) else {
-                return validation(&format!("Group {group_name} not found"));
-            };
-            let wanted: BTreeSet<&str> = params
-                .iter()
-                .filter(|(k, _)| k.starts_with("LifecycleHookNames.member."))
-                .map(|(_, v)| v.as_str())
-                .collect();
-            let mut members = String::new();
-            for hook in group.hooks.values() {
-                if !wanted.is_empty() && !wanted.contains(hook.name.as_str()) {
-                    continue;
-                }
-                members.push_str(&format!(
-                    "<member><LifecycleHookName>{}</LifecycleHookName><AutoScalingGroupName>{}</AutoScalingGroupName><LifecycleTransition>{}</LifecycleTransition><HeartbeatTimeout>{}</HeartbeatTimeout><GlobalTimeout>{}</GlobalTimeout><DefaultResult>{}</DefaultResult></member>",
-                    escape(&hook.name),
-                    escape(group_name),
-                    hook.transition,
-                    hook.heartbeat_timeout.as_secs(),
-                    hook.global_timeout.as_secs(),
-                    hook.default_result
-                ));
-            }
-            success(
-                action,
-                &format!("<LifecycleHooks>{members}</LifecycleHooks>"),
-            )
-        }
-        "SetInstanceProtection" => {
-            let group_name = get("AutoScalingGroupName");
-            let protect = match get("ProtectedFromScaleIn") {
-                "true" => true,
-                "false" => false,
-                _ => return validation("ProtectedFromScaleIn must be true or false"),
-            };
-            let Some(group) = s.groups.get_mut(group_name) else {
-                return validation(&format!("AutoScalingGroup name not found - {group_name}"));
-            };
-            let ids: Vec<String> = params
-                .iter()
-                .filter(|(k, _)| k.starts_with("InstanceIds.member."))
-                .map(|(_, v)| v.clone())
-                .collect();
-            for id in &ids {
-                match group.instances.get_mut(id) {
-                    Some(i) => i.protected = protect,
-                    None => {
-                        return validation(&format!(
-                            "The instance {id} is not part of Auto Scaling group {group_name}."
-                        ));
-                    }
-                }
-            }
-            success(action, "")
-        }
+        "DescribeAutoScalingInstances" => describe_instances(s, action, params),
+        "DescribeLifecycleHooks" => describe_hooks(s, action, params),
+        "SetInstanceProtection" => set_protection(s, action, params),
         other => error(
             StatusCode::BAD_REQUEST,
             "Sender",
@@ -706,4 +540,201 @@ fn answer(
             &format!("The action {other} is not valid for this web service."),
         ),
     }
+}
+
+/// A missing signature, a wrong version, or an injected fault, as AWS would answer them.
+fn refusal(
+    s: &mut State,
+    action: &str,
+    params: &BTreeMap<String, String>,
+    has_signature: bool,
+) -> Option<Reply> {
+    if !has_signature {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "Sender",
+            "MissingAuthenticationToken",
+            "Request is missing Authentication Token",
+        ));
+    }
+    if params.get("Version").map(String::as_str) != Some("2011-01-01") {
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            "Sender",
+            "InvalidAction",
+            "Version must be 2011-01-01",
+        ));
+    }
+    if s.faults.denied.contains(action) {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "Sender",
+            "AccessDenied",
+            &format!(
+                "User: arn:aws:sts::123456789012:assumed-role/agent/i-0123456789abcdef0 is not authorized to perform: autoscaling:{action} because no identity-based policy allows the autoscaling:{action} action"
+            ),
+        ));
+    }
+    if s.faults.throttle > 0 {
+        s.faults.throttle -= 1;
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            "Sender",
+            "Throttling",
+            "Rate exceeded",
+        ));
+    }
+    if s.faults.server_errors > 0 {
+        s.faults.server_errors -= 1;
+        return Some(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Receiver",
+            "InternalFailure",
+            "An internal error occurred",
+        ));
+    }
+    None
+}
+
+fn lifecycle_action(
+    s: &mut State,
+    action: &str,
+    params: &BTreeMap<String, String>,
+    now: Instant,
+) -> Reply {
+    let get = |k: &str| params.get(k).map(String::as_str).unwrap_or_default();
+    let complete = action == "CompleteLifecycleAction";
+    let result = get("LifecycleActionResult");
+    if complete && result != "CONTINUE" && result != "ABANDON" {
+        return validation("LifecycleActionResult must be CONTINUE or ABANDON");
+    }
+    let (group_name, hook_name) = (get("AutoScalingGroupName"), get("LifecycleHookName"));
+    let (instance_id, token) = (get("InstanceId"), get("LifecycleActionToken"));
+    if instance_id.is_empty() && token.is_empty() {
+        return validation("Either InstanceId or LifecycleActionToken must be specified");
+    }
+    let not_found = if instance_id.is_empty() {
+        format!("No active Lifecycle Action found with token {token}")
+    } else {
+        format!("No active Lifecycle Action found with instance ID {instance_id}")
+    };
+    let Some(group) = s.groups.get_mut(group_name) else {
+        return validation(&not_found);
+    };
+    let hook = group.hooks.get(hook_name).cloned();
+    let found = group.instances.iter_mut().find(|(id, i)| {
+        i.action.as_ref().is_some_and(|a| {
+            a.hook == hook_name
+                && (id.as_str() == instance_id || (!token.is_empty() && a.token == token))
+        })
+    });
+    let (Some((id, instance)), Some(hook)) = (found, hook) else {
+        return validation(&not_found);
+    };
+    let id = id.clone();
+    if complete {
+        let state = instance.state.clone();
+        instance.state = after(&state, result);
+        instance.action = None;
+        s.completions.push(Completion {
+            instance: id,
+            hook: hook_name.to_string(),
+            result: result.to_string(),
+            by_call: true,
+            at: now,
+        });
+    } else if let Some(a) = instance.action.as_mut() {
+        // "Extends the timeout by the length of time defined using PutLifecycleHook",
+        // never past the global timeout.
+        a.deadline = (now + hook.heartbeat_timeout).min(a.global_deadline);
+    }
+    success(action, "")
+}
+
+fn describe_instances(s: &State, action: &str, params: &BTreeMap<String, String>) -> Reply {
+    let wanted: BTreeSet<&str> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("InstanceIds.member."))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let mut members = String::new();
+    for (group_name, group) in &s.groups {
+        for (id, i) in &group.instances {
+            if !wanted.is_empty() && !wanted.contains(id.as_str()) {
+                continue;
+            }
+            members.push_str(&format!(
+                    "<member><InstanceId>{}</InstanceId><InstanceType>m5.large</InstanceType><AutoScalingGroupName>{}</AutoScalingGroupName><AvailabilityZone>us-east-1a</AvailabilityZone><LifecycleState>{}</LifecycleState><HealthStatus>HEALTHY</HealthStatus><ProtectedFromScaleIn>{}</ProtectedFromScaleIn></member>",
+                    escape(id),
+                    escape(group_name),
+                    escape(&i.state),
+                    i.protected
+                ));
+        }
+    }
+    success(
+        action,
+        &format!("<AutoScalingInstances>{members}</AutoScalingInstances>"),
+    )
+}
+
+fn describe_hooks(s: &State, action: &str, params: &BTreeMap<String, String>) -> Reply {
+    let get = |k: &str| params.get(k).map(String::as_str).unwrap_or_default();
+    let group_name = get("AutoScalingGroupName");
+    let Some(group) = s.groups.get(group_name) else {
+        return validation(&format!("Group {group_name} not found"));
+    };
+    let wanted: BTreeSet<&str> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("LifecycleHookNames.member."))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let mut members = String::new();
+    for hook in group.hooks.values() {
+        if !wanted.is_empty() && !wanted.contains(hook.name.as_str()) {
+            continue;
+        }
+        members.push_str(&format!(
+                "<member><LifecycleHookName>{}</LifecycleHookName><AutoScalingGroupName>{}</AutoScalingGroupName><LifecycleTransition>{}</LifecycleTransition><HeartbeatTimeout>{}</HeartbeatTimeout><GlobalTimeout>{}</GlobalTimeout><DefaultResult>{}</DefaultResult></member>",
+                escape(&hook.name),
+                escape(group_name),
+                hook.transition,
+                hook.heartbeat_timeout.as_secs(),
+                hook.global_timeout.as_secs(),
+                hook.default_result
+            ));
+    }
+    success(
+        action,
+        &format!("<LifecycleHooks>{members}</LifecycleHooks>"),
+    )
+}
+
+fn set_protection(s: &mut State, action: &str, params: &BTreeMap<String, String>) -> Reply {
+    let get = |k: &str| params.get(k).map(String::as_str).unwrap_or_default();
+    let group_name = get("AutoScalingGroupName");
+    let protect = match get("ProtectedFromScaleIn") {
+        "true" => true,
+        "false" => false,
+        _ => return validation("ProtectedFromScaleIn must be true or false"),
+    };
+    let Some(group) = s.groups.get_mut(group_name) else {
+        return validation(&format!("AutoScalingGroup name not found - {group_name}"));
+    };
+    let ids: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("InstanceIds.member."))
+        .map(|(_, v)| v.clone())
+        .collect();
+    for id in &ids {
+        match group.instances.get_mut(id) {
+            Some(i) => i.protected = protect,
+            None => {
+                return validation(&format!(
+                    "The instance {id} is not part of Auto Scaling group {group_name}."
+                ));
+            }
+        }
+    }
+    success(action, "")
 }
