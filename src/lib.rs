@@ -2,29 +2,45 @@
 //! out without losing work.
 //!
 //! # Layout
-//! - `main.rs`: parses, runs, maps the outcome to an exit code.
-//! - [`cli`]: the raw flags, with help text, env fallbacks and defaults; no I/O.
-//! - [`config`]: flags + env + TOML file → a validated [`config::Config`], with provenance.
-//! - [`state`]: `Phase`, `Event`, `Action` and the pure `step` between them.
-//! - [`supervisor`]: the one owner of the phase; feeds events to `step`, performs actions.
-//! - [`child`]: spawns the agent in its own process group; signals it or its group.
-//! - [`reaper`]: the only caller of `waitpid`; makes [`reaper::ChildExit`], the proof of exit.
-//! - [`signals`]: signal names, which are caught, forwarded, or start a drain.
-//! - [`imds`]: IMDSv2 client over the SDK's, with what it lacks (401 renewal, hop-limit hint).
-//! - [`notices`]: polls IMDS, de-duplicates notices, sends drain requests; never dies of an error.
-//! - [`sim`]: simulated IMDS (and Auto Scaling API) for tests and drills; loopback only.
-//! - [`health`]: the HTTP health endpoint (/livez /readyz /health /status /metrics) from snapshots.
-//! - [`checks`]: background probes of the agent's health URL and its dependencies.
-//! - [`hub`]: what the supervisor shares with the agent-facing servers (announcements, reports).
-//! - [`drain`]: the control socket (JSON lines): drains, readiness, status, for agent and operator.
-//! - [`sdnotify`]: the agent's NOTIFY_SOCKET with systemd's meanings; relays to systemd upstream.
-//! - [`unixsock`]: creating those sockets safely (0600, stale replaced, symlinks refused).
-//! - [`drill`]: `agent-guard drill`: rehearses an event against the simulators, prints a verdict.
-//! - [`ctl`]: the `agent-guard ctl` client.
-//! - [`lifecycle`]: Auto Scaling lifecycle actions: heartbeats, completion only after the agent exits.
-//! - [`busy`]: scale-in protection while the agent has work; its load as CloudWatch EMF lines.
-//! - [`logging`]: the guard's own log lines on stderr, text or JSON.
-//! - [`exit`]: the exit status contract.
+//! Layers, lowest first; nothing imports a layer above its own, and there are no import cycles.
+//!
+//! Pure types and functions (no I/O, no clock):
+//! - `fmt`: durations and times as people write and read them.
+//! - `process::sig`: signal names and numbers, and which ones stop, reap or are forwarded.
+//! - `process::exit`: [`ChildExit`], the proof that the agent exited, and the exit-status contract.
+//! - `machine::state`: `Phase`, `Event`, `Action` and the pure `step` between them.
+//! - `config::settings`, `config::check`: the settings types the features read.
+//! - `agent::protocol`: the control socket's wire format as types (requests, replies, events).
+//! - `journal`: the typed records the guard logs for the tools that judge it.
+//!
+//! Configuration and the command line:
+//! - `cli`: the raw flags, with help text, env fallbacks and defaults.
+//! - `config`: flags + env + TOML file → a validated `Config`, with provenance (`layers`,
+//!   `validate`, `describe` for `--check-config`, `paths`, `subcommands`).
+//! - `logging`: the guard's own log lines on stderr, text or JSON (with the journal records).
+//!
+//! The process and its supervisor:
+//! - `process::{child, signals, reaper}`: spawning the agent in its own group; installing the
+//!   handlers; the only caller of `waitpid`.
+//! - `machine::supervisor`: the one owner of the phase; feeds events to `step`, performs actions.
+//!
+//! Facing the agent and the operator:
+//! - `agent::hub`: what the supervisor shares with the servers (phase, reports, status).
+//! - `agent::{control, sdnotify, unixsock}`: the control socket, the agent's NOTIFY_SOCKET, and
+//!   creating those sockets safely.
+//! - `health::{server, probes, metrics, checks}`: the HTTP endpoint, its answers, the Prometheus
+//!   text, and the background probes.
+//!
+//! Talking to AWS:
+//! - `aws::{imds, notices}`: the IMDSv2 client and the notice poller.
+//! - `aws::{api, context}`: Auto Scaling call errors and counters; the one shared AWS context.
+//! - `aws::{lifecycle, protection, emf}`: lifecycle hooks, scale-in protection, EMF load lines.
+//!
+//! Subcommands and the composition root:
+//! - `cmd::ctl`: `agent-guard ctl`. `cmd::drill::{watch, verdict, report}`: `agent-guard drill`
+//!   watches a real guard against the simulators, judges from typed observations, and reports.
+//! - [`sim`]: simulated IMDS and Auto Scaling API for tests and drills; loopback only.
+//! - this file: [`run`] wires the tasks together, and shuts them down: decide, tell, wait.
 
 mod agent;
 mod aws;
