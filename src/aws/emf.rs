@@ -13,6 +13,7 @@ use crate::agent::hub::Hub;
 use crate::aws::context::{AwsContext, SharedAws};
 use crate::aws::protection::busy;
 use crate::config::settings::{BusySettings, EmfTarget};
+use crate::machine::state::PhaseName;
 
 /// Writes EMF lines until `shutdown`; off (one line in the log) without an AWS context.
 pub async fn run(
@@ -44,12 +45,12 @@ pub async fn run(
 }
 
 /// One EMF line: the agent's load, the protection and the phase, by group and by instance.
-pub fn emf_line(
+fn emf_line(
     group: &str,
     instance_id: &str,
     in_flight: u64,
     protected: bool,
-    phase: &str,
+    phase: PhaseName,
     now: SystemTime,
 ) -> String {
     let millis = now
@@ -74,9 +75,9 @@ pub fn emf_line(
         "InstanceId": instance_id,
         "InFlight": in_flight,
         "ProtectedFromScaleIn": u8::from(protected),
-        "Ready": u8::from(phase == "ready"),
-        "Draining": u8::from(phase == "draining" || phase == "stopping"),
-        "Phase": phase,
+        "Ready": u8::from(phase == PhaseName::Ready),
+        "Draining": u8::from(matches!(phase, PhaseName::Draining | PhaseName::Stopping)),
+        "Phase": phase.as_str(),
     })
     .to_string()
 }
@@ -96,7 +97,7 @@ fn write_emf(target: &EmfTarget, context: &AwsContext, hub: &Hub, settings: &Bus
         &context.instance_id,
         in_flight,
         protected,
-        phase.as_str(),
+        phase,
         now,
     );
     line.push('\n');
