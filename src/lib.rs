@@ -21,6 +21,8 @@
 //! - [`unixsock`]: creating those sockets safely (0600, stale replaced, symlinks refused).
 //! - [`drill`]: `agent-guard drill`: rehearses an event against the simulators, prints a verdict.
 //! - [`ctl`]: the `agent-guard ctl` client.
+//! - [`doctor`]: `agent-guard doctor`: checks the instance, its group, hooks and permissions against
+//!   the options; facts gathered apart from the pure judging table.
 //! - [`lifecycle`]: Auto Scaling lifecycle actions: heartbeats, completion only after the agent exits.
 //! - [`busy`]: scale-in protection while the agent has work; its load as CloudWatch EMF lines.
 //! - [`logging`]: the guard's own log lines on stderr, text or JSON.
@@ -41,6 +43,7 @@ pub mod sim;
 
 // What the binary (`main.rs`) needs; everything else stays inside the crate.
 pub use crate::cmd::ctl::run as ctl;
+pub use crate::cmd::doctor::run as doctor;
 pub use crate::cmd::drill::run as drill;
 pub use crate::config::{Invocation, load};
 pub use crate::logging::init as init_logging;
