@@ -453,10 +453,11 @@ pub const META_OPTIONS: &[&str] = &["config", "check-config", "help", "version"]
 /// The clap command with every environment value hidden from `--help`: help must not depend on
 /// the caller's shell, nor print what a variable holds.
 ///
-/// The `drill` and `doctor` subcommands also get a hidden copy of each of the guard's options, so that one clap
-/// parse reads the drill's flags and the guard's options in any order, with values and `=` forms
-/// handled by clap alone. The copies read no environment and have no defaults: they only say what
-/// was typed; the guard run by the drill reads its environment and defaults itself.
+/// The `drill` and `doctor` subcommands also get a hidden copy of each of the guard's options, so
+/// that one clap parse reads the drill's flags and the guard's options in any order, with values
+/// and `=` forms handled by clap alone. The copies read no environment and have no defaults: they
+/// only say what was typed; the guard run by the drill (or the doctor, through `--check-config`'s
+/// path) reads its environment and defaults itself.
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
     let cli = Cli::command().mut_args(|arg| arg.hide_env_values(true));
