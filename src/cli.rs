@@ -16,7 +16,7 @@ use clap::Parser;
     name = "agent-guard",
     version,
     about = "Supervise an agent on an EC2 Auto Scaling group: forward signals, reap zombies, drain before stopping.",
-    override_usage = "agent-guard [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard ctl [--socket PATH] [--json] status | drain [--reason R] | ready | drained | subscribe\n       agent-guard drill <scale-in|spot|rebalance|sigterm> [DRILL OPTIONS] [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard --check-config [OPTIONS] [-- COMMAND [ARGS...]]",
+    override_usage = "agent-guard [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard ctl [--socket PATH] [--json] status | drain [--reason R] | ready | drained | subscribe\n       agent-guard drill <scale-in|spot|rebalance|sigterm> [DRILL OPTIONS] [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard --check-config [OPTIONS] [-- COMMAND [ARGS...]]\n       agent-guard doctor [--json] [OPTIONS] [-- COMMAND [ARGS...]]",
     after_help = "Every option can also be set as AGENT_GUARD_<NAME> or as a key in the --config file.\n\
                   Precedence: flag > environment > file > default. Durations: 500ms, 2s, 5m, 1h; a bare number is seconds.\n\
                   Exit status: the agent's own code; 128+N if it was killed by signal N; 125 if agent-guard failed;\n\
@@ -297,6 +297,28 @@ pub enum Sub {
     Ctl(CtlArgs),
     /// Rehearse a scale-in, spot interruption, rebalance or SIGTERM against simulated AWS
     Drill(DrillCli),
+    /// Check the instance, its group, hooks and permissions against the options; changes nothing
+    Doctor(DoctorCli),
+}
+
+/// `agent-guard doctor`. Like the drill's, its subcommand also holds the guard's options,
+/// hidden (see [`command`]): the doctor reads them as a real run does.
+#[derive(Debug, clap::Args)]
+#[command(
+    override_usage = "agent-guard doctor [--json] [OPTIONS] [-- COMMAND [ARGS...]]",
+    after_help = "OPTIONS are the guard's own (see agent-guard --help), read with the environment and\n\
+                  --config file exactly as a real run reads them. Nothing on the instance or the group is\n\
+                  changed. Exit status: 0 nothing FAILs, 1 something FAILs, 125 the doctor could not run.",
+    allow_negative_numbers = true
+)]
+pub struct DoctorCli {
+    /// Print every check as one JSON document
+    #[arg(long)]
+    pub json: bool,
+
+    /// The guard's OPTIONS, then -- COMMAND [ARGS...]
+    #[arg(trailing_var_arg = true, num_args = 0.., value_name = "OPTIONS")]
+    pub command: Vec<OsString>,
 }
 
 /// `agent-guard drill`. Its subcommand also holds the guard's options, hidden (see [`command`]),
@@ -431,10 +453,11 @@ pub const META_OPTIONS: &[&str] = &["config", "check-config", "help", "version"]
 /// The clap command with every environment value hidden from `--help`: help must not depend on
 /// the caller's shell, nor print what a variable holds.
 ///
-/// The `drill` subcommand also gets a hidden copy of each of the guard's options, so that one clap
-/// parse reads the drill's flags and the guard's options in any order, with values and `=` forms
-/// handled by clap alone. The copies read no environment and have no defaults: they only say what
-/// was typed; the guard run by the drill reads its environment and defaults itself.
+/// The `drill` and `doctor` subcommands also get a hidden copy of each of the guard's options, so
+/// that one clap parse reads the drill's flags and the guard's options in any order, with values
+/// and `=` forms handled by clap alone. The copies read no environment and have no defaults: they
+/// only say what was typed; the guard run by the drill (or the doctor, through `--check-config`'s
+/// path) reads its environment and defaults itself.
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
     let cli = Cli::command().mut_args(|arg| arg.hide_env_values(true));
@@ -446,7 +469,8 @@ pub fn command() -> clap::Command {
                 .default_value(None::<&'static str>)
         })
         .collect();
-    cli.mut_subcommand("drill", |drill| drill.args(hidden))
+    cli.mut_subcommand("drill", |drill| drill.args(hidden.clone()))
+        .mut_subcommand("doctor", |doctor| doctor.args(hidden))
 }
 
 /// The guard's own options (every flag with a long name but `--help` and `--version`), in

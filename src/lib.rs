@@ -39,6 +39,8 @@
 //! Subcommands and the composition root:
 //! - `cmd::ctl`: `agent-guard ctl`. `cmd::drill::{watch, verdict, report}`: `agent-guard drill`
 //!   watches a real guard against the simulators, judges from typed observations, and reports.
+//!   `cmd::doctor::{gather, judge, render}`: `agent-guard doctor` gathers facts about the live
+//!   instance and group, judges them against the options (pure), and renders the checks.
 //! - [`sim`]: simulated IMDS and Auto Scaling API for tests and drills; loopback only.
 //! - this file: [`run`] wires the tasks together, and shuts them down: decide, tell, wait.
 
@@ -57,6 +59,7 @@ pub mod sim;
 
 // What the binary (`main.rs`) needs; everything else stays inside the crate.
 pub use crate::cmd::ctl::run as ctl;
+pub use crate::cmd::doctor::run as doctor;
 pub use crate::cmd::drill::run as drill;
 pub use crate::config::{Invocation, load};
 pub use crate::logging::init as init_logging;

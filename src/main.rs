@@ -19,6 +19,11 @@ fn main() -> ExitCode {
             json,
         } => ExitCode::from(agent_guard::ctl(&socket, request, json)),
         Invocation::Drill(args) => ExitCode::from(agent_guard::drill(args)),
+        Invocation::Doctor {
+            config,
+            settings,
+            json,
+        } => ExitCode::from(agent_guard::doctor(config, settings, json)),
         Invocation::Info(text) => {
             print!("{text}");
             ExitCode::SUCCESS

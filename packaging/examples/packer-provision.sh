@@ -8,4 +8,11 @@ set -euo pipefail
 sudo /tmp/packaging/install.sh /tmp/agent-guard
 sudo install -m 0644 /tmp/worker.toml /etc/agent-guard/worker.toml
 sudo agent-guard --check-config --config /etc/agent-guard/worker.toml
+# The bake instance is in no group: the deployment is checked where it runs. Before each start of
+# the unit (the first boot included), agent-guard doctor checks the instance, its group, hooks and
+# permissions against the options; its verdict is in the journal (journalctl -u agent-guard@worker),
+# and the leading `-` keeps a FAIL from holding the agent back.
+sudo mkdir -p /etc/systemd/system/agent-guard@worker.service.d
+printf '[Service]\nExecStartPre=-/usr/local/bin/agent-guard doctor --config /etc/agent-guard/%%i.toml --name %%i\n' |
+  sudo tee /etc/systemd/system/agent-guard@worker.service.d/doctor.conf >/dev/null
 sudo systemctl enable agent-guard@worker    # starts on the instance's first boot

@@ -83,12 +83,7 @@ impl SharedAws {
         let Ok(Ok((instance_id, imds_region))) = identity else {
             return Err(ContextError::NoIdentity);
         };
-        let region = std::env::var("AWS_REGION")
-            .ok()
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-            .filter(|r| !r.is_empty())
-            .or(imds_region)
-            .ok_or(ContextError::NoRegion)?;
+        let region = env_region().or(imds_region).ok_or(ContextError::NoRegion)?;
         let client = client(&region).await;
         let group = match &self.asg_name {
             Some(name) => name.clone(),
@@ -147,9 +142,23 @@ impl SharedAws {
     }
 }
 
+/// The region the environment names (`AWS_REGION`, else `AWS_DEFAULT_REGION`), which wins over
+/// the instance's own (IMDS `placement/region`).
+pub(crate) fn env_region() -> Option<String> {
+    std::env::var("AWS_REGION")
+        .ok()
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .filter(|r| !r.is_empty())
+}
+
 /// The Auto Scaling client: rustls with ring (the process's one TLS stack), bounded calls, and
 /// no SDK retries — callers retry with their own window and logging.
-async fn client(region: &str) -> aws_sdk_autoscaling::Client {
+pub(crate) async fn client(region: &str) -> aws_sdk_autoscaling::Client {
+    aws_sdk_autoscaling::Client::new(&sdk_config(region).await)
+}
+
+/// The SDK configuration behind [`client`]; its credential chain is the one the guard uses.
+pub(crate) async fn sdk_config(region: &str) -> aws_config::SdkConfig {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
@@ -160,12 +169,11 @@ async fn client(region: &str) -> aws_sdk_autoscaling::Client {
         .operation_attempt_timeout(Duration::from_secs(10))
         .operation_timeout(Duration::from_secs(10))
         .build();
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(http)
         .region(aws_config::Region::new(region.to_string()))
         .retry_config(aws_config::retry::RetryConfig::disabled())
         .timeout_config(timeouts)
         .load()
-        .await;
-    aws_sdk_autoscaling::Client::new(&config)
+        .await
 }

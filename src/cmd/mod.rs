@@ -1,3 +1,4 @@
-//! The subcommands besides supervising: `ctl` and `drill`.
+//! The subcommands besides supervising: `ctl`, `drill` and `doctor`.
 pub(crate) mod ctl;
+pub(crate) mod doctor;
 pub(crate) mod drill;

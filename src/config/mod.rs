@@ -8,7 +8,7 @@
 //! - `validate`: raw settings become a typed [`Config`] ([`Config::from_settings`]).
 //! - `describe`: the `--check-config` listing ([`Config::describe`]).
 //! - `paths`: default socket paths, and valid names and socket paths.
-//! - `subcommands`: `ctl` and `drill` become their [`Invocation`].
+//! - `subcommands`: `ctl`, `drill` and `doctor` become their [`Invocation`].
 //! - `settings`, `check`: the typed settings the features read.
 
 use std::ffi::OsString;
@@ -122,6 +122,13 @@ pub enum Invocation {
     Info(String),
     /// `drill`: rehearse an event.
     Drill(crate::cli::DrillArgs),
+    /// `doctor`: check the instance and its group against this configuration, as
+    /// `--check-config` validated it.
+    Doctor {
+        config: Config,
+        settings: Settings,
+        json: bool,
+    },
     /// `ctl`: talk to a running guard.
     Ctl {
         socket: PathBuf,
@@ -148,6 +155,12 @@ where
                 .subcommand_matches("drill")
                 .expect("clap parsed `drill` from these matches");
             return subcommands::drill_invocation(drill, drill_matches);
+        }
+        Some(Sub::Doctor(doctor)) => {
+            let doctor_matches = matches
+                .subcommand_matches("doctor")
+                .expect("clap parsed `doctor` from these matches");
+            return subcommands::doctor_invocation(doctor, &matches, doctor_matches);
         }
         None => {}
     }

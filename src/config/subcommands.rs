@@ -1,5 +1,6 @@
-//! `ctl` and `drill`: their parsed flags become an [`Invocation`]. The drill's own flags and the
-//! guard's options it passes on were all read by one clap parse; here they are only sorted out.
+//! `ctl`, `drill` and `doctor`: their parsed flags become an [`Invocation`]. The drill's (and the
+//! doctor's) own flags and the guard's options they take were all read by one clap parse; here
+//! they are only sorted out.
 
 use std::ffi::OsString;
 
@@ -9,7 +10,7 @@ use clap::parser::ValueSource;
 use super::layers::Source;
 use super::paths::{default_socket, default_socket_dir, only_socket_in, parse_name};
 use super::{ConfigError, Invocation};
-use crate::cli::{CtlArgs, DrillArgs, DrillCli};
+use crate::cli::{CtlArgs, DoctorCli, DrillArgs, DrillCli};
 
 /// `drill`, from its parsed flags and its subcommand's matches (which also hold the guard's
 /// options, see [`crate::cli::command`]).
@@ -31,6 +32,39 @@ pub fn drill_invocation(drill: DrillCli, matches: &ArgMatches) -> Result<Invocat
         verbose: drill.verbose,
         guard_args,
     }))
+}
+
+/// `doctor`: the guard's options as typed (before the subcommand or after it), read by the
+/// very path `--check-config` takes, so flags, environment, `--config` file and defaults all
+/// count exactly as in a real run.
+pub fn doctor_invocation(
+    doctor: DoctorCli,
+    top: &ArgMatches,
+    matches: &ArgMatches,
+) -> Result<Invocation, ConfigError> {
+    let mut argv = vec![
+        OsString::from("agent-guard"),
+        OsString::from("--check-config"),
+    ];
+    let given = guard_options_given(top)
+        .into_iter()
+        .chain(guard_options_given(matches));
+    // `--check-config` is already there; a second one would be refused as a repeat.
+    argv.extend(given.filter(|word| word != "--check-config"));
+    if !doctor.command.is_empty() {
+        argv.push(OsString::from("--"));
+        argv.extend(doctor.command);
+    }
+    match super::load(argv)? {
+        Invocation::CheckConfig(config, settings) => Ok(Invocation::Doctor {
+            config,
+            settings,
+            json: doctor.json,
+        }),
+        _ => Err(ConfigError::Usage(
+            "doctor: the options did not read as a configuration (see --help)".to_string(),
+        )),
+    }
 }
 
 /// The guard's options typed on the drill's command line, in the order typed: `--long=value` for
@@ -232,5 +266,51 @@ mod tests {
         assert_eq!(err.to_string(), "unknown option `--bogus` (see --help)");
         let err = drill(&["scale-in", "--stop-timeout", "--", "x"]).expect_err("no value");
         assert!(err.to_string().contains("--stop-timeout"), "{err}");
+    }
+
+    #[test]
+    fn doctor_reads_the_options_as_a_real_run_does() {
+        let doctor = |argv: &[&str]| match load(argv.iter().copied()) {
+            Ok(Invocation::Doctor {
+                config,
+                settings,
+                json,
+            }) => (config, settings, json),
+            other => panic!("not a doctor: {other:?}"),
+        };
+        // Options before the subcommand and after it, `=` forms, the command after `--`.
+        let (config, settings, json) = doctor(&[
+            "agent-guard",
+            "--stop-timeout",
+            "7s",
+            "doctor",
+            "--json",
+            "--terminate-hook=drain",
+            "--check-config",
+            "--",
+            "prog",
+            "--json",
+        ]);
+        assert!(json);
+        assert_eq!(config.stop_timeout, Duration::from_secs(7));
+        assert_eq!(config.lifecycle.terminate_hook.as_deref(), Some("drain"));
+        assert_eq!(config.command, ["prog", "--json"]);
+        assert_eq!(config.name, "prog");
+        // What was not typed comes from its defaults, with its source, as in --check-config.
+        assert_eq!(config.drain_timeout, Duration::from_secs(60));
+        assert_eq!(
+            settings.get("drain-timeout").map(|s| s.source.clone()),
+            Some(crate::config::Source::Default)
+        );
+        // The command is optional, as for --check-config.
+        let (config, _, json) = doctor(&["agent-guard", "doctor", "--name", "w"]);
+        assert!(!json && config.command.is_empty());
+        // A bad value is the guard's own one-line error.
+        let err = load(["agent-guard", "doctor", "--stop-timeout", "soon"]).expect_err("bad");
+        assert!(
+            err.to_string()
+                .starts_with("--stop-timeout: invalid value `soon` (from flag)"),
+            "{err}"
+        );
     }
 }

@@ -8,7 +8,9 @@
 //! `ErrorResponse`s; groups, hooks with `HeartbeatTimeout`, `GlobalTimeout` and `DefaultResult`;
 //! per-instance wait states, a heartbeat extending the timeout by the heartbeat timeout, the
 //! default result applied on timeout, `ValidationError` outside a wait state. Faults can be
-//! injected (`Throttling`, 5xx, `AccessDenied`), and every call is logged with its time.
+//! injected (`Throttling`, 5xx, `AccessDenied`), and every call is logged with its time. The
+//! Describe calls `agent-guard doctor` reads answer in the API reference's shape, groups with
+//! their instance lifecycle policy (`RetentionTriggers.TerminateHookAbandon`) included.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -82,6 +84,9 @@ struct Instance {
 struct Group {
     hooks: BTreeMap<String, Hook>,
     instances: BTreeMap<String, Instance>,
+    /// `InstanceLifecyclePolicy.RetentionTriggers.TerminateHookAbandon`: `retain` or
+    /// `terminate`; `None` when the group has no instance lifecycle policy.
+    terminate_hook_abandon: Option<String>,
 }
 
 /// Faults to inject; all off by default.
@@ -191,6 +196,16 @@ impl AutoScalingSim {
                     action: None,
                 },
             );
+    }
+
+    /// Sets the group's instance lifecycle policy: what an ABANDONed termination hook does to
+    /// the instance, `retain` (it stays in `Terminating:Retained`, running) or `terminate`.
+    pub fn set_terminate_hook_abandon(&self, group: &str, action: &str) {
+        lock(&self.state)
+            .groups
+            .entry(group.to_string())
+            .or_default()
+            .terminate_hook_abandon = Some(action.to_string());
     }
 
     /// Starts a transition: the instance waits in `wait_state` if a hook of `transition` exists,
@@ -531,6 +546,7 @@ fn answer(
             lifecycle_action(s, action, params, now)
         }
         "DescribeAutoScalingInstances" => describe_instances(s, action, params),
+        "DescribeAutoScalingGroups" => describe_groups(s, action, params),
         "DescribeLifecycleHooks" => describe_hooks(s, action, params),
         "SetInstanceProtection" => set_protection(s, action, params),
         other => error(
@@ -675,6 +691,50 @@ fn describe_instances(s: &State, action: &str, params: &BTreeMap<String, String>
     success(
         action,
         &format!("<AutoScalingInstances>{members}</AutoScalingInstances>"),
+    )
+}
+
+/// `DescribeAutoScalingGroups`, in the shape of the API reference: the groups named (all when
+/// none are), each with its instances and, when set, its instance lifecycle policy. An unknown
+/// name is no error: it is just not in the list. The fake does not model capacity, so the sizes
+/// follow the instances. Note the group's `HealthStatus` is `Healthy`, where
+/// `DescribeAutoScalingInstances` says `HEALTHY`: AWS spells them so.
+fn describe_groups(s: &State, action: &str, params: &BTreeMap<String, String>) -> Reply {
+    let wanted: BTreeSet<&str> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("AutoScalingGroupNames.member."))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let mut members = String::new();
+    for (name, group) in &s.groups {
+        if !wanted.is_empty() && !wanted.contains(name.as_str()) {
+            continue;
+        }
+        let mut instances = String::new();
+        for (id, i) in &group.instances {
+            instances.push_str(&format!(
+                "<member><InstanceId>{}</InstanceId><InstanceType>m5.large</InstanceType><AvailabilityZone>us-east-1a</AvailabilityZone><LifecycleState>{}</LifecycleState><HealthStatus>Healthy</HealthStatus><ProtectedFromScaleIn>{}</ProtectedFromScaleIn></member>",
+                escape(id),
+                escape(&i.state),
+                i.protected
+            ));
+        }
+        let policy = group.terminate_hook_abandon.as_ref().map_or(String::new(), |a| {
+            format!(
+                "<InstanceLifecyclePolicy><RetentionTriggers><TerminateHookAbandon>{}</TerminateHookAbandon></RetentionTriggers></InstanceLifecyclePolicy>",
+                escape(a)
+            )
+        });
+        let size = group.instances.len();
+        members.push_str(&format!(
+            "<member><AutoScalingGroupName>{name}</AutoScalingGroupName><AutoScalingGroupARN>arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:c0ffee00-0000-4000-8000-000000000000:autoScalingGroupName/{name}</AutoScalingGroupARN><MinSize>0</MinSize><MaxSize>{max}</MaxSize><DesiredCapacity>{size}</DesiredCapacity><DefaultCooldown>300</DefaultCooldown><AvailabilityZones><member>us-east-1a</member></AvailabilityZones><LoadBalancerNames/><TargetGroupARNs/><HealthCheckType>EC2</HealthCheckType><HealthCheckGracePeriod>300</HealthCheckGracePeriod><Instances>{instances}</Instances><CreatedTime>2026-11-01T00:00:00.000Z</CreatedTime><SuspendedProcesses/><EnabledMetrics/><Tags/><NewInstancesProtectedFromScaleIn>false</NewInstancesProtectedFromScaleIn>{policy}</member>",
+            name = escape(name),
+            max = size.max(1),
+        ));
+    }
+    success(
+        action,
+        &format!("<AutoScalingGroups>{members}</AutoScalingGroups>"),
     )
 }
 

@@ -67,6 +67,8 @@ struct State {
     rebalance: Option<String>,
     tags_enabled: bool,
     tags: HashMap<String, String>,
+    /// `instance-life-cycle`: `on-demand`, `spot`, `scheduled` or `capacity-block`.
+    life_cycle: String,
     instance_id: String,
     region: String,
     faults: Faults,
@@ -95,6 +97,7 @@ impl ImdsSim {
             rebalance: None,
             tags_enabled: false,
             tags: HashMap::new(),
+            life_cycle: "on-demand".to_string(),
             instance_id: "i-0123456789abcdef0".to_string(),
             region: "us-east-1".to_string(),
             faults: Faults::default(),
@@ -160,6 +163,16 @@ impl ImdsSim {
             Some(v) => state.tags.insert(key.to_string(), v.to_string()),
             None => state.tags.remove(key),
         };
+    }
+
+    /// Turns instance tags in metadata on or off (off is EC2's default), keeping the tags.
+    pub fn set_tags_enabled(&self, enabled: bool) {
+        self.lock().tags_enabled = enabled;
+    }
+
+    /// Sets `instance-life-cycle`: `on-demand` (the default) or `spot`.
+    pub fn set_instance_life_cycle(&self, value: &str) {
+        self.lock().life_cycle = value.to_string();
     }
 
     /// The instance id and region it reports.
@@ -317,6 +330,8 @@ fn route(
         "autoscaling/target-lifecycle-state" => s.lifecycle_state.clone(),
         "spot/instance-action" => s.spot_action.clone(),
         "events/recommendations/rebalance" => s.rebalance.clone(),
+        "instance-life-cycle" => Some(s.life_cycle.clone()),
+        "tags/instance" | "tags/instance/" => Some(tag_keys(&s)),
         _ => item
             .strip_prefix("tags/instance/")
             .filter(|_| s.tags_enabled)
@@ -327,6 +342,17 @@ fn route(
         Some(v) => text(StatusCode::OK, &v),
         None => text(StatusCode::NOT_FOUND, "404 - Not Found"),
     }
+}
+
+/// The `tags/instance` listing: the keys, one a line. With tags off, real IMDS answers this path
+/// 200 with an empty body (while `tags/instance/KEY` is 404), so the fake does too.
+fn tag_keys(s: &State) -> String {
+    if !s.tags_enabled {
+        return String::new();
+    }
+    let mut keys: Vec<&str> = s.tags.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    keys.join("\n")
 }
 
 fn text(status: StatusCode, body: &str) -> Answer {
@@ -476,5 +502,31 @@ mod tests {
         assert_eq!(get("instance-id").0, 503);
         assert_eq!(get("instance-id").0, 503);
         assert_eq!(get("instance-id").0, 200, "the burst is over");
+    }
+
+    #[test]
+    fn lists_tags_only_when_enabled_and_tells_spot_from_on_demand() {
+        let sim = ImdsSim::start().expect("sim");
+        let t = token(&sim);
+        let get = |path: &str| {
+            exchange(
+                &sim,
+                &format!("GET /latest/meta-data/{path} HTTP/1.1\r\n{TOKEN_HEADER}: {t}"),
+            )
+        };
+        // Tags off: the listing is 200 and empty, each key 404, as real IMDS answers.
+        assert_eq!(
+            (get("tags/instance").0, get("tags/instance").2),
+            (200, String::new())
+        );
+        sim.set_tag("aws:autoscaling:groupName", Some("workers"));
+        sim.set_tag("Name", Some("w-1"));
+        assert_eq!(get("tags/instance").2, "Name\naws:autoscaling:groupName");
+        sim.set_tags_enabled(false);
+        assert_eq!(get("tags/instance").2, "");
+        assert_eq!(get("tags/instance/Name").0, 404);
+        assert_eq!(get("instance-life-cycle").2, "on-demand");
+        sim.set_instance_life_cycle("spot");
+        assert_eq!(get("instance-life-cycle").2, "spot");
     }
 }
