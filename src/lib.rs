@@ -6,8 +6,11 @@
 //! - [`cli`]: the raw flags, with help text, env fallbacks and defaults; no I/O.
 //! - [`config`]: flags + env + TOML file → a validated [`config::Config`], with provenance.
 //! - [`state`]: `Phase`, `Event`, `Action` and the pure `step` between them.
+//! - [`restart`]: `--restart` and `--crash-loop` as plain data: policy, doubling delay, window.
 //! - [`supervisor`]: the one owner of the phase; feeds events to `step`, performs actions.
 //! - [`child`]: spawns the agent in its own process group; signals it or its group.
+//! - [`drain_command`]: the `--on-drain` command: its own group, output to the log, killed at
+//!   the drain deadline.
 //! - [`reaper`]: the only caller of `waitpid`; makes [`reaper::ChildExit`], the proof of exit.
 //! - [`signals`]: signal names, which are caught, forwarded, or start a drain.
 //! - [`imds`]: IMDSv2 client over the SDK's, with what it lacks (401 renewal, hop-limit hint).
@@ -23,6 +26,7 @@
 //! - [`ctl`]: the `agent-guard ctl` client.
 //! - [`lifecycle`]: Auto Scaling lifecycle actions: heartbeats, completion only after the agent exits.
 //! - [`busy`]: scale-in protection while the agent has work; its load as CloudWatch EMF lines.
+//! - [`health_status`]: `SetInstanceHealth` Unhealthy; [`replace`]: after a crash loop, once.
 //! - [`logging`]: the guard's own log lines on stderr, text or JSON.
 //! - [`exit`]: the exit status contract.
 
@@ -67,13 +71,14 @@ use crate::aws::imds::ImdsClient;
 use crate::aws::lifecycle::LifecycleHandle;
 use crate::aws::notices::{ImdsStatus, NoticeSettings, Poller};
 use crate::aws::protection::ProtectionHandle;
-use crate::aws::{imds, notices};
-use crate::config::{Config, ImdsMode};
+use crate::aws::{imds, notices, replace};
+use crate::config::{Config, ImdsMode, OnCrashLoop};
 use crate::health::{checks, server};
+use crate::machine::restart::RestartPolicy;
 use crate::machine::state;
 use crate::machine::state::State;
 use crate::machine::supervisor::{Outcome, StopSettings, Supervisor};
-use crate::process::child::{Agent, SpawnError, SpawnSpec};
+use crate::process::child::{Launcher, SpawnError, SpawnSpec};
 use crate::process::signals::{JobControl, SignalSetupError, SignalSource};
 
 /// Why the guard could not supervise the agent at all.
@@ -159,12 +164,24 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
         checks_rx,
     ));
     let health = bind_health(&config, &hub).await?;
-    // The sockets exist before the agent does, so it can connect from its first instruction.
+    // The sockets exist before the agent does, so it can connect from its first instruction;
+    // they stay the same for every agent a restart starts.
     let sockets = Sockets::bind(&config)?;
-    let agent = Agent::spawn(&spawn_spec(&config), job_control)?;
-    hub.set_agent_pid(agent.pid());
     let (events_tx, events_rx) = mpsc::channel(64);
     let upstream = Upstream::from_env();
+    let launcher = Launcher {
+        spec: spawn_spec(&config),
+        job_control,
+    };
+    let supervisor = Supervisor::new(
+        launcher,
+        signals,
+        StopSettings::from_config(&config),
+        (events_tx.clone(), events_rx),
+        phase_tx,
+        hub.clone(),
+        upstream.clone(),
+    )?;
     let tasks = Tasks::start(
         &config,
         &hub,
@@ -173,18 +190,9 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
             health,
             imds: imds.map(|client| (client, imds_status)),
             checks: checks_tx,
-            events: events_tx.clone(),
-            upstream: upstream.clone(),
+            events: events_tx,
+            upstream,
         },
-    );
-    let supervisor = Supervisor::new(
-        agent,
-        signals,
-        StopSettings::from_config(&config),
-        (events_tx, events_rx),
-        phase_tx,
-        hub.clone(),
-        upstream,
     );
     let outcome = supervisor.run().await;
     let exit = outcome.exit.clone();
@@ -249,6 +257,14 @@ struct Tasks {
     servers: Vec<tokio::task::JoinHandle<()>>,
     lifecycle: Option<LifecycleHandle>,
     protection: Option<ProtectionHandle>,
+    /// After a crash loop, with `--on-crash-loop unhealthy`: ask the group for a replacement.
+    replace: Option<Replace>,
+}
+
+/// What `--on-crash-loop unhealthy` needs: the AWS context, if the guard can know its group.
+struct Replace {
+    aws: Option<Arc<SharedAws>>,
+    hub: Arc<Hub>,
 }
 
 impl Tasks {
@@ -307,7 +323,12 @@ impl Tasks {
                 }
             }));
         }
-        let needs_aws = config.lifecycle.enabled() || config.busy.enabled();
+        let replaces = config.restart.policy != RestartPolicy::Never
+            && config.on_crash_loop == OnCrashLoop::Unhealthy;
+        // Without IMDS there is no instance id, so no group to ask.
+        let needs_aws = config.lifecycle.enabled()
+            || config.busy.enabled()
+            || (replaces && config.imds != ImdsMode::Off);
         let aws = needs_aws.then(|| {
             SharedAws::new(
                 config.lifecycle.asg_name.clone(),
@@ -320,6 +341,10 @@ impl Tasks {
             servers,
             lifecycle: None,
             protection: None,
+            replace: replaces.then(|| Replace {
+                aws: aws.clone(),
+                hub: hub.clone(),
+            }),
         };
         if let Some(aws) = aws {
             tasks.start_aws(config, hub, aws);
@@ -356,15 +381,20 @@ impl Tasks {
     }
 
     /// The agent and its group are gone. Decide (done), tell (release protection, complete the
-    /// hook, cancel the servers), then wait for each under a deadline.
+    /// hook, ask for a replacement after a crash loop, cancel the servers), then wait for each
+    /// under a deadline.
     async fn finish(self, outcome: Outcome) {
         if let Some(protection) = self.protection {
             // A protected instance whose agent is gone must not stay protected.
             protection.finish().await;
         }
+        let crash_loop = outcome.crash_loop;
         if let Some(lifecycle) = self.lifecycle {
             // Only now, with the proof of exit in hand, may the termination hook complete.
             lifecycle.finish(outcome).await;
+        }
+        if let (true, Some(replace)) = (crash_loop, self.replace) {
+            replace::after_crash_loop(replace.aws.as_deref(), &replace.hub).await;
         }
         self.shutdown.cancel();
         for mut server in self.servers {
