@@ -323,25 +323,13 @@ impl Tasks {
                 }
             }));
         }
-        let replaces = config.restart.policy != RestartPolicy::Never
-            && config.on_crash_loop == OnCrashLoop::Unhealthy;
-        // Without IMDS there is no instance id, so no group to ask.
-        let needs_aws = config.lifecycle.enabled()
-            || config.busy.enabled()
-            || (replaces && config.imds != ImdsMode::Off);
-        let aws = needs_aws.then(|| {
-            SharedAws::new(
-                config.lifecycle.asg_name.clone(),
-                config.lifecycle.imds_endpoint.clone(),
-                hub.clone(),
-            )
-        });
+        let aws = shared_aws(config, hub);
         let mut tasks = Tasks {
             shutdown,
             servers,
             lifecycle: None,
             protection: None,
-            replace: replaces.then(|| Replace {
+            replace: replaces_on_crash_loop(config).then(|| Replace {
                 aws: aws.clone(),
                 hub: hub.clone(),
             }),
@@ -406,6 +394,26 @@ impl Tasks {
             }
         }
     }
+}
+
+/// Whether a crash loop ends with the instance marked Unhealthy (`--on-crash-loop unhealthy`).
+fn replaces_on_crash_loop(config: &Config) -> bool {
+    config.restart.policy != RestartPolicy::Never && config.on_crash_loop == OnCrashLoop::Unhealthy
+}
+
+/// The one AWS context, if a feature acts on the group; nothing is loaded until first used.
+fn shared_aws(config: &Config, hub: &Arc<Hub>) -> Option<Arc<SharedAws>> {
+    // Without IMDS there is no instance id, so no group to ask after a crash loop.
+    let needs_aws = config.lifecycle.enabled()
+        || config.busy.enabled()
+        || (replaces_on_crash_loop(config) && config.imds != ImdsMode::Off);
+    needs_aws.then(|| {
+        SharedAws::new(
+            config.lifecycle.asg_name.clone(),
+            config.lifecycle.imds_endpoint.clone(),
+            hub.clone(),
+        )
+    })
 }
 
 /// The control and sd_notify sockets, bound before the agent starts.

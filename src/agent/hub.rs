@@ -298,11 +298,15 @@ impl Hub {
         self.started.elapsed()
     }
 
-    /// Whether the agent missed its `--watchdog` deadline (or triggered it).
+    /// Whether the agent missed its `--watchdog` deadline (or triggered it). Between an exit and
+    /// a restart no agent runs to feed it: nothing is missed then.
     pub fn watchdog_missed(&self, now: Instant) -> bool {
         let Some(period) = self.watchdog else {
             return false;
         };
+        if matches!(*self.phase.borrow(), Phase::Restarting(_)) {
+            return false;
+        }
         let report = self.report();
         report.watchdog_triggered
             || report

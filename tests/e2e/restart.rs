@@ -224,6 +224,8 @@ fn while_restarting_the_guard_says_so_and_a_sigterm_ends_it_at_once() {
         .expect("next_in_ms");
     assert!(next_in > 60_000, "{status}");
     assert_eq!(status["agent_exit"], 1, "{status}");
+    let (_, text, _) = guard.ctl(&["status"]);
+    assert!(text.contains("restarting: attempt 1, next in "), "{text}");
     assert_eq!(http(&addr, "GET", "/readyz").0, 503);
     assert_eq!(http(&addr, "GET", "/livez").0, 200, "the guard is at work");
 
