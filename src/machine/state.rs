@@ -642,7 +642,7 @@ fn restarting(r: &Restart, event: Event, history: &mut History, ctx: &Ctx) -> (P
             no_change(with_cleanup(None))
         }
         (Event::Timer, None) if now >= r.at => (Phase::Restarting(r.clone()), vec![Action::Spawn]),
-        // The proof of the last exit stays behind: a new agent runs.
+        // A new agent runs: the last one's proof of exit is dropped with this phase.
         (Event::Spawned, _) => starting(None, None, Event::Spawned, ctx),
         (Event::SpawnFailed, _) => {
             history.started(now, &ctx.restart);
