@@ -81,6 +81,61 @@ pub struct Cli {
     #[arg(long, env = "AGENT_GUARD_SUBREAPER", value_parser = clap::builder::BoolishValueParser::new())]
     pub subreaper: bool,
 
+    /// Run CMD when a drain starts (`sh -c`; an array in the config file runs without a shell),
+    /// with AGENT_GUARD_DRAIN_REASON, AGENT_GUARD_DRAIN_DEADLINE (RFC 3339) and
+    /// AGENT_GUARD_AGENT_PID; its output goes to the log; killed at the drain deadline. It counts
+    /// as telling the agent, as --drain-signal does
+    #[arg(long, env = "AGENT_GUARD_ON_DRAIN", value_name = "CMD")]
+    pub on_drain: Option<String>,
+
+    /// Start the agent again when it exits by itself (never after a drain or a stop):
+    /// `on-failure` after a non-zero status or a signal, `always` after any exit
+    #[arg(
+        long,
+        env = "AGENT_GUARD_RESTART",
+        value_name = "never|on-failure|always",
+        default_value = "never"
+    )]
+    pub restart: String,
+
+    /// The first delay before a restart; doubled (with jitter) for each restart in a row
+    #[arg(
+        long,
+        env = "AGENT_GUARD_RESTART_DELAY",
+        value_name = "DUR",
+        default_value = "1s"
+    )]
+    pub restart_delay: String,
+
+    /// The longest delay before a restart; an agent that ran longer than this resets the delay
+    #[arg(
+        long,
+        env = "AGENT_GUARD_RESTART_MAX_DELAY",
+        value_name = "DUR",
+        default_value = "1m"
+    )]
+    pub restart_max_delay: String,
+
+    /// N starts within DUR end the restarts; then --on-crash-loop
+    #[arg(
+        long,
+        env = "AGENT_GUARD_CRASH_LOOP",
+        value_name = "N/DUR",
+        default_value = "5/10m"
+    )]
+    pub crash_loop: String,
+
+    /// After a crash loop: `unhealthy` marks the instance Unhealthy (SetInstanceHealth) so the
+    /// group replaces it, then exits with the agent's last status (outside a group it just
+    /// exits); `exit` just exits
+    #[arg(
+        long,
+        env = "AGENT_GUARD_ON_CRASH_LOOP",
+        value_name = "unhealthy|exit",
+        default_value = "unhealthy"
+    )]
+    pub on_crash_loop: String,
+
     /// Use IMDS for notices: `auto` if it answers at start, `on` (exit 125 if it does not answer
     /// within 10 s), or `off`
     #[arg(

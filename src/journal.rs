@@ -67,6 +67,41 @@ pub enum Record {
         /// `completed`, `nothing-to-complete` or `gave-up`.
         state: String,
     },
+    /// The `--on-drain` command started.
+    DrainCommandStarted { pid: i32, reason: DrainReason },
+    /// The `--on-drain` command could not be started; the drain goes on.
+    DrainCommandFailed { error: String },
+    /// The `--on-drain` command was reaped.
+    DrainCommandEnded {
+        pid: i32,
+        status: u8,
+        /// `exited with code N` or `killed by SIGNAL`.
+        how: String,
+        /// The guard killed it: at the drain deadline, or when the agent was gone.
+        killed: bool,
+    },
+    /// The agent exited by itself and is to be started again (`--restart`).
+    RestartScheduled {
+        /// Restarts in a row since the delay last reset, this one included.
+        attempt: u32,
+        delay_ms: u64,
+        /// The status of the agent that exited.
+        status: u8,
+    },
+    /// The agent was started again.
+    AgentRestarted { pid: i32, attempt: u32 },
+    /// `--crash-loop`: so many starts within so long; no more restarts.
+    CrashLoop {
+        starts: u32,
+        within_ms: u64,
+        status: u8,
+    },
+    /// After a crash loop the instance was marked Unhealthy (`SetInstanceHealth`), so that the
+    /// group replaces it.
+    MarkedUnhealthy { group: String, instance_id: String },
+    /// After a crash loop the instance could not be marked Unhealthy (outside a group, or
+    /// refused); the guard exits all the same.
+    NotMarkedUnhealthy { error: String },
 }
 
 impl Record {

@@ -22,6 +22,10 @@
 //! The process and its supervisor:
 //! - `process::{child, signals, reaper}`: spawning the agent in its own group; installing the
 //!   handlers; the only caller of `waitpid`.
+//! - `process::drain_command`: the `--on-drain` command: its own group, output to the log, killed
+//!   at the drain deadline.
+//! - `machine::restart`: `--restart` and `--crash-loop` as plain data: policy, doubling delay,
+//!   window.
 //! - `machine::supervisor`: the one owner of the phase; feeds events to `step`, performs actions.
 //!
 //! Facing the agent and the operator:
@@ -35,6 +39,7 @@
 //! - `aws::{imds, notices}`: the IMDSv2 client and the notice poller.
 //! - `aws::{api, context}`: Auto Scaling call errors and counters; the one shared AWS context.
 //! - `aws::{lifecycle, protection, emf}`: lifecycle hooks, scale-in protection, EMF load lines.
+//! - `aws::{health_status, replace}`: `SetInstanceHealth` Unhealthy, and after a crash loop once.
 //!
 //! Subcommands and the composition root:
 //! - `cmd::ctl`: `agent-guard ctl`. `cmd::drill::{watch, verdict, report}`: `agent-guard drill`
@@ -86,13 +91,14 @@ use crate::aws::imds::ImdsClient;
 use crate::aws::lifecycle::LifecycleHandle;
 use crate::aws::notices::{ImdsStatus, NoticeSettings, Poller};
 use crate::aws::protection::ProtectionHandle;
-use crate::aws::{imds, notices};
-use crate::config::{Config, ImdsMode};
+use crate::aws::{imds, notices, replace};
+use crate::config::{Config, ImdsMode, OnCrashLoop};
 use crate::health::{checks, server};
+use crate::machine::restart::RestartPolicy;
 use crate::machine::state;
 use crate::machine::state::State;
 use crate::machine::supervisor::{Outcome, StopSettings, Supervisor};
-use crate::process::child::{Agent, SpawnError, SpawnSpec};
+use crate::process::child::{Launcher, SpawnError, SpawnSpec};
 use crate::process::signals::{JobControl, SignalSetupError, SignalSource};
 
 /// Why the guard could not supervise the agent at all.
@@ -178,12 +184,24 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
         checks_rx,
     ));
     let health = bind_health(&config, &hub).await?;
-    // The sockets exist before the agent does, so it can connect from its first instruction.
+    // The sockets exist before the agent does, so it can connect from its first instruction;
+    // they stay the same for every agent a restart starts.
     let sockets = Sockets::bind(&config)?;
-    let agent = Agent::spawn(&spawn_spec(&config), job_control)?;
-    hub.set_agent_pid(agent.pid());
     let (events_tx, events_rx) = mpsc::channel(64);
     let upstream = Upstream::from_env();
+    let launcher = Launcher {
+        spec: spawn_spec(&config),
+        job_control,
+    };
+    let supervisor = Supervisor::new(
+        launcher,
+        signals,
+        StopSettings::from_config(&config),
+        (events_tx.clone(), events_rx),
+        phase_tx,
+        hub.clone(),
+        upstream.clone(),
+    )?;
     let tasks = Tasks::start(
         &config,
         &hub,
@@ -192,18 +210,9 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
             health,
             imds: imds.map(|client| (client, imds_status)),
             checks: checks_tx,
-            events: events_tx.clone(),
-            upstream: upstream.clone(),
+            events: events_tx,
+            upstream,
         },
-    );
-    let supervisor = Supervisor::new(
-        agent,
-        signals,
-        StopSettings::from_config(&config),
-        (events_tx, events_rx),
-        phase_tx,
-        hub.clone(),
-        upstream,
     );
     let outcome = supervisor.run().await;
     let exit = outcome.exit.clone();
@@ -268,6 +277,14 @@ struct Tasks {
     servers: Vec<tokio::task::JoinHandle<()>>,
     lifecycle: Option<LifecycleHandle>,
     protection: Option<ProtectionHandle>,
+    /// After a crash loop, with `--on-crash-loop unhealthy`: ask the group for a replacement.
+    replace: Option<Replace>,
+}
+
+/// What `--on-crash-loop unhealthy` needs: the AWS context, if the guard can know its group.
+struct Replace {
+    aws: Option<Arc<SharedAws>>,
+    hub: Arc<Hub>,
 }
 
 impl Tasks {
@@ -326,19 +343,16 @@ impl Tasks {
                 }
             }));
         }
-        let needs_aws = config.lifecycle.enabled() || config.busy.enabled();
-        let aws = needs_aws.then(|| {
-            SharedAws::new(
-                config.lifecycle.asg_name.clone(),
-                config.lifecycle.imds_endpoint.clone(),
-                hub.clone(),
-            )
-        });
+        let aws = shared_aws(config, hub);
         let mut tasks = Tasks {
             shutdown,
             servers,
             lifecycle: None,
             protection: None,
+            replace: replaces_on_crash_loop(config).then(|| Replace {
+                aws: aws.clone(),
+                hub: hub.clone(),
+            }),
         };
         if let Some(aws) = aws {
             tasks.start_aws(config, hub, aws);
@@ -375,15 +389,20 @@ impl Tasks {
     }
 
     /// The agent and its group are gone. Decide (done), tell (release protection, complete the
-    /// hook, cancel the servers), then wait for each under a deadline.
+    /// hook, ask for a replacement after a crash loop, cancel the servers), then wait for each
+    /// under a deadline.
     async fn finish(self, outcome: Outcome) {
         if let Some(protection) = self.protection {
             // A protected instance whose agent is gone must not stay protected.
             protection.finish().await;
         }
+        let crash_loop = outcome.crash_loop;
         if let Some(lifecycle) = self.lifecycle {
             // Only now, with the proof of exit in hand, may the termination hook complete.
             lifecycle.finish(outcome).await;
+        }
+        if let (true, Some(replace)) = (crash_loop, self.replace) {
+            replace::after_crash_loop(replace.aws.as_deref(), &replace.hub).await;
         }
         self.shutdown.cancel();
         for mut server in self.servers {
@@ -395,6 +414,26 @@ impl Tasks {
             }
         }
     }
+}
+
+/// Whether a crash loop ends with the instance marked Unhealthy (`--on-crash-loop unhealthy`).
+fn replaces_on_crash_loop(config: &Config) -> bool {
+    config.restart.policy != RestartPolicy::Never && config.on_crash_loop == OnCrashLoop::Unhealthy
+}
+
+/// The one AWS context, if a feature acts on the group; nothing is loaded until first used.
+fn shared_aws(config: &Config, hub: &Arc<Hub>) -> Option<Arc<SharedAws>> {
+    // Without IMDS there is no instance id, so no group to ask after a crash loop.
+    let needs_aws = config.lifecycle.enabled()
+        || config.busy.enabled()
+        || (replaces_on_crash_loop(config) && config.imds != ImdsMode::Off);
+    needs_aws.then(|| {
+        SharedAws::new(
+            config.lifecycle.asg_name.clone(),
+            config.lifecycle.imds_endpoint.clone(),
+            hub.clone(),
+        )
+    })
 }
 
 /// The control and sd_notify sockets, bound before the agent starts.

@@ -19,6 +19,7 @@ use crate::aws::notices::ImdsStatus;
 use crate::config::HookResult;
 use crate::fmt::rfc3339;
 use crate::health::checks::Snapshot;
+use crate::machine::restart::RestartPolicy;
 use crate::machine::state::{DrainReason, Phase, PhaseName};
 
 /// Where the work on one lifecycle hook stands.
@@ -130,6 +131,33 @@ pub struct GuardStats {
     pub agent_exit: Option<u8>,
     /// Where the health endpoint listens.
     pub health_addr: Option<SocketAddr>,
+    /// The agent's starts and exits (`--restart`), and the `--on-drain` command.
+    pub runs: AgentRuns,
+}
+
+/// The agent's runs and its drain command, for `/status` and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct AgentRuns {
+    pub policy: RestartPolicy,
+    /// Times an agent exited.
+    pub exits: u64,
+    /// Times the agent was started again.
+    pub restarts: u64,
+    /// The restarts ended in a crash loop (`--crash-loop`).
+    pub crash_loop: bool,
+    /// This run's `--on-drain` command, once started.
+    pub drain_command: Option<DrainCommandStatus>,
+}
+
+/// The `--on-drain` command as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainCommandStatus {
+    pub pid: i32,
+    pub started: SystemTime,
+    /// Its status once reaped (128+N for signal N).
+    pub status: Option<u8>,
+    /// The guard killed it (at the drain deadline, or when the agent was gone).
+    pub killed: bool,
 }
 
 /// The shared hub. One per run, behind an `Arc`.
@@ -178,6 +206,7 @@ impl Hub {
                 drains: BTreeMap::new(),
                 agent_exit: None,
                 health_addr: None,
+                runs: AgentRuns::default(),
             }),
             lifecycle: Mutex::new(LifecycleStatus::default()),
             extended: Notify::new(),
@@ -250,6 +279,16 @@ impl Hub {
         self.report().last_watchdog = Some(Instant::now());
     }
 
+    /// The agent was started again (`--restart`): what its predecessor reported does not carry
+    /// over (a triggered watchdog, `STOPPING=1`, its work in flight).
+    pub fn agent_restarted(&self, pid: i32) {
+        self.set_agent_pid(pid);
+        let mut report = self.report();
+        report.stopping = false;
+        report.watchdog_triggered = false;
+        report.in_flight = None;
+    }
+
     pub fn agent_pid(&self) -> Option<i32> {
         *self.agent_pid.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -259,11 +298,15 @@ impl Hub {
         self.started.elapsed()
     }
 
-    /// Whether the agent missed its `--watchdog` deadline (or triggered it).
+    /// Whether the agent missed its `--watchdog` deadline (or triggered it). Between an exit and
+    /// a restart no agent runs to feed it: nothing is missed then.
     pub fn watchdog_missed(&self, now: Instant) -> bool {
         let Some(period) = self.watchdog else {
             return false;
         };
+        if matches!(*self.phase.borrow(), Phase::Restarting(_)) {
+            return false;
+        }
         let report = self.report();
         report.watchdog_triggered
             || report
@@ -315,6 +358,8 @@ pub fn status_json(hub: &Hub) -> Value {
             "deadline_in_ms": d.deadline_at.saturating_duration_since(now).as_millis() as u64,
         })),
         "drains": stats.drains.iter().map(|(r, n)| (r.as_str(), *n)).collect::<BTreeMap<_, _>>(),
+        "restart": restart_json(&phase, &stats.runs, now),
+        "on_drain": stats.runs.drain_command.as_ref().map(drain_command_json),
         "watchdog_missed": hub.watchdog_missed(now),
         "subscribers": hub.subscribers(),
         "health_listen": stats.health_addr.map(|a| a.to_string()),
@@ -343,6 +388,36 @@ pub fn status_json(hub: &Hub) -> Value {
             "latency_ms": v.result.as_ref().map(|r| r.latency.as_secs_f64() * 1000.0),
             "checked": v.result.as_ref().map(|r| rfc3339(r.at_wall)),
         })).collect::<Vec<_>>(),
+    })
+}
+
+/// `--restart`: the policy, the restarts so far, and while one is pending its attempt and when.
+fn restart_json(phase: &Phase, runs: &AgentRuns, now: Instant) -> Value {
+    let pending = match phase {
+        Phase::Restarting(r) => Some(r),
+        _ => None,
+    };
+    json!({
+        "policy": runs.policy.as_str(),
+        "restarts": runs.restarts,
+        "restarting": pending.is_some(),
+        "attempt": pending.map(|r| r.attempt),
+        "next_in_ms": pending.map(|r| u64::try_from(r.at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)),
+        "crash_loop": runs.crash_loop,
+    })
+}
+
+fn drain_command_json(c: &DrainCommandStatus) -> Value {
+    let state = match (c.status, c.killed) {
+        (None, false) => "running",
+        (None, true) | (Some(_), true) => "killed",
+        (Some(_), false) => "exited",
+    };
+    json!({
+        "pid": c.pid,
+        "started": rfc3339(c.started),
+        "state": state,
+        "status": c.status,
     })
 }
 

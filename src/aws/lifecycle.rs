@@ -137,6 +137,13 @@ async fn run(
             let setup = tokio::time::timeout(LATE_SETUP_WITHIN, Api::setup(&settings, &aws, &hub)).await;
             match (setup, done) {
                 (Ok(Ok(api)), Ok(outcome)) => {
+                    // An agent that never got ready (a fast crash loop, say) abandons the launch.
+                    let never_ready = hub.report().ready_source.is_none();
+                    let api = Arc::new(api);
+                    if settings.launch_hook.is_some() && never_ready {
+                        let launch = api.clone().spawn_launch(&settings, &hub, HookResult::Abandon, "the agent exited before it was ready");
+                        let _ = tokio::time::timeout(LATE_SETUP_WITHIN, launch).await;
+                    }
                     let terminating = hub.stats().drains.iter().any(|(reason, n)| *n > 0 && reason.ends_instance());
                     api.finish_termination(&settings, &hub, terminating, outcome).await;
                 }
@@ -494,7 +501,8 @@ impl<'a> Watch<'a> {
         if !self.launch_done && matches!(now, Phase::Ready) {
             self.launch(HookResult::Continue, "the agent is ready");
         }
-        if !self.launch_done && !now.agent_running() {
+        // Not between an exit and a restart: only once no agent will start again.
+        if !self.launch_done && now.ended() {
             self.launch(HookResult::Abandon, "the agent exited before it was ready");
         }
         if let Some(reason) = now.drain_reason()
@@ -521,10 +529,19 @@ impl<'a> Watch<'a> {
         ));
     }
 
-    async fn finish(&self, outcome: Option<Outcome>) {
+    async fn finish(&mut self, outcome: Option<Outcome>) {
+        // The run ended (the last phase change may not have been seen yet): an agent that never
+        // got ready abandons the launch.
+        if !self.launch_done {
+            self.launch(HookResult::Abandon, "the agent exited before it was ready");
+        }
         if let Some(outcome) = outcome {
+            // A drain that came between an exit and a restart ended the run with no draining
+            // phase to see; its hook waits all the same.
+            let terminating =
+                self.terminating || outcome.drain.is_some_and(DrainReason::ends_instance);
             self.api
-                .finish_termination(self.settings, self.hub, self.terminating, outcome)
+                .finish_termination(self.settings, self.hub, terminating, outcome)
                 .await;
         }
     }

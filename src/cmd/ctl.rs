@@ -168,6 +168,20 @@ fn status_summary(reply: &Value) -> String {
     if reply.get("watchdog_missed") == Some(&Value::Bool(true)) {
         out.push_str("watchdog: MISSED\n");
     }
+    if let Some(r) = reply.get("restart").filter(|r| r["restarting"] == true) {
+        out.push_str(&format!(
+            "restarting: attempt {}, next in {} ms (last exit {})\n",
+            r["attempt"], r["next_in_ms"], reply["agent_exit"]
+        ));
+    }
+    if let Some(c) = reply.get("on_drain").filter(|c| !c.is_null()) {
+        out.push_str(&format!(
+            "on-drain command: pid {}, {} (status {})\n",
+            c["pid"],
+            c["state"].as_str().unwrap_or("-"),
+            c["status"]
+        ));
+    }
     out
 }
 

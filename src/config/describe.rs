@@ -11,7 +11,7 @@ impl Config {
     pub fn describe(&self, settings: &Settings) -> String {
         let mut rows: Vec<(String, String)> = settings
             .iter()
-            .map(|(long, setting)| self.option_row(long, setting))
+            .map(|(long, setting)| self.option_row(long, setting, settings.is_file_array(long)))
             .collect();
         rows.push(self.command_row(settings));
         let width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
@@ -28,8 +28,8 @@ impl Config {
     }
 
     /// One option's line and its source; an unset option is a comment, so the output stays
-    /// valid TOML.
-    fn option_row(&self, long: &str, setting: Option<&Setting>) -> (String, String) {
+    /// valid TOML. An array from the file stays an array, even of one item.
+    fn option_row(&self, long: &str, setting: Option<&Setting>, array: bool) -> (String, String) {
         let (value, source) = match (long, setting) {
             ("name", None) => (
                 toml_string(&self.name),
@@ -43,7 +43,7 @@ impl Config {
                     _ => toml_string(v),
                 };
                 let value = match s.values.as_slice() {
-                    [one] if long != "check" => shown(one),
+                    [one] if long != "check" && !array => shown(one),
                     many => format!(
                         "[{}]",
                         many.iter().map(shown).collect::<Vec<_>>().join(", ")

@@ -56,6 +56,9 @@ pub struct Settings {
     entries: Vec<(String, Option<Setting>)>,
     /// `command = [...]` from the config file: the agent, when none follows `--`.
     file_command: Option<(Vec<String>, Source)>,
+    /// Options whose value came from a TOML array in the file: a one-item array is not the
+    /// same as a string where an option tells the two apart (`on-drain`).
+    file_arrays: Vec<String>,
 }
 
 impl Settings {
@@ -82,6 +85,11 @@ impl Settings {
     /// Every option with its setting, in `--help` order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&Setting>)> {
         self.entries.iter().map(|(n, s)| (n.as_str(), s.as_ref()))
+    }
+
+    /// Whether the value of `long` is an array written in the config file.
+    pub fn is_file_array(&self, long: &str) -> bool {
+        self.file_arrays.iter().any(|a| a == long)
     }
 
     /// The config file's `command`, with where it was written.
@@ -220,6 +228,9 @@ pub fn apply_file(settings: &mut Settings, path: &Path, text: &str) -> Result<()
             Some(Source::Flag | Source::Env(_))
         );
         if !overridden {
+            if matches!(value.get_ref(), toml::Value::Array(_)) {
+                settings.file_arrays.push(long.clone());
+            }
             settings.set(&long, Setting { values, source });
         }
     }
@@ -290,7 +301,7 @@ mod tests {
     fn file_errors_name_file_line_and_key() {
         let mut s = Settings {
             entries: vec![("stop-timeout".to_string(), None)],
-            file_command: None,
+            ..Settings::default()
         };
         let err = apply_file(&mut s, Path::new("a.toml"), "\n\nstop_timout = 3\n")
             .expect_err("unknown key");

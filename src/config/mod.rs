@@ -30,6 +30,7 @@ pub use self::layers::{Settings, Source};
 pub(crate) use self::settings::*;
 use crate::cli::{BadDuration, Cli, Sub};
 use crate::logging::LogFormat;
+use crate::machine::restart::RestartSettings;
 use crate::machine::state::ReadyOn;
 use crate::process::sig::Sig;
 
@@ -86,6 +87,11 @@ pub struct Config {
     pub drain_signal: Option<Sig>,
     pub forward_to: ForwardTo,
     pub subreaper: bool,
+    /// `--on-drain`: the agent's own drain command.
+    pub on_drain: Option<OnDrain>,
+    /// `--restart`, its delays and `--crash-loop`.
+    pub restart: RestartSettings,
+    pub on_crash_loop: OnCrashLoop,
     pub imds: ImdsMode,
     pub imds_endpoint: String,
     pub imds_poll: Duration,

@@ -94,3 +94,21 @@ impl BusySettings {
         self.protect || self.emf.is_some()
     }
 }
+
+/// `--on-drain`: the agent's own drain command, run when a drain starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnDrain {
+    /// A string (flag, environment or file): run with `sh -c`.
+    Shell(String),
+    /// An array in the config file: the program and its arguments, run without a shell.
+    Exec(Vec<String>),
+}
+
+/// What a crash loop (`--crash-loop`) does once the restarts have ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnCrashLoop {
+    /// Mark the instance Unhealthy (`SetInstanceHealth`) so the group replaces it, then exit.
+    Unhealthy,
+    /// Exit with the agent's last status.
+    Exit,
+}

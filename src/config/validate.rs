@@ -12,11 +12,13 @@ use super::check::{self, Check};
 use super::layers::{Settings, Source};
 use super::paths::{default_socket, notify_socket_for, parse_name, parse_socket_path};
 use super::settings::{
-    BusySettings, EmfTarget, ForwardTo, HookResult, ImdsMode, LifecycleSettings, OnRebalance,
+    BusySettings, EmfTarget, ForwardTo, HookResult, ImdsMode, LifecycleSettings, OnCrashLoop,
+    OnDrain, OnRebalance,
 };
 use super::{Config, ConfigError};
 use crate::fmt::{format_duration, parse_duration};
 use crate::logging::LogFormat;
+use crate::machine::restart::{CrashLoop, RestartPolicy, RestartSettings};
 use crate::machine::state::ReadyOn;
 use crate::process::sig::Sig;
 
@@ -31,6 +33,7 @@ impl Config {
             None => default_name(&command),
         };
         let stop = Stop::from_settings(settings)?;
+        let unchanged = Unchanged::from_settings(settings)?;
         let imds = Imds::from_settings(settings)?;
         let (socket, notify_socket) = sockets(settings, &name)?;
         let ready = Readiness::from_settings(settings)?;
@@ -48,6 +51,9 @@ impl Config {
             drain_signal: stop.drain_signal,
             forward_to: stop.forward_to,
             subreaper: stop.subreaper,
+            on_drain: unchanged.on_drain,
+            restart: unchanged.restart,
+            on_crash_loop: unchanged.on_crash_loop,
             imds: imds.mode,
             imds_endpoint: imds.endpoint,
             imds_poll: imds.poll,
@@ -107,6 +113,98 @@ impl Stop {
             subreaper: settings.parse("subreaper", parse_bool)?.unwrap_or(false),
         })
     }
+}
+
+/// What the guard does for agents whose code cannot change: their own drain command, and
+/// restarts that end in the group replacing the instance.
+struct Unchanged {
+    on_drain: Option<OnDrain>,
+    restart: RestartSettings,
+    on_crash_loop: OnCrashLoop,
+}
+
+impl Unchanged {
+    fn from_settings(settings: &Settings) -> Result<Unchanged, ConfigError> {
+        let on_drain = on_drain(settings)?;
+        let policy = settings.require(
+            "restart",
+            one_of(
+                &[
+                    ("never", RestartPolicy::Never),
+                    ("on-failure", RestartPolicy::OnFailure),
+                    ("always", RestartPolicy::Always),
+                ],
+                "expected `never`, `on-failure` or `always`",
+            ),
+        )?;
+        let delay = settings.require("restart-delay", at_least(Duration::from_millis(10)))?;
+        let max_delay = settings.require("restart-max-delay", |v| {
+            at_least(delay)(v).map_err(|why| format!("{why} (--restart-delay)"))
+        })?;
+        Ok(Unchanged {
+            on_drain,
+            restart: RestartSettings {
+                policy,
+                delay,
+                max_delay,
+                crash_loop: settings.require("crash-loop", parse_crash_loop)?,
+            },
+            on_crash_loop: settings.require(
+                "on-crash-loop",
+                one_of(
+                    &[
+                        ("unhealthy", OnCrashLoop::Unhealthy),
+                        ("exit", OnCrashLoop::Exit),
+                    ],
+                    "expected `unhealthy` or `exit`",
+                ),
+            )?,
+        })
+    }
+}
+
+/// `--on-drain`: a string runs with `sh -c`; an array from the config file runs as it is. An
+/// empty string is no command, as an empty environment variable is unset.
+fn on_drain(settings: &Settings) -> Result<Option<OnDrain>, ConfigError> {
+    let Some(setting) = settings.get("on-drain") else {
+        return Ok(None);
+    };
+    let invalid = |why: &str| ConfigError::Invalid {
+        option: "on-drain".to_string(),
+        value: setting.values.join(" "),
+        origin: setting.source.clone(),
+        why: why.to_string(),
+    };
+    if settings.is_file_array("on-drain") {
+        return match setting.values.first() {
+            Some(program) if !program.trim().is_empty() => {
+                Ok(Some(OnDrain::Exec(setting.values.clone())))
+            }
+            _ => Err(invalid(
+                "expected a program and its arguments, such as [\"/usr/bin/buildkite-agent\", \"stop\"]",
+            )),
+        };
+    }
+    match setting.values.as_slice() {
+        [one] if one.trim().is_empty() => Ok(None),
+        [one] => Ok(Some(OnDrain::Shell(one.clone()))),
+        _ => Err(invalid("expected one command")),
+    }
+}
+
+/// `--crash-loop N/DUR`: at least two starts (one start is no loop) within a non-zero window.
+fn parse_crash_loop(v: &str) -> Result<CrashLoop, String> {
+    let expected = || "expected N/DUR, such as 5/10m (N starts within DUR)".to_string();
+    let (n, within) = v.split_once('/').ok_or_else(expected)?;
+    let starts: u32 = n.trim().parse().map_err(|_| expected())?;
+    if !(2..=1000).contains(&starts) {
+        return Err("N must be 2 to 1000 starts".to_string());
+    }
+    let within = parse_duration(within)?;
+    if within.is_zero() {
+        return Err("DUR must be more than 0".to_string());
+    }
+    Ok(CrashLoop { starts, within })
 }
 
 /// Whether and how IMDS is watched for notices.
@@ -508,5 +606,86 @@ mod tests {
         let s = settings_of(&["--log-format", "xml", "--stop-timeout", "soon"]);
         let err = Config::from_settings(&s, vec![]).expect_err("two bad values");
         assert!(err.to_string().starts_with("--stop-timeout:"), "{err}");
+    }
+
+    #[test]
+    fn restart_options_and_their_defaults() {
+        let config = Config::from_settings(&settings_of(&[]), vec![]).expect("defaults");
+        assert_eq!(config.restart, RestartSettings::default());
+        assert_eq!(config.on_crash_loop, OnCrashLoop::Unhealthy);
+        assert_eq!(config.on_drain, None);
+        let s = settings_of(&[
+            "--restart",
+            "on-failure",
+            "--restart-delay",
+            "250ms",
+            "--restart-max-delay",
+            "4s",
+            "--crash-loop",
+            "3/2m",
+            "--on-crash-loop",
+            "exit",
+        ]);
+        let config = Config::from_settings(&s, vec![]).expect("valid");
+        assert_eq!(
+            config.restart,
+            RestartSettings {
+                policy: RestartPolicy::OnFailure,
+                delay: Duration::from_millis(250),
+                max_delay: Duration::from_secs(4),
+                crash_loop: CrashLoop {
+                    starts: 3,
+                    within: Duration::from_secs(120)
+                },
+            }
+        );
+        assert_eq!(config.on_crash_loop, OnCrashLoop::Exit);
+        for (args, want) in [
+            (
+                ["--restart", "sometimes"],
+                "expected `never`, `on-failure` or `always`",
+            ),
+            (["--crash-loop", "5"], "expected N/DUR, such as 5/10m"),
+            (["--crash-loop", "1/10m"], "N must be 2 to 1000 starts"),
+            (["--crash-loop", "5/0s"], "DUR must be more than 0"),
+            (
+                ["--restart-max-delay", "500ms"],
+                "must be at least 1s (--restart-delay)",
+            ),
+            (
+                ["--on-crash-loop", "reboot"],
+                "expected `unhealthy` or `exit`",
+            ),
+        ] {
+            let err = Config::from_settings(&settings_of(&args), vec![]).expect_err("invalid");
+            assert!(err.to_string().starts_with(args[0]), "{args:?}: {err}");
+            assert!(err.to_string().contains(want), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn on_drain_is_a_shell_string_or_a_file_array() {
+        let s = settings_of(&["--on-drain", "buildkite-agent stop"]);
+        let config = Config::from_settings(&s, vec![]).expect("valid");
+        assert_eq!(
+            config.on_drain,
+            Some(OnDrain::Shell("buildkite-agent stop".to_string()))
+        );
+        let from_file = |text: &str| {
+            let mut s = settings_of(&[]);
+            layers::apply_file(&mut s, Path::new("x.toml"), text).expect("valid file");
+            Config::from_settings(&s, vec![]).map(|c| c.on_drain)
+        };
+        assert_eq!(
+            from_file("on-drain = [\"/opt/my tools/drain\"]\n").expect("valid"),
+            Some(OnDrain::Exec(vec!["/opt/my tools/drain".to_string()])),
+            "a one-item array is no shell string"
+        );
+        assert_eq!(
+            from_file("on-drain = \"nomad node drain -self\"\n").expect("valid"),
+            Some(OnDrain::Shell("nomad node drain -self".to_string()))
+        );
+        assert!(from_file("on-drain = []\n").is_err());
+        assert_eq!(from_file("on-drain = \"\"\n").expect("valid"), None);
     }
 }

@@ -118,7 +118,7 @@ impl Snapshot {
 pub struct ProbeSettings {
     pub interval: Duration,
     pub timeout: Duration,
-    /// Send `Event::Ready` the first time `--child-health` passes (`--ready-on health`).
+    /// Send `Event::Ready` each time `--child-health` passes (`--ready-on health`).
     pub ready_on_child: bool,
 }
 
@@ -188,7 +188,6 @@ impl Prober {
     /// Runs until dropped; logs only when the check starts passing or failing.
     async fn run(self) {
         let check = &self.check;
-        let mut ready_sent = false;
         let mut last_ok = None;
         let mut tick = tokio::time::interval(self.settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -206,8 +205,9 @@ impl Prober {
                 }
                 last_ok = Some(result.ok());
             }
-            if check.is_child && result.ok() && self.settings.ready_on_child && !ready_sent {
-                ready_sent = true;
+            // Every pass, not only the first: an agent started again (`--restart`) is ready
+            // anew, and `Ready` in any other phase changes nothing.
+            if check.is_child && result.ok() && self.settings.ready_on_child {
                 let _ = self.events.send(Event::Ready).await;
             }
             self.snapshot.send_modify(|s| {

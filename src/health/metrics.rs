@@ -219,14 +219,14 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "agent_guard_agent_exits_total",
         kind: Kind::Counter,
-        help: "Times the agent exited (the guard does not restart it).",
-        samples: |s| single(flag(s.stats.agent_exit.is_some())),
+        help: "Times the agent exited.",
+        samples: |s| single(s.stats.runs.exits as f64),
     },
     Family {
         name: "agent_guard_agent_restarts_total",
         kind: Kind::Counter,
-        help: "Times the agent was restarted (never: a restart is systemd's or the group's job).",
-        samples: |_| single(0.0),
+        help: "Times the agent was started again (--restart).",
+        samples: |s| single(s.stats.runs.restarts as f64),
     },
     Family {
         name: "agent_guard_watchdog_missed",
@@ -392,6 +392,8 @@ mod tests {
             let mut stats = hub.stats();
             stats.drains = BTreeMap::from([(DrainReason::Operator, 1), (DrainReason::ScaleIn, 2)]);
             stats.agent_exit = Some(143);
+            stats.runs.exits = 3;
+            stats.runs.restarts = 2;
         }
         {
             let mut l = hub.lifecycle();
@@ -458,12 +460,12 @@ agent_guard_check_latency_seconds{check="db"} 0.0015
 # HELP agent_guard_agent_up 1 while the agent runs.
 # TYPE agent_guard_agent_up gauge
 agent_guard_agent_up 1
-# HELP agent_guard_agent_exits_total Times the agent exited (the guard does not restart it).
+# HELP agent_guard_agent_exits_total Times the agent exited.
 # TYPE agent_guard_agent_exits_total counter
-agent_guard_agent_exits_total 1
-# HELP agent_guard_agent_restarts_total Times the agent was restarted (never: a restart is systemd's or the group's job).
+agent_guard_agent_exits_total 3
+# HELP agent_guard_agent_restarts_total Times the agent was started again (--restart).
 # TYPE agent_guard_agent_restarts_total counter
-agent_guard_agent_restarts_total 0
+agent_guard_agent_restarts_total 2
 # HELP agent_guard_watchdog_missed 1 while the agent's --watchdog deadline is missed.
 # TYPE agent_guard_watchdog_missed gauge
 agent_guard_watchdog_missed 1
@@ -522,10 +524,10 @@ agent_guard_imds_errors_total 0
 # HELP agent_guard_agent_up 1 while the agent runs.
 # TYPE agent_guard_agent_up gauge
 agent_guard_agent_up 1
-# HELP agent_guard_agent_exits_total Times the agent exited (the guard does not restart it).
+# HELP agent_guard_agent_exits_total Times the agent exited.
 # TYPE agent_guard_agent_exits_total counter
 agent_guard_agent_exits_total 0
-# HELP agent_guard_agent_restarts_total Times the agent was restarted (never: a restart is systemd's or the group's job).
+# HELP agent_guard_agent_restarts_total Times the agent was started again (--restart).
 # TYPE agent_guard_agent_restarts_total counter
 agent_guard_agent_restarts_total 0
 # HELP agent_guard_watchdog_missed 1 while the agent's --watchdog deadline is missed.

@@ -57,7 +57,8 @@ fn live_items(hub: &Hub) -> Vec<Item> {
             now.saturating_duration_since(tick) < LOOP_STALE,
             "the guard's loop has not run for over 5s",
         ),
-        item("agent", phase.agent_running(), "the agent has exited"),
+        // Between an exit and a restart the guard is at work, not dead.
+        item("agent", !phase.ended(), "the agent has exited"),
         item(
             "watchdog",
             !hub.watchdog_missed(now),
@@ -115,7 +116,10 @@ pub fn health(hub: &Hub) -> Answer {
     // Starting, draining and stopping are expected on the way, not failures.
     let phase_status = match phase {
         Phase::Ready => "pass",
-        Phase::Starting { .. } | Phase::Draining { .. } | Phase::Stopping { .. } => "warn",
+        Phase::Starting { .. }
+        | Phase::Restarting(_)
+        | Phase::Draining { .. }
+        | Phase::Stopping { .. } => "warn",
         Phase::Exited { .. } | Phase::Done(_) => "fail",
     };
     let mut checks = serde_json::Map::new();

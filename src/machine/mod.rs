@@ -1,3 +1,4 @@
 //! The supervisor's state machine: the pure `step`, and the one task that owns the phase.
+pub(crate) mod restart;
 pub(crate) mod state;
 pub(crate) mod supervisor;

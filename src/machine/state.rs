@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::process::sig::Sig;
 
+use crate::machine::restart::{Decision, History, RestartSettings};
 use crate::process::exit::ChildExit;
 
 /// Why a drain started. The names are the protocol's (`{"event":"drain","reason":…}`).
@@ -104,6 +105,20 @@ pub struct Stop {
     pub signalled: bool,
 }
 
+/// Between an agent that exited by itself and its next start (`--restart`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restart {
+    /// How the last agent ended: the guard's status if the run ends before the next start. It
+    /// is only ever the proof of an agent that is gone: the phase drops it when the next starts.
+    pub last: ChildExit,
+    /// Restarts since the delay was last reset, this one included.
+    pub attempt: u32,
+    /// The next start, once `cleanup` is over.
+    pub at: Instant,
+    /// What is left of the last agent's group, cleared before the next start; `None` once gone.
+    pub cleanup: Option<Cleanup>,
+}
+
 /// The one phase of the supervisor. Each variant carries what only makes sense in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
@@ -120,6 +135,9 @@ pub enum Phase {
     Draining(Drain),
     /// The stop signal went to the agent's group.
     Stopping(Stop),
+    /// The agent exited by itself and is to be started again; none runs meanwhile. The outside
+    /// world sees `starting`.
+    Restarting(Restart),
     /// The agent was reaped; the rest of its process group is being cleared.
     Exited { exit: ChildExit, cleanup: Cleanup },
     /// The agent and its group are gone: the supervisor returns `exit`.
@@ -172,7 +190,7 @@ impl Phase {
     /// The phase as the outside world names it.
     pub fn name(&self) -> PhaseName {
         match self {
-            Phase::Starting { .. } => PhaseName::Starting,
+            Phase::Starting { .. } | Phase::Restarting(_) => PhaseName::Starting,
             Phase::Ready => PhaseName::Ready,
             Phase::Draining(_) => PhaseName::Draining,
             Phase::Stopping(_) => PhaseName::Stopping,
@@ -192,6 +210,11 @@ impl Phase {
             },
             Phase::Draining(d) => Some(d.deadline),
             Phase::Stopping(s) if !s.killed => Some(s.kill_at),
+            Phase::Restarting(r) => Some(match r.cleanup {
+                Some(Cleanup::Signalled { kill_at }) => kill_at,
+                Some(Cleanup::Killed { give_up_at }) => give_up_at,
+                None => r.at,
+            }),
             Phase::Exited {
                 cleanup: Cleanup::Signalled { kill_at },
                 ..
@@ -215,7 +238,15 @@ impl Phase {
 
     /// Whether the agent process is still running (it has not been reaped).
     pub fn agent_running(&self) -> bool {
-        !matches!(self, Phase::Exited { .. } | Phase::Done(_))
+        !matches!(
+            self,
+            Phase::Exited { .. } | Phase::Done(_) | Phase::Restarting(_)
+        )
+    }
+
+    /// Whether the run is ending: the last agent was reaped and no other will start.
+    pub fn ended(&self) -> bool {
+        matches!(self, Phase::Exited { .. } | Phase::Done(_))
     }
 }
 
@@ -224,6 +255,8 @@ impl Phase {
 pub enum Event {
     /// The agent was spawned: start the readiness clock.
     Spawned,
+    /// The agent could not be started again (`--restart`); it counts as a start that failed.
+    SpawnFailed,
     /// The agent counts as ready.
     Ready,
     /// The agent asks for more time: the current bound (drain deadline, or grace before
@@ -273,6 +306,17 @@ pub enum Action {
     ReadyTimedOut,
     /// A bound was extended at the agent's request.
     Extended { until: Instant },
+    /// Run the `--on-drain` command for this drain (it is killed at `deadline`).
+    RunDrainCommand {
+        reason: DrainReason,
+        deadline: Instant,
+    },
+    /// Start the agent again; the outcome comes back as `Spawned` or `SpawnFailed`.
+    Spawn,
+    /// `starts` starts within `within`: the restarts end (`--on-crash-loop` follows the run).
+    CrashLoop { starts: u32, within: Duration },
+    /// A stop or a drain came between an agent's exit and its restart: none is started again.
+    RestartCancelled { reason: DrainReason },
 }
 
 /// When the agent counts as ready.
@@ -302,12 +346,17 @@ pub struct Ctx {
     pub kill_wait: Duration,
     pub ready_on: ReadyOn,
     pub ready_timeout: Duration,
+    /// An `--on-drain` command is configured: it tells the agent of a drain.
+    pub drain_command: bool,
+    pub restart: RestartSettings,
+    /// In [0, 1), fresh for each event: spreads restart delays (0 in tests gives exact ones).
+    pub jitter: f64,
 }
 
 impl Ctx {
     /// Whether the agent has any way to hear of a drain; without one, waiting for it is in vain.
     fn agent_can_hear_drain(&self) -> bool {
-        self.drain_signal.is_some() || self.listeners
+        self.drain_signal.is_some() || self.listeners || self.drain_command
     }
 }
 
@@ -315,6 +364,8 @@ impl Ctx {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
     pub phase: Phase,
+    /// The agent's starts in this run, for the restart delay and the crash-loop window.
+    pub history: History,
 }
 
 impl State {
@@ -324,6 +375,7 @@ impl State {
                 warm_until: None,
                 give_up_at: None,
             },
+            history: History::default(),
         }
     }
 }
@@ -336,18 +388,30 @@ impl Default for State {
 
 /// The transition function. An event that does not fit the phase is a no-op, never a panic.
 pub fn step(state: &State, event: Event, ctx: &Ctx) -> (State, Vec<Action>) {
-    let (phase, actions) = match &state.phase {
-        Phase::Starting {
-            warm_until,
-            give_up_at,
-        } => starting(*warm_until, *give_up_at, event, ctx),
-        Phase::Ready => ready(event, ctx),
-        Phase::Draining(d) => draining(*d, event, ctx),
-        Phase::Stopping(s) => stopping(*s, event, ctx),
-        Phase::Exited { exit, cleanup } => exited(exit, cleanup, event, ctx),
-        Phase::Done(_) => (state.phase.clone(), Vec::new()),
+    let mut history = state.history.clone();
+    if event == Event::Spawned {
+        history.started(ctx.now, &ctx.restart);
+    }
+    let (phase, actions) = match (&state.phase, event) {
+        // Before or after readiness, an agent that exits by itself may be started again.
+        (Phase::Starting { .. } | Phase::Ready, Event::ChildExited(exit)) => {
+            exited_by_itself(exit, &mut history, ctx)
+        }
+        (
+            Phase::Starting {
+                warm_until,
+                give_up_at,
+            },
+            event,
+        ) => starting(*warm_until, *give_up_at, event, ctx),
+        (Phase::Ready, event) => ready(event, ctx),
+        (Phase::Draining(d), event) => draining(*d, event, ctx),
+        (Phase::Stopping(s), event) => stopping(*s, event, ctx),
+        (Phase::Restarting(r), event) => restarting(r, event, &mut history, ctx),
+        (Phase::Exited { exit, cleanup }, event) => exited(exit, cleanup, event, ctx),
+        (Phase::Done(_), _) => (state.phase.clone(), Vec::new()),
     };
-    (State { phase }, actions)
+    (State { phase, history }, actions)
 }
 
 /// `t + d`, saturating: no configured duration can make deadline arithmetic panic.
@@ -425,7 +489,7 @@ fn ready(event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
             hard_deadline,
         } => begin_drain(reason, hard_deadline, false, ctx),
         Event::Forward(signal) => (Phase::Ready, vec![forward(signal)]),
-        Event::ChildExited(exit) => agent_gone(exit, later(ctx.now, ctx.stop_timeout), ctx),
+        // The agent's own exit is `exited_by_itself`, for the restart policy (see `step`).
         _ => no_change(Phase::Ready),
     }
 }
@@ -527,6 +591,91 @@ fn stopping(s: Stop, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
     }
 }
 
+/// The agent exited by itself (not during a drain or a stop): started again after a delay when
+/// `--restart` says so and no crash loop forbids it; else the run ends, as it always did.
+fn exited_by_itself(exit: ChildExit, history: &mut History, ctx: &Ctx) -> (Phase, Vec<Action>) {
+    let kill_at = later(ctx.now, ctx.stop_timeout);
+    let restart = ctx.restart.policy.applies(&exit);
+    match history.decide(restart, ctx.now, &ctx.restart, ctx.jitter) {
+        Decision::Exit => agent_gone(exit, kill_at, ctx),
+        Decision::CrashLoop { starts, within } => {
+            let (phase, mut actions) = agent_gone(exit, kill_at, ctx);
+            actions.push(Action::CrashLoop { starts, within });
+            (phase, actions)
+        }
+        // Its group's leftovers get the same stop signal and grace as on the way out.
+        Decision::Restart { attempt, delay } => (
+            Phase::Restarting(Restart {
+                last: exit,
+                attempt,
+                at: later(ctx.now, delay),
+                cleanup: Some(Cleanup::Signalled { kill_at }),
+            }),
+            vec![stop_signal(ctx)],
+        ),
+    }
+}
+
+/// Between an agent's exit and its next start: the rest of its group is cleared first (stop
+/// signal, SIGKILL past the grace), then the delay runs out and the agent is spawned. A stop or a
+/// drain ends the run at once, with the last agent's status.
+fn restarting(r: &Restart, event: Event, history: &mut History, ctx: &Ctx) -> (Phase, Vec<Action>) {
+    let now = ctx.now;
+    let with_cleanup = |cleanup| {
+        Phase::Restarting(Restart {
+            cleanup,
+            ..r.clone()
+        })
+    };
+    match (event, &r.cleanup) {
+        (Event::StopSignal, _) => end_restarts(r, DrainReason::Signal, Event::StopSignal, ctx),
+        (event @ Event::Drain { reason, .. }, _) => end_restarts(r, reason, event, ctx),
+        (Event::GroupGone, Some(_)) => no_change(with_cleanup(None)),
+        (Event::Timer, Some(Cleanup::Signalled { kill_at })) if now >= *kill_at => (
+            with_cleanup(Some(Cleanup::Killed {
+                give_up_at: later(now, ctx.kill_wait),
+            })),
+            vec![Action::Kill],
+        ),
+        // Past SIGKILL, only a process stuck in the kernel remains; waiting cannot help it.
+        (Event::Timer, Some(Cleanup::Killed { give_up_at })) if now >= *give_up_at => {
+            no_change(with_cleanup(None))
+        }
+        (Event::Timer, None) if now >= r.at => (Phase::Restarting(r.clone()), vec![Action::Spawn]),
+        // A new agent runs: the last one's proof of exit is dropped with this phase.
+        (Event::Spawned, _) => starting(None, None, Event::Spawned, ctx),
+        (Event::SpawnFailed, _) => {
+            history.started(now, &ctx.restart);
+            match history.decide(true, now, &ctx.restart, ctx.jitter) {
+                Decision::Restart { attempt, delay } => no_change(Phase::Restarting(Restart {
+                    attempt,
+                    at: later(now, delay),
+                    ..r.clone()
+                })),
+                Decision::CrashLoop { starts, within } => (
+                    Phase::Done(r.last.clone()),
+                    vec![Action::CrashLoop { starts, within }],
+                ),
+                Decision::Exit => no_change(Phase::Done(r.last.clone())),
+            }
+        }
+        _ => no_change(Phase::Restarting(r.clone())),
+    }
+}
+
+/// A stop or a drain during a restart: no agent starts again, and the run ends with the last
+/// one's status once its group is gone (leftovers are killed at once after a stop signal, and
+/// keep their grace after a drain).
+fn end_restarts(r: &Restart, reason: DrainReason, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
+    let (phase, more) = match &r.cleanup {
+        None => no_change(Phase::Done(r.last.clone())),
+        Some(cleanup) => exited(&r.last, cleanup, event, ctx),
+    };
+    let mut actions = vec![Action::RestartCancelled { reason }];
+    actions.extend(more);
+    (phase, actions)
+}
+
 /// The agent exited by itself: whatever remains of its group gets the stop signal, then
 /// SIGKILL at `kill_at`.
 fn agent_gone(exit: ChildExit, kill_at: Instant, ctx: &Ctx) -> (Phase, Vec<Action>) {
@@ -591,6 +740,9 @@ fn begin_drain(
     }
     let mut actions = vec![Action::AnnounceDrain { reason, deadline }];
     actions.extend(ctx.drain_signal.map(forward));
+    if ctx.drain_command {
+        actions.push(Action::RunDrainCommand { reason, deadline });
+    }
     (
         Phase::Draining(Drain {
             reason,
@@ -652,6 +804,7 @@ fn earliest(current: Option<Instant>, new: Instant) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::restart::{CrashLoop, RestartPolicy};
     use crate::process::exit::ChildExit;
 
     const S: Duration = Duration::from_secs(1);
@@ -667,6 +820,9 @@ mod tests {
             kill_wait: 5 * S,
             ready_on: ReadyOn::Start,
             ready_timeout: 600 * S,
+            drain_command: false,
+            restart: RestartSettings::default(),
+            jitter: 0.0,
         }
     }
 
@@ -677,8 +833,28 @@ mod tests {
         }
     }
 
+    /// `--restart POLICY` with a 1 s first delay, an 8 s maximum and a 3/60s crash loop.
+    fn restarting(policy: RestartPolicy, now: Instant) -> Ctx {
+        Ctx {
+            restart: RestartSettings {
+                policy,
+                delay: S,
+                max_delay: 8 * S,
+                crash_loop: CrashLoop {
+                    starts: 3,
+                    within: 60 * S,
+                },
+            },
+            ..ctx(now)
+        }
+    }
+
     fn run(phase: Phase, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
-        let (state, actions) = step(&State { phase }, event, ctx);
+        let state = State {
+            phase,
+            ..State::new()
+        };
+        let (state, actions) = step(&state, event, ctx);
         (state.phase, actions)
     }
 
@@ -1156,8 +1332,22 @@ mod tests {
                 cleanup: Cleanup::Killed { give_up_at: t0 },
             },
             Phase::Done(exit.clone()),
+            Phase::Restarting(Restart {
+                last: exit.clone(),
+                attempt: 1,
+                at: t0,
+                cleanup: None,
+            }),
+            Phase::Restarting(Restart {
+                last: exit.clone(),
+                attempt: 2,
+                at: t0,
+                cleanup: Some(Cleanup::Signalled { kill_at: t0 }),
+            }),
         ];
         let events = [
+            Event::Spawned,
+            Event::SpawnFailed,
             Event::Ready,
             Event::StopSignal,
             Event::Drain {
@@ -1172,14 +1362,302 @@ mod tests {
         ];
         for phase in &phases {
             for event in &events {
-                for c in [ctx(t0), with_drain_signal(t0 + 100 * S)] {
+                for c in [
+                    ctx(t0),
+                    with_drain_signal(t0 + 100 * S),
+                    restarting(RestartPolicy::Always, t0),
+                ] {
                     let (next, _) = run(phase.clone(), event.clone(), &c);
-                    // Once the agent is reaped it never runs again.
-                    if !phase.agent_running() {
-                        assert!(!next.agent_running(), "{phase:?} + {event:?} -> {next:?}");
+                    // Once the run is ending no agent ever runs again.
+                    if phase.ended() {
+                        assert!(next.ended(), "{phase:?} + {event:?} -> {next:?}");
+                    }
+                    // A reaped agent is followed by a new one only once it was spawned.
+                    if !phase.agent_running() && next.agent_running() {
+                        assert_eq!(*event, Event::Spawned, "{phase:?} -> {next:?}");
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn restart_transitions_table() {
+        let t0 = Instant::now();
+        let c = restarting(RestartPolicy::OnFailure, t0);
+        let failed = ChildExit::for_test(3);
+        let waiting = |cleanup| {
+            Phase::Restarting(Restart {
+                last: failed.clone(),
+                attempt: 1,
+                at: t0 + S,
+                cleanup,
+            })
+        };
+        let signalled = || {
+            Some(Cleanup::Signalled {
+                kill_at: t0 + 30 * S,
+            })
+        };
+        let cases: Vec<Case> = vec![
+            (
+                "a failure with --restart on-failure: leftovers first, then the delay",
+                Phase::Ready,
+                Event::ChildExited(failed.clone()),
+                c.clone(),
+                waiting(signalled()),
+                vec![stop_signal()],
+            ),
+            (
+                "a failure before readiness restarts too",
+                Phase::Starting {
+                    warm_until: None,
+                    give_up_at: Some(t0 + 600 * S),
+                },
+                Event::ChildExited(failed.clone()),
+                c.clone(),
+                waiting(signalled()),
+                vec![stop_signal()],
+            ),
+            (
+                "exit 0 with --restart on-failure ends the run",
+                Phase::Ready,
+                Event::ChildExited(ChildExit::for_test(0)),
+                c.clone(),
+                Phase::Exited {
+                    exit: ChildExit::for_test(0),
+                    cleanup: Cleanup::Signalled {
+                        kill_at: t0 + 30 * S,
+                    },
+                },
+                vec![stop_signal()],
+            ),
+            (
+                "exit 0 with --restart always restarts",
+                Phase::Ready,
+                Event::ChildExited(ChildExit::for_test(0)),
+                restarting(RestartPolicy::Always, t0),
+                Phase::Restarting(Restart {
+                    last: ChildExit::for_test(0),
+                    attempt: 1,
+                    at: t0 + S,
+                    cleanup: signalled(),
+                }),
+                vec![stop_signal()],
+            ),
+            (
+                "no restart during a drain",
+                Phase::Draining(Drain {
+                    reason: DrainReason::Operator,
+                    deadline: t0 + 60 * S,
+                    hard_deadline: None,
+                    signalled: false,
+                }),
+                Event::ChildExited(failed.clone()),
+                restarting(RestartPolicy::Always, t0),
+                Phase::Exited {
+                    exit: failed.clone(),
+                    cleanup: Cleanup::Signalled {
+                        kill_at: t0 + 30 * S,
+                    },
+                },
+                vec![stop_signal()],
+            ),
+            (
+                "an empty group leaves only the delay",
+                waiting(signalled()),
+                Event::GroupGone,
+                c.clone(),
+                waiting(None),
+                vec![],
+            ),
+            (
+                "leftovers past their grace are killed",
+                waiting(signalled()),
+                Event::Timer,
+                restarting(RestartPolicy::OnFailure, t0 + 30 * S),
+                waiting(Some(Cleanup::Killed {
+                    give_up_at: t0 + 35 * S,
+                })),
+                vec![Action::Kill],
+            ),
+            (
+                "the delay is not over",
+                waiting(None),
+                Event::Timer,
+                c.clone(),
+                waiting(None),
+                vec![],
+            ),
+            (
+                "the delay is over: spawn",
+                waiting(None),
+                Event::Timer,
+                restarting(RestartPolicy::OnFailure, t0 + S),
+                waiting(None),
+                vec![Action::Spawn],
+            ),
+            (
+                "spawned: starting again, the last exit left behind",
+                waiting(None),
+                Event::Spawned,
+                Ctx {
+                    ready_on: ReadyOn::Notify,
+                    ..c.clone()
+                },
+                Phase::Starting {
+                    warm_until: None,
+                    give_up_at: Some(t0 + 600 * S),
+                },
+                vec![],
+            ),
+            (
+                "a spawn that failed counts as a failed start",
+                waiting(None),
+                Event::SpawnFailed,
+                c.clone(),
+                Phase::Restarting(Restart {
+                    last: failed.clone(),
+                    attempt: 1,
+                    at: t0 + S,
+                    cleanup: None,
+                }),
+                vec![],
+            ),
+            (
+                "SIGTERM during the delay ends the run at once with the last status",
+                waiting(None),
+                Event::StopSignal,
+                c.clone(),
+                Phase::Done(failed.clone()),
+                vec![Action::RestartCancelled {
+                    reason: DrainReason::Signal,
+                }],
+            ),
+            (
+                "SIGTERM while leftovers remain kills them at once",
+                waiting(signalled()),
+                Event::StopSignal,
+                c.clone(),
+                Phase::Exited {
+                    exit: failed.clone(),
+                    cleanup: Cleanup::Killed {
+                        give_up_at: t0 + 5 * S,
+                    },
+                },
+                vec![
+                    Action::RestartCancelled {
+                        reason: DrainReason::Signal,
+                    },
+                    Action::Kill,
+                ],
+            ),
+            (
+                "a scale-in during the delay ends the run, leftovers keep their grace",
+                waiting(signalled()),
+                Event::Drain {
+                    reason: DrainReason::ScaleIn,
+                    hard_deadline: None,
+                },
+                c.clone(),
+                Phase::Exited {
+                    exit: failed.clone(),
+                    cleanup: Cleanup::Signalled {
+                        kill_at: t0 + 30 * S,
+                    },
+                },
+                vec![Action::RestartCancelled {
+                    reason: DrainReason::ScaleIn,
+                }],
+            ),
+            (
+                "nothing is forwarded while no agent runs",
+                waiting(None),
+                Event::Forward(Sig::HUP),
+                c.clone(),
+                waiting(None),
+                vec![],
+            ),
+        ];
+        for (name, phase, event, ctx, want_phase, want_actions) in cases {
+            let (got_phase, got_actions) = run(phase, event, &ctx);
+            assert_eq!(got_phase, want_phase, "{name}: phase");
+            assert_eq!(got_actions, want_actions, "{name}: actions");
+        }
+        assert_eq!(waiting(None).name(), PhaseName::Starting);
+        assert!(!waiting(None).agent_running() && !waiting(None).ended());
+    }
+
+    #[test]
+    fn restarts_double_and_a_crash_loop_ends_them() {
+        let t0 = Instant::now();
+        let mut state = State::new();
+        let mut feed = |event: Event, at: Instant| {
+            let (next, actions) = step(&state, event, &restarting(RestartPolicy::Always, at));
+            state = next;
+            (state.phase.clone(), actions)
+        };
+        let mut t = t0;
+        feed(Event::Spawned, t);
+        for (attempt, delay) in [(1, S), (2, 2 * S)] {
+            let (phase, _) = feed(Event::ChildExited(ChildExit::for_test(1)), t);
+            let Phase::Restarting(r) = phase else {
+                panic!("restarting: {phase:?}")
+            };
+            assert_eq!((r.attempt, r.at), (attempt, t + delay));
+            feed(Event::GroupGone, t);
+            t += delay;
+            let (_, actions) = feed(Event::Timer, t);
+            assert_eq!(actions, vec![Action::Spawn]);
+            let (phase, _) = feed(Event::Spawned, t);
+            assert_eq!(phase, Phase::Ready);
+        }
+        // The third start within 60 s: no fourth.
+        let (phase, actions) = feed(Event::ChildExited(ChildExit::for_test(7)), t);
+        assert!(phase.ended(), "{phase:?}");
+        assert_eq!(
+            actions,
+            vec![
+                stop_signal(),
+                Action::CrashLoop {
+                    starts: 3,
+                    within: 60 * S
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn an_on_drain_command_counts_as_telling_the_agent() {
+        let t0 = Instant::now();
+        let c = Ctx {
+            drain_command: true,
+            ..ctx(t0)
+        };
+        let (phase, actions) = run(Phase::Ready, Event::StopSignal, &c);
+        assert_eq!(phase.deadline(), Some(t0 + 60 * S), "waits for the agent");
+        assert_eq!(
+            actions,
+            vec![
+                Action::AnnounceDrain {
+                    reason: DrainReason::Signal,
+                    deadline: t0 + 60 * S
+                },
+                Action::RunDrainCommand {
+                    reason: DrainReason::Signal,
+                    deadline: t0 + 60 * S
+                }
+            ]
+        );
+        // Once per drain: a later notice only shortens it.
+        let (_, actions) = run(
+            phase,
+            Event::Drain {
+                reason: DrainReason::SpotInterruption,
+                hard_deadline: Some(t0 + 50 * S),
+            },
+            &c,
+        );
+        assert!(actions.is_empty(), "{actions:?}");
     }
 }

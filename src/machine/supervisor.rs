@@ -4,22 +4,29 @@
 //!
 //! Publishing comes before acting so that anything reading the phase (readiness) already sees
 //! the drain when the agent is told of it.
+//!
+//! It also owns what runs beside the agent for it: a restarted agent (`--restart`, spawned here
+//! so that only this task ever reaps) and the `--on-drain` command.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Interval, MissedTickBehavior, interval, sleep_until};
 
-use crate::agent::hub::{Announcement, DrainInfo, Hub};
+use crate::agent::hub::{Announcement, DrainCommandStatus, DrainInfo, Hub};
 use crate::agent::sdnotify::Upstream;
-use crate::config::{Config, ForwardTo};
-use crate::fmt::format_duration;
+use crate::config::{Config, ForwardTo, OnDrain};
+use crate::fmt::{format_duration, rfc3339};
 use crate::journal::Record;
+use crate::machine::restart::RestartSettings;
 use crate::machine::state::{
-    Action, Cleanup, Ctx, DrainReason, Event, Phase, ReadyOn, State, Target, step,
+    Action, Cleanup, Ctx, DrainReason, Event, Phase, ReadyOn, Restart, State, Target, step,
 };
-use crate::process::child::Agent;
+use crate::process::child::{Agent, Launcher, SpawnError};
+use crate::process::drain_command::DrainCommand;
 use crate::process::exit::ChildExit;
 use crate::process::reaper::Reaper;
 use crate::process::sig::{Role, Sig, role};
@@ -36,6 +43,18 @@ const GROUP_POLL: Duration = Duration::from_millis(25);
 /// A safety net for a lost SIGCHLD, as tini's one-second tick is.
 const REAP_TICK: Duration = Duration::from_secs(1);
 
+/// How long the guard, done with the agent, waits for the `--on-drain` command it just killed to
+/// be reaped, so that its status is logged.
+const COMMAND_REAP_WITHIN: Duration = Duration::from_secs(1);
+
+/// In [0, 1), from the clock's nanoseconds: enough to keep a fleet's restarts out of step.
+fn jitter() -> f64 {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos % 1000) / 1000.0
+}
+
 /// The settings `step` needs, taken from the config once.
 #[derive(Debug, Clone)]
 pub struct StopSettings {
@@ -46,6 +65,10 @@ pub struct StopSettings {
     pub forward_to: ForwardTo,
     pub ready_on: ReadyOn,
     pub ready_timeout: Duration,
+    pub on_drain: Option<OnDrain>,
+    pub restart: RestartSettings,
+    /// The control socket, for the `--on-drain` command's `AGENT_GUARD_SOCKET`.
+    pub socket: PathBuf,
 }
 
 impl StopSettings {
@@ -58,21 +81,32 @@ impl StopSettings {
             forward_to: config.forward_to,
             ready_on: config.ready_on,
             ready_timeout: config.ready_timeout,
+            on_drain: config.on_drain.clone(),
+            restart: config.restart,
+            socket: config.socket.clone(),
         }
     }
 }
 
-/// How the supervision ended: the agent's status, and whether the guard had to SIGKILL.
+/// How the supervision ended: the last agent's status, and whether the guard had to SIGKILL.
+/// It exists only once that agent and its group are gone: no agent runs, and none will again.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub exit: ChildExit,
-    /// SIGKILL went to the agent's group: a status of 128+TERM is then not a clean stop.
+    /// SIGKILL went to the last agent's group: a status of 128+TERM is then not a clean stop.
     pub sigkilled: bool,
+    /// The drain that ended the run, if one did; also one that came between an exit and a
+    /// restart, when no agent ran to be drained (its termination hook still waits).
+    pub drain: Option<DrainReason>,
+    /// The restarts ended in a crash loop (`--on-crash-loop` follows).
+    pub crash_loop: bool,
 }
 
 /// The supervisor of one running agent.
 pub struct Supervisor {
     agent: Agent,
+    /// Starts the agent again (`--restart`) as it was started first.
+    launcher: Launcher,
     reaper: Reaper,
     signals: SignalSource,
     events: mpsc::Receiver<Event>,
@@ -86,6 +120,13 @@ pub struct Supervisor {
     reap_tick: Interval,
     group_poll: Interval,
     sigkilled: bool,
+    /// This run's `--on-drain` command, once started.
+    drain_command: Option<DrainCommand>,
+    /// What an action produced for `step` (a spawn's outcome), applied before the next wait.
+    queued: Option<Event>,
+    /// The first drain of the run, for [`Outcome::drain`].
+    drain: Option<DrainReason>,
+    crash_loop: bool,
 }
 
 /// What woke the supervisor up.
@@ -95,25 +136,33 @@ enum Wake {
     Timer,
     ReapTick,
     GroupPoll,
+    /// The drain deadline passed with the `--on-drain` command still running.
+    DrainCommandDue,
 }
 
 impl Supervisor {
-    /// A supervisor for `agent`, which must have been spawned after `signals` was installed.
+    /// Starts the agent and supervises it. `signals` must have been installed before: a signal
+    /// that arrives while the agent starts is kept, not lost.
     pub fn new(
-        agent: Agent,
+        launcher: Launcher,
         signals: SignalSource,
         settings: StopSettings,
         events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
         phase: watch::Sender<Phase>,
         hub: Arc<Hub>,
         upstream: Upstream,
-    ) -> Self {
+    ) -> Result<Self, SpawnError> {
+        let agent = launcher.spawn()?;
+        hub.set_agent_pid(agent.pid());
+        hub.stats().runs.policy = settings.restart.policy;
         let mut reap_tick = interval(REAP_TICK);
         reap_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut group_poll = interval(GROUP_POLL);
         group_poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Supervisor {
+        Ok(Supervisor {
             agent,
+            launcher,
+            // Only after the spawn returned: std's spawn waits for a child whose exec failed.
             reaper: Reaper::new(agent.pid()),
             signals,
             events: events.1,
@@ -126,18 +175,26 @@ impl Supervisor {
             reap_tick,
             group_poll,
             sigkilled: false,
-        }
+            drain_command: None,
+            queued: None,
+            drain: None,
+            crash_loop: false,
+        })
     }
 
-    /// Runs until the agent and its process group are gone; returns how it ended.
+    /// Runs until the last agent and its process group are gone; returns how it ended.
     pub async fn run(mut self) -> Outcome {
         tracing::info!(pid = self.agent.pid(), "agent started");
         self.apply(Event::Spawned);
         loop {
             if let Phase::Done(exit) = &self.state.phase {
+                let exit = exit.clone();
+                self.end_drain_command().await;
                 return Outcome {
-                    exit: exit.clone(),
+                    exit,
                     sigkilled: self.sigkilled,
+                    drain: self.drain,
+                    crash_loop: self.crash_loop,
                 };
             }
             let woke = self.wait().await;
@@ -146,12 +203,16 @@ impl Supervisor {
                 Wake::Signal(sig) => self.on_signal(sig),
                 Wake::Event(event) => Some(event),
                 Wake::Timer => Some(Event::Timer),
-                Wake::ReapTick => self.reaper.reap().map(Event::ChildExited),
+                Wake::ReapTick => self.reap(),
                 Wake::GroupPoll => {
                     // Reap first: leftovers that exited may be zombies of the guard's own
                     // (orphans it adopted), and the run must not end with them unreaped.
-                    let _ = self.reaper.reap();
+                    let _ = self.reap();
                     (!self.agent.group_alive()).then_some(Event::GroupGone)
+                }
+                Wake::DrainCommandDue => {
+                    self.kill_drain_command("at the drain deadline");
+                    None
                 }
             };
             if let Some(event) = event {
@@ -162,10 +223,18 @@ impl Supervisor {
 
     async fn wait(&mut self) -> Wake {
         let deadline = self.state.phase.deadline();
-        let cleaning = matches!(self.state.phase, Phase::Exited { .. });
-        let timer_at = tokio::time::Instant::from_std(
-            deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
+        let cleaning = matches!(
+            self.state.phase,
+            Phase::Exited { .. }
+                | Phase::Restarting(Restart {
+                    cleanup: Some(_),
+                    ..
+                })
         );
+        let far = || Instant::now() + Duration::from_secs(86_400);
+        let timer_at = tokio::time::Instant::from_std(deadline.unwrap_or_else(far));
+        let command_due = self.drain_command.as_ref().and_then(DrainCommand::due);
+        let command_at = tokio::time::Instant::from_std(command_due.unwrap_or_else(far));
         tokio::select! {
             biased;
             sig = self.signals.next() => match sig {
@@ -175,13 +244,37 @@ impl Supervisor {
             Some(event) = self.events.recv() => Wake::Event(event),
             _ = sleep_until(timer_at), if deadline.is_some() => Wake::Timer,
             _ = self.group_poll.tick(), if cleaning => Wake::GroupPoll,
+            _ = sleep_until(command_at), if command_due.is_some() => Wake::DrainCommandDue,
             _ = self.reap_tick.tick() => Wake::ReapTick,
         }
     }
 
+    /// Reaps every child that exited: the agent's exit is an event; the `--on-drain` command's
+    /// status is logged here.
+    fn reap(&mut self) -> Option<Event> {
+        let agent = self.reaper.reap();
+        for (pid, kind) in self.reaper.take_watched() {
+            let Some(command) = self.drain_command.as_mut().filter(|c| c.pid() == pid) else {
+                continue;
+            };
+            command.reaped();
+            let record = Record::DrainCommandEnded {
+                pid,
+                status: kind.status(),
+                how: kind.to_string(),
+                killed: command.killed(),
+            };
+            tracing::info!(pid, status = kind.status(), journal = %record.json(), "the --on-drain command {kind}");
+            if let Some(shown) = self.hub.stats().runs.drain_command.as_mut() {
+                shown.status = Some(kind.status());
+            }
+        }
+        agent.map(Event::ChildExited)
+    }
+
     fn on_signal(&mut self, sig: Sig) -> Option<Event> {
         match role(sig) {
-            Role::Reap => self.reaper.reap().map(Event::ChildExited),
+            Role::Reap => self.reap(),
             Role::Stop => {
                 let record = Record::StopSignalReceived {
                     signal: sig.to_string(),
@@ -193,7 +286,16 @@ impl Supervisor {
         }
     }
 
+    /// Feeds `event` to `step`, then whatever the actions produced for it (a spawn's outcome).
     fn apply(&mut self, event: Event) {
+        let mut next = Some(event);
+        while let Some(event) = next {
+            self.apply_one(event);
+            next = self.queued.take();
+        }
+    }
+
+    fn apply_one(&mut self, event: Event) {
         let ctx = Ctx {
             now: Instant::now(),
             stop_signal: self.settings.stop_signal,
@@ -204,14 +306,29 @@ impl Supervisor {
             kill_wait: KILL_WAIT,
             ready_on: self.settings.ready_on,
             ready_timeout: self.settings.ready_timeout,
+            drain_command: self.settings.on_drain.is_some(),
+            restart: self.settings.restart,
+            jitter: jitter(),
         };
         let before = self.state.phase.clone();
         if event == Event::Drained && matches!(before, Phase::Draining(_)) {
             let record = Record::AgentDrained;
             tracing::info!(journal = %record.json(), "the agent says it is drained");
         }
+        let agent_exited = matches!(event, Event::ChildExited(_)) && before.agent_running();
         let (next, actions) = step(&self.state, event, &ctx);
         self.state = next;
+        if agent_exited {
+            self.hub.stats().runs.exits += 1;
+        }
+        if let Some(reason) = self.state.phase.drain_reason() {
+            self.drain.get_or_insert(reason);
+        }
+        // The command lives until the drain's deadline, wherever an extension or a spot
+        // notice moves it.
+        if let (Phase::Draining(d), Some(command)) = (&self.state.phase, &mut self.drain_command) {
+            command.kill_at = d.deadline;
+        }
         if before != self.state.phase {
             self.log_transition(&before, &ctx);
             self.publish(&before);
@@ -225,7 +342,9 @@ impl Supervisor {
     fn publish(&mut self, before: &Phase) {
         let phase = self.state.phase.clone();
         self.phase.send_replace(phase.clone());
-        if before.name() == phase.name() {
+        // Subscribers hear of a restart as `starting`, even when the agent was not ready yet.
+        let restart_begins = matches!(phase, Phase::Restarting(_)) && before.agent_running();
+        if before.name() == phase.name() && !restart_begins {
             return;
         }
         {
@@ -235,7 +354,9 @@ impl Supervisor {
             if let (Some(reason), true) = (phase.drain_reason(), drain_started) {
                 *stats.drains.entry(reason).or_insert(0) += 1;
             }
-            if let Phase::Exited { exit, .. } = &phase {
+            if let Phase::Exited { exit, .. } | Phase::Restarting(Restart { last: exit, .. }) =
+                &phase
+            {
                 stats.agent_exit = Some(exit.exit_code());
             }
         }
@@ -302,29 +423,7 @@ impl Supervisor {
                 self.agent.signal_group(Sig::KILL)
             }
             Action::AnnounceDrain { reason, deadline } => {
-                self.announce_drain(reason, deadline, ctx.now);
-                let via = match (self.hub.subscribers(), ctx.drain_signal) {
-                    (0, Some(sig)) => format!("drain signal {sig}"),
-                    (n, None) => format!("drain event to {n} subscriber(s)"),
-                    (n, Some(sig)) => {
-                        format!("drain event to {n} subscriber(s) and drain signal {sig}")
-                    }
-                };
-                let deadline_in = deadline.saturating_duration_since(ctx.now);
-                let record = Record::DrainAnnounced {
-                    reason,
-                    deadline_in_ms: u64::try_from(deadline_in.as_millis()).unwrap_or(u64::MAX),
-                    subscribers: self.hub.subscribers(),
-                    drain_signal: ctx.drain_signal.map(|s| s.to_string()),
-                };
-                tracing::info!(
-                    reason = %reason,
-                    deadline_in = %format_duration(deadline_in),
-                    subscribers = self.hub.has_subscribers(),
-                    via = %via,
-                    journal = %record.json(),
-                    "told the agent to drain"
-                );
+                self.told_to_drain(reason, deadline, ctx);
                 Ok(())
             }
             Action::ReadyTimedOut => {
@@ -344,10 +443,204 @@ impl Supervisor {
                 }
                 Ok(())
             }
+            Action::RunDrainCommand { reason, deadline } => {
+                self.start_drain_command(reason, deadline, ctx.now);
+                Ok(())
+            }
+            Action::Spawn => {
+                self.respawn();
+                Ok(())
+            }
+            Action::CrashLoop { starts, within } => {
+                self.crash_looped(starts, within);
+                Ok(())
+            }
+            Action::RestartCancelled { reason } => {
+                self.restart_cancelled(reason);
+                Ok(())
+            }
         };
         if let Err(err) = result {
             tracing::error!(pgid, error = %err, "cannot signal the agent");
         }
+    }
+
+    /// Tells the agent's listeners of the drain, and logs every way the agent is told of it.
+    fn told_to_drain(&self, reason: DrainReason, deadline: Instant, ctx: &Ctx) {
+        self.announce_drain(reason, deadline, ctx.now);
+        let subscribers = self.hub.subscribers();
+        let mut via = Vec::new();
+        if subscribers > 0 || (ctx.drain_signal.is_none() && !ctx.drain_command) {
+            via.push(format!("drain event to {subscribers} subscriber(s)"));
+        }
+        via.extend(ctx.drain_signal.map(|sig| format!("drain signal {sig}")));
+        if ctx.drain_command {
+            via.push("the --on-drain command".to_string());
+        }
+        let deadline_in = deadline.saturating_duration_since(ctx.now);
+        let record = Record::DrainAnnounced {
+            reason,
+            deadline_in_ms: u64::try_from(deadline_in.as_millis()).unwrap_or(u64::MAX),
+            subscribers,
+            drain_signal: ctx.drain_signal.map(|s| s.to_string()),
+        };
+        tracing::info!(
+            reason = %reason,
+            deadline_in = %format_duration(deadline_in),
+            subscribers = subscribers > 0,
+            via = %via.join(" and "),
+            journal = %record.json(),
+            "told the agent to drain"
+        );
+    }
+
+    /// Runs the `--on-drain` command for this drain: spawned from this task, so that no reap
+    /// runs during the spawn, and its pid handed to the reaper before the next one.
+    fn start_drain_command(&mut self, reason: DrainReason, deadline: Instant, now: Instant) {
+        let Some(command) = &self.settings.on_drain else {
+            return;
+        };
+        if self.drain_command.is_some() {
+            return; // one drain per run, one command per drain
+        }
+        let wall_deadline = SystemTime::now() + deadline.saturating_duration_since(now);
+        let env: Vec<(OsString, OsString)> = vec![
+            ("AGENT_GUARD_DRAIN_REASON".into(), reason.as_str().into()),
+            (
+                "AGENT_GUARD_DRAIN_DEADLINE".into(),
+                rfc3339(wall_deadline).into(),
+            ),
+            (
+                "AGENT_GUARD_AGENT_PID".into(),
+                self.agent.pid().to_string().into(),
+            ),
+            (
+                "AGENT_GUARD_SOCKET".into(),
+                self.settings.socket.clone().into(),
+            ),
+        ];
+        match DrainCommand::start(command, env, self.launcher.job_control, deadline) {
+            Ok(started) => {
+                let pid = started.pid();
+                self.reaper.watch(pid);
+                self.drain_command = Some(started);
+                self.hub.stats().runs.drain_command = Some(DrainCommandStatus {
+                    pid,
+                    started: SystemTime::now(),
+                    status: None,
+                    killed: false,
+                });
+                let record = Record::DrainCommandStarted { pid, reason };
+                tracing::info!(pid, reason = %reason, journal = %record.json(), "started the --on-drain command");
+            }
+            Err(err) => {
+                let record = Record::DrainCommandFailed {
+                    error: err.to_string(),
+                };
+                tracing::error!(error = %err, journal = %record.json(), "cannot start the --on-drain command; the drain goes on");
+            }
+        }
+    }
+
+    /// SIGKILLs the `--on-drain` command's group, if anything of it is left.
+    fn kill_drain_command(&mut self, when: &str) {
+        let Some(command) = self.drain_command.as_mut() else {
+            return;
+        };
+        match command.kill() {
+            Ok(true) => {
+                tracing::warn!(pid = command.pid(), "killed the --on-drain command {when}");
+                if let Some(shown) = self.hub.stats().runs.drain_command.as_mut() {
+                    shown.killed = true;
+                }
+            }
+            Ok(false) => {}
+            Err(err) => {
+                tracing::error!(pid = command.pid(), error = %err, "cannot kill the --on-drain command");
+            }
+        }
+    }
+
+    /// The agent is gone, and with it the drain: the command is killed if it still runs, and
+    /// reaped within a bound so that its status is logged.
+    async fn end_drain_command(&mut self) {
+        if self.drain_command.is_none() {
+            return;
+        }
+        self.kill_drain_command("now that the agent is gone");
+        let give_up = tokio::time::Instant::now() + COMMAND_REAP_WITHIN;
+        while self
+            .drain_command
+            .as_ref()
+            .is_some_and(DrainCommand::running)
+            && tokio::time::Instant::now() < give_up
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let _ = self.reap();
+        }
+        if let Some(command) = self.drain_command.take() {
+            command.finish().await;
+        }
+    }
+
+    /// Starts the agent again. Only this task reaps and nothing reaps during the spawn, so std's
+    /// own wait for a failed exec cannot lose its child, and the new pid reaches the reaper first.
+    fn respawn(&mut self) {
+        let attempt = match &self.state.phase {
+            Phase::Restarting(r) => r.attempt,
+            _ => 0,
+        };
+        match self.launcher.respawn(&self.agent) {
+            Ok(agent) => {
+                self.agent = agent;
+                self.reaper.set_agent(agent.pid());
+                // A SIGKILL of the last agent's leftovers says nothing about this one.
+                self.sigkilled = false;
+                self.hub.agent_restarted(agent.pid());
+                self.hub.stats().runs.restarts += 1;
+                let record = Record::AgentRestarted {
+                    pid: agent.pid(),
+                    attempt,
+                };
+                tracing::info!(pid = agent.pid(), attempt, journal = %record.json(), "agent started again");
+                self.queued = Some(Event::Spawned);
+            }
+            Err(err) => {
+                tracing::error!(error = %err, attempt, "cannot start the agent again");
+                self.queued = Some(Event::SpawnFailed);
+            }
+        }
+    }
+
+    /// The restarts end: logged once, and kept for `--on-crash-loop` after the run.
+    fn crash_looped(&mut self, starts: u32, within: Duration) {
+        self.crash_loop = true;
+        self.hub.stats().runs.crash_loop = true;
+        let status = match &self.state.phase {
+            Phase::Exited { exit, .. } | Phase::Done(exit) => exit.exit_code(),
+            _ => 0,
+        };
+        let record = Record::CrashLoop {
+            starts,
+            within_ms: u64::try_from(within.as_millis()).unwrap_or(u64::MAX),
+            status,
+        };
+        tracing::error!(
+            starts,
+            within = %format_duration(within),
+            status,
+            journal = %record.json(),
+            "crash loop: {starts} starts within {}; the agent is not started again",
+            format_duration(within)
+        );
+    }
+
+    /// A stop or a drain came while no agent ran: none starts again, and the run ends with the
+    /// last status. The drain counts as one, so that its termination hook is still completed.
+    fn restart_cancelled(&mut self, reason: DrainReason) {
+        self.drain.get_or_insert(reason);
+        *self.hub.stats().drains.entry(reason).or_insert(0) += 1;
+        tracing::info!(reason = %reason, "stopping during the restart delay: the agent is not started again");
     }
 
     /// Says when a hard deadline (a spot notice) cut a configured timeout short, and by how much.
@@ -405,6 +698,7 @@ impl Supervisor {
                     tracing::info!(reason = %s.reason, sigkill_in = %until(s.kill_at), journal = %record, "stopping the agent");
                 }
             }
+            Phase::Restarting(r) => self.log_restart(before, r, ctx),
             Phase::Exited { exit, cleanup } => self.log_exit(before, exit, cleanup),
             Phase::Done(exit) => self.log_done(before, exit),
         }
@@ -417,12 +711,50 @@ impl Supervisor {
             }
             return;
         }
+        // After a restart delay, the exit was logged when it happened.
+        if before.agent_running() {
+            self.log_agent_exited(exit);
+        }
+    }
+
+    fn log_agent_exited(&self, exit: &ChildExit) {
         let record = Record::AgentExited {
             pid: exit.pid(),
             status: exit.exit_code(),
             how: exit.to_string(),
         };
         tracing::info!(pid = exit.pid(), status = exit.exit_code(), journal = %record.json(), "agent {exit}");
+    }
+
+    /// The agent exited and is to start again; or a spawn failed and the next try is set.
+    fn log_restart(&self, before: &Phase, r: &Restart, ctx: &Ctx) {
+        if before.agent_running() {
+            self.log_agent_exited(&r.last);
+        }
+        match (before, &r.cleanup) {
+            (Phase::Restarting(b), _) if b.attempt == r.attempt && b.at == r.at => {
+                if let Some(Cleanup::Killed { .. }) = r.cleanup {
+                    tracing::warn!("processes left in the agent's group outlived the grace period");
+                }
+            }
+            _ => {
+                let delay = r.at.saturating_duration_since(ctx.now);
+                let delay =
+                    Duration::from_millis(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+                let record = Record::RestartScheduled {
+                    attempt: r.attempt,
+                    delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    status: r.last.exit_code(),
+                };
+                tracing::info!(
+                    attempt = r.attempt,
+                    restart_in = %format_duration(delay),
+                    journal = %record.json(),
+                    "restarting the agent (--restart {})",
+                    self.settings.restart.policy
+                );
+            }
+        }
     }
 
     fn log_done(&self, before: &Phase, exit: &ChildExit) {

@@ -47,16 +47,46 @@ pub struct SpawnSpec {
     pub watchdog_pid: bool,
 }
 
+/// How the agent is started, kept so that it is started again (`--restart`) exactly as the
+/// first time.
+#[derive(Clone)]
+pub struct Launcher {
+    pub spec: SpawnSpec,
+    /// The signal dispositions to restore in the agent (and in the `--on-drain` command).
+    pub job_control: JobControl,
+}
+
+impl Launcher {
+    /// Starts the first agent.
+    pub fn spawn(&self) -> Result<Agent, SpawnError> {
+        Agent::spawn(&self.spec, self.job_control)
+    }
+
+    /// Starts the agent again after `previous` exited. The terminal's foreground, if the last
+    /// agent's group held it, goes to the new one (the guard's own group no longer holds it).
+    pub fn respawn(&self, previous: &Agent) -> Result<Agent, SpawnError> {
+        let take_terminal = holds_terminal_foreground() || foreground_is(previous.pid);
+        Agent::spawn_with(&self.spec, self.job_control, take_terminal)
+    }
+}
+
 impl Agent {
     /// Starts the agent. `job_control` holds the signal dispositions to restore in it.
     pub fn spawn(spec: &SpawnSpec, job_control: JobControl) -> Result<Agent, SpawnError> {
+        Agent::spawn_with(spec, job_control, holds_terminal_foreground())
+    }
+
+    fn spawn_with(
+        spec: &SpawnSpec,
+        job_control: JobControl,
+        hand_over_terminal: bool,
+    ) -> Result<Agent, SpawnError> {
         let Some((program, args)) = spec.command.split_first() else {
             return Err(SpawnError::NotFound {
                 program: String::new(),
                 why: "no command given".to_string(),
             });
         };
-        let hand_over_terminal = holds_terminal_foreground();
         let mut cmd = Command::new(program);
         cmd.args(args)
             .envs(spec.env.iter().cloned())
@@ -286,7 +316,14 @@ fn holds_terminal_foreground() -> bool {
     }
 }
 
-fn classify(program: String, err: io::Error) -> SpawnError {
+/// Whether stdin is a terminal whose foreground is process group `pgid`.
+fn foreground_is(pgid: pid_t) -> bool {
+    // SAFETY: isatty and tcgetpgrp only read terminal state.
+    unsafe { libc::isatty(libc::STDIN_FILENO) == 1 && libc::tcgetpgrp(libc::STDIN_FILENO) == pgid }
+}
+
+/// Why a program could not be started: not found (127) or not executable (126).
+pub(crate) fn classify(program: String, err: io::Error) -> SpawnError {
     match err.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ENOTDIR) => {
             let why = if program.contains('/') {

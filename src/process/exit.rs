@@ -31,6 +31,34 @@ pub enum ExitKind {
     Signal { signal: Sig, core_dumped: bool },
 }
 
+impl ExitKind {
+    /// The status a shell would give: the code, or 128+N for signal N.
+    pub fn status(self) -> u8 {
+        match self {
+            ExitKind::Code(code) => code,
+            ExitKind::Signal { signal, .. } => (128 + signal.raw()).clamp(0, 255) as u8,
+        }
+    }
+}
+
+impl fmt::Display for ExitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitKind::Code(code) => write!(f, "exited with code {code}"),
+            ExitKind::Signal {
+                signal,
+                core_dumped,
+            } => {
+                write!(f, "killed by {signal}")?;
+                if core_dumped {
+                    f.write_str(" (core dumped)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Proof that the agent has exited and been reaped, with its status. Only the reaper makes one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildExit {
@@ -56,10 +84,7 @@ impl ChildExit {
 
     /// The status the guard exits with: the agent's code, or 128+N for signal N, as a shell does.
     pub fn exit_code(&self) -> u8 {
-        match self.kind {
-            ExitKind::Code(code) => code,
-            ExitKind::Signal { signal, .. } => (128 + signal.raw()).clamp(0, 255) as u8,
-        }
+        self.kind.status()
     }
 
     /// A death by signal made up for unit tests of code that takes a `ChildExit`.
@@ -86,19 +111,7 @@ impl ChildExit {
 
 impl fmt::Display for ChildExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
-            ExitKind::Code(code) => write!(f, "exited with code {code}"),
-            ExitKind::Signal {
-                signal,
-                core_dumped,
-            } => {
-                write!(f, "killed by {signal}")?;
-                if core_dumped {
-                    f.write_str(" (core dumped)")?;
-                }
-                Ok(())
-            }
-        }
+        self.kind.fmt(f)
     }
 }
 

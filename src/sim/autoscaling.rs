@@ -129,6 +129,8 @@ struct State {
     calls: Vec<Call>,
     completions: Vec<Completion>,
     next_token: u64,
+    /// Health set with `SetInstanceHealth`, by instance: `Healthy` or `Unhealthy`.
+    health: BTreeMap<String, String>,
 }
 
 /// A running fake Auto Scaling API. Dropping it stops the server.
@@ -310,6 +312,11 @@ impl AutoScalingSim {
         if let Some(i) = s.groups.values_mut().find_map(|g| g.instances.get_mut(id)) {
             i.protected = protected;
         }
+    }
+
+    /// The health last set with `SetInstanceHealth` for the instance, if any.
+    pub fn health(&self, id: &str) -> Option<String> {
+        lock(&self.state).health.get(id).cloned()
     }
 
     /// Replaces the injected faults.
@@ -549,6 +556,7 @@ fn answer(
         "DescribeAutoScalingGroups" => describe_groups(s, action, params),
         "DescribeLifecycleHooks" => describe_hooks(s, action, params),
         "SetInstanceProtection" => set_protection(s, action, params),
+        "SetInstanceHealth" => set_health(s, action, params),
         other => error(
             StatusCode::BAD_REQUEST,
             "Sender",
@@ -796,5 +804,26 @@ fn set_protection(s: &mut State, action: &str, params: &BTreeMap<String, String>
             }
         }
     }
+    success(action, "")
+}
+
+/// `SetInstanceHealth`: `HealthStatus` is `Healthy` or `Unhealthy`; `ShouldRespectGracePeriod`,
+/// if given, `true` or `false`; the instance must be in a group.
+fn set_health(s: &mut State, action: &str, params: &BTreeMap<String, String>) -> Reply {
+    let get = |k: &str| params.get(k).map(String::as_str).unwrap_or_default();
+    let status = get("HealthStatus");
+    if status != "Healthy" && status != "Unhealthy" {
+        return validation("HealthStatus must be Healthy or Unhealthy");
+    }
+    if !matches!(get("ShouldRespectGracePeriod"), "" | "true" | "false") {
+        return validation("ShouldRespectGracePeriod must be true or false");
+    }
+    let id = get("InstanceId");
+    if !s.groups.values().any(|g| g.instances.contains_key(id)) {
+        return validation(&format!(
+            "Instance Id not found - No managed instance found for instance ID: {id}"
+        ));
+    }
+    s.health.insert(id.to_string(), status.to_string());
     success(action, "")
 }

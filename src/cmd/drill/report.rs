@@ -270,11 +270,20 @@ fn told(observed: &[Timed], noticed: bool) -> Option<(SystemTime, &'static str, 
         }) => Some((o.at, *subscribers, drain_signal.clone())),
         _ => None,
     });
+    let command = observed.iter().any(|o| {
+        matches!(
+            o.what,
+            Observation::Guard(Record::DrainCommandStarted { .. })
+        )
+    });
     if let Some((at, subscribers, signal)) = announced {
-        let via = match (subscribers, signal) {
-            (0, Some(sig)) => format!("drain signal {sig}"),
-            (n, None) => format!("drain event to {n} subscriber(s)"),
-            (n, Some(sig)) => format!("drain event to {n} subscriber(s) and drain signal {sig}"),
+        let via = match (subscribers, signal, command) {
+            (0, Some(sig), _) => format!("drain signal {sig}"),
+            (0, None, true) => "the --on-drain command".to_string(),
+            (n, None, _) => format!("drain event to {n} subscriber(s)"),
+            (n, Some(sig), _) => {
+                format!("drain event to {n} subscriber(s) and drain signal {sig}")
+            }
         };
         return Some((at, "agent told to drain", via));
     }
@@ -305,6 +314,21 @@ fn entry_for(what: &Observation) -> Option<(&'static str, String)> {
             ("SIGKILL", "the grace period ran out".to_string())
         }
         Observation::Guard(Record::AgentExited { how, .. }) => ("agent exit", how.clone()),
+        Observation::Guard(Record::DrainCommandStarted { pid, .. }) => (
+            "on-drain started",
+            format!("the --on-drain command (pid {pid})"),
+        ),
+        Observation::Guard(Record::DrainCommandFailed { error }) => {
+            ("on-drain failed", format!("could not start: {error}"))
+        }
+        Observation::Guard(Record::DrainCommandEnded { how, killed, .. }) => (
+            "on-drain ended",
+            if *killed {
+                format!("{how}, killed by the guard (drain deadline, or the agent was gone)")
+            } else {
+                how.clone()
+            },
+        ),
         Observation::HookCall(call) if call.action == "RecordLifecycleActionHeartbeat" => {
             ("heartbeat", outcome(call))
         }

@@ -1,0 +1,23 @@
+//! `SetInstanceHealth`: marks this instance Unhealthy, so that its group replaces it through the
+//! normal termination (lifecycle hooks included).
+
+use crate::agent::hub::Hub;
+use crate::aws::api::{CallError, record_result};
+use crate::aws::context::AwsContext;
+
+/// Marks the instance Unhealthy at once (`ShouldRespectGracePeriod=false`: the instance has
+/// already shown it cannot do its work). One call; the caller decides about retries.
+pub async fn mark_unhealthy(ctx: &AwsContext, hub: &Hub) -> Result<(), CallError> {
+    let answer = ctx
+        .client
+        .set_instance_health()
+        .instance_id(&ctx.instance_id)
+        .health_status("Unhealthy")
+        .should_respect_grace_period(false)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| CallError::from(&e));
+    record_result(hub, "SetInstanceHealth", &answer);
+    answer
+}
