@@ -100,6 +100,16 @@ pub struct Cli {
     )]
     pub imds_endpoint: String,
 
+    /// Which IMDS endpoint to use when --imds-endpoint is not given: `ipv4` (169.254.169.254) or
+    /// `ipv6` ([fd00:ec2::254], Nitro only) (also read from AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE)
+    #[arg(
+        long,
+        env = "AGENT_GUARD_IMDS_ENDPOINT_MODE",
+        value_name = "ipv4|ipv6",
+        default_value = "ipv4"
+    )]
+    pub imds_endpoint_mode: String,
+
     /// IMDS poll interval (with ±10 % jitter)
     #[arg(
         long,

@@ -35,6 +35,24 @@ pub enum OnRebalance {
     Drain,
 }
 
+/// Which IMDS endpoint is the default when none is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImdsEndpointMode {
+    Ipv4,
+    /// Nitro instances with the IPv6 endpoint enabled; the only one in IPv6-only subnets.
+    Ipv6,
+}
+
+impl ImdsEndpointMode {
+    /// The documented endpoint of this mode.
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            ImdsEndpointMode::Ipv4 => "http://169.254.169.254",
+            ImdsEndpointMode::Ipv6 => "http://[fd00:ec2::254]",
+        }
+    }
+}
+
 /// What the lifecycle hooks answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

@@ -12,7 +12,8 @@ use super::check::{self, Check};
 use super::layers::{Settings, Source};
 use super::paths::{default_socket, notify_socket_for, parse_name, parse_socket_path};
 use super::settings::{
-    BusySettings, EmfTarget, ForwardTo, HookResult, ImdsMode, LifecycleSettings, OnRebalance,
+    BusySettings, EmfTarget, ForwardTo, HookResult, ImdsEndpointMode, ImdsMode, LifecycleSettings,
+    OnRebalance,
 };
 use super::{Config, ConfigError};
 use crate::fmt::{format_duration, parse_duration};
@@ -132,7 +133,7 @@ impl Imds {
                     "expected `auto`, `on` or `off`",
                 ),
             )?,
-            endpoint: settings.require("imds-endpoint", parse_http_url)?,
+            endpoint: imds_endpoint(settings)?,
             poll: settings.require("imds-poll", at_least(Duration::from_millis(50)))?,
             on_rebalance: settings.require(
                 "on-rebalance",
@@ -147,6 +148,29 @@ impl Imds {
             spot_margin: settings.require("spot-margin", parse_duration)?,
         })
     }
+}
+
+/// `--imds-endpoint` if one was given (flag, environment or file), else the documented endpoint
+/// of `--imds-endpoint-mode`, as the AWS SDKs resolve them.
+fn imds_endpoint(settings: &Settings) -> Result<String, ConfigError> {
+    let endpoint = settings.require("imds-endpoint", parse_http_url)?;
+    let mode = settings.require("imds-endpoint-mode", |v| {
+        // The SDKs' variable says `IPv4`/`IPv6`; the flag's words are lower case.
+        match v.trim().to_ascii_lowercase().as_str() {
+            "ipv4" => Ok(ImdsEndpointMode::Ipv4),
+            "ipv6" => Ok(ImdsEndpointMode::Ipv6),
+            _ => Err("expected `ipv4` or `ipv6`".to_string()),
+        }
+    })?;
+    let given = !matches!(
+        settings.get("imds-endpoint").map(|s| &s.source),
+        Some(Source::Default) | None
+    );
+    Ok(if given {
+        endpoint
+    } else {
+        mode.endpoint().to_string()
+    })
 }
 
 /// The control socket and its sd_notify neighbour, which must fit a Unix socket path too.
@@ -501,6 +525,37 @@ mod tests {
         ]);
         let config = Config::from_settings(&s, vec![]).expect("valid");
         assert_eq!(config.checks.len(), 1);
+    }
+
+    #[test]
+    fn the_imds_endpoint_mode_gives_the_default_endpoint_and_an_explicit_one_wins() {
+        let endpoint = |args: &[&str]| {
+            Config::from_settings(&settings_of(args), vec![])
+                .map(|c| (c.imds_endpoint, c.lifecycle.imds_endpoint))
+        };
+        let v4 = "http://169.254.169.254".to_string();
+        let v6 = "http://[fd00:ec2::254]".to_string();
+        assert_eq!(endpoint(&[]).expect("valid"), (v4.clone(), v4));
+        for mode in ["ipv6", "IPv6"] {
+            let got = endpoint(&["--imds-endpoint-mode", mode]).expect("valid");
+            assert_eq!(got, (v6.clone(), v6.clone()), "{mode}");
+        }
+        let explicit = endpoint(&[
+            "--imds-endpoint-mode",
+            "ipv6",
+            "--imds-endpoint",
+            "http://127.0.0.1:9",
+        ])
+        .expect("valid");
+        assert_eq!(
+            explicit.0, "http://127.0.0.1:9",
+            "an explicit endpoint wins"
+        );
+        let err = endpoint(&["--imds-endpoint-mode", "ipv5"]).expect_err("bad mode");
+        assert!(
+            err.to_string().starts_with("--imds-endpoint-mode:"),
+            "{err}"
+        );
     }
 
     #[test]

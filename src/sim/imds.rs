@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,10 @@ use super::SimServer;
 pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 /// The TTL header on token requests and responses.
 pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+
+/// IMDS's IPv6 address, `fd00:ec2::254`. A fake can listen on it only where a test gave it to
+/// a private network namespace's loopback.
+pub const IPV6_ADDR: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254));
 
 /// One request as the fake saw it.
 #[derive(Debug, Clone)]
@@ -114,6 +118,12 @@ impl ImdsSim {
             }
         })?;
         Ok(ImdsSim { server, state })
+    }
+
+    /// Starts a fake on IMDS's own IPv6 endpoint, `[fd00:ec2::254]:80`, which must be an
+    /// address of this host (a test's private network namespace).
+    pub fn start_on_ipv6_endpoint() -> io::Result<ImdsSim> {
+        Self::start_on(SocketAddr::new(IPV6_ADDR, 80))
     }
 
     /// The base URL to give `--imds-endpoint`.
