@@ -137,6 +137,27 @@ pub struct Cli {
     )]
     pub spot_margin: String,
 
+    /// What an active EC2 scheduled event does: `replace` marks the instance Unhealthy once so
+    /// the group replaces it through a drained termination (else `drain`), `drain` drains at
+    /// NotBefore minus --maintenance-margin, `report` only logs and reports it
+    #[arg(
+        long,
+        env = "AGENT_GUARD_ON_MAINTENANCE",
+        value_name = "replace|drain|report",
+        default_value = "replace"
+    )]
+    pub on_maintenance: String,
+
+    /// How long before a scheduled event's NotBefore the agent drains (with `drain`, and with
+    /// `replace` if the group has not replaced the instance by then)
+    #[arg(
+        long,
+        env = "AGENT_GUARD_MAINTENANCE_MARGIN",
+        value_name = "DUR",
+        default_value = "10m"
+    )]
+    pub maintenance_margin: String,
+
     /// The control socket (JSON lines), given to the agent as AGENT_GUARD_SOCKET [default:
     /// $RUNTIME_DIRECTORY/NAME.sock, else /run/agent-guard/NAME.sock as root, else
     /// $XDG_RUNTIME_DIR/agent-guard/NAME.sock]

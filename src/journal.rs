@@ -67,6 +67,29 @@ pub enum Record {
         /// `completed`, `nothing-to-complete` or `gave-up`.
         state: String,
     },
+    /// What the guard did about an EC2 scheduled event after it was first seen (`NoticeSeen`).
+    ScheduledEvent {
+        event_id: String,
+        /// The event's code (`system-reboot` …).
+        code: String,
+        step: MaintenanceStep,
+        /// When the drain is (or was) due, RFC 3339, if one is scheduled.
+        drain_at: Option<String>,
+    },
+}
+
+/// A step in the handling of an EC2 scheduled event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaintenanceStep {
+    /// `SetInstanceHealth` Unhealthy was accepted: the group replaces the instance.
+    MarkedUnhealthy,
+    /// Replacing was refused or impossible: the event is handled as with `--on-maintenance drain`.
+    FellBack,
+    /// The drain began, at NotBefore minus the margin.
+    Draining,
+    /// The event was canceled, completed or went away before its drain began.
+    DrainCanceled,
 }
 
 impl Record {
@@ -87,6 +110,9 @@ pub enum NoticeKind {
     Spot,
     #[serde(rename = "rebalance-recommendation")]
     Rebalance,
+    /// An EC2 scheduled event (`events/maintenance/scheduled`).
+    #[serde(rename = "scheduled-event")]
+    ScheduledEvent,
 }
 
 impl NoticeKind {
@@ -96,6 +122,7 @@ impl NoticeKind {
             NoticeKind::LifecycleState => "target-lifecycle-state",
             NoticeKind::Spot => "spot-interruption",
             NoticeKind::Rebalance => "rebalance-recommendation",
+            NoticeKind::ScheduledEvent => "scheduled-event",
         }
     }
 }

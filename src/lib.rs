@@ -12,6 +12,7 @@
 //! - [`signals`]: signal names, which are caught, forwarded, or start a drain.
 //! - [`imds`]: IMDSv2 client over the SDK's, with what it lacks (401 renewal, hop-limit hint).
 //! - [`notices`]: polls IMDS, de-duplicates notices, sends drain requests; never dies of an error.
+//! - [`maintenance`]: EC2 scheduled events: replace the instance, drain before NotBefore, or report.
 //! - [`sim`]: simulated IMDS (and Auto Scaling API) for tests and drills; loopback only.
 //! - [`health`]: the HTTP health endpoint (/livez /readyz /health /status /metrics) from snapshots.
 //! - [`checks`]: background probes of the agent's health URL and its dependencies.
@@ -22,6 +23,7 @@
 //! - [`drill`]: `agent-guard drill`: rehearses an event against the simulators, prints a verdict.
 //! - [`ctl`]: the `agent-guard ctl` client.
 //! - [`lifecycle`]: Auto Scaling lifecycle actions: heartbeats, completion only after the agent exits.
+//! - [`health_status`]: `SetInstanceHealth`: an Unhealthy instance is replaced by its group.
 //! - [`busy`]: scale-in protection while the agent has work; its load as CloudWatch EMF lines.
 //! - [`logging`]: the guard's own log lines on stderr, text or JSON.
 //! - [`exit`]: the exit status contract.
@@ -65,10 +67,11 @@ use crate::aws::context::SharedAws;
 use crate::aws::emf;
 use crate::aws::imds::ImdsClient;
 use crate::aws::lifecycle::LifecycleHandle;
+use crate::aws::maintenance::{self, MaintenanceSettings};
 use crate::aws::notices::{ImdsStatus, NoticeSettings, Poller};
 use crate::aws::protection::ProtectionHandle;
 use crate::aws::{imds, notices};
-use crate::config::{Config, ImdsMode};
+use crate::config::{Config, ImdsMode, OnMaintenance};
 use crate::health::{checks, server};
 use crate::machine::state;
 use crate::machine::state::State;
@@ -290,24 +293,7 @@ impl Tasks {
             started.events.clone(),
             shutdown.clone(),
         ));
-        if let Some((client, status)) = started.imds {
-            let settings = NoticeSettings {
-                poll: config.imds_poll,
-                on_rebalance: config.on_rebalance,
-                spot_margin: config.spot_margin,
-            };
-            let poller = Poller::new(client, settings, started.events, status);
-            let probe_first = config.imds == ImdsMode::Auto;
-            let stop = shutdown.clone();
-            servers.push(tokio::spawn(async move {
-                // The poller holds nothing that needs closing: dropping it at an await is its end.
-                tokio::select! {
-                    _ = poller.run(probe_first) => {}
-                    _ = stop.cancelled() => {}
-                }
-            }));
-        }
-        let needs_aws = config.lifecycle.enabled() || config.busy.enabled();
+        let needs_aws = config.lifecycle.enabled() || config.busy.enabled() || replaces(config);
         let aws = needs_aws.then(|| {
             SharedAws::new(
                 config.lifecycle.asg_name.clone(),
@@ -315,6 +301,17 @@ impl Tasks {
                 hub.clone(),
             )
         });
+        if let Some(imds) = started.imds {
+            let events = started.events;
+            servers.extend(spawn_notices(
+                config,
+                hub,
+                imds,
+                events,
+                aws.clone(),
+                &shutdown,
+            ));
+        }
         let mut tasks = Tasks {
             shutdown,
             servers,
@@ -366,16 +363,71 @@ impl Tasks {
             // Only now, with the proof of exit in hand, may the termination hook complete.
             lifecycle.finish(outcome).await;
         }
-        self.shutdown.cancel();
-        for mut server in self.servers {
-            if tokio::time::timeout(SHUTDOWN_WITHIN, &mut server)
-                .await
-                .is_err()
-            {
-                server.abort();
-            }
+        stop_servers(self.shutdown, self.servers).await;
+    }
+}
+
+/// The IMDS poller, and beside it the scheduled-event work it feeds; both end on `shutdown`.
+fn spawn_notices(
+    config: &Config,
+    hub: &Arc<Hub>,
+    (client, status): (ImdsClient, watch::Sender<ImdsStatus>),
+    events: mpsc::Sender<state::Event>,
+    aws: Option<Arc<SharedAws>>,
+    shutdown: &CancellationToken,
+) -> [tokio::task::JoinHandle<()>; 2] {
+    let settings = NoticeSettings {
+        poll: config.imds_poll,
+        on_rebalance: config.on_rebalance,
+        spot_margin: config.spot_margin,
+    };
+    let (bodies, bodies_rx) = watch::channel(None);
+    let poller =
+        Poller::new(client, settings, events.clone(), status.clone()).scheduled_events(bodies);
+    let probe_first = config.imds == ImdsMode::Auto;
+    let settings = MaintenanceSettings {
+        mode: config.on_maintenance,
+        margin: config.maintenance_margin,
+    };
+    let aws = aws.filter(|_| replaces(config));
+    let maintenance = maintenance::run(settings, bodies_rx, events, status, aws, hub.clone());
+    [
+        until_cancelled(poller.run(probe_first), shutdown),
+        until_cancelled(maintenance, shutdown),
+    ]
+}
+
+/// Runs `work` until it ends or `shutdown` is told. What runs this way holds nothing that needs
+/// closing: dropping it at an await is its end.
+fn until_cancelled(
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = work => {}
+            _ = stop.cancelled() => {}
+        }
+    })
+}
+
+/// Tells the servers to stop, then waits for each under [`SHUTDOWN_WITHIN`].
+async fn stop_servers(shutdown: CancellationToken, servers: Vec<tokio::task::JoinHandle<()>>) {
+    shutdown.cancel();
+    for mut server in servers {
+        if tokio::time::timeout(SHUTDOWN_WITHIN, &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
         }
     }
+}
+
+/// Whether scheduled events are met by replacing the instance, which needs the AWS context.
+fn replaces(config: &Config) -> bool {
+    config.imds != ImdsMode::Off && config.on_maintenance == OnMaintenance::Replace
 }
 
 /// The control and sd_notify sockets, bound before the agent starts.

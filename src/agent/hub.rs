@@ -333,6 +333,16 @@ pub fn status_json(hub: &Hub) -> Value {
                 "seen": rfc3339(n.seen_at),
                 "drain": n.drain.map(|r| r.as_str()),
             })).collect::<Vec<_>>(),
+            "scheduled_events": imds.scheduled_events.iter().map(|t| json!({
+                "id": t.event.id,
+                "code": t.event.code_text,
+                "state": t.event.state.as_str(),
+                "not_before": rfc3339(t.event.not_before),
+                "not_after": t.event.not_after.map(rfc3339),
+                "listed": t.listed,
+                "handling": t.handling.as_str(),
+                "drain_at": t.handling.drain_at().map(rfc3339),
+            })).collect::<Vec<_>>(),
         })),
         "lifecycle": lifecycle_json(&hub.lifecycle()),
         "checks": checks.iter().map(|v| json!({

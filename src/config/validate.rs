@@ -13,7 +13,7 @@ use super::layers::{Settings, Source};
 use super::paths::{default_socket, notify_socket_for, parse_name, parse_socket_path};
 use super::settings::{
     BusySettings, EmfTarget, ForwardTo, HookResult, ImdsEndpointMode, ImdsMode, LifecycleSettings,
-    OnRebalance,
+    OnMaintenance, OnRebalance,
 };
 use super::{Config, ConfigError};
 use crate::fmt::{format_duration, parse_duration};
@@ -33,6 +33,7 @@ impl Config {
         };
         let stop = Stop::from_settings(settings)?;
         let imds = Imds::from_settings(settings)?;
+        let ends = InstanceEnds::from_settings(settings)?;
         let (socket, notify_socket) = sockets(settings, &name)?;
         let ready = Readiness::from_settings(settings)?;
         let health = Health::from_settings(settings)?;
@@ -54,6 +55,8 @@ impl Config {
             imds_poll: imds.poll,
             on_rebalance: imds.on_rebalance,
             spot_margin: imds.spot_margin,
+            on_maintenance: ends.on_maintenance,
+            maintenance_margin: ends.maintenance_margin,
             socket,
             notify_socket,
             ready_on: ready.on,
@@ -171,6 +174,32 @@ fn imds_endpoint(settings: &Settings) -> Result<String, ConfigError> {
     } else {
         mode.endpoint().to_string()
     })
+}
+
+/// What the events that end an instance do: EC2 scheduled events.
+struct InstanceEnds {
+    on_maintenance: OnMaintenance,
+    maintenance_margin: Duration,
+}
+
+impl InstanceEnds {
+    fn from_settings(settings: &Settings) -> Result<InstanceEnds, ConfigError> {
+        let ends = InstanceEnds {
+            on_maintenance: settings.require(
+                "on-maintenance",
+                one_of(
+                    &[
+                        ("replace", OnMaintenance::Replace),
+                        ("drain", OnMaintenance::Drain),
+                        ("report", OnMaintenance::Report),
+                    ],
+                    "expected `replace`, `drain` or `report`",
+                ),
+            )?,
+            maintenance_margin: settings.require("maintenance-margin", parse_duration)?,
+        };
+        Ok(ends)
+    }
 }
 
 /// The control socket and its sd_notify neighbour, which must fit a Unix socket path too.
@@ -556,6 +585,27 @@ mod tests {
             err.to_string().starts_with("--imds-endpoint-mode:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn maintenance_options() {
+        let config = Config::from_settings(&settings_of(&[]), vec![]).expect("defaults");
+        assert_eq!(config.on_maintenance, OnMaintenance::Replace);
+        assert_eq!(config.maintenance_margin, Duration::from_secs(600));
+        let s = settings_of(&["--on-maintenance", "report", "--maintenance-margin", "3s"]);
+        let config = Config::from_settings(&s, vec![]).expect("valid");
+        assert_eq!(config.on_maintenance, OnMaintenance::Report);
+        assert_eq!(config.maintenance_margin, Duration::from_secs(3));
+        for (args, want) in [
+            (
+                ["--on-maintenance", "reboot"],
+                "expected `replace`, `drain` or `report`",
+            ),
+            (["--maintenance-margin", "soon"], "expected a duration"),
+        ] {
+            let err = Config::from_settings(&settings_of(&args), vec![]).expect_err("bad");
+            assert!(err.to_string().contains(want), "{args:?}: {err}");
+        }
     }
 
     #[test]

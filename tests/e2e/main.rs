@@ -12,6 +12,7 @@ mod forwarding;
 mod health;
 mod imds_ipv6;
 mod lifecycle;
+mod maintenance;
 mod notices;
 mod readme;
 mod reaping;
