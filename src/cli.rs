@@ -158,6 +158,16 @@ pub struct Cli {
     )]
     pub maintenance_margin: String,
 
+    /// `wait`: an instance launched into a warm pool completes its launch hook without starting
+    /// the agent, which starts once the target lifecycle state is InService; `run` starts it at once
+    #[arg(
+        long,
+        env = "AGENT_GUARD_IN_WARM_POOL",
+        value_name = "run|wait",
+        default_value = "run"
+    )]
+    pub in_warm_pool: String,
+
     /// The control socket (JSON lines), given to the agent as AGENT_GUARD_SOCKET [default:
     /// $RUNTIME_DIRECTORY/NAME.sock, else /run/agent-guard/NAME.sock as root, else
     /// $XDG_RUNTIME_DIR/agent-guard/NAME.sock]

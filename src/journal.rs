@@ -76,6 +76,13 @@ pub enum Record {
         /// When the drain is (or was) due, RFC 3339, if one is scheduled.
         drain_at: Option<String>,
     },
+    /// `--in-warm-pool wait`: the agent is not started while the instance is in a warm pool.
+    WarmPoolHeld {
+        /// The target lifecycle state (`Warmed:Running` …).
+        state: String,
+    },
+    /// The instance left the warm pool (the target state is InService): the agent starts.
+    WarmPoolReleased { state: String },
 }
 
 /// A step in the handling of an EC2 scheduled event.

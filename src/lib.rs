@@ -13,6 +13,7 @@
 //! - [`imds`]: IMDSv2 client over the SDK's, with what it lacks (401 renewal, hop-limit hint).
 //! - [`notices`]: polls IMDS, de-duplicates notices, sends drain requests; never dies of an error.
 //! - [`maintenance`]: EC2 scheduled events: replace the instance, drain before NotBefore, or report.
+//! - [`warm_pool`]: `--in-warm-pool wait`: the agent is not started while the instance is warmed.
 //! - [`sim`]: simulated IMDS (and Auto Scaling API) for tests and drills; loopback only.
 //! - [`health`]: the HTTP health endpoint (/livez /readyz /health /status /metrics) from snapshots.
 //! - [`checks`]: background probes of the agent's health URL and its dependencies.
@@ -70,13 +71,14 @@ use crate::aws::lifecycle::LifecycleHandle;
 use crate::aws::maintenance::{self, MaintenanceSettings};
 use crate::aws::notices::{ImdsStatus, NoticeSettings, Poller};
 use crate::aws::protection::ProtectionHandle;
-use crate::aws::{imds, notices};
-use crate::config::{Config, ImdsMode, OnMaintenance};
+use crate::aws::{imds, notices, warm_pool};
+use crate::config::{Config, ImdsMode, InWarmPool, OnMaintenance};
 use crate::health::{checks, server};
 use crate::machine::state;
 use crate::machine::state::State;
 use crate::machine::supervisor::{Outcome, StopSettings, Supervisor};
 use crate::process::child::{Agent, SpawnError, SpawnSpec};
+use crate::process::sig::{Role, Sig, role};
 use crate::process::signals::{JobControl, SignalSetupError, SignalSource};
 
 /// Why the guard could not supervise the agent at all.
@@ -118,8 +120,27 @@ impl RunError {
     }
 }
 
+/// How a run ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The agent exited, and its group is gone: the proof of it.
+    Agent(ChildExit),
+    /// The guard was stopped before it started the agent (held in a warm pool).
+    NeverStarted,
+}
+
+impl Ended {
+    /// The guard's exit status: the agent's, or 0 when there never was one (nothing failed).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Ended::Agent(exit) => exit.exit_code(),
+            Ended::NeverStarted => 0,
+        }
+    }
+}
+
 /// Supervises `config.command` until it and its process group are gone; returns its status.
-pub fn run(config: Config) -> Result<ChildExit, RunError> {
+pub fn run(config: Config) -> Result<Ended, RunError> {
     // One thread is plenty for a supervisor, and keeps its footprint small.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -132,7 +153,7 @@ pub fn run(config: Config) -> Result<ChildExit, RunError> {
 /// subscribers) and close.
 const SHUTDOWN_WITHIN: Duration = Duration::from_secs(2);
 
-async fn supervise(config: Config) -> Result<ChildExit, RunError> {
+async fn supervise(config: Config) -> Result<Ended, RunError> {
     // One TLS stack for the whole process (the AWS SDK's and the HTTPS checks'): rustls with ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     if config.subreaper && std::process::id() != 1 {
@@ -150,7 +171,7 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
     }
     let job_control = JobControl::ignore().map_err(RunError::JobControl)?;
     // Handlers first: a signal that arrives while the agent starts is kept, not lost.
-    let signals = SignalSource::install()?;
+    let mut signals = SignalSource::install()?;
     let (phase_tx, phase_rx) = watch::channel(State::new().phase);
     let (imds_status, imds_status_rx) = watch::channel(ImdsStatus::default());
     let (checks_tx, checks_rx) = watch::channel(checks::Snapshot::default());
@@ -164,8 +185,6 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
     let health = bind_health(&config, &hub).await?;
     // The sockets exist before the agent does, so it can connect from its first instruction.
     let sockets = Sockets::bind(&config)?;
-    let agent = Agent::spawn(&spawn_spec(&config), job_control)?;
-    hub.set_agent_pid(agent.pid());
     let (events_tx, events_rx) = mpsc::channel(64);
     let upstream = Upstream::from_env();
     let tasks = Tasks::start(
@@ -180,6 +199,14 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
             upstream: upstream.clone(),
         },
     );
+    if stopped_while_held(&config, &hub, &upstream, &mut signals).await {
+        tasks.finish_without_agent().await;
+        unixsock::remove(&config.socket);
+        unixsock::remove(&config.notify_socket);
+        return Ok(Ended::NeverStarted);
+    }
+    let agent = Agent::spawn(&spawn_spec(&config), job_control)?;
+    hub.set_agent_pid(agent.pid());
     let supervisor = Supervisor::new(
         agent,
         signals,
@@ -194,7 +221,39 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
     tasks.finish(outcome).await;
     unixsock::remove(&config.socket);
     unixsock::remove(&config.notify_socket);
-    Ok(exit)
+    Ok(Ended::Agent(exit))
+}
+
+/// `--in-warm-pool wait`: holds the agent back while the instance is in a warm pool. `true` if
+/// a stop signal came first: the agent is then never started.
+async fn stopped_while_held(
+    config: &Config,
+    hub: &Hub,
+    upstream: &Upstream,
+    signals: &mut SignalSource,
+) -> bool {
+    if config.in_warm_pool != InWarmPool::Wait || config.imds == ImdsMode::Off {
+        return false;
+    }
+    tokio::select! {
+        _ = warm_pool::hold(hub, upstream) => false,
+        sig = stop_signal(signals) => {
+            let record = crate::journal::Record::StopSignalReceived { signal: sig.to_string() };
+            tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal while the agent was held back; exiting without starting it");
+            true
+        }
+    }
+}
+
+/// The next SIGTERM or SIGINT; other signals have no agent to go to yet.
+async fn stop_signal(signals: &mut SignalSource) -> Sig {
+    loop {
+        match signals.next().await {
+            Some(sig) if role(sig) == Role::Stop => return sig,
+            Some(sig) => tracing::debug!(signal = %sig, "no agent to pass this signal to yet"),
+            None => std::future::pending::<()>().await,
+        }
+    }
 }
 
 /// The health listener, bound before the agent starts (a port in use is the guard's failure).
@@ -362,6 +421,18 @@ impl Tasks {
         if let Some(lifecycle) = self.lifecycle {
             // Only now, with the proof of exit in hand, may the termination hook complete.
             lifecycle.finish(outcome).await;
+        }
+        stop_servers(self.shutdown, self.servers).await;
+    }
+
+    /// The run ends before the agent was started (it was held in a warm pool): no hook can be
+    /// completed, protection is released, the servers stop.
+    async fn finish_without_agent(self) {
+        if let Some(protection) = self.protection {
+            protection.finish().await;
+        }
+        if let Some(lifecycle) = self.lifecycle {
+            lifecycle.end_without_agent().await;
         }
         stop_servers(self.shutdown, self.servers).await;
     }

@@ -143,6 +143,8 @@ pub struct Hub {
     pub extended: Notify,
     /// `--ready-timeout` ran out (the launch hook is abandoned).
     pub ready_timed_out: Notify,
+    /// Why the agent is held back, not started yet (`--in-warm-pool wait`); `None` otherwise.
+    held: watch::Sender<Option<String>>,
     lifecycle: Mutex<LifecycleStatus>,
     announce: broadcast::Sender<Announcement>,
     subscribers: AtomicUsize,
@@ -182,6 +184,7 @@ impl Hub {
             lifecycle: Mutex::new(LifecycleStatus::default()),
             extended: Notify::new(),
             ready_timed_out: Notify::new(),
+            held: watch::channel(None).0,
             agent_pid: Mutex::new(None),
             started: Instant::now(),
             agent_started: Mutex::new(None),
@@ -191,6 +194,21 @@ impl Hub {
     /// The lifecycle work's state, to read or update.
     pub fn lifecycle(&self) -> MutexGuard<'_, LifecycleStatus> {
         self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds the agent back (`Some(why)`) or lets it start (`None`).
+    pub fn set_held(&self, why: Option<String>) {
+        self.held.send_replace(why);
+    }
+
+    /// Why the agent is held back, if it is.
+    pub fn held(&self) -> Option<String> {
+        self.held.borrow().clone()
+    }
+
+    /// The hold as it changes (the lifecycle work completes the launch hook of a held instance).
+    pub fn held_changes(&self) -> watch::Receiver<Option<String>> {
+        self.held.subscribe()
     }
 
     /// The guard's own counters, to read or update.
@@ -304,6 +322,7 @@ pub fn status_json(hub: &Hub) -> Value {
         "agent_uptime_s": hub.agent_uptime().map(|d| d.as_secs()),
         "agent_exit": stats.agent_exit,
         "uptime_s": hub.uptime().as_secs(),
+        "held": hub.held(),
         "ready_source": report.ready_source,
         "status": report.status,
         "stopping": report.stopping,

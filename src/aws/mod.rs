@@ -1,5 +1,5 @@
-//! Everything that talks to AWS: IMDS and its notices, scheduled events, lifecycle hooks,
-//! scale-in protection, instance health.
+//! Everything that talks to AWS: IMDS and its notices, scheduled events, warm pools, lifecycle
+//! hooks, scale-in protection, instance health.
 pub(crate) mod api;
 pub(crate) mod context;
 pub(crate) mod emf;
@@ -10,3 +10,4 @@ pub(crate) mod maintenance;
 pub(crate) mod notices;
 pub(crate) mod protection;
 pub(crate) mod scheduled;
+pub(crate) mod warm_pool;

@@ -76,6 +76,16 @@ impl OnMaintenance {
     }
 }
 
+/// What an instance launched into a warm pool does with its agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InWarmPool {
+    /// Start the agent at once, as anywhere else.
+    Run,
+    /// Complete the launch hook without starting the agent; start it once the target lifecycle
+    /// state is `InService`.
+    Wait,
+}
+
 /// What the lifecycle hooks answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

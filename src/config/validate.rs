@@ -12,8 +12,8 @@ use super::check::{self, Check};
 use super::layers::{Settings, Source};
 use super::paths::{default_socket, notify_socket_for, parse_name, parse_socket_path};
 use super::settings::{
-    BusySettings, EmfTarget, ForwardTo, HookResult, ImdsEndpointMode, ImdsMode, LifecycleSettings,
-    OnMaintenance, OnRebalance,
+    BusySettings, EmfTarget, ForwardTo, HookResult, ImdsEndpointMode, ImdsMode, InWarmPool,
+    LifecycleSettings, OnMaintenance, OnRebalance,
 };
 use super::{Config, ConfigError};
 use crate::fmt::{format_duration, parse_duration};
@@ -33,7 +33,7 @@ impl Config {
         };
         let stop = Stop::from_settings(settings)?;
         let imds = Imds::from_settings(settings)?;
-        let ends = InstanceEnds::from_settings(settings)?;
+        let ends = InstanceEnds::from_settings(settings, imds.mode)?;
         let (socket, notify_socket) = sockets(settings, &name)?;
         let ready = Readiness::from_settings(settings)?;
         let health = Health::from_settings(settings)?;
@@ -57,6 +57,7 @@ impl Config {
             spot_margin: imds.spot_margin,
             on_maintenance: ends.on_maintenance,
             maintenance_margin: ends.maintenance_margin,
+            in_warm_pool: ends.in_warm_pool,
             socket,
             notify_socket,
             ready_on: ready.on,
@@ -176,14 +177,15 @@ fn imds_endpoint(settings: &Settings) -> Result<String, ConfigError> {
     })
 }
 
-/// What the events that end an instance do: EC2 scheduled events.
+/// What the events that end or pause an instance do: EC2 scheduled events and warm pools.
 struct InstanceEnds {
     on_maintenance: OnMaintenance,
     maintenance_margin: Duration,
+    in_warm_pool: InWarmPool,
 }
 
 impl InstanceEnds {
-    fn from_settings(settings: &Settings) -> Result<InstanceEnds, ConfigError> {
+    fn from_settings(settings: &Settings, imds: ImdsMode) -> Result<InstanceEnds, ConfigError> {
         let ends = InstanceEnds {
             on_maintenance: settings.require(
                 "on-maintenance",
@@ -197,7 +199,25 @@ impl InstanceEnds {
                 ),
             )?,
             maintenance_margin: settings.require("maintenance-margin", parse_duration)?,
+            in_warm_pool: settings.require(
+                "in-warm-pool",
+                one_of(
+                    &[("run", InWarmPool::Run), ("wait", InWarmPool::Wait)],
+                    "expected `run` or `wait`",
+                ),
+            )?,
         };
+        // Waiting needs the target lifecycle state: without IMDS the agent would never start.
+        if ends.in_warm_pool == InWarmPool::Wait && imds == ImdsMode::Off {
+            return Err(ConfigError::Invalid {
+                option: "in-warm-pool".to_string(),
+                value: "wait".to_string(),
+                origin: settings
+                    .get("in-warm-pool")
+                    .map_or(Source::Default, |s| s.source.clone()),
+                why: "it needs the target lifecycle state from IMDS, but --imds is off".to_string(),
+            });
+        }
         Ok(ends)
     }
 }
@@ -588,24 +608,37 @@ mod tests {
     }
 
     #[test]
-    fn maintenance_options() {
+    fn maintenance_and_warm_pool_options() {
         let config = Config::from_settings(&settings_of(&[]), vec![]).expect("defaults");
         assert_eq!(config.on_maintenance, OnMaintenance::Replace);
         assert_eq!(config.maintenance_margin, Duration::from_secs(600));
-        let s = settings_of(&["--on-maintenance", "report", "--maintenance-margin", "3s"]);
+        assert_eq!(config.in_warm_pool, InWarmPool::Run);
+        let s = settings_of(&[
+            "--on-maintenance",
+            "report",
+            "--maintenance-margin",
+            "3s",
+            "--in-warm-pool",
+            "wait",
+        ]);
         let config = Config::from_settings(&s, vec![]).expect("valid");
         assert_eq!(config.on_maintenance, OnMaintenance::Report);
         assert_eq!(config.maintenance_margin, Duration::from_secs(3));
+        assert_eq!(config.in_warm_pool, InWarmPool::Wait);
         for (args, want) in [
             (
                 ["--on-maintenance", "reboot"],
                 "expected `replace`, `drain` or `report`",
             ),
+            (["--in-warm-pool", "sleep"], "expected `run` or `wait`"),
             (["--maintenance-margin", "soon"], "expected a duration"),
         ] {
             let err = Config::from_settings(&settings_of(&args), vec![]).expect_err("bad");
             assert!(err.to_string().contains(want), "{args:?}: {err}");
         }
+        let s = settings_of(&["--imds", "off", "--in-warm-pool", "wait"]);
+        let err = Config::from_settings(&s, vec![]).expect_err("needs IMDS");
+        assert!(err.to_string().ends_with("but --imds is off"), "{err}");
     }
 
     #[test]

@@ -18,3 +18,4 @@ mod readme;
 mod reaping;
 mod stopping;
 mod terminal;
+mod warm_pool;
