@@ -16,7 +16,7 @@ use clap::Parser;
     name = "agent-guard",
     version,
     about = "Supervise an agent on an EC2 Auto Scaling group: forward signals, reap zombies, drain before stopping.",
-    override_usage = "agent-guard [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard ctl [--socket PATH] [--json] status | drain [--reason R] | ready | drained | subscribe\n       agent-guard drill <scale-in|spot|rebalance|sigterm> [DRILL OPTIONS] [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard --check-config [OPTIONS] [-- COMMAND [ARGS...]]",
+    override_usage = "agent-guard [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard ctl [--socket PATH] [--json] status | drain [--reason R] | ready | drained | subscribe\n       agent-guard drill <scale-in|spot|rebalance|maintenance|sigterm> [DRILL OPTIONS] [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard --check-config [OPTIONS] [-- COMMAND [ARGS...]]",
     after_help = "Every option can also be set as AGENT_GUARD_<NAME> or as a key in the --config file.\n\
                   Precedence: flag > environment > file > default. Durations: 500ms, 2s, 5m, 1h; a bare number is seconds.\n\
                   Exit status: the agent's own code; 128+N if it was killed by signal N; 125 if agent-guard failed;\n\
@@ -336,7 +336,8 @@ pub struct Cli {
 pub enum Sub {
     /// Talk to a running guard over its control socket
     Ctl(CtlArgs),
-    /// Rehearse a scale-in, spot interruption, rebalance or SIGTERM against simulated AWS
+    /// Rehearse a scale-in, spot interruption, rebalance, scheduled event or SIGTERM against
+    /// simulated AWS
     Drill(DrillCli),
 }
 
@@ -344,7 +345,7 @@ pub enum Sub {
 /// so that clap reads the drill's flags wherever they stand before `--`.
 #[derive(Debug, clap::Args)]
 #[command(
-    override_usage = "agent-guard drill <scale-in|spot|rebalance|sigterm> [--after DUR] [--deadline DUR] [--heartbeat-timeout DUR] [--json] [--verbose] [OPTIONS] -- COMMAND [ARGS...]",
+    override_usage = "agent-guard drill <scale-in|spot|rebalance|maintenance|sigterm> [--after DUR] [--deadline DUR] [--heartbeat-timeout DUR] [--json] [--verbose] [OPTIONS] -- COMMAND [ARGS...]",
     after_help = "OPTIONS are the guard's own (see agent-guard --help), used as in production.\n\
                   Exit status: 0 PASS, 1 FAIL, 125 the drill could not run.",
     allow_negative_numbers = true
@@ -400,6 +401,9 @@ pub enum DrillEvent {
     Spot,
     Rebalance,
     Sigterm,
+    // An EC2 scheduled event, handled as --on-maintenance says. (No doc comment: clap would
+    // show it as help beside the event names.)
+    Maintenance,
 }
 
 impl DrillEvent {
@@ -409,6 +413,7 @@ impl DrillEvent {
             DrillEvent::Spot => "spot",
             DrillEvent::Rebalance => "rebalance",
             DrillEvent::Sigterm => "sigterm",
+            DrillEvent::Maintenance => "maintenance",
         }
     }
 }

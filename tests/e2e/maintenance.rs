@@ -439,3 +439,79 @@ fn report_only_reports_in_the_log_status_and_metrics() {
     guard.signal(libc::SIGTERM);
     assert_eq!(guard.code(), 0);
 }
+
+/// `agent-guard drill maintenance ARGS` with a clean environment: (status, stdout).
+fn drill(args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(crate::support::bin());
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("AGENT_GUARD_") || k.starts_with("AWS_") || k == "RUST_LOG" {
+            cmd.env_remove(&key);
+        }
+    }
+    let out = cmd
+        .args(["drill", "maintenance"])
+        .args(args)
+        .output()
+        .expect("drill runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[test]
+fn drill_maintenance_rehearses_each_mode() {
+    let dir = scratch();
+    let agent = dir.path().join("agent.log");
+    let agent = agent.to_str().expect("utf-8");
+    let recorder = fixture("recorder.py");
+    let recorder = recorder.to_str().expect("utf-8");
+    // (mode, what the PASS says, a timeline entry only this mode has)
+    for (mode, pass, entry) in [
+        (
+            "replace",
+            "PASS: the instance was marked Unhealthy, the agent stopped cleanly on the scale-in that followed, and the hook was completed with CONTINUE",
+            "Unhealthy: ok (200)",
+        ),
+        (
+            "drain",
+            "PASS: the agent drained at NotBefore minus --maintenance-margin and stopped cleanly before NotBefore",
+            "NotBefore minus --maintenance-margin: draining",
+        ),
+        (
+            "report",
+            "PASS: the scheduled event was reported and the agent kept running",
+            "scheduled event system-reboot",
+        ),
+    ] {
+        let (code, text) = drill(&["--on-maintenance", mode, "--", recorder, agent]);
+        assert_eq!(code, Some(0), "{mode}: {text}");
+        assert!(text.contains(pass), "{mode}: {text}");
+        assert!(text.contains(entry), "{mode}: {text}");
+        assert!(
+            text.contains(&format!("--on-maintenance {mode}")),
+            "{mode}: {text}"
+        );
+    }
+    // An agent still running at NotBefore fails, in plain words.
+    let (code, text) = drill(&[
+        "--on-maintenance",
+        "drain",
+        "--maintenance-margin",
+        "1s",
+        "--stop-timeout",
+        "4s",
+        "--",
+        recorder,
+        agent,
+        "--ignore-term",
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("past the scheduled event's NotBefore"),
+        "{text}"
+    );
+}
