@@ -12,6 +12,7 @@
 //! - [`signals`]: signal names, which are caught, forwarded, or start a drain.
 //! - [`imds`]: IMDSv2 client over the SDK's, with what it lacks (401 renewal, hop-limit hint).
 //! - [`notices`]: polls IMDS, de-duplicates notices, sends drain requests; never dies of an error.
+//! - [`scheduled`]: EC2 scheduled events read, and what each calls for, decided with no I/O.
 //! - [`maintenance`]: EC2 scheduled events: replace the instance, drain before NotBefore, or report.
 //! - [`warm_pool`]: `--in-warm-pool wait`: the agent is not started while the instance is warmed.
 //! - [`sim`]: simulated IMDS (and Auto Scaling API) for tests and drills; loopback only.

@@ -515,3 +515,52 @@ fn drill_maintenance_rehearses_each_mode() {
         "{text}"
     );
 }
+
+#[test]
+fn a_scale_in_during_a_maintenance_drain_completes_the_termination_hook() {
+    let dir = scratch();
+    let (imds, asg) = group_with_hook();
+    let log = dir.path().join("agent.log");
+    let mut cmd = aws_command(&imds, &asg);
+    cmd.args(["--terminate-hook", HOOK, "--asg-name", GROUP])
+        .args(["--on-maintenance", "drain", "--heartbeat-interval", "300ms"])
+        .args(["--log-format", "json", "--drain-timeout", "10m"])
+        .arg("--")
+        .arg(fixture("socket_agent.py"))
+        .arg(&log)
+        .args(["--drained-after", "3"]);
+    let mut guard = Guard::spawn(dir.path(), cmd);
+    wait_until("lifecycle setup", SOON, || {
+        guard.log().contains("lifecycle hooks ready")
+    });
+    wait_until("subscribed", SOON, || guard.status()["subscribers"] == 1);
+    let due = whole_seconds(Duration::ZERO) - Duration::from_secs(60);
+    imds.set_scheduled_events(&[ScheduledEvent::active(
+        "system-reboot",
+        "instance-event-11",
+        due,
+    )]);
+    wait_until("the maintenance drain", SOON, || {
+        guard.status()["drain"]["reason"] == "maintenance"
+    });
+    // The group scales the instance in while the agent drains for the maintenance.
+    asg.terminate(GROUP, INSTANCE);
+    imds.set_lifecycle_state(Some("Terminated"));
+    assert_eq!(guard.code(), 0, "{}", guard.log());
+    let completes = calls(&asg, "CompleteLifecycleAction");
+    assert_eq!(completes.len(), 1, "{completes:?}\n{}", guard.log());
+    assert_eq!(completes[0].params["LifecycleActionResult"], "CONTINUE");
+    assert!(
+        !calls(&asg, "RecordLifecycleActionHeartbeat").is_empty(),
+        "heartbeats once the drain ends the instance"
+    );
+    let reasons: Vec<String> = records(&guard.log())
+        .into_iter()
+        .filter(|(_, r)| r["event"] == "phase_changed")
+        .map(|(_, r)| r["reason"].as_str().unwrap_or("-").to_string())
+        .collect();
+    assert!(
+        reasons.windows(2).any(|w| w == ["maintenance", "scale-in"]),
+        "{reasons:?}"
+    );
+}
