@@ -22,7 +22,7 @@ use crate::aws::scheduled::{
     Action, PATH, ParseError, Planner, ScheduledEvent, Step, format_event_time, parse_events,
 };
 use crate::config::settings::OnMaintenance;
-use crate::fmt::rfc3339;
+use crate::fmt::{format_duration, rfc3339};
 use crate::journal::{MaintenanceStep, NoticeKind, Record};
 use crate::machine::state::{DrainReason, Event};
 
@@ -127,7 +127,7 @@ impl Actor {
             Err(err) => self.log_unreadable(&err),
             Ok(list) => {
                 if let Some((since, _)) = self.unreadable.take() {
-                    tracing::info!(after = ?Duration::from_secs(since.elapsed().as_secs()), "scheduled events readable again");
+                    tracing::info!(after = %format_duration(Duration::from_secs(since.elapsed().as_secs())), "scheduled events readable again");
                 }
                 for step in self.planner.read(&list) {
                     self.act(step);
