@@ -234,11 +234,12 @@ fn main() {
     let window = Duration::from_secs(if quick { 20 } else { 60 });
     let ours = idle_rate(Duration::from_secs(2), window);
     // NTH's IMDS mode: one monitor per path, each on time.Tick(2s), so 30 requests a minute per
-    // path for the same three paths (token renewals aside, as here).
-    let nth = 3.0 * 30.0;
+    // path for the same four paths (spot, rebalance, scheduled events, target lifecycle state;
+    // token renewals aside, as here).
+    let nth = 4.0 * 30.0;
     println!();
     println!(
-        "IMDS requests per minute while idle at the default 2s: agent-guard {ours:.0} (3 paths, one token), \
+        "IMDS requests per minute while idle at the default 2s: agent-guard {ours:.0} (4 paths, one token), \
          AWS Node Termination Handler {nth:.0} for the same paths: {:.2}×.",
         ours / nth
     );

@@ -16,7 +16,7 @@ use clap::Parser;
     name = "agent-guard",
     version,
     about = "Supervise an agent on an EC2 Auto Scaling group: forward signals, reap zombies, drain before stopping.",
-    override_usage = "agent-guard [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard ctl [--socket PATH] [--json] status | drain [--reason R] | ready | drained | subscribe\n       agent-guard drill <scale-in|spot|rebalance|sigterm> [DRILL OPTIONS] [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard --check-config [OPTIONS] [-- COMMAND [ARGS...]]\n       agent-guard doctor [--json] [OPTIONS] [-- COMMAND [ARGS...]]",
+    override_usage = "agent-guard [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard ctl [--socket PATH] [--json] status | drain [--reason R] | ready | drained | subscribe\n       agent-guard drill <scale-in|spot|rebalance|maintenance|sigterm> [DRILL OPTIONS] [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard --check-config [OPTIONS] [-- COMMAND [ARGS...]]\n       agent-guard doctor [--json] [OPTIONS] [-- COMMAND [ARGS...]]",
     after_help = "Every option can also be set as AGENT_GUARD_<NAME> or as a key in the --config file.\n\
                   Precedence: flag > environment > file > default. Durations: 500ms, 2s, 5m, 1h; a bare number is seconds.\n\
                   Exit status: the agent's own code; 128+N if it was killed by signal N; 125 if agent-guard failed;\n\
@@ -155,6 +155,16 @@ pub struct Cli {
     )]
     pub imds_endpoint: String,
 
+    /// Which IMDS endpoint to use when --imds-endpoint is not given: `ipv4` (169.254.169.254) or
+    /// `ipv6` ([fd00:ec2::254], Nitro only) (also read from AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE)
+    #[arg(
+        long,
+        env = "AGENT_GUARD_IMDS_ENDPOINT_MODE",
+        value_name = "ipv4|ipv6",
+        default_value = "ipv4"
+    )]
+    pub imds_endpoint_mode: String,
+
     /// IMDS poll interval (with ±10 % jitter)
     #[arg(
         long,
@@ -181,6 +191,37 @@ pub struct Cli {
         default_value = "10s"
     )]
     pub spot_margin: String,
+
+    /// What an active EC2 scheduled event does: `replace` marks the instance Unhealthy once so
+    /// the group replaces it through a drained termination (else `drain`), `drain` drains at
+    /// NotBefore minus --maintenance-margin, `report` only logs and reports it
+    #[arg(
+        long,
+        env = "AGENT_GUARD_ON_MAINTENANCE",
+        value_name = "replace|drain|report",
+        default_value = "replace"
+    )]
+    pub on_maintenance: String,
+
+    /// How long before a scheduled event's NotBefore the agent drains (with `drain`, and with
+    /// `replace` if the group has not replaced the instance by then)
+    #[arg(
+        long,
+        env = "AGENT_GUARD_MAINTENANCE_MARGIN",
+        value_name = "DUR",
+        default_value = "10m"
+    )]
+    pub maintenance_margin: String,
+
+    /// `wait`: an instance launched into a warm pool completes its launch hook without starting
+    /// the agent, which starts once the target lifecycle state is InService; `run` starts it at once
+    #[arg(
+        long,
+        env = "AGENT_GUARD_IN_WARM_POOL",
+        value_name = "run|wait",
+        default_value = "run"
+    )]
+    pub in_warm_pool: String,
 
     /// The control socket (JSON lines), given to the agent as AGENT_GUARD_SOCKET [default:
     /// $RUNTIME_DIRECTORY/NAME.sock, else /run/agent-guard/NAME.sock as root, else
@@ -350,7 +391,8 @@ pub struct Cli {
 pub enum Sub {
     /// Talk to a running guard over its control socket
     Ctl(CtlArgs),
-    /// Rehearse a scale-in, spot interruption, rebalance or SIGTERM against simulated AWS
+    /// Rehearse a scale-in, spot interruption, rebalance, scheduled event or SIGTERM against
+    /// simulated AWS
     Drill(DrillCli),
     /// Check the instance, its group, hooks and permissions against the options; changes nothing
     Doctor(DoctorCli),
@@ -380,7 +422,7 @@ pub struct DoctorCli {
 /// so that clap reads the drill's flags wherever they stand before `--`.
 #[derive(Debug, clap::Args)]
 #[command(
-    override_usage = "agent-guard drill <scale-in|spot|rebalance|sigterm> [--after DUR] [--deadline DUR] [--heartbeat-timeout DUR] [--json] [--verbose] [OPTIONS] -- COMMAND [ARGS...]",
+    override_usage = "agent-guard drill <scale-in|spot|rebalance|maintenance|sigterm> [--after DUR] [--deadline DUR] [--heartbeat-timeout DUR] [--json] [--verbose] [OPTIONS] -- COMMAND [ARGS...]",
     after_help = "OPTIONS are the guard's own (see agent-guard --help), used as in production.\n\
                   Exit status: 0 PASS, 1 FAIL, 125 the drill could not run.",
     allow_negative_numbers = true
@@ -436,6 +478,9 @@ pub enum DrillEvent {
     Spot,
     Rebalance,
     Sigterm,
+    // An EC2 scheduled event, handled as --on-maintenance says. (No doc comment: clap would
+    // show it as help beside the event names.)
+    Maintenance,
 }
 
 impl DrillEvent {
@@ -445,6 +490,7 @@ impl DrillEvent {
             DrillEvent::Spot => "spot",
             DrillEvent::Rebalance => "rebalance",
             DrillEvent::Sigterm => "sigterm",
+            DrillEvent::Maintenance => "maintenance",
         }
     }
 }

@@ -102,6 +102,36 @@ pub enum Record {
     /// After a crash loop the instance could not be marked Unhealthy (outside a group, or
     /// refused); the guard exits all the same.
     NotMarkedUnhealthy { error: String },
+    /// What the guard did about an EC2 scheduled event after it was first seen (`NoticeSeen`).
+    ScheduledEvent {
+        event_id: String,
+        /// The event's code (`system-reboot` …).
+        code: String,
+        step: MaintenanceStep,
+        /// When the drain is (or was) due, RFC 3339, if one is scheduled.
+        drain_at: Option<String>,
+    },
+    /// `--in-warm-pool wait`: the agent is not started while the instance is in a warm pool.
+    WarmPoolHeld {
+        /// The target lifecycle state (`Warmed:Running` …).
+        state: String,
+    },
+    /// The instance left the warm pool (the target state is InService): the agent starts.
+    WarmPoolReleased { state: String },
+}
+
+/// A step in the handling of an EC2 scheduled event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaintenanceStep {
+    /// `SetInstanceHealth` Unhealthy was accepted: the group replaces the instance.
+    MarkedUnhealthy,
+    /// Replacing was refused or impossible: the event is handled as with `--on-maintenance drain`.
+    FellBack,
+    /// The drain began, at NotBefore minus the margin.
+    Draining,
+    /// The event was canceled, completed or went away before its drain began.
+    DrainCanceled,
 }
 
 impl Record {
@@ -122,6 +152,9 @@ pub enum NoticeKind {
     Spot,
     #[serde(rename = "rebalance-recommendation")]
     Rebalance,
+    /// An EC2 scheduled event (`events/maintenance/scheduled`).
+    #[serde(rename = "scheduled-event")]
+    ScheduledEvent,
 }
 
 impl NoticeKind {
@@ -131,6 +164,7 @@ impl NoticeKind {
             NoticeKind::LifecycleState => "target-lifecycle-state",
             NoticeKind::Spot => "spot-interruption",
             NoticeKind::Rebalance => "rebalance-recommendation",
+            NoticeKind::ScheduledEvent => "scheduled-event",
         }
     }
 }

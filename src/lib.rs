@@ -40,6 +40,10 @@
 //! - `aws::{api, context}`: Auto Scaling call errors and counters; the one shared AWS context.
 //! - `aws::{lifecycle, protection, emf}`: lifecycle hooks, scale-in protection, EMF load lines.
 //! - `aws::{health_status, replace}`: `SetInstanceHealth` Unhealthy, and after a crash loop once.
+//! - `aws::{scheduled, maintenance}`: EC2 scheduled events read and decided (pure), then acted on:
+//!   replace the instance, drain before NotBefore, or report.
+//! - `aws::warm_pool`: `--in-warm-pool wait`: the agent is not started while the instance is
+//!   warmed.
 //!
 //! Subcommands and the composition root:
 //! - `cmd::ctl`: `agent-guard ctl`. `cmd::drill::{watch, verdict, report}`: `agent-guard drill`
@@ -89,16 +93,18 @@ use crate::aws::context::SharedAws;
 use crate::aws::emf;
 use crate::aws::imds::ImdsClient;
 use crate::aws::lifecycle::LifecycleHandle;
+use crate::aws::maintenance::{self, MaintenanceSettings};
 use crate::aws::notices::{ImdsStatus, NoticeSettings, Poller};
 use crate::aws::protection::ProtectionHandle;
-use crate::aws::{imds, notices, replace};
-use crate::config::{Config, ImdsMode, OnCrashLoop};
+use crate::aws::{imds, notices, replace, warm_pool};
+use crate::config::{Config, ImdsMode, InWarmPool, OnCrashLoop, OnMaintenance};
 use crate::health::{checks, server};
 use crate::machine::restart::RestartPolicy;
 use crate::machine::state;
 use crate::machine::state::State;
 use crate::machine::supervisor::{Outcome, StopSettings, Supervisor};
 use crate::process::child::{Launcher, SpawnError, SpawnSpec};
+use crate::process::sig::{Role, Sig, role};
 use crate::process::signals::{JobControl, SignalSetupError, SignalSource};
 
 /// Why the guard could not supervise the agent at all.
@@ -140,8 +146,27 @@ impl RunError {
     }
 }
 
-/// Supervises `config.command` until it and its process group are gone; returns its status.
-pub fn run(config: Config) -> Result<ChildExit, RunError> {
+/// How a run ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The agent exited, and its group is gone: the proof of it.
+    Agent(ChildExit),
+    /// The guard was stopped before it started the agent (held in a warm pool).
+    NeverStarted,
+}
+
+impl Ended {
+    /// The guard's exit status: the agent's, or 0 when there never was one (nothing failed).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Ended::Agent(exit) => exit.exit_code(),
+            Ended::NeverStarted => 0,
+        }
+    }
+}
+
+/// Supervises `config.command` until it and its process group are gone; returns how it ended.
+pub fn run(config: Config) -> Result<Ended, RunError> {
     // One thread is plenty for a supervisor, and keeps its footprint small.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -154,7 +179,7 @@ pub fn run(config: Config) -> Result<ChildExit, RunError> {
 /// subscribers) and close.
 const SHUTDOWN_WITHIN: Duration = Duration::from_secs(2);
 
-async fn supervise(config: Config) -> Result<ChildExit, RunError> {
+async fn supervise(config: Config) -> Result<Ended, RunError> {
     // One TLS stack for the whole process (the AWS SDK's and the HTTPS checks'): rustls with ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     if config.subreaper && std::process::id() != 1 {
@@ -172,7 +197,7 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
     }
     let job_control = JobControl::ignore().map_err(RunError::JobControl)?;
     // Handlers first: a signal that arrives while the agent starts is kept, not lost.
-    let signals = SignalSource::install()?;
+    let mut signals = SignalSource::install()?;
     let (phase_tx, phase_rx) = watch::channel(State::new().phase);
     let (imds_status, imds_status_rx) = watch::channel(ImdsStatus::default());
     let (checks_tx, checks_rx) = watch::channel(checks::Snapshot::default());
@@ -189,19 +214,8 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
     let sockets = Sockets::bind(&config)?;
     let (events_tx, events_rx) = mpsc::channel(64);
     let upstream = Upstream::from_env();
-    let launcher = Launcher {
-        spec: spawn_spec(&config),
-        job_control,
-    };
-    let supervisor = Supervisor::new(
-        launcher,
-        signals,
-        StopSettings::from_config(&config),
-        (events_tx.clone(), events_rx),
-        phase_tx,
-        hub.clone(),
-        upstream.clone(),
-    )?;
+    // The tasks come first: with `--in-warm-pool wait` the notice poller decides when the agent
+    // may start, and health answers (503) meanwhile.
     let tasks = Tasks::start(
         &config,
         &hub,
@@ -210,16 +224,76 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
             health,
             imds: imds.map(|client| (client, imds_status)),
             checks: checks_tx,
-            events: events_tx,
-            upstream,
+            events: events_tx.clone(),
+            upstream: upstream.clone(),
         },
     );
+    if stopped_while_held(&config, &hub, &upstream, &mut signals).await {
+        tasks.finish_without_agent().await;
+        unixsock::remove(&config.socket);
+        unixsock::remove(&config.notify_socket);
+        return Ok(Ended::NeverStarted);
+    }
+    let launcher = Launcher {
+        spec: spawn_spec(&config),
+        job_control,
+    };
+    let supervisor = match Supervisor::new(
+        launcher,
+        signals,
+        StopSettings::from_config(&config),
+        (events_tx, events_rx),
+        phase_tx,
+        hub.clone(),
+        upstream,
+    ) {
+        Ok(supervisor) => supervisor,
+        Err(err) => {
+            // No agent: nothing to wait for, no hook to complete.
+            tasks.finish_without_agent().await;
+            unixsock::remove(&config.socket);
+            unixsock::remove(&config.notify_socket);
+            return Err(err.into());
+        }
+    };
     let outcome = supervisor.run().await;
     let exit = outcome.exit.clone();
     tasks.finish(outcome).await;
     unixsock::remove(&config.socket);
     unixsock::remove(&config.notify_socket);
-    Ok(exit)
+    Ok(Ended::Agent(exit))
+}
+
+/// `--in-warm-pool wait`: holds the agent back while the instance is in a warm pool. `true` if
+/// a stop signal came first: the agent is then never started.
+async fn stopped_while_held(
+    config: &Config,
+    hub: &Hub,
+    upstream: &Upstream,
+    signals: &mut SignalSource,
+) -> bool {
+    if config.in_warm_pool != InWarmPool::Wait || config.imds == ImdsMode::Off {
+        return false;
+    }
+    tokio::select! {
+        _ = warm_pool::hold(hub, upstream) => false,
+        sig = stop_signal(signals) => {
+            let record = crate::journal::Record::StopSignalReceived { signal: sig.to_string() };
+            tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal while the agent was held back; exiting without starting it");
+            true
+        }
+    }
+}
+
+/// The next SIGTERM or SIGINT; other signals have no agent to go to yet.
+async fn stop_signal(signals: &mut SignalSource) -> Sig {
+    loop {
+        match signals.next().await {
+            Some(sig) if role(sig) == Role::Stop => return sig,
+            Some(sig) => tracing::debug!(signal = %sig, "no agent to pass this signal to yet"),
+            None => std::future::pending::<()>().await,
+        }
+    }
 }
 
 /// The health listener, bound before the agent starts (a port in use is the guard's failure).
@@ -326,24 +400,17 @@ impl Tasks {
             started.events.clone(),
             shutdown.clone(),
         ));
-        if let Some((client, status)) = started.imds {
-            let settings = NoticeSettings {
-                poll: config.imds_poll,
-                on_rebalance: config.on_rebalance,
-                spot_margin: config.spot_margin,
-            };
-            let poller = Poller::new(client, settings, started.events, status);
-            let probe_first = config.imds == ImdsMode::Auto;
-            let stop = shutdown.clone();
-            servers.push(tokio::spawn(async move {
-                // The poller holds nothing that needs closing: dropping it at an await is its end.
-                tokio::select! {
-                    _ = poller.run(probe_first) => {}
-                    _ = stop.cancelled() => {}
-                }
-            }));
-        }
         let aws = shared_aws(config, hub);
+        if let Some(imds) = started.imds {
+            servers.extend(spawn_notices(
+                config,
+                hub,
+                imds,
+                started.events,
+                aws.clone(),
+                &shutdown,
+            ));
+        }
         let mut tasks = Tasks {
             shutdown,
             servers,
@@ -404,16 +471,83 @@ impl Tasks {
         if let (true, Some(replace)) = (crash_loop, self.replace) {
             replace::after_crash_loop(replace.aws.as_deref(), &replace.hub).await;
         }
-        self.shutdown.cancel();
-        for mut server in self.servers {
-            if tokio::time::timeout(SHUTDOWN_WITHIN, &mut server)
-                .await
-                .is_err()
-            {
-                server.abort();
-            }
+        stop_servers(self.shutdown, self.servers).await;
+    }
+
+    /// The run ends before an agent was started (held in a warm pool, or the spawn failed): no
+    /// hook can be completed, protection is released, the servers stop.
+    async fn finish_without_agent(self) {
+        if let Some(protection) = self.protection {
+            protection.finish().await;
+        }
+        if let Some(lifecycle) = self.lifecycle {
+            lifecycle.end_without_agent().await;
+        }
+        stop_servers(self.shutdown, self.servers).await;
+    }
+}
+
+/// The IMDS poller, and beside it the scheduled-event work it feeds; both end on `shutdown`.
+fn spawn_notices(
+    config: &Config,
+    hub: &Arc<Hub>,
+    (client, status): (ImdsClient, watch::Sender<ImdsStatus>),
+    events: mpsc::Sender<state::Event>,
+    aws: Option<Arc<SharedAws>>,
+    shutdown: &CancellationToken,
+) -> [tokio::task::JoinHandle<()>; 2] {
+    let settings = NoticeSettings {
+        poll: config.imds_poll,
+        on_rebalance: config.on_rebalance,
+        spot_margin: config.spot_margin,
+    };
+    let (bodies, bodies_rx) = watch::channel(None);
+    let poller =
+        Poller::new(client, settings, events.clone(), status.clone()).scheduled_events(bodies);
+    let probe_first = config.imds == ImdsMode::Auto;
+    let settings = MaintenanceSettings {
+        mode: config.on_maintenance,
+        margin: config.maintenance_margin,
+    };
+    let aws = aws.filter(|_| replaces_on_maintenance(config));
+    let maintenance = maintenance::run(settings, bodies_rx, events, status, aws, hub.clone());
+    [
+        until_cancelled(poller.run(probe_first), shutdown),
+        until_cancelled(maintenance, shutdown),
+    ]
+}
+
+/// Runs `work` until it ends or `shutdown` is told. What runs this way holds nothing that needs
+/// closing: dropping it at an await is its end.
+fn until_cancelled(
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = work => {}
+            _ = stop.cancelled() => {}
+        }
+    })
+}
+
+/// Tells the servers to stop, then waits for each under [`SHUTDOWN_WITHIN`].
+async fn stop_servers(shutdown: CancellationToken, servers: Vec<tokio::task::JoinHandle<()>>) {
+    shutdown.cancel();
+    for mut server in servers {
+        if tokio::time::timeout(SHUTDOWN_WITHIN, &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
         }
     }
+}
+
+/// Whether scheduled events are met by replacing the instance, which needs the AWS context.
+fn replaces_on_maintenance(config: &Config) -> bool {
+    config.imds != ImdsMode::Off && config.on_maintenance == OnMaintenance::Replace
 }
 
 /// Whether a crash loop ends with the instance marked Unhealthy (`--on-crash-loop unhealthy`).
@@ -426,7 +560,8 @@ fn shared_aws(config: &Config, hub: &Arc<Hub>) -> Option<Arc<SharedAws>> {
     // Without IMDS there is no instance id, so no group to ask after a crash loop.
     let needs_aws = config.lifecycle.enabled()
         || config.busy.enabled()
-        || (replaces_on_crash_loop(config) && config.imds != ImdsMode::Off);
+        || (replaces_on_crash_loop(config) && config.imds != ImdsMode::Off)
+        || replaces_on_maintenance(config);
     needs_aws.then(|| {
         SharedAws::new(
             config.lifecycle.asg_name.clone(),

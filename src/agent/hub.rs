@@ -171,6 +171,8 @@ pub struct Hub {
     pub extended: Notify,
     /// `--ready-timeout` ran out (the launch hook is abandoned).
     pub ready_timed_out: Notify,
+    /// Why the agent is held back, not started yet (`--in-warm-pool wait`); `None` otherwise.
+    held: watch::Sender<Option<String>>,
     lifecycle: Mutex<LifecycleStatus>,
     announce: broadcast::Sender<Announcement>,
     subscribers: AtomicUsize,
@@ -211,6 +213,7 @@ impl Hub {
             lifecycle: Mutex::new(LifecycleStatus::default()),
             extended: Notify::new(),
             ready_timed_out: Notify::new(),
+            held: watch::channel(None).0,
             agent_pid: Mutex::new(None),
             started: Instant::now(),
             agent_started: Mutex::new(None),
@@ -220,6 +223,21 @@ impl Hub {
     /// The lifecycle work's state, to read or update.
     pub fn lifecycle(&self) -> MutexGuard<'_, LifecycleStatus> {
         self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds the agent back (`Some(why)`) or lets it start (`None`).
+    pub fn set_held(&self, why: Option<String>) {
+        self.held.send_replace(why);
+    }
+
+    /// Why the agent is held back, if it is.
+    pub fn held(&self) -> Option<String> {
+        self.held.borrow().clone()
+    }
+
+    /// The hold as it changes (the lifecycle work completes the launch hook of a held instance).
+    pub fn held_changes(&self) -> watch::Receiver<Option<String>> {
+        self.held.subscribe()
     }
 
     /// The guard's own counters, to read or update.
@@ -347,6 +365,7 @@ pub fn status_json(hub: &Hub) -> Value {
         "agent_uptime_s": hub.agent_uptime().map(|d| d.as_secs()),
         "agent_exit": stats.agent_exit,
         "uptime_s": hub.uptime().as_secs(),
+        "held": hub.held(),
         "ready_source": report.ready_source,
         "status": report.status,
         "stopping": report.stopping,
@@ -363,22 +382,7 @@ pub fn status_json(hub: &Hub) -> Value {
         "watchdog_missed": hub.watchdog_missed(now),
         "subscribers": hub.subscribers(),
         "health_listen": stats.health_addr.map(|a| a.to_string()),
-        "imds": (!imds.endpoint.is_empty()).then(|| json!({
-            "endpoint": imds.endpoint,
-            "instance_id": imds.instance_id,
-            "region": imds.region,
-            "lifecycle_state": imds.lifecycle_state,
-            "last_poll": imds.last_poll.map(rfc3339),
-            "last_ok": imds.last_ok.map(rfc3339),
-            "errors": imds.errors_total,
-            "last_error": imds.last_error,
-            "notices": imds.notices.iter().map(|n| json!({
-                "kind": n.kind.as_str(),
-                "value": n.value,
-                "seen": rfc3339(n.seen_at),
-                "drain": n.drain.map(|r| r.as_str()),
-            })).collect::<Vec<_>>(),
-        })),
+        "imds": (!imds.endpoint.is_empty()).then(|| imds_json(&imds)),
         "lifecycle": lifecycle_json(&hub.lifecycle()),
         "checks": checks.iter().map(|v| json!({
             "name": v.name,
@@ -418,6 +422,36 @@ fn drain_command_json(c: &DrainCommandStatus) -> Value {
         "started": rfc3339(c.started),
         "state": state,
         "status": c.status,
+    })
+}
+
+/// What the guard knows of IMDS, for `/status`.
+fn imds_json(imds: &ImdsStatus) -> Value {
+    json!({
+        "endpoint": imds.endpoint,
+        "instance_id": imds.instance_id,
+        "region": imds.region,
+        "lifecycle_state": imds.lifecycle_state,
+        "last_poll": imds.last_poll.map(rfc3339),
+        "last_ok": imds.last_ok.map(rfc3339),
+        "errors": imds.errors_total,
+        "last_error": imds.last_error,
+        "notices": imds.notices.iter().map(|n| json!({
+            "kind": n.kind.as_str(),
+            "value": n.value,
+            "seen": rfc3339(n.seen_at),
+            "drain": n.drain.map(|r| r.as_str()),
+        })).collect::<Vec<_>>(),
+        "scheduled_events": imds.scheduled_events.iter().map(|t| json!({
+            "id": t.event.id,
+            "code": t.event.code_text,
+            "state": t.event.state.as_str(),
+            "not_before": rfc3339(t.event.not_before),
+            "not_after": t.event.not_after.map(rfc3339),
+            "listed": t.listed,
+            "handling": t.handling.as_str(),
+            "drain_at": t.handling.drain_at().map(rfc3339),
+        })).collect::<Vec<_>>(),
     })
 }
 

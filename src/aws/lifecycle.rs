@@ -99,6 +99,24 @@ impl LifecycleHandle {
     }
 }
 
+impl LifecycleHandle {
+    /// The guard stops without having started the agent (held in a warm pool): there is no
+    /// termination hook to complete, and a launch completion in flight gets a moment to end.
+    pub async fn end_without_agent(self) {
+        drop(self.finish);
+        let mut task = self.task;
+        if tokio::time::timeout(NO_AGENT_WITHIN, &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// How long [`LifecycleHandle::end_without_agent`] waits.
+const NO_AGENT_WITHIN: Duration = Duration::from_secs(5);
+
 fn set_hook(hub: &Hub, terminate: bool, f: impl FnOnce(&mut HookStatus)) {
     let mut status = hub.lifecycle();
     let slot = if terminate {
@@ -444,6 +462,8 @@ struct Watch<'a> {
     launch_done: bool,
     heartbeat: Option<Interval>,
     launch_task: Option<tokio::task::JoinHandle<()>>,
+    /// The agent was held back in a warm pool (`--in-warm-pool wait`).
+    was_held: bool,
 }
 
 impl<'a> Watch<'a> {
@@ -456,14 +476,25 @@ impl<'a> Watch<'a> {
             launch_done: settings.launch_hook.is_none(),
             heartbeat: None,
             launch_task: None,
+            was_held: false,
         }
     }
 
     /// Runs until `finish` says the agent is gone.
     async fn run(mut self, mut finish: oneshot::Receiver<Outcome>) {
         let mut phase = self.hub.phase.clone();
+        let mut held = self.hub.held_changes();
+        if held.borrow_and_update().is_some() {
+            self.on_hold(true);
+        }
         loop {
             tokio::select! {
+                changed = held.changed() => {
+                    if changed.is_ok() {
+                        let now = held.borrow_and_update().is_some();
+                        self.on_hold(now);
+                    }
+                }
                 changed = phase.changed() => {
                     if changed.is_err() {
                         // The supervisor is gone; `finish` follows.
@@ -516,6 +547,33 @@ impl<'a> Watch<'a> {
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             self.heartbeat = Some(tick);
             set_hook(self.hub, true, |h| h.state = HookState::Heartbeating);
+        }
+    }
+
+    /// `--in-warm-pool wait`: a held instance completes its launch hook at once, without the
+    /// agent (the group pauses it at `Warmed:Pending:Wait`). Released, it pauses again at
+    /// `Pending:Wait`, and that launch hook waits for the agent's readiness as at any launch.
+    fn on_hold(&mut self, held: bool) {
+        if self.settings.launch_hook.is_none() {
+            return;
+        }
+        if held && !self.was_held {
+            self.was_held = true;
+            if !self.launch_done {
+                self.launch(
+                    HookResult::Continue,
+                    "launched into a warm pool; the agent starts once the instance is InService",
+                );
+            }
+        } else if !held && self.was_held {
+            self.was_held = false;
+            self.launch_done = false;
+            set_hook(self.hub, false, |h| {
+                h.state = HookState::Waiting;
+                h.result = None;
+            });
+            let now = self.hub.phase.borrow().clone();
+            self.on_phase(&now);
         }
     }
 

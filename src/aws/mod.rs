@@ -1,10 +1,14 @@
-//! Everything that talks to AWS: IMDS and its notices, lifecycle hooks, scale-in protection.
+//! Everything that talks to AWS: IMDS and its notices, scheduled events, warm pools, lifecycle
+//! hooks, scale-in protection, instance health.
 pub(crate) mod api;
 pub(crate) mod context;
 pub(crate) mod emf;
 pub(crate) mod health_status;
 pub(crate) mod imds;
 pub(crate) mod lifecycle;
+pub(crate) mod maintenance;
 pub(crate) mod notices;
 pub(crate) mod protection;
 pub(crate) mod replace;
+pub(crate) mod scheduled;
+pub(crate) mod warm_pool;

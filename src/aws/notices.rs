@@ -1,6 +1,7 @@
 //! Polls IMDS for scale-in, warm-pool, spot and rebalance notices, and turns each new one into a
-//! drain request for the supervisor. It never dies of an IMDS failure: errors are logged
-//! (rate-limited) and retried with capped backoff, and only a notice starts a drain.
+//! drain request for the supervisor; hands EC2 scheduled events on to `maintenance`. It never
+//! dies of an IMDS failure: errors are logged (rate-limited) and retried with capped backoff,
+//! and only a notice starts a drain.
 //!
 //! [`Interpreter`] decides what a notice means and holds no I/O, so it is tested as a table;
 //! [`Poller`] does the reading, pacing and logging around it.
@@ -10,12 +11,13 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use crate::aws::imds::{ImdsClient, ImdsError};
+use crate::aws::scheduled::{self, Tracked};
 use crate::config::settings::OnRebalance;
 use crate::fmt::format_duration;
 use crate::journal::Record;
 use crate::machine::state::{DrainReason, Event};
 
-/// The three paths polled each round.
+/// The paths polled each round (and `scheduled::PATH`, when scheduled events are watched).
 pub const LIFECYCLE_PATH: &str = "autoscaling/target-lifecycle-state";
 pub const SPOT_PATH: &str = "spot/instance-action";
 pub const REBALANCE_PATH: &str = "events/recommendations/rebalance";
@@ -65,6 +67,8 @@ pub struct ImdsStatus {
     pub errors_total: u64,
     pub last_error: Option<String>,
     pub notices: Vec<NoticeRecord>,
+    /// The EC2 scheduled events seen, and what the guard does about each.
+    pub scheduled_events: Vec<Tracked>,
 }
 
 /// A decision about one notice.
@@ -271,6 +275,8 @@ pub struct Poller {
     interpreter: Interpreter,
     events: mpsc::Sender<Event>,
     status: watch::Sender<ImdsStatus>,
+    /// Where the body of `scheduled::PATH` goes when it changes; `None`: not polled.
+    scheduled: Option<watch::Sender<Option<String>>>,
     failing: Option<Failing>,
     rng: u64,
 }
@@ -297,9 +303,16 @@ impl Poller {
             interpreter,
             events,
             status,
+            scheduled: None,
             failing: None,
             rng: seed(),
         }
+    }
+
+    /// Also polls EC2 scheduled events, sending each new body of `scheduled::PATH` to `to`.
+    pub fn scheduled_events(mut self, to: watch::Sender<Option<String>>) -> Self {
+        self.scheduled = Some(to);
+        self
     }
 
     /// Polls until the task is dropped. With `probe_first`, a first round that cannot reach
@@ -312,7 +325,8 @@ impl Poller {
         tracing::info!(
             endpoint = self.client.endpoint(),
             every = %format_duration(self.settings.poll),
-            "watching IMDS for scale-in, spot and rebalance notices"
+            "watching IMDS for scale-in, spot and rebalance notices{}",
+            if self.scheduled.is_some() { " and scheduled events" } else { "" }
         );
         loop {
             let ok = self.round().await;
@@ -321,13 +335,20 @@ impl Poller {
         }
     }
 
-    /// One round: the three notice paths at once (and the identity until it is known).
+    /// One round: the notice paths at once (and the identity until it is known).
     async fn round(&mut self) -> bool {
         let need_identity = self.status.borrow().instance_id.is_none();
-        let (state, spot, rebalance) = tokio::join!(
+        let scheduled_too = self.scheduled.is_some();
+        let (state, spot, rebalance, scheduled) = tokio::join!(
             self.client.get(LIFECYCLE_PATH),
             self.client.get(SPOT_PATH),
             self.client.get(REBALANCE_PATH),
+            async {
+                match scheduled_too {
+                    true => self.client.get(scheduled::PATH).await,
+                    false => Ok(None),
+                }
+            },
         );
         let now = SystemTime::now();
         let now_instant = Instant::now();
@@ -349,6 +370,12 @@ impl Poller {
         }
         match rebalance {
             Ok(v) => decisions.extend(self.interpreter.rebalance(v.as_deref(), now)),
+            Err(e) => errors.push(e),
+        }
+        match scheduled {
+            // A 404 says nothing (IMDS lists no events as `[]`): pending drains stay as they are.
+            Ok(Some(body)) => self.hand_on_scheduled(body),
+            Ok(None) => {}
             Err(e) => errors.push(e),
         }
         for decision in decisions {
@@ -392,6 +419,19 @@ impl Poller {
             };
             // The supervisor outlives this task; a closed channel means it is finishing anyway.
             let _ = self.events.send(event).await;
+        }
+    }
+
+    /// Sends a scheduled-events body on, if it differs from the last one.
+    fn hand_on_scheduled(&self, body: String) {
+        if let Some(to) = &self.scheduled {
+            to.send_if_modified(|last| {
+                let new = last.as_deref() != Some(body.as_str());
+                if new {
+                    *last = Some(body);
+                }
+                new
+            });
         }
     }
 

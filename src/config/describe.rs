@@ -3,7 +3,7 @@
 
 use super::Config;
 use super::check;
-use super::layers::{Setting, Settings};
+use super::layers::{Setting, Settings, Source};
 
 impl Config {
     /// The effective configuration as TOML a user could paste into a config file, each value
@@ -36,6 +36,15 @@ impl Config {
                 "derived from the command".to_string(),
             ),
             (_, None) => ("# not set".to_string(), String::new()),
+            // The default endpoint follows --imds-endpoint-mode: show the one in use.
+            ("imds-endpoint", Some(s))
+                if s.source == Source::Default && s.values != [self.imds_endpoint.clone()] =>
+            {
+                (
+                    toml_string(&self.imds_endpoint),
+                    "derived from --imds-endpoint-mode".to_string(),
+                )
+            }
             (_, Some(s)) => {
                 // Check URLs may carry credentials: they are never printed.
                 let shown = |v: &String| match long {

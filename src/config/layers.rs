@@ -266,10 +266,15 @@ fn file_values(value: &toml::Value) -> Option<Vec<String>> {
 }
 
 /// Variables from the wider ecosystem that also set an option, below every layer of our own:
-/// `RUST_LOG` for `--log-level`, the AWS SDK's IMDS endpoint for `--imds-endpoint`.
+/// `RUST_LOG` for `--log-level`, the AWS SDK's IMDS endpoint and endpoint mode for
+/// `--imds-endpoint` and `--imds-endpoint-mode`.
 const FOREIGN_ENV: &[(&str, &str)] = &[
     ("log-level", "RUST_LOG"),
     ("imds-endpoint", "AWS_EC2_METADATA_SERVICE_ENDPOINT"),
+    (
+        "imds-endpoint-mode",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+    ),
 ];
 
 /// The foreign layer: each [`FOREIGN_ENV`] variable fills its option if only the default set it.

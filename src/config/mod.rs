@@ -97,6 +97,9 @@ pub struct Config {
     pub imds_poll: Duration,
     pub on_rebalance: OnRebalance,
     pub spot_margin: Duration,
+    pub on_maintenance: OnMaintenance,
+    pub maintenance_margin: Duration,
+    pub in_warm_pool: InWarmPool,
     /// The control socket.
     pub socket: PathBuf,
     /// The agent's sd_notify socket, next to the control socket.

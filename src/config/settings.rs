@@ -35,6 +35,57 @@ pub enum OnRebalance {
     Drain,
 }
 
+/// Which IMDS endpoint is the default when none is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImdsEndpointMode {
+    Ipv4,
+    /// Nitro instances with the IPv6 endpoint enabled; the only one in IPv6-only subnets.
+    Ipv6,
+}
+
+impl ImdsEndpointMode {
+    /// The documented endpoint of this mode.
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            ImdsEndpointMode::Ipv4 => "http://169.254.169.254",
+            ImdsEndpointMode::Ipv6 => "http://[fd00:ec2::254]",
+        }
+    }
+}
+
+/// What an active EC2 scheduled event (`events/maintenance/scheduled`) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMaintenance {
+    /// Mark the instance Unhealthy once, so the group replaces it through its normal, drained
+    /// termination; outside a group or when refused, `Drain`.
+    Replace,
+    /// Drain (reason `maintenance`) at NotBefore minus `--maintenance-margin`.
+    Drain,
+    /// Log and report it only.
+    Report,
+}
+
+impl OnMaintenance {
+    /// The option's word, for logs and `/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnMaintenance::Replace => "replace",
+            OnMaintenance::Drain => "drain",
+            OnMaintenance::Report => "report",
+        }
+    }
+}
+
+/// What an instance launched into a warm pool does with its agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InWarmPool {
+    /// Start the agent at once, as anywhere else.
+    Run,
+    /// Complete the launch hook without starting the agent; start it once the target lifecycle
+    /// state is `InService`.
+    Wait,
+}
+
 /// What the lifecycle hooks answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

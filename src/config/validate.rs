@@ -12,8 +12,8 @@ use super::check::{self, Check};
 use super::layers::{Settings, Source};
 use super::paths::{default_socket, notify_socket_for, parse_name, parse_socket_path};
 use super::settings::{
-    BusySettings, EmfTarget, ForwardTo, HookResult, ImdsMode, LifecycleSettings, OnCrashLoop,
-    OnDrain, OnRebalance,
+    BusySettings, EmfTarget, ForwardTo, HookResult, ImdsEndpointMode, ImdsMode, InWarmPool,
+    LifecycleSettings, OnCrashLoop, OnDrain, OnMaintenance, OnRebalance,
 };
 use super::{Config, ConfigError};
 use crate::fmt::{format_duration, parse_duration};
@@ -35,6 +35,7 @@ impl Config {
         let stop = Stop::from_settings(settings)?;
         let unchanged = Unchanged::from_settings(settings)?;
         let imds = Imds::from_settings(settings)?;
+        let ends = InstanceEnds::from_settings(settings, imds.mode)?;
         let (socket, notify_socket) = sockets(settings, &name)?;
         let ready = Readiness::from_settings(settings)?;
         let health = Health::from_settings(settings)?;
@@ -59,6 +60,9 @@ impl Config {
             imds_poll: imds.poll,
             on_rebalance: imds.on_rebalance,
             spot_margin: imds.spot_margin,
+            on_maintenance: ends.on_maintenance,
+            maintenance_margin: ends.maintenance_margin,
+            in_warm_pool: ends.in_warm_pool,
             socket,
             notify_socket,
             ready_on: ready.on,
@@ -230,7 +234,7 @@ impl Imds {
                     "expected `auto`, `on` or `off`",
                 ),
             )?,
-            endpoint: settings.require("imds-endpoint", parse_http_url)?,
+            endpoint: imds_endpoint(settings)?,
             poll: settings.require("imds-poll", at_least(Duration::from_millis(50)))?,
             on_rebalance: settings.require(
                 "on-rebalance",
@@ -244,6 +248,74 @@ impl Imds {
             )?,
             spot_margin: settings.require("spot-margin", parse_duration)?,
         })
+    }
+}
+
+/// `--imds-endpoint` if one was given (flag, environment or file), else the documented endpoint
+/// of `--imds-endpoint-mode`, as the AWS SDKs resolve them.
+fn imds_endpoint(settings: &Settings) -> Result<String, ConfigError> {
+    let endpoint = settings.require("imds-endpoint", parse_http_url)?;
+    let mode = settings.require("imds-endpoint-mode", |v| {
+        // The SDKs' variable says `IPv4`/`IPv6`; the flag's words are lower case.
+        match v.trim().to_ascii_lowercase().as_str() {
+            "ipv4" => Ok(ImdsEndpointMode::Ipv4),
+            "ipv6" => Ok(ImdsEndpointMode::Ipv6),
+            _ => Err("expected `ipv4` or `ipv6`".to_string()),
+        }
+    })?;
+    let given = !matches!(
+        settings.get("imds-endpoint").map(|s| &s.source),
+        Some(Source::Default) | None
+    );
+    Ok(if given {
+        endpoint
+    } else {
+        mode.endpoint().to_string()
+    })
+}
+
+/// What the events that end or pause an instance do: EC2 scheduled events and warm pools.
+struct InstanceEnds {
+    on_maintenance: OnMaintenance,
+    maintenance_margin: Duration,
+    in_warm_pool: InWarmPool,
+}
+
+impl InstanceEnds {
+    fn from_settings(settings: &Settings, imds: ImdsMode) -> Result<InstanceEnds, ConfigError> {
+        let ends = InstanceEnds {
+            on_maintenance: settings.require(
+                "on-maintenance",
+                one_of(
+                    &[
+                        ("replace", OnMaintenance::Replace),
+                        ("drain", OnMaintenance::Drain),
+                        ("report", OnMaintenance::Report),
+                    ],
+                    "expected `replace`, `drain` or `report`",
+                ),
+            )?,
+            maintenance_margin: settings.require("maintenance-margin", parse_duration)?,
+            in_warm_pool: settings.require(
+                "in-warm-pool",
+                one_of(
+                    &[("run", InWarmPool::Run), ("wait", InWarmPool::Wait)],
+                    "expected `run` or `wait`",
+                ),
+            )?,
+        };
+        // Waiting needs the target lifecycle state: without IMDS the agent would never start.
+        if ends.in_warm_pool == InWarmPool::Wait && imds == ImdsMode::Off {
+            return Err(ConfigError::Invalid {
+                option: "in-warm-pool".to_string(),
+                value: "wait".to_string(),
+                origin: settings
+                    .get("in-warm-pool")
+                    .map_or(Source::Default, |s| s.source.clone()),
+                why: "it needs the target lifecycle state from IMDS, but --imds is off".to_string(),
+            });
+        }
+        Ok(ends)
     }
 }
 
@@ -599,6 +671,71 @@ mod tests {
         ]);
         let config = Config::from_settings(&s, vec![]).expect("valid");
         assert_eq!(config.checks.len(), 1);
+    }
+
+    #[test]
+    fn the_imds_endpoint_mode_gives_the_default_endpoint_and_an_explicit_one_wins() {
+        let endpoint = |args: &[&str]| {
+            Config::from_settings(&settings_of(args), vec![])
+                .map(|c| (c.imds_endpoint, c.lifecycle.imds_endpoint))
+        };
+        let v4 = "http://169.254.169.254".to_string();
+        let v6 = "http://[fd00:ec2::254]".to_string();
+        assert_eq!(endpoint(&[]).expect("valid"), (v4.clone(), v4));
+        for mode in ["ipv6", "IPv6"] {
+            let got = endpoint(&["--imds-endpoint-mode", mode]).expect("valid");
+            assert_eq!(got, (v6.clone(), v6.clone()), "{mode}");
+        }
+        let explicit = endpoint(&[
+            "--imds-endpoint-mode",
+            "ipv6",
+            "--imds-endpoint",
+            "http://127.0.0.1:9",
+        ])
+        .expect("valid");
+        assert_eq!(
+            explicit.0, "http://127.0.0.1:9",
+            "an explicit endpoint wins"
+        );
+        let err = endpoint(&["--imds-endpoint-mode", "ipv5"]).expect_err("bad mode");
+        assert!(
+            err.to_string().starts_with("--imds-endpoint-mode:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn maintenance_and_warm_pool_options() {
+        let config = Config::from_settings(&settings_of(&[]), vec![]).expect("defaults");
+        assert_eq!(config.on_maintenance, OnMaintenance::Replace);
+        assert_eq!(config.maintenance_margin, Duration::from_secs(600));
+        assert_eq!(config.in_warm_pool, InWarmPool::Run);
+        let s = settings_of(&[
+            "--on-maintenance",
+            "report",
+            "--maintenance-margin",
+            "3s",
+            "--in-warm-pool",
+            "wait",
+        ]);
+        let config = Config::from_settings(&s, vec![]).expect("valid");
+        assert_eq!(config.on_maintenance, OnMaintenance::Report);
+        assert_eq!(config.maintenance_margin, Duration::from_secs(3));
+        assert_eq!(config.in_warm_pool, InWarmPool::Wait);
+        for (args, want) in [
+            (
+                ["--on-maintenance", "reboot"],
+                "expected `replace`, `drain` or `report`",
+            ),
+            (["--in-warm-pool", "sleep"], "expected `run` or `wait`"),
+            (["--maintenance-margin", "soon"], "expected a duration"),
+        ] {
+            let err = Config::from_settings(&settings_of(&args), vec![]).expect_err("bad");
+            assert!(err.to_string().contains(want), "{args:?}: {err}");
+        }
+        let s = settings_of(&["--imds", "off", "--in-warm-pool", "wait"]);
+        let err = Config::from_settings(&s, vec![]).expect_err("needs IMDS");
+        assert!(err.to_string().ends_with("but --imds is off"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent::hub::{AgentReport, GuardStats, HookState, HookStatus, Hub, LifecycleStatus};
 use crate::aws::notices::{ImdsStatus, NoticeKind};
+use crate::aws::scheduled::{EventCode, EventState};
 use crate::health::checks::Verdict;
 use crate::machine::state::{DrainReason, Phase, PhaseName};
 
@@ -182,6 +183,21 @@ const FAMILIES: &[Family] = &[
         },
     },
     Family {
+        name: "agent_guard_maintenance_events",
+        kind: Kind::Gauge,
+        help: "EC2 scheduled events listed as active, by code.",
+        samples: |s| {
+            let active = |code: EventCode| {
+                let listed = s.imds.scheduled_events.iter().filter(|t| t.listed);
+                listed
+                    .filter(|t| t.event.code == code && t.event.state == EventState::Active)
+                    .count() as f64
+            };
+            let each = EventCode::ALL.map(|c| Sample::new([("code", c.as_str())], active(c)));
+            Some(each.into())
+        },
+    },
+    Family {
         name: "agent_guard_imds_errors_total",
         kind: Kind::Counter,
         help: "Failed IMDS reads.",
@@ -302,10 +318,11 @@ const FAMILIES: &[Family] = &[
 
 /// Every notice kind, in the order of `agent_guard_notices_total`. `aws::notices` has no
 /// `NoticeKind::ALL` yet; [`notice_index`] stops compiling when a kind is added, pointing here.
-const NOTICE_KINDS: [NoticeKind; 3] = [
+const NOTICE_KINDS: [NoticeKind; 4] = [
     NoticeKind::LifecycleState,
     NoticeKind::Spot,
     NoticeKind::Rebalance,
+    NoticeKind::ScheduledEvent,
 ];
 
 /// The place of `kind` in [`NOTICE_KINDS`]; an exhaustive match, so a new kind cannot be missed.
@@ -314,6 +331,7 @@ fn notice_index(kind: NoticeKind) -> usize {
         NoticeKind::LifecycleState => 0,
         NoticeKind::Spot => 1,
         NoticeKind::Rebalance => 2,
+        NoticeKind::ScheduledEvent => 3,
     }
 }
 
@@ -333,6 +351,7 @@ mod tests {
     use tokio::sync::watch;
 
     use crate::aws::notices::NoticeRecord;
+    use crate::aws::scheduled::{Handling, ScheduledEvent, Tracked};
     use crate::config::HookResult;
     use crate::config::check::Check;
     use crate::health::checks::{CheckResult, Snapshot};
@@ -355,12 +374,31 @@ mod tests {
             seen_at: SystemTime::now(),
             drain: None,
         };
+        // Only a listed, active event counts: one system-reboot.
+        let scheduled = |state, listed| Tracked {
+            event: ScheduledEvent {
+                id: "instance-event-1".into(),
+                code: EventCode::SystemReboot,
+                code_text: "system-reboot".into(),
+                state,
+                not_before: SystemTime::now(),
+                not_after: None,
+                description: String::new(),
+            },
+            handling: Handling::Reported,
+            listed,
+        };
         let imds = ImdsStatus {
             errors_total: 7,
             notices: vec![
                 notice(NoticeKind::Spot),
                 notice(NoticeKind::Rebalance),
                 notice(NoticeKind::Spot),
+            ],
+            scheduled_events: vec![
+                scheduled(EventState::Active, true),
+                scheduled(EventState::Canceled, true),
+                scheduled(EventState::Active, false),
             ],
             ..ImdsStatus::default()
         };
@@ -442,11 +480,21 @@ agent_guard_drains_total{reason="rebalance"} 0
 agent_guard_drains_total{reason="signal"} 0
 agent_guard_drains_total{reason="operator"} 1
 agent_guard_drains_total{reason="warm-pool"} 0
+agent_guard_drains_total{reason="maintenance"} 0
 # HELP agent_guard_notices_total IMDS notices seen, by kind.
 # TYPE agent_guard_notices_total counter
 agent_guard_notices_total{kind="target-lifecycle-state"} 0
 agent_guard_notices_total{kind="spot-interruption"} 2
 agent_guard_notices_total{kind="rebalance-recommendation"} 1
+agent_guard_notices_total{kind="scheduled-event"} 0
+# HELP agent_guard_maintenance_events EC2 scheduled events listed as active, by code.
+# TYPE agent_guard_maintenance_events gauge
+agent_guard_maintenance_events{code="instance-reboot"} 0
+agent_guard_maintenance_events{code="system-reboot"} 1
+agent_guard_maintenance_events{code="system-maintenance"} 0
+agent_guard_maintenance_events{code="instance-retirement"} 0
+agent_guard_maintenance_events{code="instance-stop"} 0
+agent_guard_maintenance_events{code="other"} 0
 # HELP agent_guard_imds_errors_total Failed IMDS reads.
 # TYPE agent_guard_imds_errors_total counter
 agent_guard_imds_errors_total 7
@@ -509,11 +557,21 @@ agent_guard_drains_total{reason="rebalance"} 0
 agent_guard_drains_total{reason="signal"} 0
 agent_guard_drains_total{reason="operator"} 0
 agent_guard_drains_total{reason="warm-pool"} 0
+agent_guard_drains_total{reason="maintenance"} 0
 # HELP agent_guard_notices_total IMDS notices seen, by kind.
 # TYPE agent_guard_notices_total counter
 agent_guard_notices_total{kind="target-lifecycle-state"} 0
 agent_guard_notices_total{kind="spot-interruption"} 0
 agent_guard_notices_total{kind="rebalance-recommendation"} 0
+agent_guard_notices_total{kind="scheduled-event"} 0
+# HELP agent_guard_maintenance_events EC2 scheduled events listed as active, by code.
+# TYPE agent_guard_maintenance_events gauge
+agent_guard_maintenance_events{code="instance-reboot"} 0
+agent_guard_maintenance_events{code="system-reboot"} 0
+agent_guard_maintenance_events{code="system-maintenance"} 0
+agent_guard_maintenance_events{code="instance-retirement"} 0
+agent_guard_maintenance_events{code="instance-stop"} 0
+agent_guard_maintenance_events{code="other"} 0
 # HELP agent_guard_imds_errors_total Failed IMDS reads.
 # TYPE agent_guard_imds_errors_total counter
 agent_guard_imds_errors_total 0

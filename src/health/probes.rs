@@ -74,6 +74,9 @@ fn ready_items(hub: &Hub) -> Vec<Item> {
         matches!(phase, Phase::Ready),
         phase.name().as_str(),
     )];
+    if let Some(why) = hub.held() {
+        items.push(item("warm-pool", false, why));
+    }
     for verdict in hub.checks.borrow().verdicts(Instant::now()) {
         items.push(item(&verdict.name, verdict.ok, verdict.why));
     }

@@ -30,17 +30,21 @@ pub enum DrainReason {
     Operator,
     /// The instance is going back to a warm pool.
     WarmPool,
+    /// An EC2 scheduled event (reboot, stop, retirement, maintenance) is near
+    /// (`--on-maintenance drain`). The instance stays in its group: no hook is completed.
+    Maintenance,
 }
 
 impl DrainReason {
     /// Every reason, for tables that must list each one (metrics).
-    pub const ALL: [DrainReason; 6] = [
+    pub const ALL: [DrainReason; 7] = [
         DrainReason::ScaleIn,
         DrainReason::SpotInterruption,
         DrainReason::Rebalance,
         DrainReason::Signal,
         DrainReason::Operator,
         DrainReason::WarmPool,
+        DrainReason::Maintenance,
     ];
 
     /// Whether a drain for this reason ends with the instance leaving the group, so that the
@@ -61,6 +65,7 @@ impl DrainReason {
             DrainReason::Signal => "signal",
             DrainReason::Operator => "operator",
             DrainReason::WarmPool => "warm-pool",
+            DrainReason::Maintenance => "maintenance",
         }
     }
 }
@@ -533,6 +538,14 @@ fn draining(d: Drain, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
                 vec![Action::Extended { until }],
             )
         }
+        // The instance leaves after all (a scale-in during a maintenance, operator or signal
+        // drain): the drain now ends it, so the termination hook is completed; the deadline stays.
+        Event::Drain {
+            reason,
+            hard_deadline: None,
+        } if reason.ends_instance() && !d.reason.ends_instance() => {
+            no_change(Phase::Draining(Drain { reason, ..d }))
+        }
         Event::Drained => stop(d.reason, d.hard_deadline, d.signalled, ctx),
         Event::Timer if now >= d.deadline => stop(d.reason, d.hard_deadline, d.signalled, ctx),
         Event::Forward(signal) => (Phase::Draining(d), vec![forward(signal)]),
@@ -572,6 +585,13 @@ fn stopping(s: Stop, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
                 }),
                 vec![Action::Extended { until }],
             )
+        }
+        // As while draining: the instance leaves after all, so the termination hook is completed.
+        Event::Drain {
+            reason,
+            hard_deadline: None,
+        } if reason.ends_instance() && !s.reason.ends_instance() => {
+            no_change(Phase::Stopping(Stop { reason, ..s }))
         }
         Event::Timer if !s.killed && now >= s.kill_at => kill_now(s.reason, s.hard_deadline, ctx),
         Event::Forward(signal) => (Phase::Stopping(s), vec![forward(signal)]),
@@ -1152,6 +1172,71 @@ mod tests {
         assert!(matches!(phase, Phase::Stopping(Stop { .. })), "{phase:?}");
         assert_eq!(phase.deadline(), Some(t0 + 4 * S));
         assert_eq!(actions, vec![stop_signal()]);
+    }
+
+    #[test]
+    fn a_scale_in_during_a_drain_that_keeps_the_instance_makes_it_one_that_ends_it() {
+        let now = Instant::now();
+        let c = ctx(now);
+        let scale_in = Event::Drain {
+            reason: DrainReason::ScaleIn,
+            hard_deadline: None,
+        };
+        let draining = |reason| {
+            Phase::Draining(Drain {
+                reason,
+                deadline: now + 60 * S,
+                hard_deadline: None,
+                signalled: false,
+            })
+        };
+        let stopping = |reason| {
+            Phase::Stopping(Stop {
+                reason,
+                kill_at: now + 30 * S,
+                hard_deadline: None,
+                killed: false,
+                signalled: false,
+            })
+        };
+        // (before, event, after): the reason changes, nothing else does, and no action follows.
+        let cases = [
+            (
+                draining(DrainReason::Maintenance),
+                scale_in.clone(),
+                draining(DrainReason::ScaleIn),
+            ),
+            (
+                draining(DrainReason::Operator),
+                scale_in.clone(),
+                draining(DrainReason::ScaleIn),
+            ),
+            (
+                stopping(DrainReason::Maintenance),
+                scale_in.clone(),
+                stopping(DrainReason::ScaleIn),
+            ),
+            (
+                draining(DrainReason::ScaleIn),
+                Event::Drain {
+                    reason: DrainReason::Maintenance,
+                    hard_deadline: None,
+                },
+                draining(DrainReason::ScaleIn),
+            ),
+            (
+                draining(DrainReason::WarmPool),
+                scale_in.clone(),
+                draining(DrainReason::WarmPool),
+            ),
+        ];
+        for (before, event, after) in cases {
+            let (phase, actions) = run(before.clone(), event, &c);
+            assert_eq!(phase, after, "from {before:?}");
+            assert!(actions.is_empty(), "{actions:?}");
+        }
+        assert!(!DrainReason::Maintenance.ends_instance());
+        assert_eq!(DrainReason::Maintenance.as_str(), "maintenance");
     }
 
     #[test]

@@ -676,6 +676,8 @@ impl Supervisor {
             Phase::Draining(d) => {
                 if !matches!(before, Phase::Draining(_)) {
                     tracing::info!(reason = %d.reason, deadline_in = %until(d.deadline), journal = %record, "draining");
+                } else if before.drain_reason() != Some(d.reason) {
+                    tracing::info!(reason = %d.reason, journal = %record, "the drain now ends the instance");
                 } else {
                     tracing::warn!(deadline_in = %until(d.deadline), "drain deadline moved earlier");
                 }
@@ -685,6 +687,12 @@ impl Supervisor {
                     d.deadline,
                     ctx,
                 );
+            }
+            Phase::Stopping(s)
+                if matches!(before, Phase::Stopping(_))
+                    && before.drain_reason() != Some(s.reason) =>
+            {
+                tracing::info!(reason = %s.reason, journal = %record, "the stop now ends the instance");
             }
             Phase::Stopping(s) => {
                 if s.killed {

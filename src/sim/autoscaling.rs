@@ -7,10 +7,12 @@
 //! `Version=2011-01-01`, a SigV4 `Authorization` header required, XML answers and
 //! `ErrorResponse`s; groups, hooks with `HeartbeatTimeout`, `GlobalTimeout` and `DefaultResult`;
 //! per-instance wait states, a heartbeat extending the timeout by the heartbeat timeout, the
-//! default result applied on timeout, `ValidationError` outside a wait state. Faults can be
-//! injected (`Throttling`, 5xx, `AccessDenied`), and every call is logged with its time. The
-//! Describe calls `agent-guard doctor` reads answer in the API reference's shape, groups with
-//! their instance lifecycle policy (`RetentionTriggers.TerminateHookAbandon`) included.
+//! default result applied on timeout, `ValidationError` outside a wait state; `SetInstanceHealth`
+//! Unhealthy replacing an InService instance through its termination hook (a listener hears
+//! the new target state, for the IMDS fake). Faults can be injected (`Throttling`, 5xx,
+//! `AccessDenied`), and every call is logged with its time. The Describe calls `agent-guard
+//! doctor` reads answer in the API reference's shape, groups with their instance lifecycle
+//! policy (`RetentionTriggers.TerminateHookAbandon`) included.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -131,6 +133,23 @@ struct State {
     next_token: u64,
     /// Health set with `SetInstanceHealth`, by instance: `Healthy` or `Unhealthy`.
     health: BTreeMap<String, String>,
+    /// Instances set Unhealthy (`SetInstanceHealth`).
+    unhealthy: BTreeSet<String>,
+    /// Hears each target lifecycle state the group itself sets (a replacement).
+    target_listener: TargetListener,
+}
+
+/// A listener's callback: `(instance, target lifecycle state)`.
+type OnTarget = Box<dyn Fn(&str, &str) + Send>;
+
+/// What hears the target lifecycle states the fake sets by itself.
+#[derive(Default)]
+struct TargetListener(Option<OnTarget>);
+
+impl std::fmt::Debug for TargetListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "listener" } else { "none" })
+    }
 }
 
 /// A running fake Auto Scaling API. Dropping it stops the server.
@@ -221,37 +240,19 @@ impl AutoScalingSim {
         done_state: &str,
     ) {
         let mut s = lock(&self.state);
-        s.next_token += 1;
-        let token = format!("c0ffee00-0000-4000-8000-{:012x}", s.next_token);
-        let Some(g) = s.groups.get_mut(group) else {
-            return;
-        };
-        let hook = g
-            .hooks
-            .values()
-            .find(|h| h.transition == transition)
-            .cloned();
-        let now = Instant::now();
-        let instance = g.instances.entry(id.to_string()).or_insert(Instance {
-            state: "Pending".to_string(),
-            protected: false,
-            action: None,
-        });
-        match hook {
-            Some(hook) => {
-                instance.state = wait_state.to_string();
-                instance.action = Some(Pending {
-                    hook: hook.name.clone(),
-                    token,
-                    deadline: now + hook.heartbeat_timeout,
-                    global_deadline: now + hook.global_timeout,
-                });
-            }
-            None => {
-                instance.state = done_state.to_string();
-                instance.action = None;
-            }
-        }
+        start_transition(&mut s, group, id, transition, wait_state, done_state);
+    }
+
+    /// Calls `listener(instance, state)` with each target lifecycle state the group sets by
+    /// itself (today: `Terminated` when it replaces an Unhealthy instance), as IMDS would show
+    /// it. It runs on the fake's thread and must not call back into this fake.
+    pub fn on_target_state(&self, listener: impl Fn(&str, &str) + Send + 'static) {
+        lock(&self.state).target_listener = TargetListener(Some(Box::new(listener)));
+    }
+
+    /// Whether the instance was set Unhealthy.
+    pub fn unhealthy(&self, id: &str) -> bool {
+        lock(&self.state).unhealthy.contains(id)
     }
 
     /// A scale-out launch: `Pending:Wait` with a launch hook, else `InService`.
@@ -334,6 +335,48 @@ impl AutoScalingSim {
         let mut s = lock(&self.state);
         expire(&mut s, Instant::now());
         s.completions.clone()
+    }
+}
+
+/// [`AutoScalingSim::transition`] on the locked state.
+fn start_transition(
+    s: &mut State,
+    group: &str,
+    id: &str,
+    transition: &str,
+    wait_state: &str,
+    done_state: &str,
+) {
+    s.next_token += 1;
+    let token = format!("c0ffee00-0000-4000-8000-{:012x}", s.next_token);
+    let Some(g) = s.groups.get_mut(group) else {
+        return;
+    };
+    let hook = g
+        .hooks
+        .values()
+        .find(|h| h.transition == transition)
+        .cloned();
+    let now = Instant::now();
+    let instance = g.instances.entry(id.to_string()).or_insert(Instance {
+        state: "Pending".to_string(),
+        protected: false,
+        action: None,
+    });
+    match hook {
+        Some(hook) => {
+            instance.state = wait_state.to_string();
+            instance.action = Some(Pending {
+                hook: hook.name.clone(),
+                token,
+                deadline: now + hook.heartbeat_timeout,
+                global_deadline: now + hook.global_timeout,
+            });
+        }
+        None => {
+            instance.state = done_state.to_string();
+            instance.action = None;
+        }
     }
 }
 
@@ -556,7 +599,7 @@ fn answer(
         "DescribeAutoScalingGroups" => describe_groups(s, action, params),
         "DescribeLifecycleHooks" => describe_hooks(s, action, params),
         "SetInstanceProtection" => set_protection(s, action, params),
-        "SetInstanceHealth" => set_health(s, action, params),
+        "SetInstanceHealth" => set_instance_health(s, action, params),
         other => error(
             StatusCode::BAD_REQUEST,
             "Sender",
@@ -688,10 +731,11 @@ fn describe_instances(s: &State, action: &str, params: &BTreeMap<String, String>
                 continue;
             }
             members.push_str(&format!(
-                    "<member><InstanceId>{}</InstanceId><InstanceType>m5.large</InstanceType><AutoScalingGroupName>{}</AutoScalingGroupName><AvailabilityZone>us-east-1a</AvailabilityZone><LifecycleState>{}</LifecycleState><HealthStatus>HEALTHY</HealthStatus><ProtectedFromScaleIn>{}</ProtectedFromScaleIn></member>",
+                    "<member><InstanceId>{}</InstanceId><InstanceType>m5.large</InstanceType><AutoScalingGroupName>{}</AutoScalingGroupName><AvailabilityZone>us-east-1a</AvailabilityZone><LifecycleState>{}</LifecycleState><HealthStatus>{}</HealthStatus><ProtectedFromScaleIn>{}</ProtectedFromScaleIn></member>",
                     escape(id),
                     escape(group_name),
                     escape(&i.state),
+                    if s.unhealthy.contains(id) { "UNHEALTHY" } else { "HEALTHY" },
                     i.protected
                 ));
         }
@@ -807,23 +851,57 @@ fn set_protection(s: &mut State, action: &str, params: &BTreeMap<String, String>
     success(action, "")
 }
 
-/// `SetInstanceHealth`: `HealthStatus` is `Healthy` or `Unhealthy`; `ShouldRespectGracePeriod`,
-/// if given, `true` or `false`; the instance must be in a group.
-fn set_health(s: &mut State, action: &str, params: &BTreeMap<String, String>) -> Reply {
+/// `SetInstanceHealth`. An Unhealthy instance that is InService is replaced as the group would:
+/// terminated through its termination hook (`Terminating:Wait`), like a scale-in, and the
+/// target lifecycle state `Terminated` goes to the listener. The groups here have no health
+/// check grace period, so `ShouldRespectGracePeriod` changes nothing.
+fn set_instance_health(s: &mut State, action: &str, params: &BTreeMap<String, String>) -> Reply {
     let get = |k: &str| params.get(k).map(String::as_str).unwrap_or_default();
-    let status = get("HealthStatus");
-    if status != "Healthy" && status != "Unhealthy" {
-        return validation("HealthStatus must be Healthy or Unhealthy");
+    let (id, status) = (get("InstanceId"), get("HealthStatus"));
+    for (value, member) in [(id, "instanceId"), (status, "healthStatus")] {
+        if value.is_empty() {
+            return validation(&format!(
+                "1 validation error detected: Value null at '{member}' failed to satisfy constraint: Member must not be null"
+            ));
+        }
     }
-    if !matches!(get("ShouldRespectGracePeriod"), "" | "true" | "false") {
+    if id.len() > 19 {
+        return validation(&format!(
+            "1 validation error detected: Value '{id}' at 'instanceId' failed to satisfy constraint: Member must have length less than or equal to 19"
+        ));
+    }
+    let unhealthy = match status {
+        "Healthy" => false,
+        "Unhealthy" => true,
+        _ => return validation("Valid values for HealthStatus are Healthy or Unhealthy"),
+    };
+    if !matches!(
+        params.get("ShouldRespectGracePeriod").map(String::as_str),
+        None | Some("true" | "false")
+    ) {
         return validation("ShouldRespectGracePeriod must be true or false");
     }
-    let id = get("InstanceId");
-    if !s.groups.values().any(|g| g.instances.contains_key(id)) {
+    let found = s
+        .groups
+        .iter()
+        .find_map(|(name, g)| g.instances.get(id).map(|i| (name.clone(), i.state.clone())));
+    let Some((group, state)) = found else {
         return validation(&format!(
             "Instance Id not found - No managed instance found for instance ID: {id}"
         ));
+    };
+    if !unhealthy {
+        s.unhealthy.remove(id);
+        s.health.insert(id.to_string(), status.to_string());
+        return success(action, "");
     }
+    s.unhealthy.insert(id.to_string());
     s.health.insert(id.to_string(), status.to_string());
+    if state == "InService" {
+        start_transition(s, &group, id, TERMINATING, "Terminating:Wait", "Terminated");
+        if let Some(listener) = &s.target_listener.0 {
+            listener(id, "Terminated");
+        }
+    }
     success(action, "")
 }

@@ -4,15 +4,15 @@
 //! a token from `PUT /latest/api/token` with a TTL of 1–21600 s (else 400), the TTL echoed in the
 //! response header, 403 for a token PUT carrying `X-Forwarded-For` or to a versioned path, 401
 //! for a missing, unknown or expired token, 404 for absent items, `text/plain` everywhere. At run
-//! time it can change the lifecycle state, post spot and rebalance notices, and misbehave on
-//! purpose: black-holed token PUTs (the hop-limit symptom), 503 bursts, garbage, slow answers,
+//! time it can change the lifecycle state, post spot and rebalance notices and scheduled events
+//! (`[]` when there are none, as on EC2), and misbehave on purpose: black-holed token PUTs (the hop-limit symptom), 503 bursts, garbage, slow answers,
 //! dropped connections, tokens rejected as if IMDS had restarted.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -27,6 +27,60 @@ use super::SimServer;
 pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 /// The TTL header on token requests and responses.
 pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+
+/// IMDS's IPv6 address, `fd00:ec2::254`. A fake can listen on it only where a test gave it to
+/// a private network namespace's loopback.
+pub const IPV6_ADDR: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254));
+
+/// A scheduled event to list in `events/maintenance/scheduled`.
+#[derive(Debug, Clone)]
+pub struct ScheduledEvent {
+    /// `instance-reboot`, `system-reboot`, `system-maintenance`, `instance-retirement`,
+    /// `instance-stop`.
+    pub code: String,
+    /// `active`, `canceled` or `completed`.
+    pub state: String,
+    pub event_id: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl ScheduledEvent {
+    /// An active event of `code` that may begin at `not_before` and lasts up to two hours.
+    pub fn active(code: &str, event_id: &str, not_before: SystemTime) -> ScheduledEvent {
+        ScheduledEvent {
+            code: code.to_string(),
+            state: "active".to_string(),
+            event_id: event_id.to_string(),
+            not_before,
+            not_after: not_before + Duration::from_secs(7200),
+        }
+    }
+
+    /// The same event in another state (`canceled`, `completed`).
+    pub fn with_state(mut self, state: &str) -> ScheduledEvent {
+        self.state = state.to_string();
+        self
+    }
+
+    /// As EC2 writes it: times like `21 Jan 2019 09:00:43 GMT`.
+    fn json(&self) -> serde_json::Value {
+        use crate::aws::scheduled::format_event_time;
+        let description = match self.state.as_str() {
+            "canceled" => format!("[Canceled] The instance is scheduled for {}", self.code),
+            "completed" => format!("[Completed] The instance is scheduled for {}", self.code),
+            _ => format!("The instance is scheduled for {}", self.code),
+        };
+        serde_json::json!({
+            "NotBefore": format_event_time(self.not_before),
+            "Code": self.code,
+            "Description": description,
+            "EventId": self.event_id,
+            "NotAfter": format_event_time(self.not_after),
+            "State": self.state,
+        })
+    }
+}
 
 /// One request as the fake saw it.
 #[derive(Debug, Clone)]
@@ -65,6 +119,8 @@ struct State {
     lifecycle_state: Option<String>,
     spot_action: Option<String>,
     rebalance: Option<String>,
+    /// The body of `events/maintenance/scheduled` (`None`: 404).
+    scheduled: Option<String>,
     tags_enabled: bool,
     tags: HashMap<String, String>,
     /// `instance-life-cycle`: `on-demand`, `spot`, `scheduled` or `capacity-block`.
@@ -95,6 +151,7 @@ impl ImdsSim {
             lifecycle_state: Some("InService".to_string()),
             spot_action: None,
             rebalance: None,
+            scheduled: Some("[]".to_string()),
             tags_enabled: false,
             tags: HashMap::new(),
             life_cycle: "on-demand".to_string(),
@@ -117,6 +174,12 @@ impl ImdsSim {
             }
         })?;
         Ok(ImdsSim { server, state })
+    }
+
+    /// Starts a fake on IMDS's own IPv6 endpoint, `[fd00:ec2::254]:80`, which must be an
+    /// address of this host (a test's private network namespace).
+    pub fn start_on_ipv6_endpoint() -> io::Result<ImdsSim> {
+        Self::start_on(SocketAddr::new(IPV6_ADDR, 80))
     }
 
     /// The base URL to give `--imds-endpoint`.
@@ -153,6 +216,24 @@ impl ImdsSim {
     /// Sets the body of `events/recommendations/rebalance` (`None`: 404).
     pub fn set_rebalance(&self, body: Option<String>) {
         self.lock().rebalance = body;
+    }
+
+    /// Lists these scheduled events, as EC2 does (an empty list is `[]`).
+    pub fn set_scheduled_events(&self, events: &[ScheduledEvent]) {
+        let list: Vec<serde_json::Value> = events.iter().map(ScheduledEvent::json).collect();
+        self.set_scheduled_body(Some(serde_json::Value::Array(list).to_string()));
+    }
+
+    /// Sets the raw body of `events/maintenance/scheduled` (`None`: 404), garbage included.
+    pub fn set_scheduled_body(&self, body: Option<String>) {
+        self.lock().scheduled = body;
+    }
+
+    /// A handle that sets `autoscaling/target-lifecycle-state` from elsewhere (another
+    /// simulator's thread: the Auto Scaling fake, when it starts terminating the instance).
+    pub fn lifecycle_setter(&self) -> impl Fn(Option<&str>) + Send + Sync + 'static {
+        let state = self.state.clone();
+        move |value| lock(&state).lifecycle_state = value.map(str::to_string)
     }
 
     /// Enables or disables instance tags in metadata, and sets one.
@@ -332,6 +413,7 @@ fn route(
         "events/recommendations/rebalance" => s.rebalance.clone(),
         "instance-life-cycle" => Some(s.life_cycle.clone()),
         "tags/instance" | "tags/instance/" => Some(tag_keys(&s)),
+        "events/maintenance/scheduled" => s.scheduled.clone(),
         _ => item
             .strip_prefix("tags/instance/")
             .filter(|_| s.tags_enabled)
@@ -493,6 +575,24 @@ mod tests {
             404,
             "tags are off by default"
         );
+        assert_eq!(
+            get("events/maintenance/scheduled").2,
+            "[]",
+            "none, as on EC2"
+        );
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_548_061_243);
+        sim.set_scheduled_events(&[ScheduledEvent::active(
+            "system-reboot",
+            "instance-event-0d59937288b749b32",
+            at,
+        )]);
+        let listed: serde_json::Value =
+            serde_json::from_str(&get("events/maintenance/scheduled").2).expect("JSON");
+        assert_eq!(listed[0]["NotBefore"], "21 Jan 2019 09:00:43 GMT");
+        assert_eq!(listed[0]["NotAfter"], "21 Jan 2019 11:00:43 GMT");
+        assert_eq!(listed[0]["State"], "active");
+        assert_eq!(listed[0]["Code"], "system-reboot");
+        assert_eq!(listed[0]["EventId"], "instance-event-0d59937288b749b32");
         sim.set_tag("aws:autoscaling:groupName", Some("workers"));
         assert_eq!(get("tags/instance/aws:autoscaling:groupName").2, "workers");
         sim.set_faults(Faults {

@@ -30,7 +30,10 @@ impl SimServer {
         F: Fn(TcpStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        if !addr.ip().is_loopback() {
+        // IMDS's IPv6 address is let through: binding it only works where a test gave it to a
+        // private network namespace's loopback (on EC2 it belongs to the Nitro card, not to the
+        // instance, so the bind fails there).
+        if !addr.ip().is_loopback() && addr.ip() != imds::IPV6_ADDR {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("the {name} simulator serves loopback only, not {addr}"),

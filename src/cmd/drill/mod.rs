@@ -1,5 +1,5 @@
-//! `agent-guard drill`: rehearses a scale-in, a spot interruption, a rebalance recommendation or
-//! a plain SIGTERM against the user's own agent, on a laptop or in CI, with no AWS account, no
+//! `agent-guard drill`: rehearses a scale-in, a spot interruption, a rebalance recommendation, an
+//! EC2 scheduled event or a plain SIGTERM against the user's own agent, on a laptop or in CI, with no AWS account, no
 //! network and no root.
 //!
 //! The drill starts the simulated IMDS and Auto Scaling API on loopback and runs this very binary
@@ -18,12 +18,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use crate::cli::{DrillArgs, DrillEvent};
-use crate::config::{self, Config, ConfigError, Invocation, OnRebalance, Source};
+use crate::config::{self, Config, ConfigError, Invocation, OnMaintenance, OnRebalance, Source};
 use crate::fmt::format_duration;
 use crate::journal::Record;
 use crate::machine::state::{PhaseName, ReadyOn};
 use crate::sim::autoscaling::{AutoScalingSim, Hook, LAUNCHING, TERMINATING};
-use crate::sim::imds::ImdsSim;
+use crate::sim::imds::{ImdsSim, ScheduledEvent};
 
 use report::{Context, Report};
 use verdict::{HookCall, Observation, Scenario};
@@ -39,6 +39,8 @@ const INSTANCE: &str = "i-0123456789abcdef0";
 const DEFAULT_HOOK: &str = "drill-hook";
 /// How often the drilled guard polls the simulated IMDS, unless `--imds-poll` says otherwise.
 const DRILL_POLL: Duration = Duration::from_millis(250);
+/// How long after it is posted a scheduled event's drain is due (NotBefore minus the margin).
+const MAINTENANCE_LEAD: Duration = Duration::from_secs(2);
 /// The longest the drill waits for the agent to become ready.
 const READY_WITHIN: Duration = Duration::from_secs(60);
 /// Options the drill sets itself: the user's are replaced.
@@ -194,9 +196,13 @@ impl Drill {
         }
     }
 
-    /// A report-only rebalance: the agent must keep running.
+    /// A report-only rebalance or scheduled event: the agent must keep running.
     fn report_only(&self) -> bool {
-        self.args.event == DrillEvent::Rebalance && self.config.on_rebalance == OnRebalance::Ignore
+        match self.args.event {
+            DrillEvent::Rebalance => self.config.on_rebalance == OnRebalance::Ignore,
+            DrillEvent::Maintenance => self.config.on_maintenance == OnMaintenance::Report,
+            _ => false,
+        }
     }
 
     fn world(&self) -> Result<World, DrillError> {
@@ -215,6 +221,9 @@ impl Drill {
             );
             asg.launch(GROUP, INSTANCE);
         }
+        // As on AWS: when the group starts replacing the instance, IMDS says Terminated.
+        let set_state = imds.lifecycle_setter();
+        asg.on_target_state(move |_, state| set_state(Some(state)));
         Ok(World { imds, asg })
     }
 
@@ -285,6 +294,7 @@ impl Drill {
             stop_signal: self.config.stop_signal,
             report_only: self.report_only(),
             spot_margin: self.config.spot_margin,
+            on_maintenance: self.config.on_maintenance,
         };
         let verdict = verdict::verdict(&scenario, &observed);
         Ok(Report::new(self.context(), verdict, &observed, start))
@@ -380,6 +390,23 @@ impl Drill {
                     .set_rebalance(Some(format!("{{\"noticeTime\": \"{time}\"}}")));
             }
             DrillEvent::Sigterm => watch::signal(guard, libc::SIGTERM),
+            DrillEvent::Maintenance => {
+                // Due soon rather than days ahead, as a rehearsal must be.
+                let margin = self.config.maintenance_margin;
+                let not_before = whole_seconds_after(notice_at + margin + MAINTENANCE_LEAD);
+                let event = ScheduledEvent::active(
+                    "system-reboot",
+                    "instance-event-0d1111d1111d",
+                    not_before,
+                );
+                world.imds.set_scheduled_events(&[event]);
+                let drain_from = not_before.checked_sub(margin).unwrap_or(notice_at);
+                let window = Observation::MaintenanceWindow {
+                    drain_from,
+                    not_before,
+                };
+                observations.push(notice_at, window);
+            }
         }
     }
 
@@ -392,6 +419,17 @@ impl Drill {
             DrillEvent::ScaleIn | DrillEvent::Spot => {
                 "the agent stopped cleanly before the deadline and the hook was completed with CONTINUE: no work lost"
             }
+            DrillEvent::Maintenance => match self.config.on_maintenance {
+                OnMaintenance::Replace => {
+                    "the instance was marked Unhealthy, the agent stopped cleanly on the scale-in that followed, and the hook was completed with CONTINUE: no work lost"
+                }
+                OnMaintenance::Drain => {
+                    "the agent drained at NotBefore minus --maintenance-margin and stopped cleanly before NotBefore: no work lost"
+                }
+                OnMaintenance::Report => {
+                    "the scheduled event was reported and the agent kept running (--on-maintenance report)"
+                }
+            },
             _ => "the agent stopped cleanly within its timeouts: no work lost",
         };
         Context {
@@ -429,8 +467,21 @@ impl Drill {
             DrillEvent::Sigterm => {
                 "SIGTERM to the guard, as systemd, ECS or Kubernetes would send".to_string()
             }
+            DrillEvent::Maintenance => format!(
+                "IMDS events/maintenance/scheduled: system-reboot, NotBefore in {} (--on-maintenance {}, --maintenance-margin {})",
+                format_duration(self.config.maintenance_margin + MAINTENANCE_LEAD),
+                self.config.on_maintenance.as_str(),
+                format_duration(self.config.maintenance_margin)
+            ),
         }
     }
+}
+
+/// `t` rounded up to a whole second, as EC2 writes event times.
+fn whole_seconds_after(t: SystemTime) -> SystemTime {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() + u64::from(since.subsec_nanos() > 0);
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 /// Waits for the guard's control socket; the guard exiting first is its own failure to start.

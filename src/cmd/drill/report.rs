@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use serde_json::json;
 
 use crate::cli::DrillEvent;
-use crate::journal::{NoticeKind, Record};
+use crate::journal::{MaintenanceStep, NoticeKind, Record};
 use crate::machine::state::PhaseName;
 
 use super::verdict::{HookCall, Observation, Timed, Verdict};
@@ -254,6 +254,14 @@ fn notice_seen(event: DrillEvent, observed: &[Timed]) -> Option<(SystemTime, Str
             (Observation::Guard(Record::StopSignalReceived { signal }), DrillEvent::Sigterm) => {
                 format!("received {signal}")
             }
+            (
+                Observation::Guard(Record::NoticeSeen {
+                    kind: NoticeKind::ScheduledEvent,
+                    value,
+                    ..
+                }),
+                DrillEvent::Maintenance,
+            ) => format!("scheduled event {value}"),
             _ => return None,
         };
         Some((o.at, detail))
@@ -340,6 +348,25 @@ fn entry_for(what: &Observation) -> Option<(&'static str, String)> {
                 call.result.clone().unwrap_or_default(),
                 outcome(call)
             ),
+        ),
+        Observation::HookCall(call) if call.action == "SetInstanceHealth" => {
+            ("instance health", format!("Unhealthy: {}", outcome(call)))
+        }
+        Observation::Guard(Record::ScheduledEvent { step, drain_at, .. }) => (
+            "scheduled event",
+            match (step, drain_at) {
+                (MaintenanceStep::MarkedUnhealthy, _) => {
+                    "marked Unhealthy: the group replaces the instance".to_string()
+                }
+                (MaintenanceStep::FellBack, Some(at)) => {
+                    format!("could not replace the instance: drains at {at}")
+                }
+                (MaintenanceStep::FellBack, None) => "could not replace the instance".to_string(),
+                (MaintenanceStep::Draining, _) => {
+                    "NotBefore minus --maintenance-margin: draining".to_string()
+                }
+                (MaintenanceStep::DrainCanceled, _) => "the drain was called off".to_string(),
+            },
         ),
         Observation::GuardExit(status) => (
             "guard exit",

@@ -7,6 +7,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use crate::cli::DrillEvent;
+use crate::config::OnMaintenance;
 use crate::fmt::format_duration;
 use crate::journal::Record;
 use crate::machine::state::PhaseName;
@@ -39,6 +40,12 @@ pub enum Observation {
     SpotDeadline(SystemTime),
     /// A call the simulated Auto Scaling API answered.
     HookCall(HookCall),
+    /// A scheduled event was posted: with `--on-maintenance drain` the drain may begin at
+    /// `drain_from` (NotBefore minus the margin), and the agent must be gone by `not_before`.
+    MaintenanceWindow {
+        drain_from: SystemTime,
+        not_before: SystemTime,
+    },
     /// The guard's exit status; `None` when the drill had to kill it.
     GuardExit(Option<u8>),
 }
@@ -63,6 +70,7 @@ pub struct Scenario {
     /// A rebalance recommendation with `--on-rebalance ignore`: the agent must keep running.
     pub report_only: bool,
     pub spot_margin: Duration,
+    pub on_maintenance: OnMaintenance,
 }
 
 /// Why a rehearsal failed. Each renders as one plain sentence.
@@ -92,6 +100,13 @@ pub enum FailReason {
         result: String,
     },
     HookNotCompleted,
+    NotReplaced,
+    DrainedEarly {
+        by: Duration,
+    },
+    PastNotBefore {
+        by: Duration,
+    },
 }
 
 impl fmt::Display for FailReason {
@@ -137,6 +152,19 @@ impl fmt::Display for FailReason {
                 "the lifecycle hook was completed with {result}, not CONTINUE"
             ),
             FailReason::HookNotCompleted => f.write_str("the lifecycle hook was not completed"),
+            FailReason::NotReplaced => f.write_str(
+                "the instance was not marked Unhealthy (SetInstanceHealth), so its group would not replace it",
+            ),
+            FailReason::DrainedEarly { by } => write!(
+                f,
+                "the drain began {} before NotBefore minus --maintenance-margin",
+                format_duration(*by)
+            ),
+            FailReason::PastNotBefore { by } => write!(
+                f,
+                "the agent was still running {} past the scheduled event's NotBefore",
+                format_duration(*by)
+            ),
         }
     }
 }
@@ -247,7 +275,10 @@ fn stop_reasons(scenario: &Scenario, observed: &[Timed], killed: bool) -> Vec<Fa
             reasons.push(FailReason::PastSpotDeadline { by: millis(by) });
         }
     }
-    if matches!(scenario.event, DrillEvent::ScaleIn | DrillEvent::Spot) {
+    reasons.extend(maintenance_reasons(scenario, observed, exited));
+    let replaces = scenario.event == DrillEvent::Maintenance
+        && scenario.on_maintenance == OnMaintenance::Replace;
+    if matches!(scenario.event, DrillEvent::ScaleIn | DrillEvent::Spot) || replaces {
         let completed = observed.iter().find_map(|o| match &o.what {
             Observation::HookCall(c)
                 if c.action == "CompleteLifecycleAction" && c.status == 200 =>
@@ -265,6 +296,55 @@ fn stop_reasons(scenario: &Scenario, observed: &[Timed], killed: bool) -> Vec<Fa
     reasons
 }
 
+/// For a scheduled event: replaced when asked to, drained neither early nor too late.
+fn maintenance_reasons(
+    scenario: &Scenario,
+    observed: &[Timed],
+    exited: Option<&Timed>,
+) -> Vec<FailReason> {
+    let mut reasons = Vec::new();
+    let window = observed.iter().find_map(|o| match o.what {
+        Observation::MaintenanceWindow {
+            drain_from,
+            not_before,
+        } => Some((drain_from, not_before)),
+        _ => None,
+    });
+    let Some((drain_from, not_before)) = window else {
+        return reasons;
+    };
+    if scenario.on_maintenance == OnMaintenance::Replace {
+        let marked = observed.iter().any(|o| {
+            matches!(&o.what, Observation::HookCall(c) if c.action == "SetInstanceHealth" && c.status == 200)
+        });
+        if !marked {
+            reasons.push(FailReason::NotReplaced);
+        }
+    }
+    let began = observed.iter().find(|o| {
+        matches!(
+            o.what,
+            Observation::Guard(Record::PhaseChanged {
+                phase: PhaseName::Draining | PhaseName::Stopping,
+                ..
+            })
+        )
+    });
+    if let Some(began) = began
+        && scenario.on_maintenance == OnMaintenance::Drain
+        && let Ok(by) = drain_from.duration_since(began.at)
+        && !by.is_zero()
+    {
+        reasons.push(FailReason::DrainedEarly { by: millis(by) });
+    }
+    if let Some(exited) = exited
+        && let Ok(by) = exited.at.duration_since(not_before)
+    {
+        reasons.push(FailReason::PastNotBefore { by: millis(by) });
+    }
+    reasons
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +357,7 @@ mod tests {
             stop_signal: Sig::TERM,
             report_only: false,
             spot_margin: 10 * S,
+            on_maintenance: OnMaintenance::Replace,
         }
     }
 
@@ -476,6 +557,96 @@ mod tests {
             let got = verdict(&scenario, &observed);
             assert_eq!(got.reasons, want, "{name}");
             assert_eq!(got.pass(), want.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn scheduled_event_reasons_table() {
+        let t0 = SystemTime::UNIX_EPOCH + 1_000_000 * S;
+        let with_mode = |on_maintenance| Scenario {
+            on_maintenance,
+            ..scenario(DrillEvent::Maintenance)
+        };
+        let (replace, drain) = (
+            with_mode(OnMaintenance::Replace),
+            with_mode(OnMaintenance::Drain),
+        );
+        let window = |from_ms, before_ms| {
+            at(
+                t0,
+                0,
+                Observation::MaintenanceWindow {
+                    drain_from: t0 + Duration::from_millis(from_ms),
+                    not_before: t0 + Duration::from_millis(before_ms),
+                },
+            )
+        };
+        let draining = at(
+            t0,
+            5,
+            Observation::Guard(Record::PhaseChanged {
+                phase: PhaseName::Draining,
+                reason: None,
+            }),
+        );
+        let marked = |status| {
+            Observation::HookCall(HookCall {
+                action: "SetInstanceHealth".to_string(),
+                hook: String::new(),
+                result: None,
+                status,
+                error: (status != 200).then(|| "AccessDenied".to_string()),
+            })
+        };
+        let plus = |extra: Vec<Timed>| {
+            let mut all = clean_scale_in(t0);
+            all.extend(extra);
+            all
+        };
+        let without_completion = |extra: Vec<Timed>| {
+            let mut all: Vec<Timed> = plus(extra)
+                .into_iter()
+                .filter(|o| !matches!(&o.what, Observation::HookCall(c) if c.action == "CompleteLifecycleAction"))
+                .collect();
+            all.sort_by_key(|o| o.at);
+            all
+        };
+        let cases: Vec<(&str, Scenario, Vec<Timed>, Vec<FailReason>)> = vec![
+            (
+                "replaced, then a clean scale-in",
+                replace,
+                plus(vec![window(600_000, 601_000), at(t0, 2, marked(200))]),
+                vec![],
+            ),
+            (
+                "a refused replacement",
+                replace,
+                without_completion(vec![window(600_000, 601_000), at(t0, 2, marked(403))]),
+                vec![FailReason::NotReplaced, FailReason::HookNotCompleted],
+            ),
+            (
+                "a drain at NotBefore minus the margin needs no hook",
+                drain,
+                without_completion(vec![window(5, 10_000), draining.clone()]),
+                vec![],
+            ),
+            (
+                "a drain before NotBefore minus the margin",
+                drain,
+                without_completion(vec![window(1005, 10_000), draining.clone()]),
+                vec![FailReason::DrainedEarly { by: S }],
+            ),
+            (
+                "an agent still running at NotBefore",
+                drain,
+                without_completion(vec![window(5, 15), draining]),
+                vec![FailReason::PastNotBefore {
+                    by: Duration::from_millis(5),
+                }],
+            ),
+        ];
+        for (name, scenario, observed, want) in cases {
+            assert_eq!(verdict(&scenario, &observed).reasons, want, "{name}");
         }
     }
 
