@@ -13,6 +13,10 @@
 #   ~280 KiB of .data.rel.ro: measured by bench/run.py, that is start-up time and anonymous memory.
 #   It gives up ASLR of the binary's own image (the stack, heap and mmaps stay randomised), as
 #   Debian's tini-static does.
+# - packaging/static-nss.c, linked in: host names come from /etc/hosts and DNS only. A static glibc
+#   would otherwise dlopen the host's NSS modules named in /etc/nsswitch.conf (resolve,
+#   myhostname, sss …), built for another glibc: on Debian 11 that aborts the process. Why, in
+#   that file; packaging/test-root.sh checks it.
 # Passed as RUSTFLAGS together with --target, so they reach the target's code and not the build
 # scripts or proc-macros, and override any RUSTFLAGS of the caller's.
 set -euo pipefail
@@ -20,6 +24,7 @@ cd "$(dirname "$0")/.."
 
 host=$(rustc -vV | sed -n 's/^host: //p')
 target=${1:-$host}
+cc=cc
 cannot() { echo "build-static.sh: cannot build $target here: $*" >&2; exit 3; }
 
 case $target in
@@ -43,8 +48,14 @@ if [[ $target != "$host" ]]; then
   export "CC_${target//-/_}=$cc" "AR_${target//-/_}=$arch-linux-gnu-ar"
 fi
 
+out=$(realpath -m "${CARGO_TARGET_DIR:-target}/$target")
+mkdir -p "$out"
+# Named by its content, so that a change to it changes RUSTFLAGS and cargo links again.
+nss_obj=$out/static-nss-$(sha256sum packaging/static-nss.c | cut -c1-12).o
+[[ -f $nss_obj ]] || "$cc" -O2 -fno-pie -c packaging/static-nss.c -o "$nss_obj"
+
 unset CARGO_ENCODED_RUSTFLAGS
-RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C link-arg=$nss_obj" \
   cargo build --release --locked --target "$target" --bin agent-guard >&2
 binary=${CARGO_TARGET_DIR:-target}/$target/release/agent-guard
 file -b "$binary" | grep -q 'statically linked' || {
