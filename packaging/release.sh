@@ -28,8 +28,10 @@ cargo generate-rpm --version >/dev/null 2>&1 ||
 pkgid=$(cargo pkgid --locked)
 version=${pkgid##*[#@]}
 [[ $version =~ ^[0-9]+\.[0-9]+\.[0-9]+ ]] || die "cannot read the version from Cargo.toml (cargo pkgid: $pkgid)"
-SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
-export SOURCE_DATE_EPOCH
+# For the packages' and the archive's timestamps only: the build itself must not see it, or every
+# commit would rebuild ring (its build script reruns when SOURCE_DATE_EPOCH changes) and all after.
+epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
+unset SOURCE_DATE_EPOCH
 targets=${RELEASE_TARGETS:-x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu}
 
 rm -rf dist
@@ -69,14 +71,15 @@ for target in $targets; do
   while IFS= read -r f; do
     install -D -m "$([[ -x $f ]] && echo 0755 || echo 0644)" "$f" "$stage/$name/$f"
   done < <(packaging_files)
-  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$SOURCE_DATE_EPOCH" \
+  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$epoch" \
     -C "$stage" -cf - "$name" | gzip -n -9 > "dist/$name.tar.gz"
 
   # The packages, from the same binary (already stripped by the release profile).
-  cargo deb --locked --no-build --no-strip --target "$target" --output dist/ >/dev/null
+  SOURCE_DATE_EPOCH=$epoch cargo deb --locked --no-build --no-strip --target "$target" --output dist/ >/dev/null
   # gzip, not the default zstd: Amazon Linux 2's rpm 4.11 cannot read zstd payloads. No automatic
   # requirements: the binary is static, and the packaged files need nothing (not even /bin/sh).
-  cargo generate-rpm --target "$target" --payload-compress gzip --auto-req disabled --output dist/ >/dev/null
+  SOURCE_DATE_EPOCH=$epoch cargo generate-rpm --target "$target" --payload-compress gzip --auto-req disabled \
+    --output dist/ >/dev/null
   built+=("$target")
 done
 

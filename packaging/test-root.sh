@@ -41,8 +41,9 @@ show() { sed 's/^/     /' "$@"; }
 /bin/busybox ip link set lo up
 
 # The root: busybox and its applets, the binary, /etc/hosts; nothing else.
+label="an empty root"
 if [[ -n $base ]]; then
-  root=$(realpath "$base")
+  root=$(realpath "$base") label="the root $base"
 else
   root=$work/root
   mkdir -p "$root/bin"
@@ -69,16 +70,16 @@ expect_status() {  # what, expected status, guard options and agent...
   if [[ $got == "$want" ]]; then ok "$what"; else bad "$what: exit $got, not $want"; show "$work/out" "$work/guard.log"; fi
 }
 
-expect_status "PID 1 in an empty root: the agent's exit code is passed on (3)" 3 \
+expect_status "PID 1 in $label: the agent's exit code is passed on (3)" 3 \
   --imds off -- /bin/sh -c '[ "$PPID" = 1 ] || { echo "the guard is not PID 1: $PPID"; exit 9; }; exit 3'
-expect_status "PID 1 in an empty root: an agent killed by SIGTERM gives 143" 143 \
+expect_status "PID 1 in $label: an agent killed by SIGTERM gives 143" 143 \
   --imds off -- /bin/sh -c 'kill -TERM $$; sleep 5'
-expect_status "PID 1 in an empty root: a command that is not there gives 127" 127 \
+expect_status "PID 1 in $label: a command that is not there gives 127" 127 \
   --imds off -- /no/such/agent
 
 # An orphan: the subshell exits at once, so its `sleep` is handed to PID 1; once it exits it must
 # not stay a zombie while the agent still runs.
-expect_status "PID 1 in an empty root: an orphan is reaped while the agent runs" 0 \
+expect_status "PID 1 in $label: an orphan is reaped while the agent runs" 0 \
   --imds off --log-level debug -- /bin/sh -c '(sleep 0.2 &); sleep 1.5
     z=$(grep -l "^State:[[:space:]]*Z" /proc/[0-9]*/status 2>/dev/null)
     [ -z "$z" ] || { echo "zombies left: $z"; exit 1; }'
@@ -94,7 +95,7 @@ web_port=$(( 20000 + RANDOM % 20000 ))
 /bin/busybox httpd -f -p "127.0.0.1:$web_port" -h "$work/www" &
 pids+=($!)
 printf '127.0.0.1 web.sim.test\n' >> "$root/etc/hosts"
-expect_status "PID 1 in an empty root: an HTTP check of web.sim.test (/etc/hosts) passes" 0 \
+expect_status "PID 1 in $label: an HTTP check of web.sim.test (/etc/hosts) passes" 0 \
   --imds off --child-health "http://web.sim.test:$web_port/" --check-interval 200ms --ready-on health \
   --ready-timeout 5s -- /bin/sh -c 'sleep 1'
 if grep -q 'check passes check=child-health' "$work/guard.log" && grep -q 'agent is ready' "$work/guard.log"; then
