@@ -49,7 +49,11 @@ fn main() {
             "wait" => {
                 let give_up = Instant::now() + Duration::from_secs(30);
                 let done = loop {
-                    let done = asg.completions().into_iter().skip(completions_before).find(|c| c.hook == HOOK);
+                    let done = asg
+                        .completions()
+                        .into_iter()
+                        .skip(completions_before)
+                        .find(|c| c.hook == HOOK);
                     if done.is_some() || Instant::now() >= give_up {
                         break done;
                     }
@@ -57,7 +61,11 @@ fn main() {
                 };
                 match done {
                     Some(done) => {
-                        let how = if done.by_call { "by-call" } else { "by-timeout" };
+                        let how = if done.by_call {
+                            "by-call"
+                        } else {
+                            "by-timeout"
+                        };
                         let _ = writeln!(out, "completed {} {} {how}", done.hook, done.result);
                     }
                     None => {
