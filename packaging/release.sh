@@ -8,13 +8,14 @@
 #   agent-guard-VERSION-1.ARCH.rpm          cargo-generate-rpm: the same files, gzip payload
 #   SHA256SUMS                              of all of the above: sha256sum -c SHA256SUMS
 # The version is Cargo.toml's. Needs cargo, cargo-deb, cargo-generate-rpm, tar, gzip, file and
-# sha256sum (.ci/run installs them). Timestamps come from the last commit, so the same commit
-# gives the same archive.
+# sha256sum (.ci/run installs them). The archive's order, owners, modes and times are fixed (the
+# times are the last commit's), so it changes only when what it holds does.
 #
 # usage: packaging/release.sh
 # environment: RELEASE_TARGETS (default: "x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu")
 set -euo pipefail
 cd "$(dirname "$0")/.."
+umask 022
 
 [[ $# -eq 0 ]] || { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 die() { echo "release.sh: $*" >&2; exit 1; }
