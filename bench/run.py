@@ -190,52 +190,50 @@ def wait_http(port):
     sys.exit(f"bench: nothing answers on 127.0.0.1:{port}")
 
 
-def readyz(guard):
-    """nginx's static 200 and the guard's /readyz, alternated, each `rounds` times."""
-    secs = 5 if QUICK else 10
-    rounds = 1 if QUICK else 3
-    ng_port, g_port = free_port(), free_port()
-    ng_dir = os.path.join(WORK, "nginx")
-    os.makedirs(ng_dir)
-    conf = os.path.join(WORK, "nginx.conf")
-    temps = " ".join(f"{t}_temp_path {ng_dir};" for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+def start_nginx(name, workers, port):
+    """nginx answering a static 200 on 127.0.0.1:port, with `workers` worker processes."""
+    d = os.path.join(WORK, name)
+    os.makedirs(d)
+    conf = os.path.join(WORK, f"{name}.conf")
+    temps = " ".join(f"{t}_temp_path {d};" for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     with open(conf, "w") as f:
         f.write(
-            f"worker_processes auto; pid {WORK}/nginx.pid; error_log {ng_dir}/error.log;\n"
+            f"worker_processes {workers}; pid {d}/nginx.pid; error_log {d}/error.log;\n"
             "events { worker_connections 1024; }\n"
             f"http {{ access_log off; {temps}\n"
-            f'  server {{ listen 127.0.0.1:{ng_port}; location / {{ return 200 "ok\\n"; }} }} }}\n'
+            f'  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }} }}\n'
         )
-    nginx = subprocess.Popen(["nginx", "-c", conf, "-g", "daemon off;"], stderr=subprocess.DEVNULL)
+    return subprocess.Popen(["nginx", "-c", conf, "-g", "daemon off;"], stderr=subprocess.DEVNULL)
+
+
+def readyz(guard):
+    """The guard's /readyz and nginx's static 200 (a worker per core, as nginx is usually run, and
+    one worker, as the guard has one thread), taking turns, each `rounds` times."""
+    secs = 5 if QUICK else 10
+    rounds = 1 if QUICK else 3
+    ports = {name: free_port() for name in ("nginx", "nginx-1", "agent-guard")}
+    procs = [start_nginx("nginx", "auto", ports["nginx"]), start_nginx("nginx-1", "1", ports["nginx-1"])]
     guard_proc = subprocess.Popen(
         [guard, "--imds", "off", "--socket", os.path.join(WORK, "h.sock"),
-         "--health-listen", f"127.0.0.1:{g_port}", "--", "sleep", "3600"],
+         "--health-listen", f"127.0.0.1:{ports['agent-guard']}", "--", "sleep", "3600"],
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_http(ng_port)
-        wait_http(g_port)
-        ng, g = [], []
+        for port in ports.values():
+            wait_http(port)
+        got = {name: [] for name in ports}
         for _ in range(rounds):
-            ng.append(wrk(f"http://127.0.0.1:{ng_port}/readyz", secs))
-            g.append(wrk(f"http://127.0.0.1:{g_port}/readyz", secs))
-        peak = memory_kib(guard_proc.pid)
-        with open(f"/proc/{guard_proc.pid}/status") as f:
-            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+            for name, port in ports.items():
+                got[name].append(wrk(f"http://127.0.0.1:{port}/readyz", secs))
     finally:
         guard_proc.send_signal(signal.SIGTERM)
-        nginx.send_signal(signal.SIGQUIT)
         guard_proc.wait()
-        nginx.wait()
-    mean = lambda xs, i: statistics.mean(x[i] for x in xs)  # noqa: E731
-    return {
-        "nginx": (mean(ng, 0), mean(ng, 1)),
-        "agent-guard": (mean(g, 0), mean(g, 1)),
-        "guard_hwm": hwm,
-        "guard_rss_after": peak["VmRSS"],
-        "secs": secs,
-        "rounds": rounds,
-    }
+        for proc in procs:
+            proc.send_signal(signal.SIGQUIT)
+            proc.wait()
+    out = {name: (statistics.mean(r for r, _ in xs), statistics.mean(p for _, p in xs)) for name, xs in got.items()}
+    out["secs"], out["rounds"] = secs, rounds
+    return out
 
 
 def machine():
@@ -280,13 +278,16 @@ def main():
         p50, p99 = lat[name]
         print(f"| {name} | {size_cell} | {start[name]:.2f} | {start[name] - bare:+.2f} | {start_cpu[name]:.2f} | {rss_cell} | {anon_cell} | {p50:.0f} | {p99:.0f} |")
     print()
-    ng_rps, ng_p99 = web["nginx"]
-    g_rps, g_p99 = web["agent-guard"]
-    print(f"/readyz: wrk -t2 -c64 -d{web['secs']}s, loopback, mean of {web['rounds']} alternated round(s); nginx `worker_processes auto`.\n")
-    print("| server | requests/s | p99 (ms) | vs nginx |")
+    ng_rps = web["nginx"][0]
+    g_rps = web["agent-guard"][0]
+    print(f"/readyz: wrk -t2 -c64 -d{web['secs']}s, loopback, mean of {web['rounds']} round(s), the servers taking turns.\n")
+    print("| server | requests/s | p99 (ms) | vs nginx (a worker per core) |")
     print("|---|---|---|---|")
-    print(f"| nginx, static 200 | {ng_rps:.0f} | {ng_p99:.2f} | 1.00× |")
-    print(f"| agent-guard /readyz | {g_rps:.0f} | {g_p99:.2f} | {g_rps / ng_rps:.2f}× |")
+    labels = {"nginx": "nginx, static 200, a worker per core", "nginx-1": "nginx, static 200, one worker",
+              "agent-guard": "agent-guard /readyz (one thread)"}
+    for name, label in labels.items():
+        rps, p99 = web[name]
+        print(f"| {label} | {rps:.0f} | {p99:.2f} | {rps / ng_rps:.2f}× |")
     print()
 
     g = rss["agent-guard"]
@@ -305,7 +306,8 @@ def main():
          f"{start['agent-guard'] / start['dumb-init']:.2f}× dumb-init); CPU time {over_tini_cpu:+.2f} ms over tini"
          + (" (judged on CPU time: the machine was loaded)" if loaded else ""),
          "≤ 1.5 ms, aim 1 ms", (over_tini_cpu if loaded else over_tini) <= FLOORS["startup_over_tini"][0]),
-        (f"/readyz {ratio:.2f}× nginx's static 200", "≥ 0.9×, aim 1.0×", ratio >= FLOORS["readyz_vs_nginx"][0]),
+        (f"/readyz {ratio:.2f}× nginx's static 200 with a worker per core "
+         f"({g_rps / web['nginx-1'][0]:.2f}× with one worker)", "≥ 0.9×, aim 1.0×", ratio >= FLOORS["readyz_vs_nginx"][0]),
     ]
     print("| agent-guard | floor | within |")
     print("|---|---|---|")
