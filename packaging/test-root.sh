@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # The static binary as PID 1 in an empty root, as in a scratch container: a root holding only
 # busybox (from Debian's busybox-static) as the agent, /etc/hosts and the binary; no libc, no NSS
-# modules, no CA certificates. In a network namespace of its own (loopback only), each run is
-# `unshare --pid` + `chroot`, so the guard is PID 1 there. Checks that it passes exit statuses on,
-# reaps an orphan, and completes a termination lifecycle hook against the simulators
-# (examples/sim_world.rs) reached by host name: once through the root's /etc/hosts, once through
-# DNS (dnsmasq on 127.0.0.1:53, the name in DNS only). Prints `ok`/`FAIL` lines and a total.
+# modules. In a network namespace of its own (loopback only), each run is `unshare --pid` +
+# `chroot`, so the guard is PID 1 there. Checks that it passes exit statuses on, reaps an orphan,
+# passes an HTTP check by host name (with the CA bundle a scratch image must be given), and
+# completes a termination lifecycle hook against the simulators (examples/sim_world.rs) reached by
+# host name: once through the root's /etc/hosts with no nsswitch.conf, once through DNS (dnsmasq
+# on 127.0.0.1:53, the name in DNS only) with an nsswitch.conf naming an NSS module that kills
+# whoever loads it (a static glibc would load it; the binary must not: packaging/static-nss.c).
+# Prints `ok`/`FAIL` lines and a total.
 #
 # usage: packaging/test-root.sh BINARY SIM_WORLD [BASE]
 #   BINARY     the static agent-guard
 #   SIM_WORLD  the built example (cargo build --locked --example sim_world)
 #   BASE       start from this root filesystem instead of an empty one (a debootstrap of another
 #              distribution, say); it is changed in place: /usr/local/bin/agent-guard, /etc/hosts,
-#              /etc/resolv.conf, /etc/nsswitch.conf
+#              /etc/resolv.conf, /etc/nsswitch.conf, /etc/ssl/certs, lib/MULTIARCH/libnss_bogus.so.2
 # needs: root, unshare and mount (util-linux), chroot, busybox-static, dnsmasq (dnsmasq-base), cc
 set -uo pipefail
 
 if [[ -z ${AGENT_GUARD_TEST_NETNS:-} ]]; then
-  [[ $# -ge 2 ]] || { sed -n '10,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+  [[ $# -ge 2 ]] || { sed -n '13,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
   [[ $(id -u) == 0 ]] || { echo "test-root.sh: needs root (unshare, chroot, mount)" >&2; exit 2; }
   for tool in unshare chroot mount dnsmasq; do
     command -v "$tool" >/dev/null || { echo "test-root.sh: $tool is missing" >&2; exit 2; }
