@@ -2,12 +2,13 @@
 # Installs agent-guard for an AMI bake: the binary, the systemd unit template agent-guard@.service
 # and an example config. No network; running it twice changes nothing the second time.
 #
-# usage: packaging/install.sh [BINARY]      install BINARY (default target/release/agent-guard)
+# usage: packaging/install.sh [BINARY]      install BINARY (default: the agent-guard beside
+#                                           packaging/ in a release archive, else target/release/agent-guard)
 #        packaging/install.sh --uninstall   remove what it installed (your configs are kept)
 # environment: PREFIX (default /usr/local), DESTDIR (stage under this root, for packaging)
 set -euo pipefail
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 die() { echo "install.sh: $*" >&2; exit 1; }
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,6 +22,8 @@ example=$confdir/example.toml
 
 mode=install
 binary=target/release/agent-guard
+# In an unpacked release archive the binary sits beside packaging/.
+[[ -f $here/../agent-guard && ! -d $here/../src ]] && binary=$here/../agent-guard
 case "${1:-}" in
   --uninstall) mode=uninstall; [[ $# -eq 1 ]] || usage ;;
   -h|--help) usage ;;

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Tests of the packaging: install.sh (idempotent, --uninstall leaves nothing, clear errors), the
-# systemd unit (systemd-analyze verify), the example config (--check-config), the CloudFormation
-# template (cfn-lint), the other examples (syntax), and the .deb (builds, installs with dpkg -i as
-# root, and `agent-guard --version` runs from it; removed again afterwards).
-# usage: packaging/test.sh     (from anywhere; builds the release binary if needed)
+# Tests of the packaging: release.sh (dist/ as INTERFACE.md says: the archive with a static binary,
+# README, LICENSE and packaging/; the .deb; the .rpm; SHA256SUMS), that static binary as PID 1 in
+# an empty root (packaging/test-root.sh), install.sh (idempotent, --uninstall leaves nothing, clear
+# errors), the systemd unit (systemd-analyze verify), the example config (--check-config), the
+# CloudFormation template (cfn-lint), the other examples (syntax), the .deb (installs with dpkg -i
+# as root, and `agent-guard --version` runs from it; removed again afterwards) and the .rpm (lists
+# its files; installs into a scratch root).
+# usage: packaging/test.sh     (from anywhere; runs release.sh, which builds the static binary)
+# With CI=true a check that cannot run fails instead of being skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 passed=0 failed=0
@@ -12,12 +16,56 @@ trap 'rm -rf "$work"' EXIT
 ok() { echo "ok   $*"; passed=$((passed + 1)); }
 bad() { echo "FAIL $*"; failed=$((failed + 1)); }
 check() { local what=$1; shift; if "$@" >"$work/out" 2>&1; then ok "$what"; else bad "$what"; sed 's/^/     /' "$work/out"; fi; }
-skip() { echo "SKIPPED $*"; }
-
-binary=target/release/agent-guard
-# Always (a no-op when up to date): a stale binary would test yesterday's options.
-cargo build --release --locked --bin agent-guard >/dev/null 2>&1 || { echo "cannot build $binary"; exit 1; }
+skip() { if [[ ${CI:-} == true ]]; then bad "$* (CI skips nothing: .ci/run must install it)"; else echo "SKIPPED $*"; fi; }
 python=${AGENT_GUARD_TEST_PYTHON:-python3}
+
+# release.sh: builds dist/ (the static binary first). Everything below tests what it made.
+if packaging/release.sh >"$work/release.log" 2>&1; then
+  ok "release.sh builds dist/"
+  sed 's/^/     /' "$work/release.log" | grep -v '^ *Compiling\|^ *Finished\|^ *Downloaded\|^ *Downloading'
+else
+  bad "release.sh builds dist/"; sed 's/^/     /' "$work/release.log"
+  echo; echo "packaging: $passed passed, $failed failed"; exit 1
+fi
+version=$(cargo pkgid --locked); version=${version##*[#@]}
+arch=$(uname -m)
+name=agent-guard-$version-$arch-linux
+archive=dist/$name.tar.gz
+
+# The archive: one directory holding the binary, README.md, the licences and packaging/ as committed.
+expected() {
+  printf '%s\n' "$name/" "$name/agent-guard" "$name/README.md" "$name/LICENSE" "$name/LICENSE-MIT" "$name/LICENSE-APACHE"
+  git ls-files packaging | sed "s|^|$name/|"
+  git ls-files packaging | awk -F/ -v n="$name" '{p=n; for (i=1; i<NF; i++) {p=p"/"$i; print p"/"}}' | sort -u
+}
+check "the archive $archive holds the binary, README, licences and packaging/, in one directory" \
+  diff <(expected | sort -u) <(tar tzf "$archive" | sort)
+mkdir -p "$work/unpacked"
+tar xzf "$archive" -C "$work/unpacked"
+binary=$work/unpacked/$name/agent-guard
+check "the binary is statically linked (file)" sh -c "file -b '$binary' | tee -a /dev/stderr | grep -q 'statically linked'"
+check "the binary says the version of Cargo.toml ($version)" sh -c "'$binary' --version | grep -qx 'agent-guard $version'"
+check "the binary names no interpreter and no shared libraries" sh -c "! readelf -lW '$binary' | grep -q INTERP && ! readelf -dW '$binary' 2>/dev/null | grep -q NEEDED"
+check "sha256sum -c SHA256SUMS" sh -c "cd dist && sha256sum -c SHA256SUMS"
+check "SHA256SUMS covers the archive, the .deb and the .rpm" bash -c \
+  "cd dist && diff <(ls *.tar.gz *.deb *.rpm | sort) <(awk '{print \$2}' SHA256SUMS | sort)"
+check "install.sh in the unpacked archive installs the binary beside it" sh -c \
+  "DESTDIR='$work/from-archive' '$work/unpacked/$name/packaging/install.sh' && cmp '$binary' '$work/from-archive/usr/local/bin/agent-guard'"
+
+# The static binary as PID 1 in an empty root: exit statuses, an orphan, a lifecycle hook by name.
+if [[ $(id -u) == 0 ]]; then
+  if cargo build --locked --example sim_world >"$work/out" 2>&1; then
+    packaging/test-root.sh "$binary" target/debug/examples/sim_world >"$work/root.log" 2>&1
+    grep -E '^(ok|FAIL) |^     ' "$work/root.log"
+    passed=$((passed + $(grep -c '^ok ' "$work/root.log")))
+    failed=$((failed + $(grep -c '^FAIL ' "$work/root.log")))
+    grep -q '^root: [0-9]* passed' "$work/root.log" || bad "test-root.sh ran: $(tail -3 "$work/root.log")"
+  else
+    bad "cargo build --example sim_world"; sed 's/^/     /' "$work/out"
+  fi
+else
+  skip "the empty root (test-root.sh): needs root"
+fi
 
 # install.sh: twice gives the same tree; --uninstall leaves nothing.
 stage=$work/stage
@@ -77,25 +125,42 @@ else
   skip "cfn-lint: not installed (.ci/run installs it)"
 fi
 
-# The .deb: builds, installs, runs, is removed again.
-if command -v cargo-deb >/dev/null || cargo deb --version >/dev/null 2>&1; then
-  check "cargo deb builds the package" cargo deb --locked
-  deb=$(ls target/debian/agent-guard_*.deb 2>/dev/null | head -1)
-  check "the .deb holds the binary, the unit and the example" sh -c \
-    "dpkg-deb -c '$deb' | grep -q './usr/bin/agent-guard' && dpkg-deb -c '$deb' | grep -q './lib/systemd/system/agent-guard@.service' && dpkg-deb -c '$deb' | grep -q 'examples/queue-worker.toml'"
-  if [[ $(id -u) == 0 ]] && command -v dpkg >/dev/null; then
-    if dpkg -s agent-guard >/dev/null 2>&1; then
-      skip "dpkg -i: an agent-guard package is already installed here; not touching it"
-    else
-      check "dpkg -i installs the .deb" dpkg -i "$deb"
-      check "agent-guard --version runs from the package" sh -c '/usr/bin/agent-guard --version | grep -q "^agent-guard "'
-      check "dpkg -r removes it" dpkg -r agent-guard
-    fi
+# The .deb (release.sh's, with the static binary): its files, then installed, run and removed.
+deb=$(ls dist/agent-guard_*.deb 2>/dev/null | head -1)
+check "the .deb holds the binary, the unit, the examples and the licences" sh -c \
+  "dpkg-deb -c '$deb' > '$work/deb.list' && for f in ./usr/bin/agent-guard ./lib/systemd/system/agent-guard@.service examples/queue-worker.toml doc/agent-guard/LICENSE-MIT doc/agent-guard/LICENSE-APACHE; do grep -q \"\$f\" '$work/deb.list' || { echo \"missing \$f\"; exit 1; }; done"
+check "the .deb has no library dependencies (the binary is static)" sh -c "! dpkg-deb -f '$deb' Depends | grep -q libc6"
+if [[ $(id -u) == 0 ]] && command -v dpkg >/dev/null; then
+  if dpkg -s agent-guard >/dev/null 2>&1; then
+    skip "dpkg -i: an agent-guard package is already installed here; not touching it"
   else
-    skip "dpkg -i: needs root"
+    check "dpkg -i installs the .deb" dpkg -i "$deb"
+    check "agent-guard --version runs from the package" sh -c '/usr/bin/agent-guard --version | grep -q "^agent-guard "'
+    check "dpkg -r removes it" dpkg -r agent-guard
   fi
 else
-  skip "the .deb: cargo-deb is not installed (cargo install cargo-deb --locked)"
+  skip "dpkg -i: needs root"
+fi
+
+# The .rpm, with Debian's rpm tools: its files and metadata, then an install into a scratch root.
+rpm=$(ls dist/agent-guard-*.rpm 2>/dev/null | head -1)
+if command -v rpm >/dev/null; then
+  check "rpm -qpl lists the binary, the unit, the examples and the licences" sh -c \
+    "rpm -qpl '$rpm' > '$work/rpm.list' && cat '$work/rpm.list' && for f in /usr/bin/agent-guard /usr/lib/systemd/system/agent-guard@.service /usr/share/doc/agent-guard/examples/queue-worker.toml /usr/share/licenses/agent-guard/LICENSE-MIT; do grep -qx \"\$f\" '$work/rpm.list' || { echo \"missing \$f\"; exit 1; }; done"
+  check "the .rpm says version $version, arch $arch, licence MIT OR Apache-2.0" sh -c \
+    "rpm -qp --qf '%{VERSION} %{ARCH} %{LICENSE}\\n' '$rpm' | tee -a /dev/stderr | grep -qx '$version $arch MIT OR Apache-2.0'"
+  check "the .rpm's payload is gzip (Amazon Linux 2's rpm cannot read zstd)" sh -c \
+    "rpm -qp --qf '%{PAYLOADCOMPRESSOR}\\n' '$rpm' | grep -qx gzip"
+  check "the .rpm requires nothing but rpm's own features (the binary is static)" sh -c \
+    "rpm -qpR '$rpm' | tee -a /dev/stderr | grep -v '^rpmlib(' | grep -q . && exit 1 || exit 0"
+  rpmroot=$work/rpmroot
+  check "rpm -i installs the .rpm into a scratch --root" sh -c \
+    "rpm --root '$rpmroot' --initdb && rpm --root '$rpmroot' -i --nosignature '$rpm' && rpm --root '$rpmroot' -q agent-guard"
+  check "the installed binary runs" sh -c "'$rpmroot/usr/bin/agent-guard' --version | grep -qx 'agent-guard $version'"
+  check "rpm -e removes it from the scratch root" sh -c \
+    "rpm --root '$rpmroot' -e agent-guard && test ! -e '$rpmroot/usr/bin/agent-guard'"
+else
+  skip "the .rpm: rpm is not installed (apt-get install rpm)"
 fi
 
 echo

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Builds the statically linked release binary for one target and prints its path. release.sh and
+# bench/run.py use it, so the binary that is measured is the binary that ships.
+#
+# usage: packaging/build-static.sh [TARGET]     (default: this machine's, e.g. x86_64-unknown-linux-gnu)
+# exit status: 0 built; 3 TARGET cannot be built here (the reason on stderr); 1 the build failed
+#
+# The flags, and why:
+# - `+crt-static`: glibc linked in, so the binary runs on any Linux >= 3.2 whatever its libc
+#   (Amazon Linux 2's glibc 2.26, Alpine's musl, scratch and distroless images with none).
+# - `relocation-model=static`: a plain static executable rather than a static-pie. A static-pie
+#   applies ~18,000 relative relocations to itself at every start, writing (and so copying) the
+#   ~280 KiB of .data.rel.ro: measured by bench/run.py, that is start-up time and anonymous memory.
+#   It gives up ASLR of the binary's own image (the stack, heap and mmaps stay randomised), as
+#   Debian's tini-static does.
+# - packaging/static-nss.c, linked in: host names come from /etc/hosts and DNS only. A static glibc
+#   would otherwise dlopen the host's NSS modules named in /etc/nsswitch.conf (resolve,
+#   myhostname, sss …), built for another glibc: on Debian 11 that aborts the process. Why, in
+#   that file; packaging/test-root.sh checks it.
+# Passed as RUSTFLAGS together with --target, so they reach the target's code and not the build
+# scripts or proc-macros, and override any RUSTFLAGS of the caller's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+host=$(rustc -vV | sed -n 's/^host: //p')
+target=${1:-$host}
+cc=cc
+cannot() { echo "build-static.sh: cannot build $target here: $*" >&2; exit 3; }
+
+case $target in
+  *-linux-gnu) ;;
+  *) cannot "only the *-linux-gnu targets are set up (static glibc)" ;;
+esac
+sysroot=$(rustc --print sysroot)
+[[ -d $sysroot/lib/rustlib/$target/lib ]] ||
+  cannot "its standard library is not installed (rustup target add $target)"
+
+if [[ $target != "$host" ]]; then
+  # A cross build needs the target's C compiler (ring has C and assembly) and its static libc.
+  arch=${target%%-*}
+  cc=$arch-linux-gnu-gcc
+  command -v "$cc" >/dev/null ||
+    cannot "no $cc (apt-get install gcc-$arch-linux-gnu libc6-dev-${arch/aarch64/arm64}-cross)"
+  [[ $("$cc" -print-file-name=libc.a) == /* ]] ||
+    cannot "$cc has no static libc.a (apt-get install libc6-dev-${arch/aarch64/arm64}-cross)"
+  triple_var=$(tr 'a-z-' 'A-Z_' <<<"$target")
+  export "CARGO_TARGET_${triple_var}_LINKER=$cc"
+  export "CC_${target//-/_}=$cc" "AR_${target//-/_}=$arch-linux-gnu-ar"
+fi
+
+out=$(realpath -m "${CARGO_TARGET_DIR:-target}/$target")
+mkdir -p "$out"
+# Named by its content, so that a change to it changes RUSTFLAGS and cargo links again.
+nss_obj=$out/static-nss-$(sha256sum packaging/static-nss.c | cut -c1-12).o
+[[ -f $nss_obj ]] || "$cc" -O2 -fno-pie -c packaging/static-nss.c -o "$nss_obj"
+
+unset CARGO_ENCODED_RUSTFLAGS
+RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C link-arg=$nss_obj" \
+  cargo build --release --locked --target "$target" --bin agent-guard >&2
+binary=${CARGO_TARGET_DIR:-target}/$target/release/agent-guard
+file -b "$binary" | grep -q 'statically linked' || {
+  echo "build-static.sh: $binary is not statically linked: $(file -b "$binary")" >&2
+  exit 1
+}
+echo "$binary"
