@@ -172,7 +172,11 @@ pub fn run(config: Config) -> Result<Ended, RunError> {
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
-    runtime.block_on(supervise(config))
+    let ended = runtime.block_on(supervise(config));
+    // Every task was told to stop and waited for; a thread that still lingers (the health
+    // server's) must not hold the exit.
+    runtime.shutdown_timeout(SHUTDOWN_WITHIN);
+    ended
 }
 
 /// How long the servers get, once told to stop, to write their last words (the `exited` phase to
@@ -383,11 +387,11 @@ impl Tasks {
             )),
         ];
         if let Some(listener) = started.health {
-            servers.push(tokio::spawn(server::serve(
+            servers.push(server::serve_on_own_thread(
                 listener,
                 hub.clone(),
                 shutdown.clone(),
-            )));
+            ));
         }
         servers.extend(checks::spawn(
             config.checks.clone(),

@@ -221,14 +221,27 @@ impl Prober {
 
 fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
     // No overall reqwest timeout: `probe` bounds the whole attempt itself, with one message.
-    reqwest::Client::builder()
-        .connect_timeout(timeout)
-        // A probe sees the service as a new client would: no pooled connection hides a dead listener.
-        .pool_max_idle_per_host(0)
-        .redirect(reqwest::redirect::Policy::limited(5))
-        .no_proxy()
-        .user_agent(concat!("agent-guard/", env!("CARGO_PKG_VERSION")))
-        .build()
+    let builder = || {
+        reqwest::Client::builder()
+            .connect_timeout(timeout)
+            // A probe sees the service as a new client would: no pooled connection hides a dead
+            // listener.
+            .pool_max_idle_per_host(0)
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .no_proxy()
+            .user_agent(concat!("agent-guard/", env!("CARGO_PKG_VERSION")))
+    };
+    builder().build().or_else(|err| {
+        // No CA certificates (a scratch image without a bundle): http:// checks must still
+        // work; https:// ones then fail to verify, and say why.
+        tracing::warn!(
+            error = %err,
+            "no CA certificates found (copy a bundle in, or set SSL_CERT_FILE): https:// checks will fail, http:// checks work"
+        );
+        builder()
+            .tls_certs_only(Vec::<reqwest::Certificate>::new())
+            .build()
+    })
 }
 
 /// Runs one probe, bounded by `timeout` whatever happens inside.

@@ -35,6 +35,69 @@ const MAX_CONNECTIONS: usize = 2048;
 /// microseconds; this only bounds writing to a client that reads slowly, and a half-sent head.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
+/// How many threads serve the health endpoint. Two: a load balancer's probes and a scrape of
+/// `/metrics` are answered on both cores, and never wait for the supervisor's thread.
+const THREADS: usize = 2;
+
+/// Serves `listener` on threads of their own, each with its own single-threaded runtime and
+/// accepting on the same socket, until `shutdown`. Readiness then answers at the load
+/// balancer's pace even while the supervisor's thread is busy (a signal storm, a flood on the
+/// control socket). Each thread has its own connection limit. The returned handle ends when the
+/// threads do.
+pub fn serve_on_own_thread(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    // Taken off this runtime's reactor here, registered with each thread's own there.
+    let listener = listener.into_std();
+    tokio::task::spawn_blocking(move || {
+        let listener = match listener {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::error!(error = %err, "health endpoint: cannot start its threads; it is not served");
+                return;
+            }
+        };
+        let threads: Vec<_> = (0..THREADS)
+            .filter_map(|_| {
+                let listener = listener.try_clone().ok()?;
+                let (hub, shutdown) = (hub.clone(), shutdown.clone());
+                std::thread::Builder::new()
+                    .name("health".to_string())
+                    .spawn(move || serve_blocking(listener, hub, shutdown))
+                    .ok()
+            })
+            .collect();
+        if threads.is_empty() {
+            tracing::error!("health endpoint: cannot start its threads; it is not served");
+        }
+        for thread in threads {
+            let _ = thread.join();
+        }
+    })
+}
+
+/// One serving thread: its own runtime, until `shutdown`.
+fn serve_blocking(listener: std::net::TcpListener, hub: Arc<Hub>, shutdown: CancellationToken) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "health endpoint: cannot start a runtime for a thread");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => serve(listener, hub, shutdown).await,
+            Err(err) => tracing::error!(error = %err, "health endpoint: cannot listen on a thread"),
+        }
+    });
+}
+
 /// Serves health requests on `listener` until `shutdown` is cancelled, then stops accepting,
 /// lets requests in flight finish for at most [`SHUTDOWN_GRACE`], and returns.
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: CancellationToken) {
