@@ -6,13 +6,16 @@
 # usage: packaging/test.sh     (from anywhere; builds the release binary if needed)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-passed=0 failed=0
+passed=0 failed=0 skipped=()
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 ok() { echo "ok   $*"; passed=$((passed + 1)); }
 bad() { echo "FAIL $*"; failed=$((failed + 1)); }
 check() { local what=$1; shift; if "$@" >"$work/out" 2>&1; then ok "$what"; else bad "$what"; sed 's/^/     /' "$work/out"; fi; }
-skip() { echo "SKIPPED $*"; }
+# With CI=true a skip is a failure: a missing install step in .ci/run must not pass as green.
+skip() {
+  if [[ ${CI:-} == true ]]; then bad "$* (skipped, and CI=true makes a skip a failure)"; else skipped+=("$*"); fi
+}
 
 binary=target/release/agent-guard
 # Always (a no-op when up to date): a stale binary would test yesterday's options.
@@ -99,5 +102,6 @@ else
 fi
 
 echo
+((${#skipped[@]})) && printf 'SKIPPED %d check(s): %s\n' "${#skipped[@]}" "$(IFS=';'; echo "${skipped[*]}")"
 echo "packaging: $passed passed, $failed failed"
 [[ $failed == 0 ]]
