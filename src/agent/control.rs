@@ -448,7 +448,7 @@ fn event_of(announcement: Announcement) -> Event {
 fn drain_event(info: &DrainInfo) -> Event {
     Event::Drain {
         reason: info.reason,
-        deadline: humantime::format_rfc3339_millis(info.deadline).to_string(),
+        deadline: crate::fmt::rfc3339(info.deadline),
         deadline_in_ms: info
             .deadline_at
             .saturating_duration_since(Instant::now())

@@ -263,7 +263,7 @@ impl Supervisor {
         let left = deadline.saturating_duration_since(now);
         self.hub.announce(Announcement::Drain(DrainInfo {
             reason,
-            deadline: SystemTime::now() + left,
+            deadline: crate::fmt::wall_after(SystemTime::now(), left),
             deadline_at: deadline,
         }));
     }

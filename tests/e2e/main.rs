@@ -10,6 +10,7 @@ mod drill;
 mod exit_status;
 mod forwarding;
 mod health;
+mod hostile;
 mod lifecycle;
 mod notices;
 mod readme;
