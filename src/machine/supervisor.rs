@@ -381,10 +381,15 @@ impl Supervisor {
             Phase::Starting { .. } => {}
             Phase::Ready => tracing::info!(journal = %record, "agent is ready"),
             Phase::Draining(d) => {
-                if !matches!(before, Phase::Draining(_)) {
-                    tracing::info!(reason = %d.reason, deadline_in = %until(d.deadline), journal = %record, "draining");
-                } else {
-                    tracing::warn!(deadline_in = %until(d.deadline), "drain deadline moved earlier");
+                match before {
+                    Phase::Draining(b) if d.deadline < b.deadline => {
+                        tracing::warn!(deadline_in = %until(d.deadline), "drain deadline moved earlier");
+                    }
+                    // Moved later: the agent's extension, which `Extended` logs.
+                    Phase::Draining(_) => {}
+                    _ => {
+                        tracing::info!(reason = %d.reason, deadline_in = %until(d.deadline), journal = %record, "draining")
+                    }
                 }
                 self.log_cut(
                     "--drain-timeout",

@@ -75,3 +75,132 @@ fn a_duration_past_the_maximum_is_refused_before_anything_starts() {
     assert_eq!(guard.code(), 125, "{}", guard.log());
     assert!(!marker.exists(), "the agent must not start");
 }
+
+/// Lines from a subscribed connection until the first drain event that satisfies `pick`.
+fn drain_event(reader: &mut BufReader<UnixStream>, pick: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).expect("a line from the guard");
+        assert!(n > 0, "the guard closed the subscription");
+        let event: Value = serde_json::from_str(&line).expect("JSON");
+        if event["event"] == "drain" && pick(&event) {
+            return event;
+        }
+    }
+}
+
+/// One request on a fresh connection; its reply.
+fn request(socket: &Path, line: &str) -> Value {
+    let mut stream = UnixStream::connect(socket).expect("connect");
+    stream.set_read_timeout(Some(SOON)).expect("timeout");
+    stream.write_all(line.as_bytes()).expect("write");
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .expect("a reply");
+    serde_json::from_str(&reply).unwrap_or_else(|_| panic!("a JSON reply to {line}: {reply:?}"))
+}
+
+const HOURS_48_MS: u64 = 48 * 3600 * 1000;
+
+#[test]
+fn extensions_are_capped_at_48_hours_by_either_socket_and_nothing_breaks() {
+    let dir = scratch();
+    let ready = dir.path().join("ready");
+    // Hears the drain signal and does nothing; exits 0 on SIGTERM.
+    let script = format!(
+        "import os, signal, time\n\
+         signal.signal(signal.SIGUSR1, lambda *_: None)\n\
+         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))\n\
+         open('{}', 'w').close()\n\
+         while True: time.sleep(1)\n",
+        ready.display()
+    );
+    let mut guard = Guard::start(
+        dir.path(),
+        [
+            "--drain-signal",
+            "USR1",
+            "--drain-timeout",
+            "10m",
+            "--health-listen",
+            "127.0.0.1:0",
+            "--",
+            "python3",
+            "-c",
+            &script,
+        ],
+    );
+    wait_until("the agent is up", SOON, || ready.exists());
+    let addr = guard.health_addr();
+    let observer = UnixStream::connect(&guard.socket).expect("connect");
+    observer.set_read_timeout(Some(SOON)).expect("timeout");
+    (&observer)
+        .write_all(b"{\"op\":\"subscribe\"}\n")
+        .expect("subscribe");
+    let mut events = BufReader::new(observer);
+    assert_eq!(guard.ctl(&["drain"]).0, 0);
+    drain_event(&mut events, |_| true);
+    // The most EXTEND_TIMEOUT_USEC can say: 584,542 years.
+    let notify = UnixDatagram::unbound().expect("socket");
+    notify
+        .send_to(
+            b"EXTEND_TIMEOUT_USEC=18446744073709551615",
+            guard.notify_socket(),
+        )
+        .expect("send");
+    let moved = drain_event(&mut events, |e| {
+        e["deadline_in_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 3_600_000)
+    });
+    let in_ms = moved["deadline_in_ms"].as_u64().expect("ms");
+    assert!(
+        (HOURS_48_MS - 3_600_000..=HOURS_48_MS).contains(&in_ms),
+        "{moved}"
+    );
+    let deadline = humantime::parse_rfc3339(moved["deadline"].as_str().expect("text"))
+        .expect("an RFC 3339 deadline");
+    let from_now = deadline
+        .duration_since(SystemTime::now())
+        .expect("in the future");
+    assert!(
+        from_now <= Duration::from_millis(HOURS_48_MS + 60_000),
+        "{moved}"
+    );
+    // Both status paths still answer, with the capped deadline.
+    let status = guard.status();
+    assert!(
+        status["drain"]["deadline_in_ms"].as_u64() <= Some(HOURS_48_MS),
+        "{status}"
+    );
+    let (code, _, body) = http(&addr, "GET", "/status");
+    assert_eq!(code, 200);
+    let body: Value = serde_json::from_str(&body).expect("/status is JSON");
+    assert_eq!(body["phase"], "draining");
+    // The control socket's `extend`: too much is the most; what is not a positive number is
+    // refused in words, never with a dropped connection.
+    for (line, ok) in [
+        ("{\"op\":\"extend\",\"seconds\":1e308}\n", true),
+        ("{\"op\":\"extend\",\"seconds\":1e309}\n", false),
+        ("{\"op\":\"extend\",\"seconds\":NaN}\n", false),
+        ("{\"op\":\"extend\",\"seconds\":Infinity}\n", false),
+        ("{\"op\":\"extend\",\"seconds\":-Infinity}\n", false),
+        ("{\"op\":\"extend\",\"seconds\":-5}\n", false),
+        ("{\"op\":\"extend\",\"seconds\":0}\n", false),
+    ] {
+        let reply = request(&guard.socket, line);
+        assert_eq!(reply["ok"], ok, "{line}: {reply}");
+        if !ok {
+            assert!(reply["error"].is_string(), "{line}: {reply}");
+        }
+    }
+    let status = guard.status();
+    assert!(
+        status["drain"]["deadline_in_ms"].as_u64() <= Some(HOURS_48_MS),
+        "{status}"
+    );
+    assert!(!guard.log().contains("moved earlier"), "{}", guard.log());
+    assert_eq!(guard.ctl(&["drained"]).0, 0);
+    assert_eq!(guard.code(), 0, "{}", guard.log());
+}
