@@ -204,3 +204,116 @@ fn extensions_are_capped_at_48_hours_by_either_socket_and_nothing_breaks() {
     assert_eq!(guard.ctl(&["drained"]).0, 0);
     assert_eq!(guard.code(), 0, "{}", guard.log());
 }
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn mode_of(path: &Path) -> u32 {
+    fs::metadata(path).expect("metadata").permissions().mode() & 0o7777
+}
+
+/// A guard command whose control socket is the default one, in `runtime_dir` (as systemd's
+/// `RuntimeDirectory=` gives it).
+fn default_socket_command(runtime_dir: &Path) -> Command {
+    let mut cmd = command();
+    cmd.env_remove("AGENT_GUARD_SOCKET")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("RUNTIME_DIRECTORY", runtime_dir);
+    cmd
+}
+
+/// Refused with exit 125 in one line naming `dir`, and the agent never started.
+fn refused_socket_dir(dir: &Path, scratch: &Path, cmd: Command, marker: &Path, why: &str) {
+    let mut guard = Guard::spawn(scratch, cmd);
+    assert_eq!(guard.code(), 125, "{}", guard.log());
+    let log = guard.log();
+    assert_eq!(log.lines().count(), 1, "one line: {log}");
+    assert!(log.contains(&dir.display().to_string()), "{log}");
+    assert!(log.contains(why), "{log}");
+    assert!(!marker.exists(), "the agent must not start");
+}
+
+#[test]
+fn a_socket_directory_others_may_write_in_is_refused_and_a_new_one_is_private() {
+    let dir = scratch();
+    let shared = dir.path().join("shared");
+    fs::create_dir(&shared).expect("mkdir");
+    chmod(&shared, 0o777);
+    let marker = dir.path().join("started");
+    let mut cmd = default_socket_command(&shared);
+    cmd.args(["--", "touch", marker.to_str().expect("utf-8")]);
+    refused_socket_dir(&shared, dir.path(), cmd, &marker, "mode 0777");
+    assert_eq!(
+        fs::read_dir(&shared).expect("ls").count(),
+        0,
+        "nothing made in it"
+    );
+    // Missing: created 0700 (its parents too), and used.
+    let fresh = dir.path().join("new/agent-guard");
+    let mut cmd = default_socket_command(&fresh);
+    cmd.args(["--", "touch", marker.to_str().expect("utf-8")]);
+    let mut guard = Guard::spawn(dir.path(), cmd);
+    assert_eq!(guard.code(), 0, "{}", guard.log());
+    assert!(marker.exists());
+    assert_eq!(mode_of(&fresh), 0o700);
+}
+
+#[test]
+fn a_socket_directory_of_another_user_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let dir = scratch();
+    let foreign = dir.path().join("foreign");
+    fs::create_dir(&foreign).expect("mkdir");
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).expect("chown");
+    chmod(&foreign, 0o700);
+    let marker = dir.path().join("started");
+    let mut cmd = default_socket_command(&foreign);
+    cmd.args(["--", "touch", marker.to_str().expect("utf-8")]);
+    refused_socket_dir(&foreign, dir.path(), cmd, &marker, "belongs to uid 65534");
+}
+
+/// The reported attack: a guard that is not root, with neither RUNTIME_DIRECTORY nor
+/// XDG_RUNTIME_DIR, falls back to /tmp/agent-guard-UID, which another user made first.
+#[test]
+fn the_tmp_fallback_made_first_by_another_user_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let nobody = 65534;
+    // The binary where `nobody` can run it (the build tree may be private).
+    let bin_dir = tempfile::Builder::new()
+        .prefix("ag-bin-")
+        .tempdir()
+        .expect("tempdir");
+    chmod(bin_dir.path(), 0o755);
+    let guard_bin = bin_dir.path().join("agent-guard");
+    fs::copy(bin(), &guard_bin).expect("copy the binary");
+    chmod(&guard_bin, 0o755);
+    let taken = PathBuf::from(format!("/tmp/agent-guard-{nobody}"));
+    let _ = fs::remove_dir_all(&taken);
+    // Made by root, a user other than the guard's, and left writable by all.
+    fs::create_dir(&taken).expect("mkdir");
+    chmod(&taken, 0o777);
+    let out = Command::new(&guard_bin)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("AGENT_GUARD_IMDS", "off")
+        .env("AGENT_GUARD_HEALTH_LISTEN", "off")
+        .current_dir("/")
+        .uid(nobody)
+        .gid(nobody)
+        .args(["--", "true"])
+        .output()
+        .expect("the guard runs as nobody");
+    let _ = fs::remove_dir_all(&taken);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("socket directory /tmp/agent-guard-65534"),
+        "{err}"
+    );
+}
