@@ -283,7 +283,14 @@ impl Supervisor {
                     pgid,
                 };
                 tracing::info!(signal = %signal, pgid, journal = %record.json(), "sent the stop signal to the agent's process group");
-                self.agent.signal_group(signal)
+                let sent = self.agent.signal_group(signal);
+                // As systemd does after KillSignal=: a stopped agent (SIGSTOP, or a TSTP passed
+                // on) could not act on the stop signal and would only ever end SIGKILLed. Only
+                // when one is stopped: an agent that handles SIGCONT gets no spurious one.
+                if signal != Sig::CONT && signal != Sig::KILL && self.agent.any_stopped() {
+                    let _ = self.agent.signal_group(Sig::CONT);
+                }
+                sent
             }
             Action::Signal {
                 signal,

@@ -104,9 +104,30 @@ impl Agent {
         send(self.pid, sig)
     }
 
-    /// Sends `sig` to every process in the agent's group.
+    /// Sends `sig` to every process in the agent's group, and to the agent by its pid as well if
+    /// it has left that group. An agent that `setpgid`s itself into another group leaves the old
+    /// one empty (or holding only its children): `kill(-pgid)` then misses it, or fails with
+    /// ESRCH, and without this neither the stop signal nor SIGKILL would ever reach it.
     pub fn signal_group(&self, sig: Sig) -> io::Result<()> {
-        send(-self.pid, sig)
+        let group = send_raw(-self.pid, sig);
+        let group_missing = matches!(&group, Err(e) if e.raw_os_error() == Some(libc::ESRCH));
+        let left = match process_group_of(self.pid) {
+            Some(group) => group != self.pid,
+            // No /proc: an empty group while the agent still answers is the same news.
+            // SAFETY: kill with signal 0 only checks for existence and permission.
+            None => group_missing && unsafe { libc::kill(self.pid, 0) } == 0,
+        };
+        if !left {
+            return group.or_else(esrch_is_ok);
+        }
+        if !LEFT_GROUP_TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                pid = self.pid,
+                "the agent left its process group; signals for the group go to its pid as well"
+            );
+        }
+        let own = send(self.pid, sig);
+        group.or_else(esrch_is_ok).and(own)
     }
 
     /// Whether any process other than a zombie is left in the agent's group. Zombies are left
@@ -119,6 +140,31 @@ impl Agent {
             return false;
         }
         live_members(self.pid).is_none_or(|n| n > 0)
+    }
+}
+
+impl Agent {
+    /// Whether the agent, or any process in its group, is stopped (SIGSTOP, or a TSTP passed on):
+    /// such a process cannot act on the stop signal until it is continued.
+    pub fn any_stopped(&self) -> bool {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return false;
+        };
+        dir.flatten().any(|entry| {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<pid_t>().ok())
+            else {
+                return false;
+            };
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| parse_stat(&stat))
+                .is_some_and(|(state, group)| {
+                    state == 'T' && (group == self.pid || pid == self.pid)
+                })
+        })
     }
 }
 
@@ -262,12 +308,26 @@ impl ExecWithPid {
     }
 }
 
+/// Whether the warning that the agent left its group was logged: once is enough, as forwarded
+/// signals take the same path and may come by the thousand.
+static LEFT_GROUP_TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn send(target: pid_t, sig: Sig) -> io::Result<()> {
+    send_raw(target, sig).or_else(esrch_is_ok)
+}
+
+/// kill(2), every error kept.
+fn send_raw(target: pid_t, sig: Sig) -> io::Result<()> {
     // SAFETY: kill(2) with a pid and a valid signal number has no memory effects.
     if unsafe { libc::kill(target, sig.raw()) } == 0 {
-        return Ok(());
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
-    let err = io::Error::last_os_error();
+}
+
+/// A missing process (ESRCH) is not an error for a signal: it is exiting.
+fn esrch_is_ok(err: io::Error) -> io::Result<()> {
     if err.raw_os_error() == Some(libc::ESRCH) {
         Ok(())
     } else {

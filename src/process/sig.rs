@@ -56,6 +56,7 @@ impl Sig {
     pub const TERM: Sig = Sig(libc::SIGTERM);
     pub const KILL: Sig = Sig(libc::SIGKILL);
     pub const CHLD: Sig = Sig(libc::SIGCHLD);
+    pub const CONT: Sig = Sig(libc::SIGCONT);
     pub const USR1: Sig = Sig(libc::SIGUSR1);
     pub const USR2: Sig = Sig(libc::SIGUSR2);
 

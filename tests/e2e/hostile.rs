@@ -317,3 +317,89 @@ fn the_tmp_fallback_made_first_by_another_user_is_refused() {
         "{err}"
     );
 }
+
+fn agent_pid(guard: &Guard) -> i32 {
+    let pid = guard.status()["agent_pid"].as_i64().expect("agent_pid");
+    i32::try_from(pid).expect("a pid")
+}
+
+#[test]
+fn an_agent_that_leaves_its_process_group_still_gets_the_stop_signal() {
+    let dir = scratch();
+    let moved = dir.path().join("moved");
+    let mut guard = Guard::start(
+        dir.path(),
+        [
+            "--".as_ref(),
+            fixture("group_leaver.py").as_os_str(),
+            moved.as_os_str(),
+        ],
+    );
+    wait_until("the agent left its group", SOON, || moved.exists());
+    let agent = agent_pid(&guard);
+    let group: i32 = read(&moved).trim().parse().expect("a pgid");
+    assert_ne!(group, agent, "the agent is in another group now");
+    guard.signal(libc::SIGTERM);
+    assert_eq!(
+        guard.code(),
+        0,
+        "the agent's own exit on SIGTERM:\n{}",
+        guard.log()
+    );
+    assert!(gone(agent));
+    assert!(
+        guard.log().contains("left its process group"),
+        "{}",
+        guard.log()
+    );
+}
+
+#[test]
+fn an_agent_that_left_its_group_and_ignores_sigterm_is_killed_after_the_stop_timeout() {
+    let dir = scratch();
+    let moved = dir.path().join("moved");
+    let mut guard = Guard::start(
+        dir.path(),
+        [
+            "--stop-timeout".as_ref(),
+            "1s".as_ref(),
+            "--".as_ref(),
+            fixture("group_leaver.py").as_os_str(),
+            moved.as_os_str(),
+            "--ignore-term".as_ref(),
+        ],
+    );
+    wait_until("the agent left its group", SOON, || moved.exists());
+    let agent = agent_pid(&guard);
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 137, "SIGKILL reached it:\n{}", guard.log());
+    assert!(gone(agent));
+}
+
+#[test]
+fn a_stopped_agent_is_continued_after_the_stop_signal() {
+    let dir = scratch();
+    let ready = dir.path().join("ready");
+    // Exits 0 on SIGTERM; SIGTSTP stops it (the default action).
+    let script = format!(
+        "import os, signal, time\n\
+         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))\n\
+         open('{}', 'w').close()\n\
+         while True: time.sleep(1)\n",
+        ready.display()
+    );
+    let mut guard = Guard::start(
+        dir.path(),
+        ["--stop-timeout", "10m", "--", "python3", "-c", &script],
+    );
+    wait_until("the agent is up", SOON, || ready.exists());
+    let agent = agent_pid(&guard);
+    // A TSTP to the guard is passed on to the agent's group, which stops.
+    guard.signal(libc::SIGTSTP);
+    wait_until("the agent is stopped", SOON, || {
+        process(agent).is_some_and(|p| p.state == 'T')
+    });
+    guard.signal(libc::SIGTERM);
+    // Not SIGKILLed after 10 minutes: continued, it handled SIGTERM.
+    assert_eq!(guard.code(), 0, "{}", guard.log());
+}
