@@ -403,3 +403,61 @@ fn a_stopped_agent_is_continued_after_the_stop_signal() {
     // Not SIGKILLed after 10 minutes: continued, it handled SIGTERM.
     assert_eq!(guard.code(), 0, "{}", guard.log());
 }
+
+fn open_fds(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the guard's fds")
+        .count()
+}
+
+#[test]
+fn every_descriptor_sent_on_the_notify_socket_is_closed() {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let dir = scratch();
+    let mut guard = Guard::start(dir.path(), ["--", "sleep", "600"]);
+    let pid = guard.pid();
+    let _ = guard.status(); // up, its sockets bound
+    let before = open_fds(pid);
+    let sock = UnixDatagram::unbound().expect("socket");
+    sock.connect(guard.notify_socket()).expect("connect");
+    let null = File::open("/dev/null").expect("/dev/null");
+    // One more than the 16 a notification used to have room for.
+    let fds = [null.as_raw_fd(); 17];
+    let started = Instant::now();
+    // 100 datagrams, in batches the guard reads before the next (the kernel bounds descriptors
+    // in flight per user).
+    for batch in 0..10 {
+        for _ in 0..10 {
+            let iov = [IoSlice::new(b"FDSTORE=1\nFDNAME=hostile")];
+            sendmsg::<()>(
+                sock.as_raw_fd(),
+                &iov,
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            )
+            .expect("sendmsg");
+        }
+        let mark = format!("batch {batch}");
+        sock.send(format!("STATUS={mark}").as_bytes())
+            .expect("send");
+        wait_until("the guard read the batch", SOON, || {
+            guard.status()["status"] == mark
+        });
+    }
+    let after = open_fds(pid);
+    assert!(
+        after <= before + 2,
+        "{before} fds before, {after} after 100 datagrams of 17"
+    );
+    let warnings = guard.log().lines().filter(|l| l.contains("WARN")).count();
+    let allowed = started.elapsed().as_secs() as usize + 2;
+    assert!(
+        warnings <= allowed,
+        "{warnings} warnings in {:?}: at most one a second\n{}",
+        started.elapsed(),
+        guard.log()
+    );
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 143);
+}
