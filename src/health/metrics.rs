@@ -170,14 +170,10 @@ const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         help: "IMDS notices seen, by kind.",
         samples: |s| {
-            let mut counts = [0u64; NOTICE_KINDS.len()];
-            for notice in &s.imds.notices {
-                counts[notice_index(notice.kind)] += 1;
-            }
-            let each = NOTICE_KINDS
-                .iter()
-                .zip(counts)
-                .map(|(kind, n)| Sample::new([("kind", kind.as_str())], n as f64));
+            // Counted since start: the list of notices keeps only the latest.
+            let each = NOTICE_KINDS.iter().map(|kind| {
+                Sample::new([("kind", kind.as_str())], s.imds.notices_of(*kind) as f64)
+            });
             Some(each.collect())
         },
     },
@@ -309,6 +305,7 @@ const NOTICE_KINDS: [NoticeKind; 3] = [
 ];
 
 /// The place of `kind` in [`NOTICE_KINDS`]; an exhaustive match, so a new kind cannot be missed.
+#[cfg(test)]
 fn notice_index(kind: NoticeKind) -> usize {
     match kind {
         NoticeKind::LifecycleState => 0,
@@ -355,15 +352,13 @@ mod tests {
             seen_at: SystemTime::now(),
             drain: None,
         };
-        let imds = ImdsStatus {
+        let mut imds = ImdsStatus {
             errors_total: 7,
-            notices: vec![
-                notice(NoticeKind::Spot),
-                notice(NoticeKind::Rebalance),
-                notice(NoticeKind::Spot),
-            ],
             ..ImdsStatus::default()
         };
+        for kind in [NoticeKind::Spot, NoticeKind::Rebalance, NoticeKind::Spot] {
+            imds.record_notice(notice(kind));
+        }
         let db = Check::parse_named("db=tcp://127.0.0.1:1").expect("valid");
         let web = Check::parse_named("web=http://127.0.0.1:1/").expect("valid");
         let result = CheckResult {

@@ -461,3 +461,58 @@ fn every_descriptor_sent_on_the_notify_socket_is_closed() {
     guard.signal(libc::SIGTERM);
     assert_eq!(guard.code(), 143);
 }
+
+#[test]
+fn a_notice_that_changes_on_every_poll_is_kept_bounded_and_a_huge_value_logged_short() {
+    let dir = scratch();
+    let sim = ImdsSim::start().expect("sim");
+    let mut guard = Guard::start(
+        dir.path(),
+        [
+            "--imds",
+            "on",
+            "--imds-endpoint",
+            &sim.url(),
+            "--imds-poll",
+            "50ms",
+            "--",
+            "sleep",
+            "600",
+        ],
+    );
+    let latest = |guard: &Guard| {
+        guard.status()["imds"]["notices"]
+            .as_array()
+            .and_then(|n| n.last().cloned())
+            .unwrap_or_default()
+    };
+    for n in 0..40 {
+        let body = format!("{{\"noticeTime\":\"2026-11-28T08:22:00Z\",\"n\":{n}}}");
+        sim.set_rebalance(Some(body.clone()));
+        wait_until("the guard saw the new body", SOON, || {
+            latest(&guard)["value"] == body.as_str()
+        });
+    }
+    let kept = guard.status()["imds"]["notices"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert!((1..=16).contains(&kept), "{kept} notices kept");
+    // A 10 MB lifecycle state: seen, shown and logged as its start and its size.
+    let huge = "x".repeat(10 << 20);
+    sim.set_lifecycle_state(Some(&huge));
+    wait_until("the guard saw it", SOON, || {
+        guard.status()["imds"]["lifecycle_state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("xxxx"))
+    });
+    sim.set_lifecycle_state(Some("InService"));
+    let shown = guard.status()["imds"]["lifecycle_state"]
+        .as_str()
+        .map_or(0, str::len);
+    assert!(shown < 1024, "{shown} bytes shown");
+    let log = guard.log();
+    assert!(log.len() < 256 * 1024, "{} bytes of log", log.len());
+    assert!(log.contains("bytes in all"), "the cut is said");
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 143);
+}
