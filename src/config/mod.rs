@@ -153,7 +153,7 @@ where
     }
     let mut settings = layers::from_matches(&matches)?;
     if let Some(path) = &cli.config {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        let text = layers::read_file(path).map_err(|source| ConfigError::ReadFile {
             path: path.clone(),
             source,
         })?;

@@ -516,3 +516,43 @@ fn a_notice_that_changes_on_every_poll_is_kept_bounded_and_a_huge_value_logged_s
     guard.signal(libc::SIGTERM);
     assert_eq!(guard.code(), 143);
 }
+
+#[test]
+fn a_config_file_that_is_not_a_regular_file_is_refused_at_once() {
+    let dir = scratch();
+    let fifo = dir.path().join("fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let big = dir.path().join("big.toml");
+    fs::write(&big, "#".repeat(2 << 20)).expect("write");
+    for (path, why) in [
+        (Path::new("/dev/zero"), "not a regular file"),
+        (fifo.as_path(), "not a regular file"),
+        (dir.path(), "not a regular file"),
+        (big.as_path(), "too large"),
+    ] {
+        let mut cmd = command();
+        cmd.arg("--config")
+            .arg(path)
+            .args(["--check-config", "--", "true"]);
+        // Were the file read whole, /dev/zero would take every byte of memory first.
+        // SAFETY: setrlimit is async-signal-safe; this runs in the child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 2 << 30,
+                    rlim_max: 2 << 30,
+                };
+                libc::setrlimit(libc::RLIMIT_AS, &limit);
+                Ok(())
+            });
+        }
+        let mut guard = Guard::spawn(dir.path(), cmd);
+        assert_eq!(guard.code(), 125, "{}: {}", path.display(), guard.log());
+        let err = guard.log();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains(why),
+            "{err}"
+        );
+    }
+}
