@@ -150,6 +150,8 @@ fn take_control(msg: &libc::msghdr) -> (Option<u32>, Vec<OwnedFd>) {
     while !cmsg.is_null() {
         // SAFETY: a non-null header returned by CMSG_FIRSTHDR/NXTHDR lies within the buffer.
         let (hdr, data) = unsafe { (&*cmsg, libc::CMSG_DATA(cmsg)) };
+        // `cmsg_len` is a size_t with glibc but a socklen_t with musl (the static build).
+        #[allow(clippy::unnecessary_cast)]
         let payload = (hdr.cmsg_len as usize).saturating_sub(data as usize - cmsg as usize);
         match (hdr.cmsg_level, hdr.cmsg_type) {
             (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
