@@ -25,6 +25,7 @@
 //! - [`busy`]: scale-in protection while the agent has work; its load as CloudWatch EMF lines.
 //! - [`logging`]: the guard's own log lines on stderr, text or JSON.
 //! - [`exit`]: the exit status contract.
+//! - `fuzzing`: the entry points of the fuzz targets in `fuzz/`, one per parser of outside input.
 
 mod agent;
 mod aws;
@@ -32,6 +33,8 @@ mod cli;
 mod cmd;
 mod config;
 mod fmt;
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod journal;
 mod logging;

@@ -384,6 +384,31 @@ impl Decoder for RequestLines {
     }
 }
 
+/// The request lines in `input` as a connection frames them, fed `chunk` bytes at a time as a slow
+/// client writes them, up to the end of the input; `None` for a line over `MAX_LINE`, which ends
+/// the connection. For the fuzz target (`crate::fuzzing`).
+pub(crate) fn frame_lines(input: &[u8], chunk: usize) -> Vec<Option<Vec<u8>>> {
+    let mut codec = RequestLines::default();
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    for piece in input.chunks(chunk.max(1)) {
+        buf.extend_from_slice(piece);
+        while let Ok(Some(frame)) = codec.decode(&mut buf) {
+            match frame {
+                Frame::Line(line) => out.push(Some(line.to_vec())),
+                Frame::TooLong => {
+                    out.push(None);
+                    return out;
+                }
+            }
+        }
+    }
+    if let Ok(Some(Frame::Line(line))) = codec.decode_eof(&mut buf) {
+        out.push(Some(line.to_vec()));
+    }
+    out
+}
+
 /// A reply: most are a `Reply`; `status` is the hub's JSON (which says `"ok":true` itself).
 #[derive(Serialize)]
 #[serde(untagged)]
