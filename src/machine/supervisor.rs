@@ -283,12 +283,13 @@ impl Supervisor {
                     pgid,
                 };
                 tracing::info!(signal = %signal, pgid, journal = %record.json(), "sent the stop signal to the agent's process group");
-                let sent = self.agent.signal_group(signal);
+                let sent = self.signal_group(signal);
                 // As systemd does after KillSignal=: a stopped agent (SIGSTOP, or a TSTP passed
                 // on) could not act on the stop signal and would only ever end SIGKILLed. Only
                 // when one is stopped: an agent that handles SIGCONT gets no spurious one.
-                if signal != Sig::CONT && signal != Sig::KILL && self.agent.any_stopped() {
-                    let _ = self.agent.signal_group(Sig::CONT);
+                let running = self.state.phase.agent_running();
+                if signal != Sig::CONT && signal != Sig::KILL && self.agent.any_stopped(running) {
+                    let _ = self.signal_group(Sig::CONT);
                 }
                 sent
             }
@@ -298,7 +299,7 @@ impl Supervisor {
             } => {
                 tracing::debug!(signal = %signal, "forwarding a signal to the agent");
                 match self.settings.forward_to {
-                    ForwardTo::Group => self.agent.signal_group(signal),
+                    ForwardTo::Group => self.signal_group(signal),
                     ForwardTo::Child => self.agent.signal_child(signal),
                 }
             }
@@ -306,7 +307,7 @@ impl Supervisor {
                 self.sigkilled = true;
                 let record = Record::Killed { pgid };
                 tracing::warn!(pgid, journal = %record.json(), "sent SIGKILL to the agent's process group");
-                self.agent.signal_group(Sig::KILL)
+                self.signal_group(Sig::KILL)
             }
             Action::AnnounceDrain { reason, deadline } => {
                 self.announce_drain(reason, deadline, ctx.now);
@@ -354,6 +355,16 @@ impl Supervisor {
         };
         if let Err(err) = result {
             tracing::error!(pgid, error = %err, "cannot signal the agent");
+        }
+    }
+
+    /// The agent's group, and the agent by its pid if it left the group; only the group once the
+    /// agent has been reaped, when its pid may already be another process's.
+    fn signal_group(&self, sig: Sig) -> std::io::Result<()> {
+        if self.state.phase.agent_running() {
+            self.agent.signal_group_and_agent(sig)
+        } else {
+            self.agent.signal_group(sig)
         }
     }
 

@@ -104,11 +104,32 @@ impl Agent {
         send(self.pid, sig)
     }
 
+    /// Sends `sig` to every process in the agent's group.
+    pub fn signal_group(&self, sig: Sig) -> io::Result<()> {
+        send(-self.pid, sig)
+    }
+
+    /// Whether any process other than a zombie is left in the agent's group. Zombies are left
+    /// out: they do no work, and one whose new parent is a slow init would otherwise hold the
+    /// guard (and the lifecycle hook) until that init gets round to reaping it.
+    pub fn group_alive(&self) -> bool {
+        // SAFETY: kill with signal 0 only checks for existence and permission.
+        let rc = unsafe { libc::kill(-self.pid, 0) };
+        if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            return false;
+        }
+        live_members(self.pid).is_none_or(|n| n > 0)
+    }
+}
+
+impl Agent {
     /// Sends `sig` to every process in the agent's group, and to the agent by its pid as well if
     /// it has left that group. An agent that `setpgid`s itself into another group leaves the old
     /// one empty (or holding only its children): `kill(-pgid)` then misses it, or fails with
     /// ESRCH, and without this neither the stop signal nor SIGKILL would ever reach it.
-    pub fn signal_group(&self, sig: Sig) -> io::Result<()> {
+    ///
+    /// Only while the agent has not been reaped: after that its pid may be anyone's.
+    pub fn signal_group_and_agent(&self, sig: Sig) -> io::Result<()> {
         let group = send_raw(-self.pid, sig);
         let group_missing = matches!(&group, Err(e) if e.raw_os_error() == Some(libc::ESRCH));
         let left = match process_group_of(self.pid) {
@@ -130,23 +151,10 @@ impl Agent {
         group.or_else(esrch_is_ok).and(own)
     }
 
-    /// Whether any process other than a zombie is left in the agent's group. Zombies are left
-    /// out: they do no work, and one whose new parent is a slow init would otherwise hold the
-    /// guard (and the lifecycle hook) until that init gets round to reaping it.
-    pub fn group_alive(&self) -> bool {
-        // SAFETY: kill with signal 0 only checks for existence and permission.
-        let rc = unsafe { libc::kill(-self.pid, 0) };
-        if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-            return false;
-        }
-        live_members(self.pid).is_none_or(|n| n > 0)
-    }
-}
-
-impl Agent {
-    /// Whether the agent, or any process in its group, is stopped (SIGSTOP, or a TSTP passed on):
-    /// such a process cannot act on the stop signal until it is continued.
-    pub fn any_stopped(&self) -> bool {
+    /// Whether any process in the agent's group is stopped (SIGSTOP, or a TSTP passed on), or,
+    /// while it has not been reaped (`agent_running`), the agent itself: such a process cannot
+    /// act on the stop signal until it is continued.
+    pub fn any_stopped(&self, agent_running: bool) -> bool {
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return false;
         };
@@ -162,7 +170,7 @@ impl Agent {
                 .ok()
                 .and_then(|stat| parse_stat(&stat))
                 .is_some_and(|(state, group)| {
-                    state == 'T' && (group == self.pid || pid == self.pid)
+                    state == 'T' && (group == self.pid || (agent_running && pid == self.pid))
                 })
         })
     }
@@ -409,6 +417,28 @@ pub fn resolve(program: &std::ffi::OsStr) -> Result<std::path::PathBuf, SpawnErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pid_is_signalled_only_when_asked_for_the_agent_too() {
+        // A process outside any group of its own, as an agent that moved (or a stranger who got
+        // a reaped agent's pid) is: the group signal alone must not reach it.
+        let mut other = Command::new("sleep").arg("30").spawn().expect("sleep runs");
+        let agent = Agent {
+            pid: other.id() as pid_t,
+        };
+        agent
+            .signal_group(Sig::KILL)
+            .expect("an empty group is no error");
+        agent
+            .signal_group_and_agent(Sig::TERM)
+            .expect("signalled by pid");
+        let status = other.wait().expect("wait");
+        // Had the SIGKILL reached it, it would have died of that, not of the later SIGTERM.
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGTERM)
+        );
+    }
 
     #[test]
     fn parses_stat_lines_with_odd_names() {
