@@ -50,6 +50,7 @@
 //!   watches a real guard against the simulators, judges from typed observations, and reports.
 //!   `cmd::doctor::{gather, judge, render}`: `agent-guard doctor` gathers facts about the live
 //!   instance and group, judges them against the options (pure), and renders the checks.
+//! - `fuzzing`: the entry points of the fuzz targets in `fuzz/`, one per parser of outside input.
 //! - [`sim`]: simulated IMDS and Auto Scaling API for tests and drills; loopback only.
 //! - this file: [`run`] wires the tasks together, and shuts them down: decide, tell, wait.
 
@@ -59,6 +60,8 @@ mod cli;
 mod cmd;
 mod config;
 mod fmt;
+#[doc(hidden)]
+pub mod fuzzing;
 mod health;
 mod journal;
 mod logging;

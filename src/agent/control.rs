@@ -40,8 +40,10 @@ const FIRST_LINE_WITHIN: Duration = Duration::from_secs(10);
 const IDLE_WITHIN: Duration = Duration::from_secs(300);
 /// Connections served at once.
 const MAX_CONNECTIONS: usize = 64;
-/// The longest `extend` accepted in one request.
-const MAX_EXTEND: Duration = Duration::from_secs(48 * 3600);
+/// The longest extension granted in one request, by either socket (`extend`,
+/// `EXTEND_TIMEOUT_USEC`): 48 hours, the longest a lifecycle hook can be held. More is taken as
+/// this much, so no agent can push a deadline out of reach of the clock or the RFC 3339 format.
+pub const MAX_EXTEND: Duration = Duration::from_secs(48 * 3600);
 /// How long a connection may take, once shutdown is decided, to send what is still due: a
 /// client that stopped reading must not hold up the guard's exit.
 const FAREWELL_WITHIN: Duration = Duration::from_secs(1);
@@ -78,9 +80,9 @@ impl Control {
         self.hub.report().in_flight = Some((in_flight, SystemTime::now()));
     }
 
-    /// The agent asks for `by` more time.
+    /// The agent asks for `by` more time: at most [`MAX_EXTEND`], whichever socket it came by.
     pub async fn agent_extend(&self, by: Duration) {
-        self.tell(state::Event::Extend(by)).await;
+        self.tell(state::Event::Extend(by.min(MAX_EXTEND))).await;
     }
 
     async fn tell(&self, event: state::Event) {
@@ -382,6 +384,31 @@ impl Decoder for RequestLines {
     }
 }
 
+/// The request lines in `input` as a connection frames them, fed `chunk` bytes at a time as a slow
+/// client writes them, up to the end of the input; `None` for a line over `MAX_LINE`, which ends
+/// the connection. For the fuzz target (`crate::fuzzing`).
+pub(crate) fn frame_lines(input: &[u8], chunk: usize) -> Vec<Option<Vec<u8>>> {
+    let mut codec = RequestLines::default();
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    for piece in input.chunks(chunk.max(1)) {
+        buf.extend_from_slice(piece);
+        while let Ok(Some(frame)) = codec.decode(&mut buf) {
+            match frame {
+                Frame::Line(line) => out.push(Some(line.to_vec())),
+                Frame::TooLong => {
+                    out.push(None);
+                    return out;
+                }
+            }
+        }
+    }
+    if let Ok(Some(Frame::Line(line))) = codec.decode_eof(&mut buf) {
+        out.push(Some(line.to_vec()));
+    }
+    out
+}
+
 /// A reply: most are a `Reply`; `status` is the hub's JSON (which says `"ok":true` itself).
 #[derive(Serialize)]
 #[serde(untagged)]
@@ -418,7 +445,7 @@ async fn answer(request: Request, control: &Control) -> Answer {
         }
         Request::Extend { seconds } => {
             // `seconds` is finite and > 0; one too large for a Duration is simply the most.
-            let by = Duration::try_from_secs_f64(seconds).map_or(MAX_EXTEND, |d| d.min(MAX_EXTEND));
+            let by = Duration::try_from_secs_f64(seconds).unwrap_or(MAX_EXTEND);
             control.agent_extend(by).await;
             Reply::ok().into()
         }
@@ -448,7 +475,7 @@ fn event_of(announcement: Announcement) -> Event {
 fn drain_event(info: &DrainInfo) -> Event {
     Event::Drain {
         reason: info.reason,
-        deadline: humantime::format_rfc3339_millis(info.deadline).to_string(),
+        deadline: crate::fmt::rfc3339(info.deadline),
         deadline_in_ms: info
             .deadline_at
             .saturating_duration_since(Instant::now())

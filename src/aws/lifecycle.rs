@@ -543,7 +543,10 @@ impl<'a> Watch<'a> {
         {
             self.terminating = true;
             let every = self.api.heartbeat_interval;
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let mut tick = tokio::time::interval_at(
+                crate::machine::state::later(Instant::now(), every).into(),
+                every,
+            );
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             self.heartbeat = Some(tick);
             set_hook(self.hub, true, |h| h.state = HookState::Heartbeating);

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use crate::aws::imds::{ImdsClient, ImdsError};
 use crate::aws::scheduled::{self, Tracked};
 use crate::config::settings::OnRebalance;
-use crate::fmt::format_duration;
+use crate::fmt::{capped, format_duration};
 use crate::journal::Record;
 use crate::machine::state::{DrainReason, Event};
 
@@ -33,6 +33,12 @@ const MAX_BACKOFF_POLLS: u32 = 5;
 const AUTO_PROBE_BOUND: Duration = Duration::from_secs(3);
 /// How often a persisting IMDS failure is logged again.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
+/// The notices kept for `/status`, the latest ones: a body that changes on every poll (as a
+/// broken IMDS may serve) must not grow the guard without bound.
+pub const NOTICES_KEPT: usize = 16;
+/// The most of a value read from IMDS that is logged or kept: a notice is a short JSON object, a
+/// state one word; a 10 MB answer is shown as its start and its size.
+pub const VALUE_SHOWN: usize = 512;
 
 /// The poller's settings.
 #[derive(Debug, Clone)]
@@ -66,9 +72,39 @@ pub struct ImdsStatus {
     pub last_ok: Option<SystemTime>,
     pub errors_total: u64,
     pub last_error: Option<String>,
+    /// The latest notices, at most [`NOTICES_KEPT`], oldest first.
     pub notices: Vec<NoticeRecord>,
     /// The EC2 scheduled events seen, and what the guard does about each.
     pub scheduled_events: Vec<Tracked>,
+    /// Notices seen since start, by kind (for the counter: the list keeps only the latest).
+    pub notices_seen: [u64; 4],
+}
+
+impl ImdsStatus {
+    /// Keeps `record` among the latest notices and counts it.
+    pub fn record_notice(&mut self, record: NoticeRecord) {
+        self.notices_seen[kind_index(record.kind)] += 1;
+        if self.notices.len() >= NOTICES_KEPT {
+            let excess = self.notices.len() + 1 - NOTICES_KEPT;
+            self.notices.drain(..excess);
+        }
+        self.notices.push(record);
+    }
+
+    /// How many notices of `kind` were seen since start.
+    pub fn notices_of(&self, kind: NoticeKind) -> u64 {
+        self.notices_seen[kind_index(kind)]
+    }
+}
+
+/// The place of `kind` in [`ImdsStatus::notices_seen`]; exhaustive, so a new kind must be placed.
+fn kind_index(kind: NoticeKind) -> usize {
+    match kind {
+        NoticeKind::LifecycleState => 0,
+        NoticeKind::Spot => 1,
+        NoticeKind::Rebalance => 2,
+        NoticeKind::ScheduledEvent => 3,
+    }
 }
 
 /// A decision about one notice.
@@ -115,9 +151,10 @@ impl Interpreter {
         }
         let first = self.last_state.is_none();
         self.last_state = Some(value.to_string());
+        let shown = capped(value, VALUE_SHOWN);
         let record = |drain| NoticeRecord {
             kind: NoticeKind::LifecycleState,
-            value: value.to_string(),
+            value: shown.to_string(),
             seen_at: seen,
             drain,
         };
@@ -138,6 +175,7 @@ impl Interpreter {
                 "target lifecycle state is Terminated again".to_string(),
             ),
             warmed if warmed.starts_with("Warmed:") => {
+                let warmed = &shown;
                 if self.seen_in_service {
                     (
                         Some(DrainReason::WarmPool),
@@ -160,9 +198,9 @@ impl Interpreter {
                     "target lifecycle state is {value}: no lifecycle hook applies, not draining"
                 ),
             ),
-            other => (
+            _ => (
                 None,
-                format!("unknown target lifecycle state `{other}`: not draining"),
+                format!("unknown target lifecycle state `{shown}`: not draining"),
             ),
         };
         Some(Decision {
@@ -188,9 +226,9 @@ impl Interpreter {
         // Losing work is worse than draining early: an unreadable notice still counts, with the
         // two minutes AWS usually gives.
         let (action, notice_at, note_extra) = match &parsed {
-            Some((action, time)) => (action.as_str(), *time, String::new()),
+            Some((action, time)) => (capped(action, 64), *time, String::new()),
             None => (
-                "unknown",
+                "unknown".into(),
                 seen + SPOT_FALLBACK,
                 " (body unreadable: assuming 2 minutes)".to_string(),
             ),
@@ -199,18 +237,18 @@ impl Interpreter {
             .checked_sub(self.spot_margin)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let left = kill_by_sys.duration_since(seen).unwrap_or(Duration::ZERO);
-        let kill_by = seen_at + left;
+        let kill_by = crate::machine::state::later(seen_at, left);
         Some(Decision {
             record: NoticeRecord {
                 kind: NoticeKind::Spot,
-                value: body.to_string(),
+                value: capped(body, VALUE_SHOWN).into_owned(),
                 seen_at: seen,
                 drain: Some(DrainReason::SpotInterruption),
             },
             drain: Some((DrainReason::SpotInterruption, Some(kill_by))),
             note: format!(
                 "spot interruption notice: {action} at {}{note_extra}; the agent must be gone within {}",
-                humantime::format_rfc3339_seconds(notice_at),
+                crate::fmt::rfc3339(notice_at),
                 format_duration(left)
             ),
         })
@@ -227,7 +265,7 @@ impl Interpreter {
         Some(Decision {
             record: NoticeRecord {
                 kind: NoticeKind::Rebalance,
-                value: body.to_string(),
+                value: capped(body, VALUE_SHOWN).into_owned(),
                 seen_at: seen,
                 drain,
             },
@@ -357,8 +395,9 @@ impl Poller {
         match state {
             Ok(v) => {
                 if let Some(v) = &v {
-                    self.status
-                        .send_modify(|s| s.lifecycle_state = Some(v.trim().to_string()));
+                    self.status.send_modify(|s| {
+                        s.lifecycle_state = Some(capped(v.trim(), VALUE_SHOWN).into_owned())
+                    });
                 }
                 decisions.extend(self.interpreter.lifecycle(v.as_deref(), now));
             }
@@ -411,7 +450,7 @@ impl Poller {
             None => tracing::info!(journal = %record, "{}", decision.note),
         }
         self.status
-            .send_modify(|s| s.notices.push(decision.record.clone()));
+            .send_modify(|s| s.record_notice(decision.record.clone()));
         if let Some((reason, hard_deadline)) = decision.drain {
             let event = Event::Drain {
                 reason,
@@ -622,6 +661,30 @@ mod tests {
             )
             .expect("a notice");
         assert_eq!(d.drain, Some((DrainReason::SpotInterruption, Some(at))));
+    }
+
+    #[test]
+    fn a_notice_that_changes_on_every_poll_keeps_a_bounded_history_and_capped_values() {
+        let (now, _) = t0();
+        let mut i = Interpreter::new(OnRebalance::Ignore, Duration::ZERO);
+        let mut status = ImdsStatus::default();
+        for n in 0..100 {
+            let body = format!("{{\"noticeTime\": \"{n}\"}}");
+            status.record_notice(i.rebalance(Some(&body), now).expect("new").record);
+        }
+        assert_eq!(status.notices.len(), NOTICES_KEPT);
+        assert_eq!(status.notices_of(NoticeKind::Rebalance), 100);
+        assert!(status.notices[NOTICES_KEPT - 1].value.contains("99"));
+        let huge = "x".repeat(10 << 20);
+        let d = i.lifecycle(Some(&huge), now).expect("new");
+        assert!(
+            d.record.value.len() < VALUE_SHOWN + 64,
+            "{}",
+            d.record.value.len()
+        );
+        assert!(d.note.len() < VALUE_SHOWN + 128, "{}", d.note.len());
+        let d = i.spot(Some(&huge), now, Instant::now()).expect("new");
+        assert!(d.record.value.len() < VALUE_SHOWN + 64);
     }
 
     #[test]

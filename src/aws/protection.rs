@@ -81,12 +81,13 @@ impl Protection {
         let spacing = if release && self.failures == 0 {
             Duration::ZERO
         } else {
-            self.min_interval * 2u32.pow(self.failures.min(5))
+            self.min_interval
+                .saturating_mul(2u32.pow(self.failures.min(5)))
         };
         if let Some(last) = self.last_call
-            && now < last + spacing
+            && now < crate::machine::state::later(last, spacing)
         {
-            return Step::WaitUntil(last + spacing);
+            return Step::WaitUntil(crate::machine::state::later(last, spacing));
         }
         Step::Call(want)
     }

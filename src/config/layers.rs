@@ -182,6 +182,48 @@ pub fn from_matches(matches: &ArgMatches) -> Result<Settings, ConfigError> {
     Ok(settings)
 }
 
+/// The largest config file read. A config is a few dozen lines; a megabyte is a mistake.
+pub const MAX_FILE: u64 = 1 << 20;
+
+/// Reads the config file: a regular file of at most [`MAX_FILE`] bytes of UTF-8. A device, fifo
+/// or directory is refused before anything is read from it (`--config /dev/zero` would otherwise
+/// be read until memory runs out, and a fifo would block the start), and a file that grows while
+/// it is read is cut at the limit and refused.
+pub fn read_file(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a fifo must not wait for a writer. It changes nothing for a file.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file (a device, fifo or directory is never read as configuration)",
+        ));
+    }
+    let too_large = || {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "larger than {} KiB, too large for a config file",
+                MAX_FILE >> 10
+            ),
+        )
+    };
+    if meta.len() > MAX_FILE {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| Error::new(ErrorKind::InvalidData, "not UTF-8"))
+}
+
 /// The file layer: fills every option that only has its default (or nothing).
 pub fn apply_file(settings: &mut Settings, path: &Path, text: &str) -> Result<(), ConfigError> {
     type Spanned<T> = toml::Spanned<T>;
@@ -301,6 +343,22 @@ pub fn apply_foreign_env(settings: &mut Settings) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_regular_file_of_reasonable_size_is_read() {
+        let err = read_file(Path::new("/dev/zero")).expect_err("a device");
+        assert!(err.to_string().starts_with("not a regular file"), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = read_file(dir.path()).expect_err("a directory");
+        assert!(err.to_string().starts_with("not a regular file"), "{err}");
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; MAX_FILE as usize + 1]).expect("write");
+        let err = read_file(&big).expect_err("too large");
+        assert!(err.to_string().contains("too large"), "{err}");
+        let fine = dir.path().join("fine.toml");
+        std::fs::write(&fine, "stop-timeout = \"5s\"\n").expect("write");
+        assert_eq!(read_file(&fine).expect("read"), "stop-timeout = \"5s\"\n");
+    }
 
     #[test]
     fn file_errors_name_file_line_and_key() {

@@ -175,7 +175,7 @@ where
     }
     let mut settings = layers::from_matches(&matches)?;
     if let Some(path) = &cli.config {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        let text = layers::read_file(path).map_err(|source| ConfigError::ReadFile {
             path: path.clone(),
             source,
         })?;
@@ -195,6 +195,29 @@ where
     } else {
         Ok(Invocation::Run(config))
     }
+}
+
+/// The settings of a command line without flags: the defaults, and the environment's values.
+/// With [`check_file_text`], what the fuzz target for the config file starts from.
+pub(crate) fn default_settings() -> Result<Settings, ConfigError> {
+    let matches = crate::cli::command()
+        .try_get_matches_from(["agent-guard"])
+        .map_err(|e| ConfigError::Usage(one_line(&e)))?;
+    layers::from_matches(&matches)
+}
+
+/// `text` read as a config file over `defaults` and validated as `load` does it, then described
+/// as `--check-config` does (for the fuzz target, `crate::fuzzing`).
+pub(crate) fn check_file_text(defaults: &Settings, text: &str) -> Result<Config, ConfigError> {
+    let mut settings = defaults.clone();
+    layers::apply_file(&mut settings, std::path::Path::new("fuzz.toml"), text)?;
+    let command = settings
+        .file_command()
+        .map(|(command, _)| command.iter().map(OsString::from).collect())
+        .unwrap_or_default();
+    let config = Config::from_settings(&settings, command)?;
+    let _ = config.describe(&settings);
+    Ok(config)
 }
 
 /// clap's refusals in the guard's words: help and version are not errors, an unknown option or a

@@ -350,8 +350,13 @@ impl Readiness {
             "start" => Ok(ReadyOn::Start),
             "notify" => Ok(ReadyOn::Notify),
             "health" => Ok(ReadyOn::Health),
-            other => parse_duration(other).map(ReadyOn::Warmup).map_err(|_| {
-                "expected `start`, `notify`, `health` or a warm-up duration such as 30s".to_string()
+            other => parse_duration(other).map(ReadyOn::Warmup).map_err(|why| {
+                if why.starts_with("at most") {
+                    why
+                } else {
+                    "expected `start`, `notify`, `health` or a warm-up duration such as 30s"
+                        .to_string()
+                }
             }),
         })?;
         if on == ReadyOn::Health && settings.get("child-health").is_none() {
@@ -736,6 +741,32 @@ mod tests {
         let s = settings_of(&["--imds", "off", "--in-warm-pool", "wait"]);
         let err = Config::from_settings(&s, vec![]).expect_err("needs IMDS");
         assert!(err.to_string().ends_with("but --imds is off"), "{err}");
+    }
+
+    #[test]
+    fn every_duration_option_refuses_a_value_past_the_maximum() {
+        let durations: Vec<String> = crate::cli::command()
+            .get_arguments()
+            .filter(|a| {
+                a.get_value_names()
+                    .is_some_and(|names| names.iter().any(|n| n == "DUR" || n.ends_with("|DUR")))
+            })
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .collect();
+        assert!(durations.len() >= 10, "{durations:?}");
+        for long in durations {
+            let flag = format!("--{long}");
+            let s = settings_of(&[flag.as_str(), "3000000000000000h"]);
+            let err = Config::from_settings(&s, vec![]).expect_err(&long);
+            assert!(
+                err.to_string().starts_with(&flag) && err.to_string().contains("at most 365d"),
+                "{long}: {err}"
+            );
+            let s = settings_of(&[flag.as_str(), "365d"]);
+            if let Err(err) = Config::from_settings(&s, vec![]) {
+                assert!(!err.to_string().contains("at most"), "{long}: {err}");
+            }
+        }
     }
 
     #[test]

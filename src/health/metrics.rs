@@ -171,14 +171,10 @@ const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         help: "IMDS notices seen, by kind.",
         samples: |s| {
-            let mut counts = [0u64; NOTICE_KINDS.len()];
-            for notice in &s.imds.notices {
-                counts[notice_index(notice.kind)] += 1;
-            }
-            let each = NOTICE_KINDS
-                .iter()
-                .zip(counts)
-                .map(|(kind, n)| Sample::new([("kind", kind.as_str())], n as f64));
+            // Counted since start: the list of notices keeps only the latest.
+            let each = NOTICE_KINDS.iter().map(|kind| {
+                Sample::new([("kind", kind.as_str())], s.imds.notices_of(*kind) as f64)
+            });
             Some(each.collect())
         },
     },
@@ -326,6 +322,7 @@ const NOTICE_KINDS: [NoticeKind; 4] = [
 ];
 
 /// The place of `kind` in [`NOTICE_KINDS`]; an exhaustive match, so a new kind cannot be missed.
+#[cfg(test)]
 fn notice_index(kind: NoticeKind) -> usize {
     match kind {
         NoticeKind::LifecycleState => 0,
@@ -388,13 +385,8 @@ mod tests {
             handling: Handling::Reported,
             listed,
         };
-        let imds = ImdsStatus {
+        let mut imds = ImdsStatus {
             errors_total: 7,
-            notices: vec![
-                notice(NoticeKind::Spot),
-                notice(NoticeKind::Rebalance),
-                notice(NoticeKind::Spot),
-            ],
             scheduled_events: vec![
                 scheduled(EventState::Active, true),
                 scheduled(EventState::Canceled, true),
@@ -402,6 +394,9 @@ mod tests {
             ],
             ..ImdsStatus::default()
         };
+        for kind in [NoticeKind::Spot, NoticeKind::Rebalance, NoticeKind::Spot] {
+            imds.record_notice(notice(kind));
+        }
         let db = Check::parse_named("db=tcp://127.0.0.1:1").expect("valid");
         let web = Check::parse_named("web=http://127.0.0.1:1/").expect("valid");
         let result = CheckResult {

@@ -384,7 +384,7 @@ impl Supervisor {
         let left = deadline.saturating_duration_since(now);
         self.hub.announce(Announcement::Drain(DrainInfo {
             reason,
-            deadline: SystemTime::now() + left,
+            deadline: crate::fmt::wall_after(SystemTime::now(), left),
             deadline_at: deadline,
         }));
     }
@@ -404,7 +404,15 @@ impl Supervisor {
                     pgid,
                 };
                 tracing::info!(signal = %signal, pgid, journal = %record.json(), "sent the stop signal to the agent's process group");
-                self.agent.signal_group(signal)
+                let sent = self.signal_group(signal);
+                // As systemd does after KillSignal=: a stopped agent (SIGSTOP, or a TSTP passed
+                // on) could not act on the stop signal and would only ever end SIGKILLed. Only
+                // when one is stopped: an agent that handles SIGCONT gets no spurious one.
+                let running = self.state.phase.agent_running();
+                if signal != Sig::CONT && signal != Sig::KILL && self.agent.any_stopped(running) {
+                    let _ = self.signal_group(Sig::CONT);
+                }
+                sent
             }
             Action::Signal {
                 signal,
@@ -412,7 +420,7 @@ impl Supervisor {
             } => {
                 tracing::debug!(signal = %signal, "forwarding a signal to the agent");
                 match self.settings.forward_to {
-                    ForwardTo::Group => self.agent.signal_group(signal),
+                    ForwardTo::Group => self.signal_group(signal),
                     ForwardTo::Child => self.agent.signal_child(signal),
                 }
             }
@@ -420,7 +428,7 @@ impl Supervisor {
                 self.sigkilled = true;
                 let record = Record::Killed { pgid };
                 tracing::warn!(pgid, journal = %record.json(), "sent SIGKILL to the agent's process group");
-                self.agent.signal_group(Sig::KILL)
+                self.signal_group(Sig::KILL)
             }
             Action::AnnounceDrain { reason, deadline } => {
                 self.told_to_drain(reason, deadline, ctx);
@@ -643,6 +651,16 @@ impl Supervisor {
         tracing::info!(reason = %reason, "stopping during the restart delay: the agent is not started again");
     }
 
+    /// The agent's group, and the agent by its pid if it left the group; only the group once the
+    /// agent has been reaped, when its pid may already be another process's.
+    fn signal_group(&self, sig: Sig) -> std::io::Result<()> {
+        if self.state.phase.agent_running() {
+            self.agent.signal_group_and_agent(sig)
+        } else {
+            self.agent.signal_group(sig)
+        }
+    }
+
     /// Says when a hard deadline (a spot notice) cut a configured timeout short, and by how much.
     fn log_cut(&self, option: &str, configured: Duration, ends: Instant, ctx: &Ctx) {
         let given = ends.saturating_duration_since(ctx.now);
@@ -674,12 +692,18 @@ impl Supervisor {
             Phase::Starting { .. } => {}
             Phase::Ready => tracing::info!(journal = %record, "agent is ready"),
             Phase::Draining(d) => {
-                if !matches!(before, Phase::Draining(_)) {
-                    tracing::info!(reason = %d.reason, deadline_in = %until(d.deadline), journal = %record, "draining");
-                } else if before.drain_reason() != Some(d.reason) {
-                    tracing::info!(reason = %d.reason, journal = %record, "the drain now ends the instance");
-                } else {
-                    tracing::warn!(deadline_in = %until(d.deadline), "drain deadline moved earlier");
+                match before {
+                    Phase::Draining(b) if b.reason != d.reason => {
+                        tracing::info!(reason = %d.reason, journal = %record, "the drain now ends the instance");
+                    }
+                    Phase::Draining(b) if d.deadline < b.deadline => {
+                        tracing::warn!(deadline_in = %until(d.deadline), "drain deadline moved earlier");
+                    }
+                    // Moved later: the agent's extension, which `Extended` logs.
+                    Phase::Draining(_) => {}
+                    _ => {
+                        tracing::info!(reason = %d.reason, deadline_in = %until(d.deadline), journal = %record, "draining")
+                    }
                 }
                 self.log_cut(
                     "--drain-timeout",

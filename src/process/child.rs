@@ -152,6 +152,60 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Sends `sig` to every process in the agent's group, and to the agent by its pid as well if
+    /// it has left that group. An agent that `setpgid`s itself into another group leaves the old
+    /// one empty (or holding only its children): `kill(-pgid)` then misses it, or fails with
+    /// ESRCH, and without this neither the stop signal nor SIGKILL would ever reach it.
+    ///
+    /// Only while the agent has not been reaped: after that its pid may be anyone's.
+    pub fn signal_group_and_agent(&self, sig: Sig) -> io::Result<()> {
+        let group = send_raw(-self.pid, sig);
+        let group_missing = matches!(&group, Err(e) if e.raw_os_error() == Some(libc::ESRCH));
+        let left = match process_group_of(self.pid) {
+            Some(group) => group != self.pid,
+            // No /proc: an empty group while the agent still answers is the same news.
+            // SAFETY: kill with signal 0 only checks for existence and permission.
+            None => group_missing && unsafe { libc::kill(self.pid, 0) } == 0,
+        };
+        if !left {
+            return group.or_else(esrch_is_ok);
+        }
+        if !LEFT_GROUP_TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                pid = self.pid,
+                "the agent left its process group; signals for the group go to its pid as well"
+            );
+        }
+        let own = send(self.pid, sig);
+        group.or_else(esrch_is_ok).and(own)
+    }
+
+    /// Whether any process in the agent's group is stopped (SIGSTOP, or a TSTP passed on), or,
+    /// while it has not been reaped (`agent_running`), the agent itself: such a process cannot
+    /// act on the stop signal until it is continued.
+    pub fn any_stopped(&self, agent_running: bool) -> bool {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return false;
+        };
+        dir.flatten().any(|entry| {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<pid_t>().ok())
+            else {
+                return false;
+            };
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| parse_stat(&stat))
+                .is_some_and(|(state, group)| {
+                    state == 'T' && (group == self.pid || (agent_running && pid == self.pid))
+                })
+        })
+    }
+}
+
 /// Counts the processes in group `pgid` that are not zombies, from /proc. `None` if /proc cannot
 /// be read, in which case callers must assume the group is alive.
 pub fn live_members(pgid: pid_t) -> Option<usize> {
@@ -292,12 +346,26 @@ impl ExecWithPid {
     }
 }
 
+/// Whether the warning that the agent left its group was logged: once is enough, as forwarded
+/// signals take the same path and may come by the thousand.
+static LEFT_GROUP_TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn send(target: pid_t, sig: Sig) -> io::Result<()> {
+    send_raw(target, sig).or_else(esrch_is_ok)
+}
+
+/// kill(2), every error kept.
+fn send_raw(target: pid_t, sig: Sig) -> io::Result<()> {
     // SAFETY: kill(2) with a pid and a valid signal number has no memory effects.
     if unsafe { libc::kill(target, sig.raw()) } == 0 {
-        return Ok(());
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
-    let err = io::Error::last_os_error();
+}
+
+/// A missing process (ESRCH) is not an error for a signal: it is exiting.
+fn esrch_is_ok(err: io::Error) -> io::Result<()> {
     if err.raw_os_error() == Some(libc::ESRCH) {
         Ok(())
     } else {
@@ -386,6 +454,28 @@ pub fn resolve(program: &std::ffi::OsStr) -> Result<std::path::PathBuf, SpawnErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pid_is_signalled_only_when_asked_for_the_agent_too() {
+        // A process outside any group of its own, as an agent that moved (or a stranger who got
+        // a reaped agent's pid) is: the group signal alone must not reach it.
+        let mut other = Command::new("sleep").arg("30").spawn().expect("sleep runs");
+        let agent = Agent {
+            pid: other.id() as pid_t,
+        };
+        agent
+            .signal_group(Sig::KILL)
+            .expect("an empty group is no error");
+        agent
+            .signal_group_and_agent(Sig::TERM)
+            .expect("signalled by pid");
+        let status = other.wait().expect("wait");
+        // Had the SIGKILL reached it, it would have died of that, not of the later SIGTERM.
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGTERM)
+        );
+    }
 
     #[test]
     fn parses_stat_lines_with_odd_names() {

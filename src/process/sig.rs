@@ -56,6 +56,7 @@ impl Sig {
     pub const TERM: Sig = Sig(libc::SIGTERM);
     pub const KILL: Sig = Sig(libc::SIGKILL);
     pub const CHLD: Sig = Sig(libc::SIGCHLD);
+    pub const CONT: Sig = Sig(libc::SIGCONT);
     pub const USR1: Sig = Sig(libc::SIGUSR1);
     pub const USR2: Sig = Sig(libc::SIGUSR2);
 
@@ -111,7 +112,11 @@ impl FromStr for Sig {
         let unknown = || UnknownSignal(s.to_string());
         let trimmed = s.trim();
         if let Ok(n) = trimmed.parse::<c_int>() {
-            return Sig::from_raw(n).ok_or_else(unknown);
+            // Only a number with a name: 32 and 33 are the C library's own (below SIGRTMIN),
+            // and a signal written as `signal 32` could not be read back.
+            let named = NAMES.iter().any(|(_, known)| *known == n)
+                || (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&n);
+            return Sig::from_raw(n).filter(|_| named).ok_or_else(unknown);
         }
         let upper = trimmed.to_ascii_uppercase();
         let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
@@ -124,9 +129,9 @@ impl FromStr for Sig {
         } else if bare == "RTMAX" {
             Some(max)
         } else if let Some(k) = bare.strip_prefix("RTMIN+") {
-            k.parse::<c_int>().ok().map(|k| min + k)
+            k.parse::<c_int>().ok().and_then(|k| min.checked_add(k))
         } else if let Some(k) = bare.strip_prefix("RTMAX-") {
-            k.parse::<c_int>().ok().map(|k| max - k)
+            k.parse::<c_int>().ok().and_then(|k| max.checked_sub(k))
         } else {
             None
         };
@@ -201,7 +206,18 @@ mod tests {
         ] {
             assert_eq!(text.parse::<Sig>(), Ok(Sig(want)), "{text}");
         }
-        for bad in ["", "TERMINATE", "0", "65", "RTMIN+99", "-1"] {
+        for bad in [
+            "",
+            "TERMINATE",
+            "0",
+            "65",
+            "RTMIN+99",
+            "-1",
+            "32",
+            "33",
+            "RTMIN+2147483647",
+            "RTMAX--2147483647",
+        ] {
             assert!(bad.parse::<Sig>().is_err(), "{bad} should not parse");
         }
     }

@@ -5,19 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{Guard, SOON, command, read, scratch, wait_until};
+use crate::support::{Guard, SOON, command, read, require_tool, scratch, wait_until};
 
 fn client(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("examples/clients")
         .join(name)
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 /// Runs `agent` under a guard, drains it, and checks that it heard the drain and said drained.
@@ -61,8 +54,7 @@ fn the_python_client_drains() {
 
 #[test]
 fn the_node_client_drains() {
-    if !have("node") {
-        eprintln!("SKIPPED the_node_client_drains: node is not installed");
+    if !require_tool("node") {
         return;
     }
     let dir = scratch();
@@ -74,8 +66,7 @@ fn the_node_client_drains() {
 
 #[test]
 fn the_go_client_drains() {
-    if !have("go") {
-        eprintln!("SKIPPED the_go_client_drains: go is not installed");
+    if !require_tool("go") {
         return;
     }
     let dir = scratch();
@@ -99,8 +90,7 @@ fn the_go_client_drains() {
 
 #[test]
 fn the_bash_client_drains() {
-    if !have("nc") {
-        eprintln!("SKIPPED the_bash_client_drains: nc (netcat-openbsd) is not installed");
+    if !require_tool("nc") {
         return;
     }
     let dir = scratch();

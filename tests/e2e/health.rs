@@ -378,8 +378,9 @@ fn python_with_prometheus() -> Option<String> {
 #[test]
 fn metrics_parse_as_prometheus_text() {
     let Some(python) = python_with_prometheus() else {
-        eprintln!(
-            "SKIPPED metrics_parse_as_prometheus_text: no Python with prometheus_client (.ci/run makes one)"
+        crate::support::require(
+            false,
+            "no Python with prometheus_client (.ci/run makes one)",
         );
         return;
     };

@@ -559,9 +559,7 @@ fn status_and_metrics_show_the_hook() {
 #[test]
 fn the_sdk_wiring_works_against_a_real_moto_server() {
     let Some(moto) = moto_url() else {
-        eprintln!(
-            "SKIPPED the_sdk_wiring_works_against_a_real_moto_server: no moto server (.ci/run starts one)"
-        );
+        crate::support::require(false, "no moto server (.ci/run starts one)");
         return;
     };
     let python = std::env::var("AGENT_GUARD_TEST_PYTHON")

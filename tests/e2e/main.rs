@@ -11,6 +11,7 @@ mod drill;
 mod exit_status;
 mod forwarding;
 mod health;
+mod hostile;
 mod imds_ipv6;
 mod lifecycle;
 mod maintenance;

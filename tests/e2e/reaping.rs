@@ -1,7 +1,7 @@
 //! Orphans are reaped (as a subreaper and as PID 1), a burst of them at once included, and the
 //! agent's own status is never stolen by the reaping.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::path::Path;
 use std::process::Command;
 
@@ -9,16 +9,28 @@ use crate::support::{Guard, SOON, children, command, process, read, scratch, wai
 
 const ORPHANS: usize = 200;
 
-/// An agent that leaves ORPHANS orphans blocked on `fifo`, then blocks on it too and exits 7.
-/// Opening the fifo for writing and closing it releases all of them at the same instant, so
-/// their SIGCHLDs coalesce.
+/// An agent that leaves ORPHANS orphans blocked reading `fifo`, then blocks reading it too and
+/// exits 7. The agent opens the fifo once, first, and every reader inherits that descriptor: none
+/// can be late to open it (a reader that opened it only after the writer closed would block
+/// forever). Closing the test's end ([`hold`], [`release`]) then gives all of them end-of-file at
+/// the same instant, so their SIGCHLDs coalesce.
 fn burst_script(fifo: &Path, ready: &Path) -> String {
     format!(
-        "i=0; while [ $i -lt {ORPHANS} ]; do (cat {f} > /dev/null &); i=$((i+1)); done; \
-         touch {r}; cat {f} > /dev/null; exit 7",
+        "exec 3< {f}; i=0; while [ $i -lt {ORPHANS} ]; do (cat <&3 > /dev/null &); i=$((i+1)); done; \
+         touch {r}; cat <&3 > /dev/null; exit 7",
         f = fifo.display(),
         r = ready.display()
     )
+}
+
+/// Opens the fifo for writing, before the agent starts, so that the agent's open for reading
+/// returns at once (read-write: on Linux that open never blocks).
+fn hold(fifo: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(fifo)
+        .expect("open the fifo read-write")
 }
 
 fn mkfifo(path: &Path) {
@@ -29,14 +41,9 @@ fn mkfifo(path: &Path) {
     assert!(status.success());
 }
 
-/// Opens and closes the fifo for writing: every reader sees end-of-file at once.
-fn release(fifo: &Path) {
-    drop(
-        OpenOptions::new()
-            .write(true)
-            .open(fifo)
-            .expect("open fifo for writing"),
-    );
+/// Closes the only writer: every reader sees end-of-file at once.
+fn release(writer: File) {
+    drop(writer);
 }
 
 fn zombies_of(pid: i32) -> usize {
@@ -49,6 +56,7 @@ fn a_burst_of_orphans_is_reaped_by_a_subreaper_and_the_agent_status_kept() {
     let fifo = dir.path().join("fifo");
     let ready = dir.path().join("ready");
     mkfifo(&fifo);
+    let writer = hold(&fifo);
     let mut guard = Guard::start(
         dir.path(),
         [
@@ -67,7 +75,7 @@ fn a_burst_of_orphans_is_reaped_by_a_subreaper_and_the_agent_status_kept() {
     wait_until("the guard adopts every orphan", SOON, || {
         children(guard_pid).len() > ORPHANS
     });
-    release(&fifo);
+    release(writer);
     assert_eq!(
         guard.code(),
         7,
@@ -108,6 +116,7 @@ fn as_pid_1_in_a_pid_namespace_orphans_are_reaped() {
     let fifo = dir.path().join("fifo");
     let ready = dir.path().join("ready");
     mkfifo(&fifo);
+    let writer = hold(&fifo);
     // Can this machine make a PID namespace at all? If not, say so visibly and skip.
     let probe = Command::new("unshare")
         .args(["--pid", "--fork", "true"])
@@ -115,14 +124,12 @@ fn as_pid_1_in_a_pid_namespace_orphans_are_reaped() {
     match probe {
         Ok(out) if out.status.success() => {}
         Ok(out) => {
-            eprintln!(
-                "SKIPPED as_pid_1_in_a_pid_namespace_orphans_are_reaped: unshare --pid is not allowed here: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            crate::support::require(false, &format!("unshare --pid is not allowed here: {why}"));
             return;
         }
         Err(err) => {
-            eprintln!("SKIPPED as_pid_1_in_a_pid_namespace_orphans_are_reaped: no unshare: {err}");
+            crate::support::require(false, &format!("no unshare: {err}"));
             return;
         }
     }
@@ -156,7 +163,7 @@ fn as_pid_1_in_a_pid_namespace_orphans_are_reaped() {
     wait_until("the guard (PID 1) adopts every orphan", SOON, || {
         children(guard_pid).len() > ORPHANS
     });
-    release(&fifo);
+    release(writer);
     wait_until("the guard exits", SOON, || {
         process(guard_pid).is_none_or(|p| p.state == 'Z')
     });

@@ -161,10 +161,13 @@ impl Drill {
             .clone()
             .unwrap_or_else(|| DEFAULT_HOOK.to_string());
         let dir = std::env::temp_dir().join(format!("agent-guard-drill-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|source| DrillError::TempDir {
-            path: dir.clone(),
-            source,
-        })?;
+        // 0700 whatever the umask: the guard refuses a socket directory others may write in.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&dir)
+            .map_err(|source| DrillError::TempDir {
+                path: dir.clone(),
+                source,
+            })?;
         Ok(Drill {
             args,
             config,

@@ -12,6 +12,78 @@ use std::time::{Duration, Instant};
 /// The generous bound for anything that should happen "soon" on a loaded 2-core machine.
 pub const SOON: Duration = Duration::from_secs(15);
 
+/// Whether the tests run in CI (`CI=true`), where nothing may be skipped.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Whether `tool` is on PATH.
+pub fn have(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            use std::os::unix::fs::PermissionsExt;
+            fs::metadata(dir.join(tool))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// Whether the calling test may go on: `ok`, or a skip for want of `missing` (say what and how
+/// to get it). A skip must not pass as green where it hides a missing install step: under
+/// `CI=true` it panics, failing the test. Elsewhere it is recorded, and one line listing every
+/// skipped test is printed when the test binary exits (a test's own output is captured, so a
+/// line printed from inside the test would not be seen).
+pub fn require(ok: bool, missing: &str) -> bool {
+    if ok {
+        return true;
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    if in_ci() {
+        panic!(
+            "{test} cannot run: {missing}; with CI=true a skip is a failure (install it in .ci/run)"
+        );
+    }
+    record_skip(format!("{test} ({missing})"));
+    false
+}
+
+/// [`require`] for a program on PATH.
+pub fn require_tool(tool: &str) -> bool {
+    require(have(tool), &format!("{tool} is not installed"))
+}
+
+/// [`require`] for root, for tests that act as another user.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no side effects.
+    require(unsafe { libc::geteuid() } == 0, "needs root")
+}
+
+static SKIPS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn record_skip(what: String) {
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    SKIPS.lock().unwrap_or_else(|e| e.into_inner()).push(what);
+    // SAFETY: registers a plain function with no arguments; it runs once, at exit.
+    AT_EXIT.call_once(|| unsafe {
+        libc::atexit(print_skips);
+    });
+}
+
+/// The one summary line, at exit (after the test harness's own report).
+extern "C" fn print_skips() {
+    let skips = SKIPS.lock().unwrap_or_else(|e| e.into_inner());
+    if !skips.is_empty() {
+        eprintln!(
+            "SKIPPED {} test(s), green but untested here (CI=true makes a skip a failure): {}",
+            skips.len(),
+            skips.join("; ")
+        );
+    }
+}
+
 /// The agent-guard binary built for these tests.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_agent-guard")

@@ -1,0 +1,4 @@
+//! Fuzz target: `agent_guard::fuzzing::config_file` (what it checks is documented there).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| agent_guard::fuzzing::config_file(data));
