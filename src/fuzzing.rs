@@ -51,14 +51,17 @@ pub fn sd_notify(data: &[u8]) {
     }
 }
 
-/// A body read from IMDS. The first byte picks the path (lifecycle state, spot instance-action,
-/// rebalance recommendation) and the settings; the rest is the body. Values kept and logged stay
+/// A body read from IMDS. It is read as scheduled events, then the first byte picks the path
+/// (lifecycle state, spot instance-action, rebalance recommendation) and the settings; the rest is the body. Values kept and logged stay
 /// short, a spot deadline is never in the past, and the same body twice is news once.
 pub fn imds_notice(data: &[u8]) {
     let Some((&pick, rest)) = data.split_first() else {
         return;
     };
     let body = String::from_utf8_lossy(rest);
+    // The same body as EC2 scheduled events (`events/maintenance/scheduled`): whatever it holds,
+    // reading it ends, as events or as an error, never as a panic.
+    let _ = crate::aws::scheduled::parse_events(&body);
     let on_rebalance = if pick & 0x80 == 0 {
         OnRebalance::Ignore
     } else {

@@ -203,7 +203,7 @@ impl Actor {
         };
         tracing::warn!(id = %event.id, code = %event.code_text, not_before = %format_event_time(event.not_before), journal = %record, "scheduled event: {what}");
         self.status.send_modify(|s| {
-            s.notices.push(NoticeRecord {
+            s.record_notice(NoticeRecord {
                 kind: NoticeKind::ScheduledEvent,
                 value,
                 seen_at: SystemTime::now(),
