@@ -121,7 +121,7 @@ check "the Dockerfile uses the guard as PID 1" grep -q '^ENTRYPOINT \["agent-gua
 
 # The CloudFormation template passes cfn-lint.
 cfn_lint=$(command -v cfn-lint || true)
-[[ -x ${AGENT_GUARD_TEST_PYTHON%/python}/cfn-lint ]] && cfn_lint=${AGENT_GUARD_TEST_PYTHON%/python}/cfn-lint
+[[ -x ${python%/python}/cfn-lint ]] && cfn_lint=${python%/python}/cfn-lint
 if [[ -n $cfn_lint ]]; then
   check "cfn-lint passes the CloudFormation template" "$cfn_lint" packaging/examples/cloudformation.yaml
 else
