@@ -170,19 +170,9 @@ fn build(config: &ProviderConfig, endpoint: &str, timeout: Duration) -> Result<C
         .build())
 }
 
-/// An error and its causes on one line; the SDK nests the useful part several levels down.
+/// An error and its causes on one line, lower-cased for matching.
 fn chain(err: &dyn StdError) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out.to_lowercase()
+    crate::fmt::error_chain(err).to_lowercase()
 }
 
 #[cfg(test)]

@@ -365,17 +365,7 @@ fn one_line(text: &str) -> String {
 
 /// An error and its causes.
 fn chain(err: &dyn StdError) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
+    crate::fmt::error_chain(err)
 }
 
 #[cfg(test)]
