@@ -476,6 +476,14 @@ mod tests {
         (status, headers.to_ascii_lowercase(), body.to_string())
     }
 
+    /// A metadata GET with the session token `t`.
+    fn get_with(sim: &ImdsSim, t: &str, path: &str) -> (u16, String, String) {
+        exchange(
+            sim,
+            &format!("GET /latest/meta-data/{path} HTTP/1.1\r\n{TOKEN_HEADER}: {t}"),
+        )
+    }
+
     fn token(sim: &ImdsSim) -> String {
         let (status, headers, body) = exchange(
             sim,
@@ -556,12 +564,7 @@ mod tests {
     fn serves_notices_and_tags_when_set() {
         let sim = ImdsSim::start().expect("sim");
         let t = token(&sim);
-        let get = |path: &str| {
-            exchange(
-                &sim,
-                &format!("GET /latest/meta-data/{path} HTTP/1.1\r\n{TOKEN_HEADER}: {t}"),
-            )
-        };
+        let get = |path: &str| get_with(&sim, &t, path);
         assert_eq!(get("autoscaling/target-lifecycle-state").2, "InService");
         sim.set_lifecycle_state(Some("Terminated"));
         assert_eq!(get("autoscaling/target-lifecycle-state").2, "Terminated");
@@ -608,12 +611,7 @@ mod tests {
     fn lists_tags_only_when_enabled_and_tells_spot_from_on_demand() {
         let sim = ImdsSim::start().expect("sim");
         let t = token(&sim);
-        let get = |path: &str| {
-            exchange(
-                &sim,
-                &format!("GET /latest/meta-data/{path} HTTP/1.1\r\n{TOKEN_HEADER}: {t}"),
-            )
-        };
+        let get = |path: &str| get_with(&sim, &t, path);
         // Tags off: the listing is 200 and empty, each key 404, as real IMDS answers.
         assert_eq!(
             (get("tags/instance").0, get("tags/instance").2),
