@@ -205,10 +205,13 @@ impl Supervisor {
                 Wake::Timer => Some(Event::Timer),
                 Wake::ReapTick => self.reap(),
                 Wake::GroupPoll => {
-                    // Reap first: leftovers that exited may be zombies of the guard's own
-                    // (orphans it adopted), and the run must not end with them unreaped.
+                    // Look, then reap: "gone" means every member left is a zombie, and those
+                    // that are the guard's own (orphans it adopted) must not outlive the run.
+                    // Reaping first would race a leftover that exits between the reap and the
+                    // look: the group would read as gone with that zombie never reaped.
+                    let gone = !self.agent.group_alive();
                     let _ = self.reap();
-                    (!self.agent.group_alive()).then_some(Event::GroupGone)
+                    gone.then_some(Event::GroupGone)
                 }
                 Wake::DrainCommandDue => {
                     self.kill_drain_command("at the drain deadline");
