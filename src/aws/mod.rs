@@ -1,8 +1,11 @@
 //! Everything that talks to AWS: IMDS and its notices, lifecycle hooks, scale-in protection.
 pub(crate) mod api;
+pub(crate) mod backoff;
 pub(crate) mod context;
 pub(crate) mod emf;
+pub(crate) mod hooks_dir;
 pub(crate) mod imds;
 pub(crate) mod lifecycle;
 pub(crate) mod notices;
 pub(crate) mod protection;
+pub(crate) mod wait_state;
