@@ -22,6 +22,11 @@
 //! - [`drill`]: `agent-guard drill`: rehearses an event against the simulators, prints a verdict.
 //! - [`ctl`]: the `agent-guard ctl` client.
 //! - [`lifecycle`]: Auto Scaling lifecycle actions: heartbeats, completion only after the agent exits.
+//! - [`hooks_dir`]: guards on one host register per hook; the last agent out completes it once.
+//! - [`termination`]: the termination hook once the agent is gone: the wait state, however late.
+//! - [`wait_state`]: the instance's lifecycle state from the API, and when to look again.
+//! - [`hook_calls`]: the lifecycle calls, retried through throttling with full jitter.
+//! - [`backoff`]: jittered waits, so a fleet never calls in step.
 //! - [`busy`]: scale-in protection while the agent has work; its load as CloudWatch EMF lines.
 //! - [`logging`]: the guard's own log lines on stderr, text or JSON.
 //! - [`exit`]: the exit status contract.
@@ -64,7 +69,7 @@ use crate::agent::{control, sdnotify, unixsock};
 use crate::aws::context::SharedAws;
 use crate::aws::emf;
 use crate::aws::imds::ImdsClient;
-use crate::aws::lifecycle::LifecycleHandle;
+use crate::aws::lifecycle::{HostHooks, LifecycleHandle};
 use crate::aws::notices::{ImdsStatus, NoticeSettings, Poller};
 use crate::aws::protection::ProtectionHandle;
 use crate::aws::{imds, notices};
@@ -101,6 +106,8 @@ pub enum RunError {
     },
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
+    #[error(transparent)]
+    HooksDir(#[from] crate::aws::hooks_dir::HooksDirError),
 }
 
 impl RunError {
@@ -161,6 +168,8 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
     let health = bind_health(&config, &hub).await?;
     // The sockets exist before the agent does, so it can connect from its first instruction.
     let sockets = Sockets::bind(&config)?;
+    // Registered before the agent starts: the other guards on this host wait for it from then.
+    let host_hooks = HostHooks::register(&config.lifecycle, &config.name)?;
     let agent = Agent::spawn(&spawn_spec(&config), job_control)?;
     hub.set_agent_pid(agent.pid());
     let (events_tx, events_rx) = mpsc::channel(64);
@@ -175,6 +184,7 @@ async fn supervise(config: Config) -> Result<ChildExit, RunError> {
             checks: checks_tx,
             events: events_tx.clone(),
             upstream: upstream.clone(),
+            host_hooks,
         },
     );
     let supervisor = Supervisor::new(
@@ -240,6 +250,7 @@ struct Started {
     checks: watch::Sender<checks::Snapshot>,
     events: mpsc::Sender<state::Event>,
     upstream: Upstream,
+    host_hooks: HostHooks,
 }
 
 /// Everything that runs beside the supervisor, and how each is ended.
@@ -322,19 +333,26 @@ impl Tasks {
             protection: None,
         };
         if let Some(aws) = aws {
-            tasks.start_aws(config, hub, aws);
+            tasks.start_aws(config, hub, aws, started.host_hooks);
         }
         tasks
     }
 
     /// The features that act on the group: each shares the one AWS context, built when first
     /// needed.
-    fn start_aws(&mut self, config: &Config, hub: &Arc<Hub>, aws: Arc<SharedAws>) {
+    fn start_aws(
+        &mut self,
+        config: &Config,
+        hub: &Arc<Hub>,
+        aws: Arc<SharedAws>,
+        host_hooks: HostHooks,
+    ) {
         if config.lifecycle.enabled() {
             self.lifecycle = Some(LifecycleHandle::start(
                 config.lifecycle.clone(),
                 aws.clone(),
                 hub.clone(),
+                host_hooks,
             ));
         }
         if config.busy.protect {

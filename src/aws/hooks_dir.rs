@@ -494,11 +494,13 @@ impl Registration {
 fn counted(peer: &Peer) -> Option<(bool, HookResult, String)> {
     let entry = peer.entry.as_ref()?;
     match (entry.standing, entry.result) {
-        (Standing::Gone, Some(result)) if entry.terminating => {
-            Some((true, result, entry.label()))
-        }
+        (Standing::Gone, Some(result)) if entry.terminating => Some((true, result, entry.label())),
         (Standing::Gone, _) => None,
-        _ if !peer.alive => Some((false, entry.on_unclean, format!("{}, gone without a word", entry.label()))),
+        _ if !peer.alive => Some((
+            false,
+            entry.on_unclean,
+            format!("{}, gone without a word", entry.label()),
+        )),
         _ => None,
     }
 }
@@ -742,7 +744,10 @@ mod tests {
         b.finish("completed", Some(ABANDON)).expect("finish");
         assert!(matches!(
             a.launch().expect("decides"),
-            Decision::Done(Finished { result: Some(HookResult::Abandon), .. })
+            Decision::Done(Finished {
+                result: Some(HookResult::Abandon),
+                ..
+            })
         ));
     }
 
@@ -773,7 +778,12 @@ mod tests {
                 .iter()
                 .filter(|(d, _)| matches!(d, Decision::Complete { .. }))
                 .count();
-            assert_eq!(completers, 1, "{:?}", decided.iter().map(|d| &d.0).collect::<Vec<_>>());
+            assert_eq!(
+                completers,
+                1,
+                "{:?}",
+                decided.iter().map(|d| &d.0).collect::<Vec<_>>()
+            );
         }
     }
 }
