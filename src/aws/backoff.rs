@@ -1,12 +1,15 @@
 //! Randomised waits for the calls to Auto Scaling, whose rate limit is shared by the whole
-//! account: full-jitter backoff after `Throttling` and 5xx, and jittered probe intervals, so a
-//! fleet of guards scaled in at one moment never retries (or looks) in step.
+//! account: full-jitter backoff after `Throttling` and 5xx ([`through_throttling`]), and
+//! jittered probe intervals, so a fleet of guards scaled in at one moment never retries (or
+//! looks) in step.
 //!
 //! The randomness needs no crate: a xorshift generator seeded per process from the clock and the
 //! pid is plenty to spread a fleet's calls; nothing here is security-sensitive.
 
 use std::cell::Cell;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::aws::api::CallError;
 
 thread_local! {
     static STATE: Cell<u64> = Cell::new(seed());
@@ -46,6 +49,35 @@ pub fn full_jitter(attempt: u32, base: Duration, cap: Duration) -> Duration {
 /// waits that are bounded by a promise (a probe at least every so often).
 pub fn within(interval: Duration) -> Duration {
     interval.mul_f64(0.5 + fraction() / 2.0)
+}
+
+/// Full-jitter backoff after throttling: the first ceiling, and the largest.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_CAP: Duration = Duration::from_secs(20);
+
+/// Retries `call` while it fails with a retryable error (throttling, 5xx, timeouts), with full
+/// jitter, for at most `window`; returns its first other answer, or the last failure.
+pub async fn through_throttling<T, F, Fut>(window: Duration, mut call: F) -> Result<T, CallError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CallError>>,
+{
+    let give_up = Instant::now() + window;
+    let mut attempt: u32 = 0;
+    loop {
+        match call().await {
+            Err(CallError::Retry(text)) => {
+                let wait = full_jitter(attempt, BACKOFF_BASE, BACKOFF_CAP);
+                if Instant::now() + wait > give_up {
+                    return Err(CallError::Retry(text));
+                }
+                tracing::debug!(error = %text, retry_in = ?wait, "retrying a throttled or failed Auto Scaling call");
+                tokio::time::sleep(wait).await;
+                attempt = attempt.saturating_add(1);
+            }
+            other => return other,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent::hub::{HookState, Hub};
 use crate::aws::api::{CallError, record_call, record_result};
-use crate::aws::backoff;
+use crate::aws::backoff::{self, through_throttling};
 use crate::aws::context::{AwsContext, ContextError, SharedAws};
 use crate::aws::wait_state::{self, Stage};
 use crate::config::settings::{HookResult, LifecycleSettings};
@@ -23,9 +23,6 @@ pub const MAX_RETRY_WINDOW: Duration = Duration::from_secs(10 * 60);
 const NO_ACTION_WINDOW: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(60));
 /// The heartbeat interval when the hook's timeout cannot be read.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(60);
-/// Full-jitter backoff after throttling: the first ceiling, and the largest.
-const BACKOFF_BASE: Duration = Duration::from_millis(500);
-const BACKOFF_CAP: Duration = Duration::from_secs(20);
 /// How long setup keeps reading the hook's timeout through throttling (a fleet starting at once
 /// shares one rate limit) before settling for the default heartbeat interval.
 const SETUP_RETRY_WINDOW: Duration = Duration::from_secs(120);
@@ -243,31 +240,6 @@ impl HookApi {
             tracing::debug!(hook, error = %failure.text(), retry_in = ?delay, "lifecycle: completion failed; retrying");
             tokio::time::sleep(backoff::within(delay)).await;
             delay = (delay * 2).min(Duration::from_secs(10));
-        }
-    }
-}
-
-/// Retries `call` while it fails with a retryable error (throttling, 5xx, timeouts), with full
-/// jitter, for at most `window`; returns its first other answer, or the last failure.
-pub async fn through_throttling<T, F, Fut>(window: Duration, mut call: F) -> Result<T, CallError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, CallError>>,
-{
-    let give_up = Instant::now() + window;
-    let mut attempt: u32 = 0;
-    loop {
-        match call().await {
-            Err(CallError::Retry(text)) => {
-                let wait = backoff::full_jitter(attempt, BACKOFF_BASE, BACKOFF_CAP);
-                if Instant::now() + wait > give_up {
-                    return Err(CallError::Retry(text));
-                }
-                tracing::debug!(error = %text, retry_in = ?wait, "lifecycle: retrying a throttled or failed call");
-                tokio::time::sleep(wait).await;
-                attempt = attempt.saturating_add(1);
-            }
-            other => return other,
         }
     }
 }

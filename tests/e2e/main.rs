@@ -8,6 +8,7 @@ mod config;
 mod drain_socket;
 mod drill;
 mod exit_status;
+mod fleet;
 mod forwarding;
 mod health;
 mod lifecycle;
