@@ -149,17 +149,40 @@ impl LifecycleHandle {
 
     /// The agent and its whole group are gone (`outcome` proves it): completes the termination
     /// hook if a terminating drain ran (and this guard is the last on the host), and waits,
-    /// within a bound, for the work to end.
+    /// within a bound, for the work to end. SIGTERM or SIGINT meanwhile (an operator stopping
+    /// the unit while the instance deregisters) ends the wait: the hook is left to the other
+    /// guards, or to its timeout.
     pub async fn finish(self, outcome: Outcome) {
         let _ = self.finish.send(outcome);
         let mut task = self.task;
-        if tokio::time::timeout(FINISH_WITHIN, &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
-            tracing::error!("lifecycle: gave up waiting for the hook completion");
+        let stop = stop_signal();
+        tokio::select! {
+            ended = tokio::time::timeout(FINISH_WITHIN, &mut task) => {
+                if ended.is_err() {
+                    task.abort();
+                    tracing::error!("lifecycle: gave up waiting for the hook completion");
+                }
+            }
+            sig = stop => {
+                task.abort();
+                tracing::warn!(signal = %sig, "lifecycle: stopped while the hook work waited; the hook is left to the other guards on this host or to its timeout; the guard exits with the agent's status");
+            }
         }
+    }
+}
+
+/// The next SIGTERM or SIGINT, once the supervisor (which handled them until the agent was gone)
+/// has stopped listening; never, if they cannot be listened for.
+async fn stop_signal() -> &'static str {
+    use futures_core::Stream;
+    let Ok(mut signals) = signal_hook_tokio::Signals::new([libc::SIGTERM, libc::SIGINT]) else {
+        return std::future::pending().await;
+    };
+    let sig = std::future::poll_fn(|cx| std::pin::Pin::new(&mut signals).poll_next(cx)).await;
+    match sig {
+        Some(libc::SIGINT) => "SIGINT",
+        Some(_) => "SIGTERM",
+        None => std::future::pending().await,
     }
 }
 

@@ -101,6 +101,7 @@ impl Gone<'_> {
             Some(go) => go,
             None => return self.hub_state(),
         };
+        self.hub.lifecycle().awaiting = None;
         if !because.is_empty() {
             tracing::info!(hook = self.hook, because = %because.join(", "), "lifecycle: ABANDON, for an unclean exit on this host");
         }

@@ -15,5 +15,6 @@ mod lifecycle;
 mod notices;
 mod readme;
 mod reaping;
+mod several_guards;
 mod stopping;
 mod terminal;
