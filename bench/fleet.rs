@@ -7,7 +7,7 @@
 //!
 //! usage: bench/fleet [--guards N] [--scale-in M] [--rate R] [--burst B]
 //!                    [--deregistration-delay DUR] [--drain DUR] [--heartbeat-timeout DUR]
-//!                    [--poll DUR] [--within DUR]
+//!                    [--poll DUR] [--within DUR] [--trace]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,6 +81,19 @@ fn main() -> ExitCode {
         }
     };
     print(&spec, rate, &report);
+    if args.iter().any(|a| a == "--trace") {
+        // One scaled-in instance's calls, to see where they go.
+        if let Some((id, calls)) = report
+            .scaled
+            .first()
+            .and_then(|s| report.trace.get_key_value(&s.instance))
+        {
+            println!("\nCalls of {id}, from the scale-in:");
+            for call in calls {
+                println!("    {call}");
+            }
+        }
+    }
     let all_good = report.scaled.iter().all(Report::good) && report.timed_out == 0;
     if all_good {
         ExitCode::SUCCESS
@@ -102,11 +115,11 @@ fn print(spec: &Spec, rate: RateLimit, report: &Report) {
     let exit = report.exit_to_completion();
     let wait = report.wait_to_completion();
     println!(
-        "| guards | scaled in | rate / burst | deregistration delay | completed after own exit | ABANDON | calls per scaled-in instance (throttled) | calls per guard, whole fleet | throttled calls | exit→completion p50 / p99 / max (s) | wait state→completion p50 / p99 / max (s) |"
+        "| guards | scaled in | rate / burst | deregistration delay | completed after own exit | ABANDON | calls per scaled-in instance: answered + throttled | calls per guard, whole fleet | throttled calls | exit→completion p50 / p99 / max (s) | wait state→completion p50 / p99 / max (s) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {} | {}/s / {} | {} | {good}/{} ({:.0} %) | {abandon} | {calls:.2} ({throttled:.2}) | {fleet_calls:.2} | {} | {} / {} / {} | {} / {} / {} |",
+        "| {} | {} | {}/s / {} | {} | {good}/{} ({:.0} %) | {abandon} | {:.2} + {throttled:.2} = {calls:.2} | {fleet_calls:.2} | {} | {} / {} / {} | {} / {} / {} |",
         spec.guards,
         spec.scale_in,
         rate.rate,
@@ -114,6 +127,7 @@ fn print(spec: &Spec, rate: RateLimit, report: &Report) {
         humantime::format_duration(spec.deregistration_delay),
         report.scaled.len(),
         100.0 * good as f64 / report.scaled.len().max(1) as f64,
+        calls - throttled,
         report.throttled,
         secs(quantile(&exit, 0.5)),
         secs(quantile(&exit, 0.99)),

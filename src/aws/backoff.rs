@@ -37,47 +37,141 @@ pub fn fraction() -> f64 {
 }
 
 /// Full jitter ("Exponential Backoff and Jitter", AWS Architecture Blog): a uniform wait in
-/// `[0, min(cap, base × 2^attempt)]`, for the `attempt`-th retry (0 for the first). Spreads a
+/// `[0, min(cap, base × 3^attempt)]`, for the `attempt`-th retry (0 for the first). Spreads a
 /// burst of throttled callers over the whole window, which is what drains a shared bucket
-/// fastest.
+/// fastest; tripling rather than doubling, a herd of a hundred guards is spread wide enough for
+/// the bucket in three or four steps instead of six (measured with `bench/fleet`).
 pub fn full_jitter(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    let ceiling = base.saturating_mul(1u32 << attempt.min(20)).min(cap);
+    let ceiling = base.saturating_mul(3u32.saturating_pow(attempt)).min(cap);
     ceiling.mul_f64(fraction())
 }
 
 /// A wait of between half and all of `interval`: jittered, yet never longer than asked, for
 /// waits that are bounded by a promise (a probe at least every so often).
 pub fn within(interval: Duration) -> Duration {
-    interval.mul_f64(0.5 + fraction() / 2.0)
+    between(interval, 0.5, 1.0)
 }
 
-/// Full-jitter backoff after throttling: the first ceiling, and the largest.
-const BACKOFF_BASE: Duration = Duration::from_millis(500);
-const BACKOFF_CAP: Duration = Duration::from_secs(20);
+/// A uniform wait between `low` and `high` times `interval`.
+pub fn between(interval: Duration, low: f64, high: f64) -> Duration {
+    interval.mul_f64(low + fraction() * (high - low))
+}
 
-/// Retries `call` while it fails with a retryable error (throttling, 5xx, timeouts), with full
-/// jitter, for at most `window`; returns its first other answer, or the last failure.
-pub async fn through_throttling<T, F, Fut>(window: Duration, mut call: F) -> Result<T, CallError>
+/// Full-jitter backoff after throttling: the first ceiling, and the largest. A throttled
+/// account is saturated by every tool in it: a long cap spreads a fleet's retries thin enough
+/// for the bucket to refill (measured with `bench/fleet`).
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// Retries `call` while it fails with a retryable error (throttling, 5xx, timeouts), for at most
+/// `window`; returns its first other answer, or the last failure.
+///
+/// Every call first waits its share of the [congestion](Congestion) this guard has seen: a
+/// throttled account is saturated by every tool in it, so a guard that was just throttled paces
+/// its *next* calls too (a probe, a heartbeat), not only the retry of the one refused. Each
+/// `Throttling` raises the level (full jitter over a window that triples, 1 s to 30 s), each
+/// answer lowers it, and it fades by a level every 10 s without news.
+pub async fn through_throttling<T, F, Fut>(window: Duration, call: F) -> Result<T, CallError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CallError>>,
+{
+    retried(window, false, call).await
+}
+
+/// [`through_throttling`], for a call nothing waits for yet (the hook's timeout, read at start):
+/// a throttled account gets the widest window at once, not after a few more refusals, so a fleet
+/// starting together pays about one refusal each.
+pub async fn patiently<T, F, Fut>(window: Duration, call: F) -> Result<T, CallError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CallError>>,
+{
+    retried(window, true, call).await
+}
+
+async fn retried<T, F, Fut>(window: Duration, patient: bool, mut call: F) -> Result<T, CallError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, CallError>>,
 {
     let give_up = Instant::now() + window;
-    let mut attempt: u32 = 0;
     loop {
+        let pace = congestion(|c| c.pace(Instant::now()));
+        if !pace.is_zero() {
+            tracing::debug!(wait = ?pace, "pacing an Auto Scaling call after throttling");
+            tokio::time::sleep(pace.min(give_up.saturating_duration_since(Instant::now()))).await;
+        }
         match call().await {
             Err(CallError::Retry(text)) => {
-                let wait = full_jitter(attempt, BACKOFF_BASE, BACKOFF_CAP);
-                if Instant::now() + wait > give_up {
+                congestion(|c| {
+                    c.raise(Instant::now());
+                    if patient {
+                        c.level = MAX_LEVEL;
+                    }
+                });
+                if Instant::now() >= give_up {
                     return Err(CallError::Retry(text));
                 }
-                tracing::debug!(error = %text, retry_in = ?wait, "retrying a throttled or failed Auto Scaling call");
-                tokio::time::sleep(wait).await;
-                attempt = attempt.saturating_add(1);
+                tracing::debug!(error = %text, "retrying a throttled or failed Auto Scaling call");
             }
-            other => return other,
+            other => {
+                congestion(|c| c.ease(Instant::now()));
+                return other;
+            }
         }
     }
+}
+
+/// How congested the account's API looks from this guard.
+#[derive(Debug, Clone, Copy, Default)]
+struct Congestion {
+    level: u32,
+    changed: Option<Instant>,
+}
+
+/// The highest level: its window is already the cap.
+const MAX_LEVEL: u32 = 5;
+/// A level fades after this long without news.
+const FADE: Duration = Duration::from_secs(10);
+
+impl Congestion {
+    fn level(&self, now: Instant) -> u32 {
+        let faded = self.changed.map_or(0, |at| {
+            let secs = now.saturating_duration_since(at).as_secs();
+            u32::try_from(secs / FADE.as_secs()).unwrap_or(u32::MAX)
+        });
+        self.level.saturating_sub(faded)
+    }
+
+    fn pace(&self, now: Instant) -> Duration {
+        match self.level(now) {
+            0 => Duration::ZERO,
+            level => full_jitter(level - 1, BACKOFF_BASE, BACKOFF_CAP),
+        }
+    }
+
+    fn raise(&mut self, now: Instant) {
+        self.level = (self.level(now) + 1).min(MAX_LEVEL);
+        self.changed = Some(now);
+    }
+
+    fn ease(&mut self, now: Instant) {
+        let level = self.level(now);
+        if level > 0 {
+            self.level = level - 1;
+            self.changed = Some(now);
+        }
+    }
+}
+
+static CONGESTION: std::sync::Mutex<Congestion> = std::sync::Mutex::new(Congestion {
+    level: 0,
+    changed: None,
+});
+
+fn congestion<T>(f: impl FnOnce(&mut Congestion) -> T) -> T {
+    f(&mut CONGESTION.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 #[cfg(test)]
@@ -99,13 +193,36 @@ mod tests {
         let base = Duration::from_millis(100);
         let cap = Duration::from_secs(5);
         for attempt in 0..40 {
-            let ceiling = (base * 2u32.pow(attempt.min(20))).min(cap);
+            let ceiling = (base * 3u32.saturating_pow(attempt)).min(cap);
             for _ in 0..50 {
                 assert!(full_jitter(attempt, base, cap) <= ceiling, "{attempt}");
             }
         }
         // Full jitter reaches down to nothing, not only to half the ceiling.
         assert!((0..200).any(|_| full_jitter(10, base, cap) < cap / 4));
+    }
+
+    #[test]
+    fn congestion_rises_with_throttling_eases_with_answers_and_fades() {
+        let t0 = Instant::now();
+        let mut c = Congestion::default();
+        assert_eq!(c.pace(t0), Duration::ZERO, "no throttling, no wait");
+        for _ in 0..10 {
+            c.raise(t0);
+        }
+        assert_eq!(c.level(t0), MAX_LEVEL);
+        assert!((0..100).all(|_| c.pace(t0) <= BACKOFF_CAP));
+        c.ease(t0);
+        assert_eq!(c.level(t0), MAX_LEVEL - 1);
+        assert_eq!(c.level(t0 + FADE * 2), MAX_LEVEL - 3, "a level per 10 s");
+        assert_eq!(c.level(t0 + FADE * 100), 0);
+        c.raise(t0 + FADE * 100);
+        assert_eq!(
+            c.level(t0 + FADE * 100),
+            1,
+            "faded levels are not counted again"
+        );
+        assert!((0..100).all(|_| c.pace(t0 + FADE * 100) <= BACKOFF_BASE));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent::hub::{HookState, Hub};
 use crate::aws::api::{CallError, record_call, record_result};
-use crate::aws::backoff::{self, through_throttling};
+use crate::aws::backoff::{self, patiently, through_throttling};
 use crate::aws::context::{AwsContext, ContextError, SharedAws};
 use crate::aws::wait_state::{self, Stage};
 use crate::config::settings::{HookResult, LifecycleSettings};
@@ -75,9 +75,10 @@ impl HookApi {
         Ok(api)
     }
 
-    /// `DescribeLifecycleHooks`, once, through throttling.
+    /// `DescribeLifecycleHooks`, once, through throttling (patiently: nothing needs it before a
+    /// drain).
     async fn hook_heartbeat_timeout(&self, hook: &str, hub: &Hub) -> Option<Duration> {
-        let answer = through_throttling(SETUP_RETRY_WINDOW, || async {
+        let answer = patiently(SETUP_RETRY_WINDOW, || async {
             let answer = self
                 .aws
                 .client

@@ -453,7 +453,7 @@ mod tests {
                     ..Waiting::new(false)
                 },
                 t0 + 10 * s,
-                |n| matches!(n, Next::Retry(d) if *d >= Duration::from_secs(5) && *d <= Duration::from_secs(10)),
+                |n| matches!(n, Next::Retry(d) if *d >= Duration::from_millis(7500) && *d <= Duration::from_secs(12)),
             ),
             (
                 "deregistering past the bound: too late",

@@ -104,12 +104,13 @@ pub fn wait_bound(hook_timeout: Option<Duration>) -> Duration {
     MAX_DEREGISTRATION_DELAY.saturating_add(hook_timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT))
 }
 
-/// The next look, `since_drain` after the drain began: about as long again as has passed
-/// (between [`PROBE_MIN`] and [`PROBE_MAX`]), jittered down to half. A short deregistration is
-/// caught in a few calls; a long one costs a call per [`PROBE_MAX`], which bounds how late after
-/// the wait state begins the hook is completed.
+/// The next look, `since_drain` after the drain began: about as long again as has passed, and
+/// up to twice that (jittered, so a fleet scaled in together spreads out), between [`PROBE_MIN`]
+/// and [`PROBE_MAX`]. A short deregistration is caught in a few calls; a long one costs a call
+/// per [`PROBE_MAX`] at most, which bounds how late after the wait state begins the hook is
+/// completed.
 pub fn next_look(since_drain: Duration) -> Duration {
-    backoff::within(since_drain.clamp(PROBE_MIN, PROBE_MAX))
+    backoff::between(since_drain.max(PROBE_MIN), 0.75, 1.5).clamp(PROBE_MIN, PROBE_MAX)
 }
 
 /// `DescribeAutoScalingInstances` for this instance: its stage, or why it could not be read.
@@ -181,10 +182,11 @@ mod tests {
     #[test]
     fn looks_grow_with_the_wait_and_stay_within_the_bound() {
         for (since, low, high) in [
-            (Duration::ZERO, 0.5, 1.0),
-            (Duration::from_secs(4), 2.0, 4.0),
-            (Duration::from_secs(90), 6.0, 12.0),
-            (Duration::from_secs(100_000), 6.0, 12.0),
+            (Duration::ZERO, 1.0, 1.5),
+            (Duration::from_secs(4), 3.0, 6.0),
+            (Duration::from_secs(10), 7.5, 12.0),
+            (Duration::from_secs(90), 12.0, 12.0),
+            (Duration::from_secs(100_000), 12.0, 12.0),
         ] {
             for _ in 0..100 {
                 let d = next_look(since).as_secs_f64();

@@ -81,6 +81,8 @@ pub struct Report {
     pub scaled: Vec<Scaled>,
     /// Calls by instance (setup included), and how many of those were throttled.
     pub calls: BTreeMap<String, (usize, usize)>,
+    /// Each instance's calls in order, as `+12.345s Action outcome` from the scale-in.
+    pub trace: BTreeMap<String, Vec<String>>,
     /// Every call, and every throttled one.
     pub total_calls: usize,
     pub throttled: usize,
@@ -222,11 +224,22 @@ pub fn run(spec: &Spec) -> Result<Report, FleetError> {
         .map(|i| (access_key(i), instance_id(i)))
         .collect();
     let mut calls: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut trace: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let all = asg.calls();
     for call in &all {
         let Some(id) = call.caller.as_ref().and_then(|k| keys.get(k)) else {
             continue;
         };
+        let offset = if call.at >= scaled_at {
+            call.at.duration_since(scaled_at).as_secs_f64()
+        } else {
+            -scaled_at.duration_since(call.at).as_secs_f64()
+        };
+        trace.entry(id.clone()).or_default().push(format!(
+            "{offset:+.3}s {} {}",
+            call.action,
+            call.error.as_deref().unwrap_or("ok")
+        ));
         let entry = calls.entry(id.clone()).or_default();
         entry.0 += 1;
         if call.error.as_deref() == Some("Throttling") {
@@ -236,6 +249,7 @@ pub fn run(spec: &Spec) -> Result<Report, FleetError> {
     Ok(Report {
         scaled,
         calls,
+        trace,
         total_calls: all.len(),
         throttled: all
             .iter()
