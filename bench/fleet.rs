@@ -81,6 +81,12 @@ fn main() -> ExitCode {
         }
     };
     print(&spec, rate, &report);
+    for s in report.scaled.iter().filter(|s| !Report::good(s)) {
+        println!("\nNot completed once after its own agent's exit: {s:?}");
+        for call in report.trace.get(&s.instance).into_iter().flatten() {
+            println!("    {call}");
+        }
+    }
     if args.iter().any(|a| a == "--trace") {
         // One scaled-in instance's calls, to see where they go.
         if let Some((id, calls)) = report

@@ -40,7 +40,7 @@ pub fn fraction() -> f64 {
 /// `[0, min(cap, base × 3^attempt)]`, for the `attempt`-th retry (0 for the first). Spreads a
 /// burst of throttled callers over the whole window, which is what drains a shared bucket
 /// fastest; tripling rather than doubling, a herd of a hundred guards is spread wide enough for
-/// the bucket in three or four steps instead of six (measured with `bench/fleet`).
+/// the bucket in four steps instead of seven (measured with `bench/fleet`).
 pub fn full_jitter(attempt: u32, base: Duration, cap: Duration) -> Duration {
     let ceiling = base.saturating_mul(3u32.saturating_pow(attempt)).min(cap);
     ceiling.mul_f64(fraction())
@@ -60,7 +60,7 @@ pub fn between(interval: Duration, low: f64, high: f64) -> Duration {
 /// Full-jitter backoff after throttling: the first ceiling, and the largest. A throttled
 /// account is saturated by every tool in it: a long cap spreads a fleet's retries thin enough
 /// for the bucket to refill (measured with `bench/fleet`).
-const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
 /// Retries `call` while it fails with a retryable error (throttling, 5xx, timeouts), for at most
@@ -69,7 +69,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// Every call first waits its share of the [congestion](Congestion) this guard has seen: a
 /// throttled account is saturated by every tool in it, so a guard that was just throttled paces
 /// its *next* calls too (a probe, a heartbeat), not only the retry of the one refused. Each
-/// `Throttling` raises the level (full jitter over a window that triples, 1 s to 30 s), each
+/// `Throttling` raises the level (full jitter over a window that triples, 0.5 s to 30 s), each
 /// answer lowers it, and it fades by a level every 10 s without news.
 pub async fn through_throttling<T, F, Fut>(window: Duration, call: F) -> Result<T, CallError>
 where
@@ -88,6 +88,22 @@ where
     Fut: std::future::Future<Output = Result<T, CallError>>,
 {
     retried(window, true, call).await
+}
+
+/// One attempt, paced like [`through_throttling`]'s, and counted in the congestion level, but
+/// never retried: for a probe whose retry is simply the next probe on its schedule.
+pub async fn once<T, Fut>(call: Fut) -> Result<T, CallError>
+where
+    Fut: std::future::Future<Output = Result<T, CallError>>,
+{
+    let pace = congestion(|c| c.pace(Instant::now()));
+    tokio::time::sleep(pace).await;
+    let answer = call.await;
+    match &answer {
+        Err(CallError::Retry(_)) => congestion(|c| c.raise(Instant::now())),
+        _ => congestion(|c| c.ease(Instant::now())),
+    }
+    answer
 }
 
 async fn retried<T, F, Fut>(window: Duration, patient: bool, mut call: F) -> Result<T, CallError>
@@ -131,7 +147,7 @@ struct Congestion {
 }
 
 /// The highest level: its window is already the cap.
-const MAX_LEVEL: u32 = 5;
+const MAX_LEVEL: u32 = 6;
 /// A level fades after this long without news.
 const FADE: Duration = Duration::from_secs(10);
 

@@ -175,27 +175,47 @@ impl HookApi {
         hook: &str,
         result: HookResult,
     ) -> Result<(), CallError> {
-        through_throttling(self.retry_window(), || async {
-            let answer = self
-                .aws
-                .client
-                .complete_lifecycle_action()
-                .auto_scaling_group_name(&self.aws.group)
-                .lifecycle_hook_name(hook)
-                .instance_id(&self.aws.instance_id)
-                .lifecycle_action_result(result.as_str())
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| CallError::from(&e));
-            record_call(
-                hub,
-                "CompleteLifecycleAction",
-                answer.as_ref().map_or_else(CallError::outcome, |_| "ok"),
-            );
-            answer
+        through_throttling(self.retry_window(), || {
+            self.complete_call(hub, hook, result)
         })
         .await
+    }
+
+    /// `CompleteLifecycleAction` as a probe of the wait state: one paced attempt, not retried
+    /// when throttled (the next probe on the schedule is its retry).
+    pub async fn complete_probe(
+        &self,
+        hub: &Hub,
+        hook: &str,
+        result: HookResult,
+    ) -> Result<(), CallError> {
+        backoff::once(self.complete_call(hub, hook, result)).await
+    }
+
+    async fn complete_call(
+        &self,
+        hub: &Hub,
+        hook: &str,
+        result: HookResult,
+    ) -> Result<(), CallError> {
+        let answer = self
+            .aws
+            .client
+            .complete_lifecycle_action()
+            .auto_scaling_group_name(&self.aws.group)
+            .lifecycle_hook_name(hook)
+            .instance_id(&self.aws.instance_id)
+            .lifecycle_action_result(result.as_str())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| CallError::from(&e));
+        record_call(
+            hub,
+            "CompleteLifecycleAction",
+            answer.as_ref().map_or_else(CallError::outcome, |_| "ok"),
+        );
+        answer
     }
 
     /// Where the instance stands (`DescribeAutoScalingInstances`), through throttling.

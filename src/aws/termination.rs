@@ -230,9 +230,22 @@ impl Gone<'_> {
         let drain_started = self.drain_started.unwrap_or(started);
         let mut waiting = Waiting::new(self.wait_seen);
         loop {
-            let failure = match self.api.complete_once(self.hub, self.hook, result).await {
+            let answer = if waiting.probing() {
+                self.api.complete_probe(self.hub, self.hook, result).await
+            } else {
+                self.api.complete_once(self.hub, self.hook, result).await
+            };
+            let failure = match answer {
                 Ok(()) => return self.completed(result, started),
                 Err(failure @ CallError::NoAction(_)) => failure,
+                // Throttled (or failing) through a whole retry window: the account is saturated,
+                // not the hook gone. Keep trying, paced, up to the wait bound.
+                Err(CallError::Retry(text)) if Instant::now() < bound_at => {
+                    tracing::debug!(hook = self.hook, error = %text, "lifecycle: the completion keeps being throttled; trying again");
+                    let since = Instant::now().saturating_duration_since(drain_started);
+                    tokio::time::sleep(wait_state::next_look(since)).await;
+                    continue;
+                }
                 Err(failure) => return hook_calls::refused(self.hook, &failure, started.elapsed()),
             };
             let now = Instant::now();
@@ -374,6 +387,12 @@ impl Waiting {
                 self.blind = true;
             }
         }
+    }
+
+    /// Whether the next completion is a probe of a wait state still to come (deregistering, or
+    /// blind): one attempt each, never retried through throttling.
+    fn probing(&self) -> bool {
+        self.blind || matches!(self.stage, Some((Stage::Deregistering(_), _)))
     }
 
     fn fresh_stage(&mut self) -> Option<&Stage> {

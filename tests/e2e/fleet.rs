@@ -17,11 +17,11 @@ fn a_small_fleet_under_throttling_completes_every_hook_after_its_own_agent() {
         dir: dir.path().to_path_buf(),
         guards: 20,
         scale_in: 20,
-        // A burst smaller than the fleet: setup alone (one DescribeLifecycleHooks each) is
-        // throttled, and so is the scale-in.
+        // Setup (one DescribeLifecycleHooks each) fits the burst; the scale-in, with every
+        // guard completing and looking at once, does not.
         rate: Some(RateLimit {
-            rate: 10.0,
-            burst: 5.0,
+            rate: 5.0,
+            burst: 20.0,
         }),
         deregistration_delay: Duration::from_secs(1),
         heartbeat_timeout: Duration::from_secs(30),
