@@ -195,13 +195,39 @@ pub fn run(spec: &Spec) -> Result<Report, FleetError> {
     wait_all(&mut fleet[..scale_in], deadline, |m| m.status.is_some());
     let scaled_in = scaled_at.elapsed();
     stop_all(&mut fleet);
-    let at = |i: Instant| wall + i.saturating_duration_since(origin);
+    Ok(measure(
+        spec,
+        &asg,
+        &fleet,
+        Timing {
+            origin,
+            wall,
+            scaled_at,
+            setup,
+            scale_in: scaled_in,
+        },
+    ))
+}
+
+/// The moments a report is measured against.
+struct Timing {
+    /// One moment on both clocks: the simulator logs on the monotonic one.
+    origin: Instant,
+    wall: SystemTime,
+    scaled_at: Instant,
+    setup: Duration,
+    scale_in: Duration,
+}
+
+/// What the fleet did, from the simulator's logs and the guards' journals.
+fn measure(spec: &Spec, asg: &AutoScalingSim, fleet: &[Member], timing: Timing) -> Report {
+    let at = |i: Instant| timing.wall + i.saturating_duration_since(timing.origin);
     let transitions = asg.transitions();
     let completions = asg.completions();
     let scaled = fleet
         .iter()
         .enumerate()
-        .take(scale_in)
+        .take(spec.scale_in)
         .map(|(i, m)| {
             let id = instance_id(i);
             Scaled {
@@ -230,10 +256,10 @@ pub fn run(spec: &Spec) -> Result<Report, FleetError> {
         let Some(id) = call.caller.as_ref().and_then(|k| keys.get(k)) else {
             continue;
         };
-        let offset = if call.at >= scaled_at {
-            call.at.duration_since(scaled_at).as_secs_f64()
+        let offset = if call.at >= timing.scaled_at {
+            call.at.duration_since(timing.scaled_at).as_secs_f64()
         } else {
-            -scaled_at.duration_since(call.at).as_secs_f64()
+            -timing.scaled_at.duration_since(call.at).as_secs_f64()
         };
         trace.entry(id.clone()).or_default().push(format!(
             "{offset:+.3}s {} {}",
@@ -246,7 +272,7 @@ pub fn run(spec: &Spec) -> Result<Report, FleetError> {
             entry.1 += 1;
         }
     }
-    Ok(Report {
+    Report {
         scaled,
         calls,
         trace,
@@ -256,9 +282,9 @@ pub fn run(spec: &Spec) -> Result<Report, FleetError> {
             .filter(|c| c.error.as_deref() == Some("Throttling"))
             .count(),
         timed_out: completions.iter().filter(|c| !c.by_call).count(),
-        setup,
-        scale_in: scaled_in,
-    })
+        setup: timing.setup,
+        scale_in: timing.scale_in,
+    }
 }
 
 /// One simulated instance: its IMDS (with the group in its tags, so no call finds it) and its
