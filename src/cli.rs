@@ -307,6 +307,16 @@ pub struct Cli {
     #[arg(long, env = "AGENT_GUARD_HEARTBEAT_INTERVAL", value_name = "DUR")]
     pub heartbeat_interval: Option<String>,
 
+    /// Where the guards on this host register for the instance's lifecycle hooks: the last agent
+    /// out completes the termination hook, the launch hook waits for every agent to be ready
+    #[arg(
+        long,
+        env = "AGENT_GUARD_HOOKS_DIR",
+        value_name = "DIR",
+        default_value = "/run/agent-guard"
+    )]
+    pub hooks_dir: String,
+
     /// Lifecycle result when the agent did not stop cleanly
     #[arg(
         long,
@@ -422,7 +432,7 @@ pub struct DoctorCli {
 /// so that clap reads the drill's flags wherever they stand before `--`.
 #[derive(Debug, clap::Args)]
 #[command(
-    override_usage = "agent-guard drill <scale-in|spot|rebalance|maintenance|sigterm> [--after DUR] [--deadline DUR] [--heartbeat-timeout DUR] [--json] [--verbose] [OPTIONS] -- COMMAND [ARGS...]",
+    override_usage = "agent-guard drill <scale-in|spot|rebalance|maintenance|sigterm> [--after DUR] [--deadline DUR] [--heartbeat-timeout DUR] [--deregistration-delay DUR] [--json] [--verbose] [OPTIONS] -- COMMAND [ARGS...]",
     after_help = "OPTIONS are the guard's own (see agent-guard --help), used as in production.\n\
                   Exit status: 0 PASS, 1 FAIL, 125 the drill could not run.",
     allow_negative_numbers = true
@@ -443,6 +453,11 @@ pub struct DrillCli {
     /// The simulated termination hook's HeartbeatTimeout
     #[arg(long, value_name = "DUR", default_value = "300s", value_parser = duration)]
     pub heartbeat_timeout: Duration,
+
+    /// For `scale-in`: how long the simulated group deregisters the instance from its load
+    /// balancer (the target group's deregistration delay) before Terminating:Wait
+    #[arg(long, value_name = "DUR", default_value = "0s", value_parser = duration)]
+    pub deregistration_delay: Duration,
 
     /// Print the timeline and verdict as one JSON document
     #[arg(long)]
@@ -502,6 +517,8 @@ pub struct DrillArgs {
     pub after: Duration,
     pub deadline: Duration,
     pub heartbeat_timeout: Duration,
+    /// The simulated deregistration delay before the termination wait state.
+    pub deregistration_delay: Duration,
     pub json: bool,
     /// Print the guard's own log lines as they come.
     pub verbose: bool,

@@ -118,6 +118,23 @@ pub enum Record {
     },
     /// The instance left the warm pool (the target state is InService): the agent starts.
     WarmPoolReleased { state: String },
+    /// The termination hook's work waits: for the instance's wait state, or for other guards.
+    HookAwaiting {
+        hook: String,
+        awaiting: Awaiting,
+        /// The instance's lifecycle state, or the other guards, in words.
+        detail: String,
+    },
+    /// The instance was seen in its wait state: heartbeats and the completion can start.
+    WaitStateSeen { hook: String, state: String },
+    /// This guard's agent is gone, and another guard on the host completes the hook (or has).
+    HookLeftToOthers {
+        hook: String,
+        /// What this guard's agent asks for.
+        result: HookResult,
+        /// The other guards, as `name (pid N)`.
+        others: Vec<String>,
+    },
 }
 
 /// A step in the handling of an EC2 scheduled event.
@@ -140,6 +157,29 @@ impl Record {
         // Serializing plain data to a string cannot fail; an empty object is the harmless
         // fallback should it ever.
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
+    }
+}
+
+/// What the termination hook's work is waiting for, once the agent is gone or while it drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Awaiting {
+    /// The group holds the instance back (deregistering it from its load balancer) before the
+    /// wait state in which the hook can be completed.
+    WaitState,
+    /// Other guards on this host whose agents still run.
+    OtherGuards,
+}
+
+impl Awaiting {
+    pub const ALL: [Awaiting; 2] = [Awaiting::WaitState, Awaiting::OtherGuards];
+
+    /// The name in `/status`, metrics and the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Awaiting::WaitState => "wait-state",
+            Awaiting::OtherGuards => "other-guards",
+        }
     }
 }
 

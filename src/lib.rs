@@ -39,6 +39,10 @@
 //! - `aws::{imds, notices}`: the IMDSv2 client and the notice poller.
 //! - `aws::{api, context}`: Auto Scaling call errors and counters; the one shared AWS context.
 //! - `aws::{lifecycle, protection, emf}`: lifecycle hooks, scale-in protection, EMF load lines.
+//! - `aws::{hooks_dir, termination, wait_state, hook_calls, backoff}`: guards on one host
+//!   register per hook and the last agent out completes it once; the termination hook waits for
+//!   the wait state however late; the lifecycle calls, retried through throttling with full
+//!   jitter so a fleet never calls in step.
 //! - `aws::{health_status, replace}`: `SetInstanceHealth` Unhealthy, and after a crash loop once.
 //! - `aws::{scheduled, maintenance}`: EC2 scheduled events read and decided (pure), then acted on:
 //!   replace the instance, drain before NotBefore, or report.
@@ -95,7 +99,7 @@ use crate::agent::{control, sdnotify, unixsock};
 use crate::aws::context::SharedAws;
 use crate::aws::emf;
 use crate::aws::imds::ImdsClient;
-use crate::aws::lifecycle::LifecycleHandle;
+use crate::aws::lifecycle::{HostHooks, LifecycleHandle};
 use crate::aws::maintenance::{self, MaintenanceSettings};
 use crate::aws::notices::{ImdsStatus, NoticeSettings, Poller};
 use crate::aws::protection::ProtectionHandle;
@@ -135,6 +139,8 @@ pub enum RunError {
     },
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
+    #[error(transparent)]
+    HooksDir(#[from] crate::aws::hooks_dir::HooksDirError),
 }
 
 impl RunError {
@@ -219,6 +225,8 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
     // The sockets exist before the agent does, so it can connect from its first instruction;
     // they stay the same for every agent a restart starts.
     let sockets = Sockets::bind(&config)?;
+    // Registered before the agent starts: the other guards on this host wait for it from then.
+    let host_hooks = HostHooks::register(&config.lifecycle, &config.name)?;
     let (events_tx, events_rx) = mpsc::channel(64);
     let upstream = Upstream::from_env();
     // The tasks come first: with `--in-warm-pool wait` the notice poller decides when the agent
@@ -233,6 +241,7 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
             checks: checks_tx,
             events: events_tx.clone(),
             upstream: upstream.clone(),
+            host_hooks,
         },
     );
     if stopped_while_held(&config, &hub, &upstream, &mut signals).await {
@@ -349,6 +358,7 @@ struct Started {
     checks: watch::Sender<checks::Snapshot>,
     events: mpsc::Sender<state::Event>,
     upstream: Upstream,
+    host_hooks: HostHooks,
 }
 
 /// Everything that runs beside the supervisor, and how each is ended.
@@ -429,19 +439,26 @@ impl Tasks {
             }),
         };
         if let Some(aws) = aws {
-            tasks.start_aws(config, hub, aws);
+            tasks.start_aws(config, hub, aws, started.host_hooks);
         }
         tasks
     }
 
     /// The features that act on the group: each shares the one AWS context, built when first
     /// needed.
-    fn start_aws(&mut self, config: &Config, hub: &Arc<Hub>, aws: Arc<SharedAws>) {
+    fn start_aws(
+        &mut self,
+        config: &Config,
+        hub: &Arc<Hub>,
+        aws: Arc<SharedAws>,
+        host_hooks: HostHooks,
+    ) {
         if config.lifecycle.enabled() {
             self.lifecycle = Some(LifecycleHandle::start(
                 config.lifecycle.clone(),
                 aws.clone(),
                 hub.clone(),
+                host_hooks,
             ));
         }
         if config.busy.protect {

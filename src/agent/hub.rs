@@ -19,6 +19,7 @@ use crate::aws::notices::ImdsStatus;
 use crate::config::HookResult;
 use crate::fmt::rfc3339;
 use crate::health::checks::Snapshot;
+use crate::journal::Awaiting;
 use crate::machine::restart::RestartPolicy;
 use crate::machine::state::{DrainReason, Phase, PhaseName};
 
@@ -38,6 +39,11 @@ pub enum HookState {
     NothingToComplete,
     /// Completion failed for good (permission, or retries exhausted).
     GaveUp,
+    /// The agent is gone; the instance is not in its wait state yet, or other guards on this host
+    /// still run: see [`LifecycleStatus::awaiting`].
+    Awaiting,
+    /// The agent is gone, and another guard on this host completed the hook.
+    LeftToOthers,
 }
 
 impl HookState {
@@ -50,6 +56,8 @@ impl HookState {
             HookState::Completed => "completed",
             HookState::NothingToComplete => "nothing-to-complete",
             HookState::GaveUp => "gave-up",
+            HookState::Awaiting => "awaiting",
+            HookState::LeftToOthers => "left-to-other-guards",
         }
     }
 }
@@ -78,6 +86,38 @@ pub struct LifecycleStatus {
     pub error: Option<String>,
     /// Whether the instance is protected from scale-in (`--protect-while-busy`), if known.
     pub protected: Option<bool>,
+    /// What the termination hook's work waits for, while it waits.
+    pub awaiting: Option<AwaitingStatus>,
+}
+
+/// What the termination hook's work waits for, since when, in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwaitingStatus {
+    pub what: Awaiting,
+    pub since: SystemTime,
+    /// `deregistration in progress (Terminating)`, `indexer (pid 812)` …
+    pub detail: String,
+}
+
+impl AwaitingStatus {
+    /// One line: `waiting for Terminating:Wait since 14:02:11, deregistration in progress`.
+    pub fn text(&self) -> String {
+        let since = crate::fmt::rfc3339(self.since);
+        // The time of day is what an operator compares with the clock on the wall.
+        let clock = since.get(11..19).unwrap_or(&since);
+        match self.what {
+            Awaiting::WaitState => {
+                format!(
+                    "waiting for Terminating:Wait since {clock}, {}",
+                    self.detail
+                )
+            }
+            Awaiting::OtherGuards => format!(
+                "waiting since {clock} for the other guards on this host: {}",
+                self.detail
+            ),
+        }
+    }
 }
 
 /// Something every subscriber hears.
@@ -478,5 +518,11 @@ fn lifecycle_json(l: &LifecycleStatus) -> Value {
         "launch_hook": hook(&l.launch),
         "error": l.error,
         "protected_from_scale_in": l.protected,
+        "waiting_for": l.awaiting.as_ref().map(|a| json!({
+            "what": a.what.as_str(),
+            "since": rfc3339(a.since),
+            "detail": a.detail,
+            "text": a.text(),
+        })),
     })
 }

@@ -10,11 +10,14 @@ use tokio::sync::{OnceCell, watch};
 
 use crate::agent::hub::Hub;
 use crate::aws::api::{CallError, record_result};
+use crate::aws::backoff::through_throttling;
 use crate::aws::imds::ImdsClient;
 use crate::aws::notices::ImdsStatus;
 
 /// How long the first user waits for IMDS to give the instance id and region.
 const IDENTITY_WITHIN: Duration = Duration::from_secs(30);
+/// How long the group lookup is retried through throttling.
+const LOOKUP_RETRY_WINDOW: Duration = Duration::from_secs(120);
 
 /// Why the AWS context could not be built; every feature that needs it is then off.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,13 +119,18 @@ impl SharedAws {
             tracing::info!(group = %name.trim(), "lifecycle: group from the instance's metadata tag");
             return Ok(name.trim().to_string());
         }
-        let answer = client
-            .describe_auto_scaling_instances()
-            .instance_ids(instance_id)
-            .send()
-            .await
-            .map_err(|e| CallError::from(&e));
-        record_result(&self.hub, "DescribeAutoScalingInstances", &answer);
+        // A fleet starting at once shares one rate limit: retried through throttling.
+        let answer = through_throttling(LOOKUP_RETRY_WINDOW, || async {
+            let answer = client
+                .describe_auto_scaling_instances()
+                .instance_ids(instance_id)
+                .send()
+                .await
+                .map_err(|e| CallError::from(&e));
+            record_result(&self.hub, "DescribeAutoScalingInstances", &answer);
+            answer
+        })
+        .await;
         match answer {
             Ok(out) => {
                 let group = out

@@ -1,6 +1,7 @@
-//! Auto Scaling lifecycle actions: heartbeats while the agent drains, the termination hook
-//! completed only after the agent and its whole process group are gone, and the launch hook
-//! completed once the agent is ready.
+//! Auto Scaling lifecycle actions: the launch hook completed once the agent (and every other
+//! guard's agent on this host) is ready, heartbeats once the instance is in its termination wait
+//! state while the agent drains, and the termination hook completed only after the agent and its
+//! whole process group are gone — and the other guards' agents on this host too.
 //!
 //! The invariant the product exists for — never complete the termination hook while the agent
 //! runs — is a type: [`LifecycleHandle::finish`] takes the supervisor's [`Outcome`], which holds
@@ -14,24 +15,29 @@
 //! let exit = agent_guard::ChildExit { pid: 1, kind: todo!() };
 //! ```
 //!
-//! Errors: throttling, 5xx, timeouts and `ResourceContention` are retried with exponential
-//! backoff and jitter, within the hook's heartbeat timeout (10 minutes at most); "No active
-//! Lifecycle Action found" is retried for a short window (IMDS can show `Terminated` before the
-//! group has the instance in `Terminating:Wait`), then logged once as nothing to complete; a
-//! missing permission is one line naming the IAM action.
+//! Several guards on one host register in `--hooks-dir` ([`hooks_dir`]); the last agent out
+//! completes the termination hook, however late the wait state comes ([`termination`]). The
+//! calls and their retries are [`hook_calls`]'.
+//!
+//! [`hooks_dir`]: crate::aws::hooks_dir
+//! [`termination`]: crate::aws::termination
+//! [`hook_calls`]: crate::aws::hook_calls
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tokio::time::{Interval, MissedTickBehavior};
 
-use crate::agent::hub::{HookState, HookStatus, Hub};
-use crate::aws::api::{CallError, record_call, record_result};
-use crate::aws::context::{AwsContext, SharedAws};
+use crate::agent::hub::{AwaitingStatus, HookState, HookStatus, Hub};
+use crate::aws::backoff;
+use crate::aws::context::SharedAws;
+use crate::aws::hook_calls::{HookApi, MAX_RETRY_WINDOW};
+use crate::aws::hooks_dir::{Decision, HookKind, HooksDirError, Registration};
+use crate::aws::termination::{Gone, Shared, on_host};
+use crate::aws::wait_state::{self, Stage};
 use crate::config::settings::{HookResult, LifecycleSettings};
-use crate::fmt::format_duration;
-use crate::journal::Record;
+use crate::journal::{Awaiting, Record};
 use crate::machine::state::{DrainReason, Phase};
 use crate::machine::supervisor::Outcome;
 use crate::process::exit::{ChildExit, ExitKind};
@@ -65,36 +71,102 @@ pub struct LifecycleHandle {
 }
 
 /// The longest the guard waits, after the agent is gone, for the termination hook to be
-/// completed or given up.
-const FINISH_WITHIN: Duration = Duration::from_secs(11 * 60);
-/// The longest a retryable error is retried.
-const MAX_RETRY_WINDOW: Duration = Duration::from_secs(10 * 60);
-/// Bounds of the window in which "no active lifecycle action" is retried.
-const NO_ACTION_WINDOW: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(60));
-/// The heartbeat interval when the hook's timeout cannot be read.
-const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(60);
+/// completed or given up: the wait state may come the longest deregistration delay plus the
+/// longest hook timeout (7200 s) after the notice, and the completion may then be throttled.
+const FINISH_WITHIN: Duration = Duration::from_secs(3600 + 7200 + 600 + 60);
 /// How long a late setup may take once the agent has already exited.
 const LATE_SETUP_WITHIN: Duration = Duration::from_secs(20);
+/// A guard alone when its agent is ready waits this long after registering before completing
+/// the launch hook: guards started together by systemd register within it.
+const LAUNCH_SETTLE: Duration = Duration::from_secs(2);
+/// How often a guard whose agent is ready looks whether the other guards' agents are too.
+const LAUNCH_POLL: Duration = Duration::from_millis(500);
+
+/// This guard's registrations in `--hooks-dir`, one per hook it handles.
+#[derive(Default)]
+pub struct HostHooks {
+    terminate: Option<Shared>,
+    launch: Option<Shared>,
+}
+
+impl HostHooks {
+    /// Registers for each configured hook, before the agent starts, so that the other guards on
+    /// this host wait for it from the start. An unusable `--hooks-dir` is the guard's failure
+    /// when it was given; the default one (`/run/agent-guard`, root's) is only warned about,
+    /// and the hooks are then handled as by a guard alone on the host.
+    pub fn register(settings: &LifecycleSettings, name: &str) -> Result<HostHooks, HooksDirError> {
+        let dir = &settings.hooks_dir;
+        let one = |kind, hook: &Option<String>| -> Result<Option<Shared>, HooksDirError> {
+            let Some(hook) = hook else {
+                return Ok(None);
+            };
+            match Registration::register(dir, kind, hook, name, settings.on_unclean_exit) {
+                Ok(reg) => Ok(Some(Arc::new(Mutex::new(reg)))),
+                Err(err) if !settings.hooks_dir_given => {
+                    tracing::warn!(error = %err, "lifecycle: the default --hooks-dir is unusable; handling the hooks as the only guard on this host (give every guard here a --hooks-dir they can all write)");
+                    Ok(None)
+                }
+                Err(err) => Err(err),
+            }
+        };
+        Ok(HostHooks {
+            terminate: one(HookKind::Terminate, &settings.terminate_hook)?,
+            launch: one(HookKind::Launch, &settings.launch_hook)?,
+        })
+    }
+
+    /// Removes this guard's registrations as it exits (a result still pending stays).
+    async fn leave(self) {
+        for reg in [self.terminate, self.launch].into_iter().flatten() {
+            let left = tokio::task::spawn_blocking(move || {
+                let reg = match Arc::try_unwrap(reg) {
+                    Ok(m) => m.into_inner().unwrap_or_else(|e| e.into_inner()),
+                    // Still shared by a task that outlived its bound: the lock goes with the process.
+                    Err(_) => return Ok(()),
+                };
+                reg.leave()
+            })
+            .await;
+            if let Ok(Err(err)) = left {
+                tracing::warn!(error = %err, "lifecycle: cannot remove this guard's registration");
+            }
+        }
+    }
+}
 
 impl LifecycleHandle {
     /// Starts the lifecycle work for this run.
-    pub fn start(settings: LifecycleSettings, aws: Arc<SharedAws>, hub: Arc<Hub>) -> Self {
+    pub fn start(
+        settings: LifecycleSettings,
+        aws: Arc<SharedAws>,
+        hub: Arc<Hub>,
+        host: HostHooks,
+    ) -> Self {
         let (finish, finish_rx) = oneshot::channel();
-        let task = tokio::spawn(run(settings, aws, hub, finish_rx));
+        let task = tokio::spawn(run(settings, aws, hub, host, finish_rx));
         LifecycleHandle { finish, task }
     }
 
     /// The agent and its whole group are gone (`outcome` proves it): completes the termination
-    /// hook if a terminating drain ran, and waits, within a bound, for the work to end.
+    /// hook if a terminating drain ran (and this guard is the last on the host), and waits,
+    /// within a bound, for the work to end. SIGTERM or SIGINT meanwhile (an operator stopping
+    /// the unit while the instance deregisters) ends the wait: the hook is left to the other
+    /// guards, or to its timeout.
     pub async fn finish(self, outcome: Outcome) {
         let _ = self.finish.send(outcome);
         let mut task = self.task;
-        if tokio::time::timeout(FINISH_WITHIN, &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
-            tracing::error!("lifecycle: gave up waiting for the hook completion");
+        let stop = stop_signal();
+        tokio::select! {
+            ended = tokio::time::timeout(FINISH_WITHIN, &mut task) => {
+                if ended.is_err() {
+                    task.abort();
+                    tracing::error!("lifecycle: gave up waiting for the hook completion");
+                }
+            }
+            sig = stop => {
+                task.abort();
+                tracing::warn!(signal = %sig, "lifecycle: stopped while the hook work waited; the hook is left to the other guards on this host or to its timeout; the guard exits with the agent's status");
+            }
         }
     }
 }
@@ -116,6 +188,21 @@ impl LifecycleHandle {
 
 /// How long [`LifecycleHandle::end_without_agent`] waits.
 const NO_AGENT_WITHIN: Duration = Duration::from_secs(5);
+
+/// The next SIGTERM or SIGINT, once the supervisor (which handled them until the agent was gone)
+/// has stopped listening; never, if they cannot be listened for.
+async fn stop_signal() -> &'static str {
+    use futures_core::Stream;
+    let Ok(mut signals) = signal_hook_tokio::Signals::new([libc::SIGTERM, libc::SIGINT]) else {
+        return std::future::pending().await;
+    };
+    let sig = std::future::poll_fn(|cx| std::pin::Pin::new(&mut signals).poll_next(cx)).await;
+    match sig {
+        Some(libc::SIGINT) => "SIGINT",
+        Some(_) => "SIGTERM",
+        None => std::future::pending().await,
+    }
+}
 
 fn set_hook(hub: &Hub, terminate: bool, f: impl FnOnce(&mut HookStatus)) {
     let mut status = hub.lifecycle();
@@ -141,6 +228,7 @@ async fn run(
     settings: LifecycleSettings,
     aws: Arc<SharedAws>,
     hub: Arc<Hub>,
+    host: HostHooks,
     mut finish: oneshot::Receiver<Outcome>,
 ) {
     {
@@ -149,29 +237,36 @@ async fn run(
         status.launch = hook_status(&settings.launch_hook);
     }
     let setup = tokio::select! {
-        setup = Api::setup(&settings, &aws, &hub) => setup,
+        setup = HookApi::setup(&settings, &aws, &hub) => setup,
         done = &mut finish => {
             // The agent ended before the identity was known: one more try, bounded.
-            let setup = tokio::time::timeout(LATE_SETUP_WITHIN, Api::setup(&settings, &aws, &hub)).await;
+            let setup = tokio::time::timeout(LATE_SETUP_WITHIN, HookApi::setup(&settings, &aws, &hub)).await;
             match (setup, done) {
                 (Ok(Ok(api)), Ok(outcome)) => {
-                    // An agent that never got ready (a fast crash loop, say) abandons the launch.
-                    let never_ready = hub.report().ready_source.is_none();
-                    let api = Arc::new(api);
-                    if settings.launch_hook.is_some() && never_ready {
-                        let launch = api.clone().spawn_launch(&settings, &hub, HookResult::Abandon, "the agent exited before it was ready");
-                        let _ = tokio::time::timeout(LATE_SETUP_WITHIN, launch).await;
-                    }
                     let terminating = hub.stats().drains.iter().any(|(reason, n)| *n > 0 && reason.ends_instance());
-                    api.finish_termination(&settings, &hub, terminating, outcome).await;
+                    let mut watch = Watch { terminating, ..Watch::new(Arc::new(api), &settings, &hub, &host) };
+                    // An agent that never got ready (a fast crash loop, say) abandons the launch
+                    // (`finish` does); one that was ready leaves it to the hook's timeout.
+                    if hub.report().ready_source.is_some() {
+                        watch.launch_done = true;
+                    }
+                    watch.finish(Some(outcome)).await;
+                    if let Some(task) = watch.launch_task.take() {
+                        let _ = tokio::time::timeout(LATE_SETUP_WITHIN, task).await;
+                    }
                 }
                 _ => tracing::error!("lifecycle: the agent exited before the group and instance were known; no hook completed"),
             }
+            host.leave().await;
             return;
         }
     };
-    let api = match setup {
-        Ok(api) => api,
+    match setup {
+        Ok(api) => {
+            Watch::new(Arc::new(api), &settings, &hub, &host)
+                .run(finish)
+                .await
+        }
         Err(err) => {
             let record = Record::HooksOff {
                 error: err.to_string(),
@@ -179,304 +274,55 @@ async fn run(
             tracing::error!(error = %err, journal = %record.json(), "lifecycle hooks are off");
             hub.lifecycle().error = Some(err.to_string());
             let _ = finish.await;
-            return;
         }
-    };
-    Watch::new(Arc::new(api), &settings, &hub).run(finish).await;
+    }
+    host.leave().await;
 }
 
-/// The shared context plus what the hooks add: the heartbeat cadence and retry bound.
-struct Api {
-    aws: Arc<AwsContext>,
-    heartbeat_interval: Duration,
-    /// The hook's heartbeat timeout, bounding retries.
-    hook_timeout: Option<Duration>,
-}
-
-impl Api {
-    /// The shared AWS context, then the heartbeat interval (flag, a third of the hook's
-    /// HeartbeatTimeout, else 60 s).
-    async fn setup(
-        settings: &LifecycleSettings,
-        aws: &SharedAws,
-        hub: &Hub,
-    ) -> Result<Api, crate::aws::context::ContextError> {
-        let aws = aws.get().await?;
-        let mut api = Api {
-            aws,
-            heartbeat_interval: DEFAULT_HEARTBEAT,
-            hook_timeout: None,
-        };
-        if let Some(hook) = &settings.terminate_hook {
-            api.hook_timeout = api.hook_heartbeat_timeout(hook, hub).await;
-        }
-        api.heartbeat_interval = settings
-            .heartbeat_interval
-            // A third of the timeout leaves two missed heartbeats of slack; never more than that.
-            .or(api
-                .hook_timeout
-                .map(|t| (t / 3).max(Duration::from_millis(100))))
-            .unwrap_or(DEFAULT_HEARTBEAT);
-        hub.lifecycle().heartbeat_interval = Some(api.heartbeat_interval);
-        let record = Record::HooksReady {
-            group: api.aws.group.clone(),
-            instance_id: api.aws.instance_id.clone(),
-        };
-        tracing::info!(
-            group = %api.aws.group,
-            instance = %api.aws.instance_id,
-            region = %api.aws.region,
-            heartbeat_every = %format_duration(api.heartbeat_interval),
-            journal = %record.json(),
-            "lifecycle hooks ready"
-        );
-        Ok(api)
-    }
-
-    async fn hook_heartbeat_timeout(&self, hook: &str, hub: &Hub) -> Option<Duration> {
-        let answer = self
-            .aws
-            .client
-            .describe_lifecycle_hooks()
-            .auto_scaling_group_name(&self.aws.group)
-            .lifecycle_hook_names(hook)
-            .send()
-            .await
-            .map_err(|e| CallError::from(&e));
-        record_result(hub, "DescribeLifecycleHooks", &answer);
-        match answer {
-            Ok(out) => {
-                let found = out
-                    .lifecycle_hooks()
-                    .iter()
-                    .find(|h| h.lifecycle_hook_name() == Some(hook))
-                    .and_then(|h| h.heartbeat_timeout());
-                if found.is_none() {
-                    tracing::warn!(hook, group = %self.aws.group, "lifecycle: the group has no such hook (yet); heartbeats every 60s");
-                }
-                found.map(|secs| Duration::from_secs(secs.max(1).unsigned_abs().into()))
-            }
-            Err(CallError::Denied(_)) => {
-                tracing::warn!(
-                    "lifecycle: cannot read the hook's heartbeat timeout: the instance profile lacks autoscaling:DescribeLifecycleHooks; heartbeats every 60s"
-                );
-                None
-            }
-            Err(other) => {
-                tracing::warn!(error = %other.text(), "lifecycle: cannot read the hook's heartbeat timeout; heartbeats every 60s");
-                None
-            }
-        }
-    }
-
-    fn spawn_launch(
-        self: Arc<Self>,
-        settings: &LifecycleSettings,
-        hub: &Arc<Hub>,
-        result: HookResult,
-        why: &'static str,
-    ) -> tokio::task::JoinHandle<()> {
-        let hook = settings.launch_hook.clone().unwrap_or_default();
-        let hub = hub.clone();
-        tokio::spawn(async move {
-            tracing::info!(hook = %hook, result = result.as_str(), "lifecycle: completing the launch hook: {why}");
-            let outcome = self.complete(&hub, &hook, result, false).await;
-            set_hook(&hub, false, |h| {
-                h.state = outcome;
-                h.result = Some(result);
-            });
-        })
-    }
-
-    async fn heartbeat(&self, settings: &LifecycleSettings, hub: &Hub) {
-        let Some(hook) = &settings.terminate_hook else {
-            return;
-        };
-        let answer = self
-            .aws
-            .client
-            .record_lifecycle_action_heartbeat()
-            .auto_scaling_group_name(&self.aws.group)
-            .lifecycle_hook_name(hook)
-            .instance_id(&self.aws.instance_id)
-            .send()
-            .await
-            .map_err(|e| CallError::from(&e));
-        record_result(hub, "RecordLifecycleActionHeartbeat", &answer);
-        match answer {
-            Ok(_) => {
-                set_hook(hub, true, |h| h.heartbeats += 1);
-                tracing::debug!(hook = %hook, "lifecycle: heartbeat sent");
-            }
-            Err(failure) => {
-                let text = match &failure {
-                    CallError::Denied(_) => {
-                        "the instance profile lacks autoscaling:RecordLifecycleActionHeartbeat"
-                            .to_string()
-                    }
-                    other => other.text().to_string(),
-                };
-                tracing::warn!(hook = %hook, error = %text, "lifecycle: heartbeat failed (will try again)");
-                set_hook(hub, true, |h| h.last_error = Some(text));
-            }
-        }
-    }
-
-    async fn finish_termination(
-        &self,
-        settings: &LifecycleSettings,
-        hub: &Hub,
-        terminating: bool,
-        outcome: Outcome,
-    ) {
-        let Some(hook) = &settings.terminate_hook else {
-            return;
-        };
-        if !terminating {
-            return;
-        }
-        let exit = &outcome.exit;
-        let result = result_for(
-            exit,
-            settings.stop_signal,
-            outcome.sigkilled,
-            settings.on_unclean_exit,
-        );
-        tracing::info!(hook = %hook, result = result.as_str(), agent = %exit, "lifecycle: the agent and its group are gone; completing the termination hook");
-        set_hook(hub, true, |h| h.state = HookState::Completing);
-        let quiet = hub
-            .stats()
-            .drains
-            .iter()
-            .all(|(reason, n)| *n == 0 || *reason == DrainReason::SpotInterruption);
-        let state = self.complete(hub, hook, result, quiet).await;
-        set_hook(hub, true, |h| {
-            h.state = state;
-            h.result = Some(result);
-        });
-    }
-
-    /// `CompleteLifecycleAction` with retries; returns the final state for `/status`.
-    /// `quiet`: "no active action" is expected (a spot interruption the group did not hold).
-    async fn complete(&self, hub: &Hub, hook: &str, result: HookResult, quiet: bool) -> HookState {
-        let started = Instant::now();
-        let retry_window = self
-            .hook_timeout
-            .unwrap_or(MAX_RETRY_WINDOW)
-            .min(MAX_RETRY_WINDOW);
-        let no_action_window =
-            (self.heartbeat_interval * 3).clamp(NO_ACTION_WINDOW.0, NO_ACTION_WINDOW.1);
-        let mut delay = Duration::from_millis(200);
-        let mut attempt: u32 = 0;
-        let state = loop {
-            attempt += 1;
-            let failure = match self.complete_once(hook, result).await {
-                Ok(()) => {
-                    record_call(hub, "CompleteLifecycleAction", "ok");
-                    tracing::info!(
-                        hook,
-                        result = result.as_str(),
-                        attempt,
-                        "lifecycle: hook completed"
-                    );
-                    break HookState::Completed;
-                }
-                Err(failure) => failure,
-            };
-            record_call(hub, "CompleteLifecycleAction", failure.outcome());
-            let window = match &failure {
-                CallError::Retry(_) => retry_window,
-                CallError::NoAction(_) => no_action_window,
-                CallError::Denied(_) => {
-                    tracing::error!(
-                        hook,
-                        "lifecycle: the instance profile lacks autoscaling:CompleteLifecycleAction; the hook runs to its timeout"
-                    );
-                    break HookState::GaveUp;
-                }
-                CallError::Fatal(text) => {
-                    tracing::error!(hook, error = %text, "lifecycle: cannot complete the hook");
-                    break HookState::GaveUp;
-                }
-            };
-            let elapsed = started.elapsed();
-            if elapsed + delay > window {
-                break give_up(hook, &failure, quiet, elapsed);
-            }
-            tracing::debug!(hook, error = %failure.text(), retry_in = ?delay, "lifecycle: completion failed; retrying");
-            tokio::time::sleep(jittered(delay)).await;
-            delay = (delay * 2).min(Duration::from_secs(10));
-        };
-        let record = Record::HookFinished {
-            hook: hook.to_string(),
-            result,
-            state: state.as_str().to_string(),
-        };
-        tracing::debug!(hook, journal = %record.json(), "lifecycle: hook work ended");
-        state
-    }
-
-    async fn complete_once(&self, hook: &str, result: HookResult) -> Result<(), CallError> {
-        self.aws
-            .client
-            .complete_lifecycle_action()
-            .auto_scaling_group_name(&self.aws.group)
-            .lifecycle_hook_name(hook)
-            .instance_id(&self.aws.instance_id)
-            .lifecycle_action_result(result.as_str())
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| CallError::from(&e))
-    }
-}
-
-/// The last word on a completion whose retry window ran out.
-fn give_up(hook: &str, failure: &CallError, quiet: bool, elapsed: Duration) -> HookState {
-    match failure {
-        CallError::NoAction(text) => {
-            if quiet {
-                tracing::info!(
-                    hook,
-                    "lifecycle: the group holds no lifecycle action for this instance (as expected for a spot interruption); nothing to complete"
-                );
-            } else {
-                tracing::warn!(hook, error = %text, "lifecycle: no active lifecycle action after retrying; nothing to complete");
-            }
-            HookState::NothingToComplete
-        }
-        other => {
-            tracing::error!(hook, error = %other.text(), after = %format_duration(Duration::from_secs(elapsed.as_secs())), "lifecycle: gave up completing the hook");
-            HookState::GaveUp
-        }
-    }
-}
-
-/// The lifecycle work alongside the supervisor: the launch hook on readiness, heartbeats while a
-/// terminating drain runs, the termination hook once the agent is gone.
+/// The lifecycle work alongside the supervisor: the launch hook on readiness, the wait state
+/// looked for and heartbeats sent while a terminating drain runs, the termination hook once the
+/// agent is gone.
 struct Watch<'a> {
-    api: Arc<Api>,
+    api: Arc<HookApi>,
     settings: &'a LifecycleSettings,
     hub: &'a Arc<Hub>,
+    host: &'a HostHooks,
     terminating: bool,
+    /// When the terminating drain began, and for what.
+    drain: Option<(Instant, DrainReason)>,
+    /// The instance was seen in its wait state: heartbeat from now on.
+    wait_seen: bool,
+    /// Heartbeats (or, before the wait state, looks) while the agent drains; `None` when there
+    /// is nothing left to keep open.
+    tick: Option<Interval>,
     launch_done: bool,
-    heartbeat: Option<Interval>,
     launch_task: Option<tokio::task::JoinHandle<()>>,
     /// The agent was held back in a warm pool (`--in-warm-pool wait`).
     was_held: bool,
+    /// Released from the warm pool: the next launch completion is a new round on the host.
+    launch_again: bool,
 }
 
 impl<'a> Watch<'a> {
-    fn new(api: Arc<Api>, settings: &'a LifecycleSettings, hub: &'a Arc<Hub>) -> Self {
+    fn new(
+        api: Arc<HookApi>,
+        settings: &'a LifecycleSettings,
+        hub: &'a Arc<Hub>,
+        host: &'a HostHooks,
+    ) -> Self {
         Watch {
             api,
             settings,
             hub,
+            host,
             terminating: false,
+            drain: None,
+            wait_seen: false,
+            tick: None,
             launch_done: settings.launch_hook.is_none(),
-            heartbeat: None,
             launch_task: None,
             was_held: false,
+            launch_again: false,
         }
     }
 
@@ -505,13 +351,13 @@ impl<'a> Watch<'a> {
                     let now = phase.borrow_and_update().clone();
                     self.on_phase(&now);
                 }
-                _ = async { self.heartbeat.as_mut().expect("guarded by the branch condition").tick().await }, if self.heartbeat.is_some() => {
-                    self.api.heartbeat(self.settings, self.hub).await;
+                _ = async { self.tick.as_mut().expect("guarded by the branch condition").tick().await }, if self.tick.is_some() => {
+                    self.keep_open().await;
                 }
                 _ = self.hub.extended.notified() => {
                     if self.terminating {
                         tracing::info!("lifecycle: the agent asked for more time; heartbeat now");
-                        self.api.heartbeat(self.settings, self.hub).await;
+                        self.keep_open().await;
                     }
                 }
                 _ = self.hub.ready_timed_out.notified(), if !self.launch_done => {
@@ -542,13 +388,14 @@ impl<'a> Watch<'a> {
             && self.settings.terminate_hook.is_some()
         {
             self.terminating = true;
+            self.drain = Some((Instant::now(), reason));
             let every = self.api.heartbeat_interval;
             let mut tick = tokio::time::interval_at(
                 crate::machine::state::later(Instant::now(), every).into(),
                 every,
             );
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            self.heartbeat = Some(tick);
+            self.tick = Some(tick);
             set_hook(self.hub, true, |h| h.state = HookState::Heartbeating);
         }
     }
@@ -571,6 +418,7 @@ impl<'a> Watch<'a> {
         } else if !held && self.was_held {
             self.was_held = false;
             self.launch_done = false;
+            self.launch_again = true;
             set_hook(self.hub, false, |h| {
                 h.state = HookState::Waiting;
                 h.result = None;
@@ -580,14 +428,96 @@ impl<'a> Watch<'a> {
         }
     }
 
+    /// Keeps the termination hook open while the agent drains: a heartbeat once the instance is
+    /// in its wait state, before that a look at its state. Heartbeats start when the wait state
+    /// does (the hook's timeout starts then too), so a long deregistration costs one look per
+    /// heartbeat interval and no failed heartbeat.
+    async fn keep_open(&mut self) {
+        let Some(hook) = self.settings.terminate_hook.as_deref() else {
+            return;
+        };
+        if self.wait_seen || self.spot() {
+            self.api.heartbeat(hook, self.hub, self.spot()).await;
+            return;
+        }
+        match self.api.look(self.hub).await {
+            Ok(Stage::Waiting(state)) => {
+                self.wait_seen = true;
+                let record = Record::WaitStateSeen {
+                    hook: hook.to_string(),
+                    state: state.clone(),
+                };
+                tracing::info!(hook, journal = %record.json(), "lifecycle: the instance is in {state}; heartbeats start");
+                self.hub.lifecycle().awaiting = None;
+                set_hook(self.hub, true, |h| h.state = HookState::Heartbeating);
+                self.api.heartbeat(hook, self.hub, false).await;
+            }
+            Ok(Stage::Over(state)) => {
+                tracing::info!(hook, state = %state, "lifecycle: the instance is past its wait state ({state}); no heartbeats");
+                self.tick = None;
+            }
+            Ok(stage) => self.awaiting_wait_state(hook, &stage),
+            Err(err) => {
+                // Without the state, heartbeat blindly: "no active action" is then expected.
+                tracing::debug!(hook, error = %err.text(), "lifecycle: cannot read the instance's state; heartbeat instead");
+                self.api.heartbeat(hook, self.hub, true).await;
+            }
+        }
+    }
+
+    fn awaiting_wait_state(&self, hook: &str, stage: &Stage) {
+        let detail = stage.detail();
+        let known = self
+            .hub
+            .lifecycle()
+            .awaiting
+            .as_ref()
+            .map(|a| a.detail.clone());
+        if known.as_deref() == Some(detail.as_str()) {
+            return;
+        }
+        let started = self.drain.map_or_else(Instant::now, |(at, _)| at);
+        let since = std::time::SystemTime::now()
+            .checked_sub(started.elapsed())
+            .unwrap_or_else(std::time::SystemTime::now);
+        let status = AwaitingStatus {
+            what: Awaiting::WaitState,
+            since,
+            detail,
+        };
+        let record = Record::HookAwaiting {
+            hook: hook.to_string(),
+            awaiting: Awaiting::WaitState,
+            detail: status.detail.clone(),
+        };
+        tracing::info!(hook, state = stage.state(), journal = %record.json(), "lifecycle: {}", status.text());
+        self.hub.lifecycle().awaiting = Some(status);
+        set_hook(self.hub, true, |h| h.state = HookState::Awaiting);
+    }
+
+    /// A spot interruption: the group may hold no action at all, and EC2 ends the instance at
+    /// the notice's time whatever the group does.
+    fn spot(&self) -> bool {
+        let spot_only = self
+            .hub
+            .stats()
+            .drains
+            .iter()
+            .all(|(reason, n)| *n == 0 || *reason == DrainReason::SpotInterruption);
+        matches!(self.drain, Some((_, DrainReason::SpotInterruption)))
+            || (self.drain.is_none() && spot_only)
+    }
+
     fn launch(&mut self, result: HookResult, why: &'static str) {
         self.launch_done = true;
-        self.launch_task = Some(self.api.clone().spawn_launch(
-            self.settings,
-            self.hub,
-            result,
-            why,
-        ));
+        let task = Launch {
+            api: self.api.clone(),
+            hub: self.hub.clone(),
+            hook: self.settings.launch_hook.clone().unwrap_or_default(),
+            registration: self.host.launch.clone(),
+            new_round: std::mem::take(&mut self.launch_again),
+        };
+        self.launch_task = Some(tokio::spawn(task.run(result, why)));
     }
 
     async fn finish(&mut self, outcome: Option<Outcome>) {
@@ -596,24 +526,133 @@ impl<'a> Watch<'a> {
         if !self.launch_done {
             self.launch(HookResult::Abandon, "the agent exited before it was ready");
         }
-        if let Some(outcome) = outcome {
-            // A drain that came between an exit and a restart ended the run with no draining
-            // phase to see; its hook waits all the same.
-            let terminating =
-                self.terminating || outcome.drain.is_some_and(DrainReason::ends_instance);
-            self.api
-                .finish_termination(self.settings, self.hub, terminating, outcome)
-                .await;
+        let (Some(outcome), Some(hook)) = (outcome, self.settings.terminate_hook.as_deref()) else {
+            return;
+        };
+        // A drain that came between an exit and a restart ended the run with no draining phase
+        // to see; its hook waits all the same.
+        let terminating = self.terminating || outcome.drain.is_some_and(DrainReason::ends_instance);
+        let exit = &outcome.exit;
+        let result = result_for(
+            exit,
+            self.settings.stop_signal,
+            outcome.sigkilled,
+            self.settings.on_unclean_exit,
+        );
+        if terminating {
+            tracing::info!(hook = %hook, result = result.as_str(), agent = %exit, "lifecycle: the agent and its group are gone");
+        }
+        let gone = Gone {
+            api: &self.api,
+            hub: self.hub,
+            hook,
+            result,
+            terminating,
+            drain_started: self.drain.map(|(at, _)| at),
+            wait_seen: self.wait_seen,
+            spot: terminating && self.spot(),
+            registration: self.host.terminate.clone(),
+        };
+        let state = gone.finish().await;
+        if terminating {
+            let record = Record::HookFinished {
+                hook: hook.to_string(),
+                result,
+                state: state.as_str().to_string(),
+            };
+            tracing::debug!(hook, journal = %record.json(), "lifecycle: hook work ended");
         }
     }
 }
 
-/// Full jitter between half the delay and the delay, so many instances do not retry in step.
-fn jittered(delay: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    delay.mul_f64(0.5 + f64::from(nanos % 1000) / 2000.0)
+/// The launch hook's completion, agreed with the other guards on this host: CONTINUE once every
+/// registered guard's agent is ready, ABANDON from any guard at once.
+struct Launch {
+    api: Arc<HookApi>,
+    hub: Arc<Hub>,
+    hook: String,
+    registration: Option<Shared>,
+    /// The hook pauses the instance a second time (out of a warm pool): the registration
+    /// starts a new round first.
+    new_round: bool,
+}
+
+impl Launch {
+    async fn run(self, result: HookResult, why: &'static str) {
+        if !self.agreed(result).await {
+            return;
+        }
+        tracing::info!(hook = %self.hook, result = result.as_str(), "lifecycle: completing the launch hook: {why}");
+        let state = self
+            .api
+            .complete(&self.hub, &self.hook, result, false)
+            .await;
+        set_hook(&self.hub, false, |h| {
+            h.state = state;
+            h.result = Some(result);
+        });
+        if let Some(reg) = &self.registration {
+            let done = state.as_str();
+            if let Err(err) = on_host(reg, move |r| r.finish(done, Some(result))).await {
+                tracing::warn!(error = %err, "lifecycle: cannot record the launch hook's end in the hooks directory");
+            }
+        }
+    }
+
+    /// Whether this guard is the one to complete the launch hook (waiting for the others as
+    /// long as it takes, bounded by the hook's own timeout).
+    async fn agreed(&self, result: HookResult) -> bool {
+        let Some(reg) = &self.registration else {
+            return true;
+        };
+        if self.new_round
+            && let Err(err) = on_host(reg, Registration::new_round).await
+        {
+            tracing::warn!(error = %err, "lifecycle: cannot start the launch hook's new round in the hooks directory; completing it as if alone");
+            return true;
+        }
+        if result == HookResult::Continue {
+            let age = on_host(reg, |r| Ok(r.age())).await.unwrap_or(LAUNCH_SETTLE);
+            tokio::time::sleep(LAUNCH_SETTLE.saturating_sub(age)).await;
+        }
+        let give_up = Instant::now() + wait_state::DEFAULT_HOOK_TIMEOUT.max(MAX_RETRY_WINDOW);
+        let mut shown = Vec::new();
+        let mut decision = match result {
+            HookResult::Continue => on_host(reg, Registration::agent_ready).await,
+            HookResult::Abandon => on_host(reg, Registration::launch_failed).await,
+        };
+        loop {
+            match decision {
+                Ok(Decision::Complete { .. }) => return true,
+                Ok(Decision::Done(done)) => {
+                    tracing::info!(hook = %self.hook, by = %done.by, "lifecycle: the launch hook was {} by {} ({})", done.state, done.by, done.result.map_or("-", HookResult::as_str));
+                    set_hook(&self.hub, false, |h| {
+                        h.state = HookState::LeftToOthers;
+                        h.result = done.result;
+                    });
+                    return false;
+                }
+                Ok(Decision::NotNeeded) => return false,
+                Ok(Decision::Wait { others }) => {
+                    if others != shown {
+                        tracing::info!(hook = %self.hook, others = %others.join(", "), "lifecycle: the agent is ready; the launch hook waits for the other guards on this host");
+                        set_hook(&self.hub, false, |h| h.state = HookState::Awaiting);
+                        shown = others;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "lifecycle: cannot read the hooks directory; completing the launch hook as if alone");
+                    return true;
+                }
+            }
+            if Instant::now() >= give_up {
+                tracing::error!(hook = %self.hook, "lifecycle: gave up waiting for the other guards' agents to be ready");
+                return false;
+            }
+            tokio::time::sleep(backoff::within(LAUNCH_POLL)).await;
+            decision = on_host(reg, Registration::launch).await;
+        }
+    }
 }
 
 #[cfg(test)]

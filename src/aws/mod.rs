@@ -1,9 +1,12 @@
 //! Everything that talks to AWS: IMDS and its notices, scheduled events, warm pools, lifecycle
 //! hooks, scale-in protection, instance health.
 pub(crate) mod api;
+pub(crate) mod backoff;
 pub(crate) mod context;
 pub(crate) mod emf;
 pub(crate) mod health_status;
+pub(crate) mod hook_calls;
+pub(crate) mod hooks_dir;
 pub(crate) mod imds;
 pub(crate) mod lifecycle;
 pub(crate) mod maintenance;
@@ -11,4 +14,6 @@ pub(crate) mod notices;
 pub(crate) mod protection;
 pub(crate) mod replace;
 pub(crate) mod scheduled;
+pub(crate) mod termination;
+pub(crate) mod wait_state;
 pub(crate) mod warm_pool;

@@ -182,7 +182,26 @@ fn status_summary(reply: &Value) -> String {
             c["status"]
         ));
     }
+    out.push_str(&lifecycle_summary(reply));
     out
+}
+
+/// The termination hook's line, while its work waits (for the wait state, or other guards).
+fn lifecycle_summary(reply: &Value) -> String {
+    let lifecycle = reply.get("lifecycle");
+    let text = lifecycle
+        .and_then(|l| l.get("waiting_for"))
+        .and_then(|w| w.get("text"))
+        .and_then(Value::as_str);
+    let hook = lifecycle
+        .and_then(|l| l.get("terminate_hook"))
+        .and_then(|h| h.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("-");
+    match text {
+        Some(text) => format!("lifecycle hook {hook}: {text}\n"),
+        None => String::new(),
+    }
 }
 
 /// One event as a readable line; other JSON is shown as it is, and a line that is not JSON at

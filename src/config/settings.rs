@@ -113,6 +113,10 @@ pub struct LifecycleSettings {
     pub on_unclean_exit: HookResult,
     pub stop_signal: Sig,
     pub imds_endpoint: String,
+    /// `--hooks-dir`: where the guards on this host register for the hooks.
+    pub hooks_dir: PathBuf,
+    /// Whether `--hooks-dir` was given (an unusable default is only warned about).
+    pub hooks_dir_given: bool,
 }
 
 impl LifecycleSettings {

@@ -28,6 +28,7 @@ pub fn drill_invocation(drill: DrillCli, matches: &ArgMatches) -> Result<Invocat
         after: drill.after,
         deadline: drill.deadline,
         heartbeat_timeout: drill.heartbeat_timeout,
+        deregistration_delay: drill.deregistration_delay,
         json: drill.json,
         verbose: drill.verbose,
         guard_args,

@@ -464,6 +464,22 @@ fn lifecycle(
         )?,
         stop_signal,
         imds_endpoint: imds_endpoint.to_string(),
+        hooks_dir: hooks_dir(settings)?,
+        hooks_dir_given: settings
+            .get("hooks-dir")
+            .is_some_and(|s| s.source != Source::Default),
+    })
+}
+
+/// `--hooks-dir`: an absolute directory, shared by every guard on the host.
+fn hooks_dir(settings: &Settings) -> Result<PathBuf, ConfigError> {
+    settings.require("hooks-dir", |v| {
+        let path = PathBuf::from(v.trim());
+        if path.is_absolute() {
+            Ok(path)
+        } else {
+            Err("expected an absolute directory, the same for every guard on this host".to_string())
+        }
     })
 }
 

@@ -8,12 +8,13 @@
 //! is listed.
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::agent::hub::{AgentReport, GuardStats, HookState, HookStatus, Hub, LifecycleStatus};
 use crate::aws::notices::{ImdsStatus, NoticeKind};
 use crate::aws::scheduled::{EventCode, EventState};
 use crate::health::checks::Verdict;
+use crate::journal::Awaiting;
 use crate::machine::state::{DrainReason, Phase, PhaseName};
 
 /// The Prometheus text of `hub` at this moment.
@@ -39,6 +40,8 @@ struct Scrape {
     watchdog_missed: bool,
     subscribers: usize,
     uptime: Duration,
+    /// The wall clock at the scrape, for how long the hook work has waited.
+    wall: SystemTime,
 }
 
 impl Scrape {
@@ -63,6 +66,7 @@ impl Scrape {
             watchdog_missed,
             subscribers: hub.subscribers(),
             uptime: hub.uptime(),
+            wall: SystemTime::now(),
         }
     }
 }
@@ -302,6 +306,25 @@ const FAMILIES: &[Family] = &[
                 Sample::new([("hook", hook.as_str()), ("result", result.as_str())], 1.0)
             });
             Some(each.collect())
+        },
+    },
+    Family {
+        name: "agent_guard_lifecycle_waiting_seconds",
+        kind: Kind::Gauge,
+        help: "While the termination hook's work waits (for the instance's wait state, or for other guards on this host): how long, by what it waits for.",
+        // Only while it waits: the family says "waiting", and its absence "not waiting".
+        samples: |s| {
+            let awaiting = s.lifecycle.awaiting.as_ref()?;
+            let waited = s.wall.duration_since(awaiting.since).unwrap_or_default();
+            let each = Awaiting::ALL.map(|a| {
+                let secs = if a == awaiting.what {
+                    waited.as_secs_f64()
+                } else {
+                    0.0
+                };
+                Sample::new([("for", a.as_str())], secs)
+            });
+            Some(each.into())
         },
     },
     Family {

@@ -13,6 +13,14 @@
 //! `AccessDenied`), and every call is logged with its time. The Describe calls `agent-guard
 //! doctor` reads answer in the API reference's shape, groups with their instance lifecycle
 //! policy (`RetentionTriggers.TerminateHookAbandon`) included.
+//!
+//! A group can hold several instances, and as a group with a load balancer does, it can
+//! deregister a terminating instance first and only enter the wait state after the target
+//! group's deregistration delay (AWS user guide, "How lifecycle hooks work", steps 4–5): until
+//! then the instance is `Terminating` and the lifecycle calls answer "No active Lifecycle
+//! Action found". An account-wide token bucket can answer `Throttling`, as Auto Scaling's API
+//! rate does for every tool of an account; every state an instance enters is logged with its
+//! time.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -80,6 +88,18 @@ struct Instance {
     state: String,
     protected: bool,
     action: Option<Pending>,
+    /// Deregistration from the load balancer under way: the wait state comes at this time.
+    deregistering: Option<Deregistering>,
+}
+
+/// A termination held back by the deregistration delay.
+#[derive(Debug, Clone)]
+struct Deregistering {
+    until: Instant,
+    hook: Option<Hook>,
+    token: String,
+    wait_state: &'static str,
+    done_state: &'static str,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -89,6 +109,45 @@ struct Group {
     /// `InstanceLifecyclePolicy.RetentionTriggers.TerminateHookAbandon`: `retain` or
     /// `terminate`; `None` when the group has no instance lifecycle policy.
     terminate_hook_abandon: Option<String>,
+    /// The load balancer's deregistration delay before a terminating instance's wait state.
+    deregistration_delay: Duration,
+}
+
+/// An account-wide token bucket: `rate` calls a second, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub rate: f64,
+    pub burst: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    limit: RateLimit,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Bucket {
+    /// Takes a token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        let earned = now.saturating_duration_since(self.refilled).as_secs_f64() * self.limit.rate;
+        self.tokens = (self.tokens + earned).min(self.limit.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A state an instance entered, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub instance: String,
+    pub state: String,
+    pub at: Instant,
 }
 
 /// Faults to inject; all off by default.
@@ -111,6 +170,8 @@ pub struct Call {
     /// The error code, for an error answer.
     pub error: Option<String>,
     pub at: Instant,
+    /// The access key id the request was signed with: which caller made it.
+    pub caller: Option<String>,
 }
 
 /// How an instance's lifecycle action ended.
@@ -137,6 +198,8 @@ struct State {
     unhealthy: BTreeSet<String>,
     /// Hears each target lifecycle state the group itself sets (a replacement).
     target_listener: TargetListener,
+    bucket: Option<Bucket>,
+    transitions: Vec<Transition>,
 }
 
 /// A listener's callback: `(instance, target lifecycle state)`.
@@ -149,6 +212,17 @@ struct TargetListener(Option<OnTarget>);
 impl std::fmt::Debug for TargetListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_some() { "listener" } else { "none" })
+    }
+}
+
+impl State {
+    /// Sets an instance's state and logs the transition.
+    fn enter(&mut self, id: &str, state: &str, at: Instant) {
+        self.transitions.push(Transition {
+            instance: id.to_string(),
+            state: state.to_string(),
+            at,
+        });
     }
 }
 
@@ -204,8 +278,8 @@ impl AutoScalingSim {
 
     /// Adds an instance in `state` to `group`.
     pub fn add_instance(&self, group: &str, id: &str, state: &str) {
-        lock(&self.state)
-            .groups
+        let mut s = lock(&self.state);
+        s.groups
             .entry(group.to_string())
             .or_default()
             .instances
@@ -215,8 +289,30 @@ impl AutoScalingSim {
                     state: state.to_string(),
                     protected: false,
                     action: None,
+                    deregistering: None,
                 },
             );
+        s.enter(id, state, Instant::now());
+    }
+
+    /// Sets the group's deregistration delay (the target group's `deregistration_delay`): a
+    /// terminating instance stays `Terminating` this long before its wait state.
+    pub fn set_deregistration_delay(&self, group: &str, delay: Duration) {
+        lock(&self.state)
+            .groups
+            .entry(group.to_string())
+            .or_default()
+            .deregistration_delay = delay;
+    }
+
+    /// Limits the whole account's calls to a token bucket (`None`: no limit). A call without a
+    /// token is answered `Throttling`, and takes none.
+    pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        lock(&self.state).bucket = limit.map(|limit| Bucket {
+            limit,
+            tokens: limit.burst,
+            refilled: Instant::now(),
+        });
     }
 
     /// Sets the group's instance lifecycle policy: what an ABANDONed termination hook does to
@@ -230,17 +326,11 @@ impl AutoScalingSim {
     }
 
     /// Starts a transition: the instance waits in `wait_state` if a hook of `transition` exists,
-    /// else goes straight to `done_state`.
-    fn transition(
-        &self,
-        group: &str,
-        id: &str,
-        transition: &str,
-        wait_state: &str,
-        done_state: &str,
-    ) {
+    /// else goes straight to `done_state`. A termination first deregisters for the group's
+    /// deregistration delay, in `pre_state`.
+    fn transition(&self, group: &str, id: &str, transition: &str, states: [&'static str; 3]) {
         let mut s = lock(&self.state);
-        start_transition(&mut s, group, id, transition, wait_state, done_state);
+        start_transition(&mut s, group, id, transition, states);
     }
 
     /// Calls `listener(instance, state)` with each target lifecycle state the group sets by
@@ -257,7 +347,12 @@ impl AutoScalingSim {
 
     /// A scale-out launch: `Pending:Wait` with a launch hook, else `InService`.
     pub fn launch(&self, group: &str, id: &str) {
-        self.transition(group, id, LAUNCHING, "Pending:Wait", "InService");
+        self.transition(
+            group,
+            id,
+            LAUNCHING,
+            ["Pending", "Pending:Wait", "InService"],
+        );
     }
 
     /// A launch into the warm pool: `Warmed:Pending:Wait` with a launch hook.
@@ -266,14 +361,19 @@ impl AutoScalingSim {
             group,
             id,
             LAUNCHING,
-            "Warmed:Pending:Wait",
-            "Warmed:Stopped",
+            ["Warmed:Pending", "Warmed:Pending:Wait", "Warmed:Stopped"],
         );
     }
 
-    /// A scale-in: `Terminating:Wait` with a termination hook, else `Terminated`.
+    /// A scale-in: `Terminating:Wait` with a termination hook, else `Terminated`; with a
+    /// deregistration delay, `Terminating` first, for that long.
     pub fn terminate(&self, group: &str, id: &str) {
-        self.transition(group, id, TERMINATING, "Terminating:Wait", "Terminated");
+        self.transition(
+            group,
+            id,
+            TERMINATING,
+            ["Terminating", "Terminating:Wait", "Terminated"],
+        );
     }
 
     /// An instance going back to the warm pool (instance reuse): the termination hook pauses at
@@ -283,8 +383,7 @@ impl AutoScalingSim {
             group,
             id,
             TERMINATING,
-            "Warmed:Pending:Wait",
-            "Warmed:Stopped",
+            ["Warmed:Pending", "Warmed:Pending:Wait", "Warmed:Stopped"],
         );
     }
 
@@ -336,17 +435,21 @@ impl AutoScalingSim {
         expire(&mut s, Instant::now());
         s.completions.clone()
     }
+
+    /// Every state an instance entered, in order, with deregistration delays and timeouts
+    /// applied.
+    pub fn transitions(&self) -> Vec<Transition> {
+        let mut s = lock(&self.state);
+        expire(&mut s, Instant::now());
+        s.transitions.clone()
+    }
 }
 
-/// [`AutoScalingSim::transition`] on the locked state.
-fn start_transition(
-    s: &mut State,
-    group: &str,
-    id: &str,
-    transition: &str,
-    wait_state: &str,
-    done_state: &str,
-) {
+/// [`AutoScalingSim::transition`] on the locked state: the instance waits in `wait_state` if a
+/// hook of `transition` exists, else goes straight to `done_state`; a termination first
+/// deregisters for the group's deregistration delay, in `pre_state`.
+fn start_transition(s: &mut State, group: &str, id: &str, transition: &str, states: [&'static str; 3]) {
+    let [pre_state, wait_state, done_state] = states;
     s.next_token += 1;
     let token = format!("c0ffee00-0000-4000-8000-{:012x}", s.next_token);
     let Some(g) = s.groups.get_mut(group) else {
@@ -357,31 +460,69 @@ fn start_transition(
         .values()
         .find(|h| h.transition == transition)
         .cloned();
+    let delay = if transition == TERMINATING {
+        g.deregistration_delay
+    } else {
+        Duration::ZERO
+    };
     let now = Instant::now();
     let instance = g.instances.entry(id.to_string()).or_insert(Instance {
         state: "Pending".to_string(),
         protected: false,
         action: None,
+        deregistering: None,
     });
-    match hook {
+    let held = Deregistering {
+        until: now + delay,
+        hook,
+        token,
+        wait_state,
+        done_state,
+    };
+    if delay.is_zero() {
+        enter_wait(instance, held, now);
+    } else {
+        instance.state = pre_state.to_string();
+        instance.action = None;
+        instance.deregistering = Some(held);
+    }
+    let state = instance.state.clone();
+    s.enter(id, &state, now);
+}
+
+/// The instance enters its wait state (or, without a hook, the state after it).
+fn enter_wait(instance: &mut Instance, held: Deregistering, at: Instant) {
+    instance.deregistering = None;
+    match held.hook {
         Some(hook) => {
-            instance.state = wait_state.to_string();
+            instance.state = held.wait_state.to_string();
             instance.action = Some(Pending {
                 hook: hook.name.clone(),
-                token,
-                deadline: now + hook.heartbeat_timeout,
-                global_deadline: now + hook.global_timeout,
+                token: held.token,
+                deadline: at + hook.heartbeat_timeout,
+                global_deadline: at + hook.global_timeout,
             });
         }
         None => {
-            instance.state = done_state.to_string();
+            instance.state = held.done_state.to_string();
             instance.action = None;
         }
     }
 }
 
-/// Applies the default result to every action past its timeout.
+/// Ends every deregistration whose delay is over (at the moment it ended), then applies the
+/// default result to every action past its timeout.
 fn expire(s: &mut State, now: Instant) {
+    let mut entered = Vec::new();
+    for group in s.groups.values_mut() {
+        for (id, instance) in group.instances.iter_mut() {
+            if let Some(held) = instance.deregistering.take_if(|d| d.until <= now) {
+                let at = held.until;
+                enter_wait(instance, held, at);
+                entered.push((id.clone(), instance.state.clone(), at));
+            }
+        }
+    }
     let mut ended = Vec::new();
     for group in s.groups.values_mut() {
         for (id, instance) in group.instances.iter_mut() {
@@ -395,6 +536,7 @@ fn expire(s: &mut State, now: Instant) {
                 .hooks
                 .get(&action.hook)
                 .map_or("ABANDON", |h| h.default_result);
+            let at = action.deadline.min(action.global_deadline);
             ended.push(Completion {
                 instance: id.clone(),
                 hook: action.hook.clone(),
@@ -405,9 +547,13 @@ fn expire(s: &mut State, now: Instant) {
             let state = instance.state.clone();
             instance.state = after(&state, default);
             instance.action = None;
+            entered.push((id.clone(), instance.state.clone(), at));
         }
     }
     s.completions.extend(ended);
+    for (id, state, at) in entered {
+        s.enter(&id, &state, at);
+    }
 }
 
 /// The state after a wait state ends with `result`.
@@ -523,6 +669,17 @@ fn validation(message: &str) -> Reply {
     )
 }
 
+/// The access key id a SigV4 `Authorization` header names (`Credential=AKID/date/…`).
+fn caller(req: &Request<Incoming>) -> Option<String> {
+    let auth = req
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let credential = auth.split("Credential=").nth(1)?;
+    credential.split('/').next().map(str::to_string)
+}
+
 /// Whether the request carries a SigV4 Authorization header for this service.
 fn signed(req: &Request<Incoming>) -> bool {
     req.headers()
@@ -548,6 +705,7 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Answer {
         .render();
     }
     let has_signature = signed(&req);
+    let caller = caller(&req);
     let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -576,6 +734,7 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Answer {
         status: answer.status().as_u16(),
         error,
         at: now,
+        caller,
     });
     answer
 }
@@ -588,7 +747,7 @@ fn answer(
     has_signature: bool,
     now: Instant,
 ) -> Reply {
-    if let Some(refused) = refusal(s, action, params, has_signature) {
+    if let Some(refused) = refusal(s, action, params, has_signature, now) {
         return refused;
     }
     match action {
@@ -615,6 +774,7 @@ fn refusal(
     action: &str,
     params: &BTreeMap<String, String>,
     has_signature: bool,
+    now: Instant,
 ) -> Option<Reply> {
     if !has_signature {
         return Some(error(
@@ -640,6 +800,14 @@ fn refusal(
             &format!(
                 "User: arn:aws:sts::123456789012:assumed-role/agent/i-0123456789abcdef0 is not authorized to perform: autoscaling:{action} because no identity-based policy allows the autoscaling:{action} action"
             ),
+        ));
+    }
+    if s.bucket.as_mut().is_some_and(|b| !b.take(now)) {
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            "Sender",
+            "Throttling",
+            "Rate exceeded",
         ));
     }
     if s.faults.throttle > 0 {
@@ -703,6 +871,8 @@ fn lifecycle_action(
         let state = instance.state.clone();
         instance.state = after(&state, result);
         instance.action = None;
+        let entered = instance.state.clone();
+        s.enter(&id, &entered, now);
         s.completions.push(Completion {
             instance: id,
             hook: hook_name.to_string(),
@@ -898,10 +1068,121 @@ fn set_instance_health(s: &mut State, action: &str, params: &BTreeMap<String, St
     s.unhealthy.insert(id.to_string());
     s.health.insert(id.to_string(), status.to_string());
     if state == "InService" {
-        start_transition(s, &group, id, TERMINATING, "Terminating:Wait", "Terminated");
+        start_transition(
+            s,
+            &group,
+            id,
+            TERMINATING,
+            ["Terminating", "Terminating:Wait", "Terminated"],
+        );
         if let Some(listener) = &s.target_listener.0 {
             listener(id, "Terminated");
         }
     }
     success(action, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        let mut all: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        all.insert("Version".to_string(), "2011-01-01".to_string());
+        all
+    }
+
+    fn complete(sim: &AutoScalingSim, id: &str) -> Option<String> {
+        let p = params(&[
+            ("AutoScalingGroupName", "g"),
+            ("LifecycleHookName", "h"),
+            ("InstanceId", id),
+            ("LifecycleActionResult", "CONTINUE"),
+        ]);
+        let mut s = lock(&sim.state);
+        let now = Instant::now();
+        expire(&mut s, now);
+        answer(&mut s, "CompleteLifecycleAction", &p, true, now).code()
+    }
+
+    #[test]
+    fn a_deregistration_delay_holds_the_wait_state_back() {
+        let sim = AutoScalingSim::start().expect("sim");
+        sim.put_hook("g", Hook::new("h", TERMINATING));
+        sim.add_instance("g", "i-1", "InService");
+        sim.add_instance("g", "i-2", "InService");
+        sim.set_deregistration_delay("g", Duration::from_millis(300));
+        sim.terminate("g", "i-1");
+        assert_eq!(sim.instance_state("i-1").as_deref(), Some("Terminating"));
+        assert_eq!(
+            complete(&sim, "i-1").as_deref(),
+            Some("ValidationError"),
+            "no action while the instance deregisters"
+        );
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(
+            sim.instance_state("i-1").as_deref(),
+            Some("Terminating:Wait")
+        );
+        assert_eq!(complete(&sim, "i-1"), None);
+        assert_eq!(
+            sim.instance_state("i-1").as_deref(),
+            Some("Terminating:Proceed")
+        );
+        assert_eq!(sim.instance_state("i-2").as_deref(), Some("InService"));
+        let states: Vec<(String, String)> = sim
+            .transitions()
+            .into_iter()
+            .filter(|t| t.instance == "i-1")
+            .map(|t| (t.instance, t.state))
+            .collect();
+        let want = [
+            "InService",
+            "Terminating",
+            "Terminating:Wait",
+            "Terminating:Proceed",
+        ];
+        assert_eq!(
+            states.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>(),
+            want
+        );
+        let t = sim.transitions();
+        let at = |state: &str| t.iter().find(|x| x.state == state).map(|x| x.at);
+        let gap = at("Terminating:Wait").expect("wait") - at("Terminating").expect("deregistering");
+        assert!(
+            gap >= Duration::from_millis(300) && gap < Duration::from_millis(400),
+            "the wait state began when the delay ended, not when it was observed: {gap:?}"
+        );
+    }
+
+    #[test]
+    fn the_token_bucket_throttles_the_whole_account() {
+        let sim = AutoScalingSim::start().expect("sim");
+        sim.set_rate_limit(Some(RateLimit {
+            rate: 10.0,
+            burst: 3.0,
+        }));
+        let describe = || {
+            let mut s = lock(&sim.state);
+            let now = Instant::now();
+            answer(
+                &mut s,
+                "DescribeAutoScalingInstances",
+                &params(&[]),
+                true,
+                now,
+            )
+            .code()
+        };
+        let burst: Vec<Option<String>> = (0..5).map(|_| describe()).collect();
+        assert_eq!(burst[..3], [None, None, None]);
+        assert_eq!(burst[3].as_deref(), Some("Throttling"));
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(describe(), None, "a token earned back at 10/s");
+        sim.set_rate_limit(None);
+        assert!((0..20).all(|_| describe().is_none()));
+    }
 }

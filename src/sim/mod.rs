@@ -3,9 +3,11 @@
 //! Neither IMDS nor the lifecycle calls of the Auto Scaling API have an installable fake that
 //! behaves like the real service, so these follow AWS's documented behaviour to the letter. They
 //! listen on loopback only, each on its own thread and runtime, so synchronous tests and the
-//! guard's own runtime can both drive them.
+//! guard's own runtime can both drive them. [`fleet`] runs many real guards against them at
+//! once, for the fleet benchmark and its test.
 
 pub mod autoscaling;
+pub mod fleet;
 pub mod imds;
 
 use std::future::Future;

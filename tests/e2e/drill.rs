@@ -262,3 +262,41 @@ fn a_drill_that_cannot_run_exits_125() {
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("after `--`"));
 }
+
+#[test]
+fn a_deregistration_delay_is_rehearsed_and_the_timeline_shows_the_gap() {
+    let dir = scratch();
+    let log = marker(dir.path());
+    let out = drill(&[
+        "scale-in",
+        "--json",
+        "--deregistration-delay",
+        "2s",
+        "--",
+        fixture("recorder.py").to_str().expect("utf-8"),
+        &log,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let doc: Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON document");
+    assert_eq!(doc["verdict"], "PASS");
+    let timeline = doc["timeline"].as_array().expect("timeline");
+    let at = |what: &str, detail: &str| {
+        timeline
+            .iter()
+            .find(|e| e["what"] == what && e["detail"].as_str().is_some_and(|d| d.contains(detail)))
+            .and_then(|e| e["offset_ms"].as_i64())
+            .unwrap_or_else(|| panic!("no {what} ({detail}) in {timeline:#?}"))
+    };
+    let deregistering = at("deregistering", "load balancer");
+    let waits = at("guard waits", "deregistration in progress");
+    let wait_state = at("wait state", "Terminating:Wait");
+    let exit = at("agent exit", "");
+    let completed = at("lifecycle action", "CONTINUE: ok (200)");
+    assert!(deregistering <= exit && exit <= waits, "{timeline:#?}");
+    assert!(
+        (1900..2500).contains(&(wait_state - deregistering)),
+        "the 2 s gap: {timeline:#?}"
+    );
+    assert!(completed > wait_state, "{timeline:#?}");
+    nothing_left(&log);
+}

@@ -630,3 +630,194 @@ fn moto_url() -> Option<String> {
     let addr = url.trim_start_matches("http://").to_string();
     std::net::TcpStream::connect(&addr).ok().map(|_| url)
 }
+
+/// When the group entered `state` for the instance.
+fn entered(w: &World, state: &str) -> Option<Instant> {
+    w.asg
+        .transitions()
+        .into_iter()
+        .find(|t| t.instance == INSTANCE && t.state == state)
+        .map(|t| t.at)
+}
+
+#[test]
+fn a_wait_state_later_than_the_agent_is_waited_for_and_shown() {
+    let dir = scratch();
+    let w = world(Some(terminate_hook()), None);
+    w.asg
+        .set_deregistration_delay(GROUP, Duration::from_secs(3));
+    let mut guard = guard(
+        dir.path(),
+        &w,
+        &[
+            "--terminate-hook",
+            "drain-hook",
+            "--asg-name",
+            GROUP,
+            "--health-listen",
+            "127.0.0.1:0",
+        ],
+        &["sleep", "600"],
+    );
+    wait_lifecycle_ready(&guard);
+    let addr = guard.health_addr();
+    w.asg.terminate(GROUP, INSTANCE);
+    w.imds.set_lifecycle_state(Some("Terminated"));
+    // The agent is gone at once; the guard stays, and says what it waits for.
+    wait_until("the guard waits for the wait state", SOON, || {
+        guard.status()["lifecycle"]["waiting_for"]["what"] == "wait-state"
+    });
+    let status = guard.status();
+    assert_eq!(status["phase"], "exited", "{status}");
+    assert_eq!(
+        status["lifecycle"]["terminate_hook"]["state"], "awaiting",
+        "{status}"
+    );
+    let (code, text, _) = guard.ctl(&["status"]);
+    assert_eq!(code, 0);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("lifecycle hook drain-hook: waiting for Terminating:Wait since "))
+        .unwrap_or_else(|| panic!("ctl status says what it waits for:\n{text}"));
+    assert!(
+        line.ends_with("deregistration in progress (Terminating)"),
+        "{line}"
+    );
+    let metrics = crate::support::http(&addr, "GET", "/metrics").2;
+    assert!(
+        metrics.contains("agent_guard_lifecycle_waiting_seconds{for=\"wait-state\"}"),
+        "{metrics}"
+    );
+    assert!(
+        entered(&w, "Terminating:Wait").is_none(),
+        "still deregistering"
+    );
+    assert_eq!(guard.code(), 143, "the agent's status: {}", guard.log());
+
+    let began = entered(&w, "Terminating:Wait").expect("the wait state began");
+    let ok: Vec<Call> = calls(&w, "CompleteLifecycleAction")
+        .into_iter()
+        .filter(|c| c.status == 200)
+        .collect();
+    assert_eq!(ok.len(), 1, "completed once: {ok:?}");
+    assert!(ok[0].at >= began, "completed in the wait state");
+    assert!(
+        ok[0].at - began < Duration::from_secs(13),
+        "within a probe interval of the wait state: {:?}",
+        ok[0].at - began
+    );
+    assert!(
+        calls(&w, "CompleteLifecycleAction")
+            .iter()
+            .filter(|c| c.status != 200)
+            .all(|c| c.at < began && c.error.as_deref() == Some("ValidationError")),
+        "refused only before the wait state"
+    );
+    let log = guard.log();
+    assert_eq!(
+        log.matches("hook completed, once the instance was in its wait state; the guard exits with the agent's status").count(),
+        1,
+        "one line saying how it ended:\n{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("WARN") && l.contains("lifecycle:")),
+        "no warning for an expected wait:\n{log}"
+    );
+}
+
+#[test]
+fn heartbeats_start_only_once_the_wait_state_begins() {
+    let dir = scratch();
+    let w = world(Some(terminate_hook()), None);
+    w.asg
+        .set_deregistration_delay(GROUP, Duration::from_millis(1500));
+    let log = dir.path().join("agent.log");
+    let mut guard = guard(
+        dir.path(),
+        &w,
+        &[
+            "--terminate-hook",
+            "drain-hook",
+            "--asg-name",
+            GROUP,
+            "--heartbeat-interval",
+            "300ms",
+            "--drain-timeout",
+            "10m",
+        ],
+        &[
+            fixture("socket_agent.py").to_str().expect("utf-8"),
+            log.to_str().expect("utf-8"),
+            "--drained-after",
+            "3.5",
+        ],
+    );
+    wait_lifecycle_ready(&guard);
+    wait_until("subscribed", SOON, || guard.status()["subscribers"] == 1);
+    let clock = Clock::now();
+    w.asg.terminate(GROUP, INSTANCE);
+    w.imds.set_lifecycle_state(Some("Terminated"));
+    assert_eq!(guard.code(), 0, "{}", guard.log());
+
+    let began = entered(&w, "Terminating:Wait").expect("the wait state began");
+    let heartbeats = calls(&w, "RecordLifecycleActionHeartbeat");
+    assert!(
+        heartbeats.len() >= 2,
+        "heartbeats in the 2 s between the wait state and the end of the drain: {heartbeats:?}"
+    );
+    assert!(
+        heartbeats.iter().all(|h| h.at >= began && h.status == 200),
+        "no heartbeat before the wait state, none refused: {heartbeats:?}"
+    );
+    assert!(
+        heartbeats[0].at - began < Duration::from_secs(2),
+        "the first heartbeat within a probe of the wait state"
+    );
+    let looks = calls(&w, "DescribeAutoScalingInstances");
+    assert!(
+        looks.iter().any(|l| l.at < began),
+        "the state was looked at while deregistering: {looks:?}"
+    );
+    let completes = calls(&w, "CompleteLifecycleAction");
+    assert_eq!(completes.len(), 1, "{completes:?}");
+    assert_eq!(completes[0].status, 200);
+    let exit_marker = first_time(&json_lines(&log), |e| e["signal"] == "SIGTERM")
+        .expect("the agent's exit marker");
+    assert!(clock.mono(completes[0].at) > exit_marker);
+}
+
+#[test]
+fn a_stop_signal_ends_the_wait_for_the_wait_state() {
+    let dir = scratch();
+    let w = world(Some(terminate_hook()), None);
+    w.asg
+        .set_deregistration_delay(GROUP, Duration::from_secs(300));
+    let mut guard = guard(
+        dir.path(),
+        &w,
+        &["--terminate-hook", "drain-hook", "--asg-name", GROUP],
+        &["sleep", "600"],
+    );
+    wait_lifecycle_ready(&guard);
+    w.asg.terminate(GROUP, INSTANCE);
+    w.imds.set_lifecycle_state(Some("Terminated"));
+    wait_until("the guard waits for the wait state", SOON, || {
+        guard.status()["lifecycle"]["waiting_for"]["what"] == "wait-state"
+    });
+    let stopped = Instant::now();
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 143, "the agent's status: {}", guard.log());
+    assert!(stopped.elapsed() < Duration::from_secs(10));
+    assert!(
+        guard.log().contains("stopped while the hook work waited"),
+        "{}",
+        guard.log()
+    );
+    assert!(
+        calls(&w, "CompleteLifecycleAction")
+            .iter()
+            .all(|c| c.status != 200),
+        "nothing completed in a wait state that never came"
+    );
+}

@@ -50,6 +50,7 @@ const OWNED: &[&str] = &[
     "log-format",
     "asg-name",
     "log-level",
+    "hooks-dir",
 ];
 
 /// Why the drill could not run at all (exit 125), as opposed to a FAIL.
@@ -213,6 +214,7 @@ impl Drill {
         let imds = ImdsSim::start().map_err(simulator("IMDS"))?;
         let asg = AutoScalingSim::start().map_err(simulator("Auto Scaling"))?;
         asg.add_instance(GROUP, INSTANCE, "InService");
+        asg.set_deregistration_delay(GROUP, self.args.deregistration_delay);
         asg.put_hook(
             GROUP,
             Hook::new(&self.hook, TERMINATING).heartbeat_timeout(self.args.heartbeat_timeout),
@@ -236,7 +238,10 @@ impl Drill {
         cmd.args(&self.options)
             .args(["--imds", "on", "--imds-endpoint", &world.imds.url()])
             .args(["--log-format", "json", "--log-level", "info"])
-            .args(["--asg-name", GROUP]);
+            .args(["--asg-name", GROUP])
+            // The rehearsed instance's own hooks directory, never the host's.
+            .arg("--hooks-dir")
+            .arg(self.dir.0.join("hooks"));
         if !self.given("imds-poll") {
             cmd.arg("--imds-poll")
                 .arg(format!("{}ms", DRILL_POLL.as_millis()));
@@ -284,12 +289,16 @@ impl Drill {
         watch::collect_logs(&mut guard, self.args.verbose, &observations);
         let rehearsed = self.rehearse(&world, &mut guard, &observations);
         // Whatever happened, nothing is left running.
-        let status = watch::finish(&mut guard, &self.config);
+        let status = watch::finish(&mut guard, &self.config, self.args.deregistration_delay);
         observations.push(SystemTime::now(), Observation::GuardExit(status));
         rehearsed?;
         for call in world.asg.calls() {
             let at = start + call.at.saturating_duration_since(origin);
             observations.push(at, Observation::HookCall(hook_call(call)));
+        }
+        for entered in world.asg.transitions() {
+            let at = start + entered.at.saturating_duration_since(origin);
+            observations.push(at, Observation::InstanceState(entered.state));
         }
         let observed = observations.sorted();
         let scenario = Scenario {
@@ -457,6 +466,10 @@ impl Drill {
 
     fn notice_text(&self) -> String {
         match self.args.event {
+            DrillEvent::ScaleIn if !self.args.deregistration_delay.is_zero() => format!(
+                "IMDS target-lifecycle-state = Terminated; the group deregisters the instance for {}, then waits in Terminating:Wait",
+                format_duration(self.args.deregistration_delay)
+            ),
             DrillEvent::ScaleIn => {
                 "IMDS target-lifecycle-state = Terminated; the group waits in Terminating:Wait"
                     .to_string()

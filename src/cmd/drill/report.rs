@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use serde_json::json;
 
 use crate::cli::DrillEvent;
-use crate::journal::{MaintenanceStep, NoticeKind, Record};
+use crate::journal::{Awaiting, MaintenanceStep, NoticeKind, Record};
 use crate::machine::state::PhaseName;
 
 use super::verdict::{HookCall, Observation, Timed, Verdict};
@@ -371,6 +371,28 @@ fn entry_for(what: &Observation) -> Option<(&'static str, String)> {
         Observation::GuardExit(status) => (
             "guard exit",
             status.map_or("killed by the drill".to_string(), |c| format!("status {c}")),
+        ),
+        Observation::InstanceState(state) if state == "Terminating" => (
+            "deregistering",
+            "the group deregisters the instance from its load balancer: no lifecycle action yet"
+                .to_string(),
+        ),
+        Observation::InstanceState(state) if state == "Terminating:Wait" => (
+            "wait state",
+            format!("the group holds the instance in {state}: the hook can be completed"),
+        ),
+        Observation::Guard(Record::HookAwaiting {
+            awaiting, detail, ..
+        }) => (
+            "guard waits",
+            match awaiting {
+                Awaiting::WaitState => format!("for Terminating:Wait: {detail}"),
+                Awaiting::OtherGuards => format!("for the other guards on this host: {detail}"),
+            },
+        ),
+        Observation::Guard(Record::WaitStateSeen { state, .. }) => (
+            "wait state seen",
+            format!("by the guard ({state}): heartbeats start"),
         ),
         _ => return None,
     })

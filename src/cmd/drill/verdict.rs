@@ -48,6 +48,8 @@ pub enum Observation {
     },
     /// The guard's exit status; `None` when the drill had to kill it.
     GuardExit(Option<u8>),
+    /// The simulated group put the instance in this lifecycle state.
+    InstanceState(String),
 }
 
 /// A lifecycle call as the simulated Auto Scaling API logged it.

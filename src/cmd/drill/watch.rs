@@ -219,11 +219,13 @@ pub fn signal(guard: &Child, signal: libc::c_int) {
 
 /// Waits for the guard to exit within its own bounds; past them, stops it as an operator would:
 /// SIGTERM twice (the second kills the agent), then SIGKILL. Returns its status.
-pub fn finish(guard: &mut Child, config: &Config) -> Option<u8> {
+pub fn finish(guard: &mut Child, config: &Config, deregistration: Duration) -> Option<u8> {
+    // The guard may wait the simulated deregistration out after its agent is gone.
     let bound = config
         .drain_timeout
         .saturating_add(config.stop_timeout)
-        .saturating_add(Duration::from_secs(90));
+        .saturating_add(Duration::from_secs(90))
+        .saturating_add(deregistration);
     let start = Instant::now();
     let status = loop {
         if let Ok(Some(status)) = guard.try_wait() {

@@ -196,6 +196,9 @@ impl Guard {
     }
 
     fn spawn_keeping_stdout(dir: &Path, mut cmd: Command) -> Guard {
+        // Each guard registers its hooks in its own test's directory, never in the host's
+        // /run/agent-guard among the other tests' guards; a `--hooks-dir` flag still wins.
+        cmd.env("AGENT_GUARD_HOOKS_DIR", dir.join("hooks"));
         let stderr = dir.join("guard.stderr");
         let file = fs::File::create(&stderr).expect("stderr file");
         cmd.stderr(file);

@@ -1,0 +1,377 @@
+//! Several guards on one instance (`agent-guard@worker` and `agent-guard@indexer`), sharing a
+//! `--hooks-dir`: the termination hook is completed once, by the last guard whose agent is gone,
+//! strictly after that agent's exit; a SIGKILLed guard holds nobody up; two agents exiting at the
+//! same moment complete it exactly once; ABANDON from one guard wins; the launch hook waits for
+//! every guard's agent to be ready.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agent_guard::sim::autoscaling::{AutoScalingSim, Call, Hook, LAUNCHING, TERMINATING};
+use agent_guard::sim::imds::ImdsSim;
+
+use crate::support::{
+    Guard, SOON, aws_command, first_time, fixture, json_lines, scratch, wait_until,
+};
+
+const GROUP: &str = "workers";
+const INSTANCE: &str = "i-0123456789abcdef0";
+
+/// One instance: its IMDS, its group, and the directory its guards share.
+struct Host {
+    imds: ImdsSim,
+    asg: AutoScalingSim,
+    dir: tempfile::TempDir,
+}
+
+fn host(hook: Hook) -> Host {
+    let imds = ImdsSim::start().expect("imds sim");
+    let asg = AutoScalingSim::start().expect("asg sim");
+    asg.add_instance(GROUP, INSTANCE, "InService");
+    asg.put_hook(GROUP, hook);
+    Host {
+        imds,
+        asg,
+        dir: scratch(),
+    }
+}
+
+fn terminate_host() -> Host {
+    host(Hook::new("drain-hook", TERMINATING).heartbeat_timeout(Duration::from_secs(30)))
+}
+
+impl Host {
+    fn hooks_dir(&self) -> PathBuf {
+        self.dir.path().join("hooks")
+    }
+
+    /// A guard named `name` on this host, signing its calls with its own key.
+    fn guard(&self, name: &str, options: &[&str], agent: &[&str]) -> Guard {
+        let own = self.dir.path().join(name);
+        std::fs::create_dir_all(&own).expect("guard dir");
+        let mut cmd = aws_command(&self.imds, &self.asg);
+        cmd.env("AWS_ACCESS_KEY_ID", key(name))
+            .args(["--name", name, "--asg-name", GROUP, "--hooks-dir"])
+            .arg(self.hooks_dir())
+            .args(options)
+            .arg("--")
+            .args(agent);
+        Guard::spawn(&own, cmd)
+    }
+
+    fn agent_log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name).join("agent.log")
+    }
+
+    fn calls(&self, action: &str) -> Vec<Call> {
+        self.asg
+            .calls()
+            .into_iter()
+            .filter(|c| c.action == action)
+            .collect()
+    }
+
+    fn completions_ok(&self) -> Vec<Call> {
+        self.calls("CompleteLifecycleAction")
+            .into_iter()
+            .filter(|c| c.status == 200)
+            .collect()
+    }
+
+    fn scale_in(&self) {
+        self.asg.terminate(GROUP, INSTANCE);
+        self.imds.set_lifecycle_state(Some("Terminated"));
+    }
+}
+
+fn key(name: &str) -> String {
+    format!("AKID{}", name.to_uppercase())
+}
+
+fn ready(guard: &Guard) {
+    wait_until("lifecycle setup", SOON, || {
+        guard.log().contains("lifecycle hooks ready")
+    });
+}
+
+const TERMINATE: &[&str] = &[
+    "--terminate-hook",
+    "drain-hook",
+    "--heartbeat-interval",
+    "300ms",
+    "--drain-timeout",
+    "10m",
+];
+
+/// A socket agent that reports drained `after` seconds after the drain event, then exits on
+/// SIGTERM, logging it first (its exit marker).
+fn draining_agent<'a>(log: &'a Path, after: &'a str) -> Vec<String> {
+    vec![
+        fixture("socket_agent.py").display().to_string(),
+        log.display().to_string(),
+        "--drained-after".to_string(),
+        after.to_string(),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// CLOCK_MONOTONIC seconds at an `Instant` (the fixtures log on that clock).
+fn mono(at: Instant) -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let now = Instant::now();
+    // SAFETY: clock_gettime writes into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let mono_now = ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9;
+    if at >= now {
+        mono_now + (at - now).as_secs_f64()
+    } else {
+        mono_now - (now - at).as_secs_f64()
+    }
+}
+
+#[test]
+fn the_slow_agent_out_completes_strictly_after_its_exit_and_the_fast_guard_waits() {
+    let h = terminate_host();
+    let (fast_log, slow_log) = (h.agent_log("fast"), h.agent_log("slow"));
+    let fast_agent = draining_agent(&fast_log, "0.1");
+    let slow_agent = draining_agent(&slow_log, "3");
+    let mut fast = h.guard("fast", TERMINATE, &strs(&fast_agent));
+    let mut slow = h.guard("slow", TERMINATE, &strs(&slow_agent));
+    ready(&fast);
+    ready(&slow);
+    wait_until("both agents subscribed", SOON, || {
+        fast.status()["subscribers"] == 1 && slow.status()["subscribers"] == 1
+    });
+    h.scale_in();
+    // The fast agent is gone; its guard stays until the hook is done, and says why.
+    wait_until("the fast guard waits for the slow one", SOON, || {
+        fast.status()["lifecycle"]["waiting_for"]["what"] == "other-guards"
+    });
+    let status = fast.status();
+    assert_eq!(status["phase"], "exited", "{status}");
+    let detail = status["lifecycle"]["waiting_for"]["detail"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(detail.starts_with("slow (pid "), "{status}");
+    assert!(
+        h.completions_ok().is_empty(),
+        "nothing completed while the slow agent drains"
+    );
+    assert_eq!(slow.code(), 0, "{}", slow.log());
+    assert_eq!(fast.code(), 0, "{}", fast.log());
+
+    let completes = h.calls("CompleteLifecycleAction");
+    assert_eq!(
+        completes.len(),
+        1,
+        "completed once, never refused: {completes:?}"
+    );
+    let done = &completes[0];
+    assert_eq!(done.status, 200);
+    assert_eq!(done.params["LifecycleActionResult"], "CONTINUE");
+    assert_eq!(
+        done.caller.as_deref(),
+        Some(key("slow").as_str()),
+        "the last one out"
+    );
+    let slow_exit = first_time(&json_lines(&slow_log), |e| e["signal"] == "SIGTERM")
+        .expect("the slow agent's exit marker");
+    let fast_exit = first_time(&json_lines(&fast_log), |e| e["signal"] == "SIGTERM")
+        .expect("the fast agent's exit marker");
+    assert!(fast_exit < slow_exit);
+    assert!(
+        mono(done.at) > slow_exit,
+        "completed {:.3}s before the slow agent exited",
+        slow_exit - mono(done.at)
+    );
+    assert!(
+        fast.log()
+            .contains("termination hook completed by slow (pid "),
+        "{}",
+        fast.log()
+    );
+}
+
+#[test]
+fn a_sigkilled_guard_and_its_agent_hold_nobody_up() {
+    let h = terminate_host();
+    let (a_log, b_log) = (h.agent_log("a"), h.agent_log("b"));
+    let a_agent = draining_agent(&a_log, "0.1");
+    let b_agent = draining_agent(&b_log, "0.1");
+    let mut a = h.guard("a", TERMINATE, &strs(&a_agent));
+    let mut b = h.guard("b", TERMINATE, &strs(&b_agent));
+    // The third agent does not stop: its guard keeps the others waiting until it is killed.
+    let mut c = h.guard(
+        "c",
+        &[TERMINATE, &["--stop-timeout", "10m"]].concat(),
+        &["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"],
+    );
+    for g in [&a, &b, &c] {
+        ready(g);
+    }
+    wait_until("a's and b's agents subscribed", SOON, || {
+        a.status()["subscribers"] == 1 && b.status()["subscribers"] == 1
+    });
+    let c_agent = c.status()["agent_pid"].as_i64().expect("agent pid") as i32;
+    h.scale_in();
+    wait_until("a and b wait for c", SOON, || {
+        [&a, &b].iter().all(|g| {
+            g.status()["lifecycle"]["waiting_for"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("c (pid "))
+        })
+    });
+    assert!(h.completions_ok().is_empty());
+    // As the OOM killer would: the guard, then its agent's whole group.
+    c.signal(libc::SIGKILL);
+    let _ = c.child.wait();
+    // SAFETY: kill(2) on the process group of the agent that guard started.
+    unsafe { libc::kill(-c_agent, libc::SIGKILL) };
+    assert_eq!(a.code(), 0, "{}", a.log());
+    assert_eq!(b.code(), 0, "{}", b.log());
+    let completes = h.calls("CompleteLifecycleAction");
+    assert_eq!(completes.len(), 1, "completed once: {completes:?}");
+    assert_eq!(completes[0].status, 200);
+    // The killed guard's agent did not stop cleanly: its --on-unclean-exit (abandon) counts.
+    assert_eq!(completes[0].params["LifecycleActionResult"], "ABANDON");
+    let completer = if completes[0].caller.as_deref() == Some(key("a").as_str()) {
+        &a
+    } else {
+        &b
+    };
+    assert!(
+        completer.log().contains("gone without a word"),
+        "{}",
+        completer.log()
+    );
+}
+
+#[test]
+fn two_agents_exiting_at_the_same_moment_complete_it_exactly_once() {
+    for round in 0..3 {
+        let h = terminate_host();
+        let go = h.dir.path().join("go");
+        // Both agents ignore SIGTERM and leave together, the moment `go` exists.
+        let agent = format!(
+            "trap '' TERM; while [ ! -e {} ]; do sleep 0.005; done",
+            go.display()
+        );
+        let options = [TERMINATE, &["--stop-timeout", "10m"]].concat();
+        let mut a = h.guard("a", &options, &["sh", "-c", &agent]);
+        let mut b = h.guard("b", &options, &["sh", "-c", &agent]);
+        ready(&a);
+        ready(&b);
+        h.scale_in();
+        wait_until("both stop signals sent", SOON, || {
+            a.status()["phase"] == "stopping" && b.status()["phase"] == "stopping"
+        });
+        std::fs::write(&go, "").expect("go");
+        assert_eq!(a.code(), 0, "{}", a.log());
+        assert_eq!(b.code(), 0, "{}", b.log());
+        let completes = h.calls("CompleteLifecycleAction");
+        assert_eq!(
+            completes.len(),
+            1,
+            "round {round}: one call, and it succeeded: {completes:?}"
+        );
+        assert_eq!(completes[0].status, 200);
+        assert_eq!(completes[0].params["LifecycleActionResult"], "CONTINUE");
+    }
+}
+
+#[test]
+fn abandon_from_one_guard_wins_over_continue() {
+    let h = terminate_host();
+    let mut clean = h.guard(
+        "clean",
+        TERMINATE,
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        ],
+    );
+    let mut failing = h.guard(
+        "failing",
+        TERMINATE,
+        &[
+            "sh",
+            "-c",
+            "trap 'sleep 0.5; exit 3' TERM; while :; do sleep 0.05; done",
+        ],
+    );
+    ready(&clean);
+    ready(&failing);
+    h.scale_in();
+    assert_eq!(failing.code(), 3, "{}", failing.log());
+    assert_eq!(clean.code(), 0, "{}", clean.log());
+    let completes = h.calls("CompleteLifecycleAction");
+    assert_eq!(completes.len(), 1, "{completes:?}");
+    assert_eq!(completes[0].status, 200);
+    assert_eq!(completes[0].params["LifecycleActionResult"], "ABANDON");
+}
+
+#[test]
+fn the_launch_hook_waits_for_both_guards_to_be_ready() {
+    let h = host(Hook::new("launch-hook", LAUNCHING).heartbeat_timeout(Duration::from_secs(60)));
+    h.asg.launch(GROUP, INSTANCE);
+    let options = ["--launch-hook", "launch-hook", "--ready-on", "notify"];
+    let agent = |name: &str| {
+        vec![
+            fixture("notify_agent.py").display().to_string(),
+            h.agent_log(name).display().to_string(),
+            "--ready-on-file".to_string(),
+            h.dir.path().join(name).join("go").display().to_string(),
+        ]
+    };
+    let (a_agent, b_agent) = (agent("a"), agent("b"));
+    let mut a = h.guard("a", &options, &strs(&a_agent));
+    let mut b = h.guard("b", &options, &strs(&b_agent));
+    ready(&a);
+    ready(&b);
+    std::fs::write(h.dir.path().join("a").join("go"), "").expect("a ready");
+    wait_until("a is ready and waits for b", SOON, || {
+        a.status()["lifecycle"]["launch_hook"]["state"] == "awaiting"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        h.calls("CompleteLifecycleAction").is_empty(),
+        "not completed while b's agent is not ready"
+    );
+    assert_eq!(
+        h.asg.instance_state(INSTANCE).as_deref(),
+        Some("Pending:Wait")
+    );
+    std::fs::write(h.dir.path().join("b").join("go"), "").expect("b ready");
+    wait_until("the launch hook completes", SOON, || {
+        !h.calls("CompleteLifecycleAction").is_empty()
+    });
+    wait_until("both guards know", SOON, || {
+        let states = [&a, &b].map(|g| g.status()["lifecycle"]["launch_hook"]["state"].clone());
+        states.contains(&"completed".into()) && states.contains(&"left-to-other-guards".into())
+    });
+    let completes = h.calls("CompleteLifecycleAction");
+    assert_eq!(completes.len(), 1, "{completes:?}");
+    assert_eq!(completes[0].status, 200);
+    assert_eq!(completes[0].params["LifecycleActionResult"], "CONTINUE");
+    let b_ready = first_time(&json_lines(&h.agent_log("b")), |e| {
+        e["sent"].as_str().is_some_and(|s| s.starts_with("READY=1"))
+    })
+    .expect("b sent READY=1");
+    assert!(
+        mono(completes[0].at) > b_ready,
+        "completed before b was ready"
+    );
+    assert_eq!(h.asg.instance_state(INSTANCE).as_deref(), Some("InService"));
+    for g in [&a, &b] {
+        g.signal(libc::SIGTERM);
+    }
+    assert_eq!(a.code(), 0);
+    assert_eq!(b.code(), 0);
+}
