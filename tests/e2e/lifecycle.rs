@@ -88,14 +88,12 @@ fn wait_lifecycle_ready(guard: &Guard) {
     });
 }
 
-#[test]
-fn scale_in_heartbeats_while_draining_and_completes_continue_after_the_agent_exits() {
-    let dir = scratch();
-    let w = world(Some(terminate_hook()), None);
-    let log = dir.path().join("agent.log");
-    let mut guard = guard(
-        dir.path(),
-        &w,
+/// A guard of the termination hook (heartbeats every 300 ms) around the socket agent, which
+/// drains for `drained_after` seconds once told; returned ready and subscribed.
+fn draining_guard(dir: &Path, w: &World, log: &Path, drained_after: &str) -> Guard {
+    let guard = guard(
+        dir,
+        w,
         &[
             "--terminate-hook",
             "drain-hook",
@@ -110,11 +108,20 @@ fn scale_in_heartbeats_while_draining_and_completes_continue_after_the_agent_exi
             fixture("socket_agent.py").to_str().expect("utf-8"),
             log.to_str().expect("utf-8"),
             "--drained-after",
-            "1.5",
+            drained_after,
         ],
     );
     wait_lifecycle_ready(&guard);
     wait_until("subscribed", SOON, || guard.status()["subscribers"] == 1);
+    guard
+}
+
+#[test]
+fn scale_in_heartbeats_while_draining_and_completes_continue_after_the_agent_exits() {
+    let dir = scratch();
+    let w = world(Some(terminate_hook()), None);
+    let log = dir.path().join("agent.log");
+    let mut guard = draining_guard(dir.path(), &w, &log, "1.5");
     let clock = Clock::now();
     w.asg.terminate(GROUP, INSTANCE);
     w.imds.set_lifecycle_state(Some("Terminated"));
@@ -733,28 +740,7 @@ fn heartbeats_start_only_once_the_wait_state_begins() {
     w.asg
         .set_deregistration_delay(GROUP, Duration::from_millis(1500));
     let log = dir.path().join("agent.log");
-    let mut guard = guard(
-        dir.path(),
-        &w,
-        &[
-            "--terminate-hook",
-            "drain-hook",
-            "--asg-name",
-            GROUP,
-            "--heartbeat-interval",
-            "300ms",
-            "--drain-timeout",
-            "10m",
-        ],
-        &[
-            fixture("socket_agent.py").to_str().expect("utf-8"),
-            log.to_str().expect("utf-8"),
-            "--drained-after",
-            "3.5",
-        ],
-    );
-    wait_lifecycle_ready(&guard);
-    wait_until("subscribed", SOON, || guard.status()["subscribers"] == 1);
+    let mut guard = draining_guard(dir.path(), &w, &log, "3.5");
     let clock = Clock::now();
     w.asg.terminate(GROUP, INSTANCE);
     w.imds.set_lifecycle_state(Some("Terminated"));
