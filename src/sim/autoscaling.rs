@@ -448,7 +448,13 @@ impl AutoScalingSim {
 /// [`AutoScalingSim::transition`] on the locked state: the instance waits in `wait_state` if a
 /// hook of `transition` exists, else goes straight to `done_state`; a termination first
 /// deregisters for the group's deregistration delay, in `pre_state`.
-fn start_transition(s: &mut State, group: &str, id: &str, transition: &str, states: [&'static str; 3]) {
+fn start_transition(
+    s: &mut State,
+    group: &str,
+    id: &str,
+    transition: &str,
+    states: [&'static str; 3],
+) {
     let [pre_state, wait_state, done_state] = states;
     s.next_token += 1;
     let token = format!("c0ffee00-0000-4000-8000-{:012x}", s.next_token);
