@@ -80,8 +80,7 @@ pub enum HooksDirError {
     /// Refused by the permissions: said apart, since the fix is the group setup, not the code.
     #[error(
         "--hooks-dir: cannot use {path}: {source} (guards running as different users share it \
-         through a group, see README, \"Several guards on one instance\"; a directory made before \
-         that setup keeps its modes until the next boot)"
+         through a group: README, \"Several guards on one instance\")"
     )]
     Denied {
         path: PathBuf,
@@ -1418,6 +1417,25 @@ mod tests {
             a.termination().expect("decides"),
             Decision::Done(Finished { by, .. }) if by == b.label()
         ));
+    }
+
+    #[test]
+    fn a_refusal_by_the_permissions_points_at_the_group_setup() {
+        let path = Path::new("/run/agent-guard/terminate.x/guards");
+        for (errno, hint) in [
+            (libc::EACCES, true),
+            (libc::EPERM, true),
+            (libc::ENOSPC, false),
+        ] {
+            let err = io(path)(std::io::Error::from_raw_os_error(errno));
+            let text = err.to_string();
+            assert!(text.contains("cannot use /run/agent-guard/terminate.x/guards: "));
+            assert_eq!(
+                text.contains("\"Several guards on one instance\""),
+                hint,
+                "{text}"
+            );
+        }
     }
 
     #[test]
