@@ -205,7 +205,7 @@ if command -v rpm >/dev/null; then
   check "rpm -qpl lists the binary, the unit, the examples and the licences" sh -c \
     "rpm -qpl '$rpm' > '$work/rpm.list' && cat '$work/rpm.list' && for f in /usr/bin/agent-guard /usr/lib/systemd/system/agent-guard@.service /usr/lib/tmpfiles.d/agent-guard.conf /usr/share/doc/agent-guard/examples/queue-worker.toml /usr/share/licenses/agent-guard/LICENSE-MIT; do grep -qx \"\$f\" '$work/rpm.list' || { echo \"missing \$f\"; exit 1; }; done"
   check "the .rpm's %post is packaging/scripts/postinst, run by /bin/sh" sh -c \
-    "rpm -qp --qf '%{POSTINPROG}\\n' '$rpm' | grep -qx /bin/sh && rpm -qp --qf '%{POSTIN}\\n' '$rpm' | cmp - packaging/scripts/postinst"
+    "rpm -qp --qf '%{POSTINPROG}\\n' '$rpm' | grep -qx /bin/sh && rpm -qp --qf '%{POSTIN}' '$rpm' | cmp - packaging/scripts/postinst"
   check "the .rpm says version $version, arch $arch, licence MIT OR Apache-2.0" sh -c \
     "rpm -qp --qf '%{VERSION} %{ARCH} %{LICENSE}\\n' '$rpm' | tee -a /dev/stderr | grep -qx '$version $arch MIT OR Apache-2.0'"
   check "the .rpm's payload is gzip (Amazon Linux 2's rpm cannot read zstd)" sh -c \
