@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Installs agent-guard for an AMI bake: the binary, the systemd unit template agent-guard@.service
-# and an example config. No network; running it twice changes nothing the second time.
+# Installs agent-guard for an AMI bake: the binary, the systemd unit template agent-guard@.service,
+# the tmpfiles.d line for /run/agent-guard (the hooks directory, shared through the group
+# agent-guard) and an example config; on the live system (no DESTDIR) it also creates that group
+# and, where systemd runs, the directory. No network; running it twice changes nothing the second time.
 #
 # usage: packaging/install.sh [BINARY]      install BINARY (default: the agent-guard beside
 #                                           packaging/ in a release archive, else target/release/agent-guard)
-#        packaging/install.sh --uninstall   remove what it installed (your configs are kept)
+#        packaging/install.sh --uninstall   remove what it installed (your configs and the group are kept)
 # environment: PREFIX (default /usr/local), DESTDIR (stage under this root, for packaging)
 set -euo pipefail
 
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 die() { echo "install.sh: $*" >&2; exit 1; }
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,7 +19,9 @@ DESTDIR=${DESTDIR:-}
 bindir=$DESTDIR$PREFIX/bin
 unitdir=$DESTDIR/etc/systemd/system
 confdir=$DESTDIR/etc/agent-guard
+tmpfilesdir=$DESTDIR/etc/tmpfiles.d
 unit=$unitdir/agent-guard@.service
+tmpfiles=$tmpfilesdir/agent-guard.conf
 example=$confdir/example.toml
 
 mode=install
@@ -38,7 +42,7 @@ writable() {  # the nearest existing parent of $1 must be writable
   while [[ ! -e $d ]]; do d=$(dirname "$d"); done
   [[ -w $d ]]
 }
-for d in "$bindir" "$unitdir" "$confdir"; do
+for d in "$bindir" "$unitdir" "$confdir" "$tmpfilesdir"; do
   writable "$d" || die "cannot write to $d: run as root, or stage with DESTDIR=/some/dir"
 done
 
@@ -49,12 +53,33 @@ reload_systemd() {
   fi
 }
 
+# The group the guards of different users share /run/agent-guard through (the tmpfiles.d line
+# names it): only on the live system, never while staging.
+ensure_group() {
+  getent group agent-guard >/dev/null && return 0
+  if command -v groupadd >/dev/null; then
+    groupadd -r agent-guard
+  elif command -v addgroup >/dev/null; then
+    addgroup --system agent-guard
+  else
+    die "cannot create the group agent-guard: no groupadd or addgroup here"
+  fi
+}
+
+# /run/agent-guard at once (at boot, systemd-tmpfiles makes it anyway), on a live system with
+# systemd running only: never while staging, nor in a chroot.
+apply_tmpfiles() {
+  if [[ -z $DESTDIR && -d /run/systemd/system ]] && command -v systemd-tmpfiles >/dev/null; then
+    systemd-tmpfiles --create "$tmpfiles"
+  fi
+}
+
 if [[ $mode == uninstall ]]; then
-  rm -f "$bindir/agent-guard" "$unit" "$example"
+  rm -f "$bindir/agent-guard" "$unit" "$example" "$tmpfiles"
   # Only directories left empty, and only the ones this script creates; never a user's config.
   rmdir "$confdir" 2>/dev/null || true
   if [[ -n $DESTDIR ]]; then
-    for d in "$bindir" "$unitdir" "$DESTDIR$PREFIX" "$DESTDIR/etc/systemd" "$DESTDIR/etc" "$DESTDIR/usr"; do
+    for d in "$bindir" "$unitdir" "$tmpfilesdir" "$DESTDIR$PREFIX" "$DESTDIR/etc/systemd" "$DESTDIR/etc" "$DESTDIR/usr"; do
       rmdir "$d" 2>/dev/null || true
     done
   fi
@@ -69,13 +94,18 @@ version=$("$binary" --version 2>/dev/null) || die "$binary does not run on this 
 [[ $version == "agent-guard "* ]] || die "$binary is not agent-guard (it says: $version)"
 
 install -d -m 0755 "$bindir" "$unitdir"
-install -d -m 0755 "$confdir"
+install -d -m 0755 "$confdir" "$tmpfilesdir"
 install -m 0755 "$binary" "$bindir/agent-guard"
 # The unit names the binary by its absolute path: the one PREFIX puts it at.
 sed "s|/usr/bin/agent-guard|$PREFIX/bin/agent-guard|" "$here/systemd/agent-guard@.service" > "$unit.tmp"
 chmod 0644 "$unit.tmp"
 mv -f "$unit.tmp" "$unit"
 install -m 0644 "$here/examples/queue-worker.toml" "$example"
+install -m 0644 "$here/systemd/agent-guard.conf" "$tmpfiles"
+if [[ -z $DESTDIR ]]; then
+  ensure_group
+  apply_tmpfiles
+fi
 reload_systemd
-echo "installed $version: $PREFIX/bin/agent-guard, /etc/systemd/system/agent-guard@.service, /etc/agent-guard/example.toml${DESTDIR:+ (under $DESTDIR)}"
+echo "installed $version: $PREFIX/bin/agent-guard, /etc/systemd/system/agent-guard@.service, /etc/tmpfiles.d/agent-guard.conf, /etc/agent-guard/example.toml${DESTDIR:+ (under $DESTDIR)}"
 echo "next: write /etc/agent-guard/NAME.toml (see example.toml), then systemctl enable --now agent-guard@NAME"

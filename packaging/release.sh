@@ -78,7 +78,7 @@ for target in $targets; do
   # The packages, from the same binary (already stripped by the release profile).
   SOURCE_DATE_EPOCH=$epoch cargo deb --locked --no-build --no-strip --target "$target" --output dist/ >/dev/null
   # gzip, not the default zstd: Amazon Linux 2's rpm 4.11 cannot read zstd payloads. No automatic
-  # requirements: the binary is static, and the packaged files need nothing (not even /bin/sh).
+  # requirements: the binary is static; the one requirement is /bin/sh, for the %post (Cargo.toml).
   SOURCE_DATE_EPOCH=$epoch cargo generate-rpm --target "$target" --payload-compress gzip --auto-req disabled \
     --output dist/ >/dev/null
   built+=("$target")

@@ -2,10 +2,12 @@
 # Tests of the packaging: release.sh (dist/ as INTERFACE.md says: the archive with a static binary,
 # README, LICENSE and packaging/; the .deb; the .rpm; SHA256SUMS), that static binary as PID 1 in
 # an empty root (packaging/test-root.sh), install.sh (idempotent, --uninstall leaves nothing, clear
-# errors), the systemd unit (systemd-analyze verify), the example config (--check-config), the
-# CloudFormation template (cfn-lint), the other examples (syntax), the .deb (installs with dpkg -i
-# as root, and `agent-guard --version` runs from it; removed again afterwards) and the .rpm (lists
-# its files; installs into a scratch root).
+# errors; as root, on a live system in a mount namespace of its own: the group agent-guard and
+# /run/agent-guard from the tmpfiles.d line), the systemd unit (systemd-analyze verify), the example
+# config (--check-config), the CloudFormation template (cfn-lint), the other examples (syntax), the
+# .deb (installs with dpkg -i as root, its postinst makes the group, and `agent-guard --version`
+# runs from it; removed again afterwards) and the .rpm (lists its files and its %post; installs into
+# a scratch root).
 # usage: packaging/test.sh     (from anywhere; runs release.sh, which builds the static binary)
 # With CI=true a check that cannot run fails instead of being skipped.
 set -uo pipefail
@@ -78,8 +80,11 @@ tree > "$work/first"
 check "install.sh a second time" env DESTDIR="$stage" packaging/install.sh "$binary"
 tree > "$work/second"
 check "install.sh is idempotent" diff "$work/first" "$work/second"
-check "the binary, unit and example are in place" test -x "$stage/usr/local/bin/agent-guard" \
-  -a -f "$stage/etc/systemd/system/agent-guard@.service" -a -f "$stage/etc/agent-guard/example.toml"
+check "the binary, unit, tmpfiles.d line and example are in place" test -x "$stage/usr/local/bin/agent-guard" \
+  -a -f "$stage/etc/systemd/system/agent-guard@.service" -a -f "$stage/etc/agent-guard/example.toml" \
+  -a -f "$stage/etc/tmpfiles.d/agent-guard.conf"
+check "the tmpfiles.d line makes /run/agent-guard 3775 root:agent-guard" \
+  grep -qx 'd /run/agent-guard 3775 root agent-guard -' "$stage/etc/tmpfiles.d/agent-guard.conf"
 check "the unit names the binary where PREFIX put it" \
   grep -qx 'ExecStart=/usr/local/bin/agent-guard --config /etc/agent-guard/%i.toml --name %i' \
   "$stage/etc/systemd/system/agent-guard@.service"
@@ -97,6 +102,50 @@ fi
 
 check "install.sh --uninstall leaves nothing" env DESTDIR="$stage" packaging/install.sh --uninstall
 check "nothing is left in the DESTDIR" test -z "$(find "$stage" -mindepth 1 2>/dev/null)"
+
+# install.sh on the live system (no DESTDIR), as root, in a mount namespace of its own so that
+# this machine is left as it was: a copy of /etc (the group goes there), a fresh /run that says
+# systemd runs (a stand-in systemctl logs its calls), PREFIX in the scratch directory. Twice, then
+# --uninstall: the group made once and kept, /run/agent-guard made from the tmpfiles.d line.
+live=$work/live
+live_install() {
+  mkdir -p "$live/etc" "$live/bin"
+  cp -a /etc/. "$live/etc/"
+  printf '#!/bin/sh\necho "systemctl $*" >> %s/systemctl.log\n' "$live" > "$live/bin/systemctl"
+  chmod 0755 "$live/bin/systemctl"
+  # shellcheck disable=SC2016
+  unshare --mount --propagation private -- bash -c '
+    live=$1 binary=$2
+    mount --bind "$live/etc" /etc && mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p /run/systemd/system || exit 1
+    export PATH=$live/bin:$PATH PREFIX=$live/prefix
+    for n in 1 2; do
+      packaging/install.sh "$binary" > "$live/install$n.log" 2>&1; echo $? > "$live/install$n.rc"
+      grep -c "^agent-guard:" /etc/group > "$live/groups$n"
+      stat -c "%a %U %G" /run/agent-guard > "$live/run$n" 2>&1
+    done
+    packaging/install.sh --uninstall > "$live/uninstall.log" 2>&1; echo $? > "$live/uninstall.rc"
+    ls /etc/tmpfiles.d > "$live/tmpfiles.d.after"
+    getent group agent-guard > "$live/group.after"
+  ' live "$live" "$binary"
+}
+if [[ $(id -u) == 0 ]] && command -v unshare >/dev/null && command -v systemd-tmpfiles >/dev/null; then
+  if live_install >"$work/out" 2>&1; then
+    check "install.sh on a live system, twice" sh -c "cat '$live'/install*.log; [ \"\$(cat '$live/install1.rc' '$live/install2.rc')\" = '0
+0' ]"
+    check "install.sh makes the group agent-guard once" sh -c "[ \"\$(cat '$live/groups1' '$live/groups2')\" = '1
+1' ]"
+    check "install.sh applies the tmpfiles.d line: /run/agent-guard 3775 root agent-guard" sh -c \
+      "cat '$live/run1' '$live/run2'; [ \"\$(cat '$live/run1' '$live/run2')\" = '3775 root agent-guard
+3775 root agent-guard' ]"
+    check "install.sh reloads systemd" grep -qx 'systemctl daemon-reload' "$live/systemctl.log"
+    check "install.sh --uninstall removes the tmpfiles.d line and keeps the group" sh -c \
+      "cat '$live/uninstall.log'; [ \"\$(cat '$live/uninstall.rc')\" = 0 ] && ! grep -qx agent-guard.conf '$live/tmpfiles.d.after' && grep -q '^agent-guard:' '$live/group.after'"
+  else
+    bad "install.sh on a live system (mount namespace)"; sed 's/^/     /' "$work/out"
+  fi
+else
+  skip "install.sh on a live system: needs root, unshare and systemd-tmpfiles"
+fi
 
 # Clear errors.
 expect_error() {  # what, expected exit code, expected text, command...
@@ -130,16 +179,21 @@ fi
 
 # The .deb (release.sh's, with the static binary): its files, then installed, run and removed.
 deb=$(ls dist/agent-guard_*.deb 2>/dev/null | head -1)
-check "the .deb holds the binary, the unit, the examples and the licences" sh -c \
-  "dpkg-deb -c '$deb' > '$work/deb.list' && for f in ./usr/bin/agent-guard ./lib/systemd/system/agent-guard@.service examples/queue-worker.toml doc/agent-guard/LICENSE-MIT doc/agent-guard/LICENSE-APACHE; do grep -q \"\$f\" '$work/deb.list' || { echo \"missing \$f\"; exit 1; }; done"
+check "the .deb holds the binary, the unit, the tmpfiles.d line, the examples and the licences" sh -c \
+  "dpkg-deb -c '$deb' > '$work/deb.list' && for f in ./usr/bin/agent-guard ./lib/systemd/system/agent-guard@.service ./usr/lib/tmpfiles.d/agent-guard.conf examples/queue-worker.toml doc/agent-guard/LICENSE-MIT doc/agent-guard/LICENSE-APACHE; do grep -q \"\$f\" '$work/deb.list' || { echo \"missing \$f\"; exit 1; }; done"
+check "the .deb's postinst is packaging/scripts/postinst" sh -c "dpkg-deb -I '$deb' postinst | cmp - packaging/scripts/postinst"
 check "the .deb has no library dependencies (the binary is static)" sh -c "! dpkg-deb -f '$deb' Depends | grep -q libc6"
 if [[ $(id -u) == 0 ]] && command -v dpkg >/dev/null; then
   if dpkg -s agent-guard >/dev/null 2>&1; then
     skip "dpkg -i: an agent-guard package is already installed here; not touching it"
   else
+    had_group=$(getent group agent-guard || true)
     check "dpkg -i installs the .deb" dpkg -i "$deb"
     check "agent-guard --version runs from the package" sh -c '/usr/bin/agent-guard --version | grep -q "^agent-guard "'
+    check "the .deb's postinst made the group agent-guard" getent group agent-guard
     check "dpkg -r removes it" dpkg -r agent-guard
+    # The group is kept by the package (files may still belong to it); this test made it, so it goes.
+    [[ -z $had_group ]] && getent group agent-guard >/dev/null && groupdel agent-guard
   fi
 else
   skip "dpkg -i: needs root"
@@ -149,16 +203,19 @@ fi
 rpm=$(ls dist/agent-guard-*.rpm 2>/dev/null | head -1)
 if command -v rpm >/dev/null; then
   check "rpm -qpl lists the binary, the unit, the examples and the licences" sh -c \
-    "rpm -qpl '$rpm' > '$work/rpm.list' && cat '$work/rpm.list' && for f in /usr/bin/agent-guard /usr/lib/systemd/system/agent-guard@.service /usr/share/doc/agent-guard/examples/queue-worker.toml /usr/share/licenses/agent-guard/LICENSE-MIT; do grep -qx \"\$f\" '$work/rpm.list' || { echo \"missing \$f\"; exit 1; }; done"
+    "rpm -qpl '$rpm' > '$work/rpm.list' && cat '$work/rpm.list' && for f in /usr/bin/agent-guard /usr/lib/systemd/system/agent-guard@.service /usr/lib/tmpfiles.d/agent-guard.conf /usr/share/doc/agent-guard/examples/queue-worker.toml /usr/share/licenses/agent-guard/LICENSE-MIT; do grep -qx \"\$f\" '$work/rpm.list' || { echo \"missing \$f\"; exit 1; }; done"
+  check "the .rpm's %post is packaging/scripts/postinst, run by /bin/sh" sh -c \
+    "rpm -qp --qf '%{POSTINPROG}\\n' '$rpm' | grep -qx /bin/sh && rpm -qp --qf '%{POSTIN}' '$rpm' | cmp - packaging/scripts/postinst"
   check "the .rpm says version $version, arch $arch, licence MIT OR Apache-2.0" sh -c \
     "rpm -qp --qf '%{VERSION} %{ARCH} %{LICENSE}\\n' '$rpm' | tee -a /dev/stderr | grep -qx '$version $arch MIT OR Apache-2.0'"
   check "the .rpm's payload is gzip (Amazon Linux 2's rpm cannot read zstd)" sh -c \
     "rpm -qp --qf '%{PAYLOADCOMPRESSOR}\\n' '$rpm' | grep -qx gzip"
-  check "the .rpm requires nothing but rpm's own features (the binary is static)" sh -c \
-    "rpm -qpR '$rpm' | tee -a /dev/stderr | grep -v '^rpmlib(' | grep -q . && exit 1 || exit 0"
+  check "the .rpm requires nothing but /bin/sh (its %post) and rpm's own features (the binary is static)" sh -c \
+    "rpm -qpR '$rpm' | tee -a /dev/stderr | grep -v '^rpmlib(' | grep -vx /bin/sh | grep -q . && exit 1 || exit 0"
   rpmroot=$work/rpmroot
+  # The scratch root has no shell: its /bin/sh need and its %post are left out there.
   check "rpm -i installs the .rpm into a scratch --root" sh -c \
-    "rpm --root '$rpmroot' --initdb && rpm --root '$rpmroot' -i --nosignature '$rpm' && rpm --root '$rpmroot' -q agent-guard"
+    "rpm --root '$rpmroot' --initdb && rpm --root '$rpmroot' -i --nosignature --nodeps --noscripts '$rpm' && rpm --root '$rpmroot' -q agent-guard"
   check "the installed binary runs" sh -c "'$rpmroot/usr/bin/agent-guard' --version | grep -qx 'agent-guard $version'"
   check "rpm -e removes it from the scratch root" sh -c \
     "rpm --root '$rpmroot' -e agent-guard && test ! -e '$rpmroot/usr/bin/agent-guard'"
