@@ -26,6 +26,8 @@ use crate::journal::{Awaiting, Record};
 /// A registration shared with the blocking threads that read and write the hooks directory.
 pub type Shared = Arc<Mutex<Registration>>;
 
+/// What a guard waits for while the hooks directory cannot be read, as `/status` shows it.
+const UNREADABLE: &str = "unknown: the hooks directory cannot be read";
 /// How often a guard whose agent is gone looks whether the other guards' agents are gone too.
 const GUARDS_EVERY: Duration = Duration::from_secs(1);
 /// While deregistering, the instance's state is read again at least this often (it may leave
@@ -86,18 +88,21 @@ impl Gone<'_> {
             }),
             None => Ok(Decision::NotNeeded),
         };
+        // Whether this guard's own word (its agent gone, with its result) is in the directory.
+        let recorded = decision.is_ok();
         let decision = match decision {
             Ok(decision) => decision,
             Err(err) => {
-                // Better to complete than to leave the instance to the hook's timeout.
-                tracing::error!(hook = self.hook, error = %err, "lifecycle: cannot read the hooks directory; completing as if alone");
-                Decision::Complete {
-                    result: self.result,
-                    because: Vec::new(),
+                // Completing as if alone could end the instance under another guard's agent
+                // that still drains: lost work is worse than an instance held until the hook's
+                // timeout. Keep asking, as while other guards' agents run, up to the bound.
+                tracing::error!(hook = self.hook, error = %err, "lifecycle: cannot read the hooks directory; trying again until it can be read (the hook is not completed blind: another guard's agent may still run)");
+                Decision::Wait {
+                    others: vec![UNREADABLE.to_string()],
                 }
             }
         };
-        let (result, because) = match self.after_others(decision, bound_at).await {
+        let (result, because) = match self.after_others(decision, recorded, bound_at).await {
             Some(go) => go,
             None => return self.hub_state(),
         };
@@ -144,10 +149,14 @@ impl Gone<'_> {
             .map_or(HookState::Waiting, |h| h.state)
     }
 
-    /// Waits while other guards' agents run; `Some` when this guard is to complete the hook.
+    /// Waits while other guards' agents run, or while the hooks directory cannot be read; `Some`
+    /// when this guard is to complete the hook. `recorded`: this guard's agent_gone is written;
+    /// until it is, each try writes it again (a decision without it would not count this guard's
+    /// drain, and find nothing to complete).
     async fn after_others(
         &self,
         mut decision: Decision,
+        mut recorded: bool,
         bound_at: Instant,
     ) -> Option<(HookResult, Vec<String>)> {
         let since = SystemTime::now();
@@ -174,12 +183,23 @@ impl Gone<'_> {
             }
             tokio::time::sleep(backoff::within(GUARDS_EVERY)).await;
             let reg = self.registration.as_ref()?;
-            decision = match on_host(reg, Registration::termination).await {
-                Ok(d) => d,
+            let step = if recorded {
+                on_host(reg, Registration::termination).await
+            } else {
+                let (result, terminating) = (self.result, self.terminating);
+                on_host(reg, move |r| r.agent_gone(result, terminating)).await
+            };
+            decision = match step {
+                Ok(d) => {
+                    recorded = true;
+                    d
+                }
                 Err(err) => {
-                    tracing::warn!(error = %err, "lifecycle: cannot read the hooks directory (will try again)");
+                    if shown.first().map(String::as_str) != Some(UNREADABLE) {
+                        tracing::warn!(error = %err, "lifecycle: cannot read the hooks directory (will try again)");
+                    }
                     Decision::Wait {
-                        others: shown.clone(),
+                        others: vec![UNREADABLE.to_string()],
                     }
                 }
             };

@@ -375,3 +375,59 @@ fn the_launch_hook_waits_for_both_guards_to_be_ready() {
     assert_eq!(a.code(), 0);
     assert_eq!(b.code(), 0);
 }
+
+#[test]
+fn a_hooks_directory_that_cannot_be_read_is_waited_out_and_the_hook_never_completed_blind() {
+    use std::os::fd::AsRawFd;
+
+    let h = terminate_host();
+    let log = h.agent_log("only");
+    let agent = draining_agent(&log, "0.1");
+    let mut guard = h.guard("only", TERMINATE, &strs(&agent));
+    ready(&guard);
+    wait_until("subscribed", SOON, || guard.status()["subscribers"] == 1);
+    // Another process holds the directory's lock for longer than a guard waits for it (10 s):
+    // every decision fails, as with a directory that cannot be read.
+    let hook_dir = std::fs::read_dir(h.hooks_dir())
+        .expect("the hooks directory")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("terminate."))
+        })
+        .expect("the termination hook's directory");
+    let lock = std::fs::File::open(hook_dir.join(".lock")).expect("the lock file");
+    // SAFETY: flock on a descriptor `lock` owns.
+    assert_eq!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    h.scale_in();
+    wait_until(
+        "the guard says it cannot read the directory",
+        Duration::from_secs(40),
+        || guard.log().contains("cannot read the hooks directory"),
+    );
+    let status = guard.status();
+    assert_eq!(status["phase"], "exited", "{status}");
+    assert_eq!(
+        status["lifecycle"]["waiting_for"]["what"], "other-guards",
+        "{status}"
+    );
+    assert!(
+        h.completions_ok().is_empty(),
+        "not completed blind while the directory cannot be read: {}",
+        guard.log()
+    );
+    let released = Instant::now();
+    drop(lock);
+    assert_eq!(guard.code(), 0, "{}", guard.log());
+    let completes = h.completions_ok();
+    assert_eq!(completes.len(), 1, "{completes:?}");
+    assert_eq!(completes[0].params["LifecycleActionResult"], "CONTINUE");
+    assert!(
+        completes[0].at > released,
+        "completed only once it could be read"
+    );
+}
