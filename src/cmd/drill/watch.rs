@@ -106,10 +106,21 @@ pub fn collect_logs(guard: &mut Child, verbose: bool, observations: &Observation
     });
 }
 
-/// Subscribes on the control socket and records each phase as it comes.
+/// How long [`subscribe`] keeps trying to connect.
+const CONNECT_WITHIN: Duration = Duration::from_secs(5);
+
+/// Subscribes on the control socket and records each phase as it comes. The socket's file
+/// appears at `bind`, a moment before `listen`: a connection refused in between is tried again.
 pub fn subscribe(socket: &Path, observations: &Observations) {
-    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
-        return;
+    let start = Instant::now();
+    let mut stream = loop {
+        match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(stream) => break stream,
+            Err(_) if start.elapsed() < CONNECT_WITHIN => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => return,
+        }
     };
     if write_request(&mut stream, &protocol::Request::Subscribe).is_err() {
         return;
