@@ -379,7 +379,7 @@ pub struct Cli {
     )]
     pub log_format: String,
 
-    /// Level of the guard's own logs (error, warn, info, debug, trace, or RUST_LOG directives)
+    /// Level of the guard's own logs (error, warn, info, debug, trace, or RUST_LOG-style target=level directives)
     #[arg(
         long,
         env = "AGENT_GUARD_LOG_LEVEL",

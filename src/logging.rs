@@ -6,11 +6,12 @@ use std::time::SystemTime;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// The guard's own log format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,8 +20,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. `level` is a plain level or `EnvFilter` directives, already
-/// validated.
+/// Installs the global subscriber. `level` is a plain level or `target=level` directives (as
+/// `RUST_LOG` writes them), already validated. Directives go through `Targets`, not `EnvFilter`:
+/// the guard needs no span or field filters, and `EnvFilter` brings two regex crates (about
+/// 230 KiB of the static binary).
 pub fn init(name: &str, format: LogFormat, level: &str) {
     let line = Line {
         name: name.to_string(),
@@ -32,13 +35,24 @@ pub fn init(name: &str, format: LogFormat, level: &str) {
         .event_format(line);
     // A second init (tests running in one process) keeps the first subscriber.
     let _ = match plain_level(level) {
-        // The common case skips EnvFilter's directive parser, which compiles regexes on first
-        // use and would add about a millisecond to every start.
         Some(level) => builder.with_max_level(level).try_init(),
-        None => builder
-            .with_env_filter(EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")))
-            .try_init(),
+        None => {
+            let targets = directives(level)
+                .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO));
+            builder
+                .with_max_level(LevelFilter::TRACE)
+                .finish()
+                .with(targets)
+                .try_init()
+                .map_err(Into::into)
+        }
     };
+}
+
+/// `target=level` directives, comma-separated, with an optional bare default level
+/// (`info,agent_guard::aws=debug`).
+pub fn directives(text: &str) -> Result<Targets, tracing_subscriber::filter::ParseError> {
+    text.trim().parse::<Targets>()
 }
 
 /// `error`, `warn`, `info`, `debug`, `trace` or `off`, as a level filter.
@@ -153,5 +167,24 @@ impl Visit for JsonFields {
             return;
         }
         self.0.insert(field.name().into(), text.into());
+    }
+}
+
+#[cfg(test)]
+mod directive_tests {
+    use tracing::Level;
+
+    use super::*;
+
+    #[test]
+    fn rust_log_style_directives_parse_and_filter_by_target() {
+        let targets = directives("warn,agent_guard::aws=debug").expect("valid directives");
+        assert!(targets.would_enable("agent_guard::aws::lifecycle", &Level::DEBUG));
+        assert!(!targets.would_enable("agent_guard::aws::lifecycle", &Level::TRACE));
+        assert!(!targets.would_enable("hyper", &Level::INFO));
+        assert!(targets.would_enable("hyper", &Level::WARN));
+        assert!(directives("agent_guard=loud").is_err());
+        assert_eq!(plain_level(" debug "), Some(LevelFilter::DEBUG));
+        assert_eq!(plain_level("agent_guard=debug"), None);
     }
 }

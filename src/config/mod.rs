@@ -116,7 +116,7 @@ pub struct Config {
     pub lifecycle: LifecycleSettings,
     pub busy: BusySettings,
     pub log_format: LogFormat,
-    /// An `EnvFilter` directive string, already validated.
+    /// A level or `target=level` directives, already validated.
     pub log_level: String,
 }
 

@@ -535,7 +535,7 @@ fn needs_imds(
     })
 }
 
-/// The guard's own logs: their format and an `EnvFilter` directive string.
+/// The guard's own logs: their format and a level or `target=level` directive string.
 fn logging(settings: &Settings) -> Result<(LogFormat, String), ConfigError> {
     Ok((
         settings.require(
@@ -620,10 +620,10 @@ fn parse_log_level(v: &str) -> Result<String, String> {
     if crate::logging::plain_level(v).is_some() {
         return Ok(v.trim().to_string());
     }
-    tracing_subscriber::EnvFilter::try_new(v)
-        .map(|_| v.to_string())
+    crate::logging::directives(v)
+        .map(|_| v.trim().to_string())
         .map_err(|e| {
-            format!("expected error, warn, info, debug, trace or RUST_LOG directives ({e})")
+            format!("expected error, warn, info, debug, trace or target=level directives as in RUST_LOG ({e})")
         })
 }
 
