@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,17 +39,39 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 /// `/metrics` are answered on both cores, and never wait for the supervisor's thread.
 const THREADS: usize = 2;
 
-/// Serves `listener` on threads of their own, each with its own single-threaded runtime and
-/// accepting on the same socket, until `shutdown`. Readiness then answers at the load
-/// balancer's pace even while the supervisor's thread is busy (a signal storm, a flood on the
-/// control socket). Each thread has its own connection limit. The returned handle ends when the
-/// threads do.
+/// A connection accepted for a serving thread, with its place in that thread's limit. It goes
+/// over as a std stream: a tokio one stays tied to the reactor of the thread that accepted it.
+type Handoff = (std::net::TcpStream, OwnedSemaphorePermit);
+
+/// A serving thread as the accepting loop sees it: where its connections go, and its limit.
+struct Worker {
+    streams: mpsc::UnboundedSender<Handoff>,
+    slots: Arc<Semaphore>,
+}
+
+/// A serving thread's end of the hand-over, and the loop's. The channel needs no bound of its
+/// own: each connection in it holds a permit of `slots`.
+fn worker() -> (Worker, mpsc::UnboundedReceiver<Handoff>) {
+    let (streams, handed) = mpsc::unbounded_channel();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    (Worker { streams, slots }, handed)
+}
+
+/// Serves `listener` on threads of their own, each with its own single-threaded runtime, until
+/// `shutdown`. Readiness then answers at the load balancer's pace even while the supervisor's
+/// thread is busy (a signal storm, a flood on the control socket). The first thread also
+/// accepts, and hands each connection to the thread with the fewest: threads that each accepted
+/// on the shared socket took whatever the kernel woke them for, and a load balancer's or a
+/// benchmark's keep-alive connections could all land on one thread while the other core idled
+/// (SO_REUSEPORT would spread them by hash, but would also let a second guard of the same user
+/// bind the port silently instead of failing). Each thread has its own connection limit. The
+/// returned handle ends when the threads do.
 pub fn serve_on_own_thread(
     listener: TcpListener,
     hub: Arc<Hub>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    // Taken off this runtime's reactor here, registered with each thread's own there.
+    // Taken off this runtime's reactor here, registered with the first thread's own there.
     let listener = listener.into_std();
     tokio::task::spawn_blocking(move || {
         let listener = match listener {
@@ -59,18 +81,38 @@ pub fn serve_on_own_thread(
                 return;
             }
         };
-        let threads: Vec<_> = (0..THREADS)
-            .filter_map(|_| {
-                let listener = listener.try_clone().ok()?;
-                let (hub, shutdown) = (hub.clone(), shutdown.clone());
-                std::thread::Builder::new()
-                    .name("health".to_string())
-                    .spawn(move || serve_blocking(listener, hub, shutdown))
-                    .ok()
-            })
-            .collect();
-        if threads.is_empty() {
-            tracing::error!("health endpoint: cannot start its threads; it is not served");
+        let mut workers = Vec::with_capacity(THREADS);
+        let mut threads = Vec::with_capacity(THREADS);
+        for _ in 1..THREADS {
+            let (worker, handed) = worker();
+            let (hub, shutdown) = (hub.clone(), shutdown.clone());
+            if let Some(thread) = spawn(move || on_own_runtime(serve_handed(handed, hub, shutdown)))
+            {
+                workers.push(worker);
+                threads.push(thread);
+            }
+        }
+        let (own, handed) = worker();
+        workers.insert(0, own);
+        let first = spawn(move || {
+            on_own_runtime(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        tokio::join!(
+                            accept(listener, workers, shutdown.clone()),
+                            serve_handed(handed, hub, shutdown),
+                        );
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "health endpoint: cannot listen; it is not served");
+                    }
+                }
+            });
+        });
+        match first {
+            Some(thread) => threads.push(thread),
+            // The other threads end with `shutdown`, having been handed nothing.
+            None => tracing::error!("health endpoint: cannot start its threads; it is not served"),
         }
         for thread in threads {
             let _ = thread.join();
@@ -78,31 +120,30 @@ pub fn serve_on_own_thread(
     })
 }
 
-/// One serving thread: its own runtime, until `shutdown`.
-fn serve_blocking(listener: std::net::TcpListener, hub: Arc<Hub>, shutdown: CancellationToken) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// A serving thread, or `None` when the OS gives none (the others serve).
+fn spawn(serving: impl FnOnce() + Send + 'static) -> Option<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("health".to_string())
+        .spawn(serving)
+        .ok()
+}
+
+/// Runs `serving` on a single-threaded runtime of this thread's own.
+fn on_own_runtime(serving: impl std::future::Future<Output = ()>) {
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime,
+        Ok(runtime) => runtime.block_on(serving),
         Err(err) => {
             tracing::error!(error = %err, "health endpoint: cannot start a runtime for a thread");
-            return;
         }
-    };
-    runtime.block_on(async move {
-        match TcpListener::from_std(listener) {
-            Ok(listener) => serve(listener, hub, shutdown).await,
-            Err(err) => tracing::error!(error = %err, "health endpoint: cannot listen on a thread"),
-        }
-    });
+    }
 }
 
-/// Serves health requests on `listener` until `shutdown` is cancelled, then stops accepting,
-/// lets requests in flight finish for at most [`SHUTDOWN_GRACE`], and returns.
-pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let connections = TaskTracker::new();
+/// Accepts on `listener` until `shutdown` is cancelled, handing each connection to the worker
+/// with the most free places; when even that one is full, the connection is closed at once.
+async fn accept(listener: TcpListener, mut workers: Vec<Worker>, shutdown: CancellationToken) {
     let mut refused_logged: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
@@ -118,7 +159,18 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: CancellationT
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        // Off this thread's reactor, to be registered with the serving thread's.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(error = %err, "health endpoint: cannot hand a connection over");
+                continue;
+            }
+        };
+        let Some(worker) = workers.iter().max_by_key(|w| w.slots.available_permits()) else {
+            break;
+        };
+        let Ok(slot) = worker.slots.clone().try_acquire_owned() else {
             if refused_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                 tracing::warn!(
                     limit = MAX_CONNECTIONS,
@@ -128,10 +180,50 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: CancellationT
             }
             continue; // dropping the stream closes it
         };
-        connections.spawn(connection(stream, hub.clone(), shutdown.clone(), slot));
+        if worker.streams.send((stream, slot)).is_err() {
+            // That thread is gone (its runtime did not start): this connection closes, the next
+            // go to the others.
+            workers.retain(|w| !w.streams.is_closed());
+            if workers.is_empty() {
+                tracing::error!("health endpoint: no thread left to serve it; it is not served");
+                break;
+            }
+        }
     }
     // New connections are refused from here on.
     drop(listener);
+}
+
+/// Serves the connections handed over on `handed` until `shutdown` is cancelled, then lets
+/// requests in flight finish for at most [`SHUTDOWN_GRACE`], and returns.
+async fn serve_handed(
+    mut handed: mpsc::UnboundedReceiver<Handoff>,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, slot) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            got = handed.recv() => match got {
+                Some(got) => got,
+                // The accepting loop ended before `shutdown`: serve what is open until then.
+                None => {
+                    shutdown.cancelled().await;
+                    break;
+                }
+            },
+        };
+        // Still non-blocking, as accepted: registered with this thread's reactor.
+        match TcpStream::from_std(stream) {
+            Ok(stream) => {
+                connections.spawn(connection(stream, hub.clone(), shutdown.clone(), slot));
+            }
+            Err(err) => tracing::warn!(error = %err, "health endpoint: cannot serve a connection"),
+        }
+    }
+    // Connections handed over but not started are closed with the channel.
+    drop(handed);
     connections.close();
     // Each connection bounds itself by SHUTDOWN_GRACE; this deadline only guards that promise.
     let all_closed = connections.wait();
@@ -271,7 +363,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, hub(), shutdown.clone()));
+        let server = serve_on_own_thread(listener, hub(), shutdown.clone());
 
         // A keep-alive client, idle after one answer.
         let mut idle = TcpStream::connect(addr).await.expect("connect");
@@ -304,5 +396,46 @@ mod tests {
             let read = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await;
             assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
         }
+    }
+
+    /// Waits until `total` connections in all were handed over to `threads`, and keeps them
+    /// open in `held` (a dropped one frees its place).
+    async fn handed_over(
+        threads: &mut [mpsc::UnboundedReceiver<Handoff>; 2],
+        held: &mut [Vec<Handoff>; 2],
+        total: usize,
+    ) {
+        while held[0].len() + held[1].len() < total {
+            tokio::task::yield_now().await;
+            for (thread, held) in threads.iter_mut().zip(held.iter_mut()) {
+                held.extend(std::iter::from_fn(|| thread.try_recv().ok()));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn each_connection_goes_to_the_thread_with_the_fewest() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let ((first, first_got), (second, second_got)) = (worker(), worker());
+        let accepting = tokio::spawn(accept(listener, vec![first, second], shutdown.clone()));
+        let mut threads = [first_got, second_got];
+        let mut held = [Vec::new(), Vec::new()];
+        let mut clients = Vec::new();
+        for n in 1..=6 {
+            clients.push(TcpStream::connect(addr).await.expect("connect"));
+            handed_over(&mut threads, &mut held, n).await;
+        }
+        assert_eq!((held[0].len(), held[1].len()), (3, 3));
+        // Two of the first thread's connections close: the next two go there.
+        held[0].truncate(1);
+        for n in 5..=6 {
+            clients.push(TcpStream::connect(addr).await.expect("connect"));
+            handed_over(&mut threads, &mut held, n).await;
+        }
+        assert_eq!((held[0].len(), held[1].len()), (3, 3));
+        shutdown.cancel();
+        accepting.await.expect("the loop ends without panicking");
     }
 }
