@@ -7,6 +7,7 @@
 //! head is at most 16 KiB and must arrive within 5 s, and at most 2048 connections are open at
 //! once.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -247,10 +248,9 @@ async fn connection(
     slot: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
-    let service = service_fn(move |req| {
-        let hub = hub.clone();
-        async move { Ok::<_, Infallible>(respond(&hub, &req)) }
-    });
+    // Answered at once, so the request borrows the `Hub` instead of cloning a handle to it.
+    let service =
+        service_fn(move |req| std::future::ready(Ok::<_, Infallible>(respond(&hub, &req))));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -274,10 +274,7 @@ type Reply = Response<Full<Bytes>>;
 fn respond(hub: &Hub, req: &Request<Incoming>) -> Reply {
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
-        let mut reply = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed\n".to_string(),
-        );
+        let mut reply = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         reply
             .headers_mut()
             .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
@@ -294,14 +291,14 @@ fn respond(hub: &Hub, req: &Request<Incoming>) -> Reply {
         "/status" => body(
             StatusCode::OK,
             "application/json",
-            status_json(hub).to_string(),
+            status_json(hub).to_string().into(),
         ),
         "/metrics" => body(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics::render(hub),
+            metrics::render(hub).into(),
         ),
-        _ => text(StatusCode::NOT_FOUND, "not found\n".to_string()),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     reply.headers_mut().insert(
         header::CACHE_CONTROL,
@@ -323,12 +320,17 @@ fn probe(answer: probes::Answer, content_type: &'static str) -> Reply {
     body(status, content_type, answer.body)
 }
 
-fn text(status: StatusCode, text: String) -> Reply {
-    body(status, "text/plain; charset=utf-8", text)
+fn text(status: StatusCode, text: &'static str) -> Reply {
+    body(status, "text/plain; charset=utf-8", Cow::Borrowed(text))
 }
 
-fn body(status: StatusCode, content_type: &'static str, body: String) -> Reply {
-    let mut reply = Response::new(Full::new(Bytes::from(body)));
+/// An answer; a static body is sent from where it lies, without a copy on the heap.
+fn body(status: StatusCode, content_type: &'static str, body: Cow<'static, str>) -> Reply {
+    let body = match body {
+        Cow::Borrowed(body) => Bytes::from_static(body.as_bytes()),
+        Cow::Owned(body) => Bytes::from(body),
+    };
+    let mut reply = Response::new(Full::new(body));
     *reply.status_mut() = status;
     reply.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -349,13 +351,110 @@ mod tests {
     use super::*;
 
     fn hub() -> Arc<Hub> {
-        Arc::new(Hub::new(
+        hub_in(Phase::Ready).1
+    }
+
+    /// A hub, and the phase's sender to change it with.
+    fn hub_in(phase: Phase) -> (watch::Sender<Phase>, Arc<Hub>) {
+        let (set_phase, phase) = watch::channel(phase);
+        let hub = Hub::new(
             "agent",
-            watch::channel(Phase::Ready).1,
+            phase,
             None,
             watch::channel(ImdsStatus::default()).1,
             watch::channel(Snapshot::default()).1,
-        ))
+        );
+        (set_phase, Arc::new(hub))
+    }
+
+    /// One request on a keep-alive connection: the status line, the head, and the body.
+    async fn ask(stream: &mut TcpStream, method: &str, target: &str) -> (String, String, String) {
+        let request = format!("{method} {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .expect("an answer in time")
+                .expect("read");
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                continue;
+            };
+            // The answer to HEAD has no body, whatever its head says.
+            let length: usize = if method == "HEAD" {
+                0
+            } else {
+                head.lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .expect("a content-length")
+                    .parse()
+                    .expect("a number")
+            };
+            if body.len() >= length {
+                let status = head.lines().next().unwrap_or_default().to_string();
+                return (status, head.to_lowercase(), body.to_string());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn readiness_flips_on_the_very_next_request() {
+        let (set_phase, hub) = hub_in(Phase::Ready);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let server = serve_on_own_thread(listener, hub, shutdown.clone());
+        // A failed assertion must not leave the server's threads (and the test) running.
+        let _stop = shutdown.clone().drop_guard();
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+
+        let (status, head, body) = ask(&mut client, "GET", "/readyz").await;
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            ("HTTP/1.1 200 OK", "ok\n")
+        );
+        assert!(
+            head.contains("content-type: text/plain; charset=utf-8"),
+            "{head}"
+        );
+        assert!(head.contains("cache-control: no-store"), "{head}");
+        let (status, _, body) = ask(&mut client, "GET", "/readyz?verbose").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(body, "[+]phase ok\nreadyz check passed\n");
+
+        set_phase.send_replace(Phase::Starting {
+            warm_until: None,
+            give_up_at: None,
+        });
+        let (status, head, body) = ask(&mut client, "GET", "/readyz").await;
+        assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+        assert_eq!(body, "readyz check failed\n");
+        assert!(head.contains("cache-control: no-store"), "{head}");
+        let (status, _, body) = ask(&mut client, "HEAD", "/readyz").await;
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            ("HTTP/1.1 503 Service Unavailable", "")
+        );
+        let (_, _, body) = ask(&mut client, "GET", "/readyz?x=1&verbose=1").await;
+        assert_eq!(body, "[-]phase failed: starting\nreadyz check failed\n");
+
+        set_phase.send_replace(Phase::Ready);
+        let (status, _, body) = ask(&mut client, "GET", "/readyz").await;
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            ("HTTP/1.1 200 OK", "ok\n")
+        );
+        let (status, head, body) = ask(&mut client, "POST", "/readyz").await;
+        assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+        assert!(head.contains("allow: get, head"), "{head}");
+        assert_eq!(body, "method not allowed\n");
+
+        shutdown.cancel();
+        server.await.expect("the server ends without panicking");
     }
 
     #[tokio::test]
@@ -364,6 +463,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         let server = serve_on_own_thread(listener, hub(), shutdown.clone());
+        let _stop = shutdown.clone().drop_guard();
 
         // A keep-alive client, idle after one answer.
         let mut idle = TcpStream::connect(addr).await.expect("connect");
