@@ -202,6 +202,10 @@ async fn serve_handed(
     hub: Arc<Hub>,
     shutdown: CancellationToken,
 ) {
+    // Every connection waits on this thread's own token: waiting on a token polls it at each
+    // wake-up, under its locks, and one token shared by both threads' connections made them
+    // take the same two locks at every request.
+    let shutdown = shutdown.child_token();
     let connections = TaskTracker::new();
     loop {
         let (stream, slot) = tokio::select! {
