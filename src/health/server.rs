@@ -259,6 +259,9 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEAD)
+        // Head and body in one buffer, sent with one plain write: the bodies are small, and
+        // copying them costs less than queueing them for a vectored write.
+        .writev(false)
         .serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
