@@ -207,8 +207,8 @@ def start_nginx(name, workers, port):
 
 
 def readyz(guard):
-    """The guard's /readyz and nginx's static 200 (a worker per core, as nginx is usually run, and
-    one worker, as the guard has one thread), taking turns, each `rounds` times."""
+    """The guard's /readyz (two serving threads) and nginx's static 200 (a worker per core, as
+    nginx is usually run, and one worker), taking turns, each `rounds` times."""
     secs = 5 if QUICK else 10
     rounds = 1 if QUICK else 3
     ports = {name: free_port() for name in ("nginx", "nginx-1", "agent-guard")}
@@ -284,7 +284,7 @@ def main():
     print("| server | requests/s | p99 (ms) | vs nginx (a worker per core) |")
     print("|---|---|---|---|")
     labels = {"nginx": "nginx, static 200, a worker per core", "nginx-1": "nginx, static 200, one worker",
-              "agent-guard": "agent-guard /readyz (one thread)"}
+              "agent-guard": "agent-guard /readyz (two threads)"}
     for name, label in labels.items():
         rps, p99 = web[name]
         print(f"| {label} | {rps:.0f} | {p99:.2f} | {rps / ng_rps:.2f}× |")

@@ -2,6 +2,7 @@
 //! the agent's reports, the last check results); no HTTP here, the server turns them into
 //! responses.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,23 +16,24 @@ use crate::machine::state::Phase;
 /// Past this without a supervisor wake-up (it wakes every second), the guard counts as stuck.
 const LOOP_STALE: Duration = Duration::from_secs(5);
 
-/// A probe's answer before it is HTTP: passing (200) or not (503), and the body.
+/// A probe's answer before it is HTTP: passing (200) or not (503), and the body. The common
+/// bodies are static, so that a load balancer's probe allocates nothing for them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     pub ok: bool,
-    pub body: String,
+    pub body: Cow<'static, str>,
 }
 
 /// One named condition of /livez or /readyz.
 struct Item {
-    name: String,
+    name: Cow<'static, str>,
     ok: bool,
-    why: String,
+    why: Cow<'static, str>,
 }
 
-fn item(name: &str, ok: bool, why: impl Into<String>) -> Item {
+fn item(name: &'static str, ok: bool, why: impl Into<Cow<'static, str>>) -> Item {
     Item {
-        name: name.to_string(),
+        name: Cow::Borrowed(name),
         ok,
         why: why.into(),
     }
@@ -39,26 +41,26 @@ fn item(name: &str, ok: bool, why: impl Into<String>) -> Item {
 
 /// `/livez`: alive while the guard's loop runs, the agent runs, and its watchdog (if any) is fed.
 pub fn livez(hub: &Hub, verbose: bool) -> Answer {
-    listing("livez", &live_items(hub), verbose)
+    listing("livez", live_items(hub), verbose)
 }
 
 /// `/readyz`: ready while the phase is `ready` and every check passes with a fresh result.
 pub fn readyz(hub: &Hub, verbose: bool) -> Answer {
-    listing("readyz", &ready_items(hub), verbose)
+    listing("readyz", ready_items(hub), verbose)
 }
 
-fn live_items(hub: &Hub) -> Vec<Item> {
+fn live_items(hub: &Hub) -> [Item; 3] {
     let now = Instant::now();
     let tick = hub.stats().last_tick;
-    let phase = hub.phase.borrow().clone();
-    vec![
+    let ended = hub.phase.borrow().ended();
+    [
         item(
             "supervisor",
             now.saturating_duration_since(tick) < LOOP_STALE,
             "the guard's loop has not run for over 5s",
         ),
         // Between an exit and a restart the guard is at work, not dead.
-        item("agent", !phase.ended(), "the agent has exited"),
+        item("agent", !ended, "the agent has exited"),
         item(
             "watchdog",
             !hub.watchdog_missed(now),
@@ -67,45 +69,54 @@ fn live_items(hub: &Hub) -> Vec<Item> {
     ]
 }
 
-fn ready_items(hub: &Hub) -> Vec<Item> {
-    let phase = hub.phase.borrow().clone();
-    let mut items = vec![item(
-        "phase",
-        matches!(phase, Phase::Ready),
-        phase.name().as_str(),
-    )];
-    if let Some(why) = hub.held() {
-        items.push(item("warm-pool", false, why));
-    }
-    for verdict in hub.checks.borrow().verdicts(Instant::now()) {
-        items.push(item(&verdict.name, verdict.ok, verdict.why));
-    }
-    items
+/// Every item, read from the snapshots now; an iterator, not a list, so that the usual answer
+/// (no checks, not held) allocates nothing.
+fn ready_items(hub: &Hub) -> impl Iterator<Item = Item> {
+    let (ready, phase) = {
+        let phase = hub.phase.borrow();
+        (matches!(*phase, Phase::Ready), phase.name())
+    };
+    let held = hub.held();
+    let verdicts = hub.checks.borrow().verdicts(Instant::now());
+    std::iter::once(item("phase", ready, phase.as_str()))
+        .chain(held.map(|why| item("warm-pool", false, why)))
+        .chain(verdicts.into_iter().map(|v| Item {
+            name: Cow::Owned(v.name),
+            ok: v.ok,
+            why: Cow::Owned(v.why),
+        }))
 }
 
 /// `ok`, or `KIND check failed`; with `?verbose`, Kubernetes' listing of every item.
-fn listing(kind: &str, items: &[Item], verbose: bool) -> Answer {
-    let ok = items.iter().all(|i| i.ok);
-    let mut body = String::new();
-    if verbose {
-        for i in items {
-            if i.ok {
-                let _ = writeln!(body, "[+]{} ok", i.name);
-            } else {
-                let _ = writeln!(body, "[-]{} failed: {}", i.name, i.why);
-            }
-        }
-        let _ = writeln!(
-            body,
-            "{kind} check {}",
-            if ok { "passed" } else { "failed" }
-        );
-    } else if ok {
-        body.push_str("ok\n");
-    } else {
-        let _ = writeln!(body, "{kind} check failed");
+fn listing(kind: &str, items: impl IntoIterator<Item = Item>, verbose: bool) -> Answer {
+    if !verbose {
+        let ok = items.into_iter().all(|i| i.ok);
+        let body = if ok {
+            Cow::Borrowed("ok\n")
+        } else {
+            Cow::Owned(format!("{kind} check failed\n"))
+        };
+        return Answer { ok, body };
     }
-    Answer { ok, body }
+    let mut ok = true;
+    let mut body = String::new();
+    for i in items {
+        ok &= i.ok;
+        if i.ok {
+            let _ = writeln!(body, "[+]{} ok", i.name);
+        } else {
+            let _ = writeln!(body, "[-]{} failed: {}", i.name, i.why);
+        }
+    }
+    let _ = writeln!(
+        body,
+        "{kind} check {}",
+        if ok { "passed" } else { "failed" }
+    );
+    Answer {
+        ok,
+        body: Cow::Owned(body),
+    }
 }
 
 /// `/health` in the IETF health-check response format (draft-inadarei-api-health-check-06):
@@ -158,7 +169,7 @@ pub fn health(hub: &Hub) -> Answer {
     }
     Answer {
         ok: !failed,
-        body: body.to_string(),
+        body: Cow::Owned(body.to_string()),
     }
 }
 
@@ -179,7 +190,7 @@ fn agent_entry(hub: &Hub, live: &[Item], wall: SystemTime) -> Value {
         agent["output"] = json!(
             live.iter()
                 .filter(|i| !i.ok)
-                .map(|i| i.why.clone())
+                .map(|i| i.why.as_ref())
                 .collect::<Vec<_>>()
                 .join("; ")
         );
