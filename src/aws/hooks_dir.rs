@@ -754,33 +754,47 @@ impl Registration {
         self.decide_termination()
     }
 
-    fn decide_termination(&mut self) -> Result<Decision, HooksDirError> {
+    /// The steps both decisions begin with: the hook's work is over; another live guard holds
+    /// the claim; or live guards whose standing `holds_up` keep this one waiting. `Ok(Err(peers))`
+    /// when none of these decides: the other guards' registrations, for the decision's own rules.
+    fn before_deciding(
+        &self,
+        holds_up: impl Fn(Standing) -> bool,
+    ) -> Result<Result<Decision, Vec<Peer>>, HooksDirError> {
         if let Some(done) = self.finished()? {
-            return Ok(Decision::Done(done));
+            return Ok(Ok(Decision::Done(done)));
         }
         let peers = read_peers(&self.guards, &self.file_name)?;
         if let Some(claimer) = self.live_claim(&peers)? {
-            return Ok(Decision::Wait {
+            return Ok(Ok(Decision::Wait {
                 others: vec![claimer],
-            });
+            }));
         }
-        let running: Vec<String> = peers
+        let waiting_on: Vec<String> = peers
             .iter()
             .filter(|p| p.alive)
             .filter_map(|p| p.entry.as_ref())
-            .filter(|e| e.standing != Standing::Gone)
+            .filter(|e| holds_up(e.standing))
             .map(Entry::label)
             .collect();
-        if !running.is_empty() {
-            return Ok(Decision::Wait { others: running });
+        if !waiting_on.is_empty() {
+            return Ok(Ok(Decision::Wait { others: waiting_on }));
         }
-        let others: Vec<&Peer> = peers.iter().collect();
+        Ok(Err(peers))
+    }
+
+    fn decide_termination(&mut self) -> Result<Decision, HooksDirError> {
+        // Waits for every live guard whose agent is not gone yet.
+        let peers = match self.before_deciding(|standing| standing != Standing::Gone)? {
+            Ok(decided) => return Ok(decided),
+            Err(peers) => peers,
+        };
         let terminating =
-            self.entry.terminating || others.iter().any(|p| counted(p).is_some_and(|e| e.0));
+            self.entry.terminating || peers.iter().any(|p| counted(p).is_some_and(|e| e.0));
         if !terminating {
             return Ok(Decision::NotNeeded);
         }
-        let mut because: Vec<String> = others
+        let mut because: Vec<String> = peers
             .iter()
             .filter_map(|p| counted(p).map(|(_, result, label)| (result, label)))
             .filter(|(result, _)| *result == HookResult::Abandon)
@@ -815,24 +829,9 @@ impl Registration {
     }
 
     fn decide_launch(&mut self) -> Result<Decision, HooksDirError> {
-        if let Some(done) = self.finished()? {
-            return Ok(Decision::Done(done));
-        }
-        let peers = read_peers(&self.guards, &self.file_name)?;
-        if let Some(claimer) = self.live_claim(&peers)? {
-            return Ok(Decision::Wait {
-                others: vec![claimer],
-            });
-        }
-        let starting: Vec<String> = peers
-            .iter()
-            .filter(|p| p.alive)
-            .filter_map(|p| p.entry.as_ref())
-            .filter(|e| e.standing == Standing::Starting)
-            .map(Entry::label)
-            .collect();
-        if !starting.is_empty() {
-            return Ok(Decision::Wait { others: starting });
+        // Waits for every live guard whose agent is not ready yet (a gone one holds nobody up).
+        if let Ok(decided) = self.before_deciding(|standing| standing == Standing::Starting)? {
+            return Ok(decided);
         }
         self.claim()?;
         Ok(Decision::Complete {
