@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use clap::ArgMatches;
+use clap::{ArgMatches, Command};
 use clap::parser::ValueSource;
 
 use super::ConfigError;
@@ -136,10 +136,12 @@ impl Settings {
     }
 }
 
-/// The flag and environment layers, and the defaults, from clap.
-pub fn from_matches(matches: &ArgMatches) -> Result<Settings, ConfigError> {
+/// The flag and environment layers, and the defaults, from clap: `command` is the one that
+/// parsed `matches` (passed in rather than built again: building it is most of the start-up's
+/// argument handling).
+pub fn from_matches(command: &Command, matches: &ArgMatches) -> Result<Settings, ConfigError> {
     let mut settings = Settings::default();
-    for arg in crate::cli::command().get_arguments() {
+    for arg in command.get_arguments() {
         let Some(long) = arg.get_long() else {
             continue; // the positional command
         };

@@ -152,7 +152,8 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let matches = match crate::cli::command().try_get_matches_from(args) {
+    let mut command = crate::cli::command();
+    let matches = match command.try_get_matches_from_mut(args) {
         Ok(m) => m,
         Err(err) => return info_or_usage(err),
     };
@@ -173,7 +174,7 @@ where
         }
         None => {}
     }
-    let mut settings = layers::from_matches(&matches)?;
+    let mut settings = layers::from_matches(&command, &matches)?;
     if let Some(path) = &cli.config {
         let text = layers::read_file(path).map_err(|source| ConfigError::ReadFile {
             path: path.clone(),
@@ -200,10 +201,11 @@ where
 /// The settings of a command line without flags: the defaults, and the environment's values.
 /// With [`check_file_text`], what the fuzz target for the config file starts from.
 pub(crate) fn default_settings() -> Result<Settings, ConfigError> {
-    let matches = crate::cli::command()
-        .try_get_matches_from(["agent-guard"])
+    let mut command = crate::cli::command();
+    let matches = command
+        .try_get_matches_from_mut(["agent-guard"])
         .map_err(|e| ConfigError::Usage(one_line(&e)))?;
-    layers::from_matches(&matches)
+    layers::from_matches(&command, &matches)
 }
 
 /// `text` read as a config file over `defaults` and validated as `load` does it, then described

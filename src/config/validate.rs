@@ -634,10 +634,11 @@ mod tests {
 
     /// Settings from a command line, as `load` reads them, without the environment.
     fn settings_of(args: &[&str]) -> Settings {
-        let matches = crate::cli::command()
-            .try_get_matches_from(std::iter::once("agent-guard").chain(args.iter().copied()))
+        let mut command = crate::cli::command();
+        let matches = command
+            .try_get_matches_from_mut(std::iter::once("agent-guard").chain(args.iter().copied()))
             .expect("valid flags");
-        layers::from_matches(&matches).expect("UTF-8")
+        layers::from_matches(&command, &matches).expect("UTF-8")
     }
 
     #[test]
