@@ -89,8 +89,8 @@ expect_status "PID 1 in $label: an orphan is reaped while the agent runs" 0 \
 if grep -q 'orphans_reaped=1' "$work/guard.log"; then ok "the guard counts the orphan it reaped"; else bad "orphans_reaped=1 not logged"; show "$work/guard.log"; fi
 
 # An HTTP check by name, as --child-health of an agent's own endpoint (busybox httpd here). The root
-# gets the CA bundle, as README says a scratch image must: without one, reqwest's client cannot be
-# built, and every HTTP check fails, plain http:// ones too.
+# gets the CA bundle, as README says a scratch image must for HTTPS (the AWS APIs, https:// checks);
+# this plain http:// check would pass without it.
 mkdir -p "$work/www" "$root/etc/ssl/certs"
 echo ok > "$work/www/index.html"
 cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"

@@ -193,7 +193,8 @@ pub fn run(config: Config) -> Result<Ended, RunError> {
 const SHUTDOWN_WITHIN: Duration = Duration::from_secs(2);
 
 async fn supervise(config: Config) -> Result<Ended, RunError> {
-    // One TLS stack for the whole process (the AWS SDK's and the HTTPS checks'): rustls with ring.
+    // One TLS stack for the whole process: rustls with ring. The AWS client and the HTTPS checks
+    // name ring themselves; the default is for anything that asks the process for one.
     let _ = rustls::crypto::ring::default_provider().install_default();
     if config.subreaper && std::process::id() != 1 {
         become_subreaper().map_err(RunError::Subreaper)?;

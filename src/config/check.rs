@@ -10,7 +10,7 @@ pub enum Target {
     /// A TCP connect.
     Tcp { host: String, port: u16 },
     /// An HTTP(S) GET that must answer 2xx (and for the agent's own URL, not say it is down).
-    Http { url: reqwest::Url },
+    Http { url: url::Url },
 }
 
 /// One configured check.
@@ -66,7 +66,7 @@ impl Check {
     }
 
     fn parse(name: &str, url: &str, is_child: bool) -> Result<Check, BadCheck> {
-        let parsed = reqwest::Url::parse(url)
+        let parsed = url::Url::parse(url)
             .map_err(|e| BadCheck(format!("`{}`: not a URL ({e})", mask_text(url))))?;
         let shown = mask(&parsed);
         let target = match parsed.scheme() {
@@ -113,7 +113,7 @@ impl Check {
 }
 
 /// A URL with its password, user and query replaced by `***`.
-fn mask(url: &reqwest::Url) -> String {
+fn mask(url: &url::Url) -> String {
     let mut shown = url.clone();
     if !shown.username().is_empty() || shown.password().is_some() {
         let _ = shown.set_username("***");
@@ -133,7 +133,7 @@ pub fn mask_spec(value: &str) -> String {
         Some((name, url)) if !name.contains("://") => (format!("{name}="), url),
         _ => (String::new(), value),
     };
-    match reqwest::Url::parse(url.trim()) {
+    match url::Url::parse(url.trim()) {
         Ok(parsed) => format!("{prefix}{}", mask(&parsed)),
         Err(_) => format!(
             "{prefix}{}",

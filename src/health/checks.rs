@@ -5,6 +5,9 @@
 //!
 //! Credentials in a check URL are masked when the check is built, and probe errors are reported
 //! without their URL, so they appear in no log, endpoint or metric.
+//!
+//! HTTP checks make one GET on a new connection per probe ([`http_get`]): a probe sees the
+//! service as a new client would, and no pooled connection hides a dead listener.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -14,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::check::{Check, Target};
 use crate::fmt::format_duration;
+use crate::health::http_get::{self, GetError};
 use crate::machine::state::Event;
 
 /// Why one probe failed. `Display` is the `why` an operator reads in `/readyz?verbose`,
@@ -28,14 +32,11 @@ pub enum ProbeError {
     /// Nothing complete came back within `--check-timeout`.
     #[error("no answer within {}", format_duration(*.0))]
     Timeout(Duration),
-    /// The HTTP client could not be built at start (logged then); HTTP checks cannot run.
-    #[error("no HTTP client (see the log at start)")]
-    NoClient,
-    /// The HTTP request failed before a status came back. The error has its URL removed, and
-    /// `Display` puts its causes on the same line (so it is not a `#[source]` either): this one
-    /// line is all the operator sees.
-    #[error("{}", one_line(.0))]
-    Request(Arc<reqwest::Error>),
+    /// The HTTP request failed before a status came back (connect, TLS, HTTP or a redirect).
+    /// Its one line names the stage and the OS or protocol error, never the URL; its causes are
+    /// already on that line, so it is not a `#[source]` either.
+    #[error("{0}")]
+    Request(Arc<GetError>),
     /// The service answered with a status other than 2xx.
     #[error("HTTP {0}")]
     Status(u16),
@@ -137,22 +138,6 @@ pub fn spawn(
         s.interval = settings.interval;
         s.checks = checks.iter().map(|c| (c.clone(), None)).collect();
     });
-    // Built only when an HTTP check needs it: it loads the system's TLS roots, which costs
-    // milliseconds and megabytes that a guard without HTTP checks should not pay.
-    let needs_http = checks
-        .iter()
-        .any(|c| matches!(c.target, Target::Http { .. }));
-    let client = if needs_http {
-        match http_client(settings.timeout) {
-            Ok(c) => Some(c),
-            Err(err) => {
-                tracing::error!(error = %err, "cannot build the HTTP client for checks; HTTP checks will fail");
-                None
-            }
-        }
-    } else {
-        None
-    };
     checks
         .into_iter()
         .enumerate()
@@ -160,7 +145,6 @@ pub fn spawn(
             let task = Prober {
                 index,
                 check,
-                client: client.clone(),
                 settings: settings.clone(),
                 snapshot: snapshot.clone(),
                 events: events.clone(),
@@ -178,7 +162,6 @@ struct Prober {
     /// The check's slot in the snapshot.
     index: usize,
     check: Check,
-    client: Option<reqwest::Client>,
     settings: ProbeSettings,
     snapshot: watch::Sender<Snapshot>,
     events: mpsc::Sender<Event>,
@@ -193,7 +176,7 @@ impl Prober {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let result = probe(self.client.as_ref(), check, self.settings.timeout).await;
+            let result = probe(check, self.settings.timeout).await;
             if last_ok != Some(result.ok()) {
                 match &result.outcome {
                     Ok(()) => {
@@ -219,39 +202,10 @@ impl Prober {
     }
 }
 
-fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
-    // No overall reqwest timeout: `probe` bounds the whole attempt itself, with one message.
-    let builder = || {
-        reqwest::Client::builder()
-            .connect_timeout(timeout)
-            // A probe sees the service as a new client would: no pooled connection hides a dead
-            // listener.
-            .pool_max_idle_per_host(0)
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .no_proxy()
-            .user_agent(concat!("agent-guard/", env!("CARGO_PKG_VERSION")))
-    };
-    builder().build().or_else(|err| {
-        // No CA certificates (a scratch image without a bundle): http:// checks must still
-        // work; https:// ones then fail to verify, and say why.
-        tracing::warn!(
-            error = %err,
-            "no CA certificates found (copy a bundle in, or set SSL_CERT_FILE): https:// checks will fail, http:// checks work"
-        );
-        builder()
-            .tls_certs_only(Vec::<reqwest::Certificate>::new())
-            .build()
-    })
-}
-
 /// Runs one probe, bounded by `timeout` whatever happens inside.
-pub async fn probe(
-    client: Option<&reqwest::Client>,
-    check: &Check,
-    timeout: Duration,
-) -> CheckResult {
+pub async fn probe(check: &Check, timeout: Duration) -> CheckResult {
     let started = Instant::now();
-    let outcome = tokio::time::timeout(timeout, attempt(client, check))
+    let outcome = tokio::time::timeout(timeout, attempt(check))
         .await
         .unwrap_or(Err(ProbeError::Timeout(timeout)));
     CheckResult {
@@ -265,7 +219,7 @@ pub async fn probe(
 }
 
 /// One attempt, unbounded: `probe` bounds it.
-async fn attempt(client: Option<&reqwest::Client>, check: &Check) -> Result<(), ProbeError> {
+async fn attempt(check: &Check) -> Result<(), ProbeError> {
     match &check.target {
         Target::Tcp { host, port } => {
             tokio::net::TcpStream::connect((host.as_str(), *port))
@@ -274,39 +228,23 @@ async fn attempt(client: Option<&reqwest::Client>, check: &Check) -> Result<(), 
             Ok(())
         }
         Target::Http { url } => {
-            let client = client.ok_or(ProbeError::NoClient)?;
-            let response = client
-                .get(url.clone())
-                .send()
+            // Only the agent's own URL has its body read (a dependency's is not ours to judge).
+            let answer = http_get::get(url, check.is_child)
                 .await
-                // without_url: the URL may hold credentials.
-                .map_err(|e| ProbeError::Request(Arc::new(e.without_url())))?;
-            if !response.status().is_success() {
-                return Err(ProbeError::Status(response.status().as_u16()));
+                .map_err(|e| ProbeError::Request(Arc::new(e)))?;
+            if !answer.status.is_success() {
+                return Err(ProbeError::Status(answer.status.as_u16()));
             }
-            if check.is_child {
-                // Spring's DOWN/OUT_OF_SERVICE and health+json's fail mean down, even with a 200.
-                if let Ok(body) = response.bytes().await
-                    && let Some(state) = reported_down(&body)
-                {
-                    return Err(ProbeError::ReportsDown { state });
-                }
+            // Spring's DOWN/OUT_OF_SERVICE and health+json's fail mean down, even with a 200. A
+            // body that is not JSON, or larger than a health document, leaves the status to judge.
+            if let Some(body) = &answer.body
+                && let Some(state) = reported_down(body)
+            {
+                return Err(ProbeError::ReportsDown { state });
             }
             Ok(())
         }
     }
-}
-
-/// An error and its causes, on one line.
-fn one_line(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The status a JSON health body reports, if it says the service is down.
@@ -321,6 +259,7 @@ fn reported_down(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::http_get::test_server::serve;
 
     #[test]
     fn reads_down_states_from_json_bodies() {
@@ -380,10 +319,6 @@ mod tests {
             ProbeError::Timeout(Duration::from_millis(1500)).to_string(),
             "no answer within 1s 500ms"
         );
-        assert_eq!(
-            ProbeError::NoClient.to_string(),
-            "no HTTP client (see the log at start)"
-        );
         assert_eq!(ProbeError::Status(502).to_string(), "HTTP 502");
         let down = ProbeError::ReportsDown {
             state: "DOWN".into(),
@@ -398,7 +333,7 @@ mod tests {
             .expect("a port")
             .port();
         let check = Check::parse_named(&format!("r=tcp://127.0.0.1:{port}")).expect("valid");
-        let result = probe(None, &check, Duration::from_secs(5)).await;
+        let result = probe(&check, Duration::from_secs(5)).await;
         assert!(
             matches!(&result.outcome, Err(ProbeError::Connect(_))),
             "{result:?}"
@@ -407,9 +342,76 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_http_check_fails_on_a_status_other_than_2xx() {
+        let addr =
+            serve(|_| "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_string())
+                .await;
+        let check = Check::parse_named(&format!("api=http://{addr}/health")).expect("valid");
+        let result = probe(&check, Duration::from_secs(10)).await;
+        assert!(
+            matches!(result.outcome, Err(ProbeError::Status(503))),
+            "{result:?}"
+        );
+    }
+
+    /// `{"status":"DOWN"}` with a 200 from the path `/down`, `{"status":"UP"}` from any other.
+    fn spring_like(head: &str) -> String {
+        let body = if head.starts_with("GET /down ") {
+            r#"{"status":"DOWN"}"#
+        } else {
+            r#"{"status":"UP"}"#
+        };
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[tokio::test]
+    async fn the_agents_own_url_saying_down_with_a_200_fails_and_a_dependencys_does_not() {
+        let addr = serve(spring_like).await;
+        let within = Duration::from_secs(10);
+        let child = Check::child(&format!("http://{addr}/down")).expect("valid");
+        let result = probe(&child, within).await;
+        assert_eq!(
+            result.outcome.expect_err("DOWN").to_string(),
+            "the agent reports `DOWN`"
+        );
+        let child = Check::child(&format!("http://{addr}/up")).expect("valid");
+        assert!(probe(&child, within).await.ok());
+        // A dependency's body is not the guard's to judge: the 200 passes.
+        let dependency = Check::parse_named(&format!("dep=http://{addr}/down")).expect("valid");
+        assert!(probe(&dependency, within).await.ok());
+    }
+
+    #[tokio::test]
+    async fn http_probe_errors_hold_no_credentials_from_the_url() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a port")
+            .port();
+        let check = Check::parse_named(&format!(
+            "db=http://admin:hunter2@127.0.0.1:{port}/h?token=s3cr3t"
+        ))
+        .expect("valid");
+        let result = probe(&check, Duration::from_secs(10)).await;
+        let why = result.outcome.expect_err("refused").to_string();
+        assert!(why.starts_with("connect: "), "{why}");
+        assert!(!why.contains("hunter2") && !why.contains("s3cr3t"), "{why}");
+        let check = Check::parse_named(&format!(
+            "db=https://admin:hunter2@127.0.0.1:{port}/h?token=s3cr3t"
+        ))
+        .expect("valid");
+        let why = probe(&check, Duration::from_secs(10))
+            .await
+            .outcome
+            .expect_err("refused")
+            .to_string();
+        assert!(!why.contains("hunter2") && !why.contains("s3cr3t"), "{why}");
+    }
+
+    #[tokio::test]
     async fn probe_tasks_end_on_cancel_even_mid_probe() {
-        // As at the guard's start: the HTTP client needs the process's TLS provider.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         // Accepts connections and never answers: every HTTP probe hangs until its timeout.
         let hang = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -328,10 +328,11 @@ fn credentials_in_check_urls_appear_in_no_output() {
         &["sleep", "600"],
     );
     let addr = guard.health_addr();
+    // The why names the stage and the OS error, and nothing of the URL.
     wait_until("the check fails", SOON, || {
         http(&addr, "GET", "/readyz?verbose")
             .2
-            .contains("[-]db failed")
+            .contains("[-]db failed: connect: Connection refused (os error 111)")
     });
     let mut outputs = vec![guard.log()];
     for path in [

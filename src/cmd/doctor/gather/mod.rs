@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::facts::{AwsFact, Blocker, CommandFact, CredentialsFact, Facts, PortFact, RegionFact};
 use crate::config::{Config, Settings};
+use crate::health::http_get;
 
 /// How long the health port's holder has to say who it is.
 const HOLDER_WITHIN: Duration = Duration::from_secs(2);
@@ -100,12 +101,16 @@ async fn holder(addr: SocketAddr) -> Option<String> {
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    let url = format!("http://{}/status", SocketAddr::new(ip, addr.port()));
-    let client = reqwest::Client::builder()
-        .timeout(HOLDER_WITHIN)
-        .build()
+    let url = url::Url::parse(&format!(
+        "http://{}/status",
+        SocketAddr::new(ip, addr.port())
+    ))
+    .ok()?;
+    let answer = tokio::time::timeout(HOLDER_WITHIN, http_get::get(&url, true))
+        .await
+        .ok()?
         .ok()?;
-    let body = client.get(url).send().await.ok()?.bytes().await.ok()?;
+    let body = answer.body?;
     let status: serde_json::Value = serde_json::from_slice(&body).ok()?;
     status["name"].as_str().map(str::to_string)
 }
