@@ -17,6 +17,10 @@
 #   would otherwise dlopen the host's NSS modules named in /etc/nsswitch.conf (resolve,
 #   myhostname, sss …), built for another glibc: on Debian 11 that aborts the process. Why, in
 #   that file; packaging/test-root.sh checks it.
+# - packaging/startup-order.txt, for lld (this machine's target only): the functions of the
+#   guard's start and idle laid out together, then those of a scale-in, so that an idle guard
+#   maps a dozen 64-KiB windows of its code instead of most of them. Why and how it is made, in
+#   packaging/startup-order.sh; a stale list costs memory, never correctness.
 # Passed as RUSTFLAGS together with --target, so they reach the target's code and not the build
 # scripts or proc-macros, and override any RUSTFLAGS of the caller's.
 set -euo pipefail
@@ -54,8 +58,21 @@ mkdir -p "$out"
 nss_obj=$out/static-nss-$(sha256sum packaging/static-nss.c | cut -c1-12).o
 [[ -f $nss_obj ]] || "$cc" -O2 -fno-pie -c packaging/static-nss.c -o "$nss_obj"
 
+flags="-C target-feature=+crt-static -C relocation-model=static -C link-arg=$nss_obj"
+if [[ $target == "$host" && -f packaging/startup-order.txt ]]; then
+  # Named by its content too. The names are mangled for this target's build: another target's
+  # linker would find none of them.
+  order=$out/startup-order-$(sha256sum packaging/startup-order.txt | cut -c1-12).txt
+  [[ -f $order ]] || cp packaging/startup-order.txt "$order"
+  flags+=" -C link-arg=-Wl,--symbol-ordering-file=$order -C link-arg=-Wl,--no-warn-symbol-ordering"
+fi
+
+# Stripped by the linker rather than by the profile's `strip = true`: the profile is part of the
+# hash in every mangled name, and startup-order.sh, which needs the symbols, builds with
+# strip = false; the names must be the same in both.
+flags+=" -C link-arg=-Wl,--strip-all"
 unset CARGO_ENCODED_RUSTFLAGS
-RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C link-arg=$nss_obj" \
+CARGO_PROFILE_RELEASE_STRIP=false RUSTFLAGS="$flags" \
   cargo build --release --locked --target "$target" --bin agent-guard >&2
 binary=${CARGO_TARGET_DIR:-target}/$target/release/agent-guard
 file -b "$binary" | grep -q 'statically linked' || {

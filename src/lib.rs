@@ -181,7 +181,9 @@ pub fn run(config: Config) -> Result<Ended, RunError> {
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
-    let ended = runtime.block_on(supervise(config));
+    // Boxed: the whole supervisor's state machine is one large future, and on the stack it would
+    // be copied as it is pinned, leaving that much stack resident for the guard's whole life.
+    let ended = runtime.block_on(Box::pin(supervise(config)));
     // Every task was told to stop and waited for; a thread that still lingers (the health
     // server's) must not hold the exit.
     runtime.shutdown_timeout(SHUTDOWN_WITHIN);
@@ -273,12 +275,25 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
             return Err(err.into());
         }
     };
+    return_freed_memory();
     let outcome = supervisor.run().await;
     let exit = outcome.exit.clone();
     tasks.finish(outcome).await;
     unixsock::remove(&config.socket);
     unixsock::remove(&config.notify_socket);
     Ok(Ended::Agent(exit))
+}
+
+/// Hands the heap pages that start-up used and freed (the argument parser's tree above all, a
+/// few hundred KiB) back to the kernel, once the agent runs and the guard settles into waiting:
+/// glibc keeps freed memory below the heap's top for reuse, and an idle guard would otherwise
+/// hold it resident for its whole life.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own free lists, under its lock.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// `--in-warm-pool wait`: holds the agent back while the instance is in a warm pool. `true` if
