@@ -192,15 +192,16 @@ const NO_AGENT_WITHIN: Duration = Duration::from_secs(5);
 /// The next SIGTERM or SIGINT, once the supervisor (which handled them until the agent was gone)
 /// has stopped listening; never, if they cannot be listened for.
 async fn stop_signal() -> &'static str {
-    use futures_core::Stream;
-    let Ok(mut signals) = signal_hook_tokio::Signals::new([libc::SIGTERM, libc::SIGINT]) else {
+    let Ok(mut signals) = crate::process::signals::SignalSource::install() else {
         return std::future::pending().await;
     };
-    let sig = std::future::poll_fn(|cx| std::pin::Pin::new(&mut signals).poll_next(cx)).await;
-    match sig {
-        Some(libc::SIGINT) => "SIGINT",
-        Some(_) => "SIGTERM",
-        None => std::future::pending().await,
+    loop {
+        match signals.next().await {
+            Some(Sig::INT) => return "SIGINT",
+            Some(Sig::TERM) => return "SIGTERM",
+            Some(_) => {}
+            None => return std::future::pending().await,
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use clap::{ArgMatches, Command};
 use clap::parser::ValueSource;
+use clap::{ArgMatches, Command};
 
 use super::ConfigError;
 use crate::cli::META_OPTIONS;
