@@ -211,7 +211,7 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
         // Required IMDS is checked before the agent starts: it is not started at all without it.
         require_imds(client).await.map_err(RunError::ImdsRequired)?;
     }
-    let job_control = JobControl::ignore().map_err(RunError::JobControl)?;
+    let job_control = JobControl::take().map_err(RunError::JobControl)?;
     // Handlers first: a signal that arrives while the agent starts is kept, not lost.
     let mut signals = SignalSource::install()?;
     let (phase_tx, phase_rx) = watch::channel(State::new().phase);

@@ -96,22 +96,28 @@ impl Agent {
         } else {
             None
         };
-        // SAFETY: the closure only makes async-signal-safe calls (tcsetpgrp, getpid, sigaction,
-        // execvpe) and writes into memory allocated before the fork; it runs in the forked child
-        // after setpgid and before std's own exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if hand_over_terminal {
-                    // Errors are tolerated (ENOTTY, ENXIO), as tini does: the agent still runs.
-                    libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
-                }
-                job_control.restore_in_child()?;
-                match own_exec.as_mut() {
-                    // Only returns if exec failed; std then reports the error as for its own exec.
-                    Some(exec) => Err(exec.exec()),
-                    None => Ok(()),
-                }
-            });
+        // Code between fork and exec only when there is something to do there: without it std
+        // starts the agent with posix_spawn, a vfork that copies none of the guard's memory.
+        if hand_over_terminal || own_exec.is_some() || job_control.restores_in_child() {
+            // SAFETY: the closure only makes async-signal-safe calls (tcsetpgrp, getpid,
+            // sigaction, execvpe) and writes into memory allocated before the fork; it runs in
+            // the forked child after setpgid and before std's own exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if hand_over_terminal {
+                        // Errors are tolerated (ENOTTY, ENXIO), as tini does: the agent still
+                        // runs.
+                        libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
+                    }
+                    job_control.restore_in_child()?;
+                    match own_exec.as_mut() {
+                        // Only returns if exec failed; std then reports the error as for its
+                        // own exec.
+                        Some(exec) => Err(exec.exec()),
+                        None => Ok(()),
+                    }
+                });
+            }
         }
         let program_text = program.to_string_lossy().into_owned();
         match cmd.spawn() {

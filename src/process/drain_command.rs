@@ -78,9 +78,11 @@ impl DrainCommand {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        // SAFETY: sigaction is async-signal-safe and `job_control` is plain data copied in.
-        unsafe {
-            cmd.pre_exec(move || job_control.restore_in_child());
+        if job_control.restores_in_child() {
+            // SAFETY: sigaction is async-signal-safe and `job_control` is plain data copied in.
+            unsafe {
+                cmd.pre_exec(move || job_control.restore_in_child());
+            }
         }
         // The handle is dropped unwaited: only the reaper waits (a std Child's drop neither kills
         // nor waits).

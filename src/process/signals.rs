@@ -104,8 +104,12 @@ impl SignalSource {
             while self.start < self.end {
                 let raw = self.pending[self.start];
                 self.start += 1;
-                // Only handled signals write bytes, and their numbers are valid.
-                if let Some(sig) = Sig::from_raw(c_int::from(raw)) {
+                // Only caught signals write bytes, and their numbers are valid; the job control
+                // ones are caught only to be dropped (see `JobControl::take`).
+                let raw = c_int::from(raw);
+                if !JOB_CONTROL.contains(&raw)
+                    && let Some(sig) = Sig::from_raw(raw)
+                {
                     return Some(sig);
                 }
             }
@@ -160,28 +164,64 @@ fn set_handler(sig: c_int) -> io::Result<()> {
     Ok(())
 }
 
-/// The dispositions of SIGTTIN and SIGTTOU as the guard found them, restored in the agent.
+/// How the guard keeps SIGTTIN and SIGTTOU from stopping it, and what the agent gets of them.
 #[derive(Clone, Copy)]
 pub struct JobControl {
-    ttin: libc::sigaction,
-    ttou: libc::sigaction,
+    /// The dispositions found at start, when the guard ignores the two and the agent must get
+    /// them back in the child before exec; `None` when exec itself gives the agent what was
+    /// found.
+    found: Option<(libc::sigaction, libc::sigaction)>,
 }
 
+/// The job control signals: never forwarded, never stop the guard.
+const JOB_CONTROL: [c_int; 2] = [libc::SIGTTIN, libc::SIGTTOU];
+
 impl JobControl {
-    /// Ignores SIGTTIN and SIGTTOU in the guard, as tini does: after the agent's group takes
-    /// the terminal's foreground, the guard must not be stopped for writing its logs there, and
-    /// the agent itself must be able to call `tcsetpgrp` from what is still a background group.
-    pub fn ignore() -> std::io::Result<JobControl> {
-        Ok(JobControl {
-            ttin: set_disposition(libc::SIGTTIN, libc::SIG_IGN)?,
-            ttou: set_disposition(libc::SIGTTOU, libc::SIG_IGN)?,
-        })
+    /// With a terminal on stdin, stdout or stderr, the two are ignored, as tini does: after the
+    /// agent's group takes the terminal's foreground, the guard must not be stopped for writing
+    /// its logs there (a caught SIGTTOU would not do: the write would be retried and signalled
+    /// for ever), and the agent itself must be able to call `tcsetpgrp` from what is still a
+    /// background group. The agent then gets the found dispositions back before exec.
+    ///
+    /// Without a terminal (systemd, a container without `-t`: the usual case) no terminal can
+    /// send them, and a stray `kill -TTIN` is all there is to guard against: they are caught
+    /// and dropped. exec resets a caught signal to its default, which is what was found, so no
+    /// code has to run in the child between fork and exec and the agent can be started with
+    /// posix_spawn (vfork) rather than fork. A found SIG_IGN is left alone: the agent inherits
+    /// it.
+    pub fn take() -> std::io::Result<JobControl> {
+        let terminal = [libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO]
+            .into_iter()
+            // SAFETY: isatty only reads the descriptor's state.
+            .any(|fd| unsafe { libc::isatty(fd) } == 1);
+        if terminal {
+            return Ok(JobControl {
+                found: Some((
+                    set_disposition(libc::SIGTTIN, libc::SIG_IGN)?,
+                    set_disposition(libc::SIGTTOU, libc::SIG_IGN)?,
+                )),
+            });
+        }
+        for sig in JOB_CONTROL {
+            if disposition(sig)? != libc::SIG_IGN {
+                set_handler(sig)?;
+            }
+        }
+        Ok(JobControl { found: None })
     }
 
-    /// Puts back the dispositions found at start. Only async-signal-safe calls: this runs in the
-    /// forked child before `exec`.
+    /// Whether the child must run [`JobControl::restore_in_child`] before exec.
+    pub fn restores_in_child(&self) -> bool {
+        self.found.is_some()
+    }
+
+    /// Puts back the dispositions found at start, if the guard changed them to SIG_IGN. Only
+    /// async-signal-safe calls: this runs in the forked child before `exec`.
     pub fn restore_in_child(&self) -> std::io::Result<()> {
-        for (sig, action) in [(libc::SIGTTIN, &self.ttin), (libc::SIGTTOU, &self.ttou)] {
+        let Some((ttin, ttou)) = &self.found else {
+            return Ok(());
+        };
+        for (sig, action) in [(libc::SIGTTIN, ttin), (libc::SIGTTOU, ttou)] {
             // SAFETY: `action` is a valid sigaction read back from the kernel by
             // `set_disposition`; sigaction(2) is async-signal-safe.
             if unsafe { libc::sigaction(sig, action, std::ptr::null_mut()) } != 0 {
@@ -189,6 +229,18 @@ impl JobControl {
             }
         }
         Ok(())
+    }
+}
+
+/// The current handler of `sig` (SIG_DFL, SIG_IGN or a function).
+fn disposition(sig: c_int) -> std::io::Result<libc::sighandler_t> {
+    // SAFETY: a zeroed sigaction is valid for the kernel to fill in; no action is set.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(old.sa_sigaction)
     }
 }
 

@@ -110,3 +110,57 @@ fn forward_to_child_reaches_the_agent_alone() {
         "the helper must not get a signal forwarded to the child alone: {helper}"
     );
 }
+
+/// The bits of SIGTTIN and SIGTTOU in a `/proc/PID/status` signal mask line's hex value.
+fn job_control_bits(mask_line: &str) -> u64 {
+    let hex = mask_line.split_whitespace().nth(1).unwrap_or("0");
+    let mask = u64::from_str_radix(hex, 16).expect("a hex mask");
+    mask & ((1 << (libc::SIGTTIN - 1)) | (1 << (libc::SIGTTOU - 1)))
+}
+
+/// Without a terminal (stdin, stdout and stderr are not one here), SIGTTIN and SIGTTOU sent to
+/// the guard neither stop it nor reach the agent, and the agent starts with both at their
+/// default: neither ignored nor blocked.
+#[test]
+fn job_control_signals_neither_stop_the_guard_nor_reach_the_agent() {
+    let dir = scratch();
+    let log = dir.path().join("signals.log");
+    let status = dir.path().join("status.txt");
+    let script = format!(
+        "grep -E '^Sig(Ign|Blk)' /proc/self/status > {s}; exec {r} {l}",
+        s = status.display(),
+        r = fixture("recorder.py").display(),
+        l = log.display()
+    );
+    let mut guard = Guard::start(dir.path(), ["--", "sh", "-c", &script]);
+    wait_until("the agent is up", SOON, || {
+        dir.path().join("signals.log.ready").exists()
+    });
+    let masks = read(&status);
+    assert_eq!(masks.lines().count(), 2, "SigBlk and SigIgn: {masks}");
+    for line in masks.lines() {
+        assert_eq!(
+            job_control_bits(line),
+            0,
+            "the agent starts with SIGTTIN and SIGTTOU neither blocked nor ignored: {line}"
+        );
+    }
+    guard.signal(libc::SIGTTIN);
+    guard.signal(libc::SIGTTOU);
+    guard.signal(libc::SIGUSR1);
+    wait_until("SIGUSR1 reaches the agent", SOON, || {
+        !recorded(&log).is_empty()
+    });
+    let state = crate::support::process(guard.pid()).map(|p| p.state);
+    assert!(
+        matches!(state, Some('S' | 'R')),
+        "the guard runs on, not stopped: {state:?}"
+    );
+    assert_eq!(
+        recorded(&log),
+        ["SIGUSR1"],
+        "only SIGUSR1 was forwarded, not the job control signals"
+    );
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 0, "log:\n{}", guard.log());
+}
