@@ -73,61 +73,68 @@ pub fn serve_on_own_thread(
     hub: Arc<Hub>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    // Each thread holds a clone of `alive` until its work ends; the returned task ends when the
+    // last is dropped. No thread of this runtime's blocking pool sits joining them.
+    let (alive, mut ended) = mpsc::channel::<()>(1);
     // Taken off this runtime's reactor here, registered with the first thread's own there.
-    let listener = listener.into_std();
-    tokio::task::spawn_blocking(move || {
-        let listener = match listener {
-            Ok(listener) => listener,
-            Err(err) => {
-                tracing::error!(error = %err, "health endpoint: cannot start its threads; it is not served");
-                return;
-            }
-        };
-        let mut workers = Vec::with_capacity(THREADS);
-        let mut threads = Vec::with_capacity(THREADS);
-        for _ in 1..THREADS {
-            let (worker, handed) = worker();
-            let (hub, shutdown) = (hub.clone(), shutdown.clone());
-            if let Some(thread) = spawn(move || on_own_runtime(serve_handed(handed, hub, shutdown)))
-            {
-                workers.push(worker);
-                threads.push(thread);
-            }
+    match listener.into_std() {
+        Ok(listener) => start_threads(listener, hub, shutdown, alive),
+        Err(err) => {
+            tracing::error!(error = %err, "health endpoint: cannot start its threads; it is not served");
         }
-        let (own, handed) = worker();
-        workers.insert(0, own);
-        let first = spawn(move || {
-            on_own_runtime(async move {
-                match TcpListener::from_std(listener) {
-                    Ok(listener) => {
-                        tokio::join!(
-                            accept(listener, workers, shutdown.clone()),
-                            serve_handed(handed, hub, shutdown),
-                        );
-                    }
-                    Err(err) => {
-                        tracing::error!(error = %err, "health endpoint: cannot listen; it is not served");
-                    }
-                }
-            });
-        });
-        match first {
-            Some(thread) => threads.push(thread),
-            // The other threads end with `shutdown`, having been handed nothing.
-            None => tracing::error!("health endpoint: cannot start its threads; it is not served"),
-        }
-        for thread in threads {
-            let _ = thread.join();
-        }
-    })
+    }
+    tokio::spawn(async move { while ended.recv().await.is_some() {} })
 }
 
-/// A serving thread, or `None` when the OS gives none (the others serve).
-fn spawn(serving: impl FnOnce() + Send + 'static) -> Option<std::thread::JoinHandle<()>> {
+fn start_threads(
+    listener: std::net::TcpListener,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+    alive: mpsc::Sender<()>,
+) {
+    let mut workers = Vec::with_capacity(THREADS);
+    for _ in 1..THREADS {
+        let (worker, handed) = worker();
+        let (hub, shutdown, alive) = (hub.clone(), shutdown.clone(), alive.clone());
+        let started = spawn(move || {
+            on_own_runtime(serve_handed(handed, hub, shutdown));
+            drop(alive);
+        });
+        if started {
+            workers.push(worker);
+        }
+    }
+    let (own, handed) = worker();
+    workers.insert(0, own);
+    let started = spawn(move || {
+        on_own_runtime(async move {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    tokio::join!(
+                        accept(listener, workers, shutdown.clone()),
+                        serve_handed(handed, hub, shutdown),
+                    );
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "health endpoint: cannot listen; it is not served");
+                }
+            }
+        });
+        drop(alive);
+    });
+    if !started {
+        // The other threads end with `shutdown`, having been handed nothing.
+        tracing::error!("health endpoint: cannot start its threads; it is not served");
+    }
+}
+
+/// Starts a serving thread; `false` when the OS gives none (the others serve). The thread is
+/// not joined: it signals its end through what `serving` drops.
+fn spawn(serving: impl FnOnce() + Send + 'static) -> bool {
     std::thread::Builder::new()
         .name("health".to_string())
         .spawn(serving)
-        .ok()
+        .is_ok()
 }
 
 /// Runs `serving` on a single-threaded runtime of this thread's own.
