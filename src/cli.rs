@@ -578,7 +578,19 @@ pub const META_OPTIONS: &[&str] = &["config", "check-config", "help", "version"]
 /// path) reads its environment and defaults itself.
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
-    let cli = Cli::command().mut_args(|arg| arg.hide_env_values(true));
+    // The drill's and the doctor's copies of the guard's options are added only when one of
+    // them is parsed (or its help shown): a plain run, the guard's start-up, builds one set.
+    Cli::command()
+        .mut_args(|arg| arg.hide_env_values(true))
+        .mut_subcommand("drill", |drill| drill.defer(with_guard_options))
+        .mut_subcommand("doctor", |doctor| doctor.defer(with_guard_options))
+}
+
+/// `subcommand` with the guard's options added, hidden, without their environment variables and
+/// defaults: what the drill or the doctor passes on is only what was typed.
+fn with_guard_options(subcommand: clap::Command) -> clap::Command {
+    use clap::CommandFactory;
+    let cli = Cli::command();
     let hidden: Vec<clap::Arg> = guard_options(&cli)
         .map(|arg| {
             arg.clone()
@@ -587,8 +599,7 @@ pub fn command() -> clap::Command {
                 .default_value(None::<&'static str>)
         })
         .collect();
-    cli.mut_subcommand("drill", |drill| drill.args(hidden.clone()))
-        .mut_subcommand("doctor", |doctor| doctor.args(hidden))
+    subcommand.args(hidden)
 }
 
 /// The guard's own options (every flag with a long name but `--help` and `--version`), in
