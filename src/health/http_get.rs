@@ -11,7 +11,6 @@
 //!
 //! Errors never carry the URL: it may hold a password or a token in its query.
 
-use std::error::Error as StdError;
 use std::net::IpAddr;
 use std::pin::pin;
 use std::sync::{Arc, OnceLock};
@@ -26,6 +25,8 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use url::Url;
+
+use crate::fmt::error_chain;
 
 /// Redirects followed before giving up: a health URL behind a login or a trailing-slash
 /// redirect needs one or two; more than this is a loop or a misconfiguration.
@@ -59,7 +60,7 @@ pub enum GetError {
     #[error("connect: the URL has no host")]
     NoHost,
     /// Resolving the host or the TCP connect failed (the OS error names neither).
-    #[error("connect: {}", one_line(.0))]
+    #[error("connect: {}", error_chain(.0))]
     Connect(std::io::Error),
     /// The TLS client could not be set up (not expected with ring's provider).
     #[error("TLS: {0}")]
@@ -69,13 +70,13 @@ pub enum GetError {
     ServerName,
     /// The TLS handshake failed: not TLS on the other end, an untrusted or expired certificate,
     /// a certificate for another name.
-    #[error("TLS: {}", one_line(.0))]
+    #[error("TLS: {}", error_chain(.0))]
     Tls(std::io::Error),
     /// The request could not be written, or the answer was not HTTP or was cut short.
-    #[error("HTTP: {}", one_line(.0))]
+    #[error("HTTP: {}", error_chain(.0))]
     Http(hyper::Error),
     /// The request could not be built from the URL.
-    #[error("HTTP: {}", one_line(.0))]
+    #[error("HTTP: {}", error_chain(.0))]
     Request(http::Error),
     /// A redirect that is not followed.
     #[error("redirect: {0}")]
@@ -317,21 +318,6 @@ fn build_tls_config() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// An error and its causes on one line, a cause left out when the text already holds it.
-fn one_line(err: &(dyn StdError + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// A loopback HTTP server for tests, here and in the checks'.
