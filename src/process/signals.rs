@@ -3,19 +3,22 @@
 //!
 //! The handlers are the classic self-pipe, written here rather than taken from signal-hook: one
 //! `extern "C"` function for every handled signal, which writes the signal's number as one byte
-//! into a socket that the runtime reads. signal-hook keeps a table of actions per signal that it
+//! into a pipe that the runtime reads. signal-hook keeps a table of actions per signal that it
 //! copies on every registration and again on every removal; for the guard's sixty-odd signals
 //! that was a tenth of its start-up and exit. Here installing is one `sigaction` a signal, and
-//! nothing is ever removed: the handlers and the socket live as long as the process.
+//! nothing is ever removed: the handlers and the pipe live as long as the process.
 //!
-//! Every delivery is a byte, in order of arrival (the kernel itself merges a standard signal that
-//! arrives while the same one is pending). The socket holds far more bytes than any burst
-//! leaves unread; were it ever full, the byte would be dropped rather than the handler blocked.
+//! What the reader gets is what signal-hook gave: each signal that arrived, a signal that
+//! arrives again while it is still unread merged into the first (as the kernel merges a pending
+//! standard signal), and distinct signals in the order they came. The pipe holds 64 KiB of
+//! unread bytes; should a flood ever fill it, the handler marks the signal in a bit set instead,
+//! which the reader takes with the bytes, so no signal is lost, a stop signal least of all.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use libc::c_int;
 use tokio::io::Interest;
@@ -25,12 +28,10 @@ use crate::process::sig::{Sig, handled};
 
 /// The stream of signals received by the guard.
 pub struct SignalSource {
-    /// This reader's own duplicate of the socket's read end, registered with its runtime.
+    /// This reader's own duplicate of the pipe's read end, registered with its runtime.
     inbox: AsyncFd<OwnedFd>,
-    /// Bytes read and not yet returned.
-    pending: [u8; 64],
-    start: usize,
-    end: usize,
+    /// Signals read and not yet returned, each at most once.
+    queue: VecDeque<Sig>,
 }
 
 /// The OS refused to install the guard's signal handlers.
@@ -38,28 +39,41 @@ pub struct SignalSource {
 #[error("cannot install signal handlers: {0}")]
 pub struct SignalSetupError(#[source] pub std::io::Error);
 
-/// The socket's write end, for the handler; -1 until installed. Never closed once set, so the
+/// The pipe's write end, for the handler; -1 until installed. Never closed once set, so the
 /// handler can never write into a descriptor number that was closed and reused.
 static WRITE_END: AtomicI32 = AtomicI32::new(-1);
 
-/// The socket's read end, kept for the process's life; each [`SignalSource`] reads a duplicate.
+/// Signals whose byte did not fit in the pipe: bit `n - 1` for signal `n`.
+static OVERFLOW: AtomicU64 = AtomicU64::new(0);
+
+/// The pipe's read end, kept for the process's life (so a write never meets a pipe without a
+/// reader); each [`SignalSource`] reads a duplicate.
 static READ_END: Mutex<Option<OwnedFd>> = Mutex::new(None);
 
-/// The handler of every handled signal: async-signal-safe (one `send`, errno saved).
+/// Signals a dropped [`SignalSource`] had read but not returned, for the next one (the
+/// lifecycle's wait for a stop signal opens one after the supervisor's is gone).
+static LEFTOVER: Mutex<VecDeque<Sig>> = Mutex::new(VecDeque::new());
+
+/// The byte that only wakes the reader (no signal is 0).
+const WAKE: u8 = 0;
+
+/// The handler of every caught signal: async-signal-safe (`write` and atomics, errno saved).
 extern "C" fn on_signal(sig: c_int) {
-    // SAFETY: __errno_location and send are async-signal-safe; the byte lives on this stack.
+    // SAFETY: __errno_location and write are async-signal-safe; the bytes live on this stack.
     unsafe {
         let errno = libc::__errno_location();
         let saved = *errno;
-        let fd = WRITE_END.load(Ordering::Relaxed);
-        if fd >= 0 {
+        let fd = WRITE_END.load(Ordering::Acquire);
+        if fd >= 0 && (1..=64).contains(&sig) {
             let byte = sig as u8;
-            libc::send(
-                fd,
-                (&raw const byte).cast(),
-                1,
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            );
+            if libc::write(fd, (&raw const byte).cast(), 1) != 1 {
+                // The pipe is full: mark the signal, then try to make sure the reader looks. If
+                // the pipe is still full the reader has bytes to wake it and takes the mark with
+                // them.
+                OVERFLOW.fetch_or(1 << (sig - 1), Ordering::AcqRel);
+                let wake = WAKE;
+                libc::write(fd, (&raw const wake).cast(), 1);
+            }
         }
         *errno = saved;
     }
@@ -74,14 +88,14 @@ impl SignalSource {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if read_end.is_none() {
-            let (read, write) = socket_pair().map_err(SignalSetupError)?;
-            WRITE_END.store(write.as_raw_fd(), Ordering::Relaxed);
+            let (read, write) = pipe().map_err(SignalSetupError)?;
+            WRITE_END.store(write.as_raw_fd(), Ordering::Release);
             // The write end now belongs to the handler, for good.
             std::mem::forget(write);
+            *read_end = Some(read);
             for sig in handled() {
                 set_handler(sig.raw()).map_err(SignalSetupError)?;
             }
-            *read_end = Some(read);
         }
         let own = match read_end.as_ref() {
             Some(fd) => fd.try_clone().map_err(SignalSetupError)?,
@@ -90,37 +104,67 @@ impl SignalSource {
         // SAFETY: an OwnedFd's descriptor is open and the same until the AsyncFd drops it.
         let inbox = unsafe { AsyncFd::register_with_interest(own, Interest::READABLE) }
             .map_err(|err| SignalSetupError(err.into_parts().1))?;
-        Ok(SignalSource {
-            inbox,
-            pending: [0; 64],
-            start: 0,
-            end: 0,
-        })
+        let queue = std::mem::take(
+            &mut *LEFTOVER
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        Ok(SignalSource { inbox, queue })
     }
 
     /// The next signal received; `None` only if the source cannot be read any more.
     pub async fn next(&mut self) -> Option<Sig> {
+        let mut bytes = [0u8; 256];
         loop {
-            while self.start < self.end {
-                let raw = self.pending[self.start];
-                self.start += 1;
-                // Only caught signals write bytes, and their numbers are valid; the job control
-                // ones are caught only to be dropped (see `JobControl::take`).
-                let raw = c_int::from(raw);
-                if !JOB_CONTROL.contains(&raw)
-                    && let Some(sig) = Sig::from_raw(raw)
-                {
-                    return Some(sig);
-                }
+            if let Some(sig) = self.queue.pop_front() {
+                return Some(sig);
             }
             let mut ready = self.inbox.readable().await.ok()?;
             let fd = self.inbox.get_ref().as_raw_fd();
-            match ready.try_io(|_| read_some(fd, &mut self.pending)) {
+            match ready.try_io(|_| read_some(fd, &mut bytes)) {
                 Ok(Ok(0)) => return None,
-                Ok(Ok(n)) => (self.start, self.end) = (0, n),
+                Ok(Ok(n)) => {
+                    for &byte in &bytes[..n] {
+                        self.take(c_int::from(byte));
+                    }
+                    let overflow = OVERFLOW.swap(0, Ordering::AcqRel);
+                    for sig in 1..=64 {
+                        if overflow & (1 << (sig - 1)) != 0 {
+                            self.take(sig);
+                        }
+                    }
+                }
                 Ok(Err(err)) if err.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(_)) => return None,
                 Err(_would_block) => {}
+            }
+        }
+    }
+
+    /// Queues signal `raw` unless it is already queued (merged, as a pending signal is), a
+    /// wake-up byte, or a job control signal (caught only to be dropped: `JobControl::take`).
+    fn take(&mut self, raw: c_int) {
+        if JOB_CONTROL.contains(&raw) {
+            return;
+        }
+        if let Some(sig) = Sig::from_raw(raw)
+            && !self.queue.contains(&sig)
+        {
+            self.queue.push_back(sig);
+        }
+    }
+}
+
+impl Drop for SignalSource {
+    fn drop(&mut self) {
+        if !self.queue.is_empty() {
+            let mut leftover = LEFTOVER
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for sig in self.queue.drain(..) {
+                if !leftover.contains(&sig) {
+                    leftover.push_back(sig);
+                }
             }
         }
     }
@@ -136,12 +180,11 @@ fn read_some(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// A connected pair of non-blocking, close-on-exec stream sockets: (read end, write end).
-fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+/// A non-blocking, close-on-exec pipe: (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as c_int; 2];
-    let kind = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-    // SAFETY: `fds` has room for the two descriptors socketpair writes.
-    if unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, fds.as_mut_ptr()) } != 0 {
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: both descriptors were just created and are owned by nothing else.
@@ -263,41 +306,59 @@ fn set_disposition(sig: c_int, handler: libc::sighandler_t) -> std::io::Result<l
 mod tests {
     use super::*;
 
-    /// Every delivery arrives, in order, repeats included, and a second reader opened later
-    /// (as the lifecycle's wait for a stop signal opens one) sees what arrives after.
+    use std::time::Duration;
+
+    fn raise(sig: c_int) {
+        // SAFETY: raise delivers to this thread; the handler only writes a byte.
+        assert_eq!(unsafe { libc::raise(sig) }, 0);
+    }
+
+    async fn next(source: &mut SignalSource) -> Sig {
+        tokio::time::timeout(Duration::from_secs(10), source.next())
+            .await
+            .expect("a signal within 10 s")
+            .expect("the source is open")
+    }
+
+    /// One test, because the pipe is the process's: signals arrive in order, a repeat merged
+    /// into the unread first; a reader opened after another was dropped (as the lifecycle's wait
+    /// for a stop signal opens one after the supervisor's) gets what the first had read and not
+    /// returned; and a flood that fills the pipe loses no other signal.
     #[test]
-    fn signals_arrive_once_each_and_in_order() {
+    fn signals_arrive_in_order_merged_and_never_lost() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime");
         runtime.block_on(async {
-            let mut source = SignalSource::install().expect("handlers installed");
+            let winch = Sig::from_raw(libc::SIGWINCH).expect("WINCH");
+            let mut first = SignalSource::install().expect("handlers installed");
             for sig in [libc::SIGUSR1, libc::SIGUSR2, libc::SIGUSR1, libc::SIGWINCH] {
-                // SAFETY: raise delivers to this thread; the handler only writes a byte.
-                assert_eq!(unsafe { libc::raise(sig) }, 0);
+                raise(sig);
             }
-            let mut got = Vec::new();
-            for _ in 0..4 {
-                let next = tokio::time::timeout(std::time::Duration::from_secs(10), source.next());
-                got.push(next.await.expect("a signal within 10 s").expect("open"));
-            }
+            assert_eq!(next(&mut first).await, Sig::USR1);
+            assert_eq!(next(&mut first).await, Sig::USR2);
+            drop(first);
+
+            let mut second = SignalSource::install().expect("a second reader");
+            raise(libc::SIGUSR2);
             assert_eq!(
-                got,
-                [
-                    Sig::USR1,
-                    Sig::USR2,
-                    Sig::USR1,
-                    Sig::from_raw(libc::SIGWINCH).expect("WINCH")
-                ],
-                "each delivery once, in order"
+                next(&mut second).await,
+                winch,
+                "read by the first, not lost"
             );
-            drop(source);
-            let mut later = SignalSource::install().expect("a second reader");
-            // SAFETY: as above.
-            assert_eq!(unsafe { libc::raise(libc::SIGUSR2) }, 0);
-            let next = tokio::time::timeout(std::time::Duration::from_secs(10), later.next());
-            assert_eq!(next.await.expect("within 10 s"), Some(Sig::USR2));
+            assert_eq!(next(&mut second).await, Sig::USR2);
+
+            // More than the pipe holds, then the stop signal.
+            for _ in 0..70_000 {
+                raise(libc::SIGUSR1);
+            }
+            raise(libc::SIGTERM);
+            let mut until_term = 0;
+            while next(&mut second).await != Sig::TERM {
+                until_term += 1;
+                assert!(until_term < 1_000, "SIGTERM never came out of the flood");
+            }
         });
     }
 }
