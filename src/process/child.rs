@@ -98,7 +98,8 @@ impl Agent {
         };
         // Code between fork and exec only when there is something to do there: without it std
         // starts the agent with posix_spawn, a vfork that copies none of the guard's memory.
-        if hand_over_terminal || own_exec.is_some() || job_control.restores_in_child() {
+        let forks = hand_over_terminal || own_exec.is_some() || job_control.restores_in_child();
+        if forks {
             // SAFETY: the closure only makes async-signal-safe calls (tcsetpgrp, getpid,
             // sigaction, execvpe) and writes into memory allocated before the fork; it runs in
             // the forked child after setpgid and before std's own exec.
@@ -120,7 +121,7 @@ impl Agent {
             }
         }
         let program_text = program.to_string_lossy().into_owned();
-        match cmd.spawn() {
+        match spawn_like_a_shell(&mut cmd, forks) {
             // The pid is the process id and the group id; the handle is not kept, because only
             // the reaper may wait for it. Dropping a std Child neither kills nor waits.
             Ok(child) => Ok(Agent {
@@ -394,6 +395,27 @@ fn holds_terminal_foreground() -> bool {
 fn foreground_is(pgid: pid_t) -> bool {
     // SAFETY: isatty and tcgetpgrp only read terminal state.
     unsafe { libc::isatty(libc::STDIN_FILENO) == 1 && libc::tcgetpgrp(libc::STDIN_FILENO) == pgid }
+}
+
+/// Spawns `cmd`. posix_spawn (std's way when no code runs between fork and exec) refuses an
+/// executable file without a `#!` line (ENOEXEC), which execvp, like a shell, runs with
+/// /bin/sh: such an agent or `--on-drain` command is then started again through fork and
+/// execvp, as it always was before posix_spawn was used. `forks`: `cmd` already has code to run
+/// in the child, so std forks and execvp already did its best.
+pub(crate) fn spawn_like_a_shell(
+    cmd: &mut Command,
+    forks: bool,
+) -> io::Result<std::process::Child> {
+    match cmd.spawn() {
+        Err(err) if !forks && err.raw_os_error() == Some(libc::ENOEXEC) => {
+            // SAFETY: the closure does nothing; it only makes std fork and exec with execvp.
+            unsafe {
+                cmd.pre_exec(|| Ok(()));
+            }
+            cmd.spawn()
+        }
+        other => other,
+    }
 }
 
 /// Why a program could not be started: not found (127) or not executable (126).

@@ -46,6 +46,36 @@ fn non_executable_command_is_126() {
     assert!(stderr.contains("Permission denied"), "{stderr}");
 }
 
+/// An executable script without a `#!` line runs with /bin/sh, as a shell and execvp run it,
+/// also where the agent is started with posix_spawn (no terminal here), which by itself refuses
+/// such a file with ENOEXEC.
+#[test]
+fn a_script_without_a_shebang_runs_with_sh() {
+    let dir = scratch();
+    let script = dir.path().join("agent");
+    let out = dir.path().join("ran");
+    std::fs::write(
+        &script,
+        format!("echo \"$0 $1\" > {}\nexit 7\n", out.display()),
+    )
+    .expect("write");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let (code, _, stderr) = run([
+        std::ffi::OsStr::new("--"),
+        script.as_os_str(),
+        std::ffi::OsStr::new("arg1"),
+    ]);
+    assert_eq!(code, 7, "the script's own exit code; stderr:\n{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&out)
+            .expect("the script ran")
+            .trim(),
+        format!("{} arg1", script.display()),
+        "run by sh with its arguments"
+    );
+}
+
 #[test]
 fn bad_options_are_125_with_one_line_naming_the_flag() {
     let cases: &[(&[&str], &str)] = &[
