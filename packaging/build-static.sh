@@ -17,7 +17,7 @@
 #   would otherwise dlopen the host's NSS modules named in /etc/nsswitch.conf (resolve,
 #   myhostname, sss …), built for another glibc: on Debian 11 that aborts the process. Why, in
 #   that file; packaging/test-root.sh checks it.
-# - packaging/startup-order.txt, for lld (this machine's target only): the functions of the
+# - packaging/startup-order.txt, for lld (x86_64 built on x86_64 only): the functions of the
 #   guard's start and idle laid out together, then those of a scale-in, so that an idle guard
 #   maps a dozen 64-KiB windows of its code instead of most of them. Why and how it is made, in
 #   packaging/startup-order.sh; a stale list costs memory, never correctness.
@@ -59,9 +59,9 @@ nss_obj=$out/static-nss-$(sha256sum packaging/static-nss.c | cut -c1-12).o
 [[ -f $nss_obj ]] || "$cc" -O2 -fno-pie -c packaging/static-nss.c -o "$nss_obj"
 
 flags="-C target-feature=+crt-static -C relocation-model=static -C link-arg=$nss_obj"
-if [[ $target == "$host" && -f packaging/startup-order.txt ]]; then
-  # Named by its content too. The names are mangled for this target's build: another target's
-  # linker would find none of them.
+if [[ $target == x86_64-unknown-linux-gnu && $host == "$target" && -f packaging/startup-order.txt ]]; then
+  # Named by its content too. The list is of x86_64's mangled names (startup-order.sh makes it
+  # on an x86_64 host): another target's linker would find none of them, silently.
   order=$out/startup-order-$(sha256sum packaging/startup-order.txt | cut -c1-12).txt
   [[ -f $order ]] || cp packaging/startup-order.txt "$order"
   flags+=" -C link-arg=-Wl,--symbol-ordering-file=$order -C link-arg=-Wl,--no-warn-symbol-ordering"

@@ -51,6 +51,10 @@ sed -i 's/libc::SIGRTMIN()\.\.=libc::SIGRTMAX()/libc::SIGRTMIN()..libc::SIGRTMAX
 }
 
 host=$(rustc -vV | sed -n 's/^host: //p')
+[[ $host == x86_64-unknown-linux-gnu ]] || {
+  echo "startup-order.sh: the list is for x86_64-unknown-linux-gnu, and this host is $host" >&2
+  exit 1
+}
 target_dir=${CARGO_TARGET_DIR:-$root/target}/startup-order
 (cd "$work" && CARGO_TARGET_DIR=$target_dir CARGO_PROFILE_RELEASE_STRIP=false \
   RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
