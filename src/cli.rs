@@ -610,3 +610,36 @@ pub fn guard_options(cli: &clap::Command) -> impl Iterator<Item = &clap::Arg> {
             .is_some_and(|l| l != "help" && l != "version")
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks over the whole tree, the deferred copies of the guard's
+    /// options in `drill` and `doctor` included (they are built only when those are parsed).
+    #[test]
+    fn the_command_tree_passes_clap_checks() {
+        super::command().debug_assert();
+    }
+
+    /// The deferred copies are there when the subcommand is parsed.
+    #[test]
+    fn drill_and_doctor_read_the_guard_options() {
+        for sub in ["drill", "doctor"] {
+            let mut args = vec!["agent-guard", sub];
+            if sub == "drill" {
+                args.push("scale-in");
+            }
+            args.extend(["--stop-timeout", "7s", "--", "true"]);
+            let matches = super::command()
+                .try_get_matches_from(&args)
+                .unwrap_or_else(|e| panic!("{sub}: {e}"));
+            let (_, sub_matches) = matches.subcommand().expect("a subcommand");
+            assert_eq!(
+                sub_matches
+                    .get_one::<String>("stop_timeout")
+                    .map(String::as_str),
+                Some("7s"),
+                "{sub} reads --stop-timeout"
+            );
+        }
+    }
+}
