@@ -354,7 +354,7 @@ mod tests {
             2.5,
             1.7976931348623157e308,
             5e-324,
-            123.456789012345678,
+            123.45678901234568,
         ] {
             let request = Request::Extend { seconds };
             let line = to_line(&request).expect("serializes");
