@@ -259,7 +259,7 @@ fn reported_down(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::http_get::test_server::serve;
+    use crate::health::http_get::test_server::{closed_port, serve};
 
     #[test]
     fn reads_down_states_from_json_bodies() {
@@ -328,10 +328,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_tcp_check_fails_with_the_os_error() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a port")
-            .port();
+        let port = closed_port();
         let check = Check::parse_named(&format!("r=tcp://127.0.0.1:{port}")).expect("valid");
         let result = probe(&check, Duration::from_secs(5)).await;
         assert!(
@@ -386,10 +383,7 @@ mod tests {
 
     #[tokio::test]
     async fn http_probe_errors_hold_no_credentials_from_the_url() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a port")
-            .port();
+        let port = closed_port();
         let check = Check::parse_named(&format!(
             "db=http://admin:hunter2@127.0.0.1:{port}/h?token=s3cr3t"
         ))

@@ -326,6 +326,14 @@ pub(crate) mod test_server {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    /// A loopback port with nothing listening on it (bound, then released at once).
+    pub(crate) fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a port")
+            .port()
+    }
+
     /// A loopback server that answers each connection with `answer(request head)`, written
     /// as is, then closes it. Returns its address.
     pub(crate) async fn serve(answer: fn(&str) -> String) -> std::net::SocketAddr {
@@ -354,7 +362,7 @@ pub(crate) mod test_server {
 
 #[cfg(test)]
 mod tests {
-    use super::test_server::serve;
+    use super::test_server::{closed_port, serve};
     use super::*;
 
     use std::time::Duration;
@@ -498,10 +506,7 @@ mod tests {
 
     #[tokio::test]
     async fn errors_name_the_stage_and_never_the_url() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a port")
-            .port();
+        let closed = closed_port();
         let err = get_within(
             &format!("http://admin:hunter2@127.0.0.1:{closed}/h?token=s3cr3t"),
             false,
