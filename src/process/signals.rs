@@ -87,20 +87,21 @@ impl SignalSource {
         let mut read_end = READ_END
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if read_end.is_none() {
-            let (read, write) = pipe().map_err(SignalSetupError)?;
-            WRITE_END.store(write.as_raw_fd(), Ordering::Release);
-            // The write end now belongs to the handler, for good.
-            std::mem::forget(write);
-            *read_end = Some(read);
-            for sig in handled() {
-                set_handler(sig.raw()).map_err(SignalSetupError)?;
+        let read = match &mut *read_end {
+            Some(read) => &*read,
+            unset @ None => {
+                let (read, write) = pipe().map_err(SignalSetupError)?;
+                WRITE_END.store(write.as_raw_fd(), Ordering::Release);
+                // The write end now belongs to the handler, for good.
+                std::mem::forget(write);
+                let read = &*unset.insert(read);
+                for sig in handled() {
+                    set_handler(sig.raw()).map_err(SignalSetupError)?;
+                }
+                read
             }
-        }
-        let own = match read_end.as_ref() {
-            Some(fd) => fd.try_clone().map_err(SignalSetupError)?,
-            None => unreachable!("set above"),
         };
+        let own = read.try_clone().map_err(SignalSetupError)?;
         // SAFETY: an OwnedFd's descriptor is open and the same until the AsyncFd drops it.
         let inbox = unsafe { AsyncFd::register_with_interest(own, Interest::READABLE) }
             .map_err(|err| SignalSetupError(err.into_parts().1))?;
