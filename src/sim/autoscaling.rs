@@ -28,14 +28,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
 use super::SimServer;
+use super::query::{self, Answer, Api, Form, Reply, error, escape, success, validation};
 
 const XMLNS: &str = "http://autoscaling.amazonaws.com/doc/2011-01-01/";
 pub const LAUNCHING: &str = "autoscaling:EC2_INSTANCE_LAUNCHING";
@@ -111,6 +110,10 @@ struct Group {
     terminate_hook_abandon: Option<String>,
     /// The load balancer's deregistration delay before a terminating instance's wait state.
     deregistration_delay: Duration,
+    /// `TargetGroupARNs`: target groups attached the classic way.
+    target_groups: Vec<String>,
+    /// Traffic sources attached with `AttachTrafficSources`: (identifier, type).
+    traffic_sources: Vec<(String, String)>,
 }
 
 /// An account-wide token bucket: `rate` calls a second, up to `burst` at once.
@@ -161,18 +164,7 @@ pub struct Faults {
     pub denied: BTreeSet<String>,
 }
 
-/// One call as the fake saw it.
-#[derive(Debug, Clone)]
-pub struct Call {
-    pub action: String,
-    pub params: BTreeMap<String, String>,
-    pub status: u16,
-    /// The error code, for an error answer.
-    pub error: Option<String>,
-    pub at: Instant,
-    /// The access key id the request was signed with: which caller made it.
-    pub caller: Option<String>,
-}
+pub use super::query::Call;
 
 /// How an instance's lifecycle action ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,6 +305,26 @@ impl AutoScalingSim {
             tokens: limit.burst,
             refilled: Instant::now(),
         });
+    }
+
+    /// Attaches target groups to the group (`TargetGroupARNs`).
+    pub fn set_target_groups(&self, group: &str, arns: &[String]) {
+        lock(&self.state)
+            .groups
+            .entry(group.to_string())
+            .or_default()
+            .target_groups = arns.to_vec();
+    }
+
+    /// Attaches a traffic source (`AttachTrafficSources`): `kind` is `elbv2`, `elb` or
+    /// `vpc-lattice`.
+    pub fn add_traffic_source(&self, group: &str, identifier: &str, kind: &str) {
+        lock(&self.state)
+            .groups
+            .entry(group.to_string())
+            .or_default()
+            .traffic_sources
+            .push((identifier.to_string(), kind.to_string()));
     }
 
     /// Sets the group's instance lifecycle policy: what an ABANDONed termination hook does to
@@ -574,188 +586,41 @@ fn after(wait_state: &str, result: &str) -> String {
     .to_string()
 }
 
-type Answer = Response<Full<Bytes>>;
-
-fn xml(status: StatusCode, body: String) -> Answer {
-    let mut answer = Response::new(Full::new(Bytes::from(body)));
-    *answer.status_mut() = status;
-    answer.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/xml"),
-    );
-    answer
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-fn request_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "ff028e98-1dc1-11e6-89f3-{:012x}",
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// An answer before it is rendered: the call log records the error code from here.
-enum Reply {
-    Ok {
-        action: String,
-        result: String,
-    },
-    Error {
-        status: StatusCode,
-        kind: &'static str,
-        code: &'static str,
-        message: String,
-    },
-}
-
-impl Reply {
-    fn code(&self) -> Option<String> {
-        match self {
-            Reply::Ok { .. } => None,
-            Reply::Error { code, .. } => Some(code.to_string()),
-        }
-    }
-
-    fn render(self) -> Answer {
-        match self {
-            Reply::Ok { action, result } => xml(
-                StatusCode::OK,
-                format!(
-                    "<{action}Response xmlns=\"{XMLNS}\"><{action}Result>{result}</{action}Result><ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata></{action}Response>",
-                    request_id()
-                ),
-            ),
-            Reply::Error {
-                status,
-                kind,
-                code,
-                message,
-            } => xml(
-                status,
-                format!(
-                    "<ErrorResponse xmlns=\"{XMLNS}\"><Error><Type>{kind}</Type><Code>{code}</Code><Message>{}</Message></Error><RequestId>{}</RequestId></ErrorResponse>",
-                    escape(&message),
-                    request_id()
-                ),
-            ),
-        }
-    }
-}
-
-fn error(status: StatusCode, kind: &'static str, code: &'static str, message: &str) -> Reply {
-    Reply::Error {
-        status,
-        kind,
-        code,
-        message: message.to_string(),
-    }
-}
-
-fn success(action: &str, result: &str) -> Reply {
-    Reply::Ok {
-        action: action.to_string(),
-        result: result.to_string(),
-    }
-}
-
-fn validation(message: &str) -> Reply {
-    error(
-        StatusCode::BAD_REQUEST,
-        "Sender",
-        "ValidationError",
-        message,
-    )
-}
-
-/// The access key id a SigV4 `Authorization` header names (`Credential=AKID/date/…`).
-fn caller(req: &Request<Incoming>) -> Option<String> {
-    let auth = req
-        .headers()
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let credential = auth.split("Credential=").nth(1)?;
-    credential.split('/').next().map(str::to_string)
-}
-
-/// Whether the request carries a SigV4 Authorization header for this service.
-fn signed(req: &Request<Incoming>) -> bool {
-    req.headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.starts_with("AWS4-HMAC-SHA256 ")
-                && v.contains("Credential=")
-                && v.contains("/autoscaling/aws4_request")
-                && v.contains("SignedHeaders=")
-                && v.contains("Signature=")
-        })
-}
+/// The Auto Scaling Query API.
+const API: Api = Api {
+    xmlns: XMLNS,
+    version: "2011-01-01",
+    signing_name: "autoscaling",
+};
 
 async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Answer {
-    if req.method() != Method::POST {
-        return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Sender",
-            "InvalidAction",
-            "only POST is supported",
-        )
-        .render();
-    }
-    let has_signature = signed(&req);
-    let caller = caller(&req);
-    let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "Sender",
-                "MalformedQueryString",
-                "body too large",
-            )
-            .render();
-        }
+    let form = match query::read(API, req).await {
+        Ok(form) => form,
+        Err(refused) => return refused.render(API),
     };
-    let params: BTreeMap<String, String> = form_urlencoded::parse(&body)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    let action = params.get("Action").cloned().unwrap_or_default();
     let now = Instant::now();
     let mut s = lock(state);
     expire(&mut s, now);
-    let reply = answer(&mut s, &action, &params, has_signature, now);
+    let reply = answer(&mut s, &form, now);
     let error = reply.code();
-    let answer = reply.render();
+    let answer = reply.render(API);
     s.calls.push(Call {
-        action,
-        params,
+        action: form.action,
+        params: form.params,
         status: answer.status().as_u16(),
         error,
         at: now,
-        caller,
+        caller: form.caller,
     });
     answer
 }
 
 /// The Query API's answer: authentication and injected faults first, then the action.
-fn answer(
-    s: &mut State,
-    action: &str,
-    params: &BTreeMap<String, String>,
-    has_signature: bool,
-    now: Instant,
-) -> Reply {
-    if let Some(refused) = refusal(s, action, params, has_signature, now) {
+fn answer(s: &mut State, form: &Form, now: Instant) -> Reply {
+    if let Some(refused) = refusal(s, form, now) {
         return refused;
     }
+    let (action, params) = (form.action.as_str(), &form.params);
     match action {
         "CompleteLifecycleAction" | "RecordLifecycleActionHeartbeat" => {
             lifecycle_action(s, action, params, now)
@@ -763,6 +628,7 @@ fn answer(
         "DescribeAutoScalingInstances" => describe_instances(s, action, params),
         "DescribeAutoScalingGroups" => describe_groups(s, action, params),
         "DescribeLifecycleHooks" => describe_hooks(s, action, params),
+        "DescribeTrafficSources" => describe_traffic_sources(s, action, params),
         "SetInstanceProtection" => set_protection(s, action, params),
         "SetInstanceHealth" => set_instance_health(s, action, params),
         other => error(
@@ -775,38 +641,12 @@ fn answer(
 }
 
 /// A missing signature, a wrong version, or an injected fault, as AWS would answer them.
-fn refusal(
-    s: &mut State,
-    action: &str,
-    params: &BTreeMap<String, String>,
-    has_signature: bool,
-    now: Instant,
-) -> Option<Reply> {
-    if !has_signature {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "Sender",
-            "MissingAuthenticationToken",
-            "Request is missing Authentication Token",
-        ));
+fn refusal(s: &mut State, form: &Form, now: Instant) -> Option<Reply> {
+    if let Some(refused) = query::unauthenticated(API, form) {
+        return Some(refused);
     }
-    if params.get("Version").map(String::as_str) != Some("2011-01-01") {
-        return Some(error(
-            StatusCode::BAD_REQUEST,
-            "Sender",
-            "InvalidAction",
-            "Version must be 2011-01-01",
-        ));
-    }
-    if s.faults.denied.contains(action) {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "Sender",
-            "AccessDenied",
-            &format!(
-                "User: arn:aws:sts::123456789012:assumed-role/agent/i-0123456789abcdef0 is not authorized to perform: autoscaling:{action} because no identity-based policy allows the autoscaling:{action} action"
-            ),
-        ));
+    if s.faults.denied.contains(&form.action) {
+        return Some(query::denied("autoscaling", &form.action));
     }
     if s.bucket.as_mut().is_some_and(|b| !b.take(now)) {
         return Some(error(
@@ -955,14 +795,50 @@ fn describe_groups(s: &State, action: &str, params: &BTreeMap<String, String>) -
         });
         let size = group.instances.len();
         members.push_str(&format!(
-            "<member><AutoScalingGroupName>{name}</AutoScalingGroupName><AutoScalingGroupARN>arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:c0ffee00-0000-4000-8000-000000000000:autoScalingGroupName/{name}</AutoScalingGroupARN><MinSize>0</MinSize><MaxSize>{max}</MaxSize><DesiredCapacity>{size}</DesiredCapacity><DefaultCooldown>300</DefaultCooldown><AvailabilityZones><member>us-east-1a</member></AvailabilityZones><LoadBalancerNames/><TargetGroupARNs/><HealthCheckType>EC2</HealthCheckType><HealthCheckGracePeriod>300</HealthCheckGracePeriod><Instances>{instances}</Instances><CreatedTime>2026-11-01T00:00:00.000Z</CreatedTime><SuspendedProcesses/><EnabledMetrics/><Tags/><NewInstancesProtectedFromScaleIn>false</NewInstancesProtectedFromScaleIn>{policy}</member>",
+            "<member><AutoScalingGroupName>{name}</AutoScalingGroupName><AutoScalingGroupARN>arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:c0ffee00-0000-4000-8000-000000000000:autoScalingGroupName/{name}</AutoScalingGroupARN><MinSize>0</MinSize><MaxSize>{max}</MaxSize><DesiredCapacity>{size}</DesiredCapacity><DefaultCooldown>300</DefaultCooldown><AvailabilityZones><member>us-east-1a</member></AvailabilityZones><LoadBalancerNames/><TargetGroupARNs>{target_groups}</TargetGroupARNs><HealthCheckType>EC2</HealthCheckType><HealthCheckGracePeriod>300</HealthCheckGracePeriod><Instances>{instances}</Instances><CreatedTime>2026-11-01T00:00:00.000Z</CreatedTime><SuspendedProcesses/><EnabledMetrics/><Tags/><NewInstancesProtectedFromScaleIn>false</NewInstancesProtectedFromScaleIn>{policy}</member>",
             name = escape(name),
             max = size.max(1),
+            target_groups = group
+                .target_groups
+                .iter()
+                .map(|arn| format!("<member>{}</member>", escape(arn)))
+                .collect::<String>(),
         ));
     }
     success(
         action,
         &format!("<AutoScalingGroups>{members}</AutoScalingGroups>"),
+    )
+}
+
+/// `DescribeTrafficSources`: the group's traffic sources, of `TrafficSourceType` if given.
+fn describe_traffic_sources(
+    s: &State,
+    action: &str,
+    params: &BTreeMap<String, String>,
+) -> Reply {
+    let Some(group) = params
+        .get("AutoScalingGroupName")
+        .and_then(|name| s.groups.get(name))
+    else {
+        return validation("Group not found");
+    };
+    let kind = params.get("TrafficSourceType");
+    let members: String = group
+        .traffic_sources
+        .iter()
+        .filter(|(_, k)| kind.is_none_or(|want| want == k))
+        .map(|(id, k)| {
+            format!(
+                "<member><TrafficSource>{id}</TrafficSource><State>InService</State><Identifier>{id}</Identifier><Type>{k}</Type></member>",
+                id = escape(id),
+                k = escape(k)
+            )
+        })
+        .collect();
+    success(
+        action,
+        &format!("<TrafficSources>{members}</TrafficSources>"),
     )
 }
 
@@ -1101,6 +977,16 @@ mod tests {
         all
     }
 
+    /// A signed request for `action`, as the SDK sends it.
+    fn form(action: &str, params: BTreeMap<String, String>) -> Form {
+        Form {
+            params,
+            action: action.to_string(),
+            signed: true,
+            caller: None,
+        }
+    }
+
     fn complete(sim: &AutoScalingSim, id: &str) -> Option<String> {
         let p = params(&[
             ("AutoScalingGroupName", "g"),
@@ -1111,7 +997,7 @@ mod tests {
         let mut s = lock(&sim.state);
         let now = Instant::now();
         expire(&mut s, now);
-        answer(&mut s, "CompleteLifecycleAction", &p, true, now).code()
+        answer(&mut s, &form("CompleteLifecycleAction", p), now).code()
     }
 
     #[test]
@@ -1174,14 +1060,7 @@ mod tests {
         let describe = || {
             let mut s = lock(&sim.state);
             let now = Instant::now();
-            answer(
-                &mut s,
-                "DescribeAutoScalingInstances",
-                &params(&[]),
-                true,
-                now,
-            )
-            .code()
+            answer(&mut s, &form("DescribeAutoScalingInstances", params(&[])), now).code()
         };
         let burst: Vec<Option<String>> = (0..5).map(|_| describe()).collect();
         assert_eq!(burst[..3], [None, None, None]);

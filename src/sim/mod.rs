@@ -7,8 +7,10 @@
 //! once, for the fleet benchmark and its test.
 
 pub mod autoscaling;
+pub mod elb;
 pub mod fleet;
 pub mod imds;
+mod query;
 
 use std::future::Future;
 use std::io;
