@@ -6,6 +6,8 @@
 //!
 //! Pure types and functions (no I/O, no clock):
 //! - `fmt`: durations and times as people write and read them.
+//! - `names`: `named_enum!`, one table per enum of named variants (`ALL`, `as_str`, parsing,
+//!   serde), so that no name is spelt twice.
 //! - `process::sig`: signal names and numbers, and which ones stop, reap or are forwarded.
 //! - `process::exit`: [`ChildExit`], the proof that the agent exited, and the exit-status contract.
 //! - `machine::state`: `Phase`, `Event`, `Action` and the pure `step` between them.
@@ -37,6 +39,7 @@
 //!
 //! Talking to AWS:
 //! - `aws::{imds, notices}`: the IMDSv2 client and the notice poller.
+//! - `aws::lifecycle_state`: every Auto Scaling lifecycle state, read once (pure).
 //! - `aws::{api, context}`: Auto Scaling call errors and counters; the one shared AWS context.
 //! - `aws::{lifecycle, protection, emf}`: lifecycle hooks, scale-in protection, EMF load lines.
 //! - `aws::{hooks_dir, termination, wait_state, hook_calls, backoff}`: guards on one host
@@ -70,6 +73,7 @@ mod health;
 mod journal;
 mod logging;
 mod machine;
+mod names;
 mod process;
 pub mod sim;
 
