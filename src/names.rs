@@ -156,8 +156,6 @@ pub(crate) use named_enum;
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     named_enum! {
         /// A test enum.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
