@@ -214,6 +214,39 @@ pub struct Cli {
     )]
     pub maintenance_margin: String,
 
+    /// Elastic Load Balancing v2 target groups to deregister the instance from before the agent
+    /// hears of a drain the group does not deregister for (spot, maintenance, crash loop,
+    /// `ctl drain --deregister`); `auto`: the group's TargetGroupARNs and elbv2 traffic sources
+    #[arg(
+        long,
+        env = "AGENT_GUARD_TARGET_GROUPS",
+        value_name = "auto|off|ARN,...",
+        default_value = "auto"
+    )]
+    pub target_groups: String,
+
+    /// How long to wait for the target to leave `draining` before telling the agent: `auto` =
+    /// the target group's deregistration delay; always cut so that the agent keeps its full drain
+    /// and stop budget before a spot notice's time; `0` tells the agent at once
+    #[arg(
+        long,
+        env = "AGENT_GUARD_DEREGISTRATION_WAIT",
+        value_name = "auto|DUR",
+        default_value = "auto"
+    )]
+    pub deregistration_wait: String,
+
+    /// With no target group to deregister from (or deregistration refused), hold readiness at
+    /// 503 this long before the agent hears of the drain (for health-check-only load balancers),
+    /// cut to fit the deadline
+    #[arg(
+        long,
+        env = "AGENT_GUARD_LB_GRACE",
+        value_name = "DUR",
+        default_value = "0"
+    )]
+    pub lb_grace: String,
+
     /// `wait`: an instance launched into a warm pool completes its launch hook without starting
     /// the agent, which starts once the target lifecycle state is InService; `run` starts it at once
     #[arg(

@@ -18,33 +18,12 @@ use std::time::{Duration, Instant};
 use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetHealthStateEnum};
 
 use crate::aws::api::CallError;
+use crate::config::{DeregistrationWait, TargetGroups};
 
 /// How often the target's state is read while the load balancer drains it.
 const POLL: Duration = Duration::from_secs(1);
 /// The deregistration delay when the target group's attributes cannot be read (AWS's default).
 const DEFAULT_DELAY: Duration = Duration::from_secs(300);
-
-/// `--target-groups`: where the target groups come from.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum TargetGroups {
-    /// The group's `TargetGroupARNs` and its `elbv2` traffic sources.
-    #[default]
-    Auto,
-    /// Never deregister.
-    Off,
-    /// These target groups, whatever the group says.
-    Arns(Vec<String>),
-}
-
-/// `--deregistration-wait`: how long to wait for the target to leave `draining`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeregistrationWait {
-    /// The target group's deregistration delay, cut to the drain's budget.
-    #[default]
-    Auto,
-    /// At most this long (0: tell the agent at once).
-    AtMost(Duration),
-}
 
 /// Why the load balancers could not be handled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

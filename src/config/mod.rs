@@ -100,6 +100,8 @@ pub struct Config {
     pub on_maintenance: OnMaintenance,
     pub maintenance_margin: Duration,
     pub in_warm_pool: InWarmPool,
+    /// `--target-groups`, `--deregistration-wait`, `--lb-grace`.
+    pub load_balancer: LoadBalancerSettings,
     /// The control socket.
     pub socket: PathBuf,
     /// The agent's sd_notify socket, next to the control socket.

@@ -151,3 +151,34 @@ pub enum OnCrashLoop {
     /// Exit with the agent's last status.
     Exit,
 }
+
+/// `--target-groups`: where the target groups to deregister from come from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TargetGroups {
+    /// The group's `TargetGroupARNs` and its `elbv2` traffic sources.
+    #[default]
+    Auto,
+    /// Never deregister.
+    Off,
+    /// These target groups, whatever the group says.
+    Arns(Vec<String>),
+}
+
+/// `--deregistration-wait`: how long to wait for the target to leave `draining`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeregistrationWait {
+    /// The target group's deregistration delay, cut to the drain's budget.
+    #[default]
+    Auto,
+    /// At most this long (0: tell the agent at once).
+    AtMost(Duration),
+}
+
+/// What the guard does about load balancers before the agent hears of a drain.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LoadBalancerSettings {
+    pub target_groups: TargetGroups,
+    pub wait: DeregistrationWait,
+    /// `--lb-grace`: readiness stays 503 this long first when there is nothing to deregister.
+    pub grace: Duration,
+}

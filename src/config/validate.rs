@@ -13,7 +13,8 @@ use super::layers::{Settings, Source};
 use super::paths::{default_socket, notify_socket_for, parse_name, parse_socket_path};
 use super::settings::{
     BusySettings, EmfTarget, ForwardTo, HookResult, ImdsEndpointMode, ImdsMode, InWarmPool,
-    LifecycleSettings, OnCrashLoop, OnDrain, OnMaintenance, OnRebalance,
+    LifecycleSettings, LoadBalancerSettings, OnCrashLoop, OnDrain, OnMaintenance, OnRebalance,
+    DeregistrationWait, TargetGroups,
 };
 use super::{Config, ConfigError};
 use crate::fmt::{format_duration, parse_duration};
@@ -63,6 +64,7 @@ impl Config {
             on_maintenance: ends.on_maintenance,
             maintenance_margin: ends.maintenance_margin,
             in_warm_pool: ends.in_warm_pool,
+            load_balancer: load_balancer(settings)?,
             socket,
             notify_socket,
             ready_on: ready.on,
@@ -299,6 +301,47 @@ impl InstanceEnds {
             });
         }
         Ok(ends)
+    }
+}
+
+/// `--target-groups`, `--deregistration-wait` and `--lb-grace`.
+fn load_balancer(settings: &Settings) -> Result<LoadBalancerSettings, ConfigError> {
+    Ok(LoadBalancerSettings {
+        target_groups: settings.require("target-groups", parse_target_groups)?,
+        wait: settings.require("deregistration-wait", |v| match v.trim() {
+            "auto" => Ok(DeregistrationWait::Auto),
+            other => parse_duration(other)
+                .map(DeregistrationWait::AtMost)
+                .map_err(|why| format!("expected `auto` or a duration: {why}")),
+        })?,
+        grace: settings.require("lb-grace", parse_duration)?,
+    })
+}
+
+/// `auto`, `off`, or a comma-separated list of target group ARNs.
+fn parse_target_groups(v: &str) -> Result<TargetGroups, String> {
+    match v.trim() {
+        "auto" => return Ok(TargetGroups::Auto),
+        "off" => return Ok(TargetGroups::Off),
+        _ => {}
+    }
+    let arns: Vec<String> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
+    if arns.is_empty() {
+        return Err("expected `auto`, `off` or target group ARNs separated by commas".to_string());
+    }
+    match arns
+        .iter()
+        .find(|a| !(a.starts_with("arn:") && a.contains(":targetgroup/")))
+    {
+        Some(bad) => Err(format!(
+            "`{bad}` is not a target group ARN (arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID)"
+        )),
+        None => Ok(TargetGroups::Arns(arns)),
     }
 }
 
