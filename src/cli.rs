@@ -17,7 +17,7 @@ use clap::Parser;
     name = "agent-guard",
     version,
     about = "Supervise an agent on an EC2 Auto Scaling group: forward signals, reap zombies, drain before stopping.",
-    override_usage = "agent-guard [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard ctl [--socket PATH] [--json] status | drain [--reason R] | ready | drained | subscribe\n       agent-guard drill <scale-in|spot|rebalance|maintenance|sigterm> [DRILL OPTIONS] [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard --check-config [OPTIONS] [-- COMMAND [ARGS...]]\n       agent-guard doctor [--json] [OPTIONS] [-- COMMAND [ARGS...]]",
+    override_usage = "agent-guard [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard ctl [--socket PATH] [--json] status | drain [--reason R] [--deregister] | ready | drained | subscribe\n       agent-guard drill <scale-in|spot|rebalance|maintenance|sigterm> [DRILL OPTIONS] [OPTIONS] -- COMMAND [ARGS...]\n       agent-guard --check-config [OPTIONS] [-- COMMAND [ARGS...]]\n       agent-guard doctor [--json] [OPTIONS] [-- COMMAND [ARGS...]]",
     after_help = "Every option can also be set as AGENT_GUARD_<NAME> or as a key in the --config file.\n\
                   Precedence: flag > environment > file > default. Durations: 500ms, 2s, 5m, 1h; a bare number is seconds; at most 365d.\n\
                   Exit status: the agent's own code; 128+N if it was killed by signal N; 125 if agent-guard failed;\n\
@@ -590,6 +590,10 @@ pub enum CtlRequest {
         /// A note for the guard's log
         #[arg(long, value_name = "R")]
         reason: Option<String>,
+        /// Deregister the instance from its load balancers' target groups first, and tell the
+        /// agent once they stopped sending (as a spot interruption does)
+        #[arg(long)]
+        deregister: bool,
     },
     /// Mark the agent ready (with --ready-on notify)
     Ready,

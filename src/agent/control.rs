@@ -449,13 +449,14 @@ async fn answer(request: Request, control: &Control) -> Answer {
             control.agent_extend(by).await;
             Reply::ok().into()
         }
-        Request::Drain { reason } => {
+        Request::Drain { reason, deregister } => {
             let note = reason.as_deref().unwrap_or("");
-            tracing::info!(note, "drain requested on the control socket");
+            tracing::info!(note, deregister, "drain requested on the control socket");
             control
                 .tell(state::Event::Drain {
                     reason: DrainReason::Operator,
                     hard_deadline: None,
+                    deregister,
                 })
                 .await;
             Reply::ok().into()

@@ -36,6 +36,10 @@ pub enum Request {
             deserialize_with = "text_or_none"
         )]
         reason: Option<String>,
+        /// Deregister the instance from its load balancers' target groups first, and tell the
+        /// agent once they stopped sending (`ctl drain --deregister`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deregister: bool,
     },
 }
 
@@ -245,18 +249,31 @@ mod tests {
                 r#"{"op":"extend","seconds":0.5}"#,
                 Request::Extend { seconds: 0.5 },
             ),
-            (r#"{"op":"drain"}"#, Request::Drain { reason: None }),
+            (
+                r#"{"op":"drain"}"#,
+                Request::Drain {
+                    reason: None,
+                    deregister: false,
+                },
+            ),
             (
                 r#"{"op":"drain","reason":null}"#,
-                Request::Drain { reason: None },
+                Request::Drain {
+                    reason: None,
+                    deregister: false,
+                },
             ),
             (
                 r#"{"op":"drain","reason":42}"#,
-                Request::Drain { reason: None },
+                Request::Drain {
+                    reason: None,
+                    deregister: false,
+                },
             ),
             (
                 r#"{"op":"drain","reason":"test"}"#,
                 Request::Drain {
+                    deregister: false,
                     reason: Some("test".into()),
                 },
             ),
@@ -316,7 +333,10 @@ mod tests {
             Op::Drained => Request::Drained,
             Op::Busy => Request::Busy { in_flight: 1 },
             Op::Extend => Request::Extend { seconds: 1.0 },
-            Op::Drain => Request::Drain { reason: None },
+            Op::Drain => Request::Drain {
+                reason: None,
+                deregister: false,
+            },
         }
     }
 
@@ -342,8 +362,12 @@ mod tests {
             Request::Drained,
             Request::Busy { in_flight: 3 },
             Request::Extend { seconds: 2.5 },
-            Request::Drain { reason: None },
             Request::Drain {
+                reason: None,
+                deregister: false,
+            },
+            Request::Drain {
+                deregister: false,
                 reason: Some("why".into()),
             },
         ];
@@ -351,7 +375,11 @@ mod tests {
             let line = to_line(&request).expect("serializes");
             assert_eq!(Request::parse(&line).ok(), Some(request));
         }
-        let drain = to_line(&Request::Drain { reason: None }).expect("serializes");
+        let drain = to_line(&Request::Drain {
+            reason: None,
+            deregister: false,
+        })
+        .expect("serializes");
         assert_eq!(drain, b"{\"op\":\"drain\"}\n");
     }
 

@@ -269,6 +269,7 @@ impl Actor {
         let drain = Event::Drain {
             reason: DrainReason::Maintenance,
             hard_deadline: None,
+            deregister: false,
         };
         // The supervisor outlives this task; a closed channel means it is finishing anyway.
         let _ = self.events.send(drain).await;

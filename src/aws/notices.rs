@@ -456,6 +456,7 @@ impl Poller {
             let event = Event::Drain {
                 reason,
                 hard_deadline,
+                deregister: false,
             };
             // The supervisor outlives this task; a closed channel means it is finishing anyway.
             let _ = self.events.send(event).await;

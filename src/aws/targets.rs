@@ -199,7 +199,12 @@ async fn deregistration_delay(elb: &aws_sdk_elasticloadbalancingv2::Client, arn:
 fn descriptions(targets: &[Target]) -> Vec<TargetDescription> {
     targets
         .iter()
-        .map(|t| TargetDescription::builder().id(&t.id).set_port(t.port).build())
+        .map(|t| {
+            TargetDescription::builder()
+                .id(&t.id)
+                .set_port(t.port)
+                .build()
+        })
         .collect()
 }
 
@@ -243,7 +248,11 @@ pub async fn register(
 
 /// How long to wait for the load balancer: the longest deregistration delay (or the
 /// `--deregistration-wait` cap), never past `budget`.
-pub fn wait_bound(memberships: &[Membership], wait: DeregistrationWait, budget: Duration) -> Duration {
+pub fn wait_bound(
+    memberships: &[Membership],
+    wait: DeregistrationWait,
+    budget: Duration,
+) -> Duration {
     let delay = memberships
         .iter()
         .map(|m| m.delay)
@@ -258,7 +267,10 @@ pub fn wait_bound(memberships: &[Membership], wait: DeregistrationWait, budget: 
 
 /// Whether any of this instance's targets is still `draining` (an unreadable answer counts as
 /// still draining: the wait is bounded anyway).
-async fn still_draining(elb: &aws_sdk_elasticloadbalancingv2::Client, memberships: &[Membership]) -> bool {
+async fn still_draining(
+    elb: &aws_sdk_elasticloadbalancingv2::Client,
+    memberships: &[Membership],
+) -> bool {
     for m in memberships {
         let Ok(out) = elb
             .describe_target_health()
@@ -331,7 +343,11 @@ mod tests {
             Duration::from_secs(5)
         );
         assert_eq!(
-            wait_bound(&m, DeregistrationWait::AtMost(Duration::from_secs(20)), budget),
+            wait_bound(
+                &m,
+                DeregistrationWait::AtMost(Duration::from_secs(20)),
+                budget
+            ),
             Duration::from_secs(20)
         );
         assert_eq!(
@@ -339,7 +355,10 @@ mod tests {
             Duration::ZERO,
             "0 tells the agent at once"
         );
-        assert_eq!(wait_bound(&[], DeregistrationWait::Auto, budget), Duration::ZERO);
+        assert_eq!(
+            wait_bound(&[], DeregistrationWait::Auto, budget),
+            Duration::ZERO
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub const UNREACHABLE: u8 = 2;
 fn request_for(request: CtlRequest) -> Request {
     match request {
         CtlRequest::Status => Request::Status,
-        CtlRequest::Drain { reason } => Request::Drain { reason },
+        CtlRequest::Drain { reason, deregister } => Request::Drain { reason, deregister },
         CtlRequest::Ready => Request::Ready,
         CtlRequest::Drained => Request::Drained,
         CtlRequest::Subscribe => Request::Subscribe,

@@ -12,9 +12,9 @@ use super::check::{self, Check};
 use super::layers::{Settings, Source};
 use super::paths::{default_socket, notify_socket_for, parse_name, parse_socket_path};
 use super::settings::{
-    BusySettings, EmfTarget, ForwardTo, HookResult, ImdsEndpointMode, ImdsMode, InWarmPool,
-    LifecycleSettings, LoadBalancerSettings, OnCrashLoop, OnDrain, OnMaintenance, OnRebalance,
-    DeregistrationWait, TargetGroups,
+    BusySettings, DeregistrationWait, EmfTarget, ForwardTo, HookResult, ImdsEndpointMode, ImdsMode,
+    InWarmPool, LifecycleSettings, LoadBalancerSettings, OnCrashLoop, OnDrain, OnMaintenance,
+    OnRebalance, TargetGroups,
 };
 use super::{Config, ConfigError};
 use crate::fmt::{format_duration, parse_duration};

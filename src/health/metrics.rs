@@ -383,6 +383,7 @@ mod tests {
     fn busy_hub() -> Hub {
         let now = Instant::now();
         let phase = Phase::Draining(crate::machine::state::Drain {
+            told: true,
             reason: DrainReason::Operator,
             deadline: now + Duration::from_secs(60),
             hard_deadline: None,

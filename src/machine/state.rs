@@ -43,6 +43,16 @@ impl DrainReason {
             DrainReason::ScaleIn | DrainReason::WarmPool | DrainReason::SpotInterruption
         )
     }
+
+    /// Whether a drain for this reason ends the instance without the group deregistering it
+    /// from its load balancers first (a scale-in is deregistered by the group before
+    /// `Terminating:Wait`), so that the guard deregisters it before the agent hears of the drain.
+    pub fn deregisters(self) -> bool {
+        matches!(
+            self,
+            DrainReason::SpotInterruption | DrainReason::Maintenance
+        )
+    }
 }
 
 /// What is left of the agent's process group once the agent itself has been reaped.
@@ -54,11 +64,14 @@ pub enum Cleanup {
     Killed { give_up_at: Instant },
 }
 
-/// A drain in progress: the agent was told and has until `deadline` to say it is drained or exit.
+/// A drain in progress: readiness is 503. Once `told`, the agent has until `deadline` to say it
+/// is drained or exit; before, the load balancer is given until `deadline` to stop sending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Drain {
     pub reason: DrainReason,
     pub deadline: Instant,
+    /// The agent was told of the drain; until then the guard waits for the load balancer.
+    pub told: bool,
     /// The latest moment SIGKILL may come (a spot notice's time minus the margin).
     pub hard_deadline: Option<Instant>,
     /// A SIGTERM/SIGINT was received already: the next one kills at once.
@@ -213,7 +226,13 @@ pub enum Event {
     Drain {
         reason: DrainReason,
         hard_deadline: Option<Instant>,
+        /// The operator asked for deregistration (`drain --deregister`); the reasons that
+        /// always deregister ([`DrainReason::deregisters`]) need not say so.
+        deregister: bool,
     },
+    /// The load balancer stopped sending to the instance (or the wait for it ended): the agent
+    /// may now be told of the drain.
+    LoadBalancerDone,
     /// The agent reported that it is drained.
     Drained,
     /// A signal to pass through to the agent.
@@ -262,6 +281,10 @@ pub enum Action {
     CrashLoop { starts: u32, within: Duration },
     /// A stop or a drain came between an agent's exit and its restart: none is started again.
     RestartCancelled { reason: DrainReason },
+    /// Deregister the instance from its load balancers (or hold readiness at 503 for
+    /// `--lb-grace`) and answer [`Event::LoadBalancerDone`], by `until` at the latest; an
+    /// `until` that is already past asks for the deregistration without the wait.
+    HoldForLoadBalancer { reason: DrainReason, until: Instant },
 }
 
 /// When the agent counts as ready.
@@ -296,6 +319,9 @@ pub struct Ctx {
     pub restart: RestartSettings,
     /// In [0, 1), fresh for each event: spreads restart delays (0 in tests gives exact ones).
     pub jitter: f64,
+    /// There is a load balancer to stop first (target groups, or `--lb-grace`), and the longest
+    /// the guard would wait for it; `None`: the agent is told at once.
+    pub load_balancer: Option<Duration>,
 }
 
 impl Ctx {
@@ -432,6 +458,14 @@ fn ready(event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
         Event::Drain {
             reason,
             hard_deadline,
+            deregister,
+        } if deregister || reason.deregisters() => {
+            hold_for_load_balancer(reason, hard_deadline, ctx)
+        }
+        Event::Drain {
+            reason,
+            hard_deadline,
+            ..
         } => begin_drain(reason, hard_deadline, false, ctx),
         Event::Forward(signal) => (Phase::Ready, vec![forward(signal)]),
         // The agent's own exit is `exited_by_itself`, for the restart policy (see `step`).
@@ -440,6 +474,9 @@ fn ready(event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
 }
 
 fn draining(d: Drain, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
+    if !d.told {
+        return held(d, event, ctx);
+    }
     let now = ctx.now;
     match event {
         // A second stop signal means "now": SIGKILL at once.
@@ -483,6 +520,7 @@ fn draining(d: Drain, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
         Event::Drain {
             reason,
             hard_deadline: None,
+            ..
         } if reason.ends_instance() && !d.reason.ends_instance() => {
             no_change(Phase::Draining(Drain { reason, ..d }))
         }
@@ -494,6 +532,46 @@ fn draining(d: Drain, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
             agent_gone(exit, d.hard_deadline.map_or(grace, |h| grace.min(h)), ctx)
         }
         _ => no_change(Phase::Draining(d)),
+    }
+}
+
+/// Draining, the agent not told yet: the load balancer is being stopped. Its end (or the wait's
+/// bound) tells the agent; a spot notice shortens the wait; anything else is as in a drain.
+fn held(d: Drain, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
+    let now = ctx.now;
+    match event {
+        Event::LoadBalancerDone => begin_drain(d.reason, d.hard_deadline, d.signalled, ctx),
+        Event::Timer if now >= d.deadline => {
+            begin_drain(d.reason, d.hard_deadline, d.signalled, ctx)
+        }
+        Event::Drain {
+            hard_deadline: Some(new_hard),
+            ..
+        } => {
+            let hard = earliest(d.hard_deadline, new_hard);
+            let deadline = d.deadline.min(hold_limit(Some(hard), ctx));
+            if deadline <= now {
+                return begin_drain(d.reason, Some(hard), d.signalled, ctx);
+            }
+            no_change(Phase::Draining(Drain {
+                deadline,
+                hard_deadline: Some(hard),
+                ..d
+            }))
+        }
+        // The agent has not been told: there is no drain of its own to extend yet.
+        Event::Extend(_) | Event::Timer => no_change(Phase::Draining(d)),
+        // Anything else is as in a drain, and the agent stays untold.
+        event => match draining(Drain { told: true, ..d }, event, ctx) {
+            (Phase::Draining(after), actions) => (
+                Phase::Draining(Drain {
+                    told: false,
+                    ..after
+                }),
+                actions,
+            ),
+            other => other,
+        },
     }
 }
 
@@ -530,6 +608,7 @@ fn stopping(s: Stop, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
         Event::Drain {
             reason,
             hard_deadline: None,
+            ..
         } if reason.ends_instance() && !s.reason.ends_instance() => {
             no_change(Phase::Stopping(Stop { reason, ..s }))
         }
@@ -707,11 +786,56 @@ fn begin_drain(
         Phase::Draining(Drain {
             reason,
             deadline,
+            told: true,
             hard_deadline,
             signalled,
         }),
         actions,
     )
+}
+
+/// A drain that ends the instance where the group does not deregister it: readiness turns 503
+/// and the load balancer is stopped first; the agent is told once it is done
+/// ([`Event::LoadBalancerDone`]) or the wait's bound passes. The bound keeps the agent's whole
+/// drain and stop budget before a hard deadline; when nothing is left for the wait, the
+/// deregistration is still asked for and the agent is told at once.
+fn hold_for_load_balancer(
+    reason: DrainReason,
+    hard_deadline: Option<Instant>,
+    ctx: &Ctx,
+) -> (Phase, Vec<Action>) {
+    let Some(wait) = ctx.load_balancer else {
+        return begin_drain(reason, hard_deadline, false, ctx);
+    };
+    let until = later(ctx.now, wait).min(hold_limit(hard_deadline, ctx));
+    let hold = Action::HoldForLoadBalancer { reason, until };
+    if until <= ctx.now {
+        let (phase, mut actions) = begin_drain(reason, hard_deadline, false, ctx);
+        actions.insert(0, hold);
+        return (phase, actions);
+    }
+    (
+        Phase::Draining(Drain {
+            reason,
+            deadline: until,
+            told: false,
+            hard_deadline,
+            signalled: false,
+        }),
+        vec![hold],
+    )
+}
+
+/// The latest the load balancer may be waited for: early enough that the agent still gets its
+/// full `--drain-timeout` and stop grace before the hard deadline (never before now).
+fn hold_limit(hard_deadline: Option<Instant>, ctx: &Ctx) -> Instant {
+    match hard_deadline {
+        Some(hard) => drain_deadline_for(hard, ctx)
+            .checked_sub(ctx.drain_timeout)
+            .unwrap_or(ctx.now)
+            .max(ctx.now),
+        None => later(ctx.now, Duration::MAX),
+    }
 }
 
 /// The drain must end early enough that the full stop grace still fits before the hard deadline.
@@ -771,6 +895,7 @@ mod tests {
 
     fn ctx(now: Instant) -> Ctx {
         Ctx {
+            load_balancer: None,
             now,
             stop_signal: Sig::TERM,
             stop_timeout: 30 * S,
@@ -835,6 +960,7 @@ mod tests {
         let d = with_drain_signal(t0);
         let exit = ChildExit::for_test(0);
         let draining = Phase::Draining(Drain {
+            told: true,
             reason: DrainReason::ScaleIn,
             deadline: t0 + 60 * S,
             hard_deadline: None,
@@ -881,6 +1007,7 @@ mod tests {
                 Event::StopSignal,
                 d.clone(),
                 Phase::Draining(Drain {
+                    told: true,
                     reason: DrainReason::Signal,
                     deadline: t0 + 60 * S,
                     hard_deadline: None,
@@ -901,6 +1028,7 @@ mod tests {
                 "a notice with a drain signal drains",
                 Phase::Ready,
                 Event::Drain {
+                    deregister: false,
                     reason: DrainReason::ScaleIn,
                     hard_deadline: None,
                 },
@@ -959,6 +1087,7 @@ mod tests {
                 Event::StopSignal,
                 c.clone(),
                 Phase::Draining(Drain {
+                    told: true,
                     reason: DrainReason::ScaleIn,
                     deadline: t0 + 60 * S,
                     hard_deadline: None,
@@ -1090,6 +1219,7 @@ mod tests {
         let (phase, _) = run(
             Phase::Ready,
             Event::Drain {
+                deregister: false,
                 reason: DrainReason::SpotInterruption,
                 hard_deadline: Some(t0 + 40 * S),
             },
@@ -1104,6 +1234,7 @@ mod tests {
         let (phase, actions) = run(
             Phase::Ready,
             Event::Drain {
+                deregister: false,
                 reason: DrainReason::SpotInterruption,
                 hard_deadline: Some(t0 + 4 * S),
             },
@@ -1119,11 +1250,13 @@ mod tests {
         let now = Instant::now();
         let c = ctx(now);
         let scale_in = Event::Drain {
+            deregister: false,
             reason: DrainReason::ScaleIn,
             hard_deadline: None,
         };
         let draining = |reason| {
             Phase::Draining(Drain {
+                told: true,
                 reason,
                 deadline: now + 60 * S,
                 hard_deadline: None,
@@ -1159,6 +1292,7 @@ mod tests {
             (
                 draining(DrainReason::ScaleIn),
                 Event::Drain {
+                    deregister: false,
                     reason: DrainReason::Maintenance,
                     hard_deadline: None,
                 },
@@ -1186,6 +1320,7 @@ mod tests {
         let (phase, _) = run(
             Phase::Ready,
             Event::Drain {
+                deregister: false,
                 reason: DrainReason::ScaleIn,
                 hard_deadline: None,
             },
@@ -1195,6 +1330,7 @@ mod tests {
         let (phase, actions) = run(
             phase,
             Event::Drain {
+                deregister: false,
                 reason: DrainReason::SpotInterruption,
                 hard_deadline: Some(t0 + 45 * S),
             },
@@ -1206,6 +1342,7 @@ mod tests {
         let (phase, _) = run(
             phase,
             Event::Drain {
+                deregister: false,
                 reason: DrainReason::SpotInterruption,
                 hard_deadline: Some(t0 + 500 * S),
             },
@@ -1221,6 +1358,7 @@ mod tests {
         let (draining, _) = run(
             Phase::Ready,
             Event::Drain {
+                deregister: false,
                 reason: DrainReason::ScaleIn,
                 hard_deadline: None,
             },
@@ -1245,6 +1383,7 @@ mod tests {
         let (spot, _) = run(
             Phase::Ready,
             Event::Drain {
+                deregister: false,
                 reason: DrainReason::SpotInterruption,
                 hard_deadline: Some(t0 + 100 * S),
             },
@@ -1340,6 +1479,7 @@ mod tests {
             },
             Phase::Ready,
             Phase::Draining(Drain {
+                told: true,
                 reason: DrainReason::Operator,
                 deadline: t0,
                 hard_deadline: Some(t0),
@@ -1376,6 +1516,7 @@ mod tests {
             Event::Ready,
             Event::StopSignal,
             Event::Drain {
+                deregister: false,
                 reason: DrainReason::Rebalance,
                 hard_deadline: None,
             },
@@ -1473,6 +1614,7 @@ mod tests {
             (
                 "no restart during a drain",
                 Phase::Draining(Drain {
+                    told: true,
                     reason: DrainReason::Operator,
                     deadline: t0 + 60 * S,
                     hard_deadline: None,
@@ -1581,6 +1723,7 @@ mod tests {
                 "a scale-in during the delay ends the run, leftovers keep their grace",
                 waiting(signalled()),
                 Event::Drain {
+                    deregister: false,
                     reason: DrainReason::ScaleIn,
                     hard_deadline: None,
                 },
@@ -1678,11 +1821,237 @@ mod tests {
         let (_, actions) = run(
             phase,
             Event::Drain {
+                deregister: false,
                 reason: DrainReason::SpotInterruption,
                 hard_deadline: Some(t0 + 50 * S),
             },
             &c,
         );
         assert!(actions.is_empty(), "{actions:?}");
+    }
+
+    /// With a load balancer to stop first: drain signal, 30 s stop grace, 60 s drain timeout,
+    /// and at most `wait` for the load balancer.
+    fn with_load_balancer(now: Instant, wait: Duration) -> Ctx {
+        Ctx {
+            load_balancer: Some(wait),
+            ..with_drain_signal(now)
+        }
+    }
+
+    fn spot(hard: Instant) -> Event {
+        Event::Drain {
+            reason: DrainReason::SpotInterruption,
+            hard_deadline: Some(hard),
+            deregister: false,
+        }
+    }
+
+    fn told(reason: DrainReason, deadline: Instant, hard_deadline: Option<Instant>) -> Phase {
+        Phase::Draining(Drain {
+            reason,
+            deadline,
+            told: true,
+            hard_deadline,
+            signalled: false,
+        })
+    }
+
+    fn untold(reason: DrainReason, deadline: Instant, hard_deadline: Option<Instant>) -> Phase {
+        Phase::Draining(Drain {
+            reason,
+            deadline,
+            told: false,
+            hard_deadline,
+            signalled: false,
+        })
+    }
+
+    fn announce(reason: DrainReason, deadline: Instant) -> Vec<Action> {
+        vec![
+            Action::AnnounceDrain { reason, deadline },
+            Action::Signal {
+                signal: Sig::USR1,
+                to: Target::Forwarded,
+            },
+        ]
+    }
+
+    #[test]
+    fn the_agent_hears_of_a_deregistering_drain_only_once_the_load_balancer_is_done() {
+        let t0 = Instant::now();
+        let spot_reason = DrainReason::SpotInterruption;
+        let hard = t0 + 110 * S; // a 2-minute notice minus the 10 s margin
+        let operator = |deregister| Event::Drain {
+            reason: DrainReason::Operator,
+            hard_deadline: None,
+            deregister,
+        };
+        let cases: Vec<Case> = vec![
+            (
+                "spot with a 5 s delay: readiness 503 (draining), the agent not told yet",
+                Phase::Ready,
+                spot(hard),
+                with_load_balancer(t0, 5 * S),
+                untold(spot_reason, t0 + 5 * S, Some(hard)),
+                vec![Action::HoldForLoadBalancer {
+                    reason: spot_reason,
+                    until: t0 + 5 * S,
+                }],
+            ),
+            (
+                "the load balancer is done: the agent hears with its full drain budget",
+                untold(spot_reason, t0 + 5 * S, Some(hard)),
+                Event::LoadBalancerDone,
+                with_load_balancer(t0 + 3 * S, 5 * S),
+                told(spot_reason, t0 + 63 * S, Some(hard)),
+                announce(spot_reason, t0 + 63 * S),
+            ),
+            (
+                "the wait's bound passes: the agent hears anyway",
+                untold(spot_reason, t0 + 5 * S, Some(hard)),
+                Event::Timer,
+                with_load_balancer(t0 + 5 * S, 5 * S),
+                told(spot_reason, t0 + 65 * S, Some(hard)),
+                announce(spot_reason, t0 + 65 * S),
+            ),
+            (
+                "a 300 s delay on a 2-minute notice: the wait is cut so that the drain (60 s) and \
+                 the stop grace (30 s) still fit before the hard deadline",
+                Phase::Ready,
+                spot(hard),
+                with_load_balancer(t0, 300 * S),
+                untold(spot_reason, t0 + 20 * S, Some(hard)),
+                vec![Action::HoldForLoadBalancer {
+                    reason: spot_reason,
+                    until: t0 + 20 * S,
+                }],
+            ),
+            (
+                "no time left for a wait: deregister anyway, and tell the agent at once",
+                Phase::Ready,
+                spot(t0 + 80 * S),
+                with_load_balancer(t0, 300 * S),
+                told(spot_reason, t0 + 50 * S, Some(t0 + 80 * S)),
+                [
+                    vec![Action::HoldForLoadBalancer {
+                        reason: spot_reason,
+                        until: t0,
+                    }],
+                    announce(spot_reason, t0 + 50 * S),
+                ]
+                .concat(),
+            ),
+            (
+                "a scale-in does not deregister (the group did): told at once",
+                Phase::Ready,
+                Event::Drain {
+                    reason: DrainReason::ScaleIn,
+                    hard_deadline: None,
+                    deregister: false,
+                },
+                with_load_balancer(t0, 5 * S),
+                told(DrainReason::ScaleIn, t0 + 60 * S, None),
+                announce(DrainReason::ScaleIn, t0 + 60 * S),
+            ),
+            (
+                "an operator's drain without --deregister: told at once",
+                Phase::Ready,
+                operator(false),
+                with_load_balancer(t0, 5 * S),
+                told(DrainReason::Operator, t0 + 60 * S, None),
+                announce(DrainReason::Operator, t0 + 60 * S),
+            ),
+            (
+                "an operator's drain with --deregister waits for the load balancer",
+                Phase::Ready,
+                operator(true),
+                with_load_balancer(t0, 5 * S),
+                untold(DrainReason::Operator, t0 + 5 * S, None),
+                vec![Action::HoldForLoadBalancer {
+                    reason: DrainReason::Operator,
+                    until: t0 + 5 * S,
+                }],
+            ),
+            (
+                "maintenance deregisters",
+                Phase::Ready,
+                Event::Drain {
+                    reason: DrainReason::Maintenance,
+                    hard_deadline: None,
+                    deregister: false,
+                },
+                with_load_balancer(t0, 5 * S),
+                untold(DrainReason::Maintenance, t0 + 5 * S, None),
+                vec![Action::HoldForLoadBalancer {
+                    reason: DrainReason::Maintenance,
+                    until: t0 + 5 * S,
+                }],
+            ),
+            (
+                "no load balancer: a spot drain tells the agent at once, as before",
+                Phase::Ready,
+                spot(hard),
+                with_drain_signal(t0),
+                told(spot_reason, t0 + 60 * S, Some(hard)),
+                announce(spot_reason, t0 + 60 * S),
+            ),
+            (
+                "a spot notice during a maintenance wait cuts the wait to the agent's budget",
+                untold(DrainReason::Maintenance, t0 + 300 * S, None),
+                spot(hard),
+                with_load_balancer(t0, 300 * S),
+                untold(DrainReason::Maintenance, t0 + 20 * S, Some(hard)),
+                vec![],
+            ),
+            (
+                "the agent cannot ask for more time before it was told",
+                untold(spot_reason, t0 + 5 * S, Some(hard)),
+                Event::Extend(100 * S),
+                with_load_balancer(t0, 5 * S),
+                untold(spot_reason, t0 + 5 * S, Some(hard)),
+                vec![],
+            ),
+            (
+                "a stop signal during the wait is remembered; the agent stays untold",
+                untold(spot_reason, t0 + 5 * S, Some(hard)),
+                Event::StopSignal,
+                with_load_balancer(t0, 5 * S),
+                Phase::Draining(Drain {
+                    signalled: true,
+                    ..match untold(spot_reason, t0 + 5 * S, Some(hard)) {
+                        Phase::Draining(d) => d,
+                        _ => unreachable!(),
+                    }
+                }),
+                vec![],
+            ),
+            (
+                "a late answer from the load balancer after the agent was told changes nothing",
+                told(spot_reason, t0 + 65 * S, Some(hard)),
+                Event::LoadBalancerDone,
+                with_load_balancer(t0 + 6 * S, 5 * S),
+                told(spot_reason, t0 + 65 * S, Some(hard)),
+                vec![],
+            ),
+        ];
+        for (name, before, event, c, after, actions) in cases {
+            assert_eq!(run(before, event, &c), (after, actions), "{name}");
+        }
+    }
+
+    #[test]
+    fn an_agent_that_cannot_hear_of_a_drain_is_stopped_only_after_the_load_balancer() {
+        let t0 = Instant::now();
+        let c = Ctx {
+            load_balancer: Some(5 * S),
+            ..ctx(t0)
+        };
+        let (phase, actions) = run(Phase::Ready, spot(t0 + 110 * S), &c);
+        assert!(matches!(phase, Phase::Draining(Drain { told: false, .. })), "{phase:?}");
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        let (phase, actions) = run(phase, Event::LoadBalancerDone, &ctx(t0 + S));
+        assert!(matches!(phase, Phase::Stopping(_)), "{phase:?}");
+        assert_eq!(actions, vec![stop_signal()]);
     }
 }

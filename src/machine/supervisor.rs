@@ -88,6 +88,22 @@ impl StopSettings {
     }
 }
 
+/// A request to stop the load balancer before the agent hears of a drain: deregister (or hold
+/// for `--lb-grace`) and send [`Event::LoadBalancerDone`] by `until` at the latest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub reason: DrainReason,
+    pub until: Instant,
+}
+
+/// How the supervisor reaches whoever stops the load balancer (the AWS side, wired by the
+/// composition root): the longest wait it would need, and where holds go.
+pub struct LoadBalancerLink {
+    /// `None` until target groups (or `--lb-grace`) give something to wait for.
+    pub wait: watch::Receiver<Option<Duration>>,
+    pub holds: mpsc::Sender<Hold>,
+}
+
 /// How the supervision ended: the last agent's status, and whether the guard had to SIGKILL.
 /// It exists only once that agent and its group are gone: no agent runs, and none will again.
 #[derive(Debug, Clone)]
@@ -127,6 +143,8 @@ pub struct Supervisor {
     /// The first drain of the run, for [`Outcome::drain`].
     drain: Option<DrainReason>,
     crash_loop: bool,
+    /// Who stops the load balancer first; `None`: the agent is always told at once.
+    load_balancer: Option<LoadBalancerLink>,
 }
 
 /// What woke the supervisor up.
@@ -179,7 +197,15 @@ impl Supervisor {
             queued: None,
             drain: None,
             crash_loop: false,
+            load_balancer: None,
         })
+    }
+
+    /// Stop the load balancer through `link` before the agent hears of a drain that ends the
+    /// instance where the group does not deregister it.
+    pub fn with_load_balancer(mut self, link: LoadBalancerLink) -> Self {
+        self.load_balancer = Some(link);
+        self
     }
 
     /// Runs until the last agent and its process group are gone; returns how it ended.
@@ -312,6 +338,7 @@ impl Supervisor {
             drain_command: self.settings.on_drain.is_some(),
             restart: self.settings.restart,
             jitter: jitter(),
+            load_balancer: self.load_balancer.as_ref().and_then(|l| *l.wait.borrow()),
         };
         let before = self.state.phase.clone();
         if event == Event::Drained && matches!(before, Phase::Draining(_)) {
@@ -470,9 +497,32 @@ impl Supervisor {
                 self.restart_cancelled(reason);
                 Ok(())
             }
+            Action::HoldForLoadBalancer { reason, until } => {
+                self.hold_for_load_balancer(reason, until, ctx.now);
+                Ok(())
+            }
         };
         if let Err(err) = result {
             tracing::error!(pgid, error = %err, "cannot signal the agent");
+        }
+    }
+
+    /// Hands the hold to the load balancer's side; without one, the agent is told at once.
+    fn hold_for_load_balancer(&mut self, reason: DrainReason, until: Instant, now: Instant) {
+        let sent = self
+            .load_balancer
+            .as_ref()
+            .is_some_and(|l| l.holds.try_send(Hold { reason, until }).is_ok());
+        if !sent {
+            self.queued = Some(Event::LoadBalancerDone);
+            return;
+        }
+        if until > now {
+            tracing::info!(
+                reason = %reason,
+                at_most = %format_duration(until - now),
+                "readiness is 503: stopping the load balancer before the agent hears of the drain"
+            );
         }
     }
 

@@ -801,11 +801,7 @@ fn describe_groups(s: &State, action: &str, params: &BTreeMap<String, String>) -
 }
 
 /// `DescribeTrafficSources`: the group's traffic sources, of `TrafficSourceType` if given.
-fn describe_traffic_sources(
-    s: &State,
-    action: &str,
-    params: &BTreeMap<String, String>,
-) -> Reply {
+fn describe_traffic_sources(s: &State, action: &str, params: &BTreeMap<String, String>) -> Reply {
     let Some(group) = params
         .get("AutoScalingGroupName")
         .and_then(|name| s.groups.get(name))
@@ -1049,7 +1045,12 @@ mod tests {
         let describe = || {
             let mut s = lock(&sim.state);
             let now = Instant::now();
-            answer(&mut s, &form("DescribeAutoScalingInstances", params(&[])), now).code()
+            answer(
+                &mut s,
+                &form("DescribeAutoScalingInstances", params(&[])),
+                now,
+            )
+            .code()
         };
         let burst: Vec<Option<String>> = (0..5).map(|_| describe()).collect();
         assert_eq!(burst[..3], [None, None, None]);

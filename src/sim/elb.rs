@@ -331,7 +331,10 @@ fn describe_groups(s: &mut State, action: &str, params: &BTreeMap<String, String
         .filter(|(k, _)| k.starts_with("TargetGroupArns.member."))
         .map(|(_, v)| v.as_str())
         .collect();
-    if wanted.iter().any(|arn| s.groups.iter().all(|g| g.arn != *arn)) {
+    if wanted
+        .iter()
+        .any(|arn| s.groups.iter().all(|g| g.arn != *arn))
+    {
         return not_found();
     }
     let mut members = String::new();
