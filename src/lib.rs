@@ -101,6 +101,7 @@ use crate::agent::hub::Hub;
 use crate::agent::sdnotify::Upstream;
 use crate::agent::{control, sdnotify, unixsock};
 use crate::aws::context::SharedAws;
+use crate::aws::deregistration::Deregistration;
 use crate::aws::emf;
 use crate::aws::imds::ImdsClient;
 use crate::aws::lifecycle::{HostHooks, LifecycleHandle};
@@ -108,12 +109,12 @@ use crate::aws::maintenance::{self, MaintenanceSettings};
 use crate::aws::notices::{ImdsStatus, NoticeSettings, Poller};
 use crate::aws::protection::ProtectionHandle;
 use crate::aws::{imds, notices, replace, warm_pool};
-use crate::config::{Config, ImdsMode, InWarmPool, OnCrashLoop, OnMaintenance};
+use crate::config::{Config, ImdsMode, InWarmPool, OnCrashLoop, OnMaintenance, TargetGroups};
 use crate::health::{checks, server};
 use crate::machine::restart::RestartPolicy;
 use crate::machine::state;
 use crate::machine::state::State;
-use crate::machine::supervisor::{Outcome, StopSettings, Supervisor};
+use crate::machine::supervisor::{LoadBalancerLink, Outcome, StopSettings, Supervisor};
 use crate::process::child::{Launcher, SpawnError, SpawnSpec};
 use crate::process::sig::{Role, Sig, role};
 use crate::process::signals::{JobControl, SignalSetupError, SignalSource};
@@ -238,7 +239,7 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
     let upstream = Upstream::from_env();
     // The tasks come first: with `--in-warm-pool wait` the notice poller decides when the agent
     // may start, and health answers (503) meanwhile.
-    let tasks = Tasks::start(
+    let mut tasks = Tasks::start(
         &config,
         &hub,
         Started {
@@ -270,7 +271,10 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
         hub.clone(),
         upstream,
     ) {
-        Ok(supervisor) => supervisor,
+        Ok(supervisor) => match tasks.load_balancer.take() {
+            Some(link) => supervisor.with_load_balancer(link),
+            None => supervisor,
+        },
         Err(err) => {
             // No agent: nothing to wait for, no hook to complete.
             tasks.finish_without_agent().await;
@@ -390,6 +394,8 @@ struct Tasks {
     protection: Option<ProtectionHandle>,
     /// After a crash loop, with `--on-crash-loop unhealthy`: ask the group for a replacement.
     replace: Option<Replace>,
+    /// For the supervisor: who stops the load balancer before the agent hears of a drain.
+    load_balancer: Option<LoadBalancerLink>,
 }
 
 /// What `--on-crash-loop unhealthy` needs: the AWS context, if the guard can know its group.
@@ -438,6 +444,16 @@ impl Tasks {
             shutdown.clone(),
         ));
         let aws = shared_aws(config, hub);
+        let load_balancer = load_balancer_aws(config, hub, aws.as_ref()).map(|lb_aws| {
+            let (task, link) = Deregistration::new(
+                config.load_balancer.clone(),
+                lb_aws,
+                config.lifecycle.imds_endpoint.clone(),
+                started.events.clone(),
+            );
+            servers.push(tokio::spawn(task.run(shutdown.clone())));
+            link
+        });
         if let Some(imds) = started.imds {
             servers.extend(spawn_notices(
                 config,
@@ -457,6 +473,7 @@ impl Tasks {
                 aws: aws.clone(),
                 hub: hub.clone(),
             }),
+            load_balancer,
         };
         if let Some(aws) = aws {
             tasks.start_aws(config, hub, aws, started.host_hooks);
@@ -613,6 +630,34 @@ fn shared_aws(config: &Config, hub: &Arc<Hub>) -> Option<Arc<SharedAws>> {
             hub.clone(),
         )
     })
+}
+
+/// Whether a drain may stop a load balancer first, and the AWS context it reads the target
+/// groups with (`None` inside: only `--lb-grace`). `auto` reads the group's target groups when
+/// the guard works with the group from the start (a lifecycle hook or scale-in protection), so
+/// that a guard that never called AWS does not begin to at start; listed ARNs always do.
+fn load_balancer_aws(
+    config: &Config,
+    hub: &Arc<Hub>,
+    aws: Option<&Arc<SharedAws>>,
+) -> Option<Option<Arc<SharedAws>>> {
+    let lb = &config.load_balancer;
+    let from_group = config.imds != ImdsMode::Off
+        && match lb.target_groups {
+            TargetGroups::Off => false,
+            TargetGroups::Auto => config.lifecycle.enabled() || config.busy.enabled(),
+            TargetGroups::Arns(_) => true,
+        };
+    let aws = from_group.then(|| {
+        aws.cloned().unwrap_or_else(|| {
+            SharedAws::new(
+                config.lifecycle.asg_name.clone(),
+                config.lifecycle.imds_endpoint.clone(),
+                hub.clone(),
+            )
+        })
+    });
+    (aws.is_some() || !lb.grace.is_zero()).then_some(aws)
 }
 
 /// The control and sd_notify sockets, bound before the agent starts.

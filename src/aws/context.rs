@@ -40,6 +40,9 @@ pub enum ContextError {
 #[derive(Debug)]
 pub struct AwsContext {
     pub client: aws_sdk_autoscaling::Client,
+    /// Elastic Load Balancing v2, from the same SDK configuration (credentials, region, TLS,
+    /// timeouts); `AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2` reaches it through that config.
+    pub elb: aws_sdk_elasticloadbalancingv2::Client,
     pub group: String,
     pub instance_id: String,
     pub region: String,
@@ -87,7 +90,9 @@ impl SharedAws {
             return Err(ContextError::NoIdentity);
         };
         let region = env_region().or(imds_region).ok_or(ContextError::NoRegion)?;
-        let client = client(&region).await;
+        let config = sdk_config(&region).await;
+        let client = aws_sdk_autoscaling::Client::new(&config);
+        let elb = aws_sdk_elasticloadbalancingv2::Client::new(&config);
         let group = match &self.asg_name {
             Some(name) => name.clone(),
             None => self.discover_group(&client, &instance_id).await?,
@@ -99,6 +104,7 @@ impl SharedAws {
         }
         Ok(AwsContext {
             client,
+            elb,
             group,
             instance_id,
             region,
@@ -159,13 +165,7 @@ pub(crate) fn env_region() -> Option<String> {
         .filter(|r| !r.is_empty())
 }
 
-/// The Auto Scaling client: rustls with ring (the process's one TLS stack), bounded calls, and
-/// no SDK retries — callers retry with their own window and logging.
-pub(crate) async fn client(region: &str) -> aws_sdk_autoscaling::Client {
-    aws_sdk_autoscaling::Client::new(&sdk_config(region).await)
-}
-
-/// The SDK configuration behind [`client`]; its credential chain is the one the guard uses.
+/// The SDK configuration for every AWS client; its credential chain is the one the guard uses.
 pub(crate) async fn sdk_config(region: &str) -> aws_config::SdkConfig {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(

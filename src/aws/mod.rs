@@ -3,6 +3,7 @@
 pub(crate) mod api;
 pub(crate) mod backoff;
 pub(crate) mod context;
+pub(crate) mod deregistration;
 pub(crate) mod emf;
 pub(crate) mod health_status;
 pub(crate) mod hook_calls;

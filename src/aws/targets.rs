@@ -21,7 +21,7 @@ use crate::aws::api::CallError;
 use crate::config::{DeregistrationWait, TargetGroups};
 
 /// How often the target's state is read while the load balancer drains it.
-const POLL: Duration = Duration::from_secs(1);
+const POLL: Duration = Duration::from_millis(500);
 /// The deregistration delay when the target group's attributes cannot be read (AWS's default).
 const DEFAULT_DELAY: Duration = Duration::from_secs(300);
 
@@ -34,8 +34,6 @@ pub enum TargetError {
     Health { arn: String, error: CallError },
     #[error("DeregisterTargets for {arn}: {error}")]
     Deregister { arn: String, error: CallError },
-    #[error("RegisterTargets for {arn}: {error}")]
-    Register { arn: String, error: CallError },
 }
 
 impl TargetError {
@@ -43,9 +41,7 @@ impl TargetError {
     pub fn denied(&self) -> bool {
         let error = match self {
             TargetError::Lookup(e) => e,
-            TargetError::Health { error, .. }
-            | TargetError::Deregister { error, .. }
-            | TargetError::Register { error, .. } => error,
+            TargetError::Health { error, .. } | TargetError::Deregister { error, .. } => error,
         };
         matches!(error, CallError::Denied(_))
     }
@@ -220,25 +216,6 @@ pub async fn deregister(
             .send()
             .await
             .map_err(|e| TargetError::Deregister {
-                arn: m.arn.clone(),
-                error: CallError::from(&e),
-            })?;
-    }
-    Ok(())
-}
-
-/// `RegisterTargets` for each membership: a drain that was called off puts the instance back.
-pub async fn register(
-    elb: &aws_sdk_elasticloadbalancingv2::Client,
-    memberships: &[Membership],
-) -> Result<(), TargetError> {
-    for m in memberships {
-        elb.register_targets()
-            .target_group_arn(&m.arn)
-            .set_targets(Some(descriptions(&m.targets)))
-            .send()
-            .await
-            .map_err(|e| TargetError::Register {
                 arn: m.arn.clone(),
                 error: CallError::from(&e),
             })?;

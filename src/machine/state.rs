@@ -2048,7 +2048,10 @@ mod tests {
             ..ctx(t0)
         };
         let (phase, actions) = run(Phase::Ready, spot(t0 + 110 * S), &c);
-        assert!(matches!(phase, Phase::Draining(Drain { told: false, .. })), "{phase:?}");
+        assert!(
+            matches!(phase, Phase::Draining(Drain { told: false, .. })),
+            "{phase:?}"
+        );
         assert_eq!(actions.len(), 1, "{actions:?}");
         let (phase, actions) = run(phase, Event::LoadBalancerDone, &ctx(t0 + S));
         assert!(matches!(phase, Phase::Stopping(_)), "{phase:?}");

@@ -745,6 +745,9 @@ impl Supervisor {
             Phase::Starting { .. } => {}
             Phase::Ready => tracing::info!(journal = %record, "agent is ready"),
             Phase::Draining(d) => {
+                if !d.told && matches!(before, Phase::Draining(_)) {
+                    return;
+                }
                 match before {
                     Phase::Draining(b) if b.reason != d.reason => {
                         tracing::info!(reason = %d.reason, journal = %record, "the drain now ends the instance");
@@ -754,6 +757,11 @@ impl Supervisor {
                     }
                     // Moved later: the agent's extension, which `Extended` logs.
                     Phase::Draining(_) => {}
+                    // The deadline is the load balancer's wait, not the agent's drain yet.
+                    _ if !d.told => {
+                        tracing::info!(reason = %d.reason, journal = %record, "draining: readiness is 503; the agent hears of it once the load balancer stops sending");
+                        return;
+                    }
                     _ => {
                         tracing::info!(reason = %d.reason, deadline_in = %until(d.deadline), journal = %record, "draining")
                     }

@@ -17,6 +17,7 @@ mod hooks_dir_users;
 mod hostile;
 mod imds_ipv6;
 mod lifecycle;
+mod load_balancer;
 mod maintenance;
 mod notices;
 mod on_drain;

@@ -1,0 +1,206 @@
+//! The drain's load-balancer step: finds this instance's target groups once at set-up, and on
+//! each hold from the supervisor deregisters it, waits (within the hold's bound) for the load
+//! balancer to stop sending, and answers `LoadBalancerDone` so that the agent is told.
+//!
+//! Nothing is called on the idle path: the set-up reads the target groups once, and every other
+//! call belongs to a drain.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::aws::context::{AwsContext, SharedAws};
+use crate::aws::imds::ImdsClient;
+use crate::aws::targets::{self, Drained, Identity, Membership};
+use crate::config::{LoadBalancerSettings, TargetGroups};
+use crate::fmt::format_duration;
+use crate::machine::state::Event;
+use crate::machine::supervisor::{Hold, LoadBalancerLink};
+
+/// How long past the deregistration delay the wait lasts, so that the poll sees the target
+/// leave `draining` rather than the wait's bound passing at the same moment.
+const OBSERVE: Duration = Duration::from_secs(2);
+
+/// How much shorter than wanted a wait must be to count as cut (not just the time gone by).
+const CUT_BY_MORE_THAN: Duration = Duration::from_secs(1);
+
+/// How long IMDS is given for each of the instance's addresses.
+const ADDRESS_WITHIN: Duration = Duration::from_secs(2);
+
+/// The task's side of the supervisor's [`LoadBalancerLink`].
+pub struct Deregistration {
+    settings: LoadBalancerSettings,
+    /// `None` when the settings never need the group (`--target-groups off`).
+    aws: Option<Arc<SharedAws>>,
+    imds_endpoint: String,
+    wait: watch::Sender<Option<Duration>>,
+    holds: mpsc::Receiver<Hold>,
+    events: mpsc::Sender<Event>,
+}
+
+impl Deregistration {
+    /// The task and the link the supervisor is given. `aws` is `None` when there is no group to
+    /// read target groups from; `--lb-grace` still holds readiness then.
+    pub fn new(
+        settings: LoadBalancerSettings,
+        aws: Option<Arc<SharedAws>>,
+        imds_endpoint: String,
+        events: mpsc::Sender<Event>,
+    ) -> (Deregistration, LoadBalancerLink) {
+        let grace = (!settings.grace.is_zero()).then_some(settings.grace);
+        let (wait, wait_rx) = watch::channel(grace);
+        let (holds_tx, holds) = mpsc::channel(4);
+        let aws = aws.filter(|_| settings.target_groups != TargetGroups::Off);
+        (
+            Deregistration {
+                settings,
+                aws,
+                imds_endpoint,
+                wait,
+                holds,
+                events,
+            },
+            LoadBalancerLink {
+                wait: wait_rx,
+                holds: holds_tx,
+            },
+        )
+    }
+
+    /// Set-up, then one answer per hold, until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let found = tokio::select! {
+            found = self.set_up() => found,
+            _ = shutdown.cancelled() => return,
+        };
+        loop {
+            let hold = tokio::select! {
+                hold = self.holds.recv() => hold,
+                _ = shutdown.cancelled() => return,
+            };
+            let Some(hold) = hold else { return };
+            match &found {
+                Some((ctx, memberships)) => self.deregister(ctx, memberships, hold).await,
+                None => {
+                    self.grace(hold, "there is no target group to deregister from")
+                        .await
+                }
+            }
+            // The supervisor outlives this task; a closed channel means it is finishing anyway.
+            let _ = self.events.send(Event::LoadBalancerDone).await;
+        }
+    }
+
+    /// The target groups this instance is registered in, read once; `None` when there are none
+    /// or they cannot be read (then only `--lb-grace` applies).
+    async fn set_up(&mut self) -> Option<(Arc<AwsContext>, Vec<Membership>)> {
+        let aws = self.aws.clone()?;
+        let ctx = match aws.get().await {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                tracing::warn!(error = %e, "load balancer: cannot read the target groups; a drain will not deregister");
+                return None;
+            }
+        };
+        let me = Identity {
+            instance_id: ctx.instance_id.clone(),
+            addresses: self.addresses().await,
+        };
+        let found = async {
+            let arns =
+                targets::target_group_arns(&ctx.client, &ctx.group, &self.settings.target_groups)
+                    .await?;
+            targets::memberships(&ctx.elb, &arns, &me).await
+        }
+        .await;
+        let memberships = match found {
+            Ok(m) if m.is_empty() => {
+                tracing::info!(
+                    "load balancer: this instance is in no target group; a drain will not deregister"
+                );
+                return None;
+            }
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "load balancer: cannot read the target groups; a drain will not deregister");
+                return None;
+            }
+        };
+        for m in &memberships {
+            tracing::info!(target_group = %m.arn, targets = m.targets.len(), delay = %format_duration(m.delay), "load balancer: a drain deregisters this instance from this target group first");
+        }
+        let wait = targets::wait_bound(&memberships, self.settings.wait, Duration::MAX);
+        let wait = if wait.is_zero() { wait } else { wait + OBSERVE };
+        self.wait.send_replace(Some(wait.max(self.settings.grace)));
+        Some((ctx, memberships))
+    }
+
+    /// The instance's private addresses, for `ip` target groups.
+    async fn addresses(&self) -> Vec<String> {
+        let Ok(imds) = ImdsClient::new(&self.imds_endpoint, ADDRESS_WITHIN) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in ["local-ipv4", "ipv6"] {
+            if let Ok(Some(address)) = imds.get(item).await {
+                out.extend(address.split_whitespace().map(str::to_string));
+            }
+        }
+        out
+    }
+
+    /// DeregisterTargets, then the wait for the targets to leave `draining`, within the hold.
+    async fn deregister(&self, ctx: &AwsContext, memberships: &[Membership], hold: Hold) {
+        let started = Instant::now();
+        if let Err(e) = targets::deregister(&ctx.elb, memberships).await {
+            let why = if e.denied() {
+                "deregistration was refused"
+            } else {
+                "deregistration failed"
+            };
+            tracing::warn!(error = %e, "load balancer: {why}");
+            return self.grace(hold, why).await;
+        }
+        let bound = hold.until.saturating_duration_since(Instant::now());
+        let wanted = targets::wait_bound(memberships, self.settings.wait, Duration::MAX);
+        tracing::info!(reason = %hold.reason, target_groups = memberships.len(), "load balancer: deregistered; waiting for it to stop sending before the agent hears of the drain");
+        if bound + CUT_BY_MORE_THAN < wanted {
+            tracing::warn!(
+                wait = %shown(bound),
+                delay = %shown(wanted),
+                "load balancer: the wait is cut so that the agent keeps its full drain and stop budget"
+            );
+        }
+        match targets::wait_drained(&ctx.elb, memberships, bound).await {
+            Drained::Done { .. } => tracing::info!(
+                took = %shown(started.elapsed()),
+                "load balancer done: the target left draining; telling the agent"
+            ),
+            Drained::Cut { .. } => tracing::warn!(
+                took = %shown(started.elapsed()),
+                "load balancer still draining at the end of the wait; telling the agent now"
+            ),
+        }
+    }
+
+    /// `--lb-grace`: readiness stays 503 this long (within the hold) before the agent is told.
+    async fn grace(&self, hold: Hold, why: &str) {
+        let left = hold.until.saturating_duration_since(Instant::now());
+        let grace = self.settings.grace.min(left);
+        if grace.is_zero() {
+            return;
+        }
+        tracing::info!(grace = %shown(grace), "load balancer: {why}; holding readiness at 503 (--lb-grace) before the agent hears of the drain");
+        tokio::time::sleep(grace).await;
+    }
+}
+
+/// A duration for the log, to a tenth of a second: `4.9s` reads better than nanoseconds.
+fn shown(d: Duration) -> String {
+    let tenths = d.as_millis() / 100;
+    format_duration(Duration::from_millis(
+        u64::try_from(tenths * 100).unwrap_or(u64::MAX),
+    ))
+}

@@ -1,0 +1,203 @@
+//! Target deregistration before the agent hears of a drain, against the simulated IMDS, Auto
+//! Scaling and Elastic Load Balancing v2 APIs with the real SDK: a spot interruption deregisters
+//! the instance, waits for the target to leave `draining`, then tells the agent; a wait longer
+//! than the notice allows is cut so that the agent keeps its whole drain and stop budget.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use agent_guard::sim::autoscaling::{AutoScalingSim, Hook, TERMINATING};
+use agent_guard::sim::elb::{ElbSim, TargetGroupSpec};
+use agent_guard::sim::imds::ImdsSim;
+
+use crate::support::{
+    Guard, SOON, aws_command, first_time, fixture, json_lines, scratch, wait_until,
+};
+
+const GROUP: &str = "web";
+const INSTANCE: &str = "i-0123456789abcdef0";
+
+/// CLOCK_MONOTONIC in seconds, the clock the fixture agents log with.
+fn monotonic() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// An `Instant` (the simulator's times) as CLOCK_MONOTONIC seconds: both are that clock.
+fn mono(at: Instant) -> f64 {
+    let (now, mono_now) = (Instant::now(), monotonic());
+    mono_now - now.saturating_duration_since(at).as_secs_f64()
+}
+
+struct World {
+    imds: ImdsSim,
+    asg: AutoScalingSim,
+    elb: ElbSim,
+    arn: String,
+}
+
+/// A group whose instance is a healthy target of one target group with `delay`.
+fn world(delay: Duration) -> World {
+    let imds = ImdsSim::start().expect("imds sim");
+    let asg = AutoScalingSim::start().expect("asg sim");
+    let elb = ElbSim::start().expect("elb sim");
+    asg.add_instance(GROUP, INSTANCE, "InService");
+    asg.put_hook(
+        GROUP,
+        Hook::new("drain-hook", TERMINATING).heartbeat_timeout(Duration::from_secs(30)),
+    );
+    let arn = elb.add_target_group(TargetGroupSpec::new("web", 8080).deregistration_delay(delay));
+    elb.add_healthy_target(&arn, INSTANCE, 8080);
+    asg.set_target_groups(GROUP, std::slice::from_ref(&arn));
+    World {
+        imds,
+        asg,
+        elb,
+        arn,
+    }
+}
+
+/// A guard of the termination hook around the socket agent (drained 0.2 s after it is told),
+/// returned once the target groups are read and the agent is subscribed.
+fn guard(dir: &Path, w: &World, log: &Path, options: &[&str]) -> Guard {
+    let mut cmd = aws_command(&w.imds, &w.asg);
+    cmd.env("AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2", w.elb.url())
+        .args(["--terminate-hook", "drain-hook", "--asg-name", GROUP])
+        .args(options)
+        .arg("--")
+        .args([
+            fixture("socket_agent.py").to_str().expect("utf-8"),
+            log.to_str().expect("utf-8"),
+            "--drained-after",
+            "0.2",
+        ]);
+    let guard = Guard::spawn(dir, cmd);
+    wait_until("the target groups read", SOON, || {
+        guard.log().contains("a drain deregisters this instance")
+    });
+    wait_until("subscribed", SOON, || guard.status()["subscribers"] == 1);
+    guard
+}
+
+fn spot_notice_in(d: Duration) -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now() + d).to_string()
+}
+
+fn drain_event(e: &serde_json::Value) -> bool {
+    e["heard"]["event"] == "drain"
+}
+
+#[test]
+fn a_spot_drain_tells_the_agent_once_the_target_left_draining() {
+    let dir = scratch();
+    let log = dir.path().join("agent.log");
+    let w = world(Duration::from_secs(5));
+    let mut guard = guard(
+        dir.path(),
+        &w,
+        &log,
+        &["--drain-timeout", "20s", "--stop-timeout", "5s"],
+    );
+    let deregister_calls = |w: &World| {
+        w.elb
+            .calls()
+            .into_iter()
+            .filter(|c| c.action == "DeregisterTargets")
+            .count()
+    };
+    assert_eq!(
+        deregister_calls(&w),
+        0,
+        "nothing deregisters before a drain"
+    );
+    // Capacity rebalancing put the instance in Terminating:Wait, as it does with a spot notice.
+    w.asg.terminate(GROUP, INSTANCE);
+    w.imds
+        .post_spot_interruption("terminate", &spot_notice_in(Duration::from_secs(120)));
+    wait_until("the agent is told", Duration::from_secs(60), || {
+        first_time(&json_lines(&log), drain_event).is_some()
+    });
+    assert_eq!(guard.code(), 0);
+    let told = first_time(&json_lines(&log), drain_event).expect("told");
+    let transitions = w.elb.transitions();
+    let at = |state: &str| {
+        transitions
+            .iter()
+            .find(|t| t.target_group == w.arn && t.id == INSTANCE && t.state == state)
+            .map(|t| mono(t.at))
+            .unwrap_or_else(|| panic!("no {state} transition: {transitions:?}"))
+    };
+    let (draining, gone) = (at("draining"), at("unused"));
+    assert!(
+        gone - draining >= 4.5,
+        "the load balancer drained for its delay"
+    );
+    assert!(
+        told >= gone,
+        "the agent was told {:.3}s before the target left draining",
+        gone - told
+    );
+    assert!(
+        told - gone <= 1.0,
+        "the agent was told {:.3}s after the target left draining",
+        told - gone
+    );
+    assert_eq!(deregister_calls(&w), 1);
+    let text = guard.log();
+    assert!(text.contains("load balancer done"), "{text}");
+}
+
+#[test]
+fn a_wait_longer_than_the_notice_allows_is_cut_to_keep_the_agents_budget() {
+    let dir = scratch();
+    let log = dir.path().join("agent.log");
+    let w = world(Duration::from_secs(300));
+    // 120 s notice − 10 s margin − 15 s stop − 90 s drain: 5 s are left for the load balancer.
+    let mut guard = guard(
+        dir.path(),
+        &w,
+        &log,
+        &["--drain-timeout", "90s", "--stop-timeout", "15s"],
+    );
+    let posted = monotonic();
+    // Capacity rebalancing put the instance in Terminating:Wait, as it does with a spot notice.
+    w.asg.terminate(GROUP, INSTANCE);
+    w.imds
+        .post_spot_interruption("terminate", &spot_notice_in(Duration::from_secs(120)));
+    wait_until("the agent is told", Duration::from_secs(60), || {
+        first_time(&json_lines(&log), drain_event).is_some()
+    });
+    let entries = json_lines(&log);
+    let told = first_time(&entries, drain_event).expect("told");
+    let event = entries
+        .iter()
+        .find(|e| drain_event(e))
+        .map(|e| e["heard"].clone())
+        .expect("drain event");
+    assert_eq!(guard.code(), 0);
+    assert!(
+        told - posted >= 3.0,
+        "the guard waited for the load balancer first"
+    );
+    let budget_ms = event["deadline_in_ms"].as_u64().expect("deadline_in_ms");
+    assert!(
+        budget_ms >= 88_000,
+        "the agent's drain budget was cut: {event}"
+    );
+    assert_eq!(
+        w.elb.target_state(&w.arn, INSTANCE),
+        Some("draining"),
+        "the target still drains: the wait was cut"
+    );
+    let text = guard.log();
+    assert!(text.contains("the wait is cut"), "{text}");
+    assert!(
+        text.contains("still draining at the end of the wait"),
+        "{text}"
+    );
+}
