@@ -20,8 +20,12 @@
 //! - `logging`: the guard's own log lines on stderr, text or JSON (with the journal records).
 //!
 //! The process and its supervisor:
-//! - `process::{child, signals, reaper}`: spawning the agent in its own group; installing the
-//!   handlers; the only caller of `waitpid`.
+//! - `process::{child, spawn, signals, reaper}`: spawning the agent in its own group (by
+//!   posix_spawn where no code must run in the child); installing the handlers; the only caller
+//!   of `waitpid`.
+//! - `process::{inherited, crash}`: the signal state found at start, which the agent gets back
+//!   as exec would give it; fault signals forwarded when sent, the agent stopped when the guard
+//!   really crashes.
 //! - `process::drain_command`: the `--on-drain` command: its own group, output to the log, killed
 //!   at the drain deadline.
 //! - `machine::restart`: `--restart` and `--crash-loop` as plain data: policy, doubling delay,
