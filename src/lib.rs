@@ -220,23 +220,8 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
     // One TLS stack for the whole process: rustls with ring. The AWS client and the HTTPS checks
     // name ring themselves; the default is for anything that asks the process for one.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    if std::process::id() != 1 {
-        if config.subreaper {
-            become_subreaper().map_err(RunError::Subreaper)?;
-        } else {
-            // As tini says it: orphans go to whoever reaps above the guard (systemd, the
-            // container's init), and the guard's orphan count stays at 0.
-            tracing::info!(
-                "not PID 1 and not a child subreaper: processes the agent orphans are reaped by the init above the guard, not by it (--subreaper to reap them here)"
-            );
-        }
-    }
-    let ignored = inherited::ignored_names();
-    if !ignored.is_empty() {
-        tracing::info!(
-            signals = %ignored.join(","),
-            "signals ignored when the guard started stay ignored for the agent and are not forwarded"
-        );
+    if config.subreaper && std::process::id() != 1 {
+        become_subreaper().map_err(RunError::Subreaper)?;
     }
     let imds = match config.imds {
         ImdsMode::Off => None,
@@ -244,12 +229,13 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
             Some(ImdsClient::new(&config.imds_endpoint, IMDS_TIMEOUT)?)
         }
     };
-    if let (ImdsMode::On, Some(client)) = (config.imds, &imds) {
-        // Required IMDS is checked before the agent starts: it is not started at all without it.
-        require_imds(client).await.map_err(RunError::ImdsRequired)?;
-    }
     // The reader of the signals held since the handlers were installed in `run`.
     let mut signals = SignalSource::install()?;
+    if let (ImdsMode::On, Some(client)) = (config.imds, &imds)
+        && stopped_before_imds(client, &mut signals).await?
+    {
+        return Ok(Ended::NeverStarted);
+    }
     let (phase_tx, phase_rx) = watch::channel(State::new().phase);
     let (imds_status, imds_status_rx) = watch::channel(ImdsStatus::default());
     let (checks_tx, checks_rx) = watch::channel(checks::Snapshot::default());
@@ -311,6 +297,7 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
             return Err(err.into());
         }
     };
+    say_what_the_agent_inherits(&config);
     return_freed_memory();
     let outcome = supervisor.run().await;
     // The agent's group is gone: its number may be anyone's now.
@@ -320,6 +307,25 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
     unixsock::remove(&config.socket);
     unixsock::remove(&config.notify_socket);
     Ok(Ended::Agent(exit))
+}
+
+/// Once the agent started (a guard that fails before says only why): who reaps what the agent
+/// orphans, and which signals stay ignored for it.
+fn say_what_the_agent_inherits(config: &Config) {
+    if !config.subreaper && std::process::id() != 1 {
+        // As tini says it: orphans go to whoever reaps above the guard (systemd, the
+        // container's init), and the guard's orphan count stays at 0.
+        tracing::info!(
+            "not PID 1 and not a child subreaper: processes the agent orphans are reaped by the init above the guard, not by it (--subreaper to reap them here)"
+        );
+    }
+    let ignored = inherited::ignored_names();
+    if !ignored.is_empty() {
+        tracing::info!(
+            signals = %ignored.join(","),
+            "signals ignored when the guard started stay ignored for the agent and are not forwarded"
+        );
+    }
 }
 
 /// Hands the heap pages that start-up used and freed (the argument parser's tree above all, a
@@ -351,6 +357,23 @@ async fn stopped_while_held(
             let record = crate::journal::Record::StopSignalReceived { signal: sig.to_string() };
             tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal while the agent was held back; exiting without starting it");
             true
+        }
+    }
+}
+
+/// `--imds on`: IMDS is checked before the agent starts, which is not started at all without
+/// it. `true` if a stop signal came first (the agent is then never started): the wait takes up
+/// to 10 s, and a guard stopped meanwhile must not start an agent only to drain it.
+async fn stopped_before_imds(
+    client: &ImdsClient,
+    signals: &mut SignalSource,
+) -> Result<bool, RunError> {
+    tokio::select! {
+        checked = require_imds(client) => checked.map(|()| false).map_err(RunError::ImdsRequired),
+        sig = stop_signal(signals) => {
+            let record = crate::journal::Record::StopSignalReceived { signal: sig.to_string() };
+            tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal while waiting for IMDS; exiting without starting the agent");
+            Ok(true)
         }
     }
 }

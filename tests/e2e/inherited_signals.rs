@@ -96,7 +96,8 @@ fn signals_ignored_at_start_stay_ignored_and_are_not_forwarded_as_tini_keeps_the
 }
 
 /// A HUP or USR1 that arrives while the guard is still starting (here: waiting up to 10 s for a
-/// required IMDS that accepts connections and never answers) must not kill it.
+/// required IMDS that accepts connections and never answers) must not kill it; a SIGTERM then
+/// ends the wait at once, without starting an agent only to drain it.
 #[test]
 fn a_signal_before_the_agent_starts_does_not_kill_the_guard() {
     let dir = scratch();
@@ -118,11 +119,17 @@ fn a_signal_before_the_agent_starts_does_not_kill_the_guard() {
     let (_held, _) = imds.accept().expect("the guard connects");
     guard.signal(libc::SIGHUP);
     guard.signal(libc::SIGUSR1);
-    let status = guard.wait(std::time::Duration::from_secs(15));
+    guard.signal(libc::SIGTERM);
+    let status = guard.wait(std::time::Duration::ZERO);
+    let log = guard.log();
     assert_eq!(
         status.code(),
-        Some(125),
-        "the guard gives up on IMDS (125) instead of dying of the signal: {status:?}\n{}",
-        guard.log()
+        Some(0),
+        "not killed by SIGHUP or SIGUSR1; stopped by SIGTERM: {status:?}\n{log}"
+    );
+    assert!(log.contains("while waiting for IMDS"), "{log}");
+    assert!(
+        !log.contains("agent started"),
+        "no agent was started: {log}"
     );
 }
