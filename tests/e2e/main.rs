@@ -12,6 +12,7 @@ mod exit_status;
 mod fleet;
 mod forwarding;
 mod health;
+mod hook_setup;
 mod hooks_dir_users;
 mod hostile;
 mod imds_ipv6;
