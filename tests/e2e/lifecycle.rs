@@ -318,6 +318,12 @@ fn throttling_is_retried_until_the_completion_succeeds() {
         &["sleep", "600"],
     );
     wait_lifecycle_ready(&guard);
+    // The hook's timeout is read in the background: the throttling is meant for the completion.
+    wait_until("the hook's timeout read", SOON, || {
+        calls(&w, "DescribeLifecycleHooks")
+            .iter()
+            .any(|c| c.status == 200)
+    });
     w.asg.terminate(GROUP, INSTANCE);
     w.asg.set_faults(Faults {
         throttle: 2,

@@ -18,6 +18,7 @@ mod hostile;
 mod imds_ipv6;
 mod lifecycle;
 mod maintenance;
+mod missing_credentials;
 mod notices;
 mod on_drain;
 mod readme;
