@@ -291,7 +291,7 @@ impl HookApi {
             if elapsed.saturating_add(delay) > window {
                 return no_action(hook, &failure, quiet);
             }
-            tracing::debug!(hook, error = %failure.text(), retry_in = ?delay, "lifecycle: completion failed; retrying");
+            tracing::debug!(hook, error = %failure.text(), retry_in = %format_duration(delay), "lifecycle: completion failed; retrying");
             tokio::time::sleep(backoff::within(delay)).await;
             delay = (delay * 2).min(Duration::from_secs(10));
         }

@@ -17,6 +17,7 @@ mod hooks_dir_users;
 mod hostile;
 mod imds_ipv6;
 mod lifecycle;
+mod log_lines;
 mod maintenance;
 mod missing_credentials;
 mod notices;
