@@ -64,9 +64,11 @@ mod cli;
 mod cmd;
 mod config;
 mod fmt;
+mod fsat;
 #[doc(hidden)]
 pub mod fuzzing;
 mod health;
+mod hosthooks;
 mod journal;
 mod logging;
 mod machine;
@@ -140,7 +142,7 @@ pub enum RunError {
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
     #[error(transparent)]
-    HooksDir(#[from] crate::aws::hooks_dir::HooksDirError),
+    HooksDir(#[from] crate::hosthooks::HooksDirError),
 }
 
 impl RunError {

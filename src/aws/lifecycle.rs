@@ -33,10 +33,11 @@ use crate::agent::hub::{AwaitingStatus, HookState, HookStatus, Hub};
 use crate::aws::backoff;
 use crate::aws::context::SharedAws;
 use crate::aws::hook_calls::{HookApi, MAX_RETRY_WINDOW};
-use crate::aws::hooks_dir::{Decision, HookKind, HooksDirError, Registration};
 use crate::aws::termination::{Gone, Shared, on_host};
 use crate::aws::wait_state::{self, Stage};
 use crate::config::settings::{HookResult, LifecycleSettings};
+use crate::hosthooks::agent::AgentId;
+use crate::hosthooks::{Decision, HookKind, HooksDirError, Registration};
 use crate::journal::{Awaiting, Record};
 use crate::machine::state::{DrainReason, Phase};
 use crate::machine::supervisor::Outcome;
@@ -302,6 +303,8 @@ struct Watch<'a> {
     was_held: bool,
     /// Released from the warm pool: the next launch completion is a new round on the host.
     launch_again: bool,
+    /// The agent last recorded in this guard's termination registration.
+    recorded_agent: Option<i32>,
 }
 
 impl<'a> Watch<'a> {
@@ -324,6 +327,7 @@ impl<'a> Watch<'a> {
             launch_task: None,
             was_held: false,
             launch_again: false,
+            recorded_agent: None,
         }
     }
 
@@ -334,6 +338,7 @@ impl<'a> Watch<'a> {
         if held.borrow_and_update().is_some() {
             self.on_hold(true);
         }
+        self.record_agent();
         loop {
             tokio::select! {
                 changed = held.changed() => {
@@ -376,6 +381,7 @@ impl<'a> Watch<'a> {
     }
 
     fn on_phase(&mut self, now: &Phase) {
+        self.record_agent();
         if !self.launch_done && matches!(now, Phase::Ready) {
             self.launch(HookResult::Continue, "the agent is ready");
         }
@@ -399,6 +405,30 @@ impl<'a> Watch<'a> {
             self.tick = Some(tick);
             set_hook(self.hub, true, |h| h.state = HookState::Heartbeating);
         }
+    }
+
+    /// Records the agent that runs now (its process group and start time) in this guard's
+    /// termination registration, once per agent: should this guard die while it runs, the
+    /// other guards on the host wait for it to be gone.
+    fn record_agent(&mut self) {
+        let (Some(reg), Some(pid)) = (&self.host.terminate, self.hub.agent_pid()) else {
+            return;
+        };
+        if self.recorded_agent == Some(pid) {
+            return;
+        }
+        self.recorded_agent = Some(pid);
+        let reg = reg.clone();
+        tokio::spawn(async move {
+            let recorded = on_host(&reg, move |r| match AgentId::of(pid) {
+                Some(agent) => r.agent_started(agent),
+                None => Ok(()),
+            })
+            .await;
+            if let Err(err) = recorded {
+                tracing::warn!(error = %err, "lifecycle: cannot record the agent in the hooks directory (should this guard die, the others would not wait for its agent)");
+            }
+        });
     }
 
     /// `--in-warm-pool wait`: a held instance completes its launch hook at once, without the
