@@ -470,7 +470,8 @@ fn a_live_guards_garbled_registration_holds_the_others_up_until_its_agent_is_gon
     std::fs::write(registration(&h, "slow"), "{\"name\":\"slow\",").expect("garble");
     h.scale_in();
     wait_until("the fast guard decided", SOON, || {
-        exited(&mut fast) || fast.status()["lifecycle"]["waiting_for"]["what"] == "other-guards"
+        // The log, not /status: on a guard that completes and exits, the socket goes with it.
+        exited(&mut fast) || fast.log().contains("registration that cannot be read")
     });
     // Looked at in this order: an agent still running now was running when the calls were read.
     let completes = h.completions_ok();
@@ -536,19 +537,17 @@ fn a_guard_sigkilled_mid_drain_is_waited_for_until_its_orphaned_agent_is_gone() 
     ready(&killed);
     ready(&survivor);
     let agent = killed.status()["agent_pid"].as_i64().expect("agent pid");
-    wait_until("the killed guard's agent is recorded", SOON, || {
-        std::fs::read_to_string(registration(&h, "killed"))
-            .is_ok_and(|text| text.contains(&format!("\"pgid\":{agent}")))
-    });
     h.scale_in();
     wait_until("the slow agent drains", SOON, || draining.exists());
+    let recorded = std::fs::read_to_string(registration(&h, "killed")).unwrap_or_default();
     killed.signal(libc::SIGKILL);
     let _ = killed.child.wait();
     wait_until("the survivor decided, its own agent gone", SOON, || {
+        // The log, not /status: on a guard that completes and exits, the socket goes with it.
         exited(&mut survivor)
-            || survivor.status()["lifecycle"]["waiting_for"]["detail"]
-                .as_str()
-                .is_some_and(|d| d.contains("its guard is gone, its agent (process group"))
+            || survivor
+                .log()
+                .contains("its guard is gone, its agent (process group")
     });
     // Looked at in this order: an agent still running now was running when the calls were read.
     let completes = h.completions_ok();
@@ -560,6 +559,10 @@ fn a_guard_sigkilled_mid_drain_is_waited_for_until_its_orphaned_agent_is_gone() 
         completes.is_empty(),
         "completed while the killed guard's agent drained: {completes:?}\n{}",
         survivor.log()
+    );
+    assert!(
+        recorded.contains(&format!("\"pgid\":{agent}")),
+        "its agent was recorded before the drain: {recorded}"
     );
     assert_eq!(survivor.code(), 0, "{}", survivor.log());
     assert!(gone.exists());
