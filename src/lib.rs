@@ -6,6 +6,10 @@
 //!
 //! Pure types and functions (no I/O, no clock):
 //! - `fmt`: durations and times as people write and read them.
+//!
+//! Files other users share (imports nothing of the crate):
+//! - `fsat`: directories used through their descriptors, the `*at` calls, `flock`, and the owner
+//!   and mode checks, as safe calls over nix.
 //! - `process::sig`: signal names and numbers, and which ones stop, reap or are forwarded.
 //! - `process::exit`: [`ChildExit`], the proof that the agent exited, and the exit-status contract.
 //! - `machine::state`: `Phase`, `Event`, `Action` and the pure `step` between them.
@@ -18,6 +22,11 @@
 //! - `config`: flags + env + TOML file → a validated `Config`, with provenance (`layers`,
 //!   `validate`, `describe` for `--check-config`, `paths`, `subcommands`).
 //! - `logging`: the guard's own log lines on stderr, text or JSON (with the journal records).
+//!
+//! Guards on one host:
+//! - `hosthooks`: the registry in `--hooks-dir`: who registered for which hook, who is live
+//!   (its lock, or its orphaned agent: `hosthooks::agent`), and the decision who completes; no
+//!   AWS call.
 //!
 //! The process and its supervisor:
 //! - `process::{child, signals, reaper}`: spawning the agent in its own group; installing the
@@ -39,10 +48,10 @@
 //! - `aws::{imds, notices}`: the IMDSv2 client and the notice poller.
 //! - `aws::{api, context}`: Auto Scaling call errors and counters; the one shared AWS context.
 //! - `aws::{lifecycle, protection, emf}`: lifecycle hooks, scale-in protection, EMF load lines.
-//! - `aws::{hooks_dir, termination, wait_state, hook_calls, backoff}`: guards on one host
-//!   register per hook and the last agent out completes it once; the termination hook waits for
-//!   the wait state however late; the lifecycle calls, retried through throttling with full
-//!   jitter so a fleet never calls in step.
+//! - `aws::{termination, wait_state, hook_calls, backoff}`: the last agent out on the host (as
+//!   `hosthooks` decides) completes the termination hook once, waiting for the wait state however
+//!   late; the lifecycle calls, retried through throttling with full jitter so a fleet never
+//!   calls in step.
 //! - `aws::{health_status, replace}`: `SetInstanceHealth` Unhealthy, and after a crash loop once.
 //! - `aws::{scheduled, maintenance}`: EC2 scheduled events read and decided (pure), then acted on:
 //!   replace the instance, drain before NotBefore, or report.

@@ -15,11 +15,11 @@
 //! let exit = agent_guard::ChildExit { pid: 1, kind: todo!() };
 //! ```
 //!
-//! Several guards on one host register in `--hooks-dir` ([`hooks_dir`]); the last agent out
+//! Several guards on one host register in `--hooks-dir` ([`hosthooks`]); the last agent out
 //! completes the termination hook, however late the wait state comes ([`termination`]). The
 //! calls and their retries are [`hook_calls`]'.
 //!
-//! [`hooks_dir`]: crate::aws::hooks_dir
+//! [`hosthooks`]: crate::hosthooks
 //! [`termination`]: crate::aws::termination
 //! [`hook_calls`]: crate::aws::hook_calls
 
@@ -94,7 +94,9 @@ impl HostHooks {
     /// Registers for each configured hook, before the agent starts, so that the other guards on
     /// this host wait for it from the start. An unusable `--hooks-dir` is the guard's failure
     /// when it was given; the default one (`/run/agent-guard`, root's) is only warned about,
-    /// and the hooks are then handled as by a guard alone on the host.
+    /// and the hooks are then handled as by a guard alone on the host. A directory that another
+    /// user could change is refused either way: going alone there would hand that user the
+    /// decision to end the instance under the other guards' agents.
     pub fn register(settings: &LifecycleSettings, name: &str) -> Result<HostHooks, HooksDirError> {
         let dir = &settings.hooks_dir;
         let one = |kind, hook: &Option<String>| -> Result<Option<Shared>, HooksDirError> {
@@ -103,7 +105,10 @@ impl HostHooks {
             };
             match Registration::register(dir, kind, hook, name, settings.on_unclean_exit) {
                 Ok(reg) => Ok(Some(Arc::new(Mutex::new(reg)))),
-                Err(err) if !settings.hooks_dir_given => {
+                Err(err)
+                    if !settings.hooks_dir_given
+                        && !matches!(err, HooksDirError::Untrusted { .. }) =>
+                {
                     tracing::warn!(error = %err, "lifecycle: the default --hooks-dir is unusable; handling the hooks as the only guard on this host (give every guard here a --hooks-dir they can all write)");
                     Ok(None)
                 }

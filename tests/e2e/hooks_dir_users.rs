@@ -302,8 +302,8 @@ fn a_hook_directory_another_user_planted_is_refused_with_one_line() {
         let mut guard = h.guard("indexer", false, &agent);
         let code = guard.code();
         let log = guard.log();
-        assert_ne!(
-            code, 0,
+        assert_eq!(
+            code, 125,
             "the guard ran on a directory another user controls:\n{log}"
         );
         let refusal = format!("--hooks-dir: refusing {}: {why}", hook.display());
