@@ -82,7 +82,7 @@ pub enum HooksDirError {
     /// Refused by the permissions: said apart, since the fix is the group setup, not the code.
     #[error(
         "--hooks-dir: cannot use {path}: {source} (guards running as different users share it \
-         through a group: README, \"Several guards on one instance\")"
+         through a group: docs/operations.md, \"Several guards on one instance\")"
     )]
     Denied {
         path: PathBuf,
@@ -92,7 +92,7 @@ pub enum HooksDirError {
     /// Another user could change it, and with it what the guards decide.
     #[error(
         "--hooks-dir: refusing {path}: {why}; another user could change what the guards there \
-         decide (README, \"Several guards on one instance\")"
+         decide (docs/operations.md, \"Several guards on one instance\")"
     )]
     Untrusted { path: PathBuf, why: String },
     #[error("--hooks-dir: {path} stayed locked by another guard for 10s")]
@@ -1002,7 +1002,7 @@ mod tests {
             err.to_string(),
             format!(
                 "--hooks-dir: refusing {}: writable by every user (mode 777); another user could \
-                 change what the guards there decide (README, \"Several guards on one instance\")",
+                 change what the guards there decide (docs/operations.md, \"Several guards on one instance\")",
                 planted.display()
             )
         );
