@@ -1002,7 +1002,8 @@ mod tests {
             err.to_string(),
             format!(
                 "--hooks-dir: refusing {}: writable by every user (mode 777); another user could \
-                 change what the guards there decide (docs/operations.md, \"Several guards on one instance\")",
+                 change what the guards there decide (docs/operations.md, \"Several guards on \
+                 one instance\")",
                 planted.display()
             )
         );
