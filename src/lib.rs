@@ -6,16 +6,18 @@
 //!
 //! Pure types and functions (no I/O, no clock):
 //! - `fmt`: durations and times as people write and read them.
-//!
-//! Files other users share (imports nothing of the crate):
-//! - `fsat`: directories used through their descriptors, the `*at` calls, `flock`, and the owner
-//!   and mode checks, as safe calls over nix.
+//! - `names`: `named_enum!`, one table per enum of named variants (`ALL`, `as_str`, parsing,
+//!   serde), so that no name is spelt twice.
 //! - `process::sig`: signal names and numbers, and which ones stop, reap or are forwarded.
 //! - `process::exit`: [`ChildExit`], the proof that the agent exited, and the exit-status contract.
 //! - `machine::state`: `Phase`, `Event`, `Action` and the pure `step` between them.
 //! - `config::settings`, `config::check`: the settings types the features read.
 //! - `agent::protocol`: the control socket's wire format as types (requests, replies, events).
 //! - `journal`: the typed records the guard logs for the tools that judge it.
+//!
+//! Files other users share (imports nothing of the crate):
+//! - `fsat`: directories used through their descriptors, the `*at` calls, `flock`, and the owner
+//!   and mode checks, as safe calls over nix.
 //!
 //! Configuration and the command line:
 //! - `cli`: the raw flags, with help text, env fallbacks and defaults.
@@ -46,6 +48,7 @@
 //!
 //! Talking to AWS:
 //! - `aws::{imds, notices}`: the IMDSv2 client and the notice poller.
+//! - `aws::lifecycle_state`: every Auto Scaling lifecycle state, read once (pure).
 //! - `aws::{api, context}`: Auto Scaling call errors and counters; the one shared AWS context.
 //! - `aws::{lifecycle, protection, emf}`: lifecycle hooks, scale-in protection, EMF load lines.
 //! - `aws::{termination, wait_state, hook_calls, backoff}`: the last agent out on the host (as
@@ -81,6 +84,7 @@ mod hosthooks;
 mod journal;
 mod logging;
 mod machine;
+mod names;
 mod process;
 pub mod sim;
 
@@ -673,5 +677,41 @@ fn become_subreaper() -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every enum written by `names::named_enum!`: each name parses back to its variant, serde
+    /// writes and reads that same name, and no two variants share one.
+    macro_rules! every_name_parses_back {
+        ($($t:ty),+ $(,)?) => {$(
+            for (value, name) in <$t>::ALL.into_iter().zip(<$t>::NAMES) {
+                assert_eq!(value.as_str(), name, stringify!($t));
+                assert_eq!(name.parse::<$t>().ok(), Some(value), "{name}");
+                let json = serde_json::to_string(&value).expect("serialises");
+                assert_eq!(json, format!("\"{name}\""));
+                assert_eq!(serde_json::from_str::<$t>(&json).ok(), Some(value), "{name}");
+                assert_eq!(<$t>::NAMES.iter().filter(|n| **n == name).count(), 1, "{name}");
+            }
+        )+};
+    }
+
+    #[test]
+    fn every_enum_name_parses_back() {
+        every_name_parses_back!(
+            crate::agent::hub::HookState,
+            crate::agent::protocol::Op,
+            crate::aws::scheduled::EventCode,
+            crate::aws::scheduled::EventState,
+            crate::cli::DrillEvent,
+            crate::config::settings::HookResult,
+            crate::config::settings::OnMaintenance,
+            crate::journal::Awaiting,
+            crate::journal::NoticeKind,
+            crate::machine::restart::RestartPolicy,
+            crate::machine::state::DrainReason,
+            crate::machine::state::PhaseName,
+        );
     }
 }
