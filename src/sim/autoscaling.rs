@@ -162,6 +162,9 @@ pub struct Faults {
     pub server_errors: u32,
     /// These actions are refused with 403 `AccessDenied`, as without the IAM permission.
     pub denied: BTreeSet<String>,
+    /// These actions get 400 `Throttling`, every call, for as long as they are listed (one
+    /// action throttled for minutes while the others answer).
+    pub throttled: BTreeSet<String>,
 }
 
 pub use super::query::Call;
@@ -637,7 +640,7 @@ fn refusal(s: &mut State, form: &Form, now: Instant) -> Option<Reply> {
     if s.faults.denied.contains(&form.action) {
         return Some(query::denied("autoscaling", &form.action));
     }
-    if s.bucket.as_mut().is_some_and(|b| !b.take(now)) {
+    if s.faults.throttled.contains(&form.action) || s.bucket.as_mut().is_some_and(|b| !b.take(now)) {
         return Some(error(
             StatusCode::BAD_REQUEST,
             "Sender",
