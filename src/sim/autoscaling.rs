@@ -640,7 +640,8 @@ fn refusal(s: &mut State, form: &Form, now: Instant) -> Option<Reply> {
     if s.faults.denied.contains(&form.action) {
         return Some(query::denied("autoscaling", &form.action));
     }
-    if s.faults.throttled.contains(&form.action) || s.bucket.as_mut().is_some_and(|b| !b.take(now)) {
+    if s.faults.throttled.contains(&form.action) || s.bucket.as_mut().is_some_and(|b| !b.take(now))
+    {
         return Some(error(
             StatusCode::BAD_REQUEST,
             "Sender",

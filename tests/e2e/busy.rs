@@ -243,7 +243,14 @@ fn throttling_is_retried() {
     let mut guard = guard(
         dir.path(),
         &w,
-        &["--protect-while-busy", "--protect-min-interval", "100ms"],
+        // No target-group lookup at start to take one of the throttled answers.
+        &[
+            "--protect-while-busy",
+            "--protect-min-interval",
+            "100ms",
+            "--target-groups",
+            "off",
+        ],
     );
     wait_started(&guard);
     w.asg.set_faults(Faults {
