@@ -60,6 +60,8 @@
 //!   late; the lifecycle calls, retried through throttling with full jitter so a fleet never
 //!   calls in step.
 //! - `aws::{health_status, replace}`: `SetInstanceHealth` Unhealthy, and after a crash loop once.
+//! - `aws::{targets, deregistration}`: this instance in its load balancers' target groups (ELBv2
+//!   calls), and the drain's load-balancer step: deregister and wait before the agent is told.
 //! - `aws::{scheduled, maintenance}`: EC2 scheduled events read and decided (pure), then acted on:
 //!   replace the instance, drain before NotBefore, or report.
 //! - `aws::warm_pool`: `--in-warm-pool wait`: the agent is not started while the instance is
@@ -71,7 +73,8 @@
 //!   `cmd::doctor::{gather, judge, render}`: `agent-guard doctor` gathers facts about the live
 //!   instance and group, judges them against the options (pure), and renders the checks.
 //! - `fuzzing`: the entry points of the fuzz targets in `fuzz/`, one per parser of outside input.
-//! - [`sim`]: simulated IMDS and Auto Scaling API for tests and drills; loopback only.
+//! - [`sim`]: simulated IMDS, Auto Scaling and Elastic Load Balancing v2 APIs for tests and
+//!   drills; loopback only.
 //! - this file: [`run`] wires the tasks together, and shuts them down: decide, tell, wait.
 
 mod agent;
