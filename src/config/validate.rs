@@ -917,4 +917,47 @@ mod tests {
         assert!(from_file("on-drain = []\n").is_err());
         assert_eq!(from_file("on-drain = \"\"\n").expect("valid"), None);
     }
+
+    #[test]
+    fn load_balancer_options_are_validated() {
+        let config = Config::from_settings(&settings_of(&[]), vec![]).expect("valid");
+        assert_eq!(config.load_balancer, LoadBalancerSettings::default());
+        let arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/0123";
+        let list = format!("{arn}, {arn}2");
+        let s = settings_of(&[
+            "--target-groups",
+            &list,
+            "--deregistration-wait",
+            "0",
+            "--lb-grace",
+            "15s",
+        ]);
+        let config = Config::from_settings(&s, vec![]).expect("valid");
+        assert_eq!(
+            config.load_balancer,
+            LoadBalancerSettings {
+                target_groups: TargetGroups::Arns(vec![arn.to_string(), format!("{arn}2")]),
+                wait: DeregistrationWait::AtMost(Duration::ZERO),
+                grace: Duration::from_secs(15),
+            }
+        );
+        let off = settings_of(&["--target-groups", "off"]);
+        let config = Config::from_settings(&off, vec![]).expect("valid");
+        assert_eq!(config.load_balancer.target_groups, TargetGroups::Off);
+        for (args, want) in [
+            (["--target-groups", "web"], "is not a target group ARN"),
+            (
+                ["--target-groups", ","],
+                "expected `auto`, `off` or target group ARNs",
+            ),
+            (
+                ["--deregistration-wait", "soon"],
+                "expected `auto` or a duration",
+            ),
+            (["--lb-grace", "soon"], "expected a duration"),
+        ] {
+            let err = Config::from_settings(&settings_of(&args), vec![]).expect_err("bad");
+            assert!(err.to_string().contains(want), "{args:?}: {err}");
+        }
+    }
 }
