@@ -252,7 +252,7 @@ pub struct Poller {
     events: mpsc::Sender<Event>,
     status: watch::Sender<ImdsStatus>,
     failing: Option<Failing>,
-    /// When an update of each kind (in [`KINDS`] order) was last logged.
+    /// When a notice or an update of each kind (in [`KINDS`] order) was last logged.
     update_logged: [Option<Instant>; KINDS.len()],
     /// Paths whose answer was too large to read, each logged once.
     too_large: Vec<&'static str>,
@@ -420,6 +420,10 @@ impl Poller {
             }
         }
         if !decision.update {
+            // Its updates wait a minute from here.
+            if let Some(i) = kind_index(decision.record.kind) {
+                self.update_logged[i] = Some(Instant::now());
+            }
             self.status
                 .send_modify(|s| s.record_notice(decision.record.clone()));
         }

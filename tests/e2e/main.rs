@@ -15,6 +15,7 @@ mod health;
 mod hooks_dir_users;
 mod hostile;
 mod imds_ipv6;
+mod imds_sdk;
 mod lifecycle;
 mod maintenance;
 mod notices;
