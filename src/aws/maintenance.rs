@@ -214,6 +214,7 @@ impl Actor {
         .json();
         let what = match action {
             Action::Report => "reported only (--on-maintenance report)".to_string(),
+            Action::Replace { .. } if matches!(self.mark, Mark::Marked) => "the instance is marked Unhealthy already: its group replaces it (--on-maintenance replace)".to_string(),
             Action::Replace { .. } => "marking the instance Unhealthy so that its group replaces it (--on-maintenance replace)".to_string(),
             Action::Drain { at } => format!(
                 "the agent drains at {} (NotBefore minus --maintenance-margin)",
@@ -245,13 +246,8 @@ impl Actor {
                 self.mark = Mark::Asking(vec![id]);
             }
             Mark::Asking(ids) => ids.push(id),
-            Mark::Marked => {
-                self.planner.replaced(&id);
-                tracing::info!(
-                    id,
-                    "the instance is marked Unhealthy already: its group replaces it"
-                );
-            }
+            // Said on the event's own line.
+            Mark::Marked => self.planner.replaced(&id),
             Mark::Refused(err) => {
                 let err = err.clone();
                 self.replaced(&id, Err(err));

@@ -203,6 +203,28 @@ impl ImdsStatus {
         self.notices.push(record);
     }
 
+    /// Shows `record`, a new body of a notice already counted, in place of that notice's last
+    /// one (or as the latest, if it was dropped from the list): not counted again.
+    pub fn update_notice(&mut self, record: NoticeRecord) {
+        match self
+            .notices
+            .iter_mut()
+            .rev()
+            .find(|n| n.kind == record.kind)
+        {
+            Some(last) => {
+                last.value = record.value;
+                last.seen_at = record.seen_at;
+            }
+            None => {
+                if self.notices.len() >= NOTICES_KEPT {
+                    self.notices.remove(0);
+                }
+                self.notices.push(record);
+            }
+        }
+    }
+
     /// How many notices of `kind` were seen since start.
     pub fn notices_of(&self, kind: NoticeKind) -> u64 {
         kind_index(kind).map_or(0, |i| self.notices_seen[i])
@@ -419,7 +441,10 @@ impl Poller {
                 None => tracing::info!(journal = %record, "{}", decision.note),
             }
         }
-        if !decision.update {
+        if decision.update {
+            self.status
+                .send_modify(|s| s.update_notice(decision.record.clone()));
+        } else {
             // Its updates wait a minute from here.
             if let Some(i) = kind_index(decision.record.kind) {
                 self.update_logged[i] = Some(Instant::now());
@@ -590,6 +615,20 @@ mod tests {
         }
         assert_eq!(status.notices.len(), NOTICES_KEPT);
         assert_eq!(status.notices_of(NoticeKind::Rebalance), 100);
+        let mut updated = status.clone();
+        updated.update_notice(NoticeRecord {
+            kind: NoticeKind::Rebalance,
+            value: "new".to_string(),
+            seen_at: clock.wall,
+            drain: None,
+        });
+        assert_eq!(updated.notices.len(), NOTICES_KEPT, "shown in place");
+        assert_eq!(updated.notices[NOTICES_KEPT - 1].value, "new");
+        assert_eq!(
+            updated.notices_of(NoticeKind::Rebalance),
+            100,
+            "not counted"
+        );
         assert!(status.notices[NOTICES_KEPT - 1].value.contains("99"));
         let huge = "x".repeat(10 << 20);
         let mut lifecycle = lifecycle_state::LifecycleState::default();
