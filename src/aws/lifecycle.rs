@@ -237,25 +237,14 @@ async fn run(
         status.terminate = hook_status(&settings.terminate_hook);
         status.launch = hook_status(&settings.launch_hook);
     }
+    // Only the group and the instance id are waited for: the hook's timeout is read alongside.
     let setup = tokio::select! {
         setup = HookApi::setup(&settings, &aws, &hub) => setup,
         done = &mut finish => {
             // The agent ended before the identity was known: one more try, bounded.
             let setup = tokio::time::timeout(LATE_SETUP_WITHIN, HookApi::setup(&settings, &aws, &hub)).await;
             match (setup, done) {
-                (Ok(Ok(api)), Ok(outcome)) => {
-                    let terminating = hub.stats().drains.iter().any(|(reason, n)| *n > 0 && reason.ends_instance());
-                    let mut watch = Watch { terminating, ..Watch::new(Arc::new(api), &settings, &hub, &host) };
-                    // An agent that never got ready (a fast crash loop, say) abandons the launch
-                    // (`finish` does); one that was ready leaves it to the hook's timeout.
-                    if hub.report().ready_source.is_some() {
-                        watch.launch_done = true;
-                    }
-                    watch.finish(Some(outcome)).await;
-                    if let Some(task) = watch.launch_task.take() {
-                        let _ = tokio::time::timeout(LATE_SETUP_WITHIN, task).await;
-                    }
-                }
+                (Ok(Ok(api)), Ok(outcome)) => late_finish(Arc::new(api), &settings, &hub, &host, outcome).await,
                 _ => tracing::error!("lifecycle: the agent exited before the group and instance were known; no hook completed"),
             }
             host.leave().await;
@@ -264,9 +253,10 @@ async fn run(
     };
     match setup {
         Ok(api) => {
-            Watch::new(Arc::new(api), &settings, &hub, &host)
-                .run(finish)
-                .await
+            let api = Arc::new(api);
+            let learning = learn_hook_timeout(&api, &settings, &hub);
+            Watch::new(api, &settings, &hub, &host).run(finish).await;
+            learning.abort();
         }
         Err(err) => {
             let record = Record::HooksOff {
@@ -278,6 +268,50 @@ async fn run(
         }
     }
     host.leave().await;
+}
+
+/// The hook's heartbeat timeout, read in the background (see [`HookApi`]); aborted once the
+/// hook work ends.
+fn learn_hook_timeout(
+    api: &Arc<HookApi>,
+    settings: &LifecycleSettings,
+    hub: &Arc<Hub>,
+) -> tokio::task::AbortHandle {
+    let (api, hub, hook) = (api.clone(), hub.clone(), settings.terminate_hook.clone());
+    tokio::spawn(async move {
+        if let Some(hook) = hook {
+            api.learn_hook_timeout(&hook, &hub).await;
+        }
+    })
+    .abort_handle()
+}
+
+/// The agent ended before the hook work had the group and instance; now it has them.
+async fn late_finish(
+    api: Arc<HookApi>,
+    settings: &LifecycleSettings,
+    hub: &Arc<Hub>,
+    host: &HostHooks,
+    outcome: Outcome,
+) {
+    let terminating = hub
+        .stats()
+        .drains
+        .iter()
+        .any(|(reason, n)| *n > 0 && reason.ends_instance());
+    let mut watch = Watch {
+        terminating,
+        ..Watch::new(api, settings, hub, host)
+    };
+    // An agent that never got ready (a fast crash loop, say) abandons the launch (`finish`
+    // does); one that was ready leaves it to the hook's timeout.
+    if hub.report().ready_source.is_some() {
+        watch.launch_done = true;
+    }
+    watch.finish(Some(outcome)).await;
+    if let Some(task) = watch.launch_task.take() {
+        let _ = tokio::time::timeout(LATE_SETUP_WITHIN, task).await;
+    }
 }
 
 /// The lifecycle work alongside the supervisor: the launch hook on readiness, the wait state
@@ -331,6 +365,8 @@ impl<'a> Watch<'a> {
     async fn run(mut self, mut finish: oneshot::Receiver<Outcome>) {
         let mut phase = self.hub.phase.clone();
         let mut held = self.hub.held_changes();
+        let mut hook_timeout = self.api.hook_timeout_changes();
+        let mut timeout_open = true;
         if held.borrow_and_update().is_some() {
             self.on_hold(true);
         }
@@ -341,6 +377,10 @@ impl<'a> Watch<'a> {
                         let now = held.borrow_and_update().is_some();
                         self.on_hold(now);
                     }
+                }
+                changed = hook_timeout.changed(), if timeout_open => {
+                    timeout_open = changed.is_ok();
+                    self.new_cadence();
                 }
                 changed = phase.changed() => {
                     if changed.is_err() {
@@ -375,6 +415,17 @@ impl<'a> Watch<'a> {
         }
     }
 
+    /// The hook's timeout became known while the agent drains: heartbeats at the cadence it
+    /// sets from now on, the next one a new interval from now.
+    fn new_cadence(&mut self) {
+        let every = self.api.heartbeat_interval();
+        if let Some(tick) = self.tick.as_mut()
+            && tick.period() != every
+        {
+            *tick = ticks(every);
+        }
+    }
+
     fn on_phase(&mut self, now: &Phase) {
         if !self.launch_done && matches!(now, Phase::Ready) {
             self.launch(HookResult::Continue, "the agent is ready");
@@ -390,13 +441,7 @@ impl<'a> Watch<'a> {
         {
             self.terminating = true;
             self.drain = Some((Instant::now(), reason));
-            let every = self.api.heartbeat_interval;
-            let mut tick = tokio::time::interval_at(
-                crate::machine::state::later(Instant::now(), every).into(),
-                every,
-            );
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            self.tick = Some(tick);
+            self.tick = Some(ticks(self.api.heartbeat_interval()));
             set_hook(self.hub, true, |h| h.state = HookState::Heartbeating);
         }
     }
@@ -564,6 +609,16 @@ impl<'a> Watch<'a> {
             tracing::debug!(hook, journal = %record.json(), "lifecycle: hook work ended");
         }
     }
+}
+
+/// Heartbeats (or looks for the wait state) every `every`, the first one `every` from now.
+fn ticks(every: Duration) -> Interval {
+    let mut tick = tokio::time::interval_at(
+        crate::machine::state::later(Instant::now(), every).into(),
+        every,
+    );
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
 }
 
 /// The launch hook's completion, agreed with the other guards on this host: CONTINUE once every

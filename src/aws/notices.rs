@@ -12,10 +12,10 @@
 //! recomputes spot `time` and rebalance `noticeTime` each request) is an update of the notice
 //! already seen, logged at most once a minute and not counted again.
 
-mod lifecycle_state;
 mod rebalance;
 mod scheduled_events;
 mod spot;
+mod target_state;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -49,8 +49,8 @@ pub struct Wiring {
 /// Every notice source, in the order read, logged and reported: the one place a source is added.
 pub const REGISTRY: [Registered; 4] = [
     Registered {
-        kind: lifecycle_state::KIND,
-        make: |_| Some(Box::new(lifecycle_state::LifecycleState::default())),
+        kind: target_state::KIND,
+        make: |_| Some(Box::new(target_state::TargetState::default())),
     },
     Registered {
         kind: spot::KIND,
@@ -631,7 +631,7 @@ mod tests {
         );
         assert!(status.notices[NOTICES_KEPT - 1].value.contains("99"));
         let huge = "x".repeat(10 << 20);
-        let mut lifecycle = lifecycle_state::LifecycleState::default();
+        let mut lifecycle = target_state::TargetState::default();
         let d = lifecycle.read(Some(&huge), clock).expect("new");
         assert!(
             d.record.value.len() < VALUE_SHOWN + 64,

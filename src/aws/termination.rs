@@ -136,7 +136,7 @@ impl Gone<'_> {
     }
 
     fn bound_at(&self) -> Instant {
-        let bound = wait_state::wait_bound(self.api.hook_timeout);
+        let bound = wait_state::wait_bound(self.api.hook_timeout());
         let from = self.drain_started.unwrap_or_else(Instant::now);
         from.checked_add(bound).unwrap_or(from)
     }

@@ -2,6 +2,7 @@
 //! to the warm pool (`Warmed:*` after `InService`) become drains; each new state is news once.
 
 use super::{Clock, Decision, ImdsStatus, NoticeRecord, Source, VALUE_SHOWN};
+use crate::aws::lifecycle_state::LifecycleState;
 use crate::fmt::capped;
 use crate::journal::NoticeKind;
 use crate::machine::state::DrainReason;
@@ -11,14 +12,14 @@ pub const KIND: NoticeKind = NoticeKind::LifecycleState;
 
 /// The target lifecycle state as last read.
 #[derive(Debug, Clone, Default)]
-pub struct LifecycleState {
+pub struct TargetState {
     last_state: Option<String>,
     /// `InService` was seen: a later `Warmed:*` means going back to the warm pool.
     seen_in_service: bool,
     scale_in_sent: bool,
 }
 
-impl Source for LifecycleState {
+impl Source for TargetState {
     fn kind(&self) -> NoticeKind {
         KIND
     }
@@ -55,25 +56,25 @@ impl Source for LifecycleState {
     }
 }
 
-impl LifecycleState {
+impl TargetState {
     fn decide(&mut self, value: &str, shown: &str, first: bool) -> (Option<DrainReason>, String) {
-        match value {
-            "InService" => {
+        match LifecycleState::parse(value) {
+            LifecycleState::InService => {
                 self.seen_in_service = true;
                 (None, "target lifecycle state is InService".to_string())
             }
-            "Terminated" if !self.scale_in_sent => {
+            LifecycleState::Terminated if !self.scale_in_sent => {
                 self.scale_in_sent = true;
                 (
                     Some(DrainReason::ScaleIn),
                     "target lifecycle state is Terminated: scale-in".to_string(),
                 )
             }
-            "Terminated" => (
+            LifecycleState::Terminated => (
                 None,
                 "target lifecycle state is Terminated again".to_string(),
             ),
-            warmed if warmed.starts_with("Warmed:") => {
+            warmed if warmed.is_warmed() => {
                 if self.seen_in_service {
                     (
                         Some(DrainReason::WarmPool),
@@ -90,7 +91,7 @@ impl LifecycleState {
                     (None, format!("target lifecycle state is {shown}"))
                 }
             }
-            "Detached" | "Standby" => (
+            LifecycleState::Detached | LifecycleState::Standby => (
                 None,
                 format!(
                     "target lifecycle state is {value}: no lifecycle hook applies, not draining"
@@ -137,14 +138,14 @@ mod tests {
             (&["InService", "Exploding"], &[None, None]),
         ];
         for (states, want) in cases {
-            let mut source = LifecycleState::default();
+            let mut source = TargetState::default();
             let got: Vec<_> = states
                 .iter()
                 .map(|s| drains(&source.read(Some(s), clock)))
                 .collect();
             assert_eq!(&got, want, "{states:?}");
         }
-        let mut source = LifecycleState::default();
+        let mut source = TargetState::default();
         assert_eq!(source.read(None, clock), None, "a 404 says nothing");
         assert!(source.read(Some("InService"), clock).is_some());
         assert_eq!(
