@@ -51,7 +51,9 @@
 //!   text, and the background probes.
 //!
 //! Talking to AWS:
-//! - `aws::{imds, notices}`: the IMDSv2 client and the notice poller.
+//! - `aws::{imds, notices}`: the IMDSv2 client (answers bounded to 64 KiB) and the notice
+//!   poller over its registry of sources, one module each (`aws::notices::{target_state,
+//!   spot, rebalance, scheduled_events}`).
 //! - `aws::lifecycle_state`: every Auto Scaling lifecycle state, read once (pure).
 //! - `aws::{api, context}`: Auto Scaling call errors and counters; the one shared AWS context.
 //! - `aws::{lifecycle, protection, emf}`: lifecycle hooks, scale-in protection, EMF load lines.

@@ -4,14 +4,14 @@
 //! single moment. Families labelled by an enum (`phase`, `reason`, `kind`) list every variant,
 //! zeros included, because a series that only appears once non-zero hides its first increase
 //! from `rate()`. They read the variants from the enums: a new `PhaseName` or `DrainReason` gets
-//! its series without touching this file, and a new `NoticeKind` stops the build here until it
-//! is listed.
+//! its series without touching this file, and a new notice source gets its `kind` series from the
+//! sources' registry (`aws::notices::KINDS`).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::agent::hub::{AgentReport, GuardStats, HookState, HookStatus, Hub, LifecycleStatus};
-use crate::aws::notices::{ImdsStatus, NoticeKind};
+use crate::aws::notices::{ImdsStatus, KINDS};
 use crate::aws::scheduled::{EventCode, EventState};
 use crate::health::checks::Verdict;
 use crate::journal::Awaiting;
@@ -176,7 +176,8 @@ const FAMILIES: &[Family] = &[
         help: "IMDS notices seen, by kind.",
         samples: |s| {
             // Counted since start: the list of notices keeps only the latest.
-            let each = NOTICE_KINDS.iter().map(|kind| {
+            // The label table is the notice sources' registry.
+            let each = KINDS.iter().map(|kind| {
                 Sample::new([("kind", kind.as_str())], s.imds.notices_of(*kind) as f64)
             });
             Some(each.collect())
@@ -335,26 +336,6 @@ const FAMILIES: &[Family] = &[
     },
 ];
 
-/// Every notice kind, in the order of `agent_guard_notices_total`. `aws::notices` has no
-/// `NoticeKind::ALL` yet; [`notice_index`] stops compiling when a kind is added, pointing here.
-const NOTICE_KINDS: [NoticeKind; 4] = [
-    NoticeKind::LifecycleState,
-    NoticeKind::Spot,
-    NoticeKind::Rebalance,
-    NoticeKind::ScheduledEvent,
-];
-
-/// The place of `kind` in [`NOTICE_KINDS`]; an exhaustive match, so a new kind cannot be missed.
-#[cfg(test)]
-fn notice_index(kind: NoticeKind) -> usize {
-    match kind {
-        NoticeKind::LifecycleState => 0,
-        NoticeKind::Spot => 1,
-        NoticeKind::Rebalance => 2,
-        NoticeKind::ScheduledEvent => 3,
-    }
-}
-
 /// A label value in Prometheus text: backslash, quote and newline escaped.
 fn label(value: &str) -> String {
     value
@@ -370,7 +351,7 @@ mod tests {
 
     use tokio::sync::watch;
 
-    use crate::aws::notices::NoticeRecord;
+    use crate::aws::notices::{NoticeKind, NoticeRecord};
     use crate::aws::scheduled::{Handling, ScheduledEvent, Tracked};
     use crate::config::HookResult;
     use crate::config::check::Check;
@@ -642,13 +623,6 @@ agent_guard_subscribers 0
             watch::channel(Snapshot::default()).1,
         );
         assert_eq!(steady(&render(&hub)), IDLE);
-    }
-
-    #[test]
-    fn notice_kinds_are_listed_in_their_index_order() {
-        for (i, kind) in NOTICE_KINDS.into_iter().enumerate() {
-            assert_eq!(notice_index(kind), i, "{}", kind.as_str());
-        }
     }
 
     #[test]

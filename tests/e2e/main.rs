@@ -18,6 +18,7 @@ mod hook_setup;
 mod hooks_dir_users;
 mod hostile;
 mod imds_ipv6;
+mod imds_sdk;
 mod inherited_signals;
 mod job_control;
 mod lifecycle;
