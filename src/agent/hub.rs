@@ -555,8 +555,14 @@ mod tests {
             cleanup,
         };
         assert_eq!(next_start(&restart(None)), now);
-        let grace = Some(Cleanup::Signalled { kill_at: now + 5 * s });
-        assert_eq!(next_start(&restart(grace)), now + 5 * s, "not 0 while the grace runs");
+        let grace = Some(Cleanup::Signalled {
+            kill_at: now + 5 * s,
+        });
+        assert_eq!(
+            next_start(&restart(grace)),
+            now + 5 * s,
+            "not 0 while the grace runs"
+        );
         let killed = Some(Cleanup::Killed {
             give_up_at: now + 2 * s,
         });
