@@ -278,7 +278,24 @@ impl Supervisor {
 
     fn on_signal(&mut self, sig: Sig) -> Option<Event> {
         match role(sig) {
-            Role::Reap => self.reap(),
+            Role::Reap => {
+                let exited = self.reap();
+                // ^Z on the terminal the agent's group holds stopped the agent, not the guard:
+                // the shell waiting for the guard would hang.
+                if exited.is_none()
+                    && self.launcher.job_control.terminal()
+                    && self.reaper.take_job_control_stop()
+                {
+                    self.stop_guard_too();
+                }
+                exited
+            }
+            Role::Suspend => {
+                // As dumb-init does: pass it on, then stop the guard as well.
+                self.apply(Event::Forward(sig));
+                self.stop_guard_too();
+                None
+            }
             Role::Stop => {
                 let record = Record::StopSignalReceived {
                     signal: sig.to_string(),
@@ -288,6 +305,13 @@ impl Supervisor {
             }
             Role::Forward => Some(Event::Forward(sig)),
         }
+    }
+
+    /// Stops the guard until SIGCONT; a stop report of the agent's that came meanwhile is one
+    /// this stop already answered.
+    fn stop_guard_too(&mut self) {
+        self.agent.stop_guard_too();
+        let _ = self.reaper.take_job_control_stop();
     }
 
     /// Feeds `event` to `step`, then whatever the actions produced for it (a spawn's outcome).
