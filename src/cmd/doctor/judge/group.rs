@@ -295,21 +295,6 @@ fn some_of(items: impl Iterator<Item = String>, total: usize) -> String {
     }
 }
 
-#[cfg(test)]
-mod listing_tests {
-    use super::*;
-
-    #[test]
-    fn a_long_list_is_cut_and_says_how_many_more() {
-        let few = ["a", "b"].map(String::from);
-        assert_eq!(some_of(few.into_iter(), 2), "a, b");
-        let many = (0..20_000).map(|i| format!("hook-{i}"));
-        let line = some_of(many, 20_000);
-        assert!(line.ends_with("hook-9, and 19990 more"), "{line}");
-        assert!(line.len() < 200, "{}", line.len());
-    }
-}
-
 /// The heartbeat interval against the termination hook's HeartbeatTimeout.
 pub(super) fn heartbeat(i: &Input) -> Verdict {
     let hook = match i.terminate_hook() {
@@ -569,5 +554,20 @@ fn probe(i: &Input, permission: Permission, unneeded: &str, denied: &str) -> Ver
             "run the doctor again once the instance is InService and no guard of this configuration runs",
         ),
         None => warn("not probed", "run the doctor again"),
+    }
+}
+
+#[cfg(test)]
+mod listing_tests {
+    use super::*;
+
+    #[test]
+    fn a_long_list_is_cut_and_says_how_many_more() {
+        let few = ["a", "b"].map(String::from);
+        assert_eq!(some_of(few.into_iter(), 2), "a, b");
+        let many = (0..20_000).map(|i| format!("hook-{i}"));
+        let line = some_of(many, 20_000);
+        assert!(line.ends_with("hook-9, and 19990 more"), "{line}");
+        assert!(line.len() < 200, "{}", line.len());
     }
 }
