@@ -15,11 +15,20 @@
 //! - `agent::protocol`: the control socket's wire format as types (requests, replies, events).
 //! - `journal`: the typed records the guard logs for the tools that judge it.
 //!
+//! Files other users share (imports nothing of the crate):
+//! - `fsat`: directories used through their descriptors, the `*at` calls, `flock`, and the owner
+//!   and mode checks, as safe calls over nix.
+//!
 //! Configuration and the command line:
 //! - `cli`: the raw flags, with help text, env fallbacks and defaults.
 //! - `config`: flags + env + TOML file → a validated `Config`, with provenance (`layers`,
 //!   `validate`, `describe` for `--check-config`, `paths`, `subcommands`).
 //! - `logging`: the guard's own log lines on stderr, text or JSON (with the journal records).
+//!
+//! Guards on one host:
+//! - `hosthooks`: the registry in `--hooks-dir`: who registered for which hook, who is live
+//!   (its lock, or its orphaned agent: `hosthooks::agent`), and the decision who completes; no
+//!   AWS call.
 //!
 //! The process and its supervisor:
 //! - `process::{child, spawn, signals, reaper}`: spawning the agent in its own group (by
@@ -46,10 +55,10 @@
 //! - `aws::lifecycle_state`: every Auto Scaling lifecycle state, read once (pure).
 //! - `aws::{api, context}`: Auto Scaling call errors and counters; the one shared AWS context.
 //! - `aws::{lifecycle, protection, emf}`: lifecycle hooks, scale-in protection, EMF load lines.
-//! - `aws::{hooks_dir, termination, wait_state, hook_calls, backoff}`: guards on one host
-//!   register per hook and the last agent out completes it once; the termination hook waits for
-//!   the wait state however late; the lifecycle calls, retried through throttling with full
-//!   jitter so a fleet never calls in step.
+//! - `aws::{termination, wait_state, hook_calls, backoff}`: the last agent out on the host (as
+//!   `hosthooks` decides) completes the termination hook once, waiting for the wait state however
+//!   late; the lifecycle calls, retried through throttling with full jitter so a fleet never
+//!   calls in step.
 //! - `aws::{health_status, replace}`: `SetInstanceHealth` Unhealthy, and after a crash loop once.
 //! - `aws::{scheduled, maintenance}`: EC2 scheduled events read and decided (pure), then acted on:
 //!   replace the instance, drain before NotBefore, or report.
@@ -71,9 +80,11 @@ mod cli;
 mod cmd;
 mod config;
 mod fmt;
+mod fsat;
 #[doc(hidden)]
 pub mod fuzzing;
 mod health;
+mod hosthooks;
 mod journal;
 mod logging;
 mod machine;
@@ -153,7 +164,7 @@ pub enum RunError {
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
     #[error(transparent)]
-    HooksDir(#[from] crate::aws::hooks_dir::HooksDirError),
+    HooksDir(#[from] crate::hosthooks::HooksDirError),
 }
 
 impl RunError {

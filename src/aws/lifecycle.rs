@@ -15,11 +15,11 @@
 //! let exit = agent_guard::ChildExit { pid: 1, kind: todo!() };
 //! ```
 //!
-//! Several guards on one host register in `--hooks-dir` ([`hooks_dir`]); the last agent out
+//! Several guards on one host register in `--hooks-dir` ([`hosthooks`]); the last agent out
 //! completes the termination hook, however late the wait state comes ([`termination`]). The
 //! calls and their retries are [`hook_calls`]'.
 //!
-//! [`hooks_dir`]: crate::aws::hooks_dir
+//! [`hosthooks`]: crate::hosthooks
 //! [`termination`]: crate::aws::termination
 //! [`hook_calls`]: crate::aws::hook_calls
 
@@ -33,10 +33,11 @@ use crate::agent::hub::{AwaitingStatus, HookState, HookStatus, Hub};
 use crate::aws::backoff;
 use crate::aws::context::SharedAws;
 use crate::aws::hook_calls::{HookApi, MAX_RETRY_WINDOW};
-use crate::aws::hooks_dir::{Decision, HookKind, HooksDirError, Registration};
 use crate::aws::termination::{Gone, Shared, on_host};
 use crate::aws::wait_state::{self, Stage};
 use crate::config::settings::{HookResult, LifecycleSettings};
+use crate::hosthooks::agent::AgentId;
+use crate::hosthooks::{Decision, HookKind, HooksDirError, Registration};
 use crate::journal::{Awaiting, Record};
 use crate::machine::state::{DrainReason, Phase};
 use crate::machine::supervisor::Outcome;
@@ -93,7 +94,9 @@ impl HostHooks {
     /// Registers for each configured hook, before the agent starts, so that the other guards on
     /// this host wait for it from the start. An unusable `--hooks-dir` is the guard's failure
     /// when it was given; the default one (`/run/agent-guard`, root's) is only warned about,
-    /// and the hooks are then handled as by a guard alone on the host.
+    /// and the hooks are then handled as by a guard alone on the host. A directory that another
+    /// user could change is refused either way: going alone there would hand that user the
+    /// decision to end the instance under the other guards' agents.
     pub fn register(settings: &LifecycleSettings, name: &str) -> Result<HostHooks, HooksDirError> {
         let dir = &settings.hooks_dir;
         let one = |kind, hook: &Option<String>| -> Result<Option<Shared>, HooksDirError> {
@@ -102,7 +105,10 @@ impl HostHooks {
             };
             match Registration::register(dir, kind, hook, name, settings.on_unclean_exit) {
                 Ok(reg) => Ok(Some(Arc::new(Mutex::new(reg)))),
-                Err(err) if !settings.hooks_dir_given => {
+                Err(err)
+                    if !settings.hooks_dir_given
+                        && !matches!(err, HooksDirError::Untrusted { .. }) =>
+                {
                     tracing::warn!(error = %err, "lifecycle: the default --hooks-dir is unusable; handling the hooks as the only guard on this host (give every guard here a --hooks-dir they can all write)");
                     Ok(None)
                 }
@@ -336,6 +342,8 @@ struct Watch<'a> {
     was_held: bool,
     /// Released from the warm pool: the next launch completion is a new round on the host.
     launch_again: bool,
+    /// The agent last recorded in this guard's termination registration.
+    recorded_agent: Option<i32>,
 }
 
 impl<'a> Watch<'a> {
@@ -358,6 +366,7 @@ impl<'a> Watch<'a> {
             launch_task: None,
             was_held: false,
             launch_again: false,
+            recorded_agent: None,
         }
     }
 
@@ -370,6 +379,7 @@ impl<'a> Watch<'a> {
         if held.borrow_and_update().is_some() {
             self.on_hold(true);
         }
+        self.record_agent();
         loop {
             tokio::select! {
                 changed = held.changed() => {
@@ -427,6 +437,7 @@ impl<'a> Watch<'a> {
     }
 
     fn on_phase(&mut self, now: &Phase) {
+        self.record_agent();
         if !self.launch_done && matches!(now, Phase::Ready) {
             self.launch(HookResult::Continue, "the agent is ready");
         }
@@ -444,6 +455,30 @@ impl<'a> Watch<'a> {
             self.tick = Some(ticks(self.api.heartbeat_interval()));
             set_hook(self.hub, true, |h| h.state = HookState::Heartbeating);
         }
+    }
+
+    /// Records the agent that runs now (its process group and start time) in this guard's
+    /// termination registration, once per agent: should this guard die while it runs, the
+    /// other guards on the host wait for it to be gone.
+    fn record_agent(&mut self) {
+        let (Some(reg), Some(pid)) = (&self.host.terminate, self.hub.agent_pid()) else {
+            return;
+        };
+        if self.recorded_agent == Some(pid) {
+            return;
+        }
+        self.recorded_agent = Some(pid);
+        let reg = reg.clone();
+        tokio::spawn(async move {
+            let recorded = on_host(&reg, move |r| match AgentId::of(pid) {
+                Some(agent) => r.agent_started(agent),
+                None => Ok(()),
+            })
+            .await;
+            if let Err(err) = recorded {
+                tracing::warn!(error = %err, "lifecycle: cannot record the agent in the hooks directory (should this guard die, the others would not wait for its agent)");
+            }
+        });
     }
 
     /// `--in-warm-pool wait`: a held instance completes its launch hook at once, without the
