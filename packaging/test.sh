@@ -22,6 +22,14 @@ check() { local what=$1; shift; if "$@" >"$work/out" 2>&1; then ok "$what"; else
 skip() {
   if [[ ${CI:-} == true ]]; then bad "$* (skipped, and CI=true makes a skip a failure)"; else skipped+=("$*"); fi
 }
+# The tools of $1 (space-separated) that are not on PATH.
+missing() { local t out=(); for t in $1; do command -v "$t" >/dev/null || out+=("$t"); done; echo "${out[*]}"; }
+# `check` when every tool in $1 is on PATH; else a skip naming what is missing (outside CI a
+# missing tool is a skip, never a failure: README's test command on a fresh machine is green).
+check_with() {
+  local tools=$1 what=$2 lacking; lacking=$(missing "$tools")
+  if [[ -n $lacking ]]; then skip "$what: $lacking not installed"; else shift; check "$@"; fi
+}
 python=${AGENT_GUARD_TEST_PYTHON:-python3}
 
 # release.sh: builds dist/ (the static binary first). Everything below tests what it made.
@@ -48,9 +56,9 @@ check "the archive $archive holds the binary, README, licences, packaging/ and d
 mkdir -p "$work/unpacked"
 tar xzf "$archive" -C "$work/unpacked"
 binary=$work/unpacked/$name/agent-guard
-check "the binary is statically linked (file)" sh -c "file -b '$binary' | tee -a /dev/stderr | grep -q 'statically linked'"
+check_with file "the binary is statically linked (file)" sh -c "file -b '$binary' | tee -a /dev/stderr | grep -q 'statically linked'"
 check "the binary says the version of Cargo.toml ($version)" sh -c "'$binary' --version | grep -qx 'agent-guard $version'"
-check "the binary names no interpreter and no shared libraries" sh -c "! readelf -lW '$binary' | grep -q INTERP && ! readelf -dW '$binary' 2>/dev/null | grep -q NEEDED"
+check_with readelf "the binary names no interpreter and no shared libraries" sh -c "! readelf -lW '$binary' | grep -q INTERP && ! readelf -dW '$binary' 2>/dev/null | grep -q NEEDED"
 check "sha256sum -c SHA256SUMS" sh -c "cd dist && sha256sum -c SHA256SUMS"
 check "SHA256SUMS covers the archive, the .deb and the .rpm" bash -c \
   "cd dist && diff <(ls *.tar.gz *.deb *.rpm | sort) <(awk '{print \$2}' SHA256SUMS | sort)"
@@ -58,7 +66,16 @@ check "install.sh in the unpacked archive installs the binary beside it" sh -c \
   "DESTDIR='$work/from-archive' '$work/unpacked/$name/packaging/install.sh' && cmp '$binary' '$work/from-archive/usr/local/bin/agent-guard'"
 
 # The static binary as PID 1 in an empty root: exit statuses, an orphan, a lifecycle hook by name.
-if [[ $(id -u) == 0 ]]; then
+# test-root.sh's own needs (see its header), asked first: a missing one is a skip here.
+root_lacking=$(missing "unshare chroot mount dnsmasq cc file")
+if [[ -z $root_lacking ]] && ! { [[ -x /bin/busybox ]] && file -b /bin/busybox | grep -q 'statically linked'; }; then
+  root_lacking="a static /bin/busybox (busybox-static)"
+fi
+if [[ $(id -u) != 0 ]]; then
+  skip "the empty root (test-root.sh): needs root"
+elif [[ -n $root_lacking ]]; then
+  skip "the empty root (test-root.sh): $root_lacking not installed"
+else
   if cargo build --locked --example sim_world >"$work/out" 2>&1; then
     packaging/test-root.sh "$binary" target/debug/examples/sim_world >"$work/root.log" 2>&1
     grep -E '^(ok|FAIL) |^     ' "$work/root.log"
@@ -68,8 +85,6 @@ if [[ $(id -u) == 0 ]]; then
   else
     bad "cargo build --example sim_world"; sed 's/^/     /' "$work/out"
   fi
-else
-  skip "the empty root (test-root.sh): needs root"
 fi
 
 # install.sh: twice gives the same tree; --uninstall leaves nothing.
@@ -179,10 +194,10 @@ fi
 
 # The .deb (release.sh's, with the static binary): its files, then installed, run and removed.
 deb=$(ls dist/agent-guard_*.deb 2>/dev/null | head -1)
-check "the .deb holds the binary, the unit, the tmpfiles.d line, the examples and the licences" sh -c \
+check_with dpkg-deb "the .deb holds the binary, the unit, the tmpfiles.d line, the examples and the licences" sh -c \
   "dpkg-deb -c '$deb' > '$work/deb.list' && for f in ./usr/bin/agent-guard ./lib/systemd/system/agent-guard@.service ./usr/lib/tmpfiles.d/agent-guard.conf examples/queue-worker.toml doc/agent-guard/LICENSE-MIT doc/agent-guard/LICENSE-APACHE doc/agent-guard/docs/reference.md; do grep -q \"\$f\" '$work/deb.list' || { echo \"missing \$f\"; exit 1; }; done"
-check "the .deb's postinst is packaging/scripts/postinst" sh -c "dpkg-deb -I '$deb' postinst | cmp - packaging/scripts/postinst"
-check "the .deb has no library dependencies (the binary is static)" sh -c "! dpkg-deb -f '$deb' Depends | grep -q libc6"
+check_with dpkg-deb "the .deb's postinst is packaging/scripts/postinst" sh -c "dpkg-deb -I '$deb' postinst | cmp - packaging/scripts/postinst"
+check_with dpkg-deb "the .deb has no library dependencies (the binary is static)" sh -c "! dpkg-deb -f '$deb' Depends | grep -q libc6"
 if [[ $(id -u) == 0 ]] && command -v dpkg >/dev/null; then
   if dpkg -s agent-guard >/dev/null 2>&1; then
     skip "dpkg -i: an agent-guard package is already installed here; not touching it"

@@ -99,6 +99,7 @@ pub use crate::cmd::ctl::run as ctl;
 pub use crate::cmd::doctor::run as doctor;
 pub use crate::cmd::drill::run as drill;
 pub use crate::config::{Invocation, load};
+pub use crate::logging::flush as flush_logs;
 pub use crate::logging::init as init_logging;
 pub use crate::process::child::resolve;
 /// The proof that the agent exited; public so that its doctest shows it cannot be forged.

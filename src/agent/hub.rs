@@ -21,7 +21,7 @@ use crate::fmt::rfc3339;
 use crate::health::checks::Snapshot;
 use crate::journal::Awaiting;
 use crate::machine::restart::RestartPolicy;
-use crate::machine::state::{DrainReason, Phase, PhaseName};
+use crate::machine::state::{Cleanup, DrainReason, Phase, PhaseName, Restart};
 use crate::names::named_enum;
 
 named_enum! {
@@ -433,9 +433,21 @@ fn restart_json(phase: &Phase, runs: &AgentRuns, now: Instant) -> Value {
         "restarts": runs.restarts,
         "restarting": pending.is_some(),
         "attempt": pending.map(|r| r.attempt),
-        "next_in_ms": pending.map(|r| u64::try_from(r.at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)),
+        // At the latest: the next start also waits out the old agent's leftovers' grace.
+        "next_in_ms": pending.map(|r| u64::try_from(next_start(r).saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)),
+        "waiting_for_leftovers": pending.map(|r| r.cleanup.is_some()),
         "crash_loop": runs.crash_loop,
     })
+}
+
+/// The latest the next start waits for: its delay, and the grace (or the kernel's removal) of
+/// what is left of the last agent's group, whichever ends later.
+fn next_start(r: &Restart) -> Instant {
+    match r.cleanup {
+        Some(Cleanup::Signalled { kill_at }) => r.at.max(kill_at),
+        Some(Cleanup::Killed { give_up_at }) => r.at.max(give_up_at),
+        None => r.at,
+    }
 }
 
 fn drain_command_json(c: &DrainCommandStatus) -> Value {
@@ -512,4 +524,35 @@ fn lifecycle_json(l: &LifecycleStatus) -> Value {
             "text": a.text(),
         })),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::exit::ChildExit;
+
+    #[test]
+    fn the_next_start_waits_for_the_leftovers_grace() {
+        let now = Instant::now();
+        let s = Duration::from_secs(1);
+        let restart = |cleanup| Restart {
+            last: ChildExit::for_test(1),
+            attempt: 1,
+            at: now,
+            cleanup,
+        };
+        assert_eq!(next_start(&restart(None)), now);
+        let grace = Some(Cleanup::Signalled {
+            kill_at: now + 5 * s,
+        });
+        assert_eq!(
+            next_start(&restart(grace)),
+            now + 5 * s,
+            "not 0 while the grace runs"
+        );
+        let killed = Some(Cleanup::Killed {
+            give_up_at: now + 2 * s,
+        });
+        assert_eq!(next_start(&restart(killed)), now + 2 * s);
+    }
 }

@@ -205,6 +205,12 @@ const FAMILIES: &[Family] = &[
         samples: |s| single(s.imds.errors_total as f64),
     },
     Family {
+        name: "agent_guard_log_lines_dropped_total",
+        kind: Kind::Counter,
+        help: "The guard's log lines dropped because stderr was not read fast enough.",
+        samples: |_| single(crate::logging::dropped_lines() as f64),
+    },
+    Family {
         name: "agent_guard_check_up",
         kind: Kind::Gauge,
         help: "Whether a check passes (1) or fails (0); stale results fail.",
@@ -497,6 +503,9 @@ agent_guard_maintenance_events{code="other"} 0
 # HELP agent_guard_imds_errors_total Failed IMDS reads.
 # TYPE agent_guard_imds_errors_total counter
 agent_guard_imds_errors_total 7
+# HELP agent_guard_log_lines_dropped_total The guard's log lines dropped because stderr was not read fast enough.
+# TYPE agent_guard_log_lines_dropped_total counter
+agent_guard_log_lines_dropped_total 0
 # HELP agent_guard_check_up Whether a check passes (1) or fails (0); stale results fail.
 # TYPE agent_guard_check_up gauge
 agent_guard_check_up{check="db"} 1
@@ -574,6 +583,9 @@ agent_guard_maintenance_events{code="other"} 0
 # HELP agent_guard_imds_errors_total Failed IMDS reads.
 # TYPE agent_guard_imds_errors_total counter
 agent_guard_imds_errors_total 0
+# HELP agent_guard_log_lines_dropped_total The guard's log lines dropped because stderr was not read fast enough.
+# TYPE agent_guard_log_lines_dropped_total counter
+agent_guard_log_lines_dropped_total 0
 # HELP agent_guard_check_up Whether a check passes (1) or fails (0); stale results fail.
 # TYPE agent_guard_check_up gauge
 # HELP agent_guard_check_latency_seconds How long the last probe of a check took.

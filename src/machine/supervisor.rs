@@ -580,7 +580,14 @@ impl Supervisor {
                 let record = Record::DrainCommandFailed {
                     error: err.to_string(),
                 };
-                tracing::error!(error = %err, journal = %record.json(), "cannot start the --on-drain command; the drain goes on");
+                let told = self.hub.has_subscribers() || self.settings.drain_signal.is_some();
+                let then = if told {
+                    "the drain goes on"
+                } else {
+                    "nothing else can tell the agent, so it gets its stop signal now"
+                };
+                tracing::error!(error = %err, journal = %record.json(), "cannot start the --on-drain command; {then}");
+                self.queued = Some(Event::DrainCommandFailed);
             }
         }
     }

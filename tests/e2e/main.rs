@@ -27,6 +27,7 @@ mod maintenance;
 mod missing_credentials;
 mod notices;
 mod on_drain;
+mod on_drain_bounds;
 mod readme;
 mod reaping;
 mod restart;

@@ -64,6 +64,14 @@ pub(super) fn imds(i: &Input) -> Verdict {
             "--imds off: no scale-in, spot or rebalance notice reaches the agent",
             "use --imds auto (the default) on EC2",
         ),
+        // Over IPv6, no answer says as much about the endpoint being off as about the hop limit:
+        // say what is known, and the causes in the order to look at them.
+        ImdsFact::Failed(ImdsError::TokenTimeout { .. }) if endpoint.contains('[') => fail(
+            format!(
+                "the session token request to {endpoint} got no answer: the instance's IPv6 metadata endpoint may be off, its subnet not IPv6, or (in a container) the hop limit 1"
+            ),
+            "check HttpProtocolIpv6=enabled (aws ec2 describe-instances, MetadataOptions), an IPv6 subnet, and in a container --http-put-response-hop-limit 2; or use --imds-endpoint-mode ipv4",
+        ),
         ImdsFact::Failed(ImdsError::TokenTimeout { .. }) => fail(
             format!(
                 "the session token request to {endpoint} got no answer: the metadata hop limit is 1 and this runs one hop too far (a container)"

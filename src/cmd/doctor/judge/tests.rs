@@ -20,6 +20,16 @@ const GOOD: &[&str] = &[
     "launch-hook",
     "--protect-while-busy",
 ];
+/// As GOOD, with IMDS over IPv6.
+const IPV6: &[&str] = &[
+    "--terminate-hook",
+    "drain-hook",
+    "--launch-hook",
+    "launch-hook",
+    "--protect-while-busy",
+    "--imds-endpoint-mode",
+    "ipv6",
+];
 
 fn config(args: &[&str]) -> (Config, Settings) {
     let argv = ["agent-guard", "--check-config"]
@@ -187,6 +197,7 @@ const CASES: &[Case] = &[
     (GOOD, |f| f.command = CommandFact::Missing, "command", Status::Warn, "none given"),
     (GOOD, |f| f.command = CommandFact::Unusable("not found".into()), "command", Status::Fail, "not found"),
     (GOOD, |f| f.imds = ImdsFact::Failed(ImdsError::TokenTimeout { endpoint: "e".into() }), "imds", Status::Fail, "hop limit is 1"),
+    (IPV6, |f| f.imds = ImdsFact::Failed(ImdsError::TokenTimeout { endpoint: "e".into() }), "imds", Status::Fail, "IPv6 metadata endpoint may be off"),
     (GOOD, |f| f.imds = ImdsFact::Failed(ImdsError::Unreachable { endpoint: "e".into(), detail: "refused".into() }), "imds", Status::Fail, "cannot reach IMDS"),
     (GOOD, |f| f.imds = ImdsFact::NotAsked, "imds", Status::Fail, "--imds off"),
     (&[], |f| f.imds = ImdsFact::NotAsked, "imds", Status::Warn, "--imds off"),
