@@ -110,10 +110,10 @@ if [[ $code == 42 ]]; then ok "under qemu: SIGUSR1 is forwarded to the agent (it
 # The drills. Each starts a second copy of the guard, which the kernel execs only through
 # binfmt_misc: qemu-aarch64.sh gives it one of its own. The verdict (PASS or FAIL, the reasons,
 # the summary, the exit status) must be the x86_64 binary's, event by event.
-verdict() {  # the drill's JSON report on stdin -> its verdict, one line
-  python3 -c 'import json, sys; r = json.load(sys.stdin); print(json.dumps({k: r[k] for k in ("event", "verdict", "reasons", "summary", "exit_status")}, sort_keys=True))'
+verdict() {  # the drill's JSON report (its last line of stdout) -> its verdict, one line
+  tail -n 1 | python3 -c 'import json, sys; r = json.load(sys.stdin); print(json.dumps({k: r[k] for k in ("event", "verdict", "reasons", "summary", "exit_status")}, sort_keys=True))'
 }
-agent=(sh -c 'trap "exit 0" TERM; echo "agent: working"; while :; do sleep 0.2; done')
+agent=(sh -c 'trap "exit 0" TERM; while :; do sleep 0.2; done')
 for event in scale-in spot; do
   "$x86" drill "$event" --json -- "${agent[@]}" >"$work/x86.json" 2>"$work/x86.err"
   packaging/qemu-aarch64.sh "$binary" drill "$event" --json -- "${agent[@]}" >"$work/a64.json" 2>"$work/a64.err"
