@@ -18,7 +18,10 @@ Reported against peers measured in the same run, never as absolute promises:
 - resident memory of each wrapper while it supervises an idle `sleep`, with its anonymous part
   (the rest is pages of the binary itself, shared with every other copy and reclaimable);
 - latency from `kill -USR1 <wrapper>` to the agent's signal handler;
-- /readyz under wrk against nginx returning a static 200 (64 connections, loopback).
+- /readyz under wrk against nginx returning a static 200 (64 connections, loopback);
+- the configuration users run: the guard with its health endpoint on and IMDS polled every 2 s
+  (the simulated IMDS of examples/sim_world.rs, on loopback): its idle RSS, and its CPU time
+  over an idle minute (20 s with --quick), given per idle hour.
 The floors of issue 18 are checked at the end; the exit status is 1 if one is missed.
 """
 import os
@@ -162,6 +165,45 @@ def idle_rss(ws):
     return out
 
 
+def cpu_ticks(pid):
+    """utime + stime of `pid`, in clock ticks (fields 14 and 15 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def as_users_run(guard):
+    """The guard as deployed: health on, IMDS polled every 2 s against the simulated IMDS. Idle
+    RSS after the first polls, and CPU seconds per idle hour measured over a window."""
+    subprocess.run(["cargo", "build", "--quiet", "--locked", "--example", "sim_world"], cwd=ROOT, check=True)
+    sim = subprocess.Popen([os.path.join(ROOT, "target", "debug", "examples", "sim_world")],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    ports = dict(kv.split("=") for kv in sim.stdout.readline().split())
+    cmd = [guard, "--imds", "on", "--imds-endpoint", f"http://127.0.0.1:{ports['imds']}", "--imds-poll", "2s",
+           "--health-listen", "127.0.0.1:0", "--socket", os.path.join(WORK, "u.sock"), "--", "sleep", "3600"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(5.0)  # the first polls, the token, the health threads up
+        mem = memory_kib(proc.pid)
+        window = 20 if QUICK else 60
+        t0, c0 = time.monotonic(), cpu_ticks(proc.pid)
+        time.sleep(window)
+        t1, c1 = time.monotonic(), cpu_ticks(proc.pid)
+        per_hour = (c1 - c0) / os.sysconf("SC_CLK_TCK") * 3600 / (t1 - t0)
+    finally:
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], stdout=subprocess.PIPE, text=True).stdout.split()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for child in children:
+            try:
+                os.kill(int(child), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        sim.stdin.close()
+        sim.wait()
+    return {"rss": mem, "cpu_per_hour_s": per_hour, "window_s": window}
+
+
 def signal_latency(ws):
     n = 100 if QUICK else 300
     agent = [sys.executable, os.path.join(ROOT, "bench", "latency_agent.py")]
@@ -283,6 +325,7 @@ def main():
     rss = idle_rss(ws)
     lat = signal_latency(ws)
     web = readyz(guard)
+    deployed = as_users_run(guard)
     bare = start["bare"]
     sizes = {name: os.path.getsize(shutil.which(w[0])) for name, w in ws.items() if w}
 
@@ -309,6 +352,11 @@ def main():
         rps, p99 = web[name]
         print(f"| {label} | {rps:.0f} | {p99:.2f} | {rps / ng_rps:.2f}× |")
     print()
+
+    d = deployed["rss"]
+    print(f"As users run it (health endpoint on, IMDS polled every 2 s): idle RSS {d['VmRSS']} KiB "
+          f"({d['RssAnon']} KiB anonymous), CPU {deployed['cpu_per_hour_s']:.2f} s per idle hour "
+          f"(measured over {deployed['window_s']} s).\n")
 
     g = rss["agent-guard"]
     over_tini = start["agent-guard"] - start["tini"]

@@ -4,49 +4,37 @@
 //! [`Ctx`], and returns the next state plus the actions to perform, in order. `supervisor.rs` is the
 //! one place that feeds events in and performs actions, so every transition is testable as a table.
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::process::sig::Sig;
 
 use crate::machine::restart::{Decision, History, RestartSettings};
+use crate::names::named_enum;
 use crate::process::exit::ChildExit;
 
-/// Why a drain started. The names are the protocol's (`{"event":"drain","reason":…}`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum DrainReason {
-    /// The Auto Scaling group set the target lifecycle state to `Terminated`.
-    ScaleIn,
-    /// EC2 posted a spot `instance-action`; the notice time is a hard deadline.
-    SpotInterruption,
-    /// EC2 recommended a rebalance and `--on-rebalance drain` is set.
-    Rebalance,
-    /// SIGTERM or SIGINT reached the guard.
-    Signal,
-    /// An operator asked for it on the control socket.
-    Operator,
-    /// The instance is going back to a warm pool.
-    WarmPool,
-    /// An EC2 scheduled event (reboot, stop, retirement, maintenance) is near
-    /// (`--on-maintenance drain`). The instance stays in its group: no hook is completed.
-    Maintenance,
+named_enum! {
+    /// Why a drain started. The names are the protocol's (`{"event":"drain","reason":…}`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum DrainReason {
+        /// The Auto Scaling group set the target lifecycle state to `Terminated`.
+        ScaleIn = "scale-in",
+        /// EC2 posted a spot `instance-action`; the notice time is a hard deadline.
+        SpotInterruption = "spot-interruption",
+        /// EC2 recommended a rebalance and `--on-rebalance drain` is set.
+        Rebalance = "rebalance",
+        /// SIGTERM or SIGINT reached the guard.
+        Signal = "signal",
+        /// An operator asked for it on the control socket.
+        Operator = "operator",
+        /// The instance is going back to a warm pool.
+        WarmPool = "warm-pool",
+        /// An EC2 scheduled event (reboot, stop, retirement, maintenance) is near
+        /// (`--on-maintenance drain`). The instance stays in its group: no hook is completed.
+        Maintenance = "maintenance",
+    }
 }
 
 impl DrainReason {
-    /// Every reason, for tables that must list each one (metrics).
-    pub const ALL: [DrainReason; 7] = [
-        DrainReason::ScaleIn,
-        DrainReason::SpotInterruption,
-        DrainReason::Rebalance,
-        DrainReason::Signal,
-        DrainReason::Operator,
-        DrainReason::WarmPool,
-        DrainReason::Maintenance,
-    ];
-
     /// Whether a drain for this reason ends with the instance leaving the group, so that the
     /// termination lifecycle hook is to be completed once the agent is gone.
     pub fn ends_instance(self) -> bool {
@@ -54,25 +42,6 @@ impl DrainReason {
             self,
             DrainReason::ScaleIn | DrainReason::WarmPool | DrainReason::SpotInterruption
         )
-    }
-
-    /// The wire name used in logs, events and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DrainReason::ScaleIn => "scale-in",
-            DrainReason::SpotInterruption => "spot-interruption",
-            DrainReason::Rebalance => "rebalance",
-            DrainReason::Signal => "signal",
-            DrainReason::Operator => "operator",
-            DrainReason::WarmPool => "warm-pool",
-            DrainReason::Maintenance => "maintenance",
-        }
-    }
-}
-
-impl fmt::Display for DrainReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -149,45 +118,16 @@ pub enum Phase {
     Done(ChildExit),
 }
 
-/// A phase as the outside world names it (`{"event":"phase","phase":…}`, `/status`, metrics):
-/// `Exited` and `Done` are one phase there.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum PhaseName {
-    Starting,
-    Ready,
-    Draining,
-    Stopping,
-    Exited,
-}
-
-impl PhaseName {
-    /// Every phase, for tables that must list each one (metrics).
-    pub const ALL: [PhaseName; 5] = [
-        PhaseName::Starting,
-        PhaseName::Ready,
-        PhaseName::Draining,
-        PhaseName::Stopping,
-        PhaseName::Exited,
-    ];
-
-    /// The wire name: `starting|ready|draining|stopping|exited`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PhaseName::Starting => "starting",
-            PhaseName::Ready => "ready",
-            PhaseName::Draining => "draining",
-            PhaseName::Stopping => "stopping",
-            PhaseName::Exited => "exited",
-        }
-    }
-}
-
-impl fmt::Display for PhaseName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+named_enum! {
+    /// A phase as the outside world names it (`{"event":"phase","phase":…}`, `/status`, metrics):
+    /// `Exited` and `Done` are one phase there.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum PhaseName {
+        Starting = "starting",
+        Ready = "ready",
+        Draining = "draining",
+        Stopping = "stopping",
+        Exited = "exited",
     }
 }
 
@@ -322,6 +262,22 @@ pub enum Action {
     CrashLoop { starts: u32, within: Duration },
     /// A stop or a drain came between an agent's exit and its restart: none is started again.
     RestartCancelled { reason: DrainReason },
+    /// A drain was asked for but the agent goes straight to its stop signal: said, with why,
+    /// because no drain event, `--drain-signal` or `--on-drain` follows.
+    DrainSkipped {
+        reason: DrainReason,
+        why: DrainSkipped,
+    },
+}
+
+/// Why a drain went straight to the stop signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainSkipped {
+    /// Nothing could tell the agent: no subscriber, no `--drain-signal`, no `--on-drain`.
+    NoWayToTell,
+    /// The hard deadline (a spot interruption) leaves `left`, no more than `--stop-timeout`:
+    /// all of it goes to the stop grace.
+    NoTimeLeft { left: Duration },
 }
 
 /// When the agent counts as ready.
@@ -747,8 +703,13 @@ fn begin_drain(
     signalled: bool,
     ctx: &Ctx,
 ) -> (Phase, Vec<Action>) {
+    let skip = |why| {
+        let (phase, mut actions) = stop(reason, hard_deadline, signalled, ctx);
+        actions.insert(0, Action::DrainSkipped { reason, why });
+        (phase, actions)
+    };
     if !ctx.agent_can_hear_drain() {
-        return stop(reason, hard_deadline, signalled, ctx);
+        return skip(DrainSkipped::NoWayToTell);
     }
     let drain_end = later(ctx.now, ctx.drain_timeout);
     let deadline = match hard_deadline {
@@ -756,7 +717,8 @@ fn begin_drain(
         None => drain_end,
     };
     if deadline <= ctx.now {
-        return stop(reason, hard_deadline, signalled, ctx);
+        let left = hard_deadline.map_or(Duration::ZERO, |h| h.saturating_duration_since(ctx.now));
+        return skip(DrainSkipped::NoTimeLeft { left });
     }
     let mut actions = vec![Action::AnnounceDrain { reason, deadline }];
     actions.extend(ctx.drain_signal.map(forward));
@@ -928,12 +890,18 @@ mod tests {
                 vec![],
             ),
             (
-                "SIGTERM with nobody listening stops at once",
+                "SIGTERM with nobody listening stops at once, and says why",
                 Phase::Ready,
                 Event::StopSignal,
                 c.clone(),
                 stopping.clone(),
-                vec![stop_signal()],
+                vec![
+                    Action::DrainSkipped {
+                        reason: DrainReason::Signal,
+                        why: DrainSkipped::NoWayToTell,
+                    },
+                    stop_signal(),
+                ],
             ),
             (
                 "SIGTERM with a drain signal drains first",
@@ -1171,7 +1139,11 @@ mod tests {
         );
         assert!(matches!(phase, Phase::Stopping(Stop { .. })), "{phase:?}");
         assert_eq!(phase.deadline(), Some(t0 + 4 * S));
-        assert_eq!(actions, vec![stop_signal()]);
+        let skipped = Action::DrainSkipped {
+            reason: DrainReason::SpotInterruption,
+            why: DrainSkipped::NoTimeLeft { left: 4 * S },
+        };
+        assert_eq!(actions, vec![skipped, stop_signal()], "the skip is said");
     }
 
     #[test]

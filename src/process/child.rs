@@ -12,8 +12,10 @@ use std::process::Command;
 
 use libc::pid_t;
 
+use crate::process::crash;
 use crate::process::sig::Sig;
 use crate::process::signals::JobControl;
+use crate::process::spawn::posix_spawn;
 
 /// The running agent: its pid, which is also its process group id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,47 +89,80 @@ impl Agent {
                 why: "no command given".to_string(),
             });
         };
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .envs(spec.env.iter().cloned())
-            .process_group(0);
+        let program_text = program.to_string_lossy().into_owned();
         let mut own_exec = if spec.watchdog_pid {
             Some(ExecWithPid::new(&spec.command, &spec.env)?)
         } else {
             None
         };
-        // Code between fork and exec only when there is something to do there: without it std
-        // starts the agent with posix_spawn, a vfork that copies none of the guard's memory.
-        let forks = hand_over_terminal || own_exec.is_some() || job_control.restores_in_child();
-        if forks {
-            // SAFETY: the closure only makes async-signal-safe calls (tcsetpgrp, getpid,
-            // sigaction, execvpe) and writes into memory allocated before the fork; it runs in
-            // the forked child after setpgid and before std's own exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if hand_over_terminal {
-                        // Errors are tolerated (ENOTTY, ENXIO), as tini does: the agent still
-                        // runs.
-                        libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
-                    }
-                    job_control.restore_in_child()?;
-                    match own_exec.as_mut() {
-                        // Only returns if exec failed; std then reports the error as for its
-                        // own exec.
-                        Some(exec) => Err(exec.exec()),
-                        None => Ok(()),
-                    }
-                });
+        // Code between fork and exec only when there is something to do there: without it the
+        // agent starts with posix_spawn, a vfork that copies none of the guard's memory.
+        if !hand_over_terminal && own_exec.is_none() {
+            match posix_spawn(&spec.command, &spec.env) {
+                Ok(pid) => return Ok(Agent::started(pid)),
+                // No `#!` line: posix_spawn refuses it, execvp (below) runs it with /bin/sh, as
+                // a shell would.
+                Err(err) if err.raw_os_error() == Some(libc::ENOEXEC) => {}
+                Err(err) => return Err(classify(program_text, err)),
             }
         }
-        let program_text = program.to_string_lossy().into_owned();
-        match spawn_like_a_shell(&mut cmd, forks) {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .envs(spec.env.iter().cloned())
+            .process_group(0);
+        // SAFETY: the closure only makes async-signal-safe calls (tcsetpgrp, getpid,
+        // sigaction, execvpe) and writes into memory allocated before the fork; it runs in
+        // the forked child after setpgid and before std's own exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if hand_over_terminal {
+                    // Errors are tolerated (ENOTTY, ENXIO), as tini does: the agent still
+                    // runs.
+                    libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
+                }
+                job_control.restore_in_child()?;
+                match own_exec.as_mut() {
+                    // Only returns if exec failed; std then reports the error as for its
+                    // own exec.
+                    Some(exec) => Err(exec.exec()),
+                    None => Ok(()),
+                }
+            });
+        }
+        // std forks (there is code to run in the child) and execs with execvp, which runs an
+        // executable without a `#!` line with /bin/sh.
+        match cmd.spawn() {
             // The pid is the process id and the group id; the handle is not kept, because only
             // the reaper may wait for it. Dropping a std Child neither kills nor waits.
-            Ok(child) => Ok(Agent {
-                pid: child.id() as pid_t,
-            }),
+            Ok(child) => Ok(Agent::started(child.id() as pid_t)),
             Err(err) => Err(classify(program_text, err)),
+        }
+    }
+
+    /// The agent with this pid was started: a crash of the guard from now on stops its group.
+    fn started(pid: pid_t) -> Agent {
+        crash::set_agent_group(pid);
+        Agent { pid }
+    }
+
+    /// Job control, as dumb-init does it: the agent's group has been stopped (a TSTP passed on,
+    /// or ^Z on the terminal it holds), and now the guard stops itself, so that the shell that
+    /// started it as a job gets its prompt back. Returns once the guard is continued (`fg`,
+    /// `bg`, `kill -CONT`); the SIGCONT is then passed on to the agent like any other signal.
+    /// If the shell gave the terminal to the guard's group (`fg`), it goes back to the agent's
+    /// first, so that the agent does not wake up in the background.
+    pub fn stop_guard_too(&self) {
+        tracing::info!(
+            pgid = self.pid,
+            "the agent's process group was stopped (job control): stopping the guard too until SIGCONT"
+        );
+        // SAFETY: raise stops this process (all its threads) until a SIGCONT; tcsetpgrp only
+        // changes the terminal's foreground group.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+            if holds_terminal_foreground() {
+                libc::tcsetpgrp(libc::STDIN_FILENO, self.pid);
+            }
         }
     }
 
@@ -395,27 +430,6 @@ fn holds_terminal_foreground() -> bool {
 fn foreground_is(pgid: pid_t) -> bool {
     // SAFETY: isatty and tcgetpgrp only read terminal state.
     unsafe { libc::isatty(libc::STDIN_FILENO) == 1 && libc::tcgetpgrp(libc::STDIN_FILENO) == pgid }
-}
-
-/// Spawns `cmd`. posix_spawn (std's way when no code runs between fork and exec) refuses an
-/// executable file without a `#!` line (ENOEXEC), which execvp, like a shell, runs with
-/// /bin/sh: such an agent or `--on-drain` command is then started again through fork and
-/// execvp, as it always was before posix_spawn was used. `forks`: `cmd` already has code to run
-/// in the child, so std forks and execvp already did its best.
-pub(crate) fn spawn_like_a_shell(
-    cmd: &mut Command,
-    forks: bool,
-) -> io::Result<std::process::Child> {
-    match cmd.spawn() {
-        Err(err) if !forks && err.raw_os_error() == Some(libc::ENOEXEC) => {
-            // SAFETY: the closure does nothing; it only makes std fork and exec with execvp.
-            unsafe {
-                cmd.pre_exec(|| Ok(()));
-            }
-            cmd.spawn()
-        }
-        other => other,
-    }
 }
 
 /// Why a program could not be started: not found (127) or not executable (126).

@@ -159,6 +159,9 @@ pub struct Faults {
     pub server_errors: u32,
     /// These actions are refused with 403 `AccessDenied`, as without the IAM permission.
     pub denied: BTreeSet<String>,
+    /// These actions get 400 `Throttling`, every call, for as long as they are listed (one
+    /// action throttled for minutes while the others answer).
+    pub throttled: BTreeSet<String>,
 }
 
 /// One call as the fake saw it.
@@ -373,17 +376,6 @@ impl AutoScalingSim {
             id,
             TERMINATING,
             ["Terminating", "Terminating:Wait", "Terminated"],
-        );
-    }
-
-    /// An instance going back to the warm pool (instance reuse): the termination hook pauses at
-    /// `Warmed:Pending:Wait`.
-    pub fn return_to_warm_pool(&self, group: &str, id: &str) {
-        self.transition(
-            group,
-            id,
-            TERMINATING,
-            ["Warmed:Pending", "Warmed:Pending:Wait", "Warmed:Stopped"],
         );
     }
 
@@ -808,7 +800,7 @@ fn refusal(
             ),
         ));
     }
-    if s.bucket.as_mut().is_some_and(|b| !b.take(now)) {
+    if s.faults.throttled.contains(action) || s.bucket.as_mut().is_some_and(|b| !b.take(now)) {
         return Some(error(
             StatusCode::BAD_REQUEST,
             "Sender",
