@@ -101,7 +101,7 @@ if [[ -d $binary ]]; then
   ((${#archives[@]} == 1)) || die "more than one release for $machine in $dir: name the archive's binary instead"
   archive=${archives[0]} name=$(basename "${archives[0]}" .tar.gz)
   if [[ -f $dir/SHA256SUMS ]]; then
-    (cd "$dir" && grep " $name.tar.gz\$" SHA256SUMS | sha256sum -c --quiet -) >/dev/null ||
+    (cd "$dir" && grep " $name.tar.gz\$" SHA256SUMS | sha256sum -c --quiet -) >/dev/null 2>&1 ||
       die "$archive does not match $dir/SHA256SUMS"
   fi
   unpacked=$(mktemp -d)
