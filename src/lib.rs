@@ -104,12 +104,13 @@ use crate::aws::maintenance::{self, MaintenanceSettings};
 use crate::aws::notices::{ImdsStatus, NoticeSettings, Poller};
 use crate::aws::protection::ProtectionHandle;
 use crate::aws::{imds, notices, replace, warm_pool};
-use crate::config::{Config, ImdsMode, InWarmPool, OnCrashLoop, OnMaintenance};
+use crate::config::{CgroupMode, Config, ImdsMode, InWarmPool, OnCrashLoop, OnMaintenance};
 use crate::health::{checks, server};
 use crate::machine::restart::RestartPolicy;
 use crate::machine::state;
 use crate::machine::state::State;
 use crate::machine::supervisor::{Outcome, StopSettings, Supervisor};
+use crate::process::cgroup::{AgentCgroup, CgroupError, Tracking};
 use crate::process::child::{Launcher, SpawnError, SpawnSpec};
 use crate::process::sig::{Role, Sig, role};
 use crate::process::signals::{JobControl, SignalSetupError, SignalSource};
@@ -141,6 +142,8 @@ pub enum RunError {
     Runtime(#[source] io::Error),
     #[error(transparent)]
     HooksDir(#[from] crate::aws::hooks_dir::HooksDirError),
+    #[error("--cgroup require: the agent cannot have a cgroup of its own: {0}")]
+    Cgroup(#[source] CgroupError),
 }
 
 impl RunError {
@@ -212,6 +215,10 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
         require_imds(client).await.map_err(RunError::ImdsRequired)?;
     }
     let job_control = JobControl::take().map_err(RunError::JobControl)?;
+    // Before anything runs: `--cgroup require` fails here, and the cgroup is removed on every
+    // way out of this function.
+    let tracking = agent_cgroup(&config)?;
+    let _remove = RemoveCgroup(tracking.cgroup.clone());
     // Handlers first: a signal that arrives while the agent starts is kept, not lost.
     let mut signals = SignalSource::install()?;
     let (phase_tx, phase_rx) = watch::channel(State::new().phase);
@@ -224,6 +231,7 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
         imds_status_rx,
         checks_rx,
     ));
+    hub.stats().tracking = tracking.clone();
     let health = bind_health(&config, &hub).await?;
     // The sockets exist before the agent does, so it can connect from its first instruction;
     // they stay the same for every agent a restart starts.
@@ -256,6 +264,7 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
     let launcher = Launcher {
         spec: spawn_spec(&config),
         job_control,
+        cgroup: tracking.cgroup,
     };
     let supervisor = match Supervisor::new(
         launcher,
@@ -282,6 +291,57 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
     unixsock::remove(&config.socket);
     unixsock::remove(&config.notify_socket);
     Ok(Ended::Agent(exit))
+}
+
+/// `--cgroup`: the agent's own cgroup, or why its process group stands for it.
+fn agent_cgroup(config: &Config) -> Result<Tracking, RunError> {
+    let mode = config.cgroup.as_str();
+    if config.cgroup == CgroupMode::Off {
+        return Ok(Tracking {
+            cgroup: None,
+            mode,
+            fallback: Some("--cgroup off".to_string()),
+        });
+    }
+    match AgentCgroup::create(&config.name, config.memory_max) {
+        Ok((cgroup, notes)) => {
+            let controllers = match cgroup.controllers() {
+                [] => "none".to_string(),
+                some => some.join(" "),
+            };
+            tracing::info!(path = %cgroup.path().display(), controllers = %controllers, "the agent runs in a cgroup of its own: it is gone when every process it started is");
+            if let Some(why) = notes.memory_max_skipped {
+                tracing::warn!("--memory-max not applied: {why}");
+            }
+            Ok(Tracking {
+                cgroup: Some(Arc::new(cgroup)),
+                mode,
+                fallback: None,
+            })
+        }
+        Err(err) if config.cgroup == CgroupMode::Require => Err(RunError::Cgroup(err)),
+        Err(err) => {
+            tracing::info!(
+                "--cgroup auto: no cgroup for the agent ({err}); its process group stands for it, which a setsid() grandchild can outlive"
+            );
+            Ok(Tracking {
+                cgroup: None,
+                mode,
+                fallback: Some(err.to_string()),
+            })
+        }
+    }
+}
+
+/// Removes the agent's cgroup when the run ends, whichever way it ends.
+struct RemoveCgroup(Option<Arc<AgentCgroup>>);
+
+impl Drop for RemoveCgroup {
+    fn drop(&mut self) {
+        if let Some(cgroup) = &self.0 {
+            cgroup.remove();
+        }
+    }
 }
 
 /// Hands the heap pages that start-up used and freed (the argument parser's tree above all, a

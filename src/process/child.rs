@@ -12,6 +12,8 @@ use std::process::Command;
 
 use libc::pid_t;
 
+use crate::process::cgroup::{self, AgentCgroup};
+use crate::process::exit::{ChildExit, Gone};
 use crate::process::sig::Sig;
 use crate::process::signals::JobControl;
 
@@ -54,32 +56,39 @@ pub struct Launcher {
     pub spec: SpawnSpec,
     /// The signal dispositions to restore in the agent (and in the `--on-drain` command).
     pub job_control: JobControl,
+    /// The agent's cgroup (`--cgroup`), which every agent this starts enters before its exec.
+    pub cgroup: Option<std::sync::Arc<AgentCgroup>>,
 }
 
 impl Launcher {
     /// Starts the first agent.
     pub fn spawn(&self) -> Result<Agent, SpawnError> {
-        Agent::spawn(&self.spec, self.job_control)
+        let fd = self.cgroup.as_ref().map(|c| c.join_fd());
+        Agent::spawn_with(
+            &self.spec,
+            self.job_control,
+            holds_terminal_foreground(),
+            fd,
+        )
     }
 
     /// Starts the agent again after `previous` exited. The terminal's foreground, if the last
     /// agent's group held it, goes to the new one (the guard's own group no longer holds it).
     pub fn respawn(&self, previous: &Agent) -> Result<Agent, SpawnError> {
         let take_terminal = holds_terminal_foreground() || foreground_is(previous.pid);
-        Agent::spawn_with(&self.spec, self.job_control, take_terminal)
+        let fd = self.cgroup.as_ref().map(|c| c.join_fd());
+        Agent::spawn_with(&self.spec, self.job_control, take_terminal, fd)
     }
 }
 
 impl Agent {
-    /// Starts the agent. `job_control` holds the signal dispositions to restore in it.
-    pub fn spawn(spec: &SpawnSpec, job_control: JobControl) -> Result<Agent, SpawnError> {
-        Agent::spawn_with(spec, job_control, holds_terminal_foreground())
-    }
-
+    /// `cgroup_procs`: the open `cgroup.procs` of the agent's cgroup, which the child enters before
+    /// exec, so that the agent's first instruction, and all it forks, already run inside it.
     fn spawn_with(
         spec: &SpawnSpec,
         job_control: JobControl,
         hand_over_terminal: bool,
+        cgroup_procs: Option<std::os::fd::RawFd>,
     ) -> Result<Agent, SpawnError> {
         let Some((program, args)) = spec.command.split_first() else {
             return Err(SpawnError::NotFound {
@@ -98,13 +107,21 @@ impl Agent {
         };
         // Code between fork and exec only when there is something to do there: without it std
         // starts the agent with posix_spawn, a vfork that copies none of the guard's memory.
-        let forks = hand_over_terminal || own_exec.is_some() || job_control.restores_in_child();
+        // A cgroup is entered there too: clone3's CLONE_INTO_CGROUP would need a spawn of our
+        // own in place of std's; one write before exec closes the window just as well.
+        let forks = hand_over_terminal
+            || own_exec.is_some()
+            || job_control.restores_in_child()
+            || cgroup_procs.is_some();
         if forks {
-            // SAFETY: the closure only makes async-signal-safe calls (tcsetpgrp, getpid,
+            // SAFETY: the closure only makes async-signal-safe calls (write, tcsetpgrp, getpid,
             // sigaction, execvpe) and writes into memory allocated before the fork; it runs in
             // the forked child after setpgid and before std's own exec.
             unsafe {
                 cmd.pre_exec(move || {
+                    if let Some(fd) = cgroup_procs {
+                        cgroup::enter(fd)?;
+                    }
                     if hand_over_terminal {
                         // Errors are tolerated (ENOTTY, ENXIO), as tini does: the agent still
                         // runs.
@@ -156,6 +173,16 @@ impl Agent {
             return false;
         }
         live_members(self.pid).is_none_or(|n| n > 0)
+    }
+
+    /// Proof that nothing of the agent is left in its process group: `exit` sealed with it, if
+    /// the group is empty now.
+    pub fn prove_group_gone(&self, exit: ChildExit) -> ChildExit {
+        if self.group_alive() {
+            exit
+        } else {
+            exit.proven_gone(Gone::ProcessGroup)
+        }
     }
 }
 

@@ -1,4 +1,5 @@
 //! The agent as a process: spawning it, signalling it, reaping it, and its exit status.
+pub(crate) mod cgroup;
 pub(crate) mod child;
 pub(crate) mod drain_command;
 pub(crate) mod exit;
