@@ -48,6 +48,10 @@ pub enum CgroupError {
     },
     #[error("/proc/self/cgroup names no cgroup v2 path (no `0::` line)")]
     OwnUnknown,
+    #[error(
+        "{path} is systemd's and not delegated to the guard (run it in a unit with Delegate=yes)"
+    )]
+    NotDelegated { path: PathBuf },
     #[error("cannot create {path}: {source}")]
     Create {
         path: PathBuf,
@@ -110,7 +114,7 @@ impl AgentCgroup {
         name: &str,
         memory_max: Option<u64>,
     ) -> Result<(AgentCgroup, Notes), CgroupError> {
-        let base = own_cgroup_dir()?;
+        let base = parent_dir()?;
         let unique = format!("agent-guard.{name}.{}", std::process::id());
         let outer = base.join(unique);
         make_dir(&outer)?;
@@ -405,6 +409,44 @@ pub struct Pressure {
     pub full_total_usec: Option<u64>,
 }
 
+/// What `--cgroup` would get here (for `doctor`): the guard's cgroup, which a child could be
+/// made in (one is made and removed at once), and the controllers it could hand down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub path: PathBuf,
+    pub controllers: Vec<String>,
+}
+
+/// Tries what [`AgentCgroup::create`] does, leaving nothing behind and moving no process.
+pub fn probe() -> Result<Probe, CgroupError> {
+    let base = parent_dir()?;
+    let trial = base.join(format!("agent-guard.doctor.{}", std::process::id()));
+    make_dir(&trial)?;
+    let _ = fs::remove_dir(&trial);
+    let available = fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
+    let controllers = WANTED
+        .iter()
+        .filter(|c| available.split_whitespace().any(|a| a == **c))
+        .map(|c| c.to_string())
+        .collect();
+    Ok(Probe {
+        path: base,
+        controllers,
+    })
+}
+
+/// The cgroup the agent's is made in: the guard's own, if systemd does not own it undelegated.
+fn parent_dir() -> Result<PathBuf, CgroupError> {
+    let base = own_cgroup_dir()?;
+    // systemd owns every cgroup it has not delegated (CGROUP_DELEGATION.md: never create
+    // cgroups below those); a delegated one carries the `trusted.delegate` (or, for a user
+    // manager, `user.delegate`) attribute.
+    if Path::new("/run/systemd/system").is_dir() && !delegated(&base) {
+        return Err(CgroupError::NotDelegated { path: base });
+    }
+    Ok(base)
+}
+
 /// The guard's own cgroup directory: the v2 mount from mountinfo joined with the `0::` path.
 fn own_cgroup_dir() -> Result<PathBuf, CgroupError> {
     let read = |path: &str| {
@@ -421,7 +463,11 @@ fn own_cgroup_dir() -> Result<PathBuf, CgroupError> {
         .strip_prefix(root.trim_end_matches('/'))
         .unwrap_or(&own)
         .trim_start_matches('/');
-    Ok(mount.join(relative))
+    Ok(if relative.is_empty() {
+        mount
+    } else {
+        mount.join(relative)
+    })
 }
 
 /// The mount point and root of the first cgroup2 mount in a mountinfo text.
@@ -497,6 +543,26 @@ fn parse_pressure(text: &str) -> Option<Pressure> {
         some_total_usec,
         full_avg10: full.map(|f| f.0),
         full_total_usec: full.map(|f| f.1),
+    })
+}
+
+/// Whether systemd marked `dir` as delegated (systemd 251 and later).
+fn delegated(dir: &Path) -> bool {
+    let Ok(c_path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    [c"trusted.delegate", c"user.delegate"].iter().any(|name| {
+        let mut value = [0u8; 8];
+        // SAFETY: NUL-terminated path and name, and a buffer of the length given.
+        let n = unsafe {
+            libc::getxattr(
+                c_path.as_ptr(),
+                name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        n > 0 && value[0] == b'1'
     })
 }
 
