@@ -216,6 +216,14 @@ impl Supervisor {
         }
     }
 
+    /// What stands for the agent's processes, as `/status` and the journal name it.
+    fn tracked_by(&self) -> &'static str {
+        match self.cgroup {
+            Some(_) => "cgroup",
+            None => "process-group",
+        }
+    }
+
     /// Where the agent's leftovers are, for log lines.
     fn leftovers(&self) -> &'static str {
         match self.cgroup {
@@ -473,6 +481,7 @@ impl Supervisor {
                 let record = Record::StopSignalSent {
                     signal: signal.to_string(),
                     pgid,
+                    cgroup: self.cgroup.is_some(),
                 };
                 if let Some(cgroup) = &self.cgroup {
                     tracing::info!(signal = %signal, pgid, journal = %record.json(), "sent the stop signal to every process in the agent's cgroup");
@@ -839,6 +848,14 @@ impl Supervisor {
         // After a restart delay, the exit was logged when it happened.
         if before.agent_running() {
             self.log_agent_exited(exit);
+            if self.alive() {
+                let processes = self.cgroup.as_ref().map(|c| c.pids().len() as u64);
+                let record = Record::LeftoversWaited {
+                    tracked_by: self.tracked_by().to_string(),
+                    processes,
+                };
+                tracing::info!(processes, journal = %record.json(), "processes the agent started still run in {}: waiting for them", self.leftovers());
+            }
         }
     }
 
@@ -897,6 +914,11 @@ impl Supervisor {
                 "processes in {} survived SIGKILL (uninterruptible sleep?); exiting without them",
                 self.leftovers()
             );
+        } else {
+            let record = Record::AllGone {
+                tracked_by: self.tracked_by().to_string(),
+            };
+            tracing::info!(journal = %record.json(), "every process of the agent is gone ({} empty)", self.leftovers());
         }
         tracing::info!(
             status = exit.exit_code(),

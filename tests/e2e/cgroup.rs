@@ -504,3 +504,60 @@ fn the_agents_cgroup_is_entered_before_exec_and_removed_at_exit() {
     let outer = mount.join(path.trim_start_matches('/')).join("..");
     assert!(!outer.exists(), "{} was removed", outer.display());
 }
+
+#[test]
+fn the_drill_shows_the_guard_waiting_for_a_setsid_grandchild_then_killing_it() {
+    if !cgroups_here() {
+        return;
+    }
+    let dir = scratch();
+    let marker = dir.path().join("grandchild-marker").display().to_string();
+    // The grandchild leaves the agent's group and ignores SIGTERM: only SIGKILL ends it.
+    let script = format!(
+        "setsid sh -c 'trap \"\" TERM; while :; do sleep 0.1; done' {marker} & exec sleep 600"
+    );
+    let mut cmd = Command::new(crate::support::bin());
+    for (key, value) in command().get_envs() {
+        if let (k, Some(v)) = (key.to_string_lossy(), value)
+            && !k.starts_with("AGENT_GUARD_")
+        {
+            cmd.env(key, v);
+        }
+    }
+    let out = cmd
+        .env_remove("AGENT_GUARD_IMDS")
+        .env_remove("AGENT_GUARD_HEALTH_LISTEN")
+        .env_remove("AGENT_GUARD_SOCKET")
+        .args([
+            "drill",
+            "scale-in",
+            "--stop-timeout",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(&script)
+        .output()
+        .expect("the drill runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_ne!(out.status.code(), Some(125), "{text}");
+    let at = |what: &str| {
+        text.lines()
+            .position(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no `{what}` in the timeline:\n{text}"))
+    };
+    let waits = at("still in its cgroup: the hook waits");
+    let killed = at("SIGKILL");
+    let gone = at("its cgroup is empty");
+    let completed = at("lifecycle action");
+    assert!(
+        waits < killed && killed < gone && gone < completed,
+        "{text}"
+    );
+    let left = crate::support::processes().into_iter().any(|p| {
+        std::fs::read(format!("/proc/{}/cmdline", p.pid))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker))
+    });
+    assert!(!left, "the grandchild outlived the drill:\n{text}");
+}

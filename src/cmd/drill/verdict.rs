@@ -392,6 +392,7 @@ mod tests {
         Observation::Guard(Record::StopSignalSent {
             signal: "SIGTERM".to_string(),
             pgid: 7,
+            cgroup: false,
         })
     }
 
