@@ -918,7 +918,7 @@ impl Supervisor {
             let record = Record::AllGone {
                 tracked_by: self.tracked_by().to_string(),
             };
-            tracing::info!(journal = %record.json(), "every process of the agent is gone ({} empty)", self.leftovers());
+            tracing::info!(journal = %record.json(), "every process of the agent is gone ({} is empty)", self.leftovers());
         }
         tracing::info!(
             status = exit.exit_code(),

@@ -13,6 +13,7 @@ use std::process::Command;
 use libc::pid_t;
 
 use crate::process::cgroup::{self, AgentCgroup};
+use crate::process::clone_into;
 use crate::process::exit::{ChildExit, Gone};
 use crate::process::sig::Sig;
 use crate::process::signals::JobControl;
@@ -63,12 +64,12 @@ pub struct Launcher {
 impl Launcher {
     /// Starts the first agent.
     pub fn spawn(&self) -> Result<Agent, SpawnError> {
-        let fd = self.cgroup.as_ref().map(|c| c.join_fd());
+        let cgroup = self.cgroup.as_deref();
         Agent::spawn_with(
             &self.spec,
             self.job_control,
             holds_terminal_foreground(),
-            fd,
+            cgroup,
         )
     }
 
@@ -76,19 +77,19 @@ impl Launcher {
     /// agent's group held it, goes to the new one (the guard's own group no longer holds it).
     pub fn respawn(&self, previous: &Agent) -> Result<Agent, SpawnError> {
         let take_terminal = holds_terminal_foreground() || foreground_is(previous.pid);
-        let fd = self.cgroup.as_ref().map(|c| c.join_fd());
-        Agent::spawn_with(&self.spec, self.job_control, take_terminal, fd)
+        let cgroup = self.cgroup.as_deref();
+        Agent::spawn_with(&self.spec, self.job_control, take_terminal, cgroup)
     }
 }
 
 impl Agent {
-    /// `cgroup_procs`: the open `cgroup.procs` of the agent's cgroup, which the child enters before
-    /// exec, so that the agent's first instruction, and all it forks, already run inside it.
+    /// `cgroup`: the agent's cgroup, which its first instruction, and all it forks, already run
+    /// inside: it is born there (clone3), or, on a kernel older than 5.7, enters it before exec.
     fn spawn_with(
         spec: &SpawnSpec,
         job_control: JobControl,
         hand_over_terminal: bool,
-        cgroup_procs: Option<std::os::fd::RawFd>,
+        cgroup: Option<&AgentCgroup>,
     ) -> Result<Agent, SpawnError> {
         let Some((program, args)) = spec.command.split_first() else {
             return Err(SpawnError::NotFound {
@@ -96,19 +97,28 @@ impl Agent {
                 why: "no command given".to_string(),
             });
         };
+        if let Some(cgroup) = cgroup {
+            let exec = ExecWithPid::new(&spec.command, &spec.env, spec.watchdog_pid)?;
+            let text = program.to_string_lossy().into_owned();
+            match clone_into::spawn(cgroup.dir_fd(), exec, hand_over_terminal, job_control) {
+                Ok(Some(pid)) => return Ok(Agent { pid }),
+                Ok(None) => {} // no CLONE_INTO_CGROUP here: the write before exec below
+                Err(err) => return Err(classify(text, err)),
+            }
+        }
+        let cgroup_procs = cgroup.map(AgentCgroup::join_fd);
         let mut cmd = Command::new(program);
         cmd.args(args)
             .envs(spec.env.iter().cloned())
             .process_group(0);
         let mut own_exec = if spec.watchdog_pid {
-            Some(ExecWithPid::new(&spec.command, &spec.env)?)
+            Some(ExecWithPid::new(&spec.command, &spec.env, true)?)
         } else {
             None
         };
         // Code between fork and exec only when there is something to do there: without it std
         // starts the agent with posix_spawn, a vfork that copies none of the guard's memory.
-        // A cgroup is entered there too: clone3's CLONE_INTO_CGROUP would need a spawn of our
-        // own in place of std's; one write before exec closes the window just as well.
+        // A cgroup is entered there too, where clone3 could not start the agent inside it.
         let forks = hand_over_terminal
             || own_exec.is_some()
             || job_control.restores_in_child()
@@ -287,7 +297,7 @@ fn parse_stat(stat: &str) -> Option<(char, pid_t)> {
 /// The agent's pid exists only after the fork, and std's `Command` fixes the environment before
 /// it. So the argument and environment arrays are built here in advance, with room for the pid's
 /// digits, and the child writes them in and calls `execvpe` itself: no allocation after fork.
-struct ExecWithPid {
+pub(in crate::process) struct ExecWithPid {
     program: std::ffi::CString,
     _args: Vec<std::ffi::CString>,
     argv: Vec<*const libc::c_char>,
@@ -295,6 +305,8 @@ struct ExecWithPid {
     envp: Vec<*const libc::c_char>,
     /// "WATCHDOG_PID=" followed by room for the digits and the NUL.
     pid_entry: Vec<u8>,
+    /// Whether the environment carries `WATCHDOG_PID` (a cgroup's spawn uses this without it).
+    with_pid: bool,
 }
 
 // SAFETY: the raw pointers point into the CStrings and the buffer owned by the same struct, which
@@ -305,7 +317,11 @@ unsafe impl Sync for ExecWithPid {}
 const PID_PREFIX: &[u8] = b"WATCHDOG_PID=";
 
 impl ExecWithPid {
-    fn new(command: &[OsString], extra: &[(OsString, OsString)]) -> Result<Self, SpawnError> {
+    pub(in crate::process) fn new(
+        command: &[OsString],
+        extra: &[(OsString, OsString)],
+        with_pid: bool,
+    ) -> Result<Self, SpawnError> {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;
         let text = command
@@ -337,7 +353,9 @@ impl ExecWithPid {
         let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
         let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
-        envp.push(pid_entry.as_ptr().cast());
+        if with_pid {
+            envp.push(pid_entry.as_ptr().cast());
+        }
         envp.push(std::ptr::null());
         Ok(ExecWithPid {
             program,
@@ -346,11 +364,15 @@ impl ExecWithPid {
             _env: env,
             envp,
             pid_entry,
+            with_pid,
         })
     }
 
     /// In the child: writes the pid into the environment and execs. Returns only on failure.
-    fn exec(&mut self) -> io::Error {
+    pub(in crate::process) fn exec(&mut self) -> io::Error {
+        if !self.with_pid {
+            return self.exec_as_is();
+        }
         // SAFETY: getpid is async-signal-safe.
         let mut pid = unsafe { libc::getpid() } as u64;
         let mut digits = [0u8; 20];
@@ -367,6 +389,10 @@ impl ExecWithPid {
             self.pid_entry[PID_PREFIX.len() + i] = digits[n - 1 - i];
         }
         self.pid_entry[PID_PREFIX.len() + n] = 0;
+        self.exec_as_is()
+    }
+
+    fn exec_as_is(&self) -> io::Error {
         // SAFETY: argv and envp are NUL-terminated arrays of NUL-terminated strings that live in
         // self; execvpe searches PATH as execvp does.
         unsafe {
