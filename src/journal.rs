@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::HookResult;
 use crate::machine::state::{DrainReason, PhaseName};
+use crate::names::named_enum;
 
 /// Something the guard did or saw, as tools read it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,51 +176,26 @@ impl Record {
     }
 }
 
-/// What the termination hook's work is waiting for, once the agent is gone or while it drains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Awaiting {
-    /// The group holds the instance back (deregistering it from its load balancer) before the
-    /// wait state in which the hook can be completed.
-    WaitState,
-    /// Other guards on this host whose agents still run.
-    OtherGuards,
-}
-
-impl Awaiting {
-    pub const ALL: [Awaiting; 2] = [Awaiting::WaitState, Awaiting::OtherGuards];
-
-    /// The name in `/status`, metrics and the journal.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Awaiting::WaitState => "wait-state",
-            Awaiting::OtherGuards => "other-guards",
-        }
+named_enum! {
+    /// What the termination hook's work is waiting for, once the agent is gone or while it drains.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Awaiting {
+        /// The group holds the instance back (deregistering it from its load balancer) before the
+        /// wait state in which the hook can be completed.
+        WaitState = "wait-state",
+        /// Other guards on this host whose agents still run.
+        OtherGuards = "other-guards",
     }
 }
 
-/// Which kind of notice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NoticeKind {
-    #[serde(rename = "target-lifecycle-state")]
-    LifecycleState,
-    #[serde(rename = "spot-interruption")]
-    Spot,
-    #[serde(rename = "rebalance-recommendation")]
-    Rebalance,
-    /// An EC2 scheduled event (`events/maintenance/scheduled`).
-    #[serde(rename = "scheduled-event")]
-    ScheduledEvent,
-}
-
-impl NoticeKind {
-    /// The name in `/status`, metrics and the journal.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NoticeKind::LifecycleState => "target-lifecycle-state",
-            NoticeKind::Spot => "spot-interruption",
-            NoticeKind::Rebalance => "rebalance-recommendation",
-            NoticeKind::ScheduledEvent => "scheduled-event",
-        }
+named_enum! {
+    /// Which kind of notice.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum NoticeKind {
+        LifecycleState = "target-lifecycle-state",
+        Spot = "spot-interruption",
+        Rebalance = "rebalance-recommendation",
+        /// An EC2 scheduled event (`events/maintenance/scheduled`).
+        ScheduledEvent = "scheduled-event",
     }
 }

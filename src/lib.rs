@@ -6,6 +6,8 @@
 //!
 //! Pure types and functions (no I/O, no clock):
 //! - `fmt`: durations and times as people write and read them.
+//! - `names`: `named_enum!`, one table per enum of named variants (`ALL`, `as_str`, parsing,
+//!   serde), so that no name is spelt twice.
 //! - `process::sig`: signal names and numbers, and which ones stop, reap or are forwarded.
 //! - `process::exit`: [`ChildExit`], the proof that the agent exited, and the exit-status contract.
 //! - `machine::state`: `Phase`, `Event`, `Action` and the pure `step` between them.
@@ -24,6 +26,9 @@
 //!   handlers; the only caller of `waitpid`.
 //! - `process::drain_command`: the `--on-drain` command: its own group, output to the log, killed
 //!   at the drain deadline.
+//! - `process::{cgroup, clone_into}`: the agent's own cgroup v2 (`--cgroup`): created, entered
+//!   at birth (clone3 `CLONE_INTO_CGROUP`), signalled, killed (`cgroup.kill`), watched until
+//!   empty, read for resources and OOM kills, removed.
 //! - `machine::restart`: `--restart` and `--crash-loop` as plain data: policy, doubling delay,
 //!   window.
 //! - `machine::supervisor`: the one owner of the phase; feeds events to `step`, performs actions.
@@ -37,6 +42,7 @@
 //!
 //! Talking to AWS:
 //! - `aws::{imds, notices}`: the IMDSv2 client and the notice poller.
+//! - `aws::lifecycle_state`: every Auto Scaling lifecycle state, read once (pure).
 //! - `aws::{api, context}`: Auto Scaling call errors and counters; the one shared AWS context.
 //! - `aws::{lifecycle, protection, emf}`: lifecycle hooks, scale-in protection, EMF load lines.
 //! - `aws::{hooks_dir, termination, wait_state, hook_calls, backoff}`: guards on one host
@@ -70,6 +76,7 @@ mod health;
 mod journal;
 mod logging;
 mod machine;
+mod names;
 mod process;
 pub mod sim;
 
@@ -722,5 +729,41 @@ fn become_subreaper() -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every enum written by `names::named_enum!`: each name parses back to its variant, serde
+    /// writes and reads that same name, and no two variants share one.
+    macro_rules! every_name_parses_back {
+        ($($t:ty),+ $(,)?) => {$(
+            for (value, name) in <$t>::ALL.into_iter().zip(<$t>::NAMES) {
+                assert_eq!(value.as_str(), name, stringify!($t));
+                assert_eq!(name.parse::<$t>().ok(), Some(value), "{name}");
+                let json = serde_json::to_string(&value).expect("serialises");
+                assert_eq!(json, format!("\"{name}\""));
+                assert_eq!(serde_json::from_str::<$t>(&json).ok(), Some(value), "{name}");
+                assert_eq!(<$t>::NAMES.iter().filter(|n| **n == name).count(), 1, "{name}");
+            }
+        )+};
+    }
+
+    #[test]
+    fn every_enum_name_parses_back() {
+        every_name_parses_back!(
+            crate::agent::hub::HookState,
+            crate::agent::protocol::Op,
+            crate::aws::scheduled::EventCode,
+            crate::aws::scheduled::EventState,
+            crate::cli::DrillEvent,
+            crate::config::settings::HookResult,
+            crate::config::settings::OnMaintenance,
+            crate::journal::Awaiting,
+            crate::journal::NoticeKind,
+            crate::machine::restart::RestartPolicy,
+            crate::machine::state::DrainReason,
+            crate::machine::state::PhaseName,
+        );
     }
 }

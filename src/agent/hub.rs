@@ -22,44 +22,31 @@ use crate::health::checks::Snapshot;
 use crate::journal::Awaiting;
 use crate::machine::restart::RestartPolicy;
 use crate::machine::state::{DrainReason, Phase, PhaseName};
+use crate::names::named_enum;
 use crate::process::cgroup::Tracking;
 
-/// Where the work on one lifecycle hook stands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum HookState {
-    /// Nothing to do yet: no drain that ends the instance, or the agent is not ready.
-    #[default]
-    Waiting,
-    /// A terminating drain runs: heartbeats keep the hook open.
-    Heartbeating,
-    /// The agent is gone: `CompleteLifecycleAction` is being sent.
-    Completing,
-    /// The group accepted the completion.
-    Completed,
-    /// The group held no lifecycle action for this instance.
-    NothingToComplete,
-    /// Completion failed for good (permission, or retries exhausted).
-    GaveUp,
-    /// The agent is gone; the instance is not in its wait state yet, or other guards on this host
-    /// still run: see [`LifecycleStatus::awaiting`].
-    Awaiting,
-    /// The agent is gone, and another guard on this host completed the hook.
-    LeftToOthers,
-}
-
-impl HookState {
-    /// The name in `/status`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HookState::Waiting => "waiting",
-            HookState::Heartbeating => "heartbeating",
-            HookState::Completing => "completing",
-            HookState::Completed => "completed",
-            HookState::NothingToComplete => "nothing-to-complete",
-            HookState::GaveUp => "gave-up",
-            HookState::Awaiting => "awaiting",
-            HookState::LeftToOthers => "left-to-other-guards",
-        }
+named_enum! {
+    /// Where the work on one lifecycle hook stands.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub enum HookState {
+        /// Nothing to do yet: no drain that ends the instance, or the agent is not ready.
+        #[default]
+        Waiting = "waiting",
+        /// A terminating drain runs: heartbeats keep the hook open.
+        Heartbeating = "heartbeating",
+        /// The agent is gone: `CompleteLifecycleAction` is being sent.
+        Completing = "completing",
+        /// The group accepted the completion.
+        Completed = "completed",
+        /// The group held no lifecycle action for this instance.
+        NothingToComplete = "nothing-to-complete",
+        /// Completion failed for good (permission, or retries exhausted).
+        GaveUp = "gave-up",
+        /// The agent is gone; the instance is not in its wait state yet, or other guards on
+        /// this host still run: see [`LifecycleStatus::awaiting`].
+        Awaiting = "awaiting",
+        /// The agent is gone, and another guard on this host completed the hook.
+        LeftToOthers = "left-to-other-guards",
     }
 }
 

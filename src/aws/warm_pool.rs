@@ -12,6 +12,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::agent::hub::Hub;
 use crate::agent::sdnotify::Upstream;
+use crate::aws::lifecycle_state::LifecycleState;
 use crate::journal::Record;
 
 /// How long the guard waits for a first target lifecycle state before starting the agent
@@ -34,7 +35,7 @@ pub enum Gate {
 
 /// The gate for the first target lifecycle state read.
 pub fn at_launch(state: &str) -> Gate {
-    if state.trim().starts_with("Warmed:") {
+    if LifecycleState::parse(state).is_warmed() {
         Gate::Hold
     } else {
         Gate::Start
@@ -44,7 +45,7 @@ pub fn at_launch(state: &str) -> Gate {
 /// Whether a held agent may start: the instance is going into service. Every other state keeps
 /// it held (`Warmed:*`, and `Terminated` for an instance leaving from the pool).
 pub fn releases(state: &str) -> bool {
-    state.trim() == "InService"
+    LifecycleState::parse(state) == LifecycleState::InService
 }
 
 /// How the hold ended.

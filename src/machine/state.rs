@@ -4,49 +4,37 @@
 //! [`Ctx`], and returns the next state plus the actions to perform, in order. `supervisor.rs` is the
 //! one place that feeds events in and performs actions, so every transition is testable as a table.
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::process::sig::Sig;
 
 use crate::machine::restart::{Decision, History, RestartSettings};
+use crate::names::named_enum;
 use crate::process::exit::ChildExit;
 
-/// Why a drain started. The names are the protocol's (`{"event":"drain","reason":…}`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum DrainReason {
-    /// The Auto Scaling group set the target lifecycle state to `Terminated`.
-    ScaleIn,
-    /// EC2 posted a spot `instance-action`; the notice time is a hard deadline.
-    SpotInterruption,
-    /// EC2 recommended a rebalance and `--on-rebalance drain` is set.
-    Rebalance,
-    /// SIGTERM or SIGINT reached the guard.
-    Signal,
-    /// An operator asked for it on the control socket.
-    Operator,
-    /// The instance is going back to a warm pool.
-    WarmPool,
-    /// An EC2 scheduled event (reboot, stop, retirement, maintenance) is near
-    /// (`--on-maintenance drain`). The instance stays in its group: no hook is completed.
-    Maintenance,
+named_enum! {
+    /// Why a drain started. The names are the protocol's (`{"event":"drain","reason":…}`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum DrainReason {
+        /// The Auto Scaling group set the target lifecycle state to `Terminated`.
+        ScaleIn = "scale-in",
+        /// EC2 posted a spot `instance-action`; the notice time is a hard deadline.
+        SpotInterruption = "spot-interruption",
+        /// EC2 recommended a rebalance and `--on-rebalance drain` is set.
+        Rebalance = "rebalance",
+        /// SIGTERM or SIGINT reached the guard.
+        Signal = "signal",
+        /// An operator asked for it on the control socket.
+        Operator = "operator",
+        /// The instance is going back to a warm pool.
+        WarmPool = "warm-pool",
+        /// An EC2 scheduled event (reboot, stop, retirement, maintenance) is near
+        /// (`--on-maintenance drain`). The instance stays in its group: no hook is completed.
+        Maintenance = "maintenance",
+    }
 }
 
 impl DrainReason {
-    /// Every reason, for tables that must list each one (metrics).
-    pub const ALL: [DrainReason; 7] = [
-        DrainReason::ScaleIn,
-        DrainReason::SpotInterruption,
-        DrainReason::Rebalance,
-        DrainReason::Signal,
-        DrainReason::Operator,
-        DrainReason::WarmPool,
-        DrainReason::Maintenance,
-    ];
-
     /// Whether a drain for this reason ends with the instance leaving the group, so that the
     /// termination lifecycle hook is to be completed once the agent is gone.
     pub fn ends_instance(self) -> bool {
@@ -54,25 +42,6 @@ impl DrainReason {
             self,
             DrainReason::ScaleIn | DrainReason::WarmPool | DrainReason::SpotInterruption
         )
-    }
-
-    /// The wire name used in logs, events and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DrainReason::ScaleIn => "scale-in",
-            DrainReason::SpotInterruption => "spot-interruption",
-            DrainReason::Rebalance => "rebalance",
-            DrainReason::Signal => "signal",
-            DrainReason::Operator => "operator",
-            DrainReason::WarmPool => "warm-pool",
-            DrainReason::Maintenance => "maintenance",
-        }
-    }
-}
-
-impl fmt::Display for DrainReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -149,45 +118,16 @@ pub enum Phase {
     Done(ChildExit),
 }
 
-/// A phase as the outside world names it (`{"event":"phase","phase":…}`, `/status`, metrics):
-/// `Exited` and `Done` are one phase there.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum PhaseName {
-    Starting,
-    Ready,
-    Draining,
-    Stopping,
-    Exited,
-}
-
-impl PhaseName {
-    /// Every phase, for tables that must list each one (metrics).
-    pub const ALL: [PhaseName; 5] = [
-        PhaseName::Starting,
-        PhaseName::Ready,
-        PhaseName::Draining,
-        PhaseName::Stopping,
-        PhaseName::Exited,
-    ];
-
-    /// The wire name: `starting|ready|draining|stopping|exited`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PhaseName::Starting => "starting",
-            PhaseName::Ready => "ready",
-            PhaseName::Draining => "draining",
-            PhaseName::Stopping => "stopping",
-            PhaseName::Exited => "exited",
-        }
-    }
-}
-
-impl fmt::Display for PhaseName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+named_enum! {
+    /// A phase as the outside world names it (`{"event":"phase","phase":…}`, `/status`, metrics):
+    /// `Exited` and `Done` are one phase there.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum PhaseName {
+        Starting = "starting",
+        Ready = "ready",
+        Draining = "draining",
+        Stopping = "stopping",
+        Exited = "exited",
     }
 }
 

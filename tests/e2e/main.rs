@@ -6,6 +6,7 @@ mod busy;
 mod cgroup;
 mod clients;
 mod config;
+mod docs;
 mod doctor;
 mod drain_socket;
 mod drill;
