@@ -612,25 +612,23 @@ fn hand_down_controllers(base: &Path, outer: &Path) -> io::Result<(Vec<String>, 
         .join(" ");
     let enabled_in_base = fs::read_to_string(base.join("cgroup.subtree_control"))?;
     let mut moved = false;
-    if !wanted
+    let already = wanted
         .iter()
-        .all(|c| enabled_in_base.split_whitespace().any(|e| e == *c))
-    {
-        if let Err(first) = fs::write(base.join("cgroup.subtree_control"), &enable) {
-            if first.raw_os_error() != Some(libc::EBUSY) {
-                return Err(first);
-            }
-            // The guard itself is the internal process: it moves to a leaf of its own.
-            let leaf = outer.join("guard");
-            fs::create_dir(&leaf)?;
-            fs::write(leaf.join("cgroup.procs"), "0")?;
-            moved = true;
-            if let Err(err) = fs::write(base.join("cgroup.subtree_control"), &enable) {
-                // Someone else lives there too: go back, and do without controllers.
-                let _ = fs::write(base.join("cgroup.procs"), "0");
-                let _ = fs::remove_dir(&leaf);
-                return Err(err);
-            }
+        .all(|c| enabled_in_base.split_whitespace().any(|e| e == *c));
+    if !already && let Err(first) = fs::write(base.join("cgroup.subtree_control"), &enable) {
+        if first.raw_os_error() != Some(libc::EBUSY) {
+            return Err(first);
+        }
+        // The guard itself is the internal process: it moves to a leaf of its own.
+        let leaf = outer.join("guard");
+        fs::create_dir(&leaf)?;
+        fs::write(leaf.join("cgroup.procs"), "0")?;
+        moved = true;
+        if let Err(err) = fs::write(base.join("cgroup.subtree_control"), &enable) {
+            // Someone else lives there too: go back, and do without controllers.
+            let _ = fs::write(base.join("cgroup.procs"), "0");
+            let _ = fs::remove_dir(&leaf);
+            return Err(err);
         }
     }
     fs::write(outer.join("cgroup.subtree_control"), &enable)?;

@@ -98,9 +98,10 @@ impl Agent {
             });
         };
         if let Some(cgroup) = cgroup {
-            let exec = ExecWithPid::new(&spec.command, &spec.env, spec.watchdog_pid)?;
+            let mut exec = ExecWithPid::new(&spec.command, &spec.env, spec.watchdog_pid)?;
             let text = program.to_string_lossy().into_owned();
-            match clone_into::spawn(cgroup.dir_fd(), exec, hand_over_terminal, job_control) {
+            let mut run = || exec.exec();
+            match clone_into::spawn(cgroup.dir_fd(), &mut run, hand_over_terminal, job_control) {
                 Ok(Some(pid)) => return Ok(Agent { pid }),
                 Ok(None) => {} // no CLONE_INTO_CGROUP here: the write before exec below
                 Err(err) => return Err(classify(text, err)),
@@ -297,7 +298,7 @@ fn parse_stat(stat: &str) -> Option<(char, pid_t)> {
 /// The agent's pid exists only after the fork, and std's `Command` fixes the environment before
 /// it. So the argument and environment arrays are built here in advance, with room for the pid's
 /// digits, and the child writes them in and calls `execvpe` itself: no allocation after fork.
-pub(in crate::process) struct ExecWithPid {
+struct ExecWithPid {
     program: std::ffi::CString,
     _args: Vec<std::ffi::CString>,
     argv: Vec<*const libc::c_char>,
@@ -317,7 +318,7 @@ unsafe impl Sync for ExecWithPid {}
 const PID_PREFIX: &[u8] = b"WATCHDOG_PID=";
 
 impl ExecWithPid {
-    pub(in crate::process) fn new(
+    fn new(
         command: &[OsString],
         extra: &[(OsString, OsString)],
         with_pid: bool,
@@ -369,7 +370,7 @@ impl ExecWithPid {
     }
 
     /// In the child: writes the pid into the environment and execs. Returns only on failure.
-    pub(in crate::process) fn exec(&mut self) -> io::Error {
+    fn exec(&mut self) -> io::Error {
         if !self.with_pid {
             return self.exec_as_is();
         }

@@ -13,7 +13,6 @@ use std::os::fd::RawFd;
 
 use libc::pid_t;
 
-use crate::process::child::ExecWithPid;
 use crate::process::signals::JobControl;
 
 /// `CLONE_INTO_CGROUP` (linux/sched.h); not in the libc crate for every target.
@@ -36,11 +35,12 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// Starts `exec` as a child born in the cgroup whose directory is open as `cgroup_dir`.
+/// Starts a child born in the cgroup whose directory is open as `cgroup_dir`, which calls `exec`
+/// (an exec prepared before the clone: async-signal-safe; it returns only on failure).
 /// `Ok(None)`: this kernel cannot (no clone3, or no `CLONE_INTO_CGROUP`), and nothing was started.
 pub(in crate::process) fn spawn(
     cgroup_dir: RawFd,
-    mut exec: ExecWithPid,
+    exec: &mut dyn FnMut() -> io::Error,
     hand_over_terminal: bool,
     job_control: JobControl,
 ) -> io::Result<Option<pid_t>> {
@@ -66,7 +66,7 @@ pub(in crate::process) fn spawn(
         )
     };
     if pid == 0 {
-        let err = child(&mut exec, hand_over_terminal, job_control);
+        let err = child(exec, hand_over_terminal, job_control);
         let errno = err.raw_os_error().unwrap_or(libc::EINVAL).to_ne_bytes();
         // SAFETY: write(2) of a local buffer, then _exit: no destructors, no atexit handlers.
         unsafe {
@@ -105,7 +105,11 @@ pub(in crate::process) fn spawn(
 }
 
 /// In the child: what std's child does before exec, then the exec. Returns only on failure.
-fn child(exec: &mut ExecWithPid, hand_over_terminal: bool, job_control: JobControl) -> io::Error {
+fn child(
+    exec: &mut dyn FnMut() -> io::Error,
+    hand_over_terminal: bool,
+    job_control: JobControl,
+) -> io::Error {
     // SAFETY: setpgid, tcsetpgrp, getpid, sigprocmask and signal are async-signal-safe and
     // take no pointers but to the local, initialised signal set.
     unsafe {
@@ -125,7 +129,7 @@ fn child(exec: &mut ExecWithPid, hand_over_terminal: bool, job_control: JobContr
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    exec.exec()
+    exec()
 }
 
 /// The errno a failed exec wrote, or `None` once the pipe closed empty (the exec succeeded).
