@@ -224,7 +224,7 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
     let job_control = JobControl::take().map_err(RunError::JobControl)?;
     // Before anything runs: `--cgroup require` fails here, and the cgroup is removed on every
     // way out of this function.
-    let tracking = agent_cgroup(&config)?;
+    let (tracking, memory_note) = agent_cgroup(&config)?;
     let _remove = RemoveCgroup(tracking.cgroup.clone());
     // Handlers first: a signal that arrives while the agent starts is kept, not lost.
     let mut signals = SignalSource::install()?;
@@ -268,6 +268,9 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
         unixsock::remove(&config.notify_socket);
         return Ok(Ended::NeverStarted);
     }
+    // Said only now, when the agent is about to start: a guard that fails before has one line
+    // to say, its error.
+    log_tracking(&tracking, memory_note.as_deref());
     let launcher = Launcher {
         spec: spawn_spec(&config),
         job_control,
@@ -300,43 +303,58 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
     Ok(Ended::Agent(exit))
 }
 
-/// `--cgroup`: the agent's own cgroup, or why its process group stands for it.
-fn agent_cgroup(config: &Config) -> Result<Tracking, RunError> {
+/// `--cgroup`: the agent's own cgroup, or why its process group stands for it; and why
+/// `--memory-max` could not be applied, if it could not.
+fn agent_cgroup(config: &Config) -> Result<(Tracking, Option<String>), RunError> {
     let mode = config.cgroup.as_str();
     if config.cgroup == CgroupMode::Off {
-        return Ok(Tracking {
+        let off = Tracking {
             cgroup: None,
             mode,
             fallback: Some("--cgroup off".to_string()),
-        });
+        };
+        return Ok((off, None));
     }
     match AgentCgroup::create(&config.name, config.memory_max) {
         Ok((cgroup, notes)) => {
+            let tracking = Tracking {
+                cgroup: Some(Arc::new(cgroup)),
+                mode,
+                fallback: None,
+            };
+            Ok((tracking, notes.memory_max_skipped))
+        }
+        Err(err) if config.cgroup == CgroupMode::Require => Err(RunError::Cgroup(err)),
+        Err(err) => {
+            let fallback = Tracking {
+                cgroup: None,
+                mode,
+                fallback: Some(err.to_string()),
+            };
+            Ok((fallback, None))
+        }
+    }
+}
+
+/// One line on what stands for the agent's processes (and one if `--memory-max` is not applied).
+fn log_tracking(tracking: &Tracking, memory_note: Option<&str>) {
+    match (&tracking.cgroup, &tracking.fallback) {
+        (Some(cgroup), _) => {
             let controllers = match cgroup.controllers() {
                 [] => "none".to_string(),
                 some => some.join(" "),
             };
             tracing::info!(path = %cgroup.path().display(), controllers = %controllers, "the agent runs in a cgroup of its own: it is gone when every process it started is");
-            if let Some(why) = notes.memory_max_skipped {
-                tracing::warn!("--memory-max not applied: {why}");
-            }
-            Ok(Tracking {
-                cgroup: Some(Arc::new(cgroup)),
-                mode,
-                fallback: None,
-            })
         }
-        Err(err) if config.cgroup == CgroupMode::Require => Err(RunError::Cgroup(err)),
-        Err(err) => {
+        (None, Some(why)) if tracking.mode == "auto" => {
             tracing::info!(
-                "--cgroup auto: no cgroup for the agent ({err}); its process group stands for it, which a setsid() grandchild can outlive"
+                "--cgroup auto: no cgroup for the agent ({why}); its process group stands for it, which a setsid() grandchild can outlive"
             );
-            Ok(Tracking {
-                cgroup: None,
-                mode,
-                fallback: Some(err.to_string()),
-            })
         }
+        _ => {}
+    }
+    if let Some(why) = memory_note {
+        tracing::warn!("--memory-max not applied: {why}");
     }
 }
 
