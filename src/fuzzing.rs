@@ -139,7 +139,12 @@ pub fn duration(data: &[u8]) {
             let now = Instant::now();
             assert!(later(now, d) >= now);
             assert_eq!(rfc3339(wall_after(SystemTime::now(), d)).len(), 24);
-            assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{text:?}");
+            // Shown to people: short whatever the value, and whole values read back.
+            let shown = format_duration(d);
+            assert!(shown.len() <= 16, "{text:?}: {shown}");
+            if d.subsec_nanos() == 0 && d.as_secs() % 60 == 0 && d.as_secs() < 86_400 {
+                assert_eq!(parse_duration(&shown), Ok(d), "{text:?}");
+            }
         }
         Err(why) => assert!(!why.is_empty()),
     }

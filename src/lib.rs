@@ -15,15 +15,28 @@
 //! - `agent::protocol`: the control socket's wire format as types (requests, replies, events).
 //! - `journal`: the typed records the guard logs for the tools that judge it.
 //!
+//! Files other users share (imports nothing of the crate):
+//! - `fsat`: directories used through their descriptors, the `*at` calls, `flock`, and the owner
+//!   and mode checks, as safe calls over nix.
+//!
 //! Configuration and the command line:
 //! - `cli`: the raw flags, with help text, env fallbacks and defaults.
 //! - `config`: flags + env + TOML file → a validated `Config`, with provenance (`layers`,
 //!   `validate`, `describe` for `--check-config`, `paths`, `subcommands`).
 //! - `logging`: the guard's own log lines on stderr, text or JSON (with the journal records).
 //!
+//! Guards on one host:
+//! - `hosthooks`: the registry in `--hooks-dir`: who registered for which hook, who is live
+//!   (its lock, or its orphaned agent: `hosthooks::agent`), and the decision who completes; no
+//!   AWS call.
+//!
 //! The process and its supervisor:
-//! - `process::{child, signals, reaper}`: spawning the agent in its own group; installing the
-//!   handlers; the only caller of `waitpid`.
+//! - `process::{child, spawn, signals, reaper}`: spawning the agent in its own group (by
+//!   posix_spawn where no code must run in the child); installing the handlers; the only caller
+//!   of `waitpid`.
+//! - `process::{inherited, crash}`: the signal state found at start, which the agent gets back
+//!   as exec would give it; fault signals forwarded when sent, the agent stopped when the guard
+//!   really crashes.
 //! - `process::drain_command`: the `--on-drain` command: its own group, output to the log, killed
 //!   at the drain deadline.
 //! - `process::{cgroup, clone_into}`: the agent's own cgroup v2 (`--cgroup`): created, entered
@@ -45,10 +58,10 @@
 //! - `aws::lifecycle_state`: every Auto Scaling lifecycle state, read once (pure).
 //! - `aws::{api, context}`: Auto Scaling call errors and counters; the one shared AWS context.
 //! - `aws::{lifecycle, protection, emf}`: lifecycle hooks, scale-in protection, EMF load lines.
-//! - `aws::{hooks_dir, termination, wait_state, hook_calls, backoff}`: guards on one host
-//!   register per hook and the last agent out completes it once; the termination hook waits for
-//!   the wait state however late; the lifecycle calls, retried through throttling with full
-//!   jitter so a fleet never calls in step.
+//! - `aws::{termination, wait_state, hook_calls, backoff}`: the last agent out on the host (as
+//!   `hosthooks` decides) completes the termination hook once, waiting for the wait state however
+//!   late; the lifecycle calls, retried through throttling with full jitter so a fleet never
+//!   calls in step.
 //! - `aws::{health_status, replace}`: `SetInstanceHealth` Unhealthy, and after a crash loop once.
 //! - `aws::{scheduled, maintenance}`: EC2 scheduled events read and decided (pure), then acted on:
 //!   replace the instance, drain before NotBefore, or report.
@@ -70,9 +83,11 @@ mod cli;
 mod cmd;
 mod config;
 mod fmt;
+mod fsat;
 #[doc(hidden)]
 pub mod fuzzing;
 mod health;
+mod hosthooks;
 mod journal;
 mod logging;
 mod machine;
@@ -90,6 +105,11 @@ pub use crate::process::child::resolve;
 /// The proof that the agent exited; public so that its doctest shows it cannot be forged.
 pub use crate::process::exit::ChildExit;
 pub use crate::process::exit::GUARD_FAILED;
+/// Run by the binary before `main`: records the signal state the guard was started with and
+/// holds every signal until the handlers exist; [`release_signals`] when it will not supervise.
+pub use crate::process::inherited::{
+    hold_at_start as hold_signals_at_start, release as release_signals,
+};
 
 use std::ffi::OsString;
 use std::io;
@@ -120,7 +140,8 @@ use crate::machine::supervisor::{Outcome, StopSettings, Supervisor};
 use crate::process::cgroup::{AgentCgroup, CgroupError, Tracking};
 use crate::process::child::{Launcher, SpawnError, SpawnSpec};
 use crate::process::sig::{Role, Sig, role};
-use crate::process::signals::{JobControl, SignalSetupError, SignalSource};
+use crate::process::signals::{JobControl, SignalSetupError, SignalSource, install_handlers};
+use crate::process::{crash, inherited};
 
 /// Why the guard could not supervise the agent at all.
 #[derive(Debug, thiserror::Error)]
@@ -131,8 +152,6 @@ pub enum RunError {
     Signals(#[from] SignalSetupError),
     #[error("--subreaper: cannot become a child subreaper: {0}")]
     Subreaper(#[source] io::Error),
-    #[error("cannot ignore SIGTTIN/SIGTTOU: {0}")]
-    JobControl(#[source] io::Error),
     #[error("--imds on: IMDS did not answer within 10s: {0}")]
     ImdsRequired(#[source] imds::ImdsError),
     #[error(transparent)]
@@ -148,7 +167,7 @@ pub enum RunError {
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
     #[error(transparent)]
-    HooksDir(#[from] crate::aws::hooks_dir::HooksDirError),
+    HooksDir(#[from] crate::hosthooks::HooksDirError),
     #[error("--cgroup require: the agent cannot have a cgroup of its own: {0}")]
     Cgroup(#[source] CgroupError),
 }
@@ -186,6 +205,9 @@ impl Ended {
 
 /// Supervises `config.command` until it and its process group are gone; returns how it ended.
 pub fn run(config: Config) -> Result<Ended, RunError> {
+    // First of all: until the handlers exist every signal is held (`process::inherited`).
+    let job_control = install_handlers()?;
+    crash::set_stop_signal(config.stop_signal.raw());
     // One thread is plenty for a supervisor, and keeps its footprint small.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -193,7 +215,18 @@ pub fn run(config: Config) -> Result<Ended, RunError> {
         .map_err(RunError::Runtime)?;
     // Boxed: the whole supervisor's state machine is one large future, and on the stack it would
     // be copied as it is pinned, leaving that much stack resident for the guard's whole life.
-    let ended = runtime.block_on(Box::pin(supervise(config)));
+    let supervised = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(Box::pin(supervise(config, job_control)))
+    }));
+    let ended = match supervised {
+        Ok(ended) => ended,
+        Err(panic) => {
+            // A bug: the agent must not run on unsupervised without a word (the panic's own
+            // message is already on stderr).
+            crash::stop_agent(crash::Cause::Panic);
+            std::panic::resume_unwind(panic)
+        }
+    };
     // Every task was told to stop and waited for; a thread that still lingers (the health
     // server's) must not hold the exit.
     runtime.shutdown_timeout(SHUTDOWN_WITHIN);
@@ -204,7 +237,7 @@ pub fn run(config: Config) -> Result<Ended, RunError> {
 /// subscribers) and close.
 const SHUTDOWN_WITHIN: Duration = Duration::from_secs(2);
 
-async fn supervise(config: Config) -> Result<Ended, RunError> {
+async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, RunError> {
     // One TLS stack for the whole process: rustls with ring. The AWS client and the HTTPS checks
     // name ring themselves; the default is for anything that asks the process for one.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -217,17 +250,17 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
             Some(ImdsClient::new(&config.imds_endpoint, IMDS_TIMEOUT)?)
         }
     };
-    if let (ImdsMode::On, Some(client)) = (config.imds, &imds) {
-        // Required IMDS is checked before the agent starts: it is not started at all without it.
-        require_imds(client).await.map_err(RunError::ImdsRequired)?;
-    }
-    let job_control = JobControl::take().map_err(RunError::JobControl)?;
     // Before anything runs: `--cgroup require` fails here, and the cgroup is removed on every
     // way out of this function.
     let (tracking, memory_note) = agent_cgroup(&config)?;
     let _remove = RemoveCgroup(tracking.cgroup.clone());
-    // Handlers first: a signal that arrives while the agent starts is kept, not lost.
+    // The reader of the signals held since the handlers were installed in `run`.
     let mut signals = SignalSource::install()?;
+    if let (ImdsMode::On, Some(client)) = (config.imds, &imds)
+        && stopped_before_imds(client, &mut signals).await?
+    {
+        return Ok(Ended::NeverStarted);
+    }
     let (phase_tx, phase_rx) = watch::channel(State::new().phase);
     let (imds_status, imds_status_rx) = watch::channel(ImdsStatus::default());
     let (checks_tx, checks_rx) = watch::channel(checks::Snapshot::default());
@@ -294,8 +327,11 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
             return Err(err.into());
         }
     };
+    say_what_the_agent_inherits(&config);
     return_freed_memory();
     let outcome = supervisor.run().await;
+    // The agent's group is gone: its number may be anyone's now.
+    crash::set_agent_group(0);
     let exit = outcome.exit.clone();
     tasks.finish(outcome).await;
     unixsock::remove(&config.socket);
@@ -369,6 +405,25 @@ impl Drop for RemoveCgroup {
     }
 }
 
+/// Once the agent started (a guard that fails before says only why): who reaps what the agent
+/// orphans, and which signals stay ignored for it.
+fn say_what_the_agent_inherits(config: &Config) {
+    if !config.subreaper && std::process::id() != 1 {
+        // As tini says it: orphans go to whoever reaps above the guard (systemd, the
+        // container's init), and the guard's orphan count stays at 0.
+        tracing::info!(
+            "not PID 1 and not a child subreaper: processes the agent orphans are reaped by the init above the guard, not by it (--subreaper to reap them here)"
+        );
+    }
+    let ignored = inherited::ignored_names();
+    if !ignored.is_empty() {
+        tracing::info!(
+            signals = %ignored.join(","),
+            "signals ignored when the guard started stay ignored for the agent and are not forwarded"
+        );
+    }
+}
+
 /// Hands the heap pages that start-up used and freed (the argument parser's tree above all, a
 /// few hundred KiB) back to the kernel, once the agent runs and the guard settles into waiting:
 /// glibc keeps freed memory below the heap's top for reuse, and an idle guard would otherwise
@@ -398,6 +453,23 @@ async fn stopped_while_held(
             let record = crate::journal::Record::StopSignalReceived { signal: sig.to_string() };
             tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal while the agent was held back; exiting without starting it");
             true
+        }
+    }
+}
+
+/// `--imds on`: IMDS is checked before the agent starts, which is not started at all without
+/// it. `true` if a stop signal came first (the agent is then never started): the wait takes up
+/// to 10 s, and a guard stopped meanwhile must not start an agent only to drain it.
+async fn stopped_before_imds(
+    client: &ImdsClient,
+    signals: &mut SignalSource,
+) -> Result<bool, RunError> {
+    tokio::select! {
+        checked = require_imds(client) => checked.map(|()| false).map_err(RunError::ImdsRequired),
+        sig = stop_signal(signals) => {
+            let record = crate::journal::Record::StopSignalReceived { signal: sig.to_string() };
+            tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal while waiting for IMDS; exiting without starting the agent");
+            Ok(true)
         }
     }
 }

@@ -15,11 +15,11 @@
 //! let exit = agent_guard::ChildExit { pid: 1, kind: todo!() };
 //! ```
 //!
-//! Several guards on one host register in `--hooks-dir` ([`hooks_dir`]); the last agent out
+//! Several guards on one host register in `--hooks-dir` ([`hosthooks`]); the last agent out
 //! completes the termination hook, however late the wait state comes ([`termination`]). The
 //! calls and their retries are [`hook_calls`]'.
 //!
-//! [`hooks_dir`]: crate::aws::hooks_dir
+//! [`hosthooks`]: crate::hosthooks
 //! [`termination`]: crate::aws::termination
 //! [`hook_calls`]: crate::aws::hook_calls
 
@@ -33,10 +33,11 @@ use crate::agent::hub::{AwaitingStatus, HookState, HookStatus, Hub};
 use crate::aws::backoff;
 use crate::aws::context::SharedAws;
 use crate::aws::hook_calls::{HookApi, MAX_RETRY_WINDOW};
-use crate::aws::hooks_dir::{Decision, HookKind, HooksDirError, Registration};
 use crate::aws::termination::{Gone, Shared, on_host};
 use crate::aws::wait_state::{self, Stage};
 use crate::config::settings::{HookResult, LifecycleSettings};
+use crate::hosthooks::agent::AgentId;
+use crate::hosthooks::{Decision, HookKind, HooksDirError, Registration};
 use crate::journal::{Awaiting, Record};
 use crate::machine::state::{DrainReason, Phase};
 use crate::machine::supervisor::Outcome;
@@ -95,7 +96,9 @@ impl HostHooks {
     /// Registers for each configured hook, before the agent starts, so that the other guards on
     /// this host wait for it from the start. An unusable `--hooks-dir` is the guard's failure
     /// when it was given; the default one (`/run/agent-guard`, root's) is only warned about,
-    /// and the hooks are then handled as by a guard alone on the host.
+    /// and the hooks are then handled as by a guard alone on the host. A directory that another
+    /// user could change is refused either way: going alone there would hand that user the
+    /// decision to end the instance under the other guards' agents.
     pub fn register(settings: &LifecycleSettings, name: &str) -> Result<HostHooks, HooksDirError> {
         let dir = &settings.hooks_dir;
         let one = |kind, hook: &Option<String>| -> Result<Option<Shared>, HooksDirError> {
@@ -104,7 +107,10 @@ impl HostHooks {
             };
             match Registration::register(dir, kind, hook, name, settings.on_unclean_exit) {
                 Ok(reg) => Ok(Some(Arc::new(Mutex::new(reg)))),
-                Err(err) if !settings.hooks_dir_given => {
+                Err(err)
+                    if !settings.hooks_dir_given
+                        && !matches!(err, HooksDirError::Untrusted { .. }) =>
+                {
                     tracing::warn!(error = %err, "lifecycle: the default --hooks-dir is unusable; handling the hooks as the only guard on this host (give every guard here a --hooks-dir they can all write)");
                     Ok(None)
                 }
@@ -239,25 +245,14 @@ async fn run(
         status.terminate = hook_status(&settings.terminate_hook);
         status.launch = hook_status(&settings.launch_hook);
     }
+    // Only the group and the instance id are waited for: the hook's timeout is read alongside.
     let setup = tokio::select! {
         setup = HookApi::setup(&settings, &aws, &hub) => setup,
         done = &mut finish => {
             // The agent ended before the identity was known: one more try, bounded.
             let setup = tokio::time::timeout(LATE_SETUP_WITHIN, HookApi::setup(&settings, &aws, &hub)).await;
             match (setup, done) {
-                (Ok(Ok(api)), Ok(outcome)) => {
-                    let terminating = hub.stats().drains.iter().any(|(reason, n)| *n > 0 && reason.ends_instance());
-                    let mut watch = Watch { terminating, ..Watch::new(Arc::new(api), &settings, &hub, &host) };
-                    // An agent that never got ready (a fast crash loop, say) abandons the launch
-                    // (`finish` does); one that was ready leaves it to the hook's timeout.
-                    if hub.report().ready_source.is_some() {
-                        watch.launch_done = true;
-                    }
-                    watch.finish(Some(outcome)).await;
-                    if let Some(task) = watch.launch_task.take() {
-                        let _ = tokio::time::timeout(LATE_SETUP_WITHIN, task).await;
-                    }
-                }
+                (Ok(Ok(api)), Ok(outcome)) => late_finish(Arc::new(api), &settings, &hub, &host, outcome).await,
                 _ => tracing::error!("lifecycle: the agent exited before the group and instance were known; no hook completed"),
             }
             host.leave().await;
@@ -266,9 +261,10 @@ async fn run(
     };
     match setup {
         Ok(api) => {
-            Watch::new(Arc::new(api), &settings, &hub, &host)
-                .run(finish)
-                .await
+            let api = Arc::new(api);
+            let learning = learn_hook_timeout(&api, &settings, &hub);
+            Watch::new(api, &settings, &hub, &host).run(finish).await;
+            learning.abort();
         }
         Err(err) => {
             let record = Record::HooksOff {
@@ -280,6 +276,50 @@ async fn run(
         }
     }
     host.leave().await;
+}
+
+/// The hook's heartbeat timeout, read in the background (see [`HookApi`]); aborted once the
+/// hook work ends.
+fn learn_hook_timeout(
+    api: &Arc<HookApi>,
+    settings: &LifecycleSettings,
+    hub: &Arc<Hub>,
+) -> tokio::task::AbortHandle {
+    let (api, hub, hook) = (api.clone(), hub.clone(), settings.terminate_hook.clone());
+    tokio::spawn(async move {
+        if let Some(hook) = hook {
+            api.learn_hook_timeout(&hook, &hub).await;
+        }
+    })
+    .abort_handle()
+}
+
+/// The agent ended before the hook work had the group and instance; now it has them.
+async fn late_finish(
+    api: Arc<HookApi>,
+    settings: &LifecycleSettings,
+    hub: &Arc<Hub>,
+    host: &HostHooks,
+    outcome: Outcome,
+) {
+    let terminating = hub
+        .stats()
+        .drains
+        .iter()
+        .any(|(reason, n)| *n > 0 && reason.ends_instance());
+    let mut watch = Watch {
+        terminating,
+        ..Watch::new(api, settings, hub, host)
+    };
+    // An agent that never got ready (a fast crash loop, say) abandons the launch (`finish`
+    // does); one that was ready leaves it to the hook's timeout.
+    if hub.report().ready_source.is_some() {
+        watch.launch_done = true;
+    }
+    watch.finish(Some(outcome)).await;
+    if let Some(task) = watch.launch_task.take() {
+        let _ = tokio::time::timeout(LATE_SETUP_WITHIN, task).await;
+    }
 }
 
 /// The lifecycle work alongside the supervisor: the launch hook on readiness, the wait state
@@ -304,6 +344,8 @@ struct Watch<'a> {
     was_held: bool,
     /// Released from the warm pool: the next launch completion is a new round on the host.
     launch_again: bool,
+    /// The agent last recorded in this guard's termination registration.
+    recorded_agent: Option<i32>,
 }
 
 impl<'a> Watch<'a> {
@@ -326,6 +368,7 @@ impl<'a> Watch<'a> {
             launch_task: None,
             was_held: false,
             launch_again: false,
+            recorded_agent: None,
         }
     }
 
@@ -333,9 +376,12 @@ impl<'a> Watch<'a> {
     async fn run(mut self, mut finish: oneshot::Receiver<Outcome>) {
         let mut phase = self.hub.phase.clone();
         let mut held = self.hub.held_changes();
+        let mut hook_timeout = self.api.hook_timeout_changes();
+        let mut timeout_open = true;
         if held.borrow_and_update().is_some() {
             self.on_hold(true);
         }
+        self.record_agent();
         loop {
             tokio::select! {
                 changed = held.changed() => {
@@ -343,6 +389,10 @@ impl<'a> Watch<'a> {
                         let now = held.borrow_and_update().is_some();
                         self.on_hold(now);
                     }
+                }
+                changed = hook_timeout.changed(), if timeout_open => {
+                    timeout_open = changed.is_ok();
+                    self.new_cadence();
                 }
                 changed = phase.changed() => {
                     if changed.is_err() {
@@ -377,7 +427,19 @@ impl<'a> Watch<'a> {
         }
     }
 
+    /// The hook's timeout became known while the agent drains: heartbeats at the cadence it
+    /// sets from now on, the next one a new interval from now.
+    fn new_cadence(&mut self) {
+        let every = self.api.heartbeat_interval();
+        if let Some(tick) = self.tick.as_mut()
+            && tick.period() != every
+        {
+            *tick = ticks(every);
+        }
+    }
+
     fn on_phase(&mut self, now: &Phase) {
+        self.record_agent();
         if !self.launch_done && matches!(now, Phase::Ready) {
             self.launch(HookResult::Continue, "the agent is ready");
         }
@@ -392,15 +454,33 @@ impl<'a> Watch<'a> {
         {
             self.terminating = true;
             self.drain = Some((Instant::now(), reason));
-            let every = self.api.heartbeat_interval;
-            let mut tick = tokio::time::interval_at(
-                crate::machine::state::later(Instant::now(), every).into(),
-                every,
-            );
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            self.tick = Some(tick);
+            self.tick = Some(ticks(self.api.heartbeat_interval()));
             set_hook(self.hub, true, |h| h.state = HookState::Heartbeating);
         }
+    }
+
+    /// Records the agent that runs now (its process group and start time) in this guard's
+    /// termination registration, once per agent: should this guard die while it runs, the
+    /// other guards on the host wait for it to be gone.
+    fn record_agent(&mut self) {
+        let (Some(reg), Some(pid)) = (&self.host.terminate, self.hub.agent_pid()) else {
+            return;
+        };
+        if self.recorded_agent == Some(pid) {
+            return;
+        }
+        self.recorded_agent = Some(pid);
+        let reg = reg.clone();
+        tokio::spawn(async move {
+            let recorded = on_host(&reg, move |r| match AgentId::of(pid) {
+                Some(agent) => r.agent_started(agent),
+                None => Ok(()),
+            })
+            .await;
+            if let Err(err) = recorded {
+                tracing::warn!(error = %err, "lifecycle: cannot record the agent in the hooks directory (should this guard die, the others would not wait for its agent)");
+            }
+        });
     }
 
     /// `--in-warm-pool wait`: a held instance completes its launch hook at once, without the
@@ -567,6 +647,16 @@ impl<'a> Watch<'a> {
             tracing::debug!(hook, journal = %record.json(), "lifecycle: hook work ended");
         }
     }
+}
+
+/// Heartbeats (or looks for the wait state) every `every`, the first one `every` from now.
+fn ticks(every: Duration) -> Interval {
+    let mut tick = tokio::time::interval_at(
+        crate::machine::state::later(Instant::now(), every).into(),
+        every,
+    );
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
 }
 
 /// The launch hook's completion, agreed with the other guards on this host: CONTINUE once every

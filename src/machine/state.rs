@@ -262,6 +262,22 @@ pub enum Action {
     CrashLoop { starts: u32, within: Duration },
     /// A stop or a drain came between an agent's exit and its restart: none is started again.
     RestartCancelled { reason: DrainReason },
+    /// A drain was asked for but the agent goes straight to its stop signal: said, with why,
+    /// because no drain event, `--drain-signal` or `--on-drain` follows.
+    DrainSkipped {
+        reason: DrainReason,
+        why: DrainSkipped,
+    },
+}
+
+/// Why a drain went straight to the stop signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainSkipped {
+    /// Nothing could tell the agent: no subscriber, no `--drain-signal`, no `--on-drain`.
+    NoWayToTell,
+    /// The hard deadline (a spot interruption) leaves `left`, no more than `--stop-timeout`:
+    /// all of it goes to the stop grace.
+    NoTimeLeft { left: Duration },
 }
 
 /// When the agent counts as ready.
@@ -687,8 +703,13 @@ fn begin_drain(
     signalled: bool,
     ctx: &Ctx,
 ) -> (Phase, Vec<Action>) {
+    let skip = |why| {
+        let (phase, mut actions) = stop(reason, hard_deadline, signalled, ctx);
+        actions.insert(0, Action::DrainSkipped { reason, why });
+        (phase, actions)
+    };
     if !ctx.agent_can_hear_drain() {
-        return stop(reason, hard_deadline, signalled, ctx);
+        return skip(DrainSkipped::NoWayToTell);
     }
     let drain_end = later(ctx.now, ctx.drain_timeout);
     let deadline = match hard_deadline {
@@ -696,7 +717,8 @@ fn begin_drain(
         None => drain_end,
     };
     if deadline <= ctx.now {
-        return stop(reason, hard_deadline, signalled, ctx);
+        let left = hard_deadline.map_or(Duration::ZERO, |h| h.saturating_duration_since(ctx.now));
+        return skip(DrainSkipped::NoTimeLeft { left });
     }
     let mut actions = vec![Action::AnnounceDrain { reason, deadline }];
     actions.extend(ctx.drain_signal.map(forward));
@@ -868,12 +890,18 @@ mod tests {
                 vec![],
             ),
             (
-                "SIGTERM with nobody listening stops at once",
+                "SIGTERM with nobody listening stops at once, and says why",
                 Phase::Ready,
                 Event::StopSignal,
                 c.clone(),
                 stopping.clone(),
-                vec![stop_signal()],
+                vec![
+                    Action::DrainSkipped {
+                        reason: DrainReason::Signal,
+                        why: DrainSkipped::NoWayToTell,
+                    },
+                    stop_signal(),
+                ],
             ),
             (
                 "SIGTERM with a drain signal drains first",
@@ -1111,7 +1139,11 @@ mod tests {
         );
         assert!(matches!(phase, Phase::Stopping(Stop { .. })), "{phase:?}");
         assert_eq!(phase.deadline(), Some(t0 + 4 * S));
-        assert_eq!(actions, vec![stop_signal()]);
+        let skipped = Action::DrainSkipped {
+            reason: DrainReason::SpotInterruption,
+            why: DrainSkipped::NoTimeLeft { left: 4 * S },
+        };
+        assert_eq!(actions, vec![skipped, stop_signal()], "the skip is said");
     }
 
     #[test]

@@ -23,7 +23,8 @@ use crate::fmt::{format_duration, rfc3339};
 use crate::journal::Record;
 use crate::machine::restart::RestartSettings;
 use crate::machine::state::{
-    Action, Cleanup, Ctx, DrainReason, Event, Phase, ReadyOn, Restart, State, Target, step,
+    Action, Cleanup, Ctx, DrainReason, DrainSkipped, Event, Phase, ReadyOn, Restart, State, Target,
+    step,
 };
 use crate::process::cgroup::{AgentCgroup, EmptyWatch};
 use crate::process::child::{Agent, Launcher, SpawnError};
@@ -353,7 +354,24 @@ impl Supervisor {
 
     fn on_signal(&mut self, sig: Sig) -> Option<Event> {
         match role(sig) {
-            Role::Reap => self.reap(),
+            Role::Reap => {
+                let exited = self.reap();
+                // ^Z on the terminal the agent's group holds stopped the agent, not the guard:
+                // the shell waiting for the guard would hang.
+                if exited.is_none()
+                    && self.launcher.job_control.terminal()
+                    && self.reaper.take_job_control_stop()
+                {
+                    self.stop_guard_too();
+                }
+                exited
+            }
+            Role::Suspend => {
+                // As dumb-init does: pass it on, then stop the guard as well.
+                self.apply(Event::Forward(sig));
+                self.stop_guard_too();
+                None
+            }
             Role::Stop => {
                 let record = Record::StopSignalReceived {
                     signal: sig.to_string(),
@@ -363,6 +381,13 @@ impl Supervisor {
             }
             Role::Forward => Some(Event::Forward(sig)),
         }
+    }
+
+    /// Stops the guard until SIGCONT; a stop report of the agent's that came meanwhile is one
+    /// this stop already answered.
+    fn stop_guard_too(&mut self) {
+        self.agent.stop_guard_too();
+        let _ = self.reaper.take_job_control_stop();
     }
 
     /// Feeds `event` to `step`, then whatever the actions produced for it (a spawn's outcome).
@@ -468,40 +493,43 @@ impl Supervisor {
         }));
     }
 
+    /// The stop signal to the agent's group (and SIGCONT to a stopped agent after it).
+    fn stop_signal_to_group(&self, signal: Sig, pgid: i32) -> std::io::Result<()> {
+        if !self.state.phase.agent_running() && !self.alive() {
+            return Ok(()); // the agent left nothing behind
+        }
+        let record = Record::StopSignalSent {
+            signal: signal.to_string(),
+            pgid,
+            cgroup: self.cgroup.is_some(),
+        };
+        if let Some(cgroup) = &self.cgroup {
+            tracing::info!(signal = %signal, pgid, journal = %record.json(), "sent the stop signal to every process in the agent's cgroup");
+            let sent = cgroup.signal_all(signal).map(|_| ());
+            if signal != Sig::CONT && signal != Sig::KILL && cgroup.any_stopped() {
+                let _ = cgroup.signal_all(Sig::CONT);
+            }
+            return sent;
+        }
+        tracing::info!(signal = %signal, pgid, journal = %record.json(), "sent the stop signal to the agent's process group");
+        let sent = self.signal_group(signal);
+        // As systemd does after KillSignal=: a stopped agent (SIGSTOP, or a TSTP passed
+        // on) could not act on the stop signal and would only ever end SIGKILLed. Only
+        // when one is stopped: an agent that handles SIGCONT gets no spurious one.
+        let running = self.state.phase.agent_running();
+        if signal != Sig::CONT && signal != Sig::KILL && self.agent.any_stopped(running) {
+            let _ = self.signal_group(Sig::CONT);
+        }
+        sent
+    }
+
     fn perform(&mut self, action: Action, ctx: &Ctx) {
         let pgid = self.agent.pid();
         let result = match action {
             Action::Signal {
                 signal,
                 to: Target::Group,
-            } => {
-                if !self.state.phase.agent_running() && !self.alive() {
-                    return; // the agent left nothing behind
-                }
-                let record = Record::StopSignalSent {
-                    signal: signal.to_string(),
-                    pgid,
-                    cgroup: self.cgroup.is_some(),
-                };
-                if let Some(cgroup) = &self.cgroup {
-                    tracing::info!(signal = %signal, pgid, journal = %record.json(), "sent the stop signal to every process in the agent's cgroup");
-                    let sent = cgroup.signal_all(signal);
-                    if signal != Sig::CONT && signal != Sig::KILL && cgroup.any_stopped() {
-                        let _ = cgroup.signal_all(Sig::CONT);
-                    }
-                    return log_signal_error(sent.map(|_| ()), pgid);
-                }
-                tracing::info!(signal = %signal, pgid, journal = %record.json(), "sent the stop signal to the agent's process group");
-                let sent = self.signal_group(signal);
-                // As systemd does after KillSignal=: a stopped agent (SIGSTOP, or a TSTP passed
-                // on) could not act on the stop signal and would only ever end SIGKILLed. Only
-                // when one is stopped: an agent that handles SIGCONT gets no spurious one.
-                let running = self.state.phase.agent_running();
-                if signal != Sig::CONT && signal != Sig::KILL && self.agent.any_stopped(running) {
-                    let _ = self.signal_group(Sig::CONT);
-                }
-                sent
-            }
+            } => self.stop_signal_to_group(signal, pgid),
             Action::Signal {
                 signal,
                 to: Target::Forwarded,
@@ -561,6 +589,10 @@ impl Supervisor {
             }
             Action::RestartCancelled { reason } => {
                 self.restart_cancelled(reason);
+                Ok(())
+            }
+            Action::DrainSkipped { reason, why } => {
+                self.drain_skipped(reason, why);
                 Ok(())
             }
         };
@@ -761,21 +793,60 @@ impl Supervisor {
     }
 
     /// Says when a hard deadline (a spot notice) cut a configured timeout short, and by how much.
-    fn log_cut(&self, option: &str, configured: Duration, ends: Instant, ctx: &Ctx) {
+    /// `was`: when the phase ended before this step, if the phase is the same (a later notice
+    /// recalculating it); then only an earlier end is a cut. A phase entered now is cut when it
+    /// ends sooner than its option gives (both measured from this step's `now`).
+    fn log_cut(
+        &self,
+        option: &str,
+        configured: Duration,
+        was: Option<Instant>,
+        ends: Instant,
+        ctx: &Ctx,
+    ) {
         let given = ends.saturating_duration_since(ctx.now);
-        if given < configured {
-            let given = Duration::from_secs(given.as_secs_f64().round() as u64);
-            let record = Record::TimeoutCut {
-                option: option.trim_start_matches("--").to_string(),
-                configured_ms: u64::try_from(configured.as_millis()).unwrap_or(u64::MAX),
-                given_ms: u64::try_from(given.as_millis()).unwrap_or(u64::MAX),
-            };
-            tracing::warn!(
-                configured = %format_duration(configured),
-                given = %format_duration(given),
-                journal = %record.json(),
-                "{option} cut short by the spot interruption deadline"
-            );
+        let cut = match was {
+            Some(was) => ends < was,
+            None => given < configured,
+        };
+        if !cut {
+            return;
+        }
+        let record = Record::TimeoutCut {
+            option: option.trim_start_matches("--").to_string(),
+            configured_ms: u64::try_from(configured.as_millis()).unwrap_or(u64::MAX),
+            given_ms: u64::try_from(given.as_millis()).unwrap_or(u64::MAX),
+        };
+        tracing::warn!(
+            configured = %format_duration(configured),
+            given = %format_duration(given),
+            journal = %record.json(),
+            "{option} cut short by the spot interruption deadline: {} left",
+            format_duration(given)
+        );
+    }
+
+    /// A drain asked for, and the stop signal sent at once instead: said, since no drain
+    /// event, `--drain-signal` or `--on-drain` follows.
+    fn drain_skipped(&self, reason: DrainReason, why: DrainSkipped) {
+        match why {
+            // A SIGTERM to a guard without listeners is a plain stop, as under tini: not news.
+            DrainSkipped::NoWayToTell if reason == DrainReason::Signal => tracing::debug!(
+                reason = %reason,
+                "no drain: nothing can tell the agent; sending the stop signal now"
+            ),
+            DrainSkipped::NoWayToTell => tracing::info!(
+                reason = %reason,
+                "no drain: nothing can tell the agent (no control-socket subscriber, no --drain-signal, no --on-drain); sending the stop signal now"
+            ),
+            DrainSkipped::NoTimeLeft { left } => tracing::warn!(
+                reason = %reason,
+                left = %format_duration(left),
+                stop_timeout = %format_duration(self.settings.stop_timeout),
+                "no drain: the deadline leaves {}, no more than --stop-timeout ({}), so all of it goes to the stop grace; no drain event, --drain-signal or --on-drain; sending the stop signal now",
+                format_duration(left),
+                format_duration(self.settings.stop_timeout)
+            ),
         }
     }
 
@@ -804,12 +875,12 @@ impl Supervisor {
                         tracing::info!(reason = %d.reason, deadline_in = %until(d.deadline), journal = %record, "draining")
                     }
                 }
-                self.log_cut(
-                    "--drain-timeout",
-                    self.settings.drain_timeout,
-                    d.deadline,
-                    ctx,
-                );
+                let was = match before {
+                    Phase::Draining(b) => Some(b.deadline),
+                    _ => None,
+                };
+                let timeout = self.settings.drain_timeout;
+                self.log_cut("--drain-timeout", timeout, was, d.deadline, ctx);
             }
             Phase::Stopping(s)
                 if matches!(before, Phase::Stopping(_))
@@ -822,7 +893,12 @@ impl Supervisor {
                     tracing::warn!(reason = %s.reason, journal = %record, "killing the agent");
                     return;
                 }
-                self.log_cut("--stop-timeout", self.settings.stop_timeout, s.kill_at, ctx);
+                let was = match before {
+                    Phase::Stopping(b) => Some(b.kill_at),
+                    _ => None,
+                };
+                let timeout = self.settings.stop_timeout;
+                self.log_cut("--stop-timeout", timeout, was, s.kill_at, ctx);
                 if let Phase::Draining(_) = before {
                     tracing::info!(reason = %s.reason, sigkill_in = %until(s.kill_at), journal = %record, "drain over; stopping the agent");
                 } else {

@@ -14,9 +14,11 @@ use libc::pid_t;
 
 use crate::process::cgroup::{self, AgentCgroup};
 use crate::process::clone_into;
+use crate::process::crash;
 use crate::process::exit::{ChildExit, Gone};
 use crate::process::sig::Sig;
 use crate::process::signals::JobControl;
+use crate::process::spawn::posix_spawn;
 
 /// The running agent: its pid, which is also its process group id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +59,7 @@ pub struct Launcher {
     pub spec: SpawnSpec,
     /// The signal dispositions to restore in the agent (and in the `--on-drain` command).
     pub job_control: JobControl,
-    /// The agent's cgroup (`--cgroup`), which every agent this starts enters before its exec.
+    /// The agent's cgroup (`--cgroup`), which every agent this starts is born in.
     pub cgroup: Option<std::sync::Arc<AgentCgroup>>,
 }
 
@@ -97,65 +99,93 @@ impl Agent {
                 why: "no command given".to_string(),
             });
         };
+        let program_text = program.to_string_lossy().into_owned();
         if let Some(cgroup) = cgroup {
             let mut exec = ExecWithPid::new(&spec.command, &spec.env, spec.watchdog_pid)?;
-            let text = program.to_string_lossy().into_owned();
             let mut run = || exec.exec();
             match clone_into::spawn(cgroup.dir_fd(), &mut run, hand_over_terminal, job_control) {
-                Ok(Some(pid)) => return Ok(Agent { pid }),
+                Ok(Some(pid)) => return Ok(Agent::started(pid)),
                 Ok(None) => {} // no CLONE_INTO_CGROUP here: the write before exec below
-                Err(err) => return Err(classify(text, err)),
+                Err(err) => return Err(classify(program_text, err)),
             }
         }
         let cgroup_procs = cgroup.map(AgentCgroup::join_fd);
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .envs(spec.env.iter().cloned())
-            .process_group(0);
         let mut own_exec = if spec.watchdog_pid {
             Some(ExecWithPid::new(&spec.command, &spec.env, true)?)
         } else {
             None
         };
-        // Code between fork and exec only when there is something to do there: without it std
-        // starts the agent with posix_spawn, a vfork that copies none of the guard's memory.
-        // A cgroup is entered there too, where clone3 could not start the agent inside it.
-        let forks = hand_over_terminal
-            || own_exec.is_some()
-            || job_control.restores_in_child()
-            || cgroup_procs.is_some();
-        if forks {
-            // SAFETY: the closure only makes async-signal-safe calls (write, tcsetpgrp, getpid,
-            // sigaction, execvpe) and writes into memory allocated before the fork; it runs in
-            // the forked child after setpgid and before std's own exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if let Some(fd) = cgroup_procs {
-                        cgroup::enter(fd)?;
-                    }
-                    if hand_over_terminal {
-                        // Errors are tolerated (ENOTTY, ENXIO), as tini does: the agent still
-                        // runs.
-                        libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
-                    }
-                    job_control.restore_in_child()?;
-                    match own_exec.as_mut() {
-                        // Only returns if exec failed; std then reports the error as for its
-                        // own exec.
-                        Some(exec) => Err(exec.exec()),
-                        None => Ok(()),
-                    }
-                });
+        // Code between fork and exec only when there is something to do there: without it the
+        // agent starts with posix_spawn, a vfork that copies none of the guard's memory.
+        if !hand_over_terminal && own_exec.is_none() && cgroup_procs.is_none() {
+            match posix_spawn(&spec.command, &spec.env) {
+                Ok(pid) => return Ok(Agent::started(pid)),
+                // No `#!` line: posix_spawn refuses it, execvp (below) runs it with /bin/sh, as
+                // a shell would.
+                Err(err) if err.raw_os_error() == Some(libc::ENOEXEC) => {}
+                Err(err) => return Err(classify(program_text, err)),
             }
         }
-        let program_text = program.to_string_lossy().into_owned();
-        match spawn_like_a_shell(&mut cmd, forks) {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .envs(spec.env.iter().cloned())
+            .process_group(0);
+        // SAFETY: the closure only makes async-signal-safe calls (tcsetpgrp, getpid,
+        // sigaction, execvpe) and writes into memory allocated before the fork; it runs in
+        // the forked child after setpgid and before std's own exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(fd) = cgroup_procs {
+                    cgroup::enter(fd)?;
+                }
+                if hand_over_terminal {
+                    // Errors are tolerated (ENOTTY, ENXIO), as tini does: the agent still
+                    // runs.
+                    libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
+                }
+                job_control.restore_in_child()?;
+                match own_exec.as_mut() {
+                    // Only returns if exec failed; std then reports the error as for its
+                    // own exec.
+                    Some(exec) => Err(exec.exec()),
+                    None => Ok(()),
+                }
+            });
+        }
+        // std forks (there is code to run in the child) and execs with execvp, which runs an
+        // executable without a `#!` line with /bin/sh.
+        match cmd.spawn() {
             // The pid is the process id and the group id; the handle is not kept, because only
             // the reaper may wait for it. Dropping a std Child neither kills nor waits.
-            Ok(child) => Ok(Agent {
-                pid: child.id() as pid_t,
-            }),
+            Ok(child) => Ok(Agent::started(child.id() as pid_t)),
             Err(err) => Err(classify(program_text, err)),
+        }
+    }
+
+    /// The agent with this pid was started: a crash of the guard from now on stops its group.
+    fn started(pid: pid_t) -> Agent {
+        crash::set_agent_group(pid);
+        Agent { pid }
+    }
+
+    /// Job control, as dumb-init does it: the agent's group has been stopped (a TSTP passed on,
+    /// or ^Z on the terminal it holds), and now the guard stops itself, so that the shell that
+    /// started it as a job gets its prompt back. Returns once the guard is continued (`fg`,
+    /// `bg`, `kill -CONT`); the SIGCONT is then passed on to the agent like any other signal.
+    /// If the shell gave the terminal to the guard's group (`fg`), it goes back to the agent's
+    /// first, so that the agent does not wake up in the background.
+    pub fn stop_guard_too(&self) {
+        tracing::info!(
+            pgid = self.pid,
+            "the agent's process group was stopped (job control): stopping the guard too until SIGCONT"
+        );
+        // SAFETY: raise stops this process (all its threads) until a SIGCONT; tcsetpgrp only
+        // changes the terminal's foreground group.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+            if holds_terminal_foreground() {
+                libc::tcsetpgrp(libc::STDIN_FILENO, self.pid);
+            }
         }
     }
 
@@ -185,7 +215,9 @@ impl Agent {
         }
         live_members(self.pid).is_none_or(|n| n > 0)
     }
+}
 
+impl Agent {
     /// Proof that nothing of the agent is left in its process group: `exit` sealed with it, if
     /// the group is empty now.
     pub fn prove_group_gone(&self, exit: ChildExit) -> ChildExit {
@@ -195,9 +227,7 @@ impl Agent {
             exit.proven_gone(Gone::ProcessGroup)
         }
     }
-}
 
-impl Agent {
     /// Sends `sig` to every process in the agent's group, and to the agent by its pid as well if
     /// it has left that group. An agent that `setpgid`s itself into another group leaves the old
     /// one empty (or holding only its children): `kill(-pgid)` then misses it, or fails with
@@ -449,27 +479,6 @@ fn holds_terminal_foreground() -> bool {
 fn foreground_is(pgid: pid_t) -> bool {
     // SAFETY: isatty and tcgetpgrp only read terminal state.
     unsafe { libc::isatty(libc::STDIN_FILENO) == 1 && libc::tcgetpgrp(libc::STDIN_FILENO) == pgid }
-}
-
-/// Spawns `cmd`. posix_spawn (std's way when no code runs between fork and exec) refuses an
-/// executable file without a `#!` line (ENOEXEC), which execvp, like a shell, runs with
-/// /bin/sh: such an agent or `--on-drain` command is then started again through fork and
-/// execvp, as it always was before posix_spawn was used. `forks`: `cmd` already has code to run
-/// in the child, so std forks and execvp already did its best.
-pub(crate) fn spawn_like_a_shell(
-    cmd: &mut Command,
-    forks: bool,
-) -> io::Result<std::process::Child> {
-    match cmd.spawn() {
-        Err(err) if !forks && err.raw_os_error() == Some(libc::ENOEXEC) => {
-            // SAFETY: the closure does nothing; it only makes std fork and exec with execvp.
-            unsafe {
-                cmd.pre_exec(|| Ok(()));
-            }
-            cmd.spawn()
-        }
-        other => other,
-    }
 }
 
 /// Why a program could not be started: not found (127) or not executable (126).

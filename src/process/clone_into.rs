@@ -110,7 +110,7 @@ fn child(
     hand_over_terminal: bool,
     job_control: JobControl,
 ) -> io::Error {
-    // SAFETY: setpgid, tcsetpgrp, getpid, sigprocmask and signal are async-signal-safe and
+    // SAFETY: setpgid, tcsetpgrp, getpid and sigprocmask are async-signal-safe and
     // take no pointers but to the local, initialised signal set.
     unsafe {
         if libc::setpgid(0, 0) != 0 {
@@ -120,14 +120,14 @@ fn child(
             // Errors are tolerated (ENOTTY, ENXIO), as tini does: the agent still runs.
             libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
         }
-        if let Err(err) = job_control.restore_in_child() {
-            return err;
-        }
-        // As std's child: no signal blocked, and SIGPIPE (which Rust ignores) at its default.
+        // As exec would leave it: no signal blocked, every disposition back to what it was when
+        // the guard started (`process::inherited`, as the posix_spawn path does).
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        if let Err(err) = job_control.restore_in_child() {
+            return err;
+        }
     }
     exec()
 }

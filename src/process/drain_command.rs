@@ -20,7 +20,7 @@ use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
 use crate::config::settings::OnDrain;
-use crate::process::child::{SpawnError, classify, live_members, spawn_like_a_shell};
+use crate::process::child::{SpawnError, classify, live_members};
 use crate::process::sig::Sig;
 use crate::process::signals::JobControl;
 
@@ -78,17 +78,17 @@ impl DrainCommand {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        let forks = job_control.restores_in_child();
-        if forks {
-            // SAFETY: sigaction is async-signal-safe and `job_control` is plain data copied in.
-            unsafe {
-                cmd.pre_exec(move || job_control.restore_in_child());
-            }
+        // Every signal as the guard found it at start: posix_spawn (std's way without this)
+        // would leave the C library's own signals ignored in the command. With code to run in
+        // the child std forks and execs with execvp, which runs a script without a `#!` line
+        // with /bin/sh.
+        // SAFETY: sigaction is async-signal-safe and `job_control` is plain data copied in.
+        unsafe {
+            cmd.pre_exec(move || job_control.restore_in_child());
         }
         // The handle is dropped unwaited: only the reaper waits (a std Child's drop neither kills
         // nor waits).
-        let mut child =
-            spawn_like_a_shell(&mut cmd, forks).map_err(|err| classify(program, err))?;
+        let mut child = cmd.spawn().map_err(|err| classify(program, err))?;
         let pid = child.id() as pid_t;
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {

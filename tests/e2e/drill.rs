@@ -173,9 +173,14 @@ fn json_holds_every_timeline_entry() {
         "--json",
         "--heartbeat-timeout",
         "3s",
+        // Ready when it says so: on a loaded machine Python can take longer than the drill's
+        // 1 s to install its SIGTERM handler, and an agent not yet listening is stopped at once.
+        "--ready-on",
+        "notify",
         "--",
         fixture("socket_agent.py").to_str().expect("utf-8"),
         &log,
+        "--ready",
         "--drained-after",
         "1.6",
     ]);

@@ -384,7 +384,7 @@ fn an_agent_that_left_its_group_and_ignores_sigterm_is_killed_after_the_stop_tim
 fn a_stopped_agent_is_continued_after_the_stop_signal() {
     let dir = scratch();
     let ready = dir.path().join("ready");
-    // Exits 0 on SIGTERM; SIGTSTP stops it (the default action).
+    // Exits 0 on SIGTERM; SIGSTOP stops it.
     let script = format!(
         "import os, signal, time\n\
          signal.signal(signal.SIGTERM, lambda *_: os._exit(0))\n\
@@ -398,8 +398,10 @@ fn a_stopped_agent_is_continued_after_the_stop_signal() {
     );
     wait_until("the agent is up", SOON, || ready.exists());
     let agent = agent_pid(&guard);
-    // A TSTP to the guard is passed on to the agent's group, which stops.
-    guard.signal(libc::SIGTSTP);
+    // Stopped by someone else (a debugger, an operator): a TSTP to the guard would stop the
+    // guard as well (`job_control.rs`), which then could not act on the SIGTERM below.
+    // SAFETY: kill(2) on the agent's pid, which the test just read.
+    assert_eq!(unsafe { libc::kill(agent, libc::SIGSTOP) }, 0);
     wait_until("the agent is stopped", SOON, || {
         process(agent).is_some_and(|p| p.state == 'T')
     });
