@@ -23,6 +23,7 @@ use crate::journal::Awaiting;
 use crate::machine::restart::RestartPolicy;
 use crate::machine::state::{Cleanup, DrainReason, Phase, PhaseName, Restart};
 use crate::names::named_enum;
+use crate::process::cgroup::Tracking;
 
 named_enum! {
     /// Where the work on one lifecycle hook stands.
@@ -160,6 +161,8 @@ pub struct GuardStats {
     pub health_addr: Option<SocketAddr>,
     /// The agent's starts and exits (`--restart`), and the `--on-drain` command.
     pub runs: AgentRuns,
+    /// The agent's cgroup or its process group: which one says the agent is gone.
+    pub tracking: crate::process::cgroup::Tracking,
 }
 
 /// The agent's runs and its drain command, for `/status` and `/metrics`.
@@ -236,6 +239,7 @@ impl Hub {
                 agent_exit: None,
                 health_addr: None,
                 runs: AgentRuns::default(),
+                tracking: Default::default(),
             }),
             lifecycle: Mutex::new(LifecycleStatus::default()),
             extended: Notify::new(),
@@ -409,6 +413,7 @@ pub fn status_json(hub: &Hub) -> Value {
         "watchdog_missed": hub.watchdog_missed(now),
         "subscribers": hub.subscribers(),
         "health_listen": stats.health_addr.map(|a| a.to_string()),
+        "cgroup": cgroup_json(&stats.tracking),
         "imds": (!imds.endpoint.is_empty()).then(|| imds_json(&imds)),
         "lifecycle": lifecycle_json(&hub.lifecycle()),
         "checks": checks.iter().map(|v| json!({
@@ -419,6 +424,35 @@ pub fn status_json(hub: &Hub) -> Value {
             "latency_ms": v.result.as_ref().map(|r| r.latency.as_secs_f64() * 1000.0),
             "checked": v.result.as_ref().map(|r| rfc3339(r.at_wall)),
         })).collect::<Vec<_>>(),
+    })
+}
+
+/// `--cgroup`: what stands for the agent's processes, and, with a cgroup, their resources now.
+fn cgroup_json(tracking: &Tracking) -> Value {
+    let Some(cgroup) = &tracking.cgroup else {
+        return json!({
+            "mode": tracking.mode,
+            "tracked_by": "process-group",
+            "why": tracking.fallback,
+        });
+    };
+    let usage = cgroup.usage();
+    json!({
+        "mode": tracking.mode,
+        "tracked_by": "cgroup",
+        "path": cgroup.path().display().to_string(),
+        "controllers": cgroup.controllers(),
+        "memory_max": cgroup.memory_max(),
+        "populated": cgroup.populated(),
+        "processes": usage.processes,
+        "memory_current": usage.memory_current,
+        "memory_peak": usage.memory_peak,
+        "cpu_usage_s": usage.cpu_usage_usec.map(|u| u as f64 / 1e6),
+        "oom_kills": usage.oom_kills,
+        "pressure": usage.pressure.iter().map(|(r, p)| (r.to_string(), json!({
+            "some_avg10": p.some_avg10,
+            "full_avg10": p.full_avg10,
+        }))).collect::<serde_json::Map<_, _>>(),
     })
 }
 

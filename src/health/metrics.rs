@@ -16,6 +16,7 @@ use crate::aws::scheduled::{EventCode, EventState};
 use crate::health::checks::Verdict;
 use crate::journal::Awaiting;
 use crate::machine::state::{DrainReason, Phase, PhaseName};
+use crate::process::cgroup::Usage;
 
 /// The Prometheus text of `hub` at this moment.
 pub fn render(hub: &Hub) -> String {
@@ -42,6 +43,8 @@ struct Scrape {
     uptime: Duration,
     /// The wall clock at the scrape, for how long the hook work has waited.
     wall: SystemTime,
+    /// The agent's resources, read from its cgroup at the scrape (kernfs reads, no waiting).
+    usage: Option<Usage>,
 }
 
 impl Scrape {
@@ -51,6 +54,7 @@ impl Scrape {
         let now = Instant::now();
         let phase = hub.phase.borrow().clone();
         let stats = hub.stats().clone();
+        let usage = stats.tracking.cgroup.as_ref().map(|c| c.usage());
         let report = hub.report().clone();
         let imds = hub.imds.borrow().clone();
         let verdicts = hub.checks.borrow().verdicts(now);
@@ -67,6 +71,7 @@ impl Scrape {
             subscribers: hub.subscribers(),
             uptime: hub.uptime(),
             wall: SystemTime::now(),
+            usage,
         }
     }
 }
@@ -250,6 +255,59 @@ const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         help: "Times the agent was started again (--restart).",
         samples: |s| single(s.stats.runs.restarts as f64),
+    },
+    Family {
+        name: "agent_guard_agent_oom_kills_total",
+        kind: Kind::Counter,
+        help: "Processes of the agent the kernel's OOM killer ended (memory.events oom_kill; only with the memory controller).",
+        samples: |s| single(s.usage.as_ref()?.oom_kills? as f64),
+    },
+    Family {
+        name: "agent_guard_agent_memory_bytes",
+        kind: Kind::Gauge,
+        help: "Memory of the agent's cgroup (memory.current).",
+        samples: |s| single(s.usage.as_ref()?.memory_current? as f64),
+    },
+    Family {
+        name: "agent_guard_agent_memory_peak_bytes",
+        kind: Kind::Gauge,
+        help: "The most memory the agent's cgroup used (memory.peak).",
+        samples: |s| single(s.usage.as_ref()?.memory_peak? as f64),
+    },
+    Family {
+        name: "agent_guard_agent_cpu_seconds_total",
+        kind: Kind::Counter,
+        help: "CPU time of every process in the agent's cgroup (cpu.stat usage_usec).",
+        samples: |s| single(s.usage.as_ref()?.cpu_usage_usec? as f64 / 1e6),
+    },
+    Family {
+        name: "agent_guard_agent_processes",
+        kind: Kind::Gauge,
+        help: "Processes in the agent's cgroup.",
+        samples: |s| single(s.usage.as_ref()?.processes? as f64),
+    },
+    Family {
+        name: "agent_guard_agent_pressure_stalled_seconds_total",
+        kind: Kind::Counter,
+        help: "Time the agent's processes stalled on a resource (PSI total), by resource and kind (some: at least one; full: all).",
+        samples: |s| {
+            let usage = s.usage.as_ref()?;
+            let mut each = Vec::new();
+            for (resource, p) in &usage.pressure {
+                let secs = |usec: u64| usec as f64 / 1e6;
+                each.push(Sample::new(
+                    [("resource", *resource), ("kind", "some")],
+                    secs(p.some_total_usec),
+                ));
+                if let Some(full) = p.full_total_usec {
+                    each.push(Sample::new(
+                        [("resource", *resource), ("kind", "full")],
+                        secs(full),
+                    ));
+                }
+            }
+            Some(each)
+        },
     },
     Family {
         name: "agent_guard_watchdog_missed",

@@ -3,6 +3,7 @@
 mod support;
 
 mod busy;
+mod cgroup;
 mod clients;
 mod config;
 mod docs;

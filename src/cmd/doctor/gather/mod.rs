@@ -53,6 +53,8 @@ pub async fn gather(config: &Config, settings: &Settings) -> Facts {
         aws,
         systemd,
         port,
+        cgroup: (config.cgroup != crate::config::CgroupMode::Off)
+            .then(|| crate::process::cgroup::probe().map_err(|e| e.to_string())),
     }
 }
 

@@ -113,6 +113,10 @@ fn good() -> Facts {
             kill_mode: "mixed".to_string(),
         }),
         port: PortFact::Free(SocketAddr::from(([0, 0, 0, 0], 8099))),
+        cgroup: Some(Ok(crate::process::cgroup::Probe {
+            path: "/sys/fs/cgroup/system.slice/agent-guard@worker.service".into(),
+            controllers: vec!["memory".to_string(), "pids".to_string()],
+        })),
     }
 }
 
@@ -255,6 +259,10 @@ const CASES: &[Case] = &[
     (GOOD, |f| unit(f).kill_mode = "control-group".into(), "unit-kill-mode", Status::Fail, "reaches the agent itself"),
     (GOOD, |f| f.port = PortFact::Taken { addr: SocketAddr::from(([0, 0, 0, 0], 8099)), by: "another program".into() }, "health-port", Status::Fail, "in use by another program"),
     (GOOD, |f| f.port = PortFact::Unusable { addr: SocketAddr::from(([0, 0, 0, 0], 80)), error: "permission denied".into() }, "health-port", Status::Fail, "cannot listen"),
+    (&["--cgroup", "off"], |f| f.cgroup = None, "cgroup", Status::Warn, "setsid() grandchild"),
+    (GOOD, |f| f.cgroup = Some(Err("not delegated".into())), "cgroup", Status::Warn, "process group would stand for it (not delegated)"),
+    (&["--cgroup", "require"], |f| f.cgroup = Some(Err("not delegated".into())), "cgroup", Status::Fail, "would exit 125: not delegated"),
+    (&["--memory-max", "1G"], |f| f.cgroup = Some(Ok(crate::process::cgroup::Probe { path: "/x".into(), controllers: vec![] })), "cgroup", Status::Warn, "--memory-max would not be applied"),
 ];
 
 #[test]
