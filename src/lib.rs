@@ -39,6 +39,9 @@
 //!   really crashes.
 //! - `process::drain_command`: the `--on-drain` command: its own group, output to the log, killed
 //!   at the drain deadline.
+//! - `process::{cgroup, clone_into}`: the agent's own cgroup v2 (`--cgroup`): created, entered
+//!   at birth (clone3 `CLONE_INTO_CGROUP`), signalled, killed (`cgroup.kill`), watched until
+//!   empty, read for resources and OOM kills, removed.
 //! - `machine::restart`: `--restart` and `--crash-loop` as plain data: policy, doubling delay,
 //!   window.
 //! - `machine::supervisor`: the one owner of the phase; feeds events to `step`, performs actions.
@@ -51,7 +54,9 @@
 //!   text, and the background probes.
 //!
 //! Talking to AWS:
-//! - `aws::{imds, notices}`: the IMDSv2 client and the notice poller.
+//! - `aws::{imds, notices}`: the IMDSv2 client (answers bounded to 64 KiB) and the notice
+//!   poller over its registry of sources, one module each (`aws::notices::{target_state,
+//!   spot, rebalance, scheduled_events}`).
 //! - `aws::lifecycle_state`: every Auto Scaling lifecycle state, read once (pure).
 //! - `aws::{api, context}`: Auto Scaling call errors and counters; the one shared AWS context.
 //! - `aws::{lifecycle, protection, emf}`: lifecycle hooks, scale-in protection, EMF load lines.
@@ -100,6 +105,7 @@ pub use crate::cmd::ctl::run as ctl;
 pub use crate::cmd::doctor::run as doctor;
 pub use crate::cmd::drill::run as drill;
 pub use crate::config::{Invocation, load};
+pub use crate::logging::flush as flush_logs;
 pub use crate::logging::init as init_logging;
 pub use crate::process::child::resolve;
 /// The proof that the agent exited; public so that its doctest shows it cannot be forged.
@@ -132,12 +138,15 @@ use crate::aws::maintenance::{self, MaintenanceSettings};
 use crate::aws::notices::{ImdsStatus, NoticeSettings, Poller};
 use crate::aws::protection::ProtectionHandle;
 use crate::aws::{imds, notices, replace, warm_pool};
-use crate::config::{Config, ImdsMode, InWarmPool, OnCrashLoop, OnMaintenance, TargetGroups};
+use crate::config::{
+    CgroupMode, Config, ImdsMode, InWarmPool, OnCrashLoop, OnMaintenance, TargetGroups,
+};
 use crate::health::{checks, server};
 use crate::machine::restart::RestartPolicy;
 use crate::machine::state;
 use crate::machine::state::State;
 use crate::machine::supervisor::{LoadBalancerLink, Outcome, StopSettings, Supervisor};
+use crate::process::cgroup::{AgentCgroup, CgroupError, Tracking};
 use crate::process::child::{Launcher, SpawnError, SpawnSpec};
 use crate::process::sig::{Role, Sig, role};
 use crate::process::signals::{JobControl, SignalSetupError, SignalSource, install_handlers};
@@ -168,6 +177,8 @@ pub enum RunError {
     Runtime(#[source] io::Error),
     #[error(transparent)]
     HooksDir(#[from] crate::hosthooks::HooksDirError),
+    #[error("--cgroup require: the agent cannot have a cgroup of its own: {0}")]
+    Cgroup(#[source] CgroupError),
 }
 
 impl RunError {
@@ -248,6 +259,10 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
             Some(ImdsClient::new(&config.imds_endpoint, IMDS_TIMEOUT)?)
         }
     };
+    // Before anything runs: `--cgroup require` fails here, and the cgroup is removed on every
+    // way out of this function.
+    let (tracking, memory_note) = agent_cgroup(&config)?;
+    let _remove = RemoveCgroup(tracking.cgroup.clone());
     // The reader of the signals held since the handlers were installed in `run`.
     let mut signals = SignalSource::install()?;
     if let (ImdsMode::On, Some(client)) = (config.imds, &imds)
@@ -265,6 +280,7 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
         imds_status_rx,
         checks_rx,
     ));
+    hub.stats().tracking = tracking.clone();
     let health = bind_health(&config, &hub).await?;
     // The sockets exist before the agent does, so it can connect from its first instruction;
     // they stay the same for every agent a restart starts.
@@ -294,9 +310,13 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
         unixsock::remove(&config.notify_socket);
         return Ok(Ended::NeverStarted);
     }
+    // Said only now, when the agent is about to start: a guard that fails before has one line
+    // to say, its error.
+    log_tracking(&tracking, memory_note.as_deref());
     let launcher = Launcher {
         spec: spawn_spec(&config),
         job_control,
+        cgroup: tracking.cgroup,
     };
     let supervisor = match Supervisor::new(
         launcher,
@@ -329,6 +349,72 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
     unixsock::remove(&config.socket);
     unixsock::remove(&config.notify_socket);
     Ok(Ended::Agent(exit))
+}
+
+/// `--cgroup`: the agent's own cgroup, or why its process group stands for it; and why
+/// `--memory-max` could not be applied, if it could not.
+fn agent_cgroup(config: &Config) -> Result<(Tracking, Option<String>), RunError> {
+    let mode = config.cgroup.as_str();
+    if config.cgroup == CgroupMode::Off {
+        let off = Tracking {
+            cgroup: None,
+            mode,
+            fallback: Some("--cgroup off".to_string()),
+        };
+        return Ok((off, None));
+    }
+    match AgentCgroup::create(&config.name, config.memory_max) {
+        Ok((cgroup, notes)) => {
+            let tracking = Tracking {
+                cgroup: Some(Arc::new(cgroup)),
+                mode,
+                fallback: None,
+            };
+            Ok((tracking, notes.memory_max_skipped))
+        }
+        Err(err) if config.cgroup == CgroupMode::Require => Err(RunError::Cgroup(err)),
+        Err(err) => {
+            let fallback = Tracking {
+                cgroup: None,
+                mode,
+                fallback: Some(err.to_string()),
+            };
+            Ok((fallback, None))
+        }
+    }
+}
+
+/// One line on what stands for the agent's processes (and one if `--memory-max` is not applied).
+fn log_tracking(tracking: &Tracking, memory_note: Option<&str>) {
+    match (&tracking.cgroup, &tracking.fallback) {
+        (Some(cgroup), _) => {
+            let controllers = match cgroup.controllers() {
+                [] => "none".to_string(),
+                some => some.join(" "),
+            };
+            tracing::info!(path = %cgroup.path().display(), controllers = %controllers, "the agent runs in a cgroup of its own: it is gone when every process it started is");
+        }
+        (None, Some(why)) if tracking.mode == "auto" => {
+            tracing::info!(
+                "--cgroup auto: no cgroup for the agent ({why}); its process group stands for it, which a setsid() grandchild can outlive"
+            );
+        }
+        _ => {}
+    }
+    if let Some(why) = memory_note {
+        tracing::warn!("--memory-max not applied: {why}");
+    }
+}
+
+/// Removes the agent's cgroup when the run ends, whichever way it ends.
+struct RemoveCgroup(Option<Arc<AgentCgroup>>);
+
+impl Drop for RemoveCgroup {
+    fn drop(&mut self) {
+        if let Some(cgroup) = &self.0 {
+            cgroup.remove();
+        }
+    }
 }
 
 /// Once the agent started (a guard that fails before says only why): who reaps what the agent

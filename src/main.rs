@@ -52,13 +52,16 @@ fn main() -> ExitCode {
         }
         Invocation::Run(config) => {
             agent_guard::init_logging(&config.name, config.log_format, &config.log_level);
-            match agent_guard::run(config) {
+            let code = match agent_guard::run(config) {
                 Ok(status) => ExitCode::from(status.exit_code()),
                 Err(err) => {
                     tracing::error!("{err}");
                     ExitCode::from(err.exit_code())
                 }
-            }
+            };
+            // The log is written by a thread of its own: its last lines, within a bound.
+            agent_guard::flush_logs(std::time::Duration::from_secs(2));
+            code
         }
     }
 }

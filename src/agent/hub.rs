@@ -21,8 +21,9 @@ use crate::fmt::rfc3339;
 use crate::health::checks::Snapshot;
 use crate::journal::Awaiting;
 use crate::machine::restart::RestartPolicy;
-use crate::machine::state::{DrainReason, Phase, PhaseName};
+use crate::machine::state::{Cleanup, DrainReason, Phase, PhaseName, Restart};
 use crate::names::named_enum;
+use crate::process::cgroup::Tracking;
 
 named_enum! {
     /// Where the work on one lifecycle hook stands.
@@ -160,6 +161,8 @@ pub struct GuardStats {
     pub health_addr: Option<SocketAddr>,
     /// The agent's starts and exits (`--restart`), and the `--on-drain` command.
     pub runs: AgentRuns,
+    /// The agent's cgroup or its process group: which one says the agent is gone.
+    pub tracking: crate::process::cgroup::Tracking,
 }
 
 /// The agent's runs and its drain command, for `/status` and `/metrics`.
@@ -236,6 +239,7 @@ impl Hub {
                 agent_exit: None,
                 health_addr: None,
                 runs: AgentRuns::default(),
+                tracking: Default::default(),
             }),
             lifecycle: Mutex::new(LifecycleStatus::default()),
             extended: Notify::new(),
@@ -409,6 +413,7 @@ pub fn status_json(hub: &Hub) -> Value {
         "watchdog_missed": hub.watchdog_missed(now),
         "subscribers": hub.subscribers(),
         "health_listen": stats.health_addr.map(|a| a.to_string()),
+        "cgroup": cgroup_json(&stats.tracking),
         "imds": (!imds.endpoint.is_empty()).then(|| imds_json(&imds)),
         "lifecycle": lifecycle_json(&hub.lifecycle()),
         "checks": checks.iter().map(|v| json!({
@@ -419,6 +424,35 @@ pub fn status_json(hub: &Hub) -> Value {
             "latency_ms": v.result.as_ref().map(|r| r.latency.as_secs_f64() * 1000.0),
             "checked": v.result.as_ref().map(|r| rfc3339(r.at_wall)),
         })).collect::<Vec<_>>(),
+    })
+}
+
+/// `--cgroup`: what stands for the agent's processes, and, with a cgroup, their resources now.
+fn cgroup_json(tracking: &Tracking) -> Value {
+    let Some(cgroup) = &tracking.cgroup else {
+        return json!({
+            "mode": tracking.mode,
+            "tracked_by": "process-group",
+            "why": tracking.fallback,
+        });
+    };
+    let usage = cgroup.usage();
+    json!({
+        "mode": tracking.mode,
+        "tracked_by": "cgroup",
+        "path": cgroup.path().display().to_string(),
+        "controllers": cgroup.controllers(),
+        "memory_max": cgroup.memory_max(),
+        "populated": cgroup.populated(),
+        "processes": usage.processes,
+        "memory_current": usage.memory_current,
+        "memory_peak": usage.memory_peak,
+        "cpu_usage_s": usage.cpu_usage_usec.map(|u| u as f64 / 1e6),
+        "oom_kills": usage.oom_kills,
+        "pressure": usage.pressure.iter().map(|(r, p)| (r.to_string(), json!({
+            "some_avg10": p.some_avg10,
+            "full_avg10": p.full_avg10,
+        }))).collect::<serde_json::Map<_, _>>(),
     })
 }
 
@@ -433,9 +467,21 @@ fn restart_json(phase: &Phase, runs: &AgentRuns, now: Instant) -> Value {
         "restarts": runs.restarts,
         "restarting": pending.is_some(),
         "attempt": pending.map(|r| r.attempt),
-        "next_in_ms": pending.map(|r| u64::try_from(r.at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)),
+        // At the latest: the next start also waits out the old agent's leftovers' grace.
+        "next_in_ms": pending.map(|r| u64::try_from(next_start(r).saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)),
+        "waiting_for_leftovers": pending.map(|r| r.cleanup.is_some()),
         "crash_loop": runs.crash_loop,
     })
+}
+
+/// The latest the next start waits for: its delay, and the grace (or the kernel's removal) of
+/// what is left of the last agent's group, whichever ends later.
+fn next_start(r: &Restart) -> Instant {
+    match r.cleanup {
+        Some(Cleanup::Signalled { kill_at }) => r.at.max(kill_at),
+        Some(Cleanup::Killed { give_up_at }) => r.at.max(give_up_at),
+        None => r.at,
+    }
 }
 
 fn drain_command_json(c: &DrainCommandStatus) -> Value {
@@ -512,4 +558,35 @@ fn lifecycle_json(l: &LifecycleStatus) -> Value {
             "text": a.text(),
         })),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::exit::ChildExit;
+
+    #[test]
+    fn the_next_start_waits_for_the_leftovers_grace() {
+        let now = Instant::now();
+        let s = Duration::from_secs(1);
+        let restart = |cleanup| Restart {
+            last: ChildExit::for_test(1),
+            attempt: 1,
+            at: now,
+            cleanup,
+        };
+        assert_eq!(next_start(&restart(None)), now);
+        let grace = Some(Cleanup::Signalled {
+            kill_at: now + 5 * s,
+        });
+        assert_eq!(
+            next_start(&restart(grace)),
+            now + 5 * s,
+            "not 0 while the grace runs"
+        );
+        let killed = Some(Cleanup::Killed {
+            give_up_at: now + 2 * s,
+        });
+        assert_eq!(next_start(&restart(killed)), now + 2 * s);
+    }
 }

@@ -44,19 +44,21 @@ pub async fn run(
     }
 }
 
-/// One EMF line: the agent's load, the protection and the phase, by group and by instance.
+/// One EMF line: the agent's load, the protection and the phase, by group and by instance; and
+/// the agent's memory (its cgroup's `memory.current`) where the kernel keeps it.
 fn emf_line(
     group: &str,
     instance_id: &str,
     in_flight: u64,
     protected: bool,
     phase: PhaseName,
+    memory: Option<u64>,
     now: SystemTime,
 ) -> String {
     let millis = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    json!({
+    let mut line = json!({
         "_aws": {
             "Timestamp": millis,
             "CloudWatchMetrics": [{
@@ -78,8 +80,14 @@ fn emf_line(
         "Ready": u8::from(phase == PhaseName::Ready),
         "Draining": u8::from(matches!(phase, PhaseName::Draining | PhaseName::Stopping)),
         "Phase": phase.as_str(),
-    })
-    .to_string()
+    });
+    if let Some(bytes) = memory {
+        line["AgentMemory"] = json!(bytes);
+        if let Some(metrics) = line["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array_mut() {
+            metrics.push(json!({"Name": "AgentMemory", "Unit": "Bytes"}));
+        }
+    }
+    line.to_string()
 }
 
 fn write_emf(target: &EmfTarget, context: &AwsContext, hub: &Hub, settings: &BusySettings) {
@@ -92,12 +100,15 @@ fn write_emf(target: &EmfTarget, context: &AwsContext, hub: &Hub, settings: &Bus
     };
     let protected = hub.lifecycle().protected.unwrap_or(false);
     let phase = hub.phase.borrow().name();
+    let cgroup = hub.stats().tracking.cgroup.clone();
+    let memory = cgroup.and_then(|c| c.usage().memory_current);
     let mut line = emf_line(
         &context.group,
         &context.instance_id,
         in_flight,
         protected,
         phase,
+        memory,
         now,
     );
     line.push('\n');

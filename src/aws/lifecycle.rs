@@ -53,11 +53,13 @@ pub fn result_for(
     sigkilled: bool,
     on_unclean: HookResult,
 ) -> HookResult {
-    let clean = match exit.kind() {
-        ExitKind::Code(0) => true,
-        ExitKind::Code(code) => !sigkilled && i32::from(code) == 128 + stop_signal.raw(),
-        ExitKind::Signal { signal, .. } => !sigkilled && signal == stop_signal,
-    };
+    // An OOM kill in the agent's cgroup is never a clean stop, whatever status followed.
+    let clean = exit.oom_kills() == 0
+        && match exit.kind() {
+            ExitKind::Code(0) => true,
+            ExitKind::Code(code) => !sigkilled && i32::from(code) == 128 + stop_signal.raw(),
+            ExitKind::Signal { signal, .. } => !sigkilled && signal == stop_signal,
+        };
     if clean {
         HookResult::Continue
     } else {
@@ -621,7 +623,8 @@ impl<'a> Watch<'a> {
             self.settings.on_unclean_exit,
         );
         if terminating {
-            tracing::info!(hook = %hook, result = result.as_str(), agent = %exit, "lifecycle: the agent and its group are gone");
+            let gone = exit.everything_gone().map_or("unproven", |g| g.as_str());
+            tracing::info!(hook = %hook, result = result.as_str(), agent = %exit, gone, "lifecycle: the agent and its group are gone");
         }
         let gone = Gone {
             api: &self.api,
@@ -802,6 +805,23 @@ mod tests {
         for (exit, killed, want, why) in cases {
             assert_eq!(result_for(&exit, term, killed, abandon), want, "{why}");
         }
+        // With --stop-signal KILL a death by SIGKILL reads as the stop, unless the OOM killer
+        // was counted.
+        assert_eq!(
+            result_for(&ChildExit::for_test_oom(), Sig::KILL, false, abandon),
+            abandon,
+            "OOM-killed"
+        );
+        assert_eq!(
+            result_for(
+                &ChildExit::for_test(0).for_test_oom_kills(2),
+                term,
+                false,
+                abandon
+            ),
+            abandon,
+            "exited 0 after OOM kills in its cgroup"
+        );
         assert_eq!(
             result_for(&ChildExit::for_test(1), term, false, HookResult::Continue),
             HookResult::Continue,

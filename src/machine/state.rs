@@ -235,6 +235,9 @@ pub enum Event {
     LoadBalancerDone,
     /// The agent reported that it is drained.
     Drained,
+    /// The `--on-drain` command could not start: an agent with no other way to hear of the
+    /// drain is not waited for.
+    DrainCommandFailed,
     /// A signal to pass through to the agent.
     Forward(Sig),
     /// The current phase's deadline was reached.
@@ -541,6 +544,9 @@ fn draining(d: Drain, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
             no_change(Phase::Draining(Drain { reason, ..d }))
         }
         Event::Drained => stop(d.reason, d.hard_deadline, d.signalled, ctx),
+        Event::DrainCommandFailed if !ctx.listeners && ctx.drain_signal.is_none() => {
+            stop(d.reason, d.hard_deadline, d.signalled, ctx)
+        }
         Event::Timer if now >= d.deadline => stop(d.reason, d.hard_deadline, d.signalled, ctx),
         Event::Forward(signal) => (Phase::Draining(d), vec![forward(signal)]),
         Event::ChildExited(exit) => {
@@ -1275,6 +1281,40 @@ mod tests {
             why: DrainSkipped::NoTimeLeft { left: 4 * S },
         };
         assert_eq!(actions, vec![skipped, stop_signal()], "the skip is said");
+    }
+
+    #[test]
+    fn an_on_drain_command_that_cannot_start_stops_an_agent_nothing_else_told() {
+        let t0 = Instant::now();
+        let told_only_by_the_command = Ctx {
+            drain_command: true,
+            ..ctx(t0)
+        };
+        let (draining, _) = run(
+            Phase::Ready,
+            Event::Drain {
+                deregister: false,
+                reason: DrainReason::ScaleIn,
+                hard_deadline: None,
+            },
+            &told_only_by_the_command,
+        );
+        assert!(matches!(draining, Phase::Draining(_)), "{draining:?}");
+        let (phase, actions) = run(
+            draining.clone(),
+            Event::DrainCommandFailed,
+            &told_only_by_the_command,
+        );
+        assert!(matches!(phase, Phase::Stopping(_)), "{phase:?}");
+        assert_eq!(actions, vec![stop_signal()]);
+        // Told another way too (a drain signal): the drain goes on.
+        let also_signalled = Ctx {
+            drain_command: true,
+            ..with_drain_signal(t0)
+        };
+        let (phase, actions) = run(draining.clone(), Event::DrainCommandFailed, &also_signalled);
+        assert_eq!(phase, draining);
+        assert!(actions.is_empty());
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::machine::state::{
     Action, Cleanup, Ctx, DrainReason, DrainSkipped, Event, Phase, ReadyOn, Restart, State, Target,
     step,
 };
+use crate::process::cgroup::{AgentCgroup, EmptyWatch};
 use crate::process::child::{Agent, Launcher, SpawnError};
 use crate::process::drain_command::DrainCommand;
 use crate::process::exit::ChildExit;
@@ -54,6 +55,13 @@ fn jitter() -> f64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     f64::from(nanos % 1000) / 1000.0
+}
+
+/// A signal that could not be sent is logged, never fatal: the timers still end the stop.
+fn log_signal_error(result: std::io::Result<()>, pgid: libc::pid_t) {
+    if let Err(err) = result {
+        tracing::error!(pgid, error = %err, "cannot signal the agent");
+    }
 }
 
 /// The settings `step` needs, taken from the config once.
@@ -146,6 +154,12 @@ pub struct Supervisor {
     crash_loop: bool,
     /// Who stops the load balancer first; `None`: the agent is always told at once.
     load_balancer: Option<LoadBalancerLink>,
+    /// The agent's cgroup (`--cgroup`): what "gone" means, where signals and SIGKILL go.
+    cgroup: Option<Arc<AgentCgroup>>,
+    /// Woken when the cgroup's `populated` changes; without it the cgroup is polled.
+    empty_watch: Option<EmptyWatch>,
+    /// The cgroup's OOM kills when the current agent started.
+    oom_before: u64,
 }
 
 /// What woke the supervisor up.
@@ -171,6 +185,14 @@ impl Supervisor {
         hub: Arc<Hub>,
         upstream: Upstream,
     ) -> Result<Self, SpawnError> {
+        let cgroup = launcher.cgroup.clone();
+        // Watched from before the agent starts, so that no change of `populated` is missed.
+        let empty_watch = cgroup.as_ref().and_then(|c| {
+            c.watch()
+                .map_err(|err| tracing::warn!(error = %err, "polling the agent's cgroup instead"))
+                .ok()
+        });
+        let oom_before = cgroup.as_ref().and_then(|c| c.oom_kills()).unwrap_or(0);
         let agent = launcher.spawn()?;
         hub.set_agent_pid(agent.pid());
         hub.stats().runs.policy = settings.restart.policy;
@@ -199,6 +221,9 @@ impl Supervisor {
             drain: None,
             crash_loop: false,
             load_balancer: None,
+            cgroup,
+            empty_watch,
+            oom_before,
         })
     }
 
@@ -209,13 +234,46 @@ impl Supervisor {
         self
     }
 
+    /// Whether anything of the agent is left: a process in its cgroup, or else a live member of
+    /// its process group.
+    fn alive(&self) -> bool {
+        match &self.cgroup {
+            Some(cgroup) => cgroup.populated(),
+            None => self.agent.group_alive(),
+        }
+    }
+
+    /// What stands for the agent's processes, as `/status` and the journal name it.
+    fn tracked_by(&self) -> &'static str {
+        match self.cgroup {
+            Some(_) => "cgroup",
+            None => "process-group",
+        }
+    }
+
+    /// Where the agent's leftovers are, for log lines.
+    fn leftovers(&self) -> &'static str {
+        match self.cgroup {
+            Some(_) => "the agent's cgroup",
+            None => "the agent's group",
+        }
+    }
+
+    /// `exit`, sealed with the proof that nothing of the agent is left, where that holds now.
+    fn prove_gone(&self, exit: ChildExit) -> ChildExit {
+        match &self.cgroup {
+            Some(cgroup) => cgroup.prove_empty(exit),
+            None => self.agent.prove_group_gone(exit),
+        }
+    }
+
     /// Runs until the last agent and its process group are gone; returns how it ended.
     pub async fn run(mut self) -> Outcome {
         tracing::info!(pid = self.agent.pid(), "agent started");
         self.apply(Event::Spawned);
         loop {
             if let Phase::Done(exit) = &self.state.phase {
-                let exit = exit.clone();
+                let exit = self.prove_gone(exit.clone());
                 self.end_drain_command().await;
                 return Outcome {
                     exit,
@@ -236,7 +294,7 @@ impl Supervisor {
                     // that are the guard's own (orphans it adopted) must not outlive the run.
                     // Reaping first would race a leftover that exits between the reap and the
                     // look: the group would read as gone with that zombie never reaped.
-                    let gone = !self.agent.group_alive();
+                    let gone = !self.alive();
                     let _ = self.reap();
                     gone.then_some(Event::GroupGone)
                 }
@@ -264,6 +322,18 @@ impl Supervisor {
         let far = || Instant::now() + Duration::from_secs(86_400);
         let timer_at = tokio::time::Instant::from_std(deadline.unwrap_or_else(far));
         let command_due = self.drain_command.as_ref().and_then(DrainCommand::due);
+        // With a cgroup the kernel says when it empties; a look first, as the change that
+        // matters may have been drained from the watch by an earlier wake.
+        let watched = cleaning && self.cgroup.is_some() && self.empty_watch.is_some();
+        if watched && !self.alive() {
+            return Wake::GroupPoll;
+        }
+        let emptied = async {
+            match self.empty_watch.as_mut() {
+                Some(watch) if watched => watch.changed().await,
+                _ => std::future::pending().await,
+            }
+        };
         let command_at = tokio::time::Instant::from_std(command_due.unwrap_or_else(far));
         tokio::select! {
             biased;
@@ -273,7 +343,8 @@ impl Supervisor {
             },
             Some(event) = self.events.recv() => Wake::Event(event),
             _ = sleep_until(timer_at), if deadline.is_some() => Wake::Timer,
-            _ = self.group_poll.tick(), if cleaning => Wake::GroupPoll,
+            _ = emptied => Wake::GroupPoll,
+            _ = self.group_poll.tick(), if cleaning && !watched => Wake::GroupPoll,
             _ = sleep_until(command_at), if command_due.is_some() => Wake::DrainCommandDue,
             _ = self.reap_tick.tick() => Wake::ReapTick,
         }
@@ -299,7 +370,12 @@ impl Supervisor {
                 shown.status = Some(kind.status());
             }
         }
-        agent.map(Event::ChildExited)
+        agent
+            .map(|exit| match &self.cgroup {
+                Some(cgroup) => cgroup.note_oom(exit, self.oom_before),
+                None => exit,
+            })
+            .map(Event::ChildExited)
     }
 
     fn on_signal(&mut self, sig: Sig) -> Option<Event> {
@@ -446,13 +522,22 @@ impl Supervisor {
 
     /// The stop signal to the agent's group (and SIGCONT to a stopped agent after it).
     fn stop_signal_to_group(&self, signal: Sig, pgid: i32) -> std::io::Result<()> {
-        if !self.state.phase.agent_running() && !self.agent.group_alive() {
+        if !self.state.phase.agent_running() && !self.alive() {
             return Ok(()); // the agent left nothing behind
         }
         let record = Record::StopSignalSent {
             signal: signal.to_string(),
             pgid,
+            cgroup: self.cgroup.is_some(),
         };
+        if let Some(cgroup) = &self.cgroup {
+            tracing::info!(signal = %signal, pgid, journal = %record.json(), "sent the stop signal to every process in the agent's cgroup");
+            let sent = cgroup.signal_all(signal).map(|_| ());
+            if signal != Sig::CONT && signal != Sig::KILL && cgroup.any_stopped() {
+                let _ = cgroup.signal_all(Sig::CONT);
+            }
+            return sent;
+        }
         tracing::info!(signal = %signal, pgid, journal = %record.json(), "sent the stop signal to the agent's process group");
         let sent = self.signal_group(signal);
         // As systemd does after KillSignal=: a stopped agent (SIGSTOP, or a TSTP passed
@@ -485,8 +570,16 @@ impl Supervisor {
             Action::Kill => {
                 self.sigkilled = true;
                 let record = Record::Killed { pgid };
-                tracing::warn!(pgid, journal = %record.json(), "sent SIGKILL to the agent's process group");
-                self.signal_group(Sig::KILL)
+                match &self.cgroup {
+                    Some(cgroup) => {
+                        tracing::warn!(pgid, journal = %record.json(), "sent SIGKILL to every process in the agent's cgroup (cgroup.kill)");
+                        cgroup.kill()
+                    }
+                    None => {
+                        tracing::warn!(pgid, journal = %record.json(), "sent SIGKILL to the agent's process group");
+                        self.signal_group(Sig::KILL)
+                    }
+                }
             }
             Action::AnnounceDrain { reason, deadline } => {
                 self.told_to_drain(reason, deadline, ctx);
@@ -534,9 +627,7 @@ impl Supervisor {
                 Ok(())
             }
         };
-        if let Err(err) = result {
-            tracing::error!(pgid, error = %err, "cannot signal the agent");
-        }
+        log_signal_error(result, pgid);
     }
 
     /// Hands the hold to the load balancer's side; without one, the agent is told at once.
@@ -630,7 +721,14 @@ impl Supervisor {
                 let record = Record::DrainCommandFailed {
                     error: err.to_string(),
                 };
-                tracing::error!(error = %err, journal = %record.json(), "cannot start the --on-drain command; the drain goes on");
+                let told = self.hub.has_subscribers() || self.settings.drain_signal.is_some();
+                let then = if told {
+                    "the drain goes on"
+                } else {
+                    "nothing else can tell the agent, so it gets its stop signal now"
+                };
+                tracing::error!(error = %err, journal = %record.json(), "cannot start the --on-drain command; {then}");
+                self.queued = Some(Event::DrainCommandFailed);
             }
         }
     }
@@ -686,6 +784,11 @@ impl Supervisor {
         match self.launcher.respawn(&self.agent) {
             Ok(agent) => {
                 self.agent = agent;
+                self.oom_before = self
+                    .cgroup
+                    .as_ref()
+                    .and_then(|c| c.oom_kills())
+                    .unwrap_or(0);
                 self.reaper.set_agent(agent.pid());
                 // A SIGKILL of the last agent's leftovers says nothing about this one.
                 self.sigkilled = false;
@@ -876,13 +979,24 @@ impl Supervisor {
     fn log_exit(&self, before: &Phase, exit: &ChildExit, cleanup: &Cleanup) {
         if let Phase::Exited { .. } = before {
             if let Cleanup::Killed { .. } = cleanup {
-                tracing::warn!("processes left in the agent's group outlived the grace period");
+                tracing::warn!(
+                    "processes left in {} outlived the grace period",
+                    self.leftovers()
+                );
             }
             return;
         }
         // After a restart delay, the exit was logged when it happened.
         if before.agent_running() {
             self.log_agent_exited(exit);
+            if self.alive() {
+                let processes = self.cgroup.as_ref().map(|c| c.pids().len() as u64);
+                let record = Record::LeftoversWaited {
+                    tracked_by: self.tracked_by().to_string(),
+                    processes,
+                };
+                tracing::info!(processes, journal = %record.json(), "processes the agent started still run in {}: waiting for them", self.leftovers());
+            }
         }
     }
 
@@ -903,7 +1017,10 @@ impl Supervisor {
         match (before, &r.cleanup) {
             (Phase::Restarting(b), _) if b.attempt == r.attempt && b.at == r.at => {
                 if let Some(Cleanup::Killed { .. }) = r.cleanup {
-                    tracing::warn!("processes left in the agent's group outlived the grace period");
+                    tracing::warn!(
+                        "processes left in {} outlived the grace period",
+                        self.leftovers()
+                    );
                 }
             }
             _ => {
@@ -931,12 +1048,18 @@ impl Supervisor {
             cleanup: Cleanup::Killed { .. },
             ..
         } = before
-            && self.agent.group_alive()
+            && self.alive()
         {
             tracing::error!(
                 pgid = self.agent.pid(),
-                "processes in the agent's group survived SIGKILL (uninterruptible sleep?); exiting without them"
+                "processes in {} survived SIGKILL (uninterruptible sleep?); exiting without them",
+                self.leftovers()
             );
+        } else {
+            let record = Record::AllGone {
+                tracked_by: self.tracked_by().to_string(),
+            };
+            tracing::info!(journal = %record.json(), "every process of the agent is gone ({} is empty)", self.leftovers());
         }
         tracing::info!(
             status = exit.exit_code(),

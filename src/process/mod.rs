@@ -1,5 +1,7 @@
 //! The agent as a process: spawning it, signalling it, reaping it, and its exit status.
+pub(crate) mod cgroup;
 pub(crate) mod child;
+mod clone_into;
 pub(crate) mod crash;
 pub(crate) mod drain_command;
 pub(crate) mod exit;

@@ -3,6 +3,7 @@
 mod support;
 
 mod busy;
+mod cgroup;
 mod clients;
 mod config;
 mod docs;
@@ -18,6 +19,7 @@ mod hook_setup;
 mod hooks_dir_users;
 mod hostile;
 mod imds_ipv6;
+mod imds_sdk;
 mod inherited_signals;
 mod job_control;
 mod lifecycle;
@@ -27,6 +29,7 @@ mod maintenance;
 mod missing_credentials;
 mod notices;
 mod on_drain;
+mod on_drain_bounds;
 mod readme;
 mod reaping;
 mod restart;

@@ -393,6 +393,7 @@ mod tests {
         Observation::Guard(Record::StopSignalSent {
             signal: "SIGTERM".to_string(),
             pgid: 7,
+            cgroup: false,
         })
     }
 
