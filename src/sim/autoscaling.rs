@@ -30,8 +30,6 @@ use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 
 use super::SimServer;
 use super::query::{self, Answer, Api, Form, Reply, error, escape, success, validation};
@@ -240,19 +238,12 @@ impl AutoScalingSim {
     /// Starts a fake on `addr`, which must be a loopback address.
     pub fn start_on(addr: SocketAddr) -> io::Result<AutoScalingSim> {
         let state = Arc::new(Mutex::new(State::default()));
-        let shared = state.clone();
-        let server = SimServer::start(addr, "autoscaling", move |io| {
-            let state = shared.clone();
-            async move {
-                let service = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(io), service)
-                    .await;
-            }
-        })?;
+        let server = query::serve(
+            addr,
+            "autoscaling",
+            state.clone(),
+            |state, req| async move { handle(&state, req).await },
+        )?;
         Ok(AutoScalingSim { server, state })
     }
 

@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 
 use super::SimServer;
 use super::query::{self, Answer, Api, Call, Form, Reply, error, escape, success, validation};
@@ -170,19 +168,9 @@ impl ElbSim {
     /// Starts a fake on an ephemeral loopback port.
     pub fn start() -> io::Result<ElbSim> {
         let state = Arc::new(Mutex::new(State::default()));
-        let shared = state.clone();
         let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        let server = SimServer::start(addr, "elb", move |io| {
-            let state = shared.clone();
-            async move {
-                let service = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(io), service)
-                    .await;
-            }
+        let server = query::serve(addr, "elb", state.clone(), |state, req| async move {
+            handle(&state, req).await
         })?;
         Ok(ElbSim { server, state })
     }

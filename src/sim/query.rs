@@ -3,12 +3,47 @@
 //! services require, and the XML envelopes of an answer and of an `ErrorResponse`.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+use super::SimServer;
+
+/// Serves an API on `addr` (loopback only) over HTTP/1.1: every request of every connection is
+/// answered by `handle`, with the simulator's shared `state`.
+pub(crate) fn serve<S, F, Fut>(
+    addr: SocketAddr,
+    name: &str,
+    state: Arc<Mutex<S>>,
+    handle: F,
+) -> io::Result<SimServer>
+where
+    S: Send + 'static,
+    F: Fn(Arc<Mutex<S>>, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Answer> + Send + 'static,
+{
+    SimServer::start(addr, name, move |io| {
+        let (state, handle) = (state.clone(), handle.clone());
+        async move {
+            let service = service_fn(move |req| {
+                let answer = handle(state.clone(), req);
+                async move { Ok::<_, std::convert::Infallible>(answer.await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(io), service)
+                .await;
+        }
+    })
+}
 
 /// One Query API: its XML namespace, its `Version`, and the service name SigV4 signs for.
 #[derive(Debug, Clone, Copy)]
