@@ -7,8 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::HookResult;
-use crate::machine::state::{DrainReason, PhaseName};
+pub use crate::model::Awaiting;
+use crate::model::{DrainReason, HookResult, PhaseName};
 
 /// Something the guard did or saw, as tools read it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,29 +157,6 @@ impl Record {
         // Serializing plain data to a string cannot fail; an empty object is the harmless
         // fallback should it ever.
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
-    }
-}
-
-/// What the termination hook's work is waiting for, once the agent is gone or while it drains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Awaiting {
-    /// The group holds the instance back (deregistering it from its load balancer) before the
-    /// wait state in which the hook can be completed.
-    WaitState,
-    /// Other guards on this host whose agents still run.
-    OtherGuards,
-}
-
-impl Awaiting {
-    pub const ALL: [Awaiting; 2] = [Awaiting::WaitState, Awaiting::OtherGuards];
-
-    /// The name in `/status`, metrics and the journal.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Awaiting::WaitState => "wait-state",
-            Awaiting::OtherGuards => "other-guards",
-        }
     }
 }
 

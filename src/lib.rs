@@ -70,6 +70,7 @@ mod health;
 mod journal;
 mod logging;
 mod machine;
+mod model;
 mod process;
 pub mod sim;
 

@@ -18,8 +18,8 @@ use super::settings::{
 use super::{Config, ConfigError};
 use crate::fmt::{format_duration, parse_duration};
 use crate::logging::LogFormat;
-use crate::machine::restart::{CrashLoop, RestartPolicy, RestartSettings};
-use crate::machine::state::ReadyOn;
+use crate::config::settings::{CrashLoop, RestartPolicy, RestartSettings};
+use crate::config::settings::ReadyOn;
 use crate::process::sig::Sig;
 
 impl Config {

@@ -7,83 +7,11 @@
 //! knows, doing nothing.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::process::exit::{ChildExit, ExitKind};
 
-/// Which exits of the agent are followed by a new start (`--restart`). A drain or a stop always
-/// ends the guard, whatever this says.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum RestartPolicy {
-    /// The guard exits with the agent (the default).
-    #[default]
-    Never,
-    /// After a non-zero status or a death by a signal.
-    OnFailure,
-    /// After any exit, 0 included.
-    Always,
-}
-
-impl RestartPolicy {
-    /// Whether an agent that ended this way by itself is to be started again.
-    pub fn applies(self, exit: &ChildExit) -> bool {
-        match self {
-            RestartPolicy::Never => false,
-            RestartPolicy::OnFailure => exit.kind() != ExitKind::Code(0),
-            RestartPolicy::Always => true,
-        }
-    }
-
-    /// The name as `--restart` takes it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RestartPolicy::Never => "never",
-            RestartPolicy::OnFailure => "on-failure",
-            RestartPolicy::Always => "always",
-        }
-    }
-}
-
-impl fmt::Display for RestartPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// `--crash-loop N/DUR`: this many starts within this long end the restarts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CrashLoop {
-    pub starts: u32,
-    pub within: Duration,
-}
-
-/// The restart settings, as validated from `--restart*` and `--crash-loop`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RestartSettings {
-    pub policy: RestartPolicy,
-    /// The first delay (`--restart-delay`).
-    pub delay: Duration,
-    /// The longest delay (`--restart-max-delay`); an agent that ran longer than this resets the
-    /// delay to the first one.
-    pub max_delay: Duration,
-    pub crash_loop: CrashLoop,
-}
-
-impl Default for RestartSettings {
-    /// INTERFACE.md's defaults: never, 1s, 1m, 5/10m.
-    fn default() -> Self {
-        RestartSettings {
-            policy: RestartPolicy::Never,
-            delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(60),
-            crash_loop: CrashLoop {
-                starts: 5,
-                within: Duration::from_secs(600),
-            },
-        }
-    }
-}
+pub use crate::config::settings::RestartSettings;
+pub use crate::model::RestartPolicy;
 
 /// The most a delay is shortened by jitter: delays stay within (80 %, 100 %] of their doubling
 /// step, so many instances do not restart in step, a delay never passes the maximum, and each

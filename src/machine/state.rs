@@ -4,77 +4,15 @@
 //! [`Ctx`], and returns the next state plus the actions to perform, in order. `supervisor.rs` is the
 //! one place that feeds events in and performs actions, so every transition is testable as a table.
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::process::sig::Sig;
 
+pub use crate::config::settings::ReadyOn;
+pub use crate::model::{DrainReason, PhaseName};
+
 use crate::machine::restart::{Decision, History, RestartSettings};
 use crate::process::exit::ChildExit;
-
-/// Why a drain started. The names are the protocol's (`{"event":"drain","reason":…}`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum DrainReason {
-    /// The Auto Scaling group set the target lifecycle state to `Terminated`.
-    ScaleIn,
-    /// EC2 posted a spot `instance-action`; the notice time is a hard deadline.
-    SpotInterruption,
-    /// EC2 recommended a rebalance and `--on-rebalance drain` is set.
-    Rebalance,
-    /// SIGTERM or SIGINT reached the guard.
-    Signal,
-    /// An operator asked for it on the control socket.
-    Operator,
-    /// The instance is going back to a warm pool.
-    WarmPool,
-    /// An EC2 scheduled event (reboot, stop, retirement, maintenance) is near
-    /// (`--on-maintenance drain`). The instance stays in its group: no hook is completed.
-    Maintenance,
-}
-
-impl DrainReason {
-    /// Every reason, for tables that must list each one (metrics).
-    pub const ALL: [DrainReason; 7] = [
-        DrainReason::ScaleIn,
-        DrainReason::SpotInterruption,
-        DrainReason::Rebalance,
-        DrainReason::Signal,
-        DrainReason::Operator,
-        DrainReason::WarmPool,
-        DrainReason::Maintenance,
-    ];
-
-    /// Whether a drain for this reason ends with the instance leaving the group, so that the
-    /// termination lifecycle hook is to be completed once the agent is gone.
-    pub fn ends_instance(self) -> bool {
-        matches!(
-            self,
-            DrainReason::ScaleIn | DrainReason::WarmPool | DrainReason::SpotInterruption
-        )
-    }
-
-    /// The wire name used in logs, events and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DrainReason::ScaleIn => "scale-in",
-            DrainReason::SpotInterruption => "spot-interruption",
-            DrainReason::Rebalance => "rebalance",
-            DrainReason::Signal => "signal",
-            DrainReason::Operator => "operator",
-            DrainReason::WarmPool => "warm-pool",
-            DrainReason::Maintenance => "maintenance",
-        }
-    }
-}
-
-impl fmt::Display for DrainReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// What is left of the agent's process group once the agent itself has been reaped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,48 +85,6 @@ pub enum Phase {
     Exited { exit: ChildExit, cleanup: Cleanup },
     /// The agent and its group are gone: the supervisor returns `exit`.
     Done(ChildExit),
-}
-
-/// A phase as the outside world names it (`{"event":"phase","phase":…}`, `/status`, metrics):
-/// `Exited` and `Done` are one phase there.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum PhaseName {
-    Starting,
-    Ready,
-    Draining,
-    Stopping,
-    Exited,
-}
-
-impl PhaseName {
-    /// Every phase, for tables that must list each one (metrics).
-    pub const ALL: [PhaseName; 5] = [
-        PhaseName::Starting,
-        PhaseName::Ready,
-        PhaseName::Draining,
-        PhaseName::Stopping,
-        PhaseName::Exited,
-    ];
-
-    /// The wire name: `starting|ready|draining|stopping|exited`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PhaseName::Starting => "starting",
-            PhaseName::Ready => "ready",
-            PhaseName::Draining => "draining",
-            PhaseName::Stopping => "stopping",
-            PhaseName::Exited => "exited",
-        }
-    }
-}
-
-impl fmt::Display for PhaseName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 impl Phase {
@@ -322,19 +218,6 @@ pub enum Action {
     CrashLoop { starts: u32, within: Duration },
     /// A stop or a drain came between an agent's exit and its restart: none is started again.
     RestartCancelled { reason: DrainReason },
-}
-
-/// When the agent counts as ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadyOn {
-    /// As soon as it is spawned.
-    Start,
-    /// On sd_notify `READY=1` or the control socket's `ready`.
-    Notify,
-    /// When `--child-health` passes.
-    Health,
-    /// After a warm-up period.
-    Warmup(Duration),
 }
 
 /// What `step` needs besides the state and the event: the time and the stop settings.
