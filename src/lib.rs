@@ -93,27 +93,31 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::control::Control;
-use crate::agent::hub::Hub;
-use crate::agent::sdnotify::Upstream;
+use crate::agent::control::{Control, StatusFn};
+use crate::agent::report::Reports;
 use crate::agent::{control, sdnotify, unixsock};
 use crate::aws::context::SharedAws;
 use crate::aws::emf;
 use crate::aws::imds::ImdsClient;
-use crate::aws::lifecycle::{HostHooks, LifecycleHandle};
+use crate::aws::lifecycle::{self, HostHooks, LifecycleHandle};
 use crate::aws::maintenance::{self, MaintenanceSettings};
 use crate::aws::notices::{ImdsStatus, NoticeSettings, Poller};
 use crate::aws::protection::ProtectionHandle;
+use crate::aws::status::LifecycleBoard;
 use crate::aws::{imds, notices, replace, warm_pool};
 use crate::config::{Config, ImdsMode, InWarmPool, OnCrashLoop, OnMaintenance};
+use crate::health::views::Views;
 use crate::health::{checks, server};
+use crate::machine::announce::Announcer;
 use crate::machine::restart::RestartPolicy;
 use crate::machine::state;
-use crate::machine::state::State;
-use crate::machine::supervisor::{Outcome, StopSettings, Supervisor};
+use crate::machine::state::{Phase, State};
+use crate::machine::supervisor::{Outcome, Published, StopSettings, Supervisor, ToLifecycle};
+use crate::model::run::RunStats;
 use crate::process::child::{Launcher, SpawnError, SpawnSpec};
 use crate::process::sig::{Role, Sig, role};
 use crate::process::signals::{JobControl, SignalSetupError, SignalSource};
+use crate::process::upstream::Upstream;
 
 /// Why the guard could not supervise the agent at all.
 #[derive(Debug, thiserror::Error)]
@@ -215,17 +219,9 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
     let job_control = JobControl::take().map_err(RunError::JobControl)?;
     // Handlers first: a signal that arrives while the agent starts is kept, not lost.
     let mut signals = SignalSource::install()?;
-    let (phase_tx, phase_rx) = watch::channel(State::new().phase);
-    let (imds_status, imds_status_rx) = watch::channel(ImdsStatus::default());
-    let (checks_tx, checks_rx) = watch::channel(checks::Snapshot::default());
-    let hub = Arc::new(Hub::new(
-        &config.name,
-        phase_rx,
-        config.watchdog,
-        imds_status_rx,
-        checks_rx,
-    ));
-    let health = bind_health(&config, &hub).await?;
+    let health = bind_health(&config).await?;
+    let health_addr = health.as_ref().and_then(|l| l.local_addr().ok());
+    let mut wiring = Wiring::new(&config, health_addr);
     // The sockets exist before the agent does, so it can connect from its first instruction;
     // they stay the same for every agent a restart starts.
     let sockets = Sockets::bind(&config)?;
@@ -237,18 +233,17 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
     // may start, and health answers (503) meanwhile.
     let tasks = Tasks::start(
         &config,
-        &hub,
+        &mut wiring,
         Started {
             sockets,
             health,
-            imds: imds.map(|client| (client, imds_status)),
-            checks: checks_tx,
+            imds,
             events: events_tx.clone(),
             upstream: upstream.clone(),
             host_hooks,
         },
     );
-    if stopped_while_held(&config, &hub, &upstream, &mut signals).await {
+    if stopped_while_held(&config, &wiring, &upstream, &mut signals).await {
         tasks.finish_without_agent().await;
         unixsock::remove(&config.socket);
         unixsock::remove(&config.notify_socket);
@@ -263,8 +258,8 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
         signals,
         StopSettings::from_config(&config),
         (events_tx, events_rx),
-        phase_tx,
-        hub.clone(),
+        wiring.phase,
+        wiring.published,
         upstream,
     ) {
         Ok(supervisor) => supervisor,
@@ -285,6 +280,77 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
     Ok(Ended::Agent(exit))
 }
 
+/// Every snapshot of the run, made here once: each writer goes to its one owner, and the
+/// readers' side ([`Views`]) to everyone who reads. The supervisor owns the phase, its run, its
+/// tick and its announcements; the agent-facing servers the agent's reports; the IMDS poller
+/// its status; the probes theirs; the lifecycle work its board; the warm pool the hold.
+struct Wiring {
+    phase: watch::Sender<Phase>,
+    published: Published,
+    /// Taken by the lifecycle work, if it runs.
+    told: Option<mpsc::Receiver<ToLifecycle>>,
+    reports: Reports,
+    imds: watch::Sender<ImdsStatus>,
+    checks: watch::Sender<checks::Snapshot>,
+    board: LifecycleBoard,
+    held: watch::Sender<Option<String>>,
+    views: Arc<Views>,
+}
+
+impl Wiring {
+    fn new(config: &Config, health_addr: Option<std::net::SocketAddr>) -> Wiring {
+        let (phase, phase_rx) = watch::channel(State::new().phase);
+        let (run, run_rx) = watch::channel(RunStats::default());
+        let (tick, tick_rx) = watch::channel(std::time::Instant::now());
+        let (imds, imds_rx) = watch::channel(ImdsStatus::default());
+        let (checks, checks_rx) = watch::channel(checks::Snapshot::default());
+        let (held, held_rx) = watch::channel(None);
+        // Few messages, each small; see `Published::tell` for why a full queue loses nothing.
+        let (told, told_rx) = mpsc::channel(16);
+        let reports = Reports::default();
+        let board = LifecycleBoard::default();
+        let announcer = Announcer::default();
+        let views = Arc::new(Views {
+            name: config.name.clone(),
+            watchdog: config.watchdog,
+            started: std::time::Instant::now(),
+            health_addr,
+            phase: phase_rx,
+            run: run_rx,
+            tick: tick_rx,
+            report: reports.subscribe(),
+            imds: imds_rx,
+            checks: checks_rx,
+            lifecycle: board.subscribe(),
+            held: held_rx,
+            announcer: announcer.clone(),
+        });
+        Wiring {
+            phase,
+            published: Published {
+                run,
+                tick,
+                announcer,
+                told,
+                report: reports.subscribe(),
+            },
+            told: Some(told_rx),
+            reports,
+            imds,
+            checks,
+            board,
+            held,
+            views,
+        }
+    }
+
+    /// The `status` reply, read from the views at the moment it is asked for.
+    fn status(&self) -> StatusFn {
+        let views = self.views.clone();
+        Arc::new(move || crate::health::status::status_json(&views))
+    }
+}
+
 /// Hands the heap pages that start-up used and freed (the argument parser's tree above all, a
 /// few hundred KiB) back to the kernel, once the agent runs and the guard settles into waiting:
 /// glibc keeps freed memory below the heap's top for reuse, and an idle guard would otherwise
@@ -301,15 +367,17 @@ fn return_freed_memory() {
 /// a stop signal came first: the agent is then never started.
 async fn stopped_while_held(
     config: &Config,
-    hub: &Hub,
+    wiring: &Wiring,
     upstream: &Upstream,
     signals: &mut SignalSource,
 ) -> bool {
     if config.in_warm_pool != InWarmPool::Wait || config.imds == ImdsMode::Off {
         return false;
     }
+    let imds = wiring.views.imds.clone();
+    let tick = &wiring.published.tick;
     tokio::select! {
-        _ = warm_pool::hold(hub, upstream) => false,
+        _ = warm_pool::hold(imds, &wiring.held, tick, upstream) => false,
         sig = stop_signal(signals) => {
             let record = crate::journal::Record::StopSignalReceived { signal: sig.to_string() };
             tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal while the agent was held back; exiting without starting it");
@@ -330,10 +398,7 @@ async fn stop_signal(signals: &mut SignalSource) -> Sig {
 }
 
 /// The health listener, bound before the agent starts (a port in use is the guard's failure).
-async fn bind_health(
-    config: &Config,
-    hub: &Hub,
-) -> Result<Option<tokio::net::TcpListener>, RunError> {
+async fn bind_health(config: &Config) -> Result<Option<tokio::net::TcpListener>, RunError> {
     let Some(addr) = config.health_listen else {
         return Ok(None);
     };
@@ -343,7 +408,6 @@ async fn bind_health(
     let bound = listener
         .local_addr()
         .map_err(|source| RunError::HealthListen { addr, source })?;
-    hub.stats().health_addr = Some(bound);
     tracing::info!(addr = %bound, "health endpoint listening");
     Ok(Some(listener))
 }
@@ -371,8 +435,7 @@ fn spawn_spec(config: &Config) -> SpawnSpec {
 struct Started {
     sockets: Sockets,
     health: Option<tokio::net::TcpListener>,
-    imds: Option<(ImdsClient, watch::Sender<ImdsStatus>)>,
-    checks: watch::Sender<checks::Snapshot>,
+    imds: Option<ImdsClient>,
     events: mpsc::Sender<state::Event>,
     upstream: Upstream,
     host_hooks: HostHooks,
@@ -392,16 +455,20 @@ struct Tasks {
 /// What `--on-crash-loop unhealthy` needs: the AWS context, if the guard can know its group.
 struct Replace {
     aws: Option<Arc<SharedAws>>,
-    hub: Arc<Hub>,
 }
 
 impl Tasks {
-    fn start(config: &Config, hub: &Arc<Hub>, started: Started) -> Tasks {
+    fn start(config: &Config, wiring: &mut Wiring, started: Started) -> Tasks {
         let shutdown = CancellationToken::new();
         let control = Control {
-            hub: hub.clone(),
             events: started.events.clone(),
             ready_on: config.ready_on,
+            reports: wiring.reports.clone(),
+            phase: wiring.views.phase.clone(),
+            run: wiring.views.run.clone(),
+            announcer: wiring.published.announcer.clone(),
+            watchdog: config.watchdog,
+            status: wiring.status(),
         };
         let mut servers = vec![
             tokio::spawn(control::serve(
@@ -415,11 +482,18 @@ impl Tasks {
                 started.upstream,
                 shutdown.clone(),
             )),
+            until_cancelled(
+                wiring
+                    .reports
+                    .clone()
+                    .follow_restarts(wiring.views.run.clone()),
+                &shutdown,
+            ),
         ];
         if let Some(listener) = started.health {
             servers.push(server::serve_on_own_thread(
                 listener,
-                hub.clone(),
+                wiring.views.clone(),
                 shutdown.clone(),
             ));
         }
@@ -430,16 +504,15 @@ impl Tasks {
                 timeout: config.check_timeout,
                 ready_on_child: config.ready_on == state::ReadyOn::Health,
             },
-            started.checks,
+            wiring.checks.clone(),
             started.events.clone(),
             shutdown.clone(),
         ));
-        let aws = shared_aws(config, hub);
+        let aws = shared_aws(config, wiring);
         if let Some(imds) = started.imds {
             servers.extend(spawn_notices(
                 config,
-                hub,
-                imds,
+                (imds, wiring.imds.clone()),
                 started.events,
                 aws.clone(),
                 &shutdown,
@@ -450,13 +523,10 @@ impl Tasks {
             servers,
             lifecycle: None,
             protection: None,
-            replace: replaces_on_crash_loop(config).then(|| Replace {
-                aws: aws.clone(),
-                hub: hub.clone(),
-            }),
+            replace: replaces_on_crash_loop(config).then(|| Replace { aws: aws.clone() }),
         };
         if let Some(aws) = aws {
-            tasks.start_aws(config, hub, aws, started.host_hooks);
+            tasks.start_aws(config, wiring, aws, started.host_hooks);
         }
         tasks
     }
@@ -466,15 +536,21 @@ impl Tasks {
     fn start_aws(
         &mut self,
         config: &Config,
-        hub: &Arc<Hub>,
+        wiring: &mut Wiring,
         aws: Arc<SharedAws>,
         host_hooks: HostHooks,
     ) {
-        if config.lifecycle.enabled() {
+        let views = &wiring.views;
+        if let (true, Some(told)) = (config.lifecycle.enabled(), wiring.told.take()) {
+            let reads = lifecycle::Reads {
+                phase: views.phase.clone(),
+                told,
+                held: views.held.clone(),
+            };
             self.lifecycle = Some(LifecycleHandle::start(
                 config.lifecycle.clone(),
                 aws.clone(),
-                hub.clone(),
+                reads,
                 host_hooks,
             ));
         }
@@ -482,15 +558,21 @@ impl Tasks {
             self.protection = Some(ProtectionHandle::start(
                 config.busy.clone(),
                 aws.clone(),
-                hub.clone(),
+                wiring.board.clone(),
+                (views.phase.clone(), views.report.clone()),
             ));
         }
         if let Some(target) = config.busy.emf.clone() {
+            let reads = emf::Reads {
+                phase: views.phase.clone(),
+                report: views.report.clone(),
+                lifecycle: wiring.board.clone(),
+            };
             self.servers.push(tokio::spawn(emf::run(
                 config.busy.clone(),
                 target,
                 aws,
-                hub.clone(),
+                reads,
                 self.shutdown.clone(),
             )));
         }
@@ -510,7 +592,7 @@ impl Tasks {
             lifecycle.finish(outcome).await;
         }
         if let (true, Some(replace)) = (crash_loop, self.replace) {
-            replace::after_crash_loop(replace.aws.as_deref(), &replace.hub).await;
+            replace::after_crash_loop(replace.aws.as_deref()).await;
         }
         stop_servers(self.shutdown, self.servers).await;
     }
@@ -531,7 +613,6 @@ impl Tasks {
 /// The IMDS poller, and beside it the scheduled-event work it feeds; both end on `shutdown`.
 fn spawn_notices(
     config: &Config,
-    hub: &Arc<Hub>,
     (client, status): (ImdsClient, watch::Sender<ImdsStatus>),
     events: mpsc::Sender<state::Event>,
     aws: Option<Arc<SharedAws>>,
@@ -551,7 +632,7 @@ fn spawn_notices(
         margin: config.maintenance_margin,
     };
     let aws = aws.filter(|_| replaces_on_maintenance(config));
-    let maintenance = maintenance::run(settings, bodies_rx, events, status, aws, hub.clone());
+    let maintenance = maintenance::run(settings, bodies_rx, events, status, aws);
     [
         until_cancelled(poller.run(probe_first), shutdown),
         until_cancelled(maintenance, shutdown),
@@ -597,7 +678,7 @@ fn replaces_on_crash_loop(config: &Config) -> bool {
 }
 
 /// The one AWS context, if a feature acts on the group; nothing is loaded until first used.
-fn shared_aws(config: &Config, hub: &Arc<Hub>) -> Option<Arc<SharedAws>> {
+fn shared_aws(config: &Config, wiring: &Wiring) -> Option<Arc<SharedAws>> {
     // Without IMDS there is no instance id, so no group to ask after a crash loop.
     let needs_aws = config.lifecycle.enabled()
         || config.busy.enabled()
@@ -607,7 +688,8 @@ fn shared_aws(config: &Config, hub: &Arc<Hub>) -> Option<Arc<SharedAws>> {
         SharedAws::new(
             config.lifecycle.asg_name.clone(),
             config.lifecycle.imds_endpoint.clone(),
-            hub.clone(),
+            wiring.views.imds.clone(),
+            wiring.board.clone(),
         )
     })
 }

@@ -26,20 +26,23 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Interval, MissedTickBehavior};
 
-use crate::agent::hub::{AwaitingStatus, HookState, HookStatus, Hub};
 use crate::aws::backoff;
 use crate::aws::context::SharedAws;
 use crate::aws::hook_calls::{HookApi, MAX_RETRY_WINDOW};
 use crate::aws::hooks_dir::{Decision, HookKind, HooksDirError, Registration};
+use crate::aws::status::LifecycleBoard;
 use crate::aws::termination::{Gone, Shared, on_host};
 use crate::aws::wait_state::{self, Stage};
 use crate::config::settings::{HookResult, LifecycleSettings};
 use crate::journal::{Awaiting, Record};
 use crate::machine::state::{DrainReason, Phase};
-use crate::machine::supervisor::Outcome;
+use crate::machine::supervisor::{Outcome, ToLifecycle};
+use crate::model::HookState;
+use crate::model::hooks::HookStatus;
+use crate::model::lifecycle::AwaitingStatus;
 use crate::process::exit::{ChildExit, ExitKind};
 use crate::process::sig::Sig;
 
@@ -62,6 +65,15 @@ pub fn result_for(
     } else {
         on_unclean
     }
+}
+
+/// What the lifecycle work reads besides the group: the supervisor's phase (the launch hook on
+/// readiness, heartbeats while a terminating drain runs), what the supervisor tells it
+/// ([`ToLifecycle`]), and the warm-pool hold.
+pub struct Reads {
+    pub phase: watch::Receiver<Phase>,
+    pub told: mpsc::Receiver<ToLifecycle>,
+    pub held: watch::Receiver<Option<String>>,
 }
 
 /// The running lifecycle work; `finish` ends it once the agent is gone.
@@ -139,11 +151,11 @@ impl LifecycleHandle {
     pub fn start(
         settings: LifecycleSettings,
         aws: Arc<SharedAws>,
-        hub: Arc<Hub>,
+        reads: Reads,
         host: HostHooks,
     ) -> Self {
         let (finish, finish_rx) = oneshot::channel();
-        let task = tokio::spawn(run(settings, aws, hub, host, finish_rx));
+        let task = tokio::spawn(run(settings, aws, reads, host, finish_rx));
         LifecycleHandle { finish, task }
     }
 
@@ -205,15 +217,11 @@ async fn stop_signal() -> &'static str {
     }
 }
 
-fn set_hook(hub: &Hub, terminate: bool, f: impl FnOnce(&mut HookStatus)) {
-    let mut status = hub.lifecycle();
-    let slot = if terminate {
-        &mut status.terminate
+fn set_hook(board: &LifecycleBoard, terminate: bool, f: impl FnOnce(&mut HookStatus)) {
+    if terminate {
+        board.terminate(f);
     } else {
-        &mut status.launch
-    };
-    if let Some(h) = slot.as_mut() {
-        f(h);
+        board.launch(f);
     }
 }
 
@@ -228,43 +236,26 @@ fn hook_status(name: &Option<String>) -> Option<HookStatus> {
 async fn run(
     settings: LifecycleSettings,
     aws: Arc<SharedAws>,
-    hub: Arc<Hub>,
+    reads: Reads,
     host: HostHooks,
     mut finish: oneshot::Receiver<Outcome>,
 ) {
-    {
-        let mut status = hub.lifecycle();
+    let board = aws.board().clone();
+    board.update(|status| {
         status.terminate = hook_status(&settings.terminate_hook);
         status.launch = hook_status(&settings.launch_hook);
-    }
+    });
     let setup = tokio::select! {
-        setup = HookApi::setup(&settings, &aws, &hub) => setup,
+        setup = HookApi::setup(&settings, &aws, &board) => setup,
         done = &mut finish => {
-            // The agent ended before the identity was known: one more try, bounded.
-            let setup = tokio::time::timeout(LATE_SETUP_WITHIN, HookApi::setup(&settings, &aws, &hub)).await;
-            match (setup, done) {
-                (Ok(Ok(api)), Ok(outcome)) => {
-                    let terminating = hub.stats().drains.iter().any(|(reason, n)| *n > 0 && reason.ends_instance());
-                    let mut watch = Watch { terminating, ..Watch::new(Arc::new(api), &settings, &hub, &host) };
-                    // An agent that never got ready (a fast crash loop, say) abandons the launch
-                    // (`finish` does); one that was ready leaves it to the hook's timeout.
-                    if hub.report().ready_source.is_some() {
-                        watch.launch_done = true;
-                    }
-                    watch.finish(Some(outcome)).await;
-                    if let Some(task) = watch.launch_task.take() {
-                        let _ = tokio::time::timeout(LATE_SETUP_WITHIN, task).await;
-                    }
-                }
-                _ => tracing::error!("lifecycle: the agent exited before the group and instance were known; no hook completed"),
-            }
+            late(&settings, &aws, &board, reads, &host, done.ok()).await;
             host.leave().await;
             return;
         }
     };
     match setup {
         Ok(api) => {
-            Watch::new(Arc::new(api), &settings, &hub, &host)
+            Watch::new(Arc::new(api), &settings, &board, &host, reads)
                 .run(finish)
                 .await
         }
@@ -273,11 +264,40 @@ async fn run(
                 error: err.to_string(),
             };
             tracing::error!(error = %err, journal = %record.json(), "lifecycle hooks are off");
-            hub.lifecycle().error = Some(err.to_string());
+            board.update(|l| l.error = Some(err.to_string()));
             let _ = finish.await;
         }
     }
     host.leave().await;
+}
+
+/// The agent ended before the identity was known: one more try at the set-up, bounded, and the
+/// hooks handled from the outcome alone.
+async fn late(
+    settings: &LifecycleSettings,
+    aws: &Arc<SharedAws>,
+    board: &LifecycleBoard,
+    reads: Reads,
+    host: &HostHooks,
+    outcome: Option<Outcome>,
+) {
+    let setup = tokio::time::timeout(LATE_SETUP_WITHIN, HookApi::setup(settings, aws, board)).await;
+    let (Ok(Ok(api)), Some(outcome)) = (setup, outcome) else {
+        tracing::error!(
+            "lifecycle: the agent exited before the group and instance were known; no hook completed"
+        );
+        return;
+    };
+    let mut watch = Watch::new(Arc::new(api), settings, board, host, reads);
+    // An agent that never got ready (a fast crash loop, say) abandons the launch (`finish`
+    // does); one that was ready leaves it to the hook's timeout.
+    if outcome.ready {
+        watch.launch_done = true;
+    }
+    watch.finish(Some(outcome)).await;
+    if let Some(task) = watch.launch_task.take() {
+        let _ = tokio::time::timeout(LATE_SETUP_WITHIN, task).await;
+    }
 }
 
 /// The lifecycle work alongside the supervisor: the launch hook on readiness, the wait state
@@ -286,8 +306,13 @@ async fn run(
 struct Watch<'a> {
     api: Arc<HookApi>,
     settings: &'a LifecycleSettings,
-    hub: &'a Arc<Hub>,
+    board: &'a LifecycleBoard,
     host: &'a HostHooks,
+    phase: watch::Receiver<Phase>,
+    told: mpsc::Receiver<ToLifecycle>,
+    held: watch::Receiver<Option<String>>,
+    /// A drain that ends the instance runs: heartbeats keep the hook open. Whether the hook is
+    /// completed is decided from the `Outcome` alone.
     terminating: bool,
     /// When the terminating drain began, and for what.
     drain: Option<(Instant, DrainReason)>,
@@ -308,14 +333,18 @@ impl<'a> Watch<'a> {
     fn new(
         api: Arc<HookApi>,
         settings: &'a LifecycleSettings,
-        hub: &'a Arc<Hub>,
+        board: &'a LifecycleBoard,
         host: &'a HostHooks,
+        reads: Reads,
     ) -> Self {
         Watch {
             api,
             settings,
-            hub,
+            board,
             host,
+            phase: reads.phase,
+            told: reads.told,
+            held: reads.held,
             terminating: false,
             drain: None,
             wait_seen: false,
@@ -329,41 +358,35 @@ impl<'a> Watch<'a> {
 
     /// Runs until `finish` says the agent is gone.
     async fn run(mut self, mut finish: oneshot::Receiver<Outcome>) {
-        let mut phase = self.hub.phase.clone();
-        let mut held = self.hub.held_changes();
-        if held.borrow_and_update().is_some() {
+        if self.held.borrow_and_update().is_some() {
             self.on_hold(true);
         }
+        let mut told_open = true;
         loop {
             tokio::select! {
-                changed = held.changed() => {
+                changed = self.held.changed() => {
                     if changed.is_ok() {
-                        let now = held.borrow_and_update().is_some();
+                        let now = self.held.borrow_and_update().is_some();
                         self.on_hold(now);
                     }
                 }
-                changed = phase.changed() => {
+                changed = self.phase.changed() => {
                     if changed.is_err() {
                         // The supervisor is gone; `finish` follows.
                         let done = (&mut finish).await;
                         self.finish(done.ok()).await;
                         break;
                     }
-                    let now = phase.borrow_and_update().clone();
+                    let now = self.phase.borrow_and_update().clone();
                     self.on_phase(&now);
                 }
                 _ = async { self.tick.as_mut().expect("guarded by the branch condition").tick().await }, if self.tick.is_some() => {
                     self.keep_open().await;
                 }
-                _ = self.hub.extended.notified() => {
-                    if self.terminating {
-                        tracing::info!("lifecycle: the agent asked for more time; heartbeat now");
-                        self.keep_open().await;
-                    }
-                }
-                _ = self.hub.ready_timed_out.notified(), if !self.launch_done => {
-                    self.launch(HookResult::Abandon, "the agent was not ready within --ready-timeout");
-                }
+                told = self.told.recv(), if told_open => match told {
+                    Some(told) => self.on_told(told).await,
+                    None => told_open = false,
+                },
                 done = &mut finish => {
                     self.finish(done.ok()).await;
                     break;
@@ -372,6 +395,25 @@ impl<'a> Watch<'a> {
         }
         if let Some(task) = self.launch_task {
             let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
+        }
+    }
+
+    /// What the supervisor told: the agent asked for more time (heartbeat now), or it was not
+    /// ready within `--ready-timeout` (the launch is abandoned).
+    async fn on_told(&mut self, told: ToLifecycle) {
+        match told {
+            ToLifecycle::Extended if self.terminating => {
+                tracing::info!("lifecycle: the agent asked for more time; heartbeat now");
+                self.keep_open().await;
+            }
+            ToLifecycle::Extended => {}
+            ToLifecycle::ReadyTimedOut if !self.launch_done => {
+                self.launch(
+                    HookResult::Abandon,
+                    "the agent was not ready within --ready-timeout",
+                );
+            }
+            ToLifecycle::ReadyTimedOut => {}
         }
     }
 
@@ -397,7 +439,7 @@ impl<'a> Watch<'a> {
             );
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             self.tick = Some(tick);
-            set_hook(self.hub, true, |h| h.state = HookState::Heartbeating);
+            set_hook(self.board, true, |h| h.state = HookState::Heartbeating);
         }
     }
 
@@ -420,11 +462,11 @@ impl<'a> Watch<'a> {
             self.was_held = false;
             self.launch_done = false;
             self.launch_again = true;
-            set_hook(self.hub, false, |h| {
+            set_hook(self.board, false, |h| {
                 h.state = HookState::Waiting;
                 h.result = None;
             });
-            let now = self.hub.phase.borrow().clone();
+            let now = self.phase.borrow().clone();
             self.on_phase(&now);
         }
     }
@@ -438,10 +480,10 @@ impl<'a> Watch<'a> {
             return;
         };
         if self.wait_seen || self.spot() {
-            self.api.heartbeat(hook, self.hub, self.spot()).await;
+            self.api.heartbeat(hook, self.board, self.spot()).await;
             return;
         }
-        match self.api.look(self.hub).await {
+        match self.api.look(self.board).await {
             Ok(Stage::Waiting(state)) => {
                 self.wait_seen = true;
                 let record = Record::WaitStateSeen {
@@ -449,9 +491,9 @@ impl<'a> Watch<'a> {
                     state: state.clone(),
                 };
                 tracing::info!(hook, journal = %record.json(), "lifecycle: the instance is in {state}; heartbeats start");
-                self.hub.lifecycle().awaiting = None;
-                set_hook(self.hub, true, |h| h.state = HookState::Heartbeating);
-                self.api.heartbeat(hook, self.hub, false).await;
+                self.board.update(|l| l.awaiting = None);
+                set_hook(self.board, true, |h| h.state = HookState::Heartbeating);
+                self.api.heartbeat(hook, self.board, false).await;
             }
             Ok(Stage::Over(state)) => {
                 tracing::info!(hook, state = %state, "lifecycle: the instance is past its wait state ({state}); no heartbeats");
@@ -461,19 +503,14 @@ impl<'a> Watch<'a> {
             Err(err) => {
                 // Without the state, heartbeat blindly: "no active action" is then expected.
                 tracing::debug!(hook, error = %err.text(), "lifecycle: cannot read the instance's state; heartbeat instead");
-                self.api.heartbeat(hook, self.hub, true).await;
+                self.api.heartbeat(hook, self.board, true).await;
             }
         }
     }
 
     fn awaiting_wait_state(&self, hook: &str, stage: &Stage) {
         let detail = stage.detail();
-        let known = self
-            .hub
-            .lifecycle()
-            .awaiting
-            .as_ref()
-            .map(|a| a.detail.clone());
+        let known = self.board.get().awaiting.map(|a| a.detail);
         if known.as_deref() == Some(detail.as_str()) {
             return;
         }
@@ -492,28 +529,21 @@ impl<'a> Watch<'a> {
             detail: status.detail.clone(),
         };
         tracing::info!(hook, state = stage.state(), journal = %record.json(), "lifecycle: {}", status.text());
-        self.hub.lifecycle().awaiting = Some(status);
-        set_hook(self.hub, true, |h| h.state = HookState::Awaiting);
+        self.board.update(|l| l.awaiting = Some(status));
+        set_hook(self.board, true, |h| h.state = HookState::Awaiting);
     }
 
-    /// A spot interruption: the group may hold no action at all, and EC2 ends the instance at
-    /// the notice's time whatever the group does.
+    /// The terminating drain is a spot interruption: the group may hold no action at all, and
+    /// EC2 ends the instance at the notice's time whatever the group does.
     fn spot(&self) -> bool {
-        let spot_only = self
-            .hub
-            .stats()
-            .drains
-            .iter()
-            .all(|(reason, n)| *n == 0 || *reason == DrainReason::SpotInterruption);
         matches!(self.drain, Some((_, DrainReason::SpotInterruption)))
-            || (self.drain.is_none() && spot_only)
     }
 
     fn launch(&mut self, result: HookResult, why: &'static str) {
         self.launch_done = true;
         let task = Launch {
             api: self.api.clone(),
-            hub: self.hub.clone(),
+            board: self.board.clone(),
             hook: self.settings.launch_hook.clone().unwrap_or_default(),
             registration: self.host.launch.clone(),
             new_round: std::mem::take(&mut self.launch_again),
@@ -530,9 +560,10 @@ impl<'a> Watch<'a> {
         let (Some(outcome), Some(hook)) = (outcome, self.settings.terminate_hook.as_deref()) else {
             return;
         };
-        // A drain that came between an exit and a restart ended the run with no draining phase
-        // to see; its hook waits all the same.
-        let terminating = self.terminating || outcome.drain.is_some_and(DrainReason::ends_instance);
+        // Decided from the outcome alone: the reason that ended the run (a scale-in that overtook
+        // an operator's drain included, and a drain that came between an exit and a restart,
+        // with no draining phase to see).
+        let terminating = outcome.drain.is_some_and(DrainReason::ends_instance);
         let exit = &outcome.exit;
         let result = result_for(
             exit,
@@ -545,13 +576,13 @@ impl<'a> Watch<'a> {
         }
         let gone = Gone {
             api: &self.api,
-            hub: self.hub,
+            board: self.board,
             hook,
             result,
             terminating,
             drain_started: self.drain.map(|(at, _)| at),
             wait_seen: self.wait_seen,
-            spot: terminating && self.spot(),
+            spot: outcome.drain == Some(DrainReason::SpotInterruption),
             registration: self.host.terminate.clone(),
         };
         let state = gone.finish().await;
@@ -570,7 +601,7 @@ impl<'a> Watch<'a> {
 /// registered guard's agent is ready, ABANDON from any guard at once.
 struct Launch {
     api: Arc<HookApi>,
-    hub: Arc<Hub>,
+    board: LifecycleBoard,
     hook: String,
     registration: Option<Shared>,
     /// The hook pauses the instance a second time (out of a warm pool): the registration
@@ -586,9 +617,9 @@ impl Launch {
         tracing::info!(hook = %self.hook, result = result.as_str(), "lifecycle: completing the launch hook: {why}");
         let state = self
             .api
-            .complete(&self.hub, &self.hook, result, false)
+            .complete(&self.board, &self.hook, result, false)
             .await;
-        set_hook(&self.hub, false, |h| {
+        set_hook(&self.board, false, |h| {
             h.state = state;
             h.result = Some(result);
         });
@@ -627,7 +658,7 @@ impl Launch {
                 Ok(Decision::Complete { .. }) => return true,
                 Ok(Decision::Done(done)) => {
                     tracing::info!(hook = %self.hook, by = %done.by, "lifecycle: the launch hook was {} by {} ({})", done.state, done.by, done.result.map_or("-", HookResult::as_str));
-                    set_hook(&self.hub, false, |h| {
+                    set_hook(&self.board, false, |h| {
                         h.state = HookState::LeftToOthers;
                         h.result = done.result;
                     });
@@ -637,7 +668,7 @@ impl Launch {
                 Ok(Decision::Wait { others }) => {
                     if others != shown {
                         tracing::info!(hook = %self.hook, others = %others.join(", "), "lifecycle: the agent is ready; the launch hook waits for the other guards on this host");
-                        set_hook(&self.hub, false, |h| h.state = HookState::Awaiting);
+                        set_hook(&self.board, false, |h| h.state = HookState::Awaiting);
                         shown = others;
                     }
                 }

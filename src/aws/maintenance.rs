@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::agent::hub::Hub;
 use crate::aws::api::CallError;
 use crate::aws::context::{ContextError, SharedAws};
 use crate::aws::health_status;
@@ -61,7 +60,6 @@ pub async fn run(
     events: mpsc::Sender<Event>,
     status: watch::Sender<ImdsStatus>,
     aws: Option<Arc<SharedAws>>,
-    hub: Arc<Hub>,
 ) {
     let actor = Actor {
         planner: Planner::new(settings.mode, settings.margin),
@@ -69,7 +67,6 @@ pub async fn run(
         events,
         status,
         aws,
-        hub,
         replacing: JoinSet::new(),
         unreadable: None,
     };
@@ -83,7 +80,6 @@ struct Actor {
     events: mpsc::Sender<Event>,
     status: watch::Sender<ImdsStatus>,
     aws: Option<Arc<SharedAws>>,
-    hub: Arc<Hub>,
     /// `SetInstanceHealth` calls in flight, by EventId.
     replacing: JoinSet<(String, Result<(), ReplaceError>)>,
     /// When unreadable bodies began, and when that was last logged.
@@ -211,9 +207,9 @@ impl Actor {
             })
         });
         if let Action::Replace { .. } = action {
-            let (aws, hub, id) = (self.aws.clone(), self.hub.clone(), event.id.clone());
+            let (aws, id) = (self.aws.clone(), event.id.clone());
             self.replacing
-                .spawn(async move { (id, replace(aws, &hub).await) });
+                .spawn(async move { (id, replace(aws).await) });
         }
     }
 
@@ -289,7 +285,7 @@ fn scheduled_record(
 }
 
 /// Marks the instance Unhealthy, retrying transient failures for [`REPLACE_RETRY_WINDOW`].
-async fn replace(aws: Option<Arc<SharedAws>>, hub: &Hub) -> Result<(), ReplaceError> {
+async fn replace(aws: Option<Arc<SharedAws>>) -> Result<(), ReplaceError> {
     let Some(aws) = aws else {
         return Err(ReplaceError::Failed("the AWS context is off".to_string()));
     };
@@ -297,7 +293,7 @@ async fn replace(aws: Option<Arc<SharedAws>>, hub: &Hub) -> Result<(), ReplaceEr
     let started = Instant::now();
     let mut delay = Duration::from_millis(500);
     loop {
-        match health_status::mark_unhealthy(&ctx, hub).await {
+        match health_status::mark_unhealthy(&ctx, aws.board()).await {
             Ok(()) => return Ok(()),
             Err(CallError::Denied(_)) => return Err(ReplaceError::Denied),
             Err(CallError::Retry(text)) if started.elapsed() + delay < REPLACE_RETRY_WINDOW => {

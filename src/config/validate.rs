@@ -16,10 +16,10 @@ use super::settings::{
     LifecycleSettings, OnCrashLoop, OnDrain, OnMaintenance, OnRebalance,
 };
 use super::{Config, ConfigError};
+use crate::config::settings::ReadyOn;
+use crate::config::settings::{CrashLoop, RestartPolicy, RestartSettings};
 use crate::fmt::{format_duration, parse_duration};
 use crate::logging::LogFormat;
-use crate::config::settings::{CrashLoop, RestartPolicy, RestartSettings};
-use crate::config::settings::ReadyOn;
 use crate::process::sig::Sig;
 
 impl Config {

@@ -9,7 +9,6 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-
 pub use crate::config::settings::RestartSettings;
 pub use crate::model::RestartPolicy;
 
@@ -106,6 +105,8 @@ fn delay_for(attempt: u32, settings: &RestartSettings, jitter: f64) -> Duration 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::settings::CrashLoop;
+    use crate::process::exit::ChildExit;
 
     const S: Duration = Duration::from_secs(1);
 

@@ -707,7 +707,8 @@ fn earliest(current: Option<Instant>, new: Instant) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::restart::{CrashLoop, RestartPolicy};
+    use crate::config::settings::CrashLoop;
+    use crate::machine::restart::RestartPolicy;
     use crate::process::exit::ChildExit;
 
     const S: Duration = Duration::from_secs(1);

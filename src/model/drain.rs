@@ -46,6 +46,16 @@ impl DrainReason {
         )
     }
 
+    /// The reason that decides once `later` came after this one: a reason that ends the instance
+    /// is never taken back (the state machine only ever upgrades a drain to one).
+    pub fn then(self, later: DrainReason) -> DrainReason {
+        if self.ends_instance() && !later.ends_instance() {
+            self
+        } else {
+            later
+        }
+    }
+
     /// The wire name used in logs, events and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -65,4 +75,3 @@ impl fmt::Display for DrainReason {
         f.write_str(self.as_str())
     }
 }
-

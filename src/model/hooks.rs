@@ -81,3 +81,13 @@ impl HookState {
         }
     }
 }
+
+/// One hook as `/status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HookStatus {
+    pub name: String,
+    pub state: HookState,
+    pub heartbeats: u64,
+    pub result: Option<HookResult>,
+    pub last_error: Option<String>,
+}

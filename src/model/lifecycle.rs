@@ -4,17 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use crate::model::hooks::{Awaiting, HookResult, HookState};
-
-/// One hook as `/status` shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HookStatus {
-    pub name: String,
-    pub state: HookState,
-    pub heartbeats: u64,
-    pub result: Option<HookResult>,
-    pub last_error: Option<String>,
-}
+use crate::model::hooks::{Awaiting, HookStatus};
 
 /// What `/status` and `/metrics` show of the lifecycle work.
 #[derive(Debug, Clone, Default)]

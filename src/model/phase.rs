@@ -43,4 +43,3 @@ impl fmt::Display for PhaseName {
         f.write_str(self.as_str())
     }
 }
-

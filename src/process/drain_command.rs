@@ -23,7 +23,6 @@ use crate::process::child::{SpawnError, classify, live_members, spawn_like_a_she
 use crate::process::sig::Sig;
 use crate::process::signals::JobControl;
 
-
 /// `--on-drain`: the agent's own drain command, run when a drain starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OnDrain {

@@ -5,3 +5,4 @@ pub(crate) mod exit;
 pub(crate) mod reaper;
 pub(crate) mod sig;
 pub(crate) mod signals;
+pub(crate) mod upstream;
