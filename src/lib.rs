@@ -272,9 +272,9 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
         }
     };
     return_freed_memory();
-    let outcome = supervisor.run().await;
+    let (outcome, signals) = supervisor.run().await;
     let exit = outcome.exit.clone();
-    tasks.finish(outcome).await;
+    tasks.finish(outcome, signals).await;
     unixsock::remove(&config.socket);
     unixsock::remove(&config.notify_socket);
     Ok(Ended::Agent(exit))
@@ -581,7 +581,7 @@ impl Tasks {
     /// The agent and its group are gone. Decide (done), tell (release protection, complete the
     /// hook, ask for a replacement after a crash loop, cancel the servers), then wait for each
     /// under a deadline.
-    async fn finish(self, outcome: Outcome) {
+    async fn finish(self, outcome: Outcome, signals: SignalSource) {
         if let Some(protection) = self.protection {
             // A protected instance whose agent is gone must not stay protected.
             protection.finish().await;
@@ -589,7 +589,7 @@ impl Tasks {
         let crash_loop = outcome.crash_loop;
         if let Some(lifecycle) = self.lifecycle {
             // Only now, with the proof of exit in hand, may the termination hook complete.
-            lifecycle.finish(outcome).await;
+            lifecycle.finish(outcome, signals).await;
         }
         if let (true, Some(replace)) = (crash_loop, self.replace) {
             replace::after_crash_loop(replace.aws.as_deref()).await;

@@ -45,6 +45,7 @@ use crate::model::hooks::HookStatus;
 use crate::model::lifecycle::AwaitingStatus;
 use crate::process::exit::{ChildExit, ExitKind};
 use crate::process::sig::Sig;
+use crate::process::signals::SignalSource;
 
 /// The result for a termination hook given how the agent ended: CONTINUE when it stopped
 /// cleanly (exited 0, or ended by the guard's stop signal within the grace period, whether it
@@ -161,13 +162,14 @@ impl LifecycleHandle {
 
     /// The agent and its whole group are gone (`outcome` proves it): completes the termination
     /// hook if a terminating drain ran (and this guard is the last on the host), and waits,
-    /// within a bound, for the work to end. SIGTERM or SIGINT meanwhile (an operator stopping
-    /// the unit while the instance deregisters) ends the wait: the hook is left to the other
+    /// within a bound, for the work to end. SIGTERM or SIGINT on `signals` meanwhile (an
+    /// operator stopping the unit while the instance deregisters; the stream the supervisor
+    /// handed on, so nothing it had read is lost) ends the wait: the hook is left to the other
     /// guards, or to its timeout.
-    pub async fn finish(self, outcome: Outcome) {
+    pub async fn finish(self, outcome: Outcome, signals: SignalSource) {
         let _ = self.finish.send(outcome);
         let mut task = self.task;
-        let stop = stop_signal();
+        let stop = stop_signal(signals);
         tokio::select! {
             ended = tokio::time::timeout(FINISH_WITHIN, &mut task) => {
                 if ended.is_err() {
@@ -202,11 +204,8 @@ impl LifecycleHandle {
 const NO_AGENT_WITHIN: Duration = Duration::from_secs(5);
 
 /// The next SIGTERM or SIGINT, once the supervisor (which handled them until the agent was gone)
-/// has stopped listening; never, if they cannot be listened for.
-async fn stop_signal() -> &'static str {
-    let Ok(mut signals) = crate::process::signals::SignalSource::install() else {
-        return std::future::pending().await;
-    };
+/// has handed the stream on; never, if it cannot be read any more.
+async fn stop_signal(mut signals: SignalSource) -> &'static str {
     loop {
         match signals.next().await {
             Some(Sig::INT) => return "SIGINT",

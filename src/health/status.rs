@@ -153,3 +153,186 @@ fn lifecycle_json(l: &LifecycleStatus) -> Value {
         })),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use tokio::sync::watch;
+
+    use crate::aws::notices::NoticeRecord;
+    use crate::aws::scheduled::{EventCode, EventState, Handling, ScheduledEvent, Tracked};
+    use crate::config::check::Check;
+    use crate::health::checks::{CheckResult, Snapshot};
+    use crate::journal::NoticeKind;
+    use crate::machine::state::Drain;
+    use crate::model::hooks::HookState;
+    use crate::model::lifecycle::AwaitingStatus;
+    use crate::model::report::AgentReport;
+    use crate::model::run::{DrainInfo, RunStats};
+    use crate::model::{Awaiting, DrainReason};
+
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000 + secs)
+    }
+
+    /// Views with something in every field of the status.
+    fn busy() -> Views {
+        let now = Instant::now();
+        let phase = Phase::Draining(Drain {
+            reason: DrainReason::ScaleIn,
+            deadline: now + Duration::from_secs(60),
+            hard_deadline: None,
+            signalled: false,
+        });
+        let mut views = Views::fixed("agent", watch::channel(phase).1);
+        views.health_addr = Some("127.0.0.1:8099".parse().expect("an address"));
+        let mut run = RunStats {
+            phase_since: at(1),
+            agent_pid: Some(42),
+            agent_started: Some(now),
+            agent_exit: None,
+            ready_source: Some("start"),
+            drain: Some(DrainInfo {
+                reason: DrainReason::ScaleIn,
+                deadline: at(61),
+                deadline_at: now + Duration::from_secs(60),
+            }),
+            ..RunStats::default()
+        };
+        run.drains = BTreeMap::from([(DrainReason::Operator, 1), (DrainReason::ScaleIn, 2)]);
+        run.runs.restarts = 2;
+        run.runs.drain_command = Some(DrainCommandStatus {
+            pid: 43,
+            started: at(2),
+            status: Some(0),
+            killed: false,
+        });
+        views.run = watch::channel(run).1;
+        views.report = watch::channel(AgentReport {
+            status: Some("working".into()),
+            stopping: true,
+            in_flight: Some((3, at(3))),
+            ..AgentReport::default()
+        })
+        .1;
+        let mut imds = ImdsStatus {
+            endpoint: "http://169.254.169.254".into(),
+            instance_id: Some("i-1".into()),
+            region: Some("eu-west-1".into()),
+            lifecycle_state: Some("Terminated".into()),
+            last_poll: Some(at(4)),
+            last_ok: Some(at(4)),
+            errors_total: 7,
+            last_error: Some("timed out".into()),
+            scheduled_events: vec![Tracked {
+                event: ScheduledEvent {
+                    id: "instance-event-1".into(),
+                    code: EventCode::SystemReboot,
+                    code_text: "system-reboot".into(),
+                    state: EventState::Active,
+                    not_before: at(5),
+                    not_after: None,
+                    description: String::new(),
+                },
+                handling: Handling::DrainAt(at(6)),
+                listed: true,
+            }],
+            ..ImdsStatus::default()
+        };
+        imds.record_notice(NoticeRecord {
+            kind: NoticeKind::LifecycleState,
+            value: "Terminated".into(),
+            seen_at: at(7),
+            drain: Some(DrainReason::ScaleIn),
+        });
+        views.imds = watch::channel(imds).1;
+        let db = Check::parse_named("db=tcp://127.0.0.1:1").expect("valid");
+        let web = Check::parse_named("web=http://127.0.0.1:1/").expect("valid");
+        let result = CheckResult {
+            shown: db.shown.clone(),
+            component_type: "datastore",
+            outcome: Ok(()),
+            latency: Duration::from_micros(1500),
+            at: now,
+            at_wall: at(8),
+        };
+        views.checks = watch::channel(Snapshot {
+            interval: Duration::from_secs(3600),
+            checks: vec![(db, Some(result)), (web, None)],
+        })
+        .1;
+        let hook = |name: &str, state, result| HookStatus {
+            name: name.into(),
+            state,
+            heartbeats: 4,
+            result,
+            last_error: Some("throttled".into()),
+        };
+        views.lifecycle = watch::channel(LifecycleStatus {
+            group: Some("workers".into()),
+            instance_id: Some("i-1".into()),
+            heartbeat_interval: Some(Duration::from_millis(300)),
+            terminate: Some(hook("term", HookState::Awaiting, None)),
+            launch: Some(hook(
+                "launch",
+                HookState::Completed,
+                Some(HookResult::Continue),
+            )),
+            error: None,
+            protected: Some(true),
+            awaiting: Some(AwaitingStatus {
+                what: Awaiting::WaitState,
+                since: at(9),
+                detail: "deregistration in progress (Terminating)".into(),
+            }),
+            ..LifecycleStatus::default()
+        })
+        .1;
+        views
+    }
+
+    /// The numbers that move with the clock, masked.
+    fn masked(json: &str) -> String {
+        let mut out = json.to_string();
+        for key in ["deadline_in_ms", "agent_uptime_s", "uptime_s"] {
+            let pattern = format!("\"{key}\":");
+            let mut from = 0;
+            while let Some(i) = out[from..].find(&pattern) {
+                let start = from + i + pattern.len();
+                let end = start
+                    + out[start..]
+                        .find(|c: char| !c.is_ascii_digit())
+                        .unwrap_or(0);
+                if end > start {
+                    out.replace_range(start..end, "N");
+                }
+                from = start;
+            }
+        }
+        out
+    }
+
+    /// The JSON users see, field for field (README documents it), as the `json!` builder of
+    /// `agent::hub` wrote it before the typed `Status`.
+    const GOLDEN: &str = r#"{"agent_exit":null,"agent_pid":42,"agent_uptime_s":N,"checks":[{"checked":"2026-05-28T20:26:48.000Z","latency_ms":1.5,"name":"db","ok":true,"target":"tcp://127.0.0.1:1","why":"ok"},{"checked":null,"latency_ms":null,"name":"web","ok":false,"target":null,"why":"not checked yet"}],"drain":{"deadline":"2026-05-28T20:27:41.000Z","deadline_in_ms":N,"reason":"scale-in"},"drains":{"operator":1,"scale-in":2},"health_listen":"127.0.0.1:8099","held":null,"imds":{"endpoint":"http://169.254.169.254","errors":7,"instance_id":"i-1","last_error":"timed out","last_ok":"2026-05-28T20:26:44.000Z","last_poll":"2026-05-28T20:26:44.000Z","lifecycle_state":"Terminated","notices":[{"drain":"scale-in","kind":"target-lifecycle-state","seen":"2026-05-28T20:26:47.000Z","value":"Terminated"}],"region":"eu-west-1","scheduled_events":[{"code":"system-reboot","drain_at":"2026-05-28T20:26:46.000Z","handling":"drain-scheduled","id":"instance-event-1","listed":true,"not_after":null,"not_before":"2026-05-28T20:26:45.000Z","state":"active"}]},"in_flight":3,"in_flight_reported":"2026-05-28T20:26:43.000Z","lifecycle":{"error":null,"group":"workers","heartbeat_interval_s":0.3,"instance_id":"i-1","launch_hook":{"heartbeats":4,"last_error":"throttled","name":"launch","result":"CONTINUE","state":"completed"},"protected_from_scale_in":true,"terminate_hook":{"heartbeats":4,"last_error":"throttled","name":"term","result":null,"state":"awaiting"},"waiting_for":{"detail":"deregistration in progress (Terminating)","since":"2026-05-28T20:26:49.000Z","text":"waiting for Terminating:Wait since 20:26:49, deregistration in progress (Terminating)","what":"wait-state"}},"name":"agent","ok":true,"on_drain":{"pid":43,"started":"2026-05-28T20:26:42.000Z","state":"exited","status":0},"phase":"draining","phase_since":"2026-05-28T20:26:41.000Z","ready_source":"start","restart":{"attempt":null,"crash_loop":false,"next_in_ms":null,"policy":"never","restarting":false,"restarts":2},"status":"working","stopping":true,"subscribers":0,"uptime_s":N,"watchdog_missed":false}"#;
+
+    /// A guard with nothing to show: no IMDS, no lifecycle, no checks.
+    const IDLE: &str = r#"{"agent_exit":null,"agent_pid":null,"agent_uptime_s":null,"checks":[],"drain":null,"drains":{},"health_listen":null,"held":null,"imds":null,"in_flight":null,"in_flight_reported":null,"lifecycle":null,"name":"agent","ok":true,"on_drain":null,"phase":"ready","phase_since":"2026-05-28T20:26:41.000Z","ready_source":null,"restart":{"attempt":null,"crash_loop":false,"next_in_ms":null,"policy":"never","restarting":false,"restarts":0},"status":null,"stopping":false,"subscribers":0,"uptime_s":N,"watchdog_missed":false}"#;
+
+    #[test]
+    fn the_status_reads_as_before() {
+        let text = status_json(&busy()).to_string();
+        assert_eq!(masked(&text), GOLDEN, "\n{}", masked(&text));
+        let mut idle = Views::fixed("agent", watch::channel(Phase::Ready).1);
+        idle.run = watch::channel(RunStats {
+            phase_since: at(1),
+            ..RunStats::default()
+        })
+        .1;
+        let text = status_json(&idle).to_string();
+        assert_eq!(masked(&text), IDLE, "\n{}", masked(&text));
+    }
+}

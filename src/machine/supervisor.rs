@@ -229,21 +229,23 @@ impl Supervisor {
         })
     }
 
-    /// Runs until the last agent and its process group are gone; returns how it ended.
-    pub async fn run(mut self) -> Outcome {
+    /// Runs until the last agent and its process group are gone; returns how it ended, and the
+    /// signal stream for whoever waits on signals after it (the one stream of the process).
+    pub async fn run(mut self) -> (Outcome, SignalSource) {
         tracing::info!(pid = self.agent.pid(), "agent started");
         self.apply(Event::Spawned);
         loop {
             if let Phase::Done(exit) = &self.state.phase {
                 let exit = exit.clone();
                 self.end_drain_command().await;
-                return Outcome {
+                let outcome = Outcome {
                     exit,
                     sigkilled: self.sigkilled,
                     drain: self.drain,
                     ready: self.ready,
                     crash_loop: self.crash_loop,
                 };
+                return (outcome, self.signals);
             }
             let woke = self.wait().await;
             self.out.tick.send_replace(Instant::now());

@@ -15,6 +15,7 @@ pub(crate) mod phase;
 pub(crate) mod report;
 pub(crate) mod restart;
 pub(crate) mod run;
+pub(crate) mod status;
 
 pub use self::drain::DrainReason;
 pub use self::hooks::{Awaiting, HookResult, HookState};
