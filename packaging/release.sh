@@ -3,7 +3,7 @@
 # here (x86_64, and aarch64 for Graviton when its standard library and a cross linker are
 # installed), and says which it skipped and why:
 #   agent-guard-VERSION-ARCH-linux.tar.gz   agent-guard-VERSION-ARCH-linux/: the static binary,
-#                                           README.md, LICENSE (+ -MIT, -APACHE), packaging/
+#                                           README.md, LICENSE (+ -MIT, -APACHE), packaging/, docs/
 #   agent-guard_VERSION-1_DEBARCH.deb       cargo-deb: /usr/bin, the unit, the examples
 #   agent-guard-VERSION-1.ARCH.rpm          cargo-generate-rpm: the same files, gzip payload
 #   SHA256SUMS                              of all of the above: sha256sum -c SHA256SUMS
@@ -43,9 +43,9 @@ trap 'rm -rf "$stage"' EXIT
 # packaging/ as committed (no editor or test leftovers); the whole folder outside a git checkout.
 packaging_files() {
   if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-    git ls-files packaging
+    git ls-files packaging docs
   else
-    find packaging -type f
+    find packaging docs -type f
   fi
 }
 

@@ -37,13 +37,13 @@ arch=$(uname -m)
 name=agent-guard-$version-$arch-linux
 archive=dist/$name.tar.gz
 
-# The archive: one directory holding the binary, README.md, the licences and packaging/ as committed.
+# The archive: one directory holding the binary, README.md, the licences, packaging/ and docs/ as committed.
 expected() {
   printf '%s\n' "$name/" "$name/agent-guard" "$name/README.md" "$name/LICENSE" "$name/LICENSE-MIT" "$name/LICENSE-APACHE"
-  git ls-files packaging | sed "s|^|$name/|"
-  git ls-files packaging | awk -F/ -v n="$name" '{p=n; for (i=1; i<NF; i++) {p=p"/"$i; print p"/"}}' | sort -u
+  git ls-files packaging docs | sed "s|^|$name/|"
+  git ls-files packaging docs | awk -F/ -v n="$name" '{p=n; for (i=1; i<NF; i++) {p=p"/"$i; print p"/"}}' | sort -u
 }
-check "the archive $archive holds the binary, README, licences and packaging/, in one directory" \
+check "the archive $archive holds the binary, README, licences, packaging/ and docs/, in one directory" \
   diff <(expected | sort -u) <(tar tzf "$archive" | sort)
 mkdir -p "$work/unpacked"
 tar xzf "$archive" -C "$work/unpacked"
@@ -180,7 +180,7 @@ fi
 # The .deb (release.sh's, with the static binary): its files, then installed, run and removed.
 deb=$(ls dist/agent-guard_*.deb 2>/dev/null | head -1)
 check "the .deb holds the binary, the unit, the tmpfiles.d line, the examples and the licences" sh -c \
-  "dpkg-deb -c '$deb' > '$work/deb.list' && for f in ./usr/bin/agent-guard ./lib/systemd/system/agent-guard@.service ./usr/lib/tmpfiles.d/agent-guard.conf examples/queue-worker.toml doc/agent-guard/LICENSE-MIT doc/agent-guard/LICENSE-APACHE; do grep -q \"\$f\" '$work/deb.list' || { echo \"missing \$f\"; exit 1; }; done"
+  "dpkg-deb -c '$deb' > '$work/deb.list' && for f in ./usr/bin/agent-guard ./lib/systemd/system/agent-guard@.service ./usr/lib/tmpfiles.d/agent-guard.conf examples/queue-worker.toml doc/agent-guard/LICENSE-MIT doc/agent-guard/LICENSE-APACHE doc/agent-guard/docs/reference.md; do grep -q \"\$f\" '$work/deb.list' || { echo \"missing \$f\"; exit 1; }; done"
 check "the .deb's postinst is packaging/scripts/postinst" sh -c "dpkg-deb -I '$deb' postinst | cmp - packaging/scripts/postinst"
 check "the .deb has no library dependencies (the binary is static)" sh -c "! dpkg-deb -f '$deb' Depends | grep -q libc6"
 if [[ $(id -u) == 0 ]] && command -v dpkg >/dev/null; then
@@ -203,7 +203,7 @@ fi
 rpm=$(ls dist/agent-guard-*.rpm 2>/dev/null | head -1)
 if command -v rpm >/dev/null; then
   check "rpm -qpl lists the binary, the unit, the examples and the licences" sh -c \
-    "rpm -qpl '$rpm' > '$work/rpm.list' && cat '$work/rpm.list' && for f in /usr/bin/agent-guard /usr/lib/systemd/system/agent-guard@.service /usr/lib/tmpfiles.d/agent-guard.conf /usr/share/doc/agent-guard/examples/queue-worker.toml /usr/share/licenses/agent-guard/LICENSE-MIT; do grep -qx \"\$f\" '$work/rpm.list' || { echo \"missing \$f\"; exit 1; }; done"
+    "rpm -qpl '$rpm' > '$work/rpm.list' && cat '$work/rpm.list' && for f in /usr/bin/agent-guard /usr/lib/systemd/system/agent-guard@.service /usr/lib/tmpfiles.d/agent-guard.conf /usr/share/doc/agent-guard/examples/queue-worker.toml /usr/share/licenses/agent-guard/LICENSE-MIT /usr/share/doc/agent-guard/docs/reference.md; do grep -qx \"\$f\" '$work/rpm.list' || { echo \"missing \$f\"; exit 1; }; done"
   check "the .rpm's %post is packaging/scripts/postinst, run by /bin/sh" sh -c \
     "rpm -qp --qf '%{POSTINPROG}\\n' '$rpm' | grep -qx /bin/sh && rpm -qp --qf '%{POSTIN}' '$rpm' | cmp - packaging/scripts/postinst"
   check "the .rpm says version $version, arch $arch, licence MIT OR Apache-2.0" sh -c \

@@ -1,6 +1,6 @@
 //! The control socket: a Unix stream socket speaking one JSON object per line (the types are in
 //! `agent::protocol`), through which the agent hears of drains and reports on itself, and an
-//! operator drains by hand (`agent-guard ctl`). The protocol is in README ("Talking to the guard").
+//! operator drains by hand (`agent-guard ctl`). The protocol is in docs/reference.md ("Talking to the guard").
 //!
 //! Bad input never harms the guard: peers of other users are refused, a line is at most 64 KiB,
 //! a connection must send its first line within 10 s, at most 64 connections are served at once,

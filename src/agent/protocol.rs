@@ -1,5 +1,5 @@
 //! The control socket's wire protocol as types: the requests a client sends, the replies and
-//! events it reads, one JSON object per line (README, "Talking to the guard").
+//! events it reads, one JSON object per line (docs/reference.md, "Talking to the guard").
 //!
 //! The server (`agent::control`) and `agent-guard ctl` speak through these types, so the protocol
 //! is written down once (the drill still writes its two requests by hand). Pure: no I/O, nothing

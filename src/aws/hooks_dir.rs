@@ -80,7 +80,7 @@ pub enum HooksDirError {
     /// Refused by the permissions: said apart, since the fix is the group setup, not the code.
     #[error(
         "--hooks-dir: cannot use {path}: {source} (guards running as different users share it \
-         through a group: README, \"Several guards on one instance\")"
+         through a group: docs/operations.md, \"Several guards on one instance\")"
     )]
     Denied {
         path: PathBuf,

@@ -1,4 +1,4 @@
-//! The clients README shows under "Talking to the guard" really drain: each runs as the agent,
+//! The clients docs/reference.md shows under "Talking to the guard" really drain: each runs as the agent,
 //! hears an operator's drain, and answers `drained` long before the 10-minute drain timeout.
 
 use std::path::{Path, PathBuf};
@@ -102,13 +102,13 @@ fn the_bash_client_drains() {
 
 #[test]
 fn readme_quotes_each_client_verbatim() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reference.md"))
+        .expect("docs/reference.md");
     for name in ["client.py", "client.js", "client.go", "client.sh"] {
         let code = std::fs::read_to_string(client(name)).expect("client");
         assert!(
             readme.contains(code.trim_end()),
-            "README must quote examples/clients/{name} verbatim"
+            "docs/reference.md must quote examples/clients/{name} verbatim"
         );
     }
 }

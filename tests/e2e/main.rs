@@ -5,6 +5,7 @@ mod support;
 mod busy;
 mod clients;
 mod config;
+mod docs;
 mod doctor;
 mod drain_socket;
 mod drill;

@@ -1,11 +1,11 @@
-//! README.md shows `--help` verbatim: a flag added without updating README fails here.
+//! docs/reference.md shows `--help` verbatim: a flag added without updating it fails here.
 
 use crate::support::run;
 
 #[test]
 fn readme_shows_the_current_help() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reference.md"))
+        .expect("docs/reference.md");
     let start = readme
         .find("<!-- help:start -->")
         .expect("help:start marker");
@@ -19,6 +19,6 @@ fn readme_shows_the_current_help() {
     assert_eq!(
         shown,
         help.trim_end(),
-        "README's --help is stale: run scripts/readme-help"
+        "docs/reference.md's --help is stale: run scripts/readme-help"
     );
 }
