@@ -347,7 +347,7 @@ impl Wiring {
     /// The `status` reply, read from the views at the moment it is asked for.
     fn status(&self) -> StatusFn {
         let views = self.views.clone();
-        Arc::new(move || crate::health::status::status_json(&views))
+        Arc::new(move || crate::health::status::status(&views))
     }
 }
 

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use serde::Serialize;
-use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
@@ -35,6 +34,7 @@ use crate::agent::unixsock;
 use crate::machine::announce::{Announcer, Subscription};
 use crate::machine::state::{self, DrainReason, Phase, PhaseName, ReadyOn};
 use crate::model::run::{Announcement, DrainInfo, RunStats};
+use crate::model::status::Status;
 
 /// The longest request line, its newline included.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -54,7 +54,7 @@ const FAREWELL_WITHIN: Duration = Duration::from_secs(1);
 
 /// The whole state as the `status` reply shows it; built where every snapshot can be read (the
 /// composition root hands it in), so that this layer need not know them all.
-pub type StatusFn = Arc<dyn Fn() -> Value + Send + Sync>;
+pub type StatusFn = Arc<dyn Fn() -> Status + Send + Sync>;
 
 /// What the control server needs from the rest of the guard.
 #[derive(Clone)]
@@ -446,7 +446,7 @@ pub(crate) fn frame_lines(input: &[u8], chunk: usize) -> Vec<Option<Vec<u8>>> {
 #[serde(untagged)]
 enum Answer {
     Reply(Reply),
-    Status(Value),
+    Status(Box<Status>),
 }
 
 impl From<Reply> for Answer {
@@ -458,7 +458,7 @@ impl From<Reply> for Answer {
 /// Does what `request` asks and says how it went.
 async fn answer(request: Request, control: &Control) -> Answer {
     match request {
-        Request::Status => Answer::Status((control.status)()),
+        Request::Status => Answer::Status(Box::new((control.status)())),
         Request::Subscribe => Reply::subscribed(control.phase.borrow().name()).into(),
         Request::Ready => {
             if control.agent_ready("control").await {

@@ -24,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::health::status::status_json;
+use crate::health::status::status;
 use crate::health::views::Views;
 use crate::health::{metrics, probes};
 
@@ -360,7 +360,7 @@ fn respond(views: &Views, req: &Request<Incoming>) -> Reply {
         "/status" => body(
             StatusCode::OK,
             "application/json",
-            status_json(views).to_string().into(),
+            status(views).json().into(),
         ),
         "/metrics" => body(
             StatusCode::OK,

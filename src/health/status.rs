@@ -2,161 +2,187 @@
 //! every snapshot at one moment.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
-
-use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 
 use crate::aws::notices::ImdsStatus;
 use crate::fmt::rfc3339;
 use crate::health::views::Views;
 use crate::machine::state::Phase;
-use crate::model::HookResult;
 use crate::model::hooks::HookStatus;
 use crate::model::lifecycle::LifecycleStatus;
 use crate::model::run::{AgentRuns, DrainCommandStatus};
+use crate::model::status::{
+    CheckStatus, DrainCommandView, DrainStatus, HookView, ImdsView, LifecycleView, NoticeView,
+    RestartView, ScheduledEventView, Status, WaitingView,
+};
 
-/// The whole state as JSON: the control socket's `status` reply and the body of `/status`.
-pub fn status_json(views: &Views) -> Value {
+/// The whole state now: the control socket's `status` reply and the body of `/status`.
+pub fn status(views: &Views) -> Status {
     let phase = views.phase.borrow().clone();
     let report = views.report.borrow().clone();
     let stats = views.run.borrow().clone();
     let now = Instant::now();
     let imds = views.imds.borrow().clone();
     let checks = views.checks.borrow().verdicts(now);
-    json!({
-        "ok": true,
-        "name": views.name,
-        "phase": phase.name(),
-        "phase_since": rfc3339(stats.phase_since),
-        "agent_pid": stats.agent_pid,
-        "agent_uptime_s": stats.agent_uptime().map(|d| d.as_secs()),
-        "agent_exit": stats.agent_exit,
-        "uptime_s": views.uptime().as_secs(),
-        "held": views.held(),
-        "ready_source": report.ready_source.or(stats.ready_source),
-        "status": report.status,
-        "stopping": report.stopping,
-        "in_flight": report.in_flight.map(|(n, _)| n),
-        "in_flight_reported": report.in_flight.map(|(_, at)| rfc3339(at)),
-        "drain": stats.drain.as_ref().filter(|_| phase.agent_running()).map(|d| json!({
-            "reason": d.reason.as_str(),
-            "deadline": rfc3339(d.deadline),
-            "deadline_in_ms": d.deadline_at.saturating_duration_since(now).as_millis() as u64,
-        })),
-        "drains": stats.drains.iter().map(|(r, n)| (r.as_str(), *n)).collect::<BTreeMap<_, _>>(),
-        "restart": restart_json(&phase, &stats.runs, now),
-        "on_drain": stats.runs.drain_command.as_ref().map(drain_command_json),
-        "watchdog_missed": views.watchdog_missed(now),
-        "subscribers": views.subscribers(),
-        "health_listen": views.health_addr.map(|a| a.to_string()),
-        "imds": (!imds.endpoint.is_empty()).then(|| imds_json(&imds)),
-        "lifecycle": lifecycle_json(&views.lifecycle.borrow()),
-        "checks": checks.iter().map(|v| json!({
-            "name": v.name,
-            "ok": v.ok,
-            "why": v.why,
-            "target": v.result.as_ref().map(|r| r.shown.clone()),
-            "latency_ms": v.result.as_ref().map(|r| r.latency.as_secs_f64() * 1000.0),
-            "checked": v.result.as_ref().map(|r| rfc3339(r.at_wall)),
-        })).collect::<Vec<_>>(),
-    })
+    Status {
+        ok: true,
+        name: views.name.clone(),
+        phase: phase.name(),
+        phase_since: rfc3339(stats.phase_since),
+        agent_pid: stats.agent_pid,
+        agent_uptime_s: stats.agent_uptime().map(|d| d.as_secs()),
+        agent_exit: stats.agent_exit,
+        uptime_s: views.uptime().as_secs(),
+        held: views.held(),
+        ready_source: report
+            .ready_source
+            .or(stats.ready_source)
+            .map(str::to_string),
+        status: report.status,
+        stopping: report.stopping,
+        in_flight: report.in_flight.map(|(n, _)| n),
+        in_flight_reported: report.in_flight.map(|(_, at)| rfc3339(at)),
+        drain: stats
+            .drain
+            .as_ref()
+            .filter(|_| phase.agent_running())
+            .map(|d| DrainStatus {
+                reason: d.reason,
+                deadline: rfc3339(d.deadline),
+                deadline_in_ms: millis(d.deadline_at.saturating_duration_since(now)),
+            }),
+        drains: stats
+            .drains
+            .iter()
+            .map(|(r, n)| (r.as_str().to_string(), *n))
+            .collect::<BTreeMap<_, _>>(),
+        restart: restart(&phase, &stats.runs, now),
+        on_drain: stats.runs.drain_command.as_ref().map(drain_command),
+        watchdog_missed: views.watchdog_missed(now),
+        subscribers: views.subscribers(),
+        health_listen: views.health_addr.map(|a| a.to_string()),
+        imds: (!imds.endpoint.is_empty()).then(|| imds_view(&imds)),
+        lifecycle: lifecycle(&views.lifecycle.borrow()),
+        checks: checks
+            .into_iter()
+            .map(|v| CheckStatus {
+                target: v.result.as_ref().map(|r| r.shown.clone()),
+                latency_ms: v.result.as_ref().map(|r| r.latency.as_secs_f64() * 1000.0),
+                checked: v.result.as_ref().map(|r| rfc3339(r.at_wall)),
+                name: v.name,
+                ok: v.ok,
+                why: v.why,
+            })
+            .collect(),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// `--restart`: the policy, the restarts so far, and while one is pending its attempt and when.
-fn restart_json(phase: &Phase, runs: &AgentRuns, now: Instant) -> Value {
+fn restart(phase: &Phase, runs: &AgentRuns, now: Instant) -> RestartView {
     let pending = match phase {
         Phase::Restarting(r) => Some(r),
         _ => None,
     };
-    json!({
-        "policy": runs.policy.as_str(),
-        "restarts": runs.restarts,
-        "restarting": pending.is_some(),
-        "attempt": pending.map(|r| r.attempt),
-        "next_in_ms": pending.map(|r| u64::try_from(r.at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)),
-        "crash_loop": runs.crash_loop,
-    })
+    RestartView {
+        policy: runs.policy.as_str().to_string(),
+        restarts: runs.restarts,
+        restarting: pending.is_some(),
+        attempt: pending.map(|r| r.attempt),
+        next_in_ms: pending.map(|r| millis(r.at.saturating_duration_since(now))),
+        crash_loop: runs.crash_loop,
+    }
 }
 
-fn drain_command_json(c: &DrainCommandStatus) -> Value {
+fn drain_command(c: &DrainCommandStatus) -> DrainCommandView {
     let state = match (c.status, c.killed) {
         (None, false) => "running",
         (None, true) | (Some(_), true) => "killed",
         (Some(_), false) => "exited",
     };
-    json!({
-        "pid": c.pid,
-        "started": rfc3339(c.started),
-        "state": state,
-        "status": c.status,
-    })
+    DrainCommandView {
+        pid: c.pid,
+        started: rfc3339(c.started),
+        state: state.to_string(),
+        status: c.status,
+    }
 }
 
 /// What the guard knows of IMDS, for `/status`.
-fn imds_json(imds: &ImdsStatus) -> Value {
-    json!({
-        "endpoint": imds.endpoint,
-        "instance_id": imds.instance_id,
-        "region": imds.region,
-        "lifecycle_state": imds.lifecycle_state,
-        "last_poll": imds.last_poll.map(rfc3339),
-        "last_ok": imds.last_ok.map(rfc3339),
-        "errors": imds.errors_total,
-        "last_error": imds.last_error,
-        "notices": imds.notices.iter().map(|n| json!({
-            "kind": n.kind.as_str(),
-            "value": n.value,
-            "seen": rfc3339(n.seen_at),
-            "drain": n.drain.map(|r| r.as_str()),
-        })).collect::<Vec<_>>(),
-        "scheduled_events": imds.scheduled_events.iter().map(|t| json!({
-            "id": t.event.id,
-            "code": t.event.code_text,
-            "state": t.event.state.as_str(),
-            "not_before": rfc3339(t.event.not_before),
-            "not_after": t.event.not_after.map(rfc3339),
-            "listed": t.listed,
-            "handling": t.handling.as_str(),
-            "drain_at": t.handling.drain_at().map(rfc3339),
-        })).collect::<Vec<_>>(),
-    })
+fn imds_view(imds: &ImdsStatus) -> ImdsView {
+    ImdsView {
+        endpoint: imds.endpoint.clone(),
+        instance_id: imds.instance_id.clone(),
+        region: imds.region.clone(),
+        lifecycle_state: imds.lifecycle_state.clone(),
+        last_poll: imds.last_poll.map(rfc3339),
+        last_ok: imds.last_ok.map(rfc3339),
+        errors: imds.errors_total,
+        last_error: imds.last_error.clone(),
+        notices: imds
+            .notices
+            .iter()
+            .map(|n| NoticeView {
+                kind: n.kind.as_str().to_string(),
+                value: n.value.clone(),
+                seen: rfc3339(n.seen_at),
+                drain: n.drain,
+            })
+            .collect(),
+        scheduled_events: imds
+            .scheduled_events
+            .iter()
+            .map(|t| ScheduledEventView {
+                id: t.event.id.clone(),
+                code: t.event.code_text.clone(),
+                state: t.event.state.as_str().to_string(),
+                not_before: rfc3339(t.event.not_before),
+                not_after: t.event.not_after.map(rfc3339),
+                listed: t.listed,
+                handling: t.handling.as_str().to_string(),
+                drain_at: t.handling.drain_at().map(rfc3339),
+            })
+            .collect(),
+    }
 }
 
-fn lifecycle_json(l: &LifecycleStatus) -> Value {
+/// The lifecycle work, or nothing when it has nothing to show.
+fn lifecycle(l: &LifecycleStatus) -> Option<LifecycleView> {
     let hook = |h: &Option<HookStatus>| {
-        h.as_ref().map(|h| {
-            json!({
-                "name": h.name,
-                "state": h.state.as_str(),
-                "heartbeats": h.heartbeats,
-                "result": h.result.map(HookResult::as_str),
-                "last_error": h.last_error,
-            })
+        h.as_ref().map(|h| HookView {
+            name: h.name.clone(),
+            state: h.state.as_str().to_string(),
+            heartbeats: h.heartbeats,
+            result: h.result,
+            last_error: h.last_error.clone(),
         })
     };
     if l.terminate.is_none() && l.launch.is_none() && l.protected.is_none() && l.group.is_none() {
-        return Value::Null;
+        return None;
     }
-    json!({
-        "group": l.group,
-        "instance_id": l.instance_id,
-        "heartbeat_interval_s": l.heartbeat_interval.map(|d| d.as_secs_f64()),
-        "terminate_hook": hook(&l.terminate),
-        "launch_hook": hook(&l.launch),
-        "error": l.error,
-        "protected_from_scale_in": l.protected,
-        "waiting_for": l.awaiting.as_ref().map(|a| json!({
-            "what": a.what.as_str(),
-            "since": rfc3339(a.since),
-            "detail": a.detail,
-            "text": a.text(),
-        })),
+    Some(LifecycleView {
+        group: l.group.clone(),
+        instance_id: l.instance_id.clone(),
+        heartbeat_interval_s: l.heartbeat_interval.map(|d| d.as_secs_f64()),
+        terminate_hook: hook(&l.terminate),
+        launch_hook: hook(&l.launch),
+        error: l.error.clone(),
+        protected_from_scale_in: l.protected,
+        waiting_for: l.awaiting.as_ref().map(|a| WaitingView {
+            what: a.what,
+            since: rfc3339(a.since),
+            detail: a.detail.clone(),
+            text: a.text(),
+        }),
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime};
+    use std::time::SystemTime;
 
     use tokio::sync::watch;
 
@@ -170,7 +196,7 @@ mod tests {
     use crate::model::lifecycle::AwaitingStatus;
     use crate::model::report::AgentReport;
     use crate::model::run::{DrainInfo, RunStats};
-    use crate::model::{Awaiting, DrainReason};
+    use crate::model::{Awaiting, DrainReason, HookResult};
 
     use super::*;
 
@@ -322,9 +348,20 @@ mod tests {
     /// A guard with nothing to show: no IMDS, no lifecycle, no checks.
     const IDLE: &str = r#"{"agent_exit":null,"agent_pid":null,"agent_uptime_s":null,"checks":[],"drain":null,"drains":{},"health_listen":null,"held":null,"imds":null,"in_flight":null,"in_flight_reported":null,"lifecycle":null,"name":"agent","ok":true,"on_drain":null,"phase":"ready","phase_since":"2026-05-28T20:26:41.000Z","ready_source":null,"restart":{"attempt":null,"crash_loop":false,"next_in_ms":null,"policy":"never","restarting":false,"restarts":0},"status":null,"stopping":false,"subscribers":0,"uptime_s":N,"watchdog_missed":false}"#;
 
+    /// What the guard writes, `ctl` and the drill read back as the same value.
+    #[test]
+    fn the_status_round_trips() {
+        let sent = status(&busy());
+        let read: Status = serde_json::from_str(&sent.json()).expect("a status");
+        assert_eq!(read, sent);
+        let value: serde_json::Value = serde_json::from_str(&sent.json()).expect("JSON");
+        let again: Status = serde_json::from_value(value).expect("a status from a Value");
+        assert_eq!(again, sent);
+    }
+
     #[test]
     fn the_status_reads_as_before() {
-        let text = status_json(&busy()).to_string();
+        let text = status(&busy()).json();
         assert_eq!(masked(&text), GOLDEN, "\n{}", masked(&text));
         let mut idle = Views::fixed("agent", watch::channel(Phase::Ready).1);
         idle.run = watch::channel(RunStats {
@@ -332,7 +369,7 @@ mod tests {
             ..RunStats::default()
         })
         .1;
-        let text = status_json(&idle).to_string();
+        let text = status(&idle).json();
         assert_eq!(masked(&text), IDLE, "\n{}", masked(&text));
     }
 }
