@@ -8,7 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::model::Awaiting;
-use crate::model::{DrainReason, HookResult, PhaseName};
+use crate::model::{DrainReason, HookResult, HookState, PhaseName};
+use crate::process::sig::Sig;
 
 /// Something the guard did or saw, as tools read it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,7 +24,7 @@ pub enum Record {
         drain: Option<DrainReason>,
     },
     /// SIGTERM or SIGINT reached the guard.
-    StopSignalReceived { signal: String },
+    StopSignalReceived { signal: Sig },
     /// The supervisor's phase changed; logged before readiness and the agent hear of it.
     PhaseChanged {
         phase: PhaseName,
@@ -34,7 +35,7 @@ pub enum Record {
         reason: DrainReason,
         deadline_in_ms: u64,
         subscribers: usize,
-        drain_signal: Option<String>,
+        drain_signal: Option<Sig>,
     },
     /// The agent said it is drained.
     AgentDrained,
@@ -46,7 +47,7 @@ pub enum Record {
         given_ms: u64,
     },
     /// The stop signal went to the agent's process group.
-    StopSignalSent { signal: String, pgid: i32 },
+    StopSignalSent { signal: Sig, pgid: i32 },
     /// SIGKILL went to the agent's process group.
     Killed { pgid: i32 },
     /// The agent was reaped.
@@ -65,7 +66,7 @@ pub enum Record {
         hook: String,
         result: HookResult,
         /// `completed`, `nothing-to-complete` or `gave-up`.
-        state: String,
+        state: HookState,
     },
     /// The `--on-drain` command started.
     DrainCommandStarted { pid: i32, reason: DrainReason },

@@ -2,61 +2,45 @@
 //! out without losing work.
 //!
 //! # Layout
-//! Layers, lowest first; nothing imports a layer above its own, and there are no import cycles.
+//! Top-level parts, lowest first; a part imports only parts listed before it (no import cycles
+//! among modules or among parts: `tools/mod-cycles.py src --parts`). Each state has one writer
+//! that owns it; the others read a `watch` of it, and decisions travel as typed messages.
 //!
-//! Pure types and functions (no I/O, no clock):
-//! - `fmt`: durations and times as people write and read them.
-//! - `process::sig`: signal names and numbers, and which ones stop, reap or are forwarded.
-//! - `process::exit`: [`ChildExit`], the proof that the agent exited, and the exit-status contract.
-//! - `machine::state`: `Phase`, `Event`, `Action` and the pure `step` between them.
-//! - `config::settings`, `config::check`: the settings types the features read.
-//! - `agent::protocol`: the control socket's wire format as types (requests, replies, events).
-//! - `journal`: the typed records the guard logs for the tools that judge it.
-//!
-//! Configuration and the command line:
-//! - `cli`: the raw flags, with help text, env fallbacks and defaults.
-//! - `config`: flags + env + TOML file → a validated `Config`, with provenance (`layers`,
-//!   `validate`, `describe` for `--check-config`, `paths`, `subcommands`).
-//! - `logging`: the guard's own log lines on stderr, text or JSON (with the journal records).
-//!
-//! The process and its supervisor:
-//! - `process::{child, signals, reaper}`: spawning the agent in its own group; installing the
-//!   handlers; the only caller of `waitpid`.
-//! - `process::drain_command`: the `--on-drain` command: its own group, output to the log, killed
-//!   at the drain deadline.
-//! - `machine::restart`: `--restart` and `--crash-loop` as plain data: policy, doubling delay,
-//!   window.
-//! - `machine::supervisor`: the one owner of the phase; feeds events to `step`, performs actions.
-//!
-//! Facing the agent and the operator:
-//! - `agent::hub`: what the supervisor shares with the servers (phase, reports, status).
-//! - `agent::{control, sdnotify, unixsock}`: the control socket, the agent's NOTIFY_SOCKET, and
-//!   creating those sockets safely.
-//! - `health::{server, probes, metrics, checks}`: the HTTP endpoint, its answers, the Prometheus
-//!   text, and the background probes.
-//!
-//! Talking to AWS:
-//! - `aws::{imds, notices}`: the IMDSv2 client and the notice poller.
-//! - `aws::{api, context}`: Auto Scaling call errors and counters; the one shared AWS context.
-//! - `aws::{lifecycle, protection, emf}`: lifecycle hooks, scale-in protection, EMF load lines.
-//! - `aws::{hooks_dir, termination, wait_state, hook_calls, backoff}`: guards on one host
-//!   register per hook and the last agent out completes it once; the termination hook waits for
-//!   the wait state however late; the lifecycle calls, retried through throttling with full
-//!   jitter so a fleet never calls in step.
-//! - `aws::{health_status, replace}`: `SetInstanceHealth` Unhealthy, and after a crash loop once.
-//! - `aws::{scheduled, maintenance}`: EC2 scheduled events read and decided (pure), then acted on:
-//!   replace the instance, drain before NotBefore, or report.
-//! - `aws::warm_pool`: `--in-warm-pool wait`: the agent is not started while the instance is
-//!   warmed.
-//!
-//! Subcommands and the composition root:
-//! - `cmd::ctl`: `agent-guard ctl`. `cmd::drill::{watch, verdict, report}`: `agent-guard drill`
-//!   watches a real guard against the simulators, judges from typed observations, and reports.
-//!   `cmd::doctor::{gather, judge, render}`: `agent-guard doctor` gathers facts about the live
-//!   instance and group, judges them against the options (pure), and renders the checks.
-//! - `fuzzing`: the entry points of the fuzz targets in `fuzz/`, one per parser of outside input.
-//! - [`sim`]: simulated IMDS and Auto Scaling API for tests and drills; loopback only.
-//! - this file: [`run`] wires the tasks together, and shuts them down: decide, tell, wait.
+//! 1. `fmt`: durations and times as people write and read them.
+//! 2. `process`: the agent as a process. `sig` (signal names, which stop, reap or are
+//!    forwarded), `exit` ([`ChildExit`], the proof of exit, and the exit-status contract),
+//!    `signals` (the one signal stream), `child` (spawning in its own group), `reaper` (the only
+//!    caller of `waitpid`), `drain_command` (`--on-drain`), `upstream` (the guard's own sd_notify
+//!    to systemd).
+//! 3. `model`: the pure vocabulary several parts decide on or show: `drain` (`DrainReason`),
+//!    `phase` (`PhaseName`), `hooks` (hook results and states), `restart` (the policy), and the
+//!    snapshot types each written by one owner: `run` (the supervisor's), `report` (the
+//!    agent's), `lifecycle` (the lifecycle work's), `status` (the typed `status` reply).
+//! 4. `cli`, `config`, `logging`: the raw flags; flags + env + TOML file → a validated `Config`
+//!    with provenance (`layers`, `validate`, `describe`, `paths`, `subcommands`, and the settings
+//!    types in `settings`, `check`); the guard's own log lines, text or JSON.
+//! 5. `journal`: the typed records the guard logs for the tools that judge it.
+//! 6. `machine`: `state` (`Phase`, `Event`, `Action` and the pure `step`), `restart` (delays and
+//!    the crash-loop window as data), `announce` (phase changes and drains to subscribers), and
+//!    `supervisor`: the one owner of the phase and the run; it publishes them, tells the
+//!    lifecycle work what it must know, and returns the `Outcome` (the deciding drain reason
+//!    included) once the agent's group is gone.
+//! 7. `aws`: `imds`, `notices`, `scheduled` (IMDS and what it says); `api`, `context`,
+//!    `hook_calls`, `backoff` (the Auto Scaling calls and the one shared context); `lifecycle`,
+//!    `termination`, `wait_state`, `hooks_dir` (the hooks, completed once by the last agent out,
+//!    in the wait state however late); `status` (the lifecycle snapshot, written only here);
+//!    `protection`, `maintenance`, `replace`, `health_status`, `emf`, `warm_pool`.
+//! 8. `agent`: `control` and `protocol` (the control socket and its wire types), `sdnotify` (the
+//!    agent's NOTIFY_SOCKET), `report` (the agent's reports, written only here), `unixsock`
+//!    (creating those sockets safely).
+//! 9. `health`: `server` (the HTTP endpoint), `probes`, `metrics`, `status` (the `Status` from
+//!    every snapshot), `views` (the readers' side of every snapshot), `checks` and `http_get`
+//!    (the background probes).
+//! 10. `cmd` (`ctl`; `drill::{watch, verdict, report}`, which watches a real guard against the
+//!    simulators and judges from typed observations; `doctor::{gather, judge, render}`),
+//!    `fuzzing` (the fuzz targets' entry points), [`sim`] (simulated IMDS and Auto Scaling API,
+//!    loopback only), and this file: [`run`] makes every snapshot's channel, hands each writer to
+//!    its owner and the readers to the rest, and shuts the tasks down: decide, tell, wait.
 
 mod agent;
 mod aws;
@@ -379,7 +363,7 @@ async fn stopped_while_held(
     tokio::select! {
         _ = warm_pool::hold(imds, &wiring.held, tick, upstream) => false,
         sig = stop_signal(signals) => {
-            let record = crate::journal::Record::StopSignalReceived { signal: sig.to_string() };
+            let record = crate::journal::Record::StopSignalReceived { signal: sig };
             tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal while the agent was held back; exiting without starting it");
             true
         }

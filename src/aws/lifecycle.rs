@@ -589,7 +589,7 @@ impl<'a> Watch<'a> {
             let record = Record::HookFinished {
                 hook: hook.to_string(),
                 result,
-                state: state.as_str().to_string(),
+                state,
             };
             tracing::debug!(hook, journal = %record.json(), "lifecycle: hook work ended");
         }

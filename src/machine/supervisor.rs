@@ -331,9 +331,7 @@ impl Supervisor {
         match role(sig) {
             Role::Reap => self.reap(),
             Role::Stop => {
-                let record = Record::StopSignalReceived {
-                    signal: sig.to_string(),
-                };
+                let record = Record::StopSignalReceived { signal: sig };
                 tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal");
                 Some(Event::StopSignal)
             }
@@ -460,10 +458,7 @@ impl Supervisor {
                 if !self.state.phase.agent_running() && !self.agent.group_alive() {
                     return; // the agent left nothing behind
                 }
-                let record = Record::StopSignalSent {
-                    signal: signal.to_string(),
-                    pgid,
-                };
+                let record = Record::StopSignalSent { signal, pgid };
                 tracing::info!(signal = %signal, pgid, journal = %record.json(), "sent the stop signal to the agent's process group");
                 let sent = self.signal_group(signal);
                 // As systemd does after KillSignal=: a stopped agent (SIGSTOP, or a TSTP passed
@@ -551,7 +546,7 @@ impl Supervisor {
             reason,
             deadline_in_ms: u64::try_from(deadline_in.as_millis()).unwrap_or(u64::MAX),
             subscribers,
-            drain_signal: ctx.drain_signal.map(|s| s.to_string()),
+            drain_signal: ctx.drain_signal,
         };
         tracing::info!(
             reason = %reason,

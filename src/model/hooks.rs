@@ -43,8 +43,10 @@ impl Awaiting {
     }
 }
 
-/// Where the work on one lifecycle hook stands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Where the work on one lifecycle hook stands. Its names (`as_str`, serde) are `/status`'s and
+/// the journal's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum HookState {
     /// Nothing to do yet: no drain that ends the instance, or the agent is not ready.
     #[default]
@@ -63,6 +65,7 @@ pub enum HookState {
     /// still run: see [`LifecycleStatus::awaiting`].
     Awaiting,
     /// The agent is gone, and another guard on this host completed the hook.
+    #[serde(rename = "left-to-other-guards")]
     LeftToOthers,
 }
 
