@@ -75,3 +75,27 @@ impl fmt::Display for DrainReason {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reason that decides: a later reason that ends the instance overtakes one that does
+    /// not (a scale-in during an operator's drain); nothing takes back one that does.
+    #[test]
+    fn the_deciding_reason_table() {
+        use DrainReason::*;
+        let cases = [
+            (Operator, ScaleIn, ScaleIn),
+            (Maintenance, SpotInterruption, SpotInterruption),
+            (Signal, WarmPool, WarmPool),
+            (ScaleIn, Operator, ScaleIn),
+            (SpotInterruption, Signal, SpotInterruption),
+            (Operator, Signal, Signal),
+            (ScaleIn, SpotInterruption, SpotInterruption),
+        ];
+        for (first, later, decides) in cases {
+            assert_eq!(first.then(later), decides, "{first} then {later}");
+        }
+    }
+}
