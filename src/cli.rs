@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::names::named_enum;
 use clap::Parser;
 
 /// Flags shown in `--help`. Defaults are declared here so that `--help` shows them; `config`
@@ -486,27 +487,27 @@ fn duration(value: &str) -> Result<Duration, BadDuration> {
     crate::fmt::parse_duration(value).map_err(BadDuration)
 }
 
-/// What to rehearse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DrillEvent {
-    ScaleIn,
-    Spot,
-    Rebalance,
-    Sigterm,
-    // An EC2 scheduled event, handled as --on-maintenance says. (No doc comment: clap would
-    // show it as help beside the event names.)
-    Maintenance,
+named_enum! {
+    /// What to rehearse.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum DrillEvent {
+        ScaleIn = "scale-in",
+        Spot = "spot",
+        Rebalance = "rebalance",
+        Sigterm = "sigterm",
+        /// An EC2 scheduled event, handled as --on-maintenance says.
+        Maintenance = "maintenance",
+    }
 }
 
-impl DrillEvent {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DrillEvent::ScaleIn => "scale-in",
-            DrillEvent::Spot => "spot",
-            DrillEvent::Rebalance => "rebalance",
-            DrillEvent::Sigterm => "sigterm",
-            DrillEvent::Maintenance => "maintenance",
-        }
+/// The drill's event names are the table's: clap lists and reads them from it.
+impl clap::ValueEnum for DrillEvent {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
     }
 }
 

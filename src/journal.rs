@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::model::Awaiting;
 use crate::model::{DrainReason, HookResult, HookState, PhaseName};
+use crate::names::named_enum;
 use crate::process::sig::Sig;
 
 /// Something the guard did or saw, as tools read it.
@@ -161,28 +162,14 @@ impl Record {
     }
 }
 
-/// Which kind of notice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NoticeKind {
-    #[serde(rename = "target-lifecycle-state")]
-    LifecycleState,
-    #[serde(rename = "spot-interruption")]
-    Spot,
-    #[serde(rename = "rebalance-recommendation")]
-    Rebalance,
-    /// An EC2 scheduled event (`events/maintenance/scheduled`).
-    #[serde(rename = "scheduled-event")]
-    ScheduledEvent,
-}
-
-impl NoticeKind {
-    /// The name in `/status`, metrics and the journal.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NoticeKind::LifecycleState => "target-lifecycle-state",
-            NoticeKind::Spot => "spot-interruption",
-            NoticeKind::Rebalance => "rebalance-recommendation",
-            NoticeKind::ScheduledEvent => "scheduled-event",
-        }
+named_enum! {
+    /// Which kind of notice.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum NoticeKind {
+        LifecycleState = "target-lifecycle-state",
+        Spot = "spot-interruption",
+        Rebalance = "rebalance-recommendation",
+        /// An EC2 scheduled event (`events/maintenance/scheduled`).
+        ScheduledEvent = "scheduled-event",
     }
 }

@@ -55,6 +55,7 @@ mod journal;
 mod logging;
 mod machine;
 mod model;
+mod names;
 mod process;
 pub mod sim;
 
@@ -729,5 +730,41 @@ fn become_subreaper() -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every enum written by `names::named_enum!`: each name parses back to its variant, serde
+    /// writes and reads that same name, and no two variants share one.
+    macro_rules! every_name_parses_back {
+        ($($t:ty),+ $(,)?) => {$(
+            for (value, name) in <$t>::ALL.into_iter().zip(<$t>::NAMES) {
+                assert_eq!(value.as_str(), name, stringify!($t));
+                assert_eq!(name.parse::<$t>().ok(), Some(value), "{name}");
+                let json = serde_json::to_string(&value).expect("serialises");
+                assert_eq!(json, format!("\"{name}\""));
+                assert_eq!(serde_json::from_str::<$t>(&json).ok(), Some(value), "{name}");
+                assert_eq!(<$t>::NAMES.iter().filter(|n| **n == name).count(), 1, "{name}");
+            }
+        )+};
+    }
+
+    #[test]
+    fn every_enum_name_parses_back() {
+        every_name_parses_back!(
+            crate::model::HookState,
+            crate::agent::protocol::Op,
+            crate::aws::scheduled::EventCode,
+            crate::aws::scheduled::EventState,
+            crate::cli::DrillEvent,
+            crate::config::settings::HookResult,
+            crate::config::settings::OnMaintenance,
+            crate::journal::Awaiting,
+            crate::journal::NoticeKind,
+            crate::machine::restart::RestartPolicy,
+            crate::machine::state::DrainReason,
+            crate::machine::state::PhaseName,
+        );
     }
 }

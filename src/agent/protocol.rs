@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::machine::state::{DrainReason, PhaseName};
+use crate::names::named_enum;
 
 /// One request line, `{"op":"…", …}`. Fields other than those named here are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,16 +39,29 @@ pub enum Request {
     },
 }
 
-/// Every op's wire name, in the order the error for an unknown one lists them.
-pub const OPS: [&str; 7] = [
-    "status",
-    "subscribe",
-    "ready",
-    "drained",
-    "busy",
-    "extend",
-    "drain",
-];
+named_enum! {
+    /// A request's `op`, in the order the error for an unknown one lists them. The names are
+    /// read here and written by serde's `rename_all` on [`Request`]; [`Request::op`] (exhaustive)
+    /// and a test that every op's request is written with its name keep the two one list.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Op {
+        Status = "status",
+        Subscribe = "subscribe",
+        Ready = "ready",
+        Drained = "drained",
+        Busy = "busy",
+        Extend = "extend",
+        Drain = "drain",
+    }
+}
+
+/// "status, subscribe, … or drain", for the unknown op's error.
+fn every_op() -> String {
+    match Op::NAMES.split_last() {
+        Some((last, init)) => format!("{} or {last}", init.join(", ")),
+        None => String::new(),
+    }
+}
 
 /// Why a request line was refused. The texts are part of the protocol: clients and tests match
 /// them, so they stay as they were when each field was checked by hand.
@@ -57,7 +71,7 @@ pub enum RequestError {
     InvalidJson(serde_json::Error),
     #[error("missing \"op\"")]
     MissingOp,
-    #[error("unknown op `{0}` (expected status, subscribe, ready, drained, busy, extend or drain)")]
+    #[error("unknown op `{0}` (expected {ops})", ops = every_op())]
     UnknownOp(String),
     #[error("\"in_flight\" must be a whole number ≥ 0")]
     InFlight,
@@ -77,11 +91,11 @@ impl Request {
             Some(Value::String(op)) => op.as_str(),
             _ => return Err(RequestError::MissingOp),
         };
-        if !OPS.contains(&op) {
+        let Ok(op) = op.parse::<Op>() else {
             return Err(RequestError::UnknownOp(op.to_string()));
-        }
+        };
         // Only `busy` and `extend` have a field that can be wrong (`drain`'s note cannot).
-        let field_error = if op == "busy" {
+        let field_error = if op == Op::Busy {
             RequestError::InFlight
         } else {
             RequestError::Seconds
@@ -92,6 +106,24 @@ impl Request {
                 Err(RequestError::Seconds)
             }
             request => Ok(request),
+        }
+    }
+}
+
+// Only the tests ask a request for its op; compiled with them, the exhaustive match makes a
+// new request variant name its op.
+#[cfg(test)]
+impl Request {
+    /// The request's op.
+    pub fn op(&self) -> Op {
+        match self {
+            Request::Status => Op::Status,
+            Request::Subscribe => Op::Subscribe,
+            Request::Ready => Op::Ready,
+            Request::Drained => Op::Drained,
+            Request::Busy { .. } => Op::Busy,
+            Request::Extend { .. } => Op::Extend,
+            Request::Drain { .. } => Op::Drain,
         }
     }
 }
@@ -269,8 +301,35 @@ mod tests {
     #[test]
     fn the_unknown_op_error_lists_every_op() {
         let text = RequestError::UnknownOp("x".into()).to_string();
-        for op in OPS {
-            assert!(text.contains(op), "{op} missing from {text}");
+        assert_eq!(
+            text,
+            "unknown op `x` (expected status, subscribe, ready, drained, busy, extend or drain)"
+        );
+    }
+
+    /// One request of each op (the match is exhaustive, so a new op needs one here).
+    fn example(op: Op) -> Request {
+        match op {
+            Op::Status => Request::Status,
+            Op::Subscribe => Request::Subscribe,
+            Op::Ready => Request::Ready,
+            Op::Drained => Request::Drained,
+            Op::Busy => Request::Busy { in_flight: 1 },
+            Op::Extend => Request::Extend { seconds: 1.0 },
+            Op::Drain => Request::Drain { reason: None },
+        }
+    }
+
+    #[test]
+    fn every_op_is_written_with_its_name_and_parses_back() {
+        for (op, name) in Op::ALL.into_iter().zip(Op::NAMES) {
+            assert_eq!(name.parse::<Op>(), Ok(op));
+            let request = example(op);
+            assert_eq!(request.op(), op);
+            let line = to_line(&request).expect("serializes");
+            let json: Value = serde_json::from_slice(&line).expect("JSON");
+            assert_eq!(json["op"], name, "{request:?}");
+            assert_eq!(Request::parse(&line).ok(), Some(request));
         }
     }
 

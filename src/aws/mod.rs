@@ -9,6 +9,7 @@ pub(crate) mod hook_calls;
 pub(crate) mod hooks_dir;
 pub(crate) mod imds;
 pub(crate) mod lifecycle;
+pub(crate) mod lifecycle_state;
 pub(crate) mod maintenance;
 pub(crate) mod notices;
 pub(crate) mod protection;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use crate::aws::imds::{ImdsClient, ImdsError};
+use crate::aws::lifecycle_state::LifecycleState;
 use crate::aws::scheduled::{self, Tracked};
 use crate::config::settings::OnRebalance;
 use crate::fmt::{capped, format_duration};
@@ -158,23 +159,23 @@ impl Interpreter {
             seen_at: seen,
             drain,
         };
-        let (drain, note) = match value {
-            "InService" => {
+        let (drain, note) = match LifecycleState::parse(value) {
+            LifecycleState::InService => {
                 self.seen_in_service = true;
                 (None, "target lifecycle state is InService".to_string())
             }
-            "Terminated" if !self.scale_in_sent => {
+            LifecycleState::Terminated if !self.scale_in_sent => {
                 self.scale_in_sent = true;
                 (
                     Some(DrainReason::ScaleIn),
                     "target lifecycle state is Terminated: scale-in".to_string(),
                 )
             }
-            "Terminated" => (
+            LifecycleState::Terminated => (
                 None,
                 "target lifecycle state is Terminated again".to_string(),
             ),
-            warmed if warmed.starts_with("Warmed:") => {
+            warmed if warmed.is_warmed() => {
                 let warmed = &shown;
                 if self.seen_in_service {
                     (
@@ -192,7 +193,7 @@ impl Interpreter {
                     (None, format!("target lifecycle state is {warmed}"))
                 }
             }
-            "Detached" | "Standby" => (
+            LifecycleState::Detached | LifecycleState::Standby => (
                 None,
                 format!(
                     "target lifecycle state is {value}: no lifecycle hook applies, not draining"

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use crate::config::settings::OnMaintenance;
+use crate::names::named_enum;
 
 /// The path polled with the other notices.
 pub const PATH: &str = "events/maintenance/scheduled";
@@ -20,76 +21,41 @@ const MAX_TRACKED: usize = 64;
 /// External text kept and logged is cut to this many characters.
 const MAX_TEXT: usize = 128;
 
-/// An event's `Code`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum EventCode {
-    InstanceReboot,
-    SystemReboot,
-    SystemMaintenance,
-    InstanceRetirement,
-    InstanceStop,
-    /// A code EC2 does not document (yet): still an event that disrupts the instance.
-    Other,
+named_enum! {
+    /// An event's `Code`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    pub enum EventCode {
+        InstanceReboot = "instance-reboot",
+        SystemReboot = "system-reboot",
+        SystemMaintenance = "system-maintenance",
+        InstanceRetirement = "instance-retirement",
+        InstanceStop = "instance-stop",
+        /// A code EC2 does not document (yet): still an event that disrupts the instance.
+        Other = "other",
+    }
 }
 
 impl EventCode {
-    /// Every code, for tables that must list each one (metrics).
-    pub const ALL: [EventCode; 6] = [
-        EventCode::InstanceReboot,
-        EventCode::SystemReboot,
-        EventCode::SystemMaintenance,
-        EventCode::InstanceRetirement,
-        EventCode::InstanceStop,
-        EventCode::Other,
-    ];
-
-    /// The wire name (`other` for an undocumented one).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventCode::InstanceReboot => "instance-reboot",
-            EventCode::SystemReboot => "system-reboot",
-            EventCode::SystemMaintenance => "system-maintenance",
-            EventCode::InstanceRetirement => "instance-retirement",
-            EventCode::InstanceStop => "instance-stop",
-            EventCode::Other => "other",
-        }
-    }
-
     fn from_wire(code: &str) -> EventCode {
-        EventCode::ALL
-            .into_iter()
-            .find(|c| *c != EventCode::Other && c.as_str() == code)
-            .unwrap_or(EventCode::Other)
+        code.parse().unwrap_or(EventCode::Other)
     }
 }
 
-/// An event's `State`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventState {
-    Active,
-    Canceled,
-    Completed,
-    /// A state EC2 does not document: not acted on.
-    Other,
+named_enum! {
+    /// An event's `State`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum EventState {
+        Active = "active",
+        Canceled = "canceled",
+        Completed = "completed",
+        /// A state EC2 does not document: not acted on.
+        Other = "other",
+    }
 }
 
 impl EventState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventState::Active => "active",
-            EventState::Canceled => "canceled",
-            EventState::Completed => "completed",
-            EventState::Other => "other",
-        }
-    }
-
     fn from_wire(state: &str) -> EventState {
-        match state {
-            "active" => EventState::Active,
-            "canceled" => EventState::Canceled,
-            "completed" => EventState::Completed,
-            _ => EventState::Other,
-        }
+        state.parse().unwrap_or(EventState::Other)
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::aws::api::{CallError, record_result};
 use crate::aws::backoff;
 use crate::aws::context::AwsContext;
+use crate::aws::lifecycle_state::LifecycleState;
 use crate::aws::status::LifecycleBoard;
 
 /// The longest deregistration delay a target group allows (`deregistration_delay.timeout_seconds`
@@ -48,29 +49,35 @@ impl Stage {
         let Some(state) = state else {
             return Stage::Over("in no group".to_string());
         };
+        use LifecycleState as L;
         let owned = state.to_string();
-        match state {
+        match LifecycleState::parse(state) {
             // An instance going back to a warm pool waits in Warmed:Pending:Wait (ASGUG,
             // warm-pool-instance-lifecycle).
-            "Terminating:Wait" | "Warmed:Terminating:Wait" | "Warmed:Pending:Wait" => {
+            L::TerminatingWait | L::WarmedTerminatingWait | L::WarmedPendingWait => {
                 Stage::Waiting(owned)
             }
-            "Terminating" | "Warmed:Terminating" | "Warmed:Pending" => Stage::Deregistering(owned),
-            "Terminating:Proceed"
-            | "Terminating:Retained"
-            | "Terminated"
-            | "Warmed:Terminating:Proceed"
-            | "Warmed:Terminated"
-            | "Warmed:Pending:Proceed"
-            | "Warmed:Stopped"
-            | "Warmed:Running"
-            | "Warmed:Hibernated"
-            | "Detaching"
-            | "Detached"
-            | "EnteringStandby"
-            | "Standby" => Stage::Over(owned),
-            // InService, Pending*, Quarantined, and any state AWS adds later.
-            _ => Stage::NotTerminating(owned),
+            L::Terminating | L::WarmedTerminating | L::WarmedPending => Stage::Deregistering(owned),
+            L::TerminatingProceed
+            | L::TerminatingRetained
+            | L::Terminated
+            | L::WarmedTerminatingProceed
+            | L::WarmedTerminated
+            | L::WarmedPendingProceed
+            | L::WarmedStopped
+            | L::WarmedRunning
+            | L::WarmedHibernated
+            | L::Detaching
+            | L::Detached
+            | L::EnteringStandby
+            | L::Standby => Stage::Over(owned),
+            // The states of a launch or of service, and any state AWS adds later.
+            L::Pending
+            | L::PendingWait
+            | L::PendingProceed
+            | L::Quarantined
+            | L::InService
+            | L::Other(_) => Stage::NotTerminating(owned),
         }
     }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
+use crate::aws::lifecycle_state::LifecycleState;
 use crate::aws::notices::ImdsStatus;
 use crate::journal::Record;
 use crate::process::upstream::Upstream;
@@ -35,7 +36,7 @@ pub enum Gate {
 
 /// The gate for the first target lifecycle state read.
 pub fn at_launch(state: &str) -> Gate {
-    if state.trim().starts_with("Warmed:") {
+    if LifecycleState::parse(state).is_warmed() {
         Gate::Hold
     } else {
         Gate::Start
@@ -45,7 +46,7 @@ pub fn at_launch(state: &str) -> Gate {
 /// Whether a held agent may start: the instance is going into service. Every other state keeps
 /// it held (`Warmed:*`, and `Terminated` for an instance leaving from the pool).
 pub fn releases(state: &str) -> bool {
-    state.trim() == "InService"
+    LifecycleState::parse(state) == LifecycleState::InService
 }
 
 /// How the hold ended.

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::names::named_enum;
 use crate::process::sig::Sig;
 
 pub use crate::model::{HookResult, RestartPolicy};
@@ -56,26 +57,17 @@ impl ImdsEndpointMode {
     }
 }
 
-/// What an active EC2 scheduled event (`events/maintenance/scheduled`) does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnMaintenance {
-    /// Mark the instance Unhealthy once, so the group replaces it through its normal, drained
-    /// termination; outside a group or when refused, `Drain`.
-    Replace,
-    /// Drain (reason `maintenance`) at NotBefore minus `--maintenance-margin`.
-    Drain,
-    /// Log and report it only.
-    Report,
-}
-
-impl OnMaintenance {
-    /// The option's word, for logs and `/status`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnMaintenance::Replace => "replace",
-            OnMaintenance::Drain => "drain",
-            OnMaintenance::Report => "report",
-        }
+named_enum! {
+    /// What an active EC2 scheduled event (`events/maintenance/scheduled`) does.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum OnMaintenance {
+        /// Mark the instance Unhealthy once, so the group replaces it through its normal, drained
+        /// termination; outside a group or when refused, `Drain`.
+        Replace = "replace",
+        /// Drain (reason `maintenance`) at NotBefore minus `--maintenance-margin`.
+        Drain = "drain",
+        /// Log and report it only.
+        Report = "report",
     }
 }
 

@@ -130,17 +130,7 @@ struct Unchanged {
 impl Unchanged {
     fn from_settings(settings: &Settings) -> Result<Unchanged, ConfigError> {
         let on_drain = on_drain(settings)?;
-        let policy = settings.require(
-            "restart",
-            one_of(
-                &[
-                    ("never", RestartPolicy::Never),
-                    ("on-failure", RestartPolicy::OnFailure),
-                    ("always", RestartPolicy::Always),
-                ],
-                "expected `never`, `on-failure` or `always`",
-            ),
-        )?;
+        let policy = settings.require("restart", named::<RestartPolicy>(&RestartPolicy::NAMES))?;
         let delay = settings.require("restart-delay", at_least(Duration::from_millis(10)))?;
         let max_delay = settings.require("restart-max-delay", |v| {
             at_least(delay)(v).map_err(|why| format!("{why} (--restart-delay)"))
@@ -286,14 +276,7 @@ impl InstanceEnds {
         let ends = InstanceEnds {
             on_maintenance: settings.require(
                 "on-maintenance",
-                one_of(
-                    &[
-                        ("replace", OnMaintenance::Replace),
-                        ("drain", OnMaintenance::Drain),
-                        ("report", OnMaintenance::Report),
-                    ],
-                    "expected `replace`, `drain` or `report`",
-                ),
+                named::<OnMaintenance>(&OnMaintenance::NAMES),
             )?,
             maintenance_margin: settings.require("maintenance-margin", parse_duration)?,
             in_warm_pool: settings.require(
@@ -560,6 +543,24 @@ fn one_of<T: Copy>(
             .find(|(word, _)| *word == v)
             .map(|(_, value)| *value)
             .ok_or_else(|| expected.to_string())
+    }
+}
+
+/// A parser for an option whose words are an enum's names (`names::named_enum!`): the table
+/// that names the variants everywhere else is the one the option is read by.
+fn named<T: std::str::FromStr>(
+    names: &'static [&'static str],
+) -> impl Fn(&str) -> Result<T, String> {
+    move |v| v.parse().map_err(|_| expected(names))
+}
+
+/// "expected `a`, `b` or `c`", as the option errors say.
+fn expected(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match quoted.split_last() {
+        Some((last, [])) => format!("expected {last}"),
+        Some((last, init)) => format!("expected {} or {last}", init.join(", ")),
+        None => "expected nothing".to_string(),
     }
 }
 

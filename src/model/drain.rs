@@ -1,42 +1,30 @@
 //! Why a drain started, and whether it ends the instance: the reason every part decides on.
 
-use std::fmt;
+use crate::names::named_enum;
 
-/// Why a drain started. The names are the protocol's (`{"event":"drain","reason":…}`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum DrainReason {
-    /// The Auto Scaling group set the target lifecycle state to `Terminated`.
-    ScaleIn,
-    /// EC2 posted a spot `instance-action`; the notice time is a hard deadline.
-    SpotInterruption,
-    /// EC2 recommended a rebalance and `--on-rebalance drain` is set.
-    Rebalance,
-    /// SIGTERM or SIGINT reached the guard.
-    Signal,
-    /// An operator asked for it on the control socket.
-    Operator,
-    /// The instance is going back to a warm pool.
-    WarmPool,
-    /// An EC2 scheduled event (reboot, stop, retirement, maintenance) is near
-    /// (`--on-maintenance drain`). The instance stays in its group: no hook is completed.
-    Maintenance,
+named_enum! {
+    /// Why a drain started. The names are the protocol's (`{"event":"drain","reason":…}`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum DrainReason {
+        /// The Auto Scaling group set the target lifecycle state to `Terminated`.
+        ScaleIn = "scale-in",
+        /// EC2 posted a spot `instance-action`; the notice time is a hard deadline.
+        SpotInterruption = "spot-interruption",
+        /// EC2 recommended a rebalance and `--on-rebalance drain` is set.
+        Rebalance = "rebalance",
+        /// SIGTERM or SIGINT reached the guard.
+        Signal = "signal",
+        /// An operator asked for it on the control socket.
+        Operator = "operator",
+        /// The instance is going back to a warm pool.
+        WarmPool = "warm-pool",
+        /// An EC2 scheduled event (reboot, stop, retirement, maintenance) is near
+        /// (`--on-maintenance drain`). The instance stays in its group: no hook is completed.
+        Maintenance = "maintenance",
+    }
 }
 
 impl DrainReason {
-    /// Every reason, for tables that must list each one (metrics).
-    pub const ALL: [DrainReason; 7] = [
-        DrainReason::ScaleIn,
-        DrainReason::SpotInterruption,
-        DrainReason::Rebalance,
-        DrainReason::Signal,
-        DrainReason::Operator,
-        DrainReason::WarmPool,
-        DrainReason::Maintenance,
-    ];
-
     /// Whether a drain for this reason ends with the instance leaving the group, so that the
     /// termination lifecycle hook is to be completed once the agent is gone.
     pub fn ends_instance(self) -> bool {
@@ -54,25 +42,6 @@ impl DrainReason {
         } else {
             later
         }
-    }
-
-    /// The wire name used in logs, events and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DrainReason::ScaleIn => "scale-in",
-            DrainReason::SpotInterruption => "spot-interruption",
-            DrainReason::Rebalance => "rebalance",
-            DrainReason::Signal => "signal",
-            DrainReason::Operator => "operator",
-            DrainReason::WarmPool => "warm-pool",
-            DrainReason::Maintenance => "maintenance",
-        }
-    }
-}
-
-impl fmt::Display for DrainReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -376,17 +376,6 @@ impl AutoScalingSim {
         );
     }
 
-    /// An instance going back to the warm pool (instance reuse): the termination hook pauses at
-    /// `Warmed:Pending:Wait`.
-    pub fn return_to_warm_pool(&self, group: &str, id: &str) {
-        self.transition(
-            group,
-            id,
-            TERMINATING,
-            ["Warmed:Pending", "Warmed:Pending:Wait", "Warmed:Stopped"],
-        );
-    }
-
     /// The instance's lifecycle state, with timeouts applied.
     pub fn instance_state(&self, id: &str) -> Option<String> {
         let mut s = lock(&self.state);

@@ -10,7 +10,7 @@ use agent_guard::sim::autoscaling::{AutoScalingSim, Call, Faults};
 use agent_guard::sim::imds::ImdsSim;
 use serde_json::Value;
 
-use crate::support::{Guard, SOON, aws_command, read, scratch, wait_until};
+use crate::support::{Guard, SOON, aws_command, let_time_pass, read, scratch, wait_until};
 
 const GROUP: &str = "workers";
 const INSTANCE: &str = "i-0123456789abcdef0";
@@ -119,9 +119,16 @@ fn a_burst_of_flips_makes_at_most_one_call_per_interval() {
     wait_started(&guard);
     for i in 0..30 {
         report(&guard, i % 2);
-        std::thread::sleep(Duration::from_millis(100));
+        let_time_pass("the flips are spread over 3 s", Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(1200));
+    // The last flip says busy: settled once protected, with no call for longer than the
+    // interval (a call still owed would have come by then).
+    wait_until("protected, and no call for 1.2 s", SOON, || {
+        w.asg.protected(INSTANCE) == Some(true)
+            && protection_calls(&w)
+                .last()
+                .is_some_and(|c| c.at.elapsed() >= Duration::from_millis(1200))
+    });
     let calls = protection_calls(&w);
     assert!(
         !calls.is_empty() && calls.len() <= 5,
@@ -207,18 +214,23 @@ fn a_restarted_guard_reads_the_protection_and_does_not_call_again() {
     );
     wait_started(&guard);
     report(&guard, 4);
-    std::thread::sleep(Duration::from_millis(1000));
-    assert!(
-        protection_calls(&w).is_empty(),
-        "{:?}",
-        protection_calls(&w)
-    );
-    assert_eq!(guard.status()["lifecycle"]["protected_from_scale_in"], true);
     assert!(
         w.asg
             .calls()
             .iter()
             .any(|c| c.action == "DescribeAutoScalingInstances")
+    );
+    wait_until("the guard knows it is protected", SOON, || {
+        guard.status()["lifecycle"]["protected_from_scale_in"] == true
+    });
+    let_time_pass(
+        "no SetInstanceProtection comes (the interval is 200ms)",
+        Duration::from_millis(1000),
+    );
+    assert!(
+        protection_calls(&w).is_empty(),
+        "{:?}",
+        protection_calls(&w)
     );
     guard.signal(libc::SIGTERM);
     assert_eq!(guard.code(), 143);

@@ -2,6 +2,7 @@
 //! readiness, extensions and the watchdog; and bad input that never harms the guard.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::Path;
@@ -11,7 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use agent_guard::sim::imds::ImdsSim;
 use serde_json::Value;
 
-use crate::support::{Guard, SOON, first_time, fixture, json_lines, read, scratch, wait_until};
+use crate::support::{
+    Guard, SOON, first_time, fixture, json_lines, let_time_pass, read, scratch, wait_until,
+};
 
 fn start(dir: &Path, options: &[&str], agent: &[&str]) -> Guard {
     let mut args: Vec<String> = options.iter().map(|s| s.to_string()).collect();
@@ -307,7 +310,10 @@ fn ready_1_flips_readiness_with_ready_on_notify() {
         ],
     );
     wait_ready_file(dir.path());
-    std::thread::sleep(Duration::from_millis(300));
+    let_time_pass(
+        "the guard stays starting without READY=1",
+        Duration::from_millis(300),
+    );
     assert_eq!(
         guard.status()["phase"],
         "starting",
@@ -718,12 +724,13 @@ fn a_request_written_in_two_parts_survives_an_event_between_them() {
     wait_ready_file(dir.path());
     wait_until("the control socket", SOON, || guard.socket.exists());
     let (mut stream, mut reader) = subscribe(&guard.socket);
-    // The request without its newline; the pause lets the guard read it (a deliberate sleep:
-    // there is nothing to observe, the point is that the bytes sit half-read in the guard).
+    // The request without its newline, read by the guard: it sits half-read there.
     stream
         .write_all(b"{\"op\":\"drained\"}")
         .expect("first part");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the guard read the first part", SOON, || {
+        unread(&stream) == 0
+    });
     // Now an event is delivered on the same connection while the request waits for its end.
     std::fs::write(&trigger, "").expect("trigger");
     let event = next_line(&mut reader);
@@ -794,4 +801,14 @@ fn a_client_that_never_reads_cannot_hold_the_guard_at_exit() {
         sent.elapsed()
     );
     drop(stuck);
+}
+
+/// Bytes written on `stream` that its peer has not read yet (`SIOCOUTQ`: a Unix stream socket's
+/// send queue empties as the peer reads).
+fn unread(stream: &UnixStream) -> i32 {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int through the pointer, which outlives the call.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    assert_eq!(rc, 0, "SIOCOUTQ: {}", std::io::Error::last_os_error());
+    queued
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::support::{bin, fixture, processes, scratch};
+use crate::support::{SOON, bin, fixture, processes, scratch};
 
 /// Runs `agent-guard drill ARGS` with a clean environment (no AWS or guard settings leak in).
 fn drill(args: &[&str]) -> Output {
@@ -26,15 +26,22 @@ fn stdout(o: &Output) -> String {
 
 /// Nothing of the drill is left: no process with `marker` in its command line, no temp dir.
 fn nothing_left(marker: &str) {
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let left: Vec<_> = processes()
-        .into_iter()
-        .filter(|p| p.state != 'Z')
-        .filter(|p| {
-            std::fs::read(format!("/proc/{}/cmdline", p.pid))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
-        })
-        .collect();
+    let left = || -> Vec<_> {
+        processes()
+            .into_iter()
+            .filter(|p| p.state != 'Z')
+            .filter(|p| {
+                std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+            })
+            .collect()
+    };
+    // A process killed at the drill's end may take a moment to be gone from /proc.
+    let deadline = std::time::Instant::now() + SOON;
+    while !left().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let left = left();
     assert!(left.is_empty(), "left running after the drill: {left:?}");
 }
 
@@ -166,9 +173,14 @@ fn json_holds_every_timeline_entry() {
         "--json",
         "--heartbeat-timeout",
         "3s",
+        // Ready when it says so: on a loaded machine Python can take longer than the drill's
+        // 1 s to install its SIGTERM handler, and an agent not yet listening is stopped at once.
+        "--ready-on",
+        "notify",
         "--",
         fixture("socket_agent.py").to_str().expect("utf-8"),
         &log,
+        "--ready",
         "--drained-after",
         "1.6",
     ]);

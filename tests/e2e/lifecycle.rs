@@ -10,7 +10,8 @@ use agent_guard::sim::autoscaling::{AutoScalingSim, Call, Faults, Hook, LAUNCHIN
 use agent_guard::sim::imds::ImdsSim;
 
 use crate::support::{
-    Guard, SOON, aws_command, command, first_time, fixture, json_lines, scratch, wait_until,
+    Guard, SOON, aws_command, command, first_time, fixture, json_lines, let_time_pass, scratch,
+    wait_until,
 };
 
 const GROUP: &str = "workers";
@@ -235,7 +236,10 @@ fn the_launch_hook_is_completed_only_after_ready_1() {
         ],
     );
     wait_lifecycle_ready(&guard);
-    std::thread::sleep(Duration::from_millis(800));
+    let_time_pass(
+        "no completion comes while the agent is not ready",
+        Duration::from_millis(800),
+    );
     assert!(
         calls(&w, "CompleteLifecycleAction").is_empty(),
         "no completion before the agent is ready"

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use agent_guard::sim::imds::{Faults, ImdsSim};
 
-use crate::support::{Guard, SOON, fixture, read, recorded, scratch, wait_until};
+use crate::support::{Guard, SOON, fixture, let_time_pass, read, recorded, scratch, wait_until};
 
 const POLL: &str = "200ms";
 
@@ -350,7 +350,7 @@ fn imds_auto_against_a_dead_port_runs_the_agent_with_one_warning() {
     wait_until("the warning", SOON, || {
         guard.log().contains("notices are off")
     });
-    std::thread::sleep(Duration::from_millis(500));
+    let_time_pass("no second warning comes", Duration::from_millis(500));
     guard.signal(libc::SIGTERM);
     assert_eq!(guard.code(), 143);
     let log = guard.log();

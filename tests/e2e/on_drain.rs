@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use crate::support::{Guard, SOON, bin, command, fixture, gone, read, scratch, wait_until};
+use crate::support::{
+    Guard, SOON, bin, command, fixture, gone, let_time_pass, read, scratch, wait_until,
+};
 
 /// Starts a guard (JSON logs) around the fixture agent that runs until SIGTERM and logs when.
 fn start(dir: &Path, options: &[&str]) -> (Guard, std::path::PathBuf) {
@@ -128,7 +130,13 @@ fn one_drain_one_run_its_status_in_status_and_the_agent_still_decides() {
     // A second drain request and a first SIGTERM change nothing about the drain.
     assert_eq!(guard.ctl(&["drain"]).0, 0);
     guard.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the guard took the signal", SOON, || {
+        !records(&guard, "stop_signal_received").is_empty()
+    });
+    let_time_pass(
+        "a second run of the command would show by now",
+        Duration::from_millis(300),
+    );
     assert_eq!(read(&runs), "ran\n");
     assert_eq!(records(&guard, "drain_command_started").len(), 1);
     // The agent's word ends the drain.

@@ -11,7 +11,7 @@ use agent_guard::sim::autoscaling::{AutoScalingSim, Call, Hook, LAUNCHING, TERMI
 use agent_guard::sim::imds::ImdsSim;
 
 use crate::support::{
-    Guard, SOON, aws_command, first_time, fixture, json_lines, scratch, wait_until,
+    Guard, SOON, aws_command, first_time, fixture, json_lines, let_time_pass, scratch, wait_until,
 };
 
 const GROUP: &str = "workers";
@@ -339,7 +339,10 @@ fn the_launch_hook_waits_for_both_guards_to_be_ready() {
     wait_until("a is ready and waits for b", SOON, || {
         a.status()["lifecycle"]["launch_hook"]["state"] == "awaiting"
     });
-    std::thread::sleep(Duration::from_millis(500));
+    let_time_pass(
+        "no completion comes while b's agent is not ready",
+        Duration::from_millis(500),
+    );
     assert!(
         h.calls("CompleteLifecycleAction").is_empty(),
         "not completed while b's agent is not ready"

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
+use crate::aws::lifecycle_state::LifecycleState;
 use crate::cli::{DrillArgs, DrillEvent};
 use crate::config::{self, Config, ConfigError, Invocation, OnMaintenance, OnRebalance, Source};
 use crate::fmt::format_duration;
@@ -298,7 +299,10 @@ impl Drill {
         }
         for entered in world.asg.transitions() {
             let at = start + entered.at.saturating_duration_since(origin);
-            observations.push(at, Observation::InstanceState(entered.state));
+            observations.push(
+                at,
+                Observation::InstanceState(LifecycleState::parse(&entered.state)),
+            );
         }
         let observed = observations.sorted();
         let scenario = Scenario {

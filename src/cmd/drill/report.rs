@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use serde_json::json;
 
+use crate::aws::lifecycle_state::LifecycleState;
 use crate::cli::DrillEvent;
 use crate::journal::{Awaiting, MaintenanceStep, NoticeKind, Record};
 use crate::machine::state::PhaseName;
@@ -372,12 +373,12 @@ fn entry_for(what: &Observation) -> Option<(&'static str, String)> {
             "guard exit",
             status.map_or("killed by the drill".to_string(), |c| format!("status {c}")),
         ),
-        Observation::InstanceState(state) if state == "Terminating" => (
+        Observation::InstanceState(LifecycleState::Terminating) => (
             "deregistering",
             "the group deregisters the instance from its load balancer: no lifecycle action yet"
                 .to_string(),
         ),
-        Observation::InstanceState(state) if state == "Terminating:Wait" => (
+        Observation::InstanceState(state @ LifecycleState::TerminatingWait) => (
             "wait state",
             format!("the group holds the instance in {state}: the hook can be completed"),
         ),

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use crate::aws::lifecycle_state::LifecycleState;
 use crate::cli::DrillEvent;
 use crate::config::OnMaintenance;
 use crate::fmt::format_duration;
@@ -49,7 +50,7 @@ pub enum Observation {
     /// The guard's exit status; `None` when the drill had to kill it.
     GuardExit(Option<u8>),
     /// The simulated group put the instance in this lifecycle state.
-    InstanceState(String),
+    InstanceState(LifecycleState),
 }
 
 /// A lifecycle call as the simulated Auto Scaling API logged it.

@@ -1,8 +1,6 @@
 //! Helpers shared by the end-to-end tests: run the real binary, wait on conditions (never on
 //! fixed sleeps), and look at processes through /proc.
 
-#![allow(dead_code)] // each test file uses a different subset
-
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -113,6 +111,15 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Lets `time` pass on purpose, for a test whose behaviour IS time passing: something must NOT
+/// happen within it (no call, no second warning, no early phase), or inputs must be spread over
+/// it. `why` says which, in the test's words. Never a way to wait for something to happen: that
+/// is [`wait_until`]'s job.
+pub fn let_time_pass(why: &str, time: Duration) {
+    eprintln!("letting {time:?} pass: {why}");
+    std::thread::sleep(time);
 }
 
 /// A file's text, or "" if it does not exist yet.
@@ -322,6 +329,9 @@ pub struct Proc {
     pub pid: i32,
     pub state: char,
     pub ppid: i32,
+    // Read by no test, but shown when one prints a process it did not expect (Debug): which
+    // group a leftover process is in is the first thing to know.
+    #[allow(dead_code)]
     pub pgrp: i32,
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::host::COMPLETION;
 use super::{Input, Verdict, fail, ok, warn};
 use crate::aws::api::CallError;
+use crate::aws::lifecycle_state::LifecycleState;
 use crate::cmd::doctor::facts::{HookInfo, Member, Permission, ProbeOutcome, Transition};
 use crate::config::HookResult;
 use crate::fmt::format_duration;
@@ -123,21 +124,18 @@ fn member(i: &Input, id: &str, m: &Member) -> Verdict {
         "not protected from scale-in"
     };
     let summary = format!("{id} is {}, {}, {protected}", m.state, m.health);
-    let state = m.state.as_str();
+    let state = LifecycleState::parse(&m.state);
     if !m.health.eq_ignore_ascii_case("healthy") {
         warn(
             format!("{summary}: the group is replacing it"),
             "find out why the group's health check fails (its type and grace period)",
         )
-    } else if matches!(
-        state,
-        "Standby" | "EnteringStandby" | "Detaching" | "Detached"
-    ) {
+    } else if state.is_standby_or_detached() {
         warn(
             format!("{summary}: lifecycle hooks do not apply to it"),
             "put it back in service (aws autoscaling exit-standby), or run the doctor on an instance in service",
         )
-    } else if state.contains("Terminat") {
+    } else if state.is_terminating() {
         warn(
             format!("{summary}: it is being terminated"),
             "run the doctor on an instance in service",

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::facts::{AwsFacts, Facts, GroupFacts, HookInfo, Permission, Transition};
+use crate::aws::lifecycle_state::LifecycleState;
 use crate::config::{Config, Settings};
 use crate::fmt::format_duration;
 
@@ -252,11 +253,18 @@ pub fn wanted_probes(config: &Config) -> Vec<Permission> {
 pub fn probe_blocker(state: Option<&str>, target_state: Option<&str>) -> Option<String> {
     match state {
         None => Some("the instance's lifecycle state is unknown".to_string()),
-        Some(s) if s != "InService" && s != "Standby" => Some(format!(
-            "the instance is in {s}, and the doctor probes only outside lifecycle actions"
-        )),
+        Some(s)
+            if !matches!(
+                LifecycleState::parse(s),
+                LifecycleState::InService | LifecycleState::Standby
+            ) =>
+        {
+            Some(format!(
+                "the instance is in {s}, and the doctor probes only outside lifecycle actions"
+            ))
+        }
         _ => match target_state {
-            Some(t) if t != "InService" => Some(format!(
+            Some(t) if LifecycleState::parse(t) != LifecycleState::InService => Some(format!(
                 "IMDS says the instance is on its way to {t}, and the doctor probes only outside lifecycle actions"
             )),
             _ => None,
