@@ -6,7 +6,8 @@
 //! among modules or among parts: `tools/mod-cycles.py src --parts`). Each state has one writer
 //! that owns it; the others read a `watch` of it, and decisions travel as typed messages.
 //!
-//! 1. `fmt`: durations and times as people write and read them.
+//! 1. `fmt`, `names`: durations and times as people write and read them; `named_enum!`, one
+//!    table per enum of named variants (`ALL`, `as_str`, parsing, serde), so no name is spelt twice.
 //! 2. `process`: the agent as a process. `sig` (signal names, which stop, reap or are
 //!    forwarded), `exit` ([`ChildExit`], the proof of exit, and the exit-status contract),
 //!    `signals` (the one signal stream), `child` (spawning in its own group), `reaper` (the only
@@ -37,10 +38,10 @@
 //!    every snapshot), `views` (the readers' side of every snapshot), `checks` and `http_get`
 //!    (the background probes).
 //! 10. `cmd` (`ctl`; `drill::{watch, verdict, report}`, which watches a real guard against the
-//!    simulators and judges from typed observations; `doctor::{gather, judge, render}`),
-//!    `fuzzing` (the fuzz targets' entry points), [`sim`] (simulated IMDS and Auto Scaling API,
-//!    loopback only), and this file: [`run`] makes every snapshot's channel, hands each writer to
-//!    its owner and the readers to the rest, and shuts the tasks down: decide, tell, wait.
+//!     simulators and judges from typed observations; `doctor::{gather, judge, render}`),
+//!     `fuzzing` (the fuzz targets' entry points), [`sim`] (simulated IMDS and Auto Scaling API,
+//!     loopback only), and this file: [`run`] makes every snapshot's channel, hands each writer
+//!     to its owner and the readers to the rest, and shuts the tasks down: decide, tell, wait.
 
 mod agent;
 mod aws;

@@ -460,8 +460,10 @@ mod tests {
         stats.runs.restarts = 2;
         views.run = watch::channel(stats).1;
         {
-            let mut l = LifecycleStatus::default();
-            l.protected = Some(true);
+            let mut l = LifecycleStatus {
+                protected: Some(true),
+                ..LifecycleStatus::default()
+            };
             l.calls.insert(("complete", "ok"), 1);
             l.calls.insert(("heartbeat", "error"), 2);
             l.terminate = Some(HookStatus {
