@@ -36,8 +36,16 @@ case $target in
   *) cannot "only the *-linux-gnu targets are set up (static glibc)" ;;
 esac
 sysroot=$(rustc --print sysroot)
-[[ -d $sysroot/lib/rustlib/$target/lib ]] ||
-  cannot "its standard library is not installed (rustup target add $target)"
+if [[ ! -d $sysroot/lib/rustlib/$target/lib ]]; then
+  # rustup cannot fetch another target's standard library here; Debian's can be installed beside
+  # it (packaging/toolchain-aarch64.sh). Then Debian's rustc and cargo build this target, first on
+  # PATH for this build only: a standard library works only with the very compiler that built it.
+  [[ -x /usr/bin/rustc && -x /usr/bin/cargo && -d /usr/lib/rustlib/$target/lib ]] ||
+    cannot "its standard library is not installed (packaging/toolchain-aarch64.sh, or rustup target add $target)"
+  export PATH=/usr/bin:$PATH RUSTC=/usr/bin/rustc CARGO=/usr/bin/cargo
+  unset RUSTUP_TOOLCHAIN
+  host=$(rustc -vV | sed -n 's/^host: //p')
+fi
 
 if [[ $target != "$host" ]]; then
   # A cross build needs the target's C compiler (ring has C and assembly) and its static libc.

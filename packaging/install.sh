@@ -6,11 +6,15 @@
 #
 # usage: packaging/install.sh [BINARY]      install BINARY (default: the agent-guard beside
 #                                           packaging/ in a release archive, else target/release/agent-guard)
+#        packaging/install.sh DIR           install from the release archive in DIR (a copy of dist/)
+#                                           for this machine's `uname -m`, x86_64 or aarch64,
+#                                           checked against DIR/SHA256SUMS when it is there
 #        packaging/install.sh --uninstall   remove what it installed (your configs and the group are kept)
 # environment: PREFIX (default /usr/local), DESTDIR (stage under this root, for packaging)
+# A binary built for another architecture than `uname -m` is refused, even where qemu would run it.
 set -euo pipefail
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 die() { echo "install.sh: $*" >&2; exit 1; }
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -88,7 +92,35 @@ if [[ $mode == uninstall ]]; then
   exit 0
 fi
 
+machine=$(uname -m)
+# DIR: the archive for this machine, checked, unpacked into a scratch directory.
+if [[ -d $binary ]]; then
+  dir=$binary
+  archives=("$dir"/agent-guard-*-"$machine"-linux.tar.gz)
+  [[ -f ${archives[0]} ]] || die "no agent-guard-VERSION-$machine-linux.tar.gz in $dir (this machine is $machine)"
+  ((${#archives[@]} == 1)) || die "more than one release for $machine in $dir: name the archive's binary instead"
+  archive=${archives[0]} name=$(basename "${archives[0]}" .tar.gz)
+  if [[ -f $dir/SHA256SUMS ]]; then
+    (cd "$dir" && grep " $name.tar.gz\$" SHA256SUMS | sha256sum -c --quiet -) >/dev/null 2>&1 ||
+      die "$archive does not match $dir/SHA256SUMS"
+  fi
+  unpacked=$(mktemp -d)
+  trap 'rm -rf "$unpacked"' EXIT
+  tar xzf "$archive" -C "$unpacked" "$name/agent-guard" || die "$archive holds no $name/agent-guard"
+  binary=$unpacked/$name/agent-guard
+fi
 [[ -f $binary ]] || die "no binary at $binary: build it with 'cargo build --release --locked', or give its path"
+# The ELF header's machine (bytes 18-19), so that a Graviton gets no x86_64 binary nor the reverse:
+# with qemu registered in binfmt_misc the wrong one would even run, emulated, many times slower.
+elf=$(od -An -tx1 -N20 "$binary" | tr -d ' \n')
+case $elf in
+  7f454c46*b700) built=aarch64 ;;
+  7f454c46*3e00) built=x86_64 ;;
+  7f454c46*) built="another architecture (ELF machine 0x${elf:38:2}${elf:36:2})" ;;
+  *) die "$binary is not agent-guard (not an ELF executable)" ;;
+esac
+[[ $built == "$machine" ]] ||
+  die "$binary is built for $built, this machine is $machine: use agent-guard-VERSION-$machine-linux.tar.gz"
 [[ -x $binary ]] || die "$binary is not executable"
 version=$("$binary" --version 2>/dev/null) || die "$binary does not run on this machine (built for another architecture?)"
 [[ $version == "agent-guard "* ]] || die "$binary is not agent-guard (it says: $version)"

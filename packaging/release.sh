@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the release artefacts into dist/ from this checkout, for every target that can be built
-# here (x86_64, and aarch64 for Graviton when its standard library and a cross linker are
-# installed), and says which it skipped and why:
+# here (x86_64, and aarch64 for Graviton once packaging/toolchain-aarch64.sh has installed its
+# standard library, cross linker and qemu; .ci/run does), and says which it skipped and why:
 #   agent-guard-VERSION-ARCH-linux.tar.gz   agent-guard-VERSION-ARCH-linux/: the static binary,
 #                                           README.md, LICENSE (+ -MIT, -APACHE), packaging/, docs/
 #   agent-guard_VERSION-1_DEBARCH.deb       cargo-deb: /usr/bin, the unit, the examples

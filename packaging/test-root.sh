@@ -116,9 +116,11 @@ for _ in $(seq 200); do grep -q '^imds=' "$work/world.out" && break; sleep 0.05;
 read -r imds_port asg_port < <(sed -n 's/^imds=\([0-9]*\) asg=\([0-9]*\)$/\1 \2/p' "$work/world.out")
 [[ -n ${asg_port:-} ]] || { bad "sim_world did not start"; show "$work/world.out"; echo; echo "root: $passed passed, $failed failed"; exit 1; }
 
-# A DNS server holding a name that /etc/hosts does not.
+# A DNS server holding a name that /etc/hosts does not. `--group=` (none): dnsmasq would call
+# setgroups to change group, which a user namespace denies (packaging/qemu-aarch64.sh runs this
+# script in one); as root of this network namespace only, it keeps root's.
 dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces --listen-address=127.0.0.1 \
-  --port=53 --user=root --host-record=autoscaling.dns.test,127.0.0.1 --log-queries \
+  --port=53 --user=root --group= --host-record=autoscaling.dns.test,127.0.0.1 --log-queries \
   --log-facility="$work/dns.log" --pid-file="$work/dns.pid" &
 pids+=($!)
 for _ in $(seq 100); do grep -q 'started' "$work/dns.log" 2>/dev/null && break; sleep 0.05; done

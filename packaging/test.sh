@@ -7,7 +7,8 @@
 # config (--check-config), the CloudFormation template (cfn-lint), the other examples (syntax), the
 # .deb (installs with dpkg -i as root, its postinst makes the group, and `agent-guard --version`
 # runs from it; removed again afterwards) and the .rpm (lists its files and its %post; installs into
-# a scratch root).
+# a scratch root); on x86_64 the aarch64 release too (packaging/test-aarch64.sh: its artefacts, and
+# its binary rehearsed under qemu).
 # usage: packaging/test.sh     (from anywhere; runs release.sh, which builds the static binary)
 # With CI=true a check that cannot run fails instead of being skipped.
 set -uo pipefail
@@ -21,6 +22,14 @@ check() { local what=$1; shift; if "$@" >"$work/out" 2>&1; then ok "$what"; else
 # With CI=true a skip is a failure: a missing install step in .ci/run must not pass as green.
 skip() {
   if [[ ${CI:-} == true ]]; then bad "$* (skipped, and CI=true makes a skip a failure)"; else skipped+=("$*"); fi
+}
+# The tools of $1 (space-separated) that are not on PATH.
+missing() { local t out=(); for t in $1; do command -v "$t" >/dev/null || out+=("$t"); done; echo "${out[*]}"; }
+# `check` when every tool in $1 is on PATH; else a skip naming what is missing (outside CI a
+# missing tool is a skip, never a failure: README's test command on a fresh machine is green).
+check_with() {
+  local tools=$1 what=$2 lacking; lacking=$(missing "$tools")
+  if [[ -n $lacking ]]; then skip "$what: $lacking not installed"; else shift; check "$@"; fi
 }
 python=${AGENT_GUARD_TEST_PYTHON:-python3}
 
@@ -48,9 +57,9 @@ check "the archive $archive holds the binary, README, licences, packaging/ and d
 mkdir -p "$work/unpacked"
 tar xzf "$archive" -C "$work/unpacked"
 binary=$work/unpacked/$name/agent-guard
-check "the binary is statically linked (file)" sh -c "file -b '$binary' | tee -a /dev/stderr | grep -q 'statically linked'"
+check_with file "the binary is statically linked (file)" sh -c "file -b '$binary' | tee -a /dev/stderr | grep -q 'statically linked'"
 check "the binary says the version of Cargo.toml ($version)" sh -c "'$binary' --version | grep -qx 'agent-guard $version'"
-check "the binary names no interpreter and no shared libraries" sh -c "! readelf -lW '$binary' | grep -q INTERP && ! readelf -dW '$binary' 2>/dev/null | grep -q NEEDED"
+check_with readelf "the binary names no interpreter and no shared libraries" sh -c "! readelf -lW '$binary' | grep -q INTERP && ! readelf -dW '$binary' 2>/dev/null | grep -q NEEDED"
 check "sha256sum -c SHA256SUMS" sh -c "cd dist && sha256sum -c SHA256SUMS"
 check "SHA256SUMS covers the archive, the .deb and the .rpm" bash -c \
   "cd dist && diff <(ls *.tar.gz *.deb *.rpm | sort) <(awk '{print \$2}' SHA256SUMS | sort)"
@@ -58,7 +67,16 @@ check "install.sh in the unpacked archive installs the binary beside it" sh -c \
   "DESTDIR='$work/from-archive' '$work/unpacked/$name/packaging/install.sh' && cmp '$binary' '$work/from-archive/usr/local/bin/agent-guard'"
 
 # The static binary as PID 1 in an empty root: exit statuses, an orphan, a lifecycle hook by name.
-if [[ $(id -u) == 0 ]]; then
+# test-root.sh's own needs (see its header), asked first: a missing one is a skip here.
+root_lacking=$(missing "unshare chroot mount dnsmasq cc file")
+if [[ -z $root_lacking ]] && ! { [[ -x /bin/busybox ]] && file -b /bin/busybox | grep -q 'statically linked'; }; then
+  root_lacking="a static /bin/busybox (busybox-static)"
+fi
+if [[ $(id -u) != 0 ]]; then
+  skip "the empty root (test-root.sh): needs root"
+elif [[ -n $root_lacking ]]; then
+  skip "the empty root (test-root.sh): $root_lacking not installed"
+else
   if cargo build --locked --example sim_world >"$work/out" 2>&1; then
     packaging/test-root.sh "$binary" target/debug/examples/sim_world >"$work/root.log" 2>&1
     grep -E '^(ok|FAIL) |^     ' "$work/root.log"
@@ -68,8 +86,6 @@ if [[ $(id -u) == 0 ]]; then
   else
     bad "cargo build --example sim_world"; sed 's/^/     /' "$work/out"
   fi
-else
-  skip "the empty root (test-root.sh): needs root"
 fi
 
 # install.sh: twice gives the same tree; --uninstall leaves nothing.
@@ -158,6 +174,17 @@ expect_error "something else than agent-guard is refused" 1 "is not agent-guard"
 expect_error "an unknown option shows the usage" 2 "usage:" packaging/install.sh --frobnicate
 expect_error "a relative PREFIX is refused" 1 "PREFIX must be an absolute path" env DESTDIR="$stage" PREFIX=usr packaging/install.sh "$binary"
 
+# install.sh DIR: from a copy of dist/, the archive for `uname -m`, checked against SHA256SUMS.
+check "install.sh dist/ installs the binary of the $arch archive" sh -c \
+  "DESTDIR='$work/from-dist' packaging/install.sh dist && cmp '$binary' '$work/from-dist/usr/local/bin/agent-guard'"
+mkdir -p "$work/tampered" "$work/no-release"
+cp "$archive" "$work/tampered/"
+(cd dist && sed "s/^[0-9a-f]\{8\}/00000000/" SHA256SUMS) > "$work/tampered/SHA256SUMS"
+expect_error "install.sh DIR refuses an archive that does not match SHA256SUMS" 1 "does not match" \
+  env DESTDIR="$work/from-tampered" packaging/install.sh "$work/tampered"
+expect_error "install.sh DIR without an archive for $arch says which it wants" 1 "no agent-guard-VERSION-$arch-linux.tar.gz in" \
+  env DESTDIR="$work/from-empty" packaging/install.sh "$work/no-release"
+
 # The example config is valid (the worker it names is fictional: /bin/true stands in for it).
 check "the queue-worker example passes --check-config" \
   "$binary" --check-config --config packaging/examples/queue-worker.toml -- /bin/true
@@ -178,11 +205,12 @@ else
 fi
 
 # The .deb (release.sh's, with the static binary): its files, then installed, run and removed.
-deb=$(ls dist/agent-guard_*.deb 2>/dev/null | head -1)
-check "the .deb holds the binary, the unit, the tmpfiles.d line, the examples and the licences" sh -c \
+# dist/ holds the packages of every target; these checks are of this machine's (aarch64's: below).
+deb=dist/agent-guard_${version}-1_$(dpkg --print-architecture 2>/dev/null || echo amd64).deb
+check_with dpkg-deb "the .deb holds the binary, the unit, the tmpfiles.d line, the examples and the licences" sh -c \
   "dpkg-deb -c '$deb' > '$work/deb.list' && for f in ./usr/bin/agent-guard ./lib/systemd/system/agent-guard@.service ./usr/lib/tmpfiles.d/agent-guard.conf examples/queue-worker.toml doc/agent-guard/LICENSE-MIT doc/agent-guard/LICENSE-APACHE doc/agent-guard/docs/reference.md; do grep -q \"\$f\" '$work/deb.list' || { echo \"missing \$f\"; exit 1; }; done"
-check "the .deb's postinst is packaging/scripts/postinst" sh -c "dpkg-deb -I '$deb' postinst | cmp - packaging/scripts/postinst"
-check "the .deb has no library dependencies (the binary is static)" sh -c "! dpkg-deb -f '$deb' Depends | grep -q libc6"
+check_with dpkg-deb "the .deb's postinst is packaging/scripts/postinst" sh -c "dpkg-deb -I '$deb' postinst | cmp - packaging/scripts/postinst"
+check_with dpkg-deb "the .deb has no library dependencies (the binary is static)" sh -c "! dpkg-deb -f '$deb' Depends | grep -q libc6"
 if [[ $(id -u) == 0 ]] && command -v dpkg >/dev/null; then
   if dpkg -s agent-guard >/dev/null 2>&1; then
     skip "dpkg -i: an agent-guard package is already installed here; not touching it"
@@ -200,7 +228,7 @@ else
 fi
 
 # The .rpm, with Debian's rpm tools: its files and metadata, then an install into a scratch root.
-rpm=$(ls dist/agent-guard-*.rpm 2>/dev/null | head -1)
+rpm=dist/agent-guard-$version-1.$arch.rpm
 if command -v rpm >/dev/null; then
   check "rpm -qpl lists the binary, the unit, the examples and the licences" sh -c \
     "rpm -qpl '$rpm' > '$work/rpm.list' && cat '$work/rpm.list' && for f in /usr/bin/agent-guard /usr/lib/systemd/system/agent-guard@.service /usr/lib/tmpfiles.d/agent-guard.conf /usr/share/doc/agent-guard/examples/queue-worker.toml /usr/share/licenses/agent-guard/LICENSE-MIT /usr/share/doc/agent-guard/docs/reference.md; do grep -qx \"\$f\" '$work/rpm.list' || { echo \"missing \$f\"; exit 1; }; done"
@@ -221,6 +249,22 @@ if command -v rpm >/dev/null; then
     "rpm --root '$rpmroot' -e agent-guard && test ! -e '$rpmroot/usr/bin/agent-guard'"
 else
   skip "the .rpm: rpm is not installed (apt-get install rpm)"
+fi
+
+# aarch64 (Graviton), on an x86_64 machine: its artefacts, and its binary rehearsed under qemu
+# (packaging/test-aarch64.sh; packaging/toolchain-aarch64.sh installs what it needs).
+if [[ $arch == x86_64 && -f dist/agent-guard-$version-aarch64-linux.tar.gz ]]; then
+  if [[ $(id -u) == 0 ]]; then
+    cargo build --locked --example sim_world >"$work/out" 2>&1 || { bad "cargo build --example sim_world"; sed 's/^/     /' "$work/out"; }
+  fi
+  packaging/test-aarch64.sh "$binary" "$([[ $(id -u) == 0 ]] && echo target/debug/examples/sim_world)" >"$work/aarch64.log" 2>&1
+  grep -E '^(ok|FAIL) |^     ' "$work/aarch64.log"
+  passed=$((passed + $(grep -c '^ok ' "$work/aarch64.log")))
+  failed=$((failed + $(grep -c '^FAIL ' "$work/aarch64.log")))
+  while IFS= read -r line; do skip "${line#SKIP }"; done < <(grep '^SKIP ' "$work/aarch64.log")
+  grep -q '^aarch64: [0-9]* passed' "$work/aarch64.log" || bad "test-aarch64.sh ran: $(tail -3 "$work/aarch64.log")"
+elif [[ $arch == x86_64 ]]; then
+  skip "aarch64: release.sh did not build it ($(sed -n 's/^skipped aarch64[^:]*: //p' "$work/release.log"); packaging/toolchain-aarch64.sh installs what it needs)"
 fi
 
 echo

@@ -82,10 +82,28 @@ pub struct Cli {
     #[arg(long, env = "AGENT_GUARD_SUBREAPER", value_parser = clap::builder::BoolishValueParser::new())]
     pub subreaper: bool,
 
+    /// Run the agent in a cgroup v2 child of its own, so that "gone" means every process it
+    /// started is gone (cgroup.events), and SIGKILL is cgroup.kill; `auto` falls back to the
+    /// process group with one log line (a setsid() grandchild can then outlive the agent);
+    /// `require` exits 125 when it cannot
+    #[arg(
+        long,
+        env = "AGENT_GUARD_CGROUP",
+        value_name = "auto|off|require",
+        default_value = "auto"
+    )]
+    pub cgroup: String,
+
+    /// memory.max for the agent's cgroup (bytes, or with K, M, G, T: 512M), where the memory
+    /// controller is available; the kernel's OOM killer acts past it, and the exit names it
+    #[arg(long, env = "AGENT_GUARD_MEMORY_MAX", value_name = "SIZE")]
+    pub memory_max: Option<String>,
+
     /// Run CMD when a drain starts (`sh -c`; an array in the config file runs without a shell),
     /// with AGENT_GUARD_DRAIN_REASON, AGENT_GUARD_DRAIN_DEADLINE (RFC 3339) and
-    /// AGENT_GUARD_AGENT_PID; its output goes to the log; killed at the drain deadline. It counts
-    /// as telling the agent, as --drain-signal does
+    /// AGENT_GUARD_AGENT_PID; its output goes to the log (at most 100 lines a second, 256 KiB per
+    /// drain); its process group is killed at the drain deadline (a `setsid` daemon it starts is
+    /// not). It counts as telling the agent, as --drain-signal does
     #[arg(long, env = "AGENT_GUARD_ON_DRAIN", value_name = "CMD")]
     pub on_drain: Option<String>,
 

@@ -33,9 +33,51 @@ pub(crate) fn parse_duration(v: &str) -> Result<Duration, String> {
     Ok(parsed)
 }
 
-/// Formats a duration the way it is written in flags: `30s`, `1m 30s`, `500ms`.
+/// A duration for people, in logs, replies and reports: `500ms`, `9.6s`, `30s`, `1m 50s`,
+/// `3h 50m`, `364d 23h`. Rounded to the two largest units (a tenth of a second below a minute),
+/// never the nine units of a computed `Duration` (`9s 589ms 451us 748ns`) nor calendar months;
+/// anything past a year (no option allows one) reads `more than 365d`.
 pub(crate) fn format_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+    if d.is_zero() {
+        return "0s".to_string();
+    }
+    if d > MAX_DURATION {
+        return format!("more than {MAX_DURATION_TEXT}");
+    }
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "<1ms".to_string();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let tenths = (ms + 50) / 100;
+    if tenths < 600 {
+        return match tenths % 10 {
+            0 => format!("{}s", tenths / 10),
+            t => format!("{}.{t}s", tenths / 10),
+        };
+    }
+    // Rounded at each unit before choosing the next, so 59.96 s is `1m`, not `60.0s`.
+    let secs = (ms + 500) / 1000;
+    if secs < 3600 {
+        return two_units(secs / 60, "m", secs % 60, "s");
+    }
+    let mins = (secs + 30) / 60;
+    if mins < 24 * 60 {
+        return two_units(mins / 60, "h", mins % 60, "m");
+    }
+    let hours = (mins + 30) / 60;
+    two_units(hours / 24, "d", hours % 24, "h")
+}
+
+/// `1m 50s`, or `2m` when the smaller unit is zero.
+fn two_units(big: u128, big_unit: &str, small: u128, small_unit: &str) -> String {
+    if small == 0 {
+        format!("{big}{big_unit}")
+    } else {
+        format!("{big}{big_unit} {small}{small_unit}")
+    }
 }
 
 /// The last moment RFC 3339 can write with a four-digit year: 9999-12-31T23:59:59.999Z.
@@ -89,6 +131,42 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_for_people_are_short_and_rounded() {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (Duration::from_nanos(1), "<1ms"),
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_millis(999), "999ms"),
+            (Duration::from_secs(2), "2s"),
+            (Duration::new(9, 589_451_748), "9.6s"),
+            (Duration::from_millis(29_600), "29.6s"),
+            (Duration::from_millis(29_960), "30s"),
+            (Duration::from_secs(30), "30s"),
+            (Duration::from_millis(59_960), "1m"),
+            (Duration::from_secs(110), "1m 50s"),
+            (Duration::from_millis(110_400), "1m 50s"),
+            (Duration::from_secs(300), "5m"),
+            (Duration::from_millis(3_599_600), "1h"),
+            (Duration::from_secs(3600 + 30 * 60 + 24), "1h 30m"),
+            (Duration::from_secs(13_824), "3h 50m"),
+            (Duration::from_secs(86_400), "1d"),
+            (Duration::from_secs(365 * 86_400 - 1), "365d"),
+            (Duration::from_secs(364 * 86_400 + 23 * 3600), "364d 23h"),
+            (MAX_DURATION, "365d"),
+            (MAX_DURATION + Duration::from_secs(1), "more than 365d"),
+            (Duration::MAX, "more than 365d"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(format_duration(d), want, "{d:?}");
+        }
+        // What a person reads parses back as the flag it would be, where it is whole.
+        for d in [2, 30, 110, 300, 3600, 5400, 86_400] {
+            let d = Duration::from_secs(d);
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+    }
 
     #[test]
     fn durations() {

@@ -47,8 +47,13 @@ pub enum Record {
         configured_ms: u64,
         given_ms: u64,
     },
-    /// The stop signal went to the agent's process group.
-    StopSignalSent { signal: Sig, pgid: i32 },
+    /// The stop signal went to the agent's process group, or to every process in its cgroup.
+    StopSignalSent {
+        signal: Sig,
+        pgid: i32,
+        #[serde(default)]
+        cgroup: bool,
+    },
     /// SIGKILL went to the agent's process group.
     Killed { pgid: i32 },
     /// The agent was reaped.
@@ -58,6 +63,16 @@ pub enum Record {
         /// `exited with code N` or `killed by SIGNAL`.
         how: String,
     },
+    /// The agent exited, and processes it started still run: the guard waits for them (and
+    /// stops them) before it is done.
+    LeftoversWaited {
+        /// `cgroup` or `process-group`: where they are counted.
+        tracked_by: String,
+        /// How many (in the cgroup; `None` for a process group).
+        processes: Option<u64>,
+    },
+    /// Every process of the agent is gone: its cgroup empty, or its process group.
+    AllGone { tracked_by: String },
     /// The lifecycle work found its group and instance.
     HooksReady { group: String, instance_id: String },
     /// The lifecycle work could not start: no hook will be completed.

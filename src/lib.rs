@@ -10,25 +10,33 @@
 //!    table per enum of named variants (`ALL`, `as_str`, parsing, serde), so no name is spelt twice.
 //! 2. `process`: the agent as a process. `sig` (signal names, which stop, reap or are
 //!    forwarded), `exit` ([`ChildExit`], the proof of exit, and the exit-status contract),
-//!    `signals` (the one signal stream), `child` (spawning in its own group), `reaper` (the only
-//!    caller of `waitpid`), `drain_command` (`--on-drain`), `upstream` (the guard's own sd_notify
-//!    to systemd).
+//!    `signals` (the one signal stream, handlers installed first), `inherited` and `crash` (the
+//!    signal state found at start; fault signals), `child` and `spawn` (spawning in its own
+//!    group, by posix_spawn where no code must run in the child), `cgroup` and `clone_into` (the
+//!    agent's own cgroup v2, `--cgroup`), `reaper` (the only caller of `waitpid`),
+//!    `drain_command` (`--on-drain`), `upstream` (the guard's own sd_notify to systemd).
+//!    Next to it, `fsat`: directories used through their descriptors (the `*at` calls, `flock`,
+//!    owner and mode checks); imports nothing of the crate.
 //! 3. `model`: the pure vocabulary several parts decide on or show: `drain` (`DrainReason`),
 //!    `phase` (`PhaseName`), `hooks` (hook results and states), `restart` (the policy), and the
 //!    snapshot types each written by one owner: `run` (the supervisor's), `report` (the
 //!    agent's), `lifecycle` (the lifecycle work's), `status` (the typed `status` reply).
 //! 4. `cli`, `config`, `logging`: the raw flags; flags + env + TOML file → a validated `Config`
 //!    with provenance (`layers`, `validate`, `describe`, `paths`, `subcommands`, and the settings
-//!    types in `settings`, `check`); the guard's own log lines, text or JSON.
-//! 5. `journal`: the typed records the guard logs for the tools that judge it.
+//!    types in `settings`, `check`); the guard's own log lines, text or JSON, written by one
+//!    thread (`logging::writer`).
+//! 5. `journal`: the typed records the guard logs for the tools that judge it. `hosthooks`:
+//!    the registry in `--hooks-dir` (who registered for which hook, who is live, who completes;
+//!    no AWS call).
 //! 6. `machine`: `state` (`Phase`, `Event`, `Action` and the pure `step`), `restart` (delays and
 //!    the crash-loop window as data), `announce` (phase changes and drains to subscribers), and
 //!    `supervisor`: the one owner of the phase and the run; it publishes them, tells the
 //!    lifecycle work what it must know, and returns the `Outcome` (the deciding drain reason
 //!    included) once the agent's group is gone.
-//! 7. `aws`: `imds`, `notices`, `scheduled` (IMDS and what it says); `api`, `context`,
+//! 7. `aws`: `imds`, `notices` (the poller over its registry of sources, one module each),
+//!    `lifecycle_state`, `scheduled` (IMDS and what it says); `api`, `context`,
 //!    `hook_calls`, `backoff` (the Auto Scaling calls and the one shared context); `lifecycle`,
-//!    `termination`, `wait_state`, `hooks_dir` (the hooks, completed once by the last agent out,
+//!    `termination`, `wait_state` (the hooks, completed once by the last agent out,
 //!    in the wait state however late); `status` (the lifecycle snapshot, written only here);
 //!    `protection`, `maintenance`, `replace`, `health_status`, `emf`, `warm_pool`.
 //! 8. `agent`: `control` and `protocol` (the control socket and its wire types), `sdnotify` (the
@@ -49,9 +57,11 @@ mod cli;
 mod cmd;
 mod config;
 mod fmt;
+mod fsat;
 #[doc(hidden)]
 pub mod fuzzing;
 mod health;
+mod hosthooks;
 mod journal;
 mod logging;
 mod machine;
@@ -65,11 +75,17 @@ pub use crate::cmd::ctl::run as ctl;
 pub use crate::cmd::doctor::run as doctor;
 pub use crate::cmd::drill::run as drill;
 pub use crate::config::{Invocation, load};
+pub use crate::logging::flush as flush_logs;
 pub use crate::logging::init as init_logging;
 pub use crate::process::child::resolve;
 /// The proof that the agent exited; public so that its doctest shows it cannot be forged.
 pub use crate::process::exit::ChildExit;
 pub use crate::process::exit::GUARD_FAILED;
+/// Run by the binary before `main`: records the signal state the guard was started with and
+/// holds every signal until the handlers exist; [`release_signals`] when it will not supervise.
+pub use crate::process::inherited::{
+    hold_at_start as hold_signals_at_start, release as release_signals,
+};
 
 use std::ffi::OsString;
 use std::io;
@@ -91,7 +107,7 @@ use crate::aws::notices::{ImdsStatus, NoticeSettings, Poller};
 use crate::aws::protection::ProtectionHandle;
 use crate::aws::status::LifecycleBoard;
 use crate::aws::{imds, notices, replace, warm_pool};
-use crate::config::{Config, ImdsMode, InWarmPool, OnCrashLoop, OnMaintenance};
+use crate::config::{CgroupMode, Config, ImdsMode, InWarmPool, OnCrashLoop, OnMaintenance};
 use crate::health::views::Views;
 use crate::health::{checks, server};
 use crate::machine::announce::Announcer;
@@ -100,10 +116,12 @@ use crate::machine::state;
 use crate::machine::state::{Phase, State};
 use crate::machine::supervisor::{Outcome, Published, StopSettings, Supervisor, ToLifecycle};
 use crate::model::run::RunStats;
+use crate::process::cgroup::{AgentCgroup, CgroupError, Tracking};
 use crate::process::child::{Launcher, SpawnError, SpawnSpec};
 use crate::process::sig::{Role, Sig, role};
-use crate::process::signals::{JobControl, SignalSetupError, SignalSource};
+use crate::process::signals::{JobControl, SignalSetupError, SignalSource, install_handlers};
 use crate::process::upstream::Upstream;
+use crate::process::{crash, inherited};
 
 /// Why the guard could not supervise the agent at all.
 #[derive(Debug, thiserror::Error)]
@@ -114,8 +132,6 @@ pub enum RunError {
     Signals(#[from] SignalSetupError),
     #[error("--subreaper: cannot become a child subreaper: {0}")]
     Subreaper(#[source] io::Error),
-    #[error("cannot ignore SIGTTIN/SIGTTOU: {0}")]
-    JobControl(#[source] io::Error),
     #[error("--imds on: IMDS did not answer within 10s: {0}")]
     ImdsRequired(#[source] imds::ImdsError),
     #[error(transparent)]
@@ -131,7 +147,9 @@ pub enum RunError {
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
     #[error(transparent)]
-    HooksDir(#[from] crate::aws::hooks_dir::HooksDirError),
+    HooksDir(#[from] crate::hosthooks::HooksDirError),
+    #[error("--cgroup require: the agent cannot have a cgroup of its own: {0}")]
+    Cgroup(#[source] CgroupError),
 }
 
 impl RunError {
@@ -167,6 +185,9 @@ impl Ended {
 
 /// Supervises `config.command` until it and its process group are gone; returns how it ended.
 pub fn run(config: Config) -> Result<Ended, RunError> {
+    // First of all: until the handlers exist every signal is held (`process::inherited`).
+    let job_control = install_handlers()?;
+    crash::set_stop_signal(config.stop_signal.raw());
     // One thread is plenty for a supervisor, and keeps its footprint small.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -174,7 +195,18 @@ pub fn run(config: Config) -> Result<Ended, RunError> {
         .map_err(RunError::Runtime)?;
     // Boxed: the whole supervisor's state machine is one large future, and on the stack it would
     // be copied as it is pinned, leaving that much stack resident for the guard's whole life.
-    let ended = runtime.block_on(Box::pin(supervise(config)));
+    let supervised = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(Box::pin(supervise(config, job_control)))
+    }));
+    let ended = match supervised {
+        Ok(ended) => ended,
+        Err(panic) => {
+            // A bug: the agent must not run on unsupervised without a word (the panic's own
+            // message is already on stderr).
+            crash::stop_agent(crash::Cause::Panic);
+            std::panic::resume_unwind(panic)
+        }
+    };
     // Every task was told to stop and waited for; a thread that still lingers (the health
     // server's) must not hold the exit.
     runtime.shutdown_timeout(SHUTDOWN_WITHIN);
@@ -185,7 +217,7 @@ pub fn run(config: Config) -> Result<Ended, RunError> {
 /// subscribers) and close.
 const SHUTDOWN_WITHIN: Duration = Duration::from_secs(2);
 
-async fn supervise(config: Config) -> Result<Ended, RunError> {
+async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, RunError> {
     // One TLS stack for the whole process: rustls with ring. The AWS client and the HTTPS checks
     // name ring themselves; the default is for anything that asks the process for one.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -198,16 +230,20 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
             Some(ImdsClient::new(&config.imds_endpoint, IMDS_TIMEOUT)?)
         }
     };
-    if let (ImdsMode::On, Some(client)) = (config.imds, &imds) {
-        // Required IMDS is checked before the agent starts: it is not started at all without it.
-        require_imds(client).await.map_err(RunError::ImdsRequired)?;
-    }
-    let job_control = JobControl::take().map_err(RunError::JobControl)?;
-    // Handlers first: a signal that arrives while the agent starts is kept, not lost.
+    // Before anything runs: `--cgroup require` fails here, and the cgroup is removed on every
+    // way out of this function.
+    let (tracking, memory_note) = agent_cgroup(&config)?;
+    let _remove = RemoveCgroup(tracking.cgroup.clone());
+    // The reader of the signals held since the handlers were installed in `run`.
     let mut signals = SignalSource::install()?;
+    if let (ImdsMode::On, Some(client)) = (config.imds, &imds)
+        && stopped_before_imds(client, &mut signals).await?
+    {
+        return Ok(Ended::NeverStarted);
+    }
     let health = bind_health(&config).await?;
     let health_addr = health.as_ref().and_then(|l| l.local_addr().ok());
-    let mut wiring = Wiring::new(&config, health_addr);
+    let mut wiring = Wiring::new(&config, health_addr, tracking.clone());
     // The sockets exist before the agent does, so it can connect from its first instruction;
     // they stay the same for every agent a restart starts.
     let sockets = Sockets::bind(&config)?;
@@ -235,9 +271,13 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
         unixsock::remove(&config.notify_socket);
         return Ok(Ended::NeverStarted);
     }
+    // Said only now, when the agent is about to start: a guard that fails before has one line
+    // to say, its error.
+    log_tracking(&tracking, memory_note.as_deref());
     let launcher = Launcher {
         spec: spawn_spec(&config),
         job_control,
+        cgroup: tracking.cgroup,
     };
     let supervisor = match Supervisor::new(
         launcher,
@@ -257,8 +297,11 @@ async fn supervise(config: Config) -> Result<Ended, RunError> {
             return Err(err.into());
         }
     };
+    say_what_the_agent_inherits(&config);
     return_freed_memory();
     let (outcome, signals) = supervisor.run().await;
+    // The agent's group is gone: its number may be anyone's now.
+    crash::set_agent_group(0);
     let exit = outcome.exit.clone();
     tasks.finish(outcome, signals).await;
     unixsock::remove(&config.socket);
@@ -284,7 +327,11 @@ struct Wiring {
 }
 
 impl Wiring {
-    fn new(config: &Config, health_addr: Option<std::net::SocketAddr>) -> Wiring {
+    fn new(
+        config: &Config,
+        health_addr: Option<std::net::SocketAddr>,
+        tracking: Tracking,
+    ) -> Wiring {
         let (phase, phase_rx) = watch::channel(State::new().phase);
         let (run, run_rx) = watch::channel(RunStats::default());
         let (tick, tick_rx) = watch::channel(std::time::Instant::now());
@@ -310,6 +357,7 @@ impl Wiring {
             lifecycle: board.subscribe(),
             held: held_rx,
             announcer: announcer.clone(),
+            tracking,
         });
         Wiring {
             phase,
@@ -334,6 +382,91 @@ impl Wiring {
     fn status(&self) -> StatusFn {
         let views = self.views.clone();
         Arc::new(move || crate::health::status::status(&views))
+    }
+}
+
+/// `--cgroup`: the agent's own cgroup, or why its process group stands for it; and why
+/// `--memory-max` could not be applied, if it could not.
+fn agent_cgroup(config: &Config) -> Result<(Tracking, Option<String>), RunError> {
+    let mode = config.cgroup.as_str();
+    if config.cgroup == CgroupMode::Off {
+        let off = Tracking {
+            cgroup: None,
+            mode,
+            fallback: Some("--cgroup off".to_string()),
+        };
+        return Ok((off, None));
+    }
+    match AgentCgroup::create(&config.name, config.memory_max) {
+        Ok((cgroup, notes)) => {
+            let tracking = Tracking {
+                cgroup: Some(Arc::new(cgroup)),
+                mode,
+                fallback: None,
+            };
+            Ok((tracking, notes.memory_max_skipped))
+        }
+        Err(err) if config.cgroup == CgroupMode::Require => Err(RunError::Cgroup(err)),
+        Err(err) => {
+            let fallback = Tracking {
+                cgroup: None,
+                mode,
+                fallback: Some(err.to_string()),
+            };
+            Ok((fallback, None))
+        }
+    }
+}
+
+/// One line on what stands for the agent's processes (and one if `--memory-max` is not applied).
+fn log_tracking(tracking: &Tracking, memory_note: Option<&str>) {
+    match (&tracking.cgroup, &tracking.fallback) {
+        (Some(cgroup), _) => {
+            let controllers = match cgroup.controllers() {
+                [] => "none".to_string(),
+                some => some.join(" "),
+            };
+            tracing::info!(path = %cgroup.path().display(), controllers = %controllers, "the agent runs in a cgroup of its own: it is gone when every process it started is");
+        }
+        (None, Some(why)) if tracking.mode == "auto" => {
+            tracing::info!(
+                "--cgroup auto: no cgroup for the agent ({why}); its process group stands for it, which a setsid() grandchild can outlive"
+            );
+        }
+        _ => {}
+    }
+    if let Some(why) = memory_note {
+        tracing::warn!("--memory-max not applied: {why}");
+    }
+}
+
+/// Removes the agent's cgroup when the run ends, whichever way it ends.
+struct RemoveCgroup(Option<Arc<AgentCgroup>>);
+
+impl Drop for RemoveCgroup {
+    fn drop(&mut self) {
+        if let Some(cgroup) = &self.0 {
+            cgroup.remove();
+        }
+    }
+}
+
+/// Once the agent started (a guard that fails before says only why): who reaps what the agent
+/// orphans, and which signals stay ignored for it.
+fn say_what_the_agent_inherits(config: &Config) {
+    if !config.subreaper && std::process::id() != 1 {
+        // As tini says it: orphans go to whoever reaps above the guard (systemd, the
+        // container's init), and the guard's orphan count stays at 0.
+        tracing::info!(
+            "not PID 1 and not a child subreaper: processes the agent orphans are reaped by the init above the guard, not by it (--subreaper to reap them here)"
+        );
+    }
+    let ignored = inherited::ignored_names();
+    if !ignored.is_empty() {
+        tracing::info!(
+            signals = %ignored.join(","),
+            "signals ignored when the guard started stay ignored for the agent and are not forwarded"
+        );
     }
 }
 
@@ -368,6 +501,23 @@ async fn stopped_while_held(
             let record = crate::journal::Record::StopSignalReceived { signal: sig };
             tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal while the agent was held back; exiting without starting it");
             true
+        }
+    }
+}
+
+/// `--imds on`: IMDS is checked before the agent starts, which is not started at all without
+/// it. `true` if a stop signal came first (the agent is then never started): the wait takes up
+/// to 10 s, and a guard stopped meanwhile must not start an agent only to drain it.
+async fn stopped_before_imds(
+    client: &ImdsClient,
+    signals: &mut SignalSource,
+) -> Result<bool, RunError> {
+    tokio::select! {
+        checked = require_imds(client) => checked.map(|()| false).map_err(RunError::ImdsRequired),
+        sig = stop_signal(signals) => {
+            let record = crate::journal::Record::StopSignalReceived { signal: sig };
+            tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal while waiting for IMDS; exiting without starting the agent");
+            Ok(true)
         }
     }
 }
@@ -532,6 +682,7 @@ impl Tasks {
                 phase: views.phase.clone(),
                 told,
                 held: views.held.clone(),
+                run: views.run.clone(),
             };
             self.lifecycle = Some(LifecycleHandle::start(
                 config.lifecycle.clone(),
@@ -553,6 +704,7 @@ impl Tasks {
                 phase: views.phase.clone(),
                 report: views.report.clone(),
                 lifecycle: wiring.board.clone(),
+                cgroup: views.tracking.cgroup.clone(),
             };
             self.servers.push(tokio::spawn(emf::run(
                 config.busy.clone(),

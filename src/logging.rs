@@ -13,6 +13,10 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+mod writer;
+
+pub use writer::{dropped_lines, flush};
+
 /// The guard's own log format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -29,8 +33,10 @@ pub fn init(name: &str, format: LogFormat, level: &str) {
         name: name.to_string(),
         format,
     };
+    let label = name.to_string();
+    let notice = move |dropped, total| dropped_notice(&label, format, dropped, total).into_bytes();
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer::Queued::start(Box::new(notice)))
         .with_ansi(false)
         .event_format(line);
     // A second init (tests running in one process) keeps the first subscriber.
@@ -47,6 +53,28 @@ pub fn init(name: &str, format: LogFormat, level: &str) {
                 .map_err(Into::into)
         }
     };
+}
+
+/// The line that says log lines were lost to a stalled stderr, in the guard's own format.
+fn dropped_notice(name: &str, format: LogFormat, dropped: u64, total: u64) -> String {
+    let time = humantime::format_rfc3339_millis(SystemTime::now());
+    let message = format!("dropped {dropped} log line(s): stderr was not read fast enough");
+    match format {
+        LogFormat::Text => {
+            format!("{time} agent-guard[{name}] WARN  {message} dropped_total={total}\n")
+        }
+        LogFormat::Json => {
+            let line = serde_json::json!({
+                "time": time.to_string(),
+                "level": "WARN",
+                "source": "agent-guard",
+                "name": name,
+                "message": message,
+                "dropped_total": total,
+            });
+            format!("{line}\n")
+        }
+    }
 }
 
 /// `target=level` directives, comma-separated, with an optional bare default level

@@ -81,18 +81,36 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, CallError>>,
 {
-    retried(window, false, call).await
+    retried(window, call).await
 }
 
-/// [`through_throttling`], for a call nothing waits for yet (the hook's timeout, read at start):
-/// a throttled account gets the widest window at once, not after a few more refusals, so a fleet
-/// starting together pays about one refusal each.
-pub async fn patiently<T, F, Fut>(window: Duration, call: F) -> Result<T, CallError>
+/// [`through_throttling`], for a call nothing waits for (the hook's timeout, read in the
+/// background): a refusal backs off over the widest window at once, not after a few more
+/// refusals, so a fleet starting together pays about one refusal each. It waits out the
+/// congestion the other calls saw, but its own refusals do not raise it: a completion after the
+/// agent's exit must never pace itself by the backoff of a read that nothing needs.
+pub async fn patiently<T, F, Fut>(window: Duration, mut call: F) -> Result<T, CallError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, CallError>>,
 {
-    retried(window, true, call).await
+    let give_up = Instant::now() + window;
+    loop {
+        let pace = congestion(|c| c.pace(Instant::now()));
+        tokio::time::sleep(pace.min(give_up.saturating_duration_since(Instant::now()))).await;
+        match call().await {
+            Err(CallError::Retry(text)) => {
+                let left = give_up.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(CallError::Retry(text));
+                }
+                tracing::debug!(error = %text, "retrying a throttled or failed Auto Scaling call, patiently");
+                let wait = full_jitter(MAX_LEVEL - 1, BACKOFF_BASE, BACKOFF_CAP);
+                tokio::time::sleep(wait.min(left)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// One attempt, paced like [`through_throttling`]'s, and counted in the congestion level, but
@@ -111,7 +129,7 @@ where
     answer
 }
 
-async fn retried<T, F, Fut>(window: Duration, patient: bool, mut call: F) -> Result<T, CallError>
+async fn retried<T, F, Fut>(window: Duration, mut call: F) -> Result<T, CallError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, CallError>>,
@@ -120,17 +138,12 @@ where
     loop {
         let pace = congestion(|c| c.pace(Instant::now()));
         if !pace.is_zero() {
-            tracing::debug!(wait = ?pace, "pacing an Auto Scaling call after throttling");
+            tracing::debug!(wait = %crate::fmt::format_duration(pace), "pacing an Auto Scaling call after throttling");
             tokio::time::sleep(pace.min(give_up.saturating_duration_since(Instant::now()))).await;
         }
         match call().await {
             Err(CallError::Retry(text)) => {
-                congestion(|c| {
-                    c.raise(Instant::now());
-                    if patient {
-                        c.level = MAX_LEVEL;
-                    }
-                });
+                congestion(|c| c.raise(Instant::now()));
                 if Instant::now() >= give_up {
                     return Err(CallError::Retry(text));
                 }

@@ -97,7 +97,7 @@ impl SharedAws {
             return Err(ContextError::NoIdentity);
         };
         let region = env_region().or(imds_region).ok_or(ContextError::NoRegion)?;
-        let client = client(&region).await;
+        let client = client(&region, &self.imds_endpoint).await;
         let group = match &self.asg_name {
             Some(name) => name.clone(),
             None => self.discover_group(&client, &instance_id).await?,
@@ -170,12 +170,14 @@ pub(crate) fn env_region() -> Option<String> {
 
 /// The Auto Scaling client: rustls with ring (the process's one TLS stack), bounded calls, and
 /// no SDK retries — callers retry with their own window and logging.
-pub(crate) async fn client(region: &str) -> aws_sdk_autoscaling::Client {
-    aws_sdk_autoscaling::Client::new(&sdk_config(region).await)
+pub(crate) async fn client(region: &str, imds_endpoint: &str) -> aws_sdk_autoscaling::Client {
+    aws_sdk_autoscaling::Client::new(&sdk_config(region, imds_endpoint).await)
 }
 
-/// The SDK configuration behind [`client`]; its credential chain is the one the guard uses.
-pub(crate) async fn sdk_config(region: &str) -> aws_config::SdkConfig {
+/// The SDK configuration behind [`client`]; its credential chain is the one the guard uses, and
+/// its instance-profile credentials come from the IMDS the guard reads (`--imds-endpoint`,
+/// `--imds-endpoint-mode`), not from the SDK's own idea of it.
+pub(crate) async fn sdk_config(region: &str, imds_endpoint: &str) -> aws_config::SdkConfig {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
@@ -186,11 +188,41 @@ pub(crate) async fn sdk_config(region: &str) -> aws_config::SdkConfig {
         .operation_attempt_timeout(Duration::from_secs(10))
         .operation_timeout(Duration::from_secs(10))
         .build();
+    let region = aws_config::Region::new(region.to_string());
+    let credentials = credentials(http.clone(), region.clone(), imds_endpoint).await;
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(http)
-        .region(aws_config::Region::new(region.to_string()))
+        .credentials_provider(credentials)
+        .region(region)
         .retry_config(aws_config::retry::RetryConfig::disabled())
         .timeout_config(timeouts)
         .load()
         .await
+}
+
+/// The SDK's default credential chain (environment, profile, web identity, ECS, instance
+/// profile), its instance-profile step reading `imds_endpoint`.
+async fn credentials(
+    http: aws_smithy_runtime_api::client::http::SharedHttpClient,
+    region: aws_config::Region,
+    imds_endpoint: &str,
+) -> aws_config::default_provider::credentials::DefaultCredentialsChain {
+    let provider = aws_config::provider_config::ProviderConfig::default()
+        .with_http_client(http)
+        .with_region(Some(region.clone()));
+    let chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+        .configure(provider.clone())
+        .region(region);
+    // The endpoint was validated with the configuration; were it refused here, the SDK's
+    // default endpoint is what remains.
+    match aws_config::imds::Client::builder()
+        .configure(&provider)
+        .endpoint(imds_endpoint)
+    {
+        Ok(imds) => chain.imds_client(imds.build()).build().await,
+        Err(err) => {
+            tracing::warn!(endpoint = imds_endpoint, error = %err, "instance-profile credentials: the SDK's default IMDS endpoint is used");
+            chain.build().await
+        }
+    }
 }

@@ -23,6 +23,8 @@ pub struct Reads {
     pub phase: watch::Receiver<Phase>,
     pub report: watch::Receiver<AgentReport>,
     pub lifecycle: LifecycleBoard,
+    /// The agent's cgroup, for `AgentMemory` (fixed for the guard's life).
+    pub cgroup: Option<std::sync::Arc<crate::process::cgroup::AgentCgroup>>,
 }
 
 /// Writes EMF lines until `shutdown`; off (one line in the log) without an AWS context.
@@ -54,19 +56,21 @@ pub async fn run(
     }
 }
 
-/// One EMF line: the agent's load, the protection and the phase, by group and by instance.
+/// One EMF line: the agent's load, the protection and the phase, by group and by instance; and
+/// the agent's memory (its cgroup's `memory.current`) where the kernel keeps it.
 fn emf_line(
     group: &str,
     instance_id: &str,
     in_flight: u64,
     protected: bool,
     phase: PhaseName,
+    memory: Option<u64>,
     now: SystemTime,
 ) -> String {
     let millis = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    json!({
+    let mut line = json!({
         "_aws": {
             "Timestamp": millis,
             "CloudWatchMetrics": [{
@@ -88,8 +92,14 @@ fn emf_line(
         "Ready": u8::from(phase == PhaseName::Ready),
         "Draining": u8::from(matches!(phase, PhaseName::Draining | PhaseName::Stopping)),
         "Phase": phase.as_str(),
-    })
-    .to_string()
+    });
+    if let Some(bytes) = memory {
+        line["AgentMemory"] = json!(bytes);
+        if let Some(metrics) = line["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array_mut() {
+            metrics.push(json!({"Name": "AgentMemory", "Unit": "Bytes"}));
+        }
+    }
+    line.to_string()
 }
 
 fn write_emf(target: &EmfTarget, context: &AwsContext, reads: &Reads, settings: &BusySettings) {
@@ -102,12 +112,14 @@ fn write_emf(target: &EmfTarget, context: &AwsContext, reads: &Reads, settings: 
     };
     let protected = reads.lifecycle.get().protected.unwrap_or(false);
     let phase = reads.phase.borrow().name();
+    let memory = reads.cgroup.as_ref().and_then(|c| c.usage().memory_current);
     let mut line = emf_line(
         &context.group,
         &context.instance_id,
         in_flight,
         protected,
         phase,
+        memory,
         now,
     );
     line.push('\n');

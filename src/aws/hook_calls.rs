@@ -17,6 +17,8 @@ use crate::model::HookState;
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 /// The longest a retryable error (throttling, 5xx, a timeout) is retried.
 pub const MAX_RETRY_WINDOW: Duration = Duration::from_secs(10 * 60);
 /// Bounds of the window in which "no active lifecycle action" is retried when the group shows
@@ -24,43 +26,42 @@ pub const MAX_RETRY_WINDOW: Duration = Duration::from_secs(10 * 60);
 const NO_ACTION_WINDOW: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(60));
 /// The heartbeat interval when the hook's timeout cannot be read.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(60);
-/// How long setup keeps reading the hook's timeout through throttling (a fleet starting at once
-/// shares one rate limit) before settling for the default heartbeat interval.
+/// How long the hook's timeout is read through throttling (a fleet starting at once shares one
+/// rate limit) before settling for the default heartbeat interval; nothing waits for it.
 const SETUP_RETRY_WINDOW: Duration = Duration::from_secs(120);
 
 /// The shared context plus what the hooks add: the heartbeat cadence and retry bounds.
+///
+/// Completing and heartbeating need only the group, the instance and the hook's name; the
+/// hook's heartbeat timeout only sets the cadence and the retry bounds. So it is read in the
+/// background ([`HookApi::learn_hook_timeout`]) and the defaults serve until it is known: a
+/// `DescribeLifecycleHooks` throttled for minutes at start (a fleet scaling out together is
+/// throttled exactly then) must never hold up a completion.
 pub struct HookApi {
     pub aws: Arc<AwsContext>,
-    pub heartbeat_interval: Duration,
-    /// The hook's heartbeat timeout, bounding retries and the wait for the wait state.
-    pub hook_timeout: Option<Duration>,
+    /// `--heartbeat-interval`, which wins over a third of the hook's timeout.
+    flag_interval: Option<Duration>,
+    /// The hook's heartbeat timeout once read, bounding retries and the wait for the wait state;
+    /// a watch so that a drain already under way picks up the cadence it implies.
+    hook_timeout: watch::Sender<Option<Duration>>,
 }
 
 impl HookApi {
-    /// The shared AWS context, then the heartbeat interval (flag, a third of the hook's
-    /// HeartbeatTimeout, else 60 s).
+    /// The shared AWS context (the group and the instance id) is all the hooks wait for; the
+    /// heartbeat cadence starts at `--heartbeat-interval`, else 60 s, until the hook's timeout
+    /// is read.
     pub async fn setup(
         settings: &LifecycleSettings,
         aws: &SharedAws,
         board: &LifecycleBoard,
     ) -> Result<HookApi, ContextError> {
         let aws = aws.get().await?;
-        let mut api = HookApi {
+        let api = HookApi {
             aws,
-            heartbeat_interval: DEFAULT_HEARTBEAT,
-            hook_timeout: None,
+            flag_interval: settings.heartbeat_interval,
+            hook_timeout: watch::Sender::new(None),
         };
-        if let Some(hook) = &settings.terminate_hook {
-            api.hook_timeout = api.hook_heartbeat_timeout(hook, board).await;
-        }
-        api.heartbeat_interval = settings
-            .heartbeat_interval
-            // A third of the timeout leaves two missed heartbeats of slack; never more than that.
-            .or(api
-                .hook_timeout
-                .map(|t| (t / 3).max(Duration::from_millis(100))))
-            .unwrap_or(DEFAULT_HEARTBEAT);
-        board.update(|l| l.heartbeat_interval = Some(api.heartbeat_interval));
+        board.update(|l| l.heartbeat_interval = Some(api.heartbeat_interval()));
         let record = Record::HooksReady {
             group: api.aws.group.clone(),
             instance_id: api.aws.instance_id.clone(),
@@ -69,15 +70,46 @@ impl HookApi {
             group = %api.aws.group,
             instance = %api.aws.instance_id,
             region = %api.aws.region,
-            heartbeat_every = %format_duration(api.heartbeat_interval),
+            heartbeat_every = %format_duration(api.heartbeat_interval()),
             journal = %record.json(),
             "lifecycle hooks ready"
         );
         Ok(api)
     }
 
-    /// `DescribeLifecycleHooks`, once, through throttling (patiently: nothing needs it before a
-    /// drain).
+    /// The heartbeat cadence: the flag, else a third of the hook's timeout (two missed
+    /// heartbeats of slack, never more), else 60 s.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.flag_interval
+            .or(self
+                .hook_timeout()
+                .map(|t| (t / 3).max(Duration::from_millis(100))))
+            .unwrap_or(DEFAULT_HEARTBEAT)
+    }
+
+    /// The hook's heartbeat timeout, once read.
+    pub fn hook_timeout(&self) -> Option<Duration> {
+        *self.hook_timeout.borrow()
+    }
+
+    /// Hears when the hook's timeout becomes known (and with it, perhaps, a new cadence).
+    pub fn hook_timeout_changes(&self) -> watch::Receiver<Option<Duration>> {
+        self.hook_timeout.subscribe()
+    }
+
+    /// Reads the hook's heartbeat timeout (`DescribeLifecycleHooks`), in the background: the
+    /// cadence and bounds it sets take effect when it comes, and nothing waits for it.
+    pub async fn learn_hook_timeout(&self, hook: &str, board: &LifecycleBoard) {
+        let Some(timeout) = self.hook_heartbeat_timeout(hook, board).await else {
+            return;
+        };
+        self.hook_timeout.send_replace(Some(timeout));
+        let every = self.heartbeat_interval();
+        board.update(|l| l.heartbeat_interval = Some(every));
+        tracing::info!(hook, timeout = %format_duration(timeout), heartbeat_every = %format_duration(every), "lifecycle: read the hook's heartbeat timeout");
+    }
+
+    /// `DescribeLifecycleHooks`, once, through throttling (patiently: nothing waits for it).
     async fn hook_heartbeat_timeout(&self, hook: &str, board: &LifecycleBoard) -> Option<Duration> {
         let answer = patiently(SETUP_RETRY_WINDOW, || async {
             let answer = self
@@ -93,6 +125,7 @@ impl HookApi {
             answer
         })
         .await;
+        let fallback = format_duration(self.heartbeat_interval());
         match answer {
             Ok(out) => {
                 let found = out
@@ -101,18 +134,18 @@ impl HookApi {
                     .find(|h| h.lifecycle_hook_name() == Some(hook))
                     .and_then(|h| h.heartbeat_timeout());
                 if found.is_none() {
-                    tracing::warn!(hook, group = %self.aws.group, "lifecycle: the group has no such hook (yet); heartbeats every 60s");
+                    tracing::warn!(hook, group = %self.aws.group, "lifecycle: the group has no such hook (yet); heartbeats every {fallback}");
                 }
                 found.map(|secs| Duration::from_secs(secs.max(1).unsigned_abs().into()))
             }
             Err(CallError::Denied(_)) => {
                 tracing::warn!(
-                    "lifecycle: cannot read the hook's heartbeat timeout: the instance profile lacks autoscaling:DescribeLifecycleHooks; heartbeats every 60s"
+                    "lifecycle: cannot read the hook's heartbeat timeout: the instance profile lacks autoscaling:DescribeLifecycleHooks; heartbeats every {fallback}"
                 );
                 None
             }
             Err(other) => {
-                tracing::warn!(error = %other.text(), "lifecycle: cannot read the hook's heartbeat timeout; heartbeats every 60s");
+                tracing::warn!(error = %other.text(), "lifecycle: cannot read the hook's heartbeat timeout; heartbeats every {fallback}");
                 None
             }
         }
@@ -120,7 +153,7 @@ impl HookApi {
 
     /// How long throttling and 5xx are retried: the hook's timeout, at most ten minutes.
     pub fn retry_window(&self) -> Duration {
-        self.hook_timeout
+        self.hook_timeout()
             .unwrap_or(MAX_RETRY_WINDOW)
             .min(MAX_RETRY_WINDOW)
     }
@@ -128,7 +161,7 @@ impl HookApi {
     /// How long "no active lifecycle action" is retried when nothing says the wait state is
     /// still to come: three heartbeat intervals, 2 to 60 s.
     pub fn no_action_window(&self) -> Duration {
-        (self.heartbeat_interval * 3).clamp(NO_ACTION_WINDOW.0, NO_ACTION_WINDOW.1)
+        (self.heartbeat_interval() * 3).clamp(NO_ACTION_WINDOW.0, NO_ACTION_WINDOW.1)
     }
 
     /// `RecordLifecycleActionHeartbeat`, once; the outcome is counted, shown and logged.
@@ -259,7 +292,7 @@ impl HookApi {
             if elapsed.saturating_add(delay) > window {
                 return no_action(hook, &failure, quiet);
             }
-            tracing::debug!(hook, error = %failure.text(), retry_in = ?delay, "lifecycle: completion failed; retrying");
+            tracing::debug!(hook, error = %failure.text(), retry_in = %format_duration(delay), "lifecycle: completion failed; retrying");
             tokio::time::sleep(backoff::within(delay)).await;
             delay = (delay * 2).min(Duration::from_secs(10));
         }

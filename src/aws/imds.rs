@@ -10,6 +10,8 @@
 //!   struggling. Calls here make one attempt; the poller backs off between rounds.
 //! - A token `PUT` that never answers is, on EC2, almost always a hop limit of 1 seen from a
 //!   container. That timeout is reported with the fix, not as a bare timeout.
+//! - It reads every answer whole: a broken or hostile IMDS serving 100 MB would grow the guard
+//!   by that much. Every answer body here is cut off past [`MAX_BODY`] and counted as unreadable.
 
 use std::error::Error as StdError;
 use std::sync::Mutex;
@@ -19,6 +21,17 @@ use aws_config::imds::Client;
 use aws_config::imds::client::error::ImdsError as SdkImdsError;
 use aws_config::provider_config::ProviderConfig;
 use aws_smithy_http_client::Builder as HttpClientBuilder;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+    SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::body::SdkBody;
+
+/// The most of one IMDS answer that is read. A notice is a short JSON object and a list of
+/// scheduled events a few KiB; anything longer is not IMDS working as documented.
+pub const MAX_BODY: usize = 64 * 1024;
 
 /// Why a metadata read failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,6 +55,8 @@ pub enum ImdsError {
     Unreachable { endpoint: String, detail: String },
     #[error("--imds-endpoint: invalid URL `{endpoint}`: {detail}")]
     InvalidEndpoint { endpoint: String, detail: String },
+    #[error("IMDS at {endpoint} answered {path} with more than {} KiB; not read", MAX_BODY / 1024)]
+    TooLarge { endpoint: String, path: String },
 }
 
 impl ImdsError {
@@ -54,6 +69,7 @@ impl ImdsError {
             ImdsError::Timeout { .. } => "timeout",
             ImdsError::Unreachable { .. } => "unreachable",
             ImdsError::InvalidEndpoint { .. } => "invalid-endpoint",
+            ImdsError::TooLarge { .. } => "too-large",
         }
     }
 }
@@ -72,7 +88,7 @@ impl ImdsClient {
     /// after `timeout` to connect and `timeout` to answer.
     pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, ImdsError> {
         // IMDS is plain HTTP on a link-local address: no TLS stack is loaded for it.
-        let http = HttpClientBuilder::new().build_http();
+        let http = bounded(HttpClientBuilder::new().build_http());
         let config = ProviderConfig::default().with_http_client(http);
         let client = build(&config, endpoint, timeout)?;
         Ok(ImdsClient {
@@ -127,6 +143,12 @@ impl ImdsClient {
         let endpoint = self.endpoint.clone();
         let detail = chain(err);
         let timed_out = detail.contains("timeout") || detail.contains("timed out");
+        if detail.contains(LIMIT_TEXT) {
+            return ImdsError::TooLarge {
+                endpoint,
+                path: path.to_string(),
+            };
+        }
         match err {
             SdkImdsError::ErrorResponse(resp) => ImdsError::Status {
                 endpoint,
@@ -168,6 +190,39 @@ fn build(config: &ProviderConfig, endpoint: &str, timeout: Duration) -> Result<C
         .operation_attempt_timeout(timeout * 2)
         .operation_timeout(timeout * 2)
         .build())
+}
+
+/// How `http_body_util::Limited` says a body went past its limit (lower-cased, as matched).
+const LIMIT_TEXT: &str = "length limit exceeded";
+
+/// `inner`, with every response body cut off past [`MAX_BODY`]: reading further fails with
+/// [`LIMIT_TEXT`], so the SDK never holds more than that of one answer.
+pub(crate) fn bounded(inner: SharedHttpClient) -> SharedHttpClient {
+    SharedHttpClient::new(Bounded(inner))
+}
+
+#[derive(Debug)]
+struct Bounded<T>(T);
+
+impl HttpClient for Bounded<SharedHttpClient> {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(Bounded(self.0.http_connector(settings, components)))
+    }
+}
+
+impl HttpConnector for Bounded<SharedHttpConnector> {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let answer = self.0.call(request);
+        HttpConnectorFuture::new(async move {
+            let response = answer.await?;
+            Ok(response
+                .map(|body| SdkBody::from_body_1_x(http_body_util::Limited::new(body, MAX_BODY))))
+        })
+    }
 }
 
 /// An error and its causes on one line, lower-cased for matching.
@@ -255,6 +310,24 @@ mod tests {
             ),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn an_answer_past_the_bound_is_not_read() {
+        let sim = ImdsSim::start().expect("sim");
+        let client = ImdsClient::new(&sim.url(), Duration::from_secs(5)).expect("client");
+        let path = "events/maintenance/scheduled";
+        runtime().block_on(async {
+            sim.set_scheduled_body(Some("x".repeat(MAX_BODY)));
+            let whole = client.get(path).await.expect("at the bound is read");
+            assert_eq!(whole.map(|b| b.len()), Some(MAX_BODY));
+            sim.set_scheduled_body(Some("x".repeat(8 << 20)));
+            let err = client.get(path).await.expect_err("past the bound");
+            assert_eq!(err.kind(), "too-large", "{err}");
+            assert!(err.to_string().contains("64 KiB"), "{err}");
+            sim.set_scheduled_body(Some("[]".to_string()));
+            assert_eq!(client.get(path).await, Ok(Some("[]".to_string())));
+        });
     }
 
     #[test]

@@ -15,11 +15,11 @@
 //! let exit = agent_guard::ChildExit { pid: 1, kind: todo!() };
 //! ```
 //!
-//! Several guards on one host register in `--hooks-dir` ([`hooks_dir`]); the last agent out
+//! Several guards on one host register in `--hooks-dir` ([`hosthooks`]); the last agent out
 //! completes the termination hook, however late the wait state comes ([`termination`]). The
 //! calls and their retries are [`hook_calls`]'.
 //!
-//! [`hooks_dir`]: crate::aws::hooks_dir
+//! [`hosthooks`]: crate::hosthooks
 //! [`termination`]: crate::aws::termination
 //! [`hook_calls`]: crate::aws::hook_calls
 
@@ -32,17 +32,19 @@ use tokio::time::{Interval, MissedTickBehavior};
 use crate::aws::backoff;
 use crate::aws::context::SharedAws;
 use crate::aws::hook_calls::{HookApi, MAX_RETRY_WINDOW};
-use crate::aws::hooks_dir::{Decision, HookKind, HooksDirError, Registration};
 use crate::aws::status::LifecycleBoard;
 use crate::aws::termination::{Gone, Shared, on_host};
 use crate::aws::wait_state::{self, Stage};
 use crate::config::settings::{HookResult, LifecycleSettings};
+use crate::hosthooks::agent::AgentId;
+use crate::hosthooks::{Decision, HookKind, HooksDirError, Registration};
 use crate::journal::{Awaiting, Record};
 use crate::machine::state::{DrainReason, Phase};
 use crate::machine::supervisor::{Outcome, ToLifecycle};
 use crate::model::HookState;
 use crate::model::hooks::HookStatus;
 use crate::model::lifecycle::AwaitingStatus;
+use crate::model::run::RunStats;
 use crate::process::exit::{ChildExit, ExitKind};
 use crate::process::sig::Sig;
 use crate::process::signals::SignalSource;
@@ -56,11 +58,13 @@ pub fn result_for(
     sigkilled: bool,
     on_unclean: HookResult,
 ) -> HookResult {
-    let clean = match exit.kind() {
-        ExitKind::Code(0) => true,
-        ExitKind::Code(code) => !sigkilled && i32::from(code) == 128 + stop_signal.raw(),
-        ExitKind::Signal { signal, .. } => !sigkilled && signal == stop_signal,
-    };
+    // An OOM kill in the agent's cgroup is never a clean stop, whatever status followed.
+    let clean = exit.oom_kills() == 0
+        && match exit.kind() {
+            ExitKind::Code(0) => true,
+            ExitKind::Code(code) => !sigkilled && i32::from(code) == 128 + stop_signal.raw(),
+            ExitKind::Signal { signal, .. } => !sigkilled && signal == stop_signal,
+        };
     if clean {
         HookResult::Continue
     } else {
@@ -75,6 +79,8 @@ pub struct Reads {
     pub phase: watch::Receiver<Phase>,
     pub told: mpsc::Receiver<ToLifecycle>,
     pub held: watch::Receiver<Option<String>>,
+    /// The supervisor's run: the agent's pid, recorded in the hooks directory.
+    pub run: watch::Receiver<RunStats>,
 }
 
 /// The running lifecycle work; `finish` ends it once the agent is gone.
@@ -106,7 +112,9 @@ impl HostHooks {
     /// Registers for each configured hook, before the agent starts, so that the other guards on
     /// this host wait for it from the start. An unusable `--hooks-dir` is the guard's failure
     /// when it was given; the default one (`/run/agent-guard`, root's) is only warned about,
-    /// and the hooks are then handled as by a guard alone on the host.
+    /// and the hooks are then handled as by a guard alone on the host. A directory that another
+    /// user could change is refused either way: going alone there would hand that user the
+    /// decision to end the instance under the other guards' agents.
     pub fn register(settings: &LifecycleSettings, name: &str) -> Result<HostHooks, HooksDirError> {
         let dir = &settings.hooks_dir;
         let one = |kind, hook: &Option<String>| -> Result<Option<Shared>, HooksDirError> {
@@ -115,7 +123,10 @@ impl HostHooks {
             };
             match Registration::register(dir, kind, hook, name, settings.on_unclean_exit) {
                 Ok(reg) => Ok(Some(Arc::new(Mutex::new(reg)))),
-                Err(err) if !settings.hooks_dir_given => {
+                Err(err)
+                    if !settings.hooks_dir_given
+                        && !matches!(err, HooksDirError::Untrusted { .. }) =>
+                {
                     tracing::warn!(error = %err, "lifecycle: the default --hooks-dir is unusable; handling the hooks as the only guard on this host (give every guard here a --hooks-dir they can all write)");
                     Ok(None)
                 }
@@ -244,6 +255,7 @@ async fn run(
         status.terminate = hook_status(&settings.terminate_hook);
         status.launch = hook_status(&settings.launch_hook);
     });
+    // Only the group and the instance id are waited for: the hook's timeout is read alongside.
     let setup = tokio::select! {
         setup = HookApi::setup(&settings, &aws, &board) => setup,
         done = &mut finish => {
@@ -254,9 +266,12 @@ async fn run(
     };
     match setup {
         Ok(api) => {
-            Watch::new(Arc::new(api), &settings, &board, &host, reads)
+            let api = Arc::new(api);
+            let learning = learn_hook_timeout(&api, &settings, &board);
+            Watch::new(api, &settings, &board, &host, reads)
                 .run(finish)
-                .await
+                .await;
+            learning.abort();
         }
         Err(err) => {
             let record = Record::HooksOff {
@@ -268,6 +283,22 @@ async fn run(
         }
     }
     host.leave().await;
+}
+
+/// The hook's heartbeat timeout, read in the background (see [`HookApi`]); aborted once the
+/// hook work ends.
+fn learn_hook_timeout(
+    api: &Arc<HookApi>,
+    settings: &LifecycleSettings,
+    board: &LifecycleBoard,
+) -> tokio::task::AbortHandle {
+    let (api, board, hook) = (api.clone(), board.clone(), settings.terminate_hook.clone());
+    tokio::spawn(async move {
+        if let Some(hook) = hook {
+            api.learn_hook_timeout(&hook, &board).await;
+        }
+    })
+    .abort_handle()
 }
 
 /// The agent ended before the identity was known: one more try at the set-up, bounded, and the
@@ -310,6 +341,7 @@ struct Watch<'a> {
     phase: watch::Receiver<Phase>,
     told: mpsc::Receiver<ToLifecycle>,
     held: watch::Receiver<Option<String>>,
+    run: watch::Receiver<RunStats>,
     /// A drain that ends the instance runs: heartbeats keep the hook open. Whether the hook is
     /// completed is decided from the `Outcome` alone.
     terminating: bool,
@@ -326,6 +358,8 @@ struct Watch<'a> {
     was_held: bool,
     /// Released from the warm pool: the next launch completion is a new round on the host.
     launch_again: bool,
+    /// The agent last recorded in this guard's termination registration.
+    recorded_agent: Option<i32>,
 }
 
 impl<'a> Watch<'a> {
@@ -344,6 +378,7 @@ impl<'a> Watch<'a> {
             phase: reads.phase,
             told: reads.told,
             held: reads.held,
+            run: reads.run,
             terminating: false,
             drain: None,
             wait_seen: false,
@@ -352,15 +387,19 @@ impl<'a> Watch<'a> {
             launch_task: None,
             was_held: false,
             launch_again: false,
+            recorded_agent: None,
         }
     }
 
     /// Runs until `finish` says the agent is gone.
     async fn run(mut self, mut finish: oneshot::Receiver<Outcome>) {
+        let mut hook_timeout = self.api.hook_timeout_changes();
+        let mut timeout_open = true;
         if self.held.borrow_and_update().is_some() {
             self.on_hold(true);
         }
         let mut told_open = true;
+        self.record_agent();
         loop {
             tokio::select! {
                 changed = self.held.changed() => {
@@ -368,6 +407,10 @@ impl<'a> Watch<'a> {
                         let now = self.held.borrow_and_update().is_some();
                         self.on_hold(now);
                     }
+                }
+                changed = hook_timeout.changed(), if timeout_open => {
+                    timeout_open = changed.is_ok();
+                    self.new_cadence();
                 }
                 changed = self.phase.changed() => {
                     if changed.is_err() {
@@ -416,7 +459,19 @@ impl<'a> Watch<'a> {
         }
     }
 
+    /// The hook's timeout became known while the agent drains: heartbeats at the cadence it
+    /// sets from now on, the next one a new interval from now.
+    fn new_cadence(&mut self) {
+        let every = self.api.heartbeat_interval();
+        if let Some(tick) = self.tick.as_mut()
+            && tick.period() != every
+        {
+            *tick = ticks(every);
+        }
+    }
+
     fn on_phase(&mut self, now: &Phase) {
+        self.record_agent();
         if !self.launch_done && matches!(now, Phase::Ready) {
             self.launch(HookResult::Continue, "the agent is ready");
         }
@@ -431,15 +486,33 @@ impl<'a> Watch<'a> {
         {
             self.terminating = true;
             self.drain = Some((Instant::now(), reason));
-            let every = self.api.heartbeat_interval;
-            let mut tick = tokio::time::interval_at(
-                crate::machine::state::later(Instant::now(), every).into(),
-                every,
-            );
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            self.tick = Some(tick);
+            self.tick = Some(ticks(self.api.heartbeat_interval()));
             set_hook(self.board, true, |h| h.state = HookState::Heartbeating);
         }
+    }
+
+    /// Records the agent that runs now (its process group and start time) in this guard's
+    /// termination registration, once per agent: should this guard die while it runs, the
+    /// other guards on the host wait for it to be gone.
+    fn record_agent(&mut self) {
+        let (Some(reg), Some(pid)) = (&self.host.terminate, self.run.borrow().agent_pid) else {
+            return;
+        };
+        if self.recorded_agent == Some(pid) {
+            return;
+        }
+        self.recorded_agent = Some(pid);
+        let reg = reg.clone();
+        tokio::spawn(async move {
+            let recorded = on_host(&reg, move |r| match AgentId::of(pid) {
+                Some(agent) => r.agent_started(agent),
+                None => Ok(()),
+            })
+            .await;
+            if let Err(err) = recorded {
+                tracing::warn!(error = %err, "lifecycle: cannot record the agent in the hooks directory (should this guard die, the others would not wait for its agent)");
+            }
+        });
     }
 
     /// `--in-warm-pool wait`: a held instance completes its launch hook at once, without the
@@ -571,7 +644,8 @@ impl<'a> Watch<'a> {
             self.settings.on_unclean_exit,
         );
         if terminating {
-            tracing::info!(hook = %hook, result = result.as_str(), agent = %exit, "lifecycle: the agent and its group are gone");
+            let gone = exit.everything_gone().map_or("unproven", |g| g.as_str());
+            tracing::info!(hook = %hook, result = result.as_str(), agent = %exit, gone, "lifecycle: the agent and its group are gone");
         }
         let gone = Gone {
             api: &self.api,
@@ -594,6 +668,16 @@ impl<'a> Watch<'a> {
             tracing::debug!(hook, journal = %record.json(), "lifecycle: hook work ended");
         }
     }
+}
+
+/// Heartbeats (or looks for the wait state) every `every`, the first one `every` from now.
+fn ticks(every: Duration) -> Interval {
+    let mut tick = tokio::time::interval_at(
+        crate::machine::state::later(Instant::now(), every).into(),
+        every,
+    );
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
 }
 
 /// The launch hook's completion, agreed with the other guards on this host: CONTINUE once every
@@ -742,6 +826,23 @@ mod tests {
         for (exit, killed, want, why) in cases {
             assert_eq!(result_for(&exit, term, killed, abandon), want, "{why}");
         }
+        // With --stop-signal KILL a death by SIGKILL reads as the stop, unless the OOM killer
+        // was counted.
+        assert_eq!(
+            result_for(&ChildExit::for_test_oom(), Sig::KILL, false, abandon),
+            abandon,
+            "OOM-killed"
+        );
+        assert_eq!(
+            result_for(
+                &ChildExit::for_test(0).for_test_oom_kills(2),
+                term,
+                false,
+                abandon
+            ),
+            abandon,
+            "exited 0 after OOM kills in its cgroup"
+        );
         assert_eq!(
             result_for(&ChildExit::for_test(1), term, false, HookResult::Continue),
             HookResult::Continue,

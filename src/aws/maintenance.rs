@@ -6,6 +6,11 @@
 //! What each event calls for is decided in [`scheduled`](crate::aws::scheduled), with no I/O; this
 //! is the acting around it: the `SetInstanceHealth` call, the timer, the reports. An unreadable
 //! body is logged, rate-limited, and changes nothing: it can neither start nor cancel a drain.
+//!
+//! The instance is marked Unhealthy once, however many events call for it (32 listed at once,
+//! or ids that change on every read): the mark is on the instance, not on an event, and it
+//! holds until the group replaces the instance. A refused mark is not asked again: every later
+//! event falls back to `drain` at once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -67,10 +72,23 @@ pub async fn run(
         events,
         status,
         aws,
+        mark: Mark::Unmarked,
         replacing: JoinSet::new(),
         unreadable: None,
     };
     actor.run().await;
+}
+
+/// The instance's Unhealthy mark: asked for once, whatever the number of events.
+#[derive(Debug)]
+enum Mark {
+    Unmarked,
+    /// `SetInstanceHealth` is in flight for these events.
+    Asking(Vec<String>),
+    /// The group accepted the mark; it replaces the instance.
+    Marked,
+    /// The mark was refused or impossible (the reason, for later events' lines).
+    Refused(ReplaceError),
 }
 
 /// The I/O around the [`Planner`].
@@ -80,8 +98,10 @@ struct Actor {
     events: mpsc::Sender<Event>,
     status: watch::Sender<ImdsStatus>,
     aws: Option<Arc<SharedAws>>,
-    /// `SetInstanceHealth` calls in flight, by EventId.
-    replacing: JoinSet<(String, Result<(), ReplaceError>)>,
+    /// Where the instance's Unhealthy mark stands.
+    mark: Mark,
+    /// The one `SetInstanceHealth` call, while in flight.
+    replacing: JoinSet<Result<(), ReplaceError>>,
     /// When unreadable bodies began, and when that was last logged.
     unreadable: Option<(Instant, Instant)>,
 }
@@ -106,9 +126,8 @@ impl Actor {
                     }
                 }
                 Some(done) = self.replacing.join_next(), if !self.replacing.is_empty() => {
-                    if let Ok((id, result)) = done {
-                        self.replaced(&id, result);
-                    }
+                    let result = done.unwrap_or_else(|e| Err(ReplaceError::Failed(e.to_string())));
+                    self.mark_answered(result);
                 }
                 _ = tokio::time::sleep(wait.unwrap_or(TIMER_STEP)), if wait.is_some() => {}
             }
@@ -191,6 +210,7 @@ impl Actor {
         .json();
         let what = match action {
             Action::Report => "reported only (--on-maintenance report)".to_string(),
+            Action::Replace { .. } if matches!(self.mark, Mark::Marked) => "the instance is marked Unhealthy already: its group replaces it (--on-maintenance replace)".to_string(),
             Action::Replace { .. } => "marking the instance Unhealthy so that its group replaces it (--on-maintenance replace)".to_string(),
             Action::Drain { at } => format!(
                 "the agent drains at {} (NotBefore minus --maintenance-margin)",
@@ -207,9 +227,41 @@ impl Actor {
             })
         });
         if let Action::Replace { .. } = action {
-            let (aws, id) = (self.aws.clone(), event.id.clone());
-            self.replacing
-                .spawn(async move { (id, replace(aws).await) });
+            self.ask_mark(event.id);
+        }
+    }
+
+    /// Marks the instance Unhealthy for event `id`: one call for the instance, whatever the
+    /// number of events; an event after the answer shares it.
+    fn ask_mark(&mut self, id: String) {
+        match &mut self.mark {
+            Mark::Unmarked => {
+                let aws = self.aws.clone();
+                self.replacing.spawn(async move { replace(aws).await });
+                self.mark = Mark::Asking(vec![id]);
+            }
+            Mark::Asking(ids) => ids.push(id),
+            // Said on the event's own line.
+            Mark::Marked => self.planner.replaced(&id),
+            Mark::Refused(err) => {
+                let err = err.clone();
+                self.replaced(&id, Err(err));
+            }
+        }
+    }
+
+    /// The answer to the one `SetInstanceHealth` call, for every event that waited on it.
+    fn mark_answered(&mut self, result: Result<(), ReplaceError>) {
+        let waiting = match std::mem::replace(&mut self.mark, Mark::Unmarked) {
+            Mark::Asking(ids) => ids,
+            _ => Vec::new(),
+        };
+        self.mark = match &result {
+            Ok(()) => Mark::Marked,
+            Err(err) => Mark::Refused(err.clone()),
+        };
+        for id in waiting {
+            self.replaced(&id, result.clone());
         }
     }
 

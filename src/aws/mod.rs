@@ -6,7 +6,6 @@ pub(crate) mod context;
 pub(crate) mod emf;
 pub(crate) mod health_status;
 pub(crate) mod hook_calls;
-pub(crate) mod hooks_dir;
 pub(crate) mod imds;
 pub(crate) mod lifecycle;
 pub(crate) mod lifecycle_state;

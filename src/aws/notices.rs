@@ -1,30 +1,120 @@
-//! Polls IMDS for scale-in, warm-pool, spot and rebalance notices, and turns each new one into a
-//! drain request for the supervisor; hands EC2 scheduled events on to `maintenance`. It never
-//! dies of an IMDS failure: errors are logged (rate-limited) and retried with capped backoff,
-//! and only a notice starts a drain.
+//! Polls IMDS for notices and turns each new one into a drain request for the supervisor. It
+//! never dies of an IMDS failure: errors are logged (rate-limited) and retried with capped
+//! backoff, and only a notice starts a drain.
 //!
-//! [`Interpreter`] decides what a notice means and holds no I/O, so it is tested as a table;
-//! [`Poller`] does the reading, pacing and logging around it.
+//! A notice source is a unit, as aws-node-termination-handler's `Monitor` is: one module per
+//! IMDS path ([`Source`]: its path, its kind, what a read means, with no I/O, tested as a table),
+//! listed once in [`REGISTRY`]. The [`Poller`] reads every registered path each round, paces,
+//! logs and counts; the metrics' label table is [`KINDS`], taken from the registry. A new path
+//! (or later an SQS or EventBridge source) is one module plus its line in [`REGISTRY`].
+//!
+//! One notice is counted and logged once: a body that changes on every read (AWS's own mock
+//! recomputes spot `time` and rebalance `noticeTime` each request) is an update of the notice
+//! already seen, logged at most once a minute and not counted again.
 
+mod rebalance;
+mod scheduled_events;
+mod spot;
+mod target_state;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
 use crate::aws::imds::{ImdsClient, ImdsError};
-use crate::aws::lifecycle_state::LifecycleState;
-use crate::aws::scheduled::{self, Tracked};
+use crate::aws::scheduled::Tracked;
 use crate::config::settings::OnRebalance;
-use crate::fmt::{capped, format_duration};
+use crate::fmt::format_duration;
 use crate::journal::Record;
 use crate::machine::state::{DrainReason, Event};
 
-/// The paths polled each round (and `scheduled::PATH`, when scheduled events are watched).
-pub const LIFECYCLE_PATH: &str = "autoscaling/target-lifecycle-state";
-pub const SPOT_PATH: &str = "spot/instance-action";
-pub const REBALANCE_PATH: &str = "events/recommendations/rebalance";
+pub use crate::journal::NoticeKind;
 
-/// How long a spot notice whose time cannot be read is assumed to give: AWS's usual warning.
-const SPOT_FALLBACK: Duration = Duration::from_secs(120);
+/// One entry of the registry: the kind a source reports and how it is made.
+pub struct Registered {
+    pub kind: NoticeKind,
+    /// `None` when the source is off in this wiring.
+    make: fn(&Wiring) -> Option<Box<dyn Source>>,
+}
+
+/// What the sources are made from.
+pub struct Wiring {
+    pub settings: NoticeSettings,
+    /// Where scheduled-event bodies go; `None`: that path is not polled.
+    pub scheduled: Option<watch::Sender<Option<String>>>,
+}
+
+/// Every notice source, in the order read, logged and reported: the one place a source is added.
+pub const REGISTRY: [Registered; 4] = [
+    Registered {
+        kind: target_state::KIND,
+        make: |_| Some(Box::new(target_state::TargetState::default())),
+    },
+    Registered {
+        kind: spot::KIND,
+        make: |w| Some(Box::new(spot::Spot::new(w.settings.spot_margin))),
+    },
+    Registered {
+        kind: rebalance::KIND,
+        make: |w| Some(Box::new(rebalance::Rebalance::new(w.settings.on_rebalance))),
+    },
+    Registered {
+        kind: scheduled_events::KIND,
+        make: |w| {
+            let to = w.scheduled.clone()?;
+            Some(Box::new(scheduled_events::ScheduledEvents::new(to)))
+        },
+    },
+];
+
+/// The kinds of the registered sources, in order: the label table of the notice counter.
+pub const KINDS: [NoticeKind; REGISTRY.len()] = {
+    let mut kinds = [NoticeKind::LifecycleState; REGISTRY.len()];
+    let mut i = 0;
+    while i < REGISTRY.len() {
+        kinds[i] = REGISTRY[i].kind;
+        i += 1;
+    }
+    kinds
+};
+
+/// The sources this wiring turns on, in registry order.
+pub fn sources(wiring: &Wiring) -> Vec<Box<dyn Source>> {
+    REGISTRY.iter().filter_map(|r| (r.make)(wiring)).collect()
+}
+
+/// One IMDS path watched for notices. What a read means is decided here, with no I/O; the
+/// poller reads, logs, counts and sends the drain.
+pub trait Source: Send + Sync {
+    /// The kind of notice it reports (also its label in metrics and the journal).
+    fn kind(&self) -> NoticeKind;
+    /// The path under `/latest/meta-data/`.
+    fn path(&self) -> &'static str;
+    /// The value read (`None`: a 404) means this, if anything new.
+    fn read(&mut self, value: Option<&str>, clock: Clock) -> Option<Decision>;
+    /// Puts what the value says into the published status (the lifecycle state does).
+    fn publish(&self, _value: &str, _status: &mut ImdsStatus) {}
+}
+
+/// The time of a read, on both clocks: the wall clock for notice times, the monotonic one for
+/// deadlines.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub wall: SystemTime,
+    pub mono: Instant,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        Clock {
+            wall: SystemTime::now(),
+            mono: Instant::now(),
+        }
+    }
+}
+
 /// The longest pause between rounds while IMDS is failing: five poll intervals, at most 10 s,
 /// so that a spot notice posted during an outage is still seen with most of its two minutes.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -32,7 +122,7 @@ const MAX_BACKOFF_POLLS: u32 = 5;
 /// How long `--imds auto` waits at start for IMDS before turning notices off. On EC2 IMDS
 /// answers in milliseconds; elsewhere the agent is already running meanwhile.
 const AUTO_PROBE_BOUND: Duration = Duration::from_secs(3);
-/// How often a persisting IMDS failure is logged again.
+/// How often a persisting IMDS failure, or a notice that keeps changing, is logged again.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 /// The notices kept for `/status`, the latest ones: a body that changes on every poll (as a
 /// broken IMDS may serve) must not grow the guard without bound.
@@ -40,6 +130,9 @@ pub const NOTICES_KEPT: usize = 16;
 /// The most of a value read from IMDS that is logged or kept: a notice is a short JSON object, a
 /// state one word; a 10 MB answer is shown as its start and its size.
 pub const VALUE_SHOWN: usize = 512;
+/// What a source reads in place of an answer past [`crate::aws::imds::MAX_BODY`]: a body it
+/// cannot read, as garbage would be.
+const TOO_LARGE: &str = "<an answer too large to read>";
 
 /// The poller's settings.
 #[derive(Debug, Clone)]
@@ -48,8 +141,6 @@ pub struct NoticeSettings {
     pub on_rebalance: OnRebalance,
     pub spot_margin: Duration,
 }
-
-pub use crate::journal::NoticeKind;
 
 /// A notice as seen, for `/status` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +154,7 @@ pub struct NoticeRecord {
 }
 
 /// What the guard knows of IMDS, published for health and status.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ImdsStatus {
     pub endpoint: String,
     pub instance_id: Option<String>,
@@ -77,14 +168,34 @@ pub struct ImdsStatus {
     pub notices: Vec<NoticeRecord>,
     /// The EC2 scheduled events seen, and what the guard does about each.
     pub scheduled_events: Vec<Tracked>,
-    /// Notices seen since start, by kind (for the counter: the list keeps only the latest).
-    pub notices_seen: [u64; 4],
+    /// Notices seen since start, in the order of [`KINDS`] (the list keeps only the latest).
+    pub notices_seen: [u64; KINDS.len()],
+}
+
+impl Default for ImdsStatus {
+    fn default() -> Self {
+        ImdsStatus {
+            endpoint: String::new(),
+            instance_id: None,
+            region: None,
+            lifecycle_state: None,
+            last_poll: None,
+            last_ok: None,
+            errors_total: 0,
+            last_error: None,
+            notices: Vec::new(),
+            scheduled_events: Vec::new(),
+            notices_seen: [0; KINDS.len()],
+        }
+    }
 }
 
 impl ImdsStatus {
     /// Keeps `record` among the latest notices and counts it.
     pub fn record_notice(&mut self, record: NoticeRecord) {
-        self.notices_seen[kind_index(record.kind)] += 1;
+        if let Some(i) = kind_index(record.kind) {
+            self.notices_seen[i] += 1;
+        }
         if self.notices.len() >= NOTICES_KEPT {
             let excess = self.notices.len() + 1 - NOTICES_KEPT;
             self.notices.drain(..excess);
@@ -92,20 +203,37 @@ impl ImdsStatus {
         self.notices.push(record);
     }
 
+    /// Shows `record`, a new body of a notice already counted, in place of that notice's last
+    /// one (or as the latest, if it was dropped from the list): not counted again.
+    pub fn update_notice(&mut self, record: NoticeRecord) {
+        match self
+            .notices
+            .iter_mut()
+            .rev()
+            .find(|n| n.kind == record.kind)
+        {
+            Some(last) => {
+                last.value = record.value;
+                last.seen_at = record.seen_at;
+            }
+            None => {
+                if self.notices.len() >= NOTICES_KEPT {
+                    self.notices.remove(0);
+                }
+                self.notices.push(record);
+            }
+        }
+    }
+
     /// How many notices of `kind` were seen since start.
     pub fn notices_of(&self, kind: NoticeKind) -> u64 {
-        self.notices_seen[kind_index(kind)]
+        kind_index(kind).map_or(0, |i| self.notices_seen[i])
     }
 }
 
-/// The place of `kind` in [`ImdsStatus::notices_seen`]; exhaustive, so a new kind must be placed.
-fn kind_index(kind: NoticeKind) -> usize {
-    match kind {
-        NoticeKind::LifecycleState => 0,
-        NoticeKind::Spot => 1,
-        NoticeKind::Rebalance => 2,
-        NoticeKind::ScheduledEvent => 3,
-    }
+/// The place of `kind` in [`KINDS`]; `None` for a kind no source reports.
+fn kind_index(kind: NoticeKind) -> Option<usize> {
+    KINDS.iter().position(|k| *k == kind)
 }
 
 /// A decision about one notice.
@@ -116,177 +244,8 @@ pub struct Decision {
     pub drain: Option<(DrainReason, Option<Instant>)>,
     /// A line for the log.
     pub note: String,
-}
-
-/// Turns raw notice values into decisions, each new value acted on once.
-#[derive(Debug, Clone)]
-pub struct Interpreter {
-    on_rebalance: OnRebalance,
-    spot_margin: Duration,
-    last_state: Option<String>,
-    last_spot: Option<String>,
-    last_rebalance: Option<String>,
-    /// `InService` was seen: a later `Warmed:*` means going back to the warm pool.
-    seen_in_service: bool,
-    scale_in_sent: bool,
-}
-
-impl Interpreter {
-    pub fn new(on_rebalance: OnRebalance, spot_margin: Duration) -> Self {
-        Interpreter {
-            on_rebalance,
-            spot_margin,
-            last_state: None,
-            last_spot: None,
-            last_rebalance: None,
-            seen_in_service: false,
-            scale_in_sent: false,
-        }
-    }
-
-    /// `autoscaling/target-lifecycle-state`; `None` is a 404 (a brand-new instance).
-    pub fn lifecycle(&mut self, value: Option<&str>, seen: SystemTime) -> Option<Decision> {
-        let value = value?.trim();
-        if self.last_state.as_deref() == Some(value) {
-            return None;
-        }
-        let first = self.last_state.is_none();
-        self.last_state = Some(value.to_string());
-        let shown = capped(value, VALUE_SHOWN);
-        let record = |drain| NoticeRecord {
-            kind: NoticeKind::LifecycleState,
-            value: shown.to_string(),
-            seen_at: seen,
-            drain,
-        };
-        let (drain, note) = match LifecycleState::parse(value) {
-            LifecycleState::InService => {
-                self.seen_in_service = true;
-                (None, "target lifecycle state is InService".to_string())
-            }
-            LifecycleState::Terminated if !self.scale_in_sent => {
-                self.scale_in_sent = true;
-                (
-                    Some(DrainReason::ScaleIn),
-                    "target lifecycle state is Terminated: scale-in".to_string(),
-                )
-            }
-            LifecycleState::Terminated => (
-                None,
-                "target lifecycle state is Terminated again".to_string(),
-            ),
-            warmed if warmed.is_warmed() => {
-                let warmed = &shown;
-                if self.seen_in_service {
-                    (
-                        Some(DrainReason::WarmPool),
-                        format!("target lifecycle state is {warmed}: going back to the warm pool"),
-                    )
-                } else if first {
-                    (
-                        None,
-                        format!(
-                            "target lifecycle state is {warmed}: launched into a warm pool; the agent warms up"
-                        ),
-                    )
-                } else {
-                    (None, format!("target lifecycle state is {warmed}"))
-                }
-            }
-            LifecycleState::Detached | LifecycleState::Standby => (
-                None,
-                format!(
-                    "target lifecycle state is {value}: no lifecycle hook applies, not draining"
-                ),
-            ),
-            _ => (
-                None,
-                format!("unknown target lifecycle state `{shown}`: not draining"),
-            ),
-        };
-        Some(Decision {
-            record: record(drain),
-            drain: drain.map(|reason| (reason, None)),
-            note,
-        })
-    }
-
-    /// `spot/instance-action`: `{"action": "terminate|stop|hibernate", "time": "RFC 3339"}`.
-    pub fn spot(
-        &mut self,
-        body: Option<&str>,
-        seen: SystemTime,
-        seen_at: Instant,
-    ) -> Option<Decision> {
-        let body = body?.trim();
-        if self.last_spot.as_deref() == Some(body) {
-            return None;
-        }
-        self.last_spot = Some(body.to_string());
-        let parsed = parse_spot(body);
-        // Losing work is worse than draining early: an unreadable notice still counts, with the
-        // two minutes AWS usually gives.
-        let (action, notice_at, note_extra) = match &parsed {
-            Some((action, time)) => (capped(action, 64), *time, String::new()),
-            None => (
-                "unknown".into(),
-                seen + SPOT_FALLBACK,
-                " (body unreadable: assuming 2 minutes)".to_string(),
-            ),
-        };
-        let kill_by_sys = notice_at
-            .checked_sub(self.spot_margin)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        let left = kill_by_sys.duration_since(seen).unwrap_or(Duration::ZERO);
-        let kill_by = crate::machine::state::later(seen_at, left);
-        Some(Decision {
-            record: NoticeRecord {
-                kind: NoticeKind::Spot,
-                value: capped(body, VALUE_SHOWN).into_owned(),
-                seen_at: seen,
-                drain: Some(DrainReason::SpotInterruption),
-            },
-            drain: Some((DrainReason::SpotInterruption, Some(kill_by))),
-            note: format!(
-                "spot interruption notice: {action} at {}{note_extra}; the agent must be gone within {}",
-                crate::fmt::rfc3339(notice_at),
-                format_duration(left)
-            ),
-        })
-    }
-
-    /// `events/recommendations/rebalance`: `{"noticeTime": "RFC 3339"}`.
-    pub fn rebalance(&mut self, body: Option<&str>, seen: SystemTime) -> Option<Decision> {
-        let body = body?.trim();
-        if self.last_rebalance.as_deref() == Some(body) {
-            return None;
-        }
-        self.last_rebalance = Some(body.to_string());
-        let drain = (self.on_rebalance == OnRebalance::Drain).then_some(DrainReason::Rebalance);
-        Some(Decision {
-            record: NoticeRecord {
-                kind: NoticeKind::Rebalance,
-                value: capped(body, VALUE_SHOWN).into_owned(),
-                seen_at: seen,
-                drain,
-            },
-            drain: drain.map(|r| (r, None)),
-            note: match drain {
-                Some(_) => "rebalance recommendation: draining (--on-rebalance drain)".to_string(),
-                None => {
-                    "rebalance recommendation: reported only (--on-rebalance ignore)".to_string()
-                }
-            },
-        })
-    }
-}
-
-/// The action and time of a spot notice, if it is the JSON EC2 writes.
-fn parse_spot(body: &str) -> Option<(String, SystemTime)> {
-    let json: serde_json::Value = serde_json::from_str(body).ok()?;
-    let action = json.get("action")?.as_str()?.to_string();
-    let time = humantime::parse_rfc3339_weak(json.get("time")?.as_str()?).ok()?;
-    Some((action, time))
+    /// A new body of a notice already seen: not counted again, logged at most once a minute.
+    pub update: bool,
 }
 
 /// Checks that IMDS answers (a token and `instance-id`) within `bound`.
@@ -309,14 +268,16 @@ pub async fn probe(client: &ImdsClient, bound: Duration) -> Result<String, ImdsE
 
 /// Reads IMDS every poll interval and sends drain requests to the supervisor.
 pub struct Poller {
-    client: ImdsClient,
+    client: Arc<ImdsClient>,
     settings: NoticeSettings,
-    interpreter: Interpreter,
+    sources: Vec<Box<dyn Source>>,
     events: mpsc::Sender<Event>,
     status: watch::Sender<ImdsStatus>,
-    /// Where the body of `scheduled::PATH` goes when it changes; `None`: not polled.
-    scheduled: Option<watch::Sender<Option<String>>>,
     failing: Option<Failing>,
+    /// When a notice or an update of each kind (in [`KINDS`] order) was last logged.
+    update_logged: [Option<Instant>; KINDS.len()],
+    /// Paths whose answer was too large to read, each logged once.
+    too_large: Vec<&'static str>,
     rng: u64,
 }
 
@@ -334,23 +295,31 @@ impl Poller {
         events: mpsc::Sender<Event>,
         status: watch::Sender<ImdsStatus>,
     ) -> Self {
-        let interpreter = Interpreter::new(settings.on_rebalance, settings.spot_margin);
         status.send_modify(|s| s.endpoint = client.endpoint().to_string());
+        let wiring = Wiring {
+            settings: settings.clone(),
+            scheduled: None,
+        };
         Poller {
-            client,
+            client: Arc::new(client),
+            sources: sources(&wiring),
             settings,
-            interpreter,
             events,
             status,
-            scheduled: None,
             failing: None,
+            update_logged: [None; KINDS.len()],
+            too_large: Vec::new(),
             rng: seed(),
         }
     }
 
     /// Also polls EC2 scheduled events, sending each new body of `scheduled::PATH` to `to`.
     pub fn scheduled_events(mut self, to: watch::Sender<Option<String>>) -> Self {
-        self.scheduled = Some(to);
+        let wiring = Wiring {
+            settings: self.settings.clone(),
+            scheduled: Some(to),
+        };
+        self.sources = sources(&wiring);
         self
     }
 
@@ -361,11 +330,15 @@ impl Poller {
             tracing::warn!(error = %err, "IMDS did not answer: scale-in and spot notices are off");
             return;
         }
+        let scheduled = self
+            .sources
+            .iter()
+            .any(|s| s.kind() == NoticeKind::ScheduledEvent);
         tracing::info!(
             endpoint = self.client.endpoint(),
             every = %format_duration(self.settings.poll),
             "watching IMDS for scale-in, spot and rebalance notices{}",
-            if self.scheduled.is_some() { " and scheduled events" } else { "" }
+            if scheduled { " and scheduled events" } else { "" }
         );
         loop {
             let ok = self.round().await;
@@ -374,49 +347,48 @@ impl Poller {
         }
     }
 
+    /// Every registered path at once, answers in registry order.
+    async fn read_all(&self) -> Vec<Result<Option<String>, ImdsError>> {
+        let mut reads = JoinSet::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            let (client, path) = (self.client.clone(), source.path());
+            reads.spawn(async move { (i, client.get(path).await) });
+        }
+        let mut answers: Vec<_> = (0..self.sources.len()).map(|_| Ok(None)).collect();
+        while let Some(done) = reads.join_next().await {
+            // A read task cannot panic short of a bug in the client; it then says nothing.
+            if let Ok((i, answer)) = done {
+                answers[i] = answer;
+            }
+        }
+        answers
+    }
+
     /// One round: the notice paths at once (and the identity until it is known).
     async fn round(&mut self) -> bool {
         let need_identity = self.status.borrow().instance_id.is_none();
-        let scheduled_too = self.scheduled.is_some();
-        let (state, spot, rebalance, scheduled) = tokio::join!(
-            self.client.get(LIFECYCLE_PATH),
-            self.client.get(SPOT_PATH),
-            self.client.get(REBALANCE_PATH),
-            async {
-                match scheduled_too {
-                    true => self.client.get(scheduled::PATH).await,
-                    false => Ok(None),
-                }
-            },
-        );
-        let now = SystemTime::now();
-        let now_instant = Instant::now();
+        let answers = self.read_all().await;
+        let clock = Clock::now();
         let mut errors = Vec::new();
         let mut decisions = Vec::new();
-        match state {
-            Ok(v) => {
-                if let Some(v) = &v {
-                    self.status.send_modify(|s| {
-                        s.lifecycle_state = Some(capped(v.trim(), VALUE_SHOWN).into_owned())
-                    });
+        for (i, answer) in answers.into_iter().enumerate() {
+            let value = match answer {
+                Ok(value) => value,
+                // Not an outage: this path's answer cannot be read, as garbage cannot.
+                Err(ImdsError::TooLarge { path, .. }) => {
+                    self.say_too_large(i, &path);
+                    Some(TOO_LARGE.to_string())
                 }
-                decisions.extend(self.interpreter.lifecycle(v.as_deref(), now));
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            let source = &mut self.sources[i];
+            if let Some(v) = &value {
+                self.status.send_modify(|s| source.publish(v, s));
             }
-            Err(e) => errors.push(e),
-        }
-        match spot {
-            Ok(v) => decisions.extend(self.interpreter.spot(v.as_deref(), now, now_instant)),
-            Err(e) => errors.push(e),
-        }
-        match rebalance {
-            Ok(v) => decisions.extend(self.interpreter.rebalance(v.as_deref(), now)),
-            Err(e) => errors.push(e),
-        }
-        match scheduled {
-            // A 404 says nothing (IMDS lists no events as `[]`): pending drains stay as they are.
-            Ok(Some(body)) => self.hand_on_scheduled(body),
-            Ok(None) => {}
-            Err(e) => errors.push(e),
+            decisions.extend(source.read(value.as_deref(), clock));
         }
         for decision in decisions {
             self.act(decision).await;
@@ -426,9 +398,9 @@ impl Poller {
         }
         let ok = errors.is_empty();
         self.status.send_modify(|s| {
-            s.last_poll = Some(now);
+            s.last_poll = Some(clock.wall);
             if ok {
-                s.last_ok = Some(now);
+                s.last_ok = Some(clock.wall);
             }
             s.errors_total += errors.len() as u64;
             if let Some(e) = errors.first() {
@@ -439,19 +411,47 @@ impl Poller {
         ok
     }
 
+    /// Logs once per path that its answer is too large, and counts each such read as an error.
+    fn say_too_large(&mut self, i: usize, path: &str) {
+        let error = ImdsError::TooLarge {
+            endpoint: self.client.endpoint().to_string(),
+            path: path.to_string(),
+        };
+        let source = self.sources[i].path();
+        if !self.too_large.contains(&source) {
+            self.too_large.push(source);
+            tracing::warn!(error = %error, "read as an unreadable body (logged once for this path)");
+        }
+        self.status.send_modify(|s| {
+            s.errors_total += 1;
+            s.last_error = Some(error.to_string());
+        });
+    }
+
     async fn act(&mut self, decision: Decision) {
-        let record = Record::NoticeSeen {
-            kind: decision.record.kind,
-            value: decision.record.value.clone(),
-            drain: decision.drain.map(|(reason, _)| reason),
+        if !decision.update || self.update_due(decision.record.kind) {
+            let record = Record::NoticeSeen {
+                kind: decision.record.kind,
+                value: decision.record.value.clone(),
+                drain: decision.drain.map(|(reason, _)| reason),
+            }
+            .json();
+            match decision.drain {
+                Some(_) => tracing::warn!(journal = %record, "{}", decision.note),
+                None => tracing::info!(journal = %record, "{}", decision.note),
+            }
         }
-        .json();
-        match decision.drain {
-            Some(_) => tracing::warn!(journal = %record, "{}", decision.note),
-            None => tracing::info!(journal = %record, "{}", decision.note),
+        if decision.update {
+            self.status
+                .send_modify(|s| s.update_notice(decision.record.clone()));
+        } else {
+            // Its updates wait a minute from here.
+            if let Some(i) = kind_index(decision.record.kind) {
+                self.update_logged[i] = Some(Instant::now());
+            }
+            self.status
+                .send_modify(|s| s.record_notice(decision.record.clone()));
         }
-        self.status
-            .send_modify(|s| s.record_notice(decision.record.clone()));
         if let Some((reason, hard_deadline)) = decision.drain {
             let event = Event::Drain {
                 reason,
@@ -462,17 +462,17 @@ impl Poller {
         }
     }
 
-    /// Sends a scheduled-events body on, if it differs from the last one.
-    fn hand_on_scheduled(&self, body: String) {
-        if let Some(to) = &self.scheduled {
-            to.send_if_modified(|last| {
-                let new = last.as_deref() != Some(body.as_str());
-                if new {
-                    *last = Some(body);
-                }
-                new
-            });
+    /// Whether an update of `kind` is logged now: at most once a minute per kind.
+    fn update_due(&mut self, kind: NoticeKind) -> bool {
+        let Some(i) = kind_index(kind) else {
+            return true;
+        };
+        let now = Instant::now();
+        let due = self.update_logged[i].is_none_or(|at| now.duration_since(at) >= ERROR_LOG_EVERY);
+        if due {
+            self.update_logged[i] = Some(now);
         }
+        due
     }
 
     async fn read_identity(&mut self) {
@@ -568,139 +568,79 @@ fn seed() -> u64 {
 mod tests {
     use super::*;
 
-    fn t0() -> (SystemTime, Instant) {
-        (SystemTime::now(), Instant::now())
-    }
-
-    fn drains(d: &Option<Decision>) -> Option<DrainReason> {
-        d.as_ref().and_then(|d| d.drain.map(|(r, _)| r))
-    }
-
     #[test]
-    fn lifecycle_states_table() {
-        let (now, _) = t0();
-        // (states in order, the drain each one requests)
-        let cases: &[(&[&str], &[Option<DrainReason>])] = &[
-            (
-                &["InService", "Terminated"],
-                &[None, Some(DrainReason::ScaleIn)],
-            ),
-            (
-                &["InService", "Terminated", "Terminated"],
-                &[None, Some(DrainReason::ScaleIn), None],
-            ),
-            (&["Warmed:Stopped"], &[None]),
-            (
-                &["Warmed:Stopped", "InService", "Warmed:Hibernated"],
-                &[None, None, Some(DrainReason::WarmPool)],
-            ),
-            (
-                &["InService", "Standby", "InService", "Detached"],
-                &[None, None, None, None],
-            ),
-            (&["InService", "Exploding"], &[None, None]),
-        ];
-        for (states, want) in cases {
-            let mut i = Interpreter::new(OnRebalance::Ignore, Duration::from_secs(10));
-            let got: Vec<_> = states
-                .iter()
-                .map(|s| drains(&i.lifecycle(Some(s), now)))
-                .collect();
-            assert_eq!(&got, want, "{states:?}");
+    fn the_registry_lists_each_kind_once_and_every_source_reports_its_own() {
+        let (to, _rx) = watch::channel(None);
+        let wiring = Wiring {
+            settings: NoticeSettings {
+                poll: Duration::from_secs(2),
+                on_rebalance: OnRebalance::Ignore,
+                spot_margin: Duration::ZERO,
+            },
+            scheduled: Some(to),
+        };
+        let all = sources(&wiring);
+        let kinds: Vec<_> = all.iter().map(|s| s.kind()).collect();
+        assert_eq!(kinds, KINDS, "each made source reports its registered kind");
+        for (i, kind) in KINDS.iter().enumerate() {
+            assert_eq!(kind_index(*kind), Some(i), "{} once", kind.as_str());
         }
-        let mut i = Interpreter::new(OnRebalance::Ignore, Duration::from_secs(10));
-        assert_eq!(i.lifecycle(None, now), None, "a 404 says nothing");
-        assert!(i.lifecycle(Some("InService"), now).is_some());
-        assert_eq!(
-            i.lifecycle(Some("InService"), now),
-            None,
-            "repeats are not news"
-        );
-    }
-
-    #[test]
-    fn spot_deadline_is_the_notice_time_minus_the_margin() {
-        let (now, at) = t0();
-        let mut i = Interpreter::new(OnRebalance::Ignore, Duration::from_secs(10));
-        let time = humantime::format_rfc3339_seconds(now + Duration::from_secs(120)).to_string();
-        let body = format!("{{\"action\": \"terminate\", \"time\": \"{time}\"}}");
-        let d = i.spot(Some(&body), now, at).expect("a notice");
-        let (reason, kill_by) = d.drain.expect("a drain");
-        assert_eq!(reason, DrainReason::SpotInterruption);
-        let left = kill_by.expect("a hard deadline").duration_since(at);
-        // Whole seconds in the notice: between 109 and 110 s after `now`.
+        let mut paths: Vec<_> = all.iter().map(|s| s.path()).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        assert_eq!(paths.len(), KINDS.len(), "one path each");
+        let unwired = Wiring {
+            scheduled: None,
+            ..wiring
+        };
         assert!(
-            left > Duration::from_secs(108) && left <= Duration::from_secs(110),
-            "{left:?}"
+            sources(&unwired)
+                .iter()
+                .all(|s| s.kind() != NoticeKind::ScheduledEvent),
+            "scheduled events are read only when something acts on them"
         );
-        assert_eq!(
-            i.spot(Some(&body), now, at),
-            None,
-            "the same notice is acted on once"
-        );
-    }
-
-    #[test]
-    fn an_unreadable_spot_notice_still_drains_with_two_minutes() {
-        let (now, at) = t0();
-        let mut i = Interpreter::new(OnRebalance::Ignore, Duration::from_secs(10));
-        let d = i.spot(Some("<html>oops"), now, at).expect("a notice");
-        let (_, kill_by) = d.drain.expect("a drain");
-        assert_eq!(kill_by, Some(at + Duration::from_secs(110)));
-        assert!(d.note.contains("unreadable"), "{}", d.note);
-    }
-
-    #[test]
-    fn a_past_spot_time_leaves_no_time() {
-        let (now, at) = t0();
-        let mut i = Interpreter::new(OnRebalance::Ignore, Duration::from_secs(10));
-        let d = i
-            .spot(
-                Some("{\"action\":\"stop\",\"time\":\"2020-01-01T00:00:00Z\"}"),
-                now,
-                at,
-            )
-            .expect("a notice");
-        assert_eq!(d.drain, Some((DrainReason::SpotInterruption, Some(at))));
     }
 
     #[test]
     fn a_notice_that_changes_on_every_poll_keeps_a_bounded_history_and_capped_values() {
-        let (now, _) = t0();
-        let mut i = Interpreter::new(OnRebalance::Ignore, Duration::ZERO);
+        let clock = Clock::now();
         let mut status = ImdsStatus::default();
         for n in 0..100 {
-            let body = format!("{{\"noticeTime\": \"{n}\"}}");
-            status.record_notice(i.rebalance(Some(&body), now).expect("new").record);
+            status.record_notice(NoticeRecord {
+                kind: NoticeKind::Rebalance,
+                value: format!("{{\"noticeTime\": \"{n}\"}}"),
+                seen_at: clock.wall,
+                drain: None,
+            });
         }
         assert_eq!(status.notices.len(), NOTICES_KEPT);
         assert_eq!(status.notices_of(NoticeKind::Rebalance), 100);
+        let mut updated = status.clone();
+        updated.update_notice(NoticeRecord {
+            kind: NoticeKind::Rebalance,
+            value: "new".to_string(),
+            seen_at: clock.wall,
+            drain: None,
+        });
+        assert_eq!(updated.notices.len(), NOTICES_KEPT, "shown in place");
+        assert_eq!(updated.notices[NOTICES_KEPT - 1].value, "new");
+        assert_eq!(
+            updated.notices_of(NoticeKind::Rebalance),
+            100,
+            "not counted"
+        );
         assert!(status.notices[NOTICES_KEPT - 1].value.contains("99"));
         let huge = "x".repeat(10 << 20);
-        let d = i.lifecycle(Some(&huge), now).expect("new");
+        let mut lifecycle = target_state::TargetState::default();
+        let d = lifecycle.read(Some(&huge), clock).expect("new");
         assert!(
             d.record.value.len() < VALUE_SHOWN + 64,
             "{}",
             d.record.value.len()
         );
         assert!(d.note.len() < VALUE_SHOWN + 128, "{}", d.note.len());
-        let d = i.spot(Some(&huge), now, Instant::now()).expect("new");
+        let mut spot = spot::Spot::new(Duration::ZERO);
+        let d = spot.read(Some(&huge), clock).expect("new");
         assert!(d.record.value.len() < VALUE_SHOWN + 64);
-    }
-
-    #[test]
-    fn rebalance_drains_only_when_asked() {
-        let (now, _) = t0();
-        let body = Some("{\"noticeTime\": \"2026-11-28T08:22:00Z\"}");
-        let mut ignore = Interpreter::new(OnRebalance::Ignore, Duration::ZERO);
-        let d = ignore.rebalance(body, now).expect("reported");
-        assert_eq!(d.drain, None);
-        assert_eq!(d.record.kind, NoticeKind::Rebalance);
-        let mut drain = Interpreter::new(OnRebalance::Drain, Duration::ZERO);
-        assert_eq!(
-            drains(&drain.rebalance(body, now)),
-            Some(DrainReason::Rebalance)
-        );
-        assert_eq!(drain.rebalance(body, now), None);
     }
 }

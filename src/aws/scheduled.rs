@@ -1,8 +1,9 @@
 //! EC2 scheduled events (`events/maintenance/scheduled`) as data: the body IMDS serves read into
-//! [`ScheduledEvent`]s, and what each active one calls for under `--on-maintenance`, decided once
-//! per EventId by the [`Planner`] — a replacement, a drain at NotBefore minus the margin that a
-//! canceled (or vanished) event calls off, or a report. No I/O: `maintenance` acts on the steps,
-//! and all of it is tested here as tables.
+//! [`ScheduledEvent`]s, and what each active one calls for under `--on-maintenance`, decided by
+//! the [`Planner`] on the current list — a replacement, a drain at NotBefore minus the margin that
+//! a canceled (or vanished) event calls off, or a report; an event that is active again after
+//! that is planned again. No I/O: `maintenance` acts on the steps, and all of it is tested here
+//! as tables.
 
 use std::time::{Duration, SystemTime};
 
@@ -16,7 +17,8 @@ pub const PATH: &str = "events/maintenance/scheduled";
 
 /// More events than EC2 ever lists for one instance; a longer list is not believed.
 const MAX_EVENTS: usize = 32;
-/// Events remembered (so that each EventId is acted on once); the oldest finished go first.
+/// Events remembered (so that a listed EventId is not acted on again); the oldest finished go
+/// first.
 const MAX_TRACKED: usize = 64;
 /// External text kept and logged is cut to this many characters.
 const MAX_TEXT: usize = 128;
@@ -314,7 +316,8 @@ pub enum Step {
     },
 }
 
-/// Decides what each event read means, acting on each EventId once.
+/// Decides what each event read means: each EventId is acted on once while it stays active,
+/// and again when it comes back active after it ended.
 #[derive(Debug, Clone)]
 pub struct Planner {
     mode: OnMaintenance,
@@ -357,24 +360,7 @@ impl Planner {
 
     fn first_sight(&mut self, event: &ScheduledEvent) -> Step {
         let (handling, step) = if event.state == EventState::Active {
-            // Saturating: a margin longer than all of time means at once.
-            let drain_at = event
-                .not_before
-                .checked_sub(self.margin)
-                .filter(|t| *t >= SystemTime::UNIX_EPOCH)
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            let (handling, action) = match self.mode {
-                OnMaintenance::Report => (Handling::Reported, Action::Report),
-                OnMaintenance::Replace => (
-                    Handling::Replacing { drain_at },
-                    Action::Replace { drain_at },
-                ),
-                OnMaintenance::Drain => {
-                    (Handling::DrainAt(drain_at), Action::Drain { at: drain_at })
-                }
-            };
-            let event = event.clone();
-            (handling, Step::New { event, action })
+            self.plan(event)
         } else {
             let event = event.clone();
             (Handling::Ignored, Step::Ignored { event })
@@ -387,8 +373,42 @@ impl Planner {
         step
     }
 
-    /// A known event read again: only its end matters (an EventId is acted on once).
+    /// What an active event calls for under the mode.
+    fn plan(&self, event: &ScheduledEvent) -> (Handling, Step) {
+        // Saturating: a margin longer than all of time means at once.
+        let drain_at = event
+            .not_before
+            .checked_sub(self.margin)
+            .filter(|t| *t >= SystemTime::UNIX_EPOCH)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let (handling, action) = match self.mode {
+            OnMaintenance::Report => (Handling::Reported, Action::Report),
+            OnMaintenance::Replace => (
+                Handling::Replacing { drain_at },
+                Action::Replace { drain_at },
+            ),
+            OnMaintenance::Drain => (Handling::DrainAt(drain_at), Action::Drain { at: drain_at }),
+        };
+        let event = event.clone();
+        (handling, Step::New { event, action })
+    }
+
+    /// A known event read again. Its end calls off what was planned; an event active again
+    /// after it ended (one poll `canceled` or unlisted, as a flapping IMDS shows) is planned
+    /// again: the decision is on the current list, not on the history. A drain that began
+    /// stays begun.
     fn again(&mut self, i: usize, event: &ScheduledEvent) -> Option<Step> {
+        let rearm = event.state == EventState::Active
+            && matches!(
+                self.tracked[i].handling,
+                Handling::Over(_) | Handling::Ignored
+            );
+        if rearm {
+            let (handling, step) = self.plan(event);
+            let t = &mut self.tracked[i];
+            (t.event, t.handling) = (event.clone(), handling);
+            return Some(step);
+        }
         let t = &mut self.tracked[i];
         t.event = event.clone();
         let why = match event.state {
@@ -619,7 +639,7 @@ mod tests {
     }
 
     #[test]
-    fn each_event_id_is_acted_on_once_table() {
+    fn each_event_id_is_acted_on_once_while_active_table() {
         use EventState::{Active, Canceled, Completed};
         let a = |state| event("a", state);
         let b = |state| event("b", state);
@@ -634,7 +654,31 @@ mod tests {
             (
                 OnMaintenance::Drain,
                 vec![vec![a(Active)], vec![a(Canceled)], vec![a(Active)]],
-                vec![vec!["drain a"], vec!["over a canceled true"], vec![]],
+                vec![
+                    vec!["drain a"],
+                    vec!["over a canceled true"],
+                    vec!["drain a"],
+                ],
+            ),
+            // Flapping: unlisted for one poll, then active again, is planned again.
+            (
+                OnMaintenance::Drain,
+                vec![vec![a(Active)], vec![], vec![a(Active)], vec![a(Active)]],
+                vec![
+                    vec!["drain a"],
+                    vec!["over a no longer listed true"],
+                    vec!["drain a"],
+                    vec![],
+                ],
+            ),
+            (
+                OnMaintenance::Replace,
+                vec![vec![a(Active)], vec![a(Canceled)], vec![a(Active)]],
+                vec![
+                    vec!["replace a"],
+                    vec!["over a canceled true"],
+                    vec!["replace a"],
+                ],
             ),
             (
                 OnMaintenance::Drain,
@@ -649,7 +693,11 @@ mod tests {
             (
                 OnMaintenance::Drain,
                 vec![vec![a(Completed), b(Canceled)], vec![a(Active)], vec![]],
-                vec![vec!["ignore a", "ignore b"], vec![], vec![]],
+                vec![
+                    vec!["ignore a", "ignore b"],
+                    vec!["drain a"],
+                    vec!["over a no longer listed true"],
+                ],
             ),
             (
                 OnMaintenance::Drain,

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::aws::api::CallError;
 use crate::aws::backoff;
 use crate::aws::hook_calls::{self, HookApi, set_terminate};
-use crate::aws::hooks_dir::{Decision, Finished, HooksDirError, Registration};
 use crate::aws::status::LifecycleBoard;
 use crate::aws::wait_state::{self, Stage};
 use crate::config::settings::HookResult;
 use crate::fmt::format_duration;
+use crate::hosthooks::{Decision, Finished, HooksDirError, Registration};
 use crate::journal::{Awaiting, Record};
 use crate::model::HookState;
 use crate::model::lifecycle::AwaitingStatus;
@@ -138,7 +138,7 @@ impl Gone<'_> {
     }
 
     fn bound_at(&self) -> Instant {
-        let bound = wait_state::wait_bound(self.api.hook_timeout);
+        let bound = wait_state::wait_bound(self.api.hook_timeout());
         let from = self.drain_started.unwrap_or_else(Instant::now);
         from.checked_add(bound).unwrap_or(from)
     }

@@ -87,6 +87,10 @@ pub struct Config {
     pub drain_signal: Option<Sig>,
     pub forward_to: ForwardTo,
     pub subreaper: bool,
+    /// `--cgroup`: whether the agent runs in a cgroup of its own.
+    pub cgroup: CgroupMode,
+    /// `--memory-max`, in bytes.
+    pub memory_max: Option<u64>,
     /// `--on-drain`: the agent's own drain command.
     pub on_drain: Option<OnDrain>,
     /// `--restart`, its delays and `--crash-loop`.

@@ -30,6 +30,28 @@ pub enum ImdsMode {
     Off,
 }
 
+/// Whether the agent runs in a cgroup of its own (`--cgroup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// When one can be made; otherwise the process group, said in one log line.
+    Auto,
+    /// Never: the process group stands for the agent.
+    Off,
+    /// Always: exit 125 when none can be made.
+    Require,
+}
+
+impl CgroupMode {
+    /// As written on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupMode::Auto => "auto",
+            CgroupMode::Off => "off",
+            CgroupMode::Require => "require",
+        }
+    }
+}
+
 /// What a rebalance recommendation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnRebalance {

@@ -12,8 +12,8 @@ use super::check::{self, Check};
 use super::layers::{Settings, Source};
 use super::paths::{default_socket, notify_socket_for, parse_name, parse_socket_path};
 use super::settings::{
-    BusySettings, EmfTarget, ForwardTo, HookResult, ImdsEndpointMode, ImdsMode, InWarmPool,
-    LifecycleSettings, OnCrashLoop, OnDrain, OnMaintenance, OnRebalance,
+    BusySettings, CgroupMode, EmfTarget, ForwardTo, HookResult, ImdsEndpointMode, ImdsMode,
+    InWarmPool, LifecycleSettings, OnCrashLoop, OnDrain, OnMaintenance, OnRebalance,
 };
 use super::{Config, ConfigError};
 use crate::config::settings::ReadyOn;
@@ -52,6 +52,8 @@ impl Config {
             drain_signal: stop.drain_signal,
             forward_to: stop.forward_to,
             subreaper: stop.subreaper,
+            cgroup: stop.cgroup,
+            memory_max: stop.memory_max,
             on_drain: unchanged.on_drain,
             restart: unchanged.restart,
             on_crash_loop: unchanged.on_crash_loop,
@@ -98,6 +100,8 @@ struct Stop {
     drain_signal: Option<Sig>,
     forward_to: ForwardTo,
     subreaper: bool,
+    cgroup: CgroupMode,
+    memory_max: Option<u64>,
 }
 
 impl Stop {
@@ -115,8 +119,43 @@ impl Stop {
                 ),
             )?,
             subreaper: settings.parse("subreaper", parse_bool)?.unwrap_or(false),
+            cgroup: settings.require(
+                "cgroup",
+                one_of(
+                    &[
+                        ("auto", CgroupMode::Auto),
+                        ("off", CgroupMode::Off),
+                        ("require", CgroupMode::Require),
+                    ],
+                    "expected `auto`, `off` or `require`",
+                ),
+            )?,
+            memory_max: settings.parse("memory-max", parse_size)?,
         })
     }
+}
+
+/// `--memory-max SIZE`: bytes, or a whole number with K, M, G or T (powers of 1024, as systemd's
+/// `MemoryMax=` reads them).
+fn parse_size(v: &str) -> Result<u64, String> {
+    let expected = || "expected bytes, or a number with K, M, G or T, such as 512M".to_string();
+    let v = v.trim();
+    let (digits, shift) = match v.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&v[..i], 10),
+        Some((i, 'M' | 'm')) => (&v[..i], 20),
+        Some((i, 'G' | 'g')) => (&v[..i], 30),
+        Some((i, 'T' | 't')) => (&v[..i], 40),
+        _ => (v, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| expected())?;
+    let bytes = n
+        .checked_shl(shift)
+        .filter(|b| b >> shift == n)
+        .ok_or_else(expected)?;
+    if bytes < 4096 {
+        return Err("at least one page (4096 bytes)".to_string());
+    }
+    Ok(bytes)
 }
 
 /// What the guard does for agents whose code cannot change: their own drain command, and

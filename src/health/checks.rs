@@ -317,7 +317,7 @@ mod tests {
         );
         assert_eq!(
             ProbeError::Timeout(Duration::from_millis(1500)).to_string(),
-            "no answer within 1s 500ms"
+            "no answer within 1.5s"
         );
         assert_eq!(ProbeError::Status(502).to_string(), "HTTP 502");
         let down = ProbeError::ReportsDown {

@@ -4,13 +4,13 @@
 //! single moment. Families labelled by an enum (`phase`, `reason`, `kind`) list every variant,
 //! zeros included, because a series that only appears once non-zero hides its first increase
 //! from `rate()`. They read the variants from the enums: a new `PhaseName` or `DrainReason` gets
-//! its series without touching this file, and a new `NoticeKind` stops the build here until it
-//! is listed.
+//! its series without touching this file, and a new notice source gets its `kind` series from the
+//! sources' registry (`aws::notices::KINDS`).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::aws::notices::{ImdsStatus, NoticeKind};
+use crate::aws::notices::{ImdsStatus, KINDS};
 use crate::aws::scheduled::{EventCode, EventState};
 use crate::health::checks::Verdict;
 use crate::health::views::Views;
@@ -21,6 +21,7 @@ use crate::model::hooks::HookStatus;
 use crate::model::lifecycle::LifecycleStatus;
 use crate::model::report::AgentReport;
 use crate::model::run::RunStats;
+use crate::process::cgroup::Usage;
 
 /// The Prometheus text of `views` at this moment.
 pub fn render(views: &Views) -> String {
@@ -47,6 +48,8 @@ struct Scrape {
     uptime: Duration,
     /// The wall clock at the scrape, for how long the hook work has waited.
     wall: SystemTime,
+    /// The agent's resources, read from its cgroup at the scrape (kernfs reads, no waiting).
+    usage: Option<Usage>,
 }
 
 impl Scrape {
@@ -61,6 +64,7 @@ impl Scrape {
         let verdicts = views.checks.borrow().verdicts(now);
         let lifecycle = views.lifecycle.borrow().clone();
         let watchdog_missed = views.watchdog_missed(now);
+        let usage = views.tracking.cgroup.as_ref().map(|c| c.usage());
         Scrape {
             phase,
             stats,
@@ -72,6 +76,7 @@ impl Scrape {
             subscribers: views.subscribers(),
             uptime: views.uptime(),
             wall: SystemTime::now(),
+            usage,
         }
     }
 }
@@ -181,7 +186,8 @@ const FAMILIES: &[Family] = &[
         help: "IMDS notices seen, by kind.",
         samples: |s| {
             // Counted since start: the list of notices keeps only the latest.
-            let each = NOTICE_KINDS.iter().map(|kind| {
+            // The label table is the notice sources' registry.
+            let each = KINDS.iter().map(|kind| {
                 Sample::new([("kind", kind.as_str())], s.imds.notices_of(*kind) as f64)
             });
             Some(each.collect())
@@ -207,6 +213,12 @@ const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         help: "Failed IMDS reads.",
         samples: |s| single(s.imds.errors_total as f64),
+    },
+    Family {
+        name: "agent_guard_log_lines_dropped_total",
+        kind: Kind::Counter,
+        help: "The guard's log lines dropped because stderr was not read fast enough.",
+        samples: |_| single(crate::logging::dropped_lines() as f64),
     },
     Family {
         name: "agent_guard_check_up",
@@ -248,6 +260,59 @@ const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         help: "Times the agent was started again (--restart).",
         samples: |s| single(s.stats.runs.restarts as f64),
+    },
+    Family {
+        name: "agent_guard_agent_oom_kills_total",
+        kind: Kind::Counter,
+        help: "Processes of the agent the kernel's OOM killer ended (memory.events oom_kill; only with the memory controller).",
+        samples: |s| single(s.usage.as_ref()?.oom_kills? as f64),
+    },
+    Family {
+        name: "agent_guard_agent_memory_bytes",
+        kind: Kind::Gauge,
+        help: "Memory of the agent's cgroup (memory.current).",
+        samples: |s| single(s.usage.as_ref()?.memory_current? as f64),
+    },
+    Family {
+        name: "agent_guard_agent_memory_peak_bytes",
+        kind: Kind::Gauge,
+        help: "The most memory the agent's cgroup used (memory.peak).",
+        samples: |s| single(s.usage.as_ref()?.memory_peak? as f64),
+    },
+    Family {
+        name: "agent_guard_agent_cpu_seconds_total",
+        kind: Kind::Counter,
+        help: "CPU time of every process in the agent's cgroup (cpu.stat usage_usec).",
+        samples: |s| single(s.usage.as_ref()?.cpu_usage_usec? as f64 / 1e6),
+    },
+    Family {
+        name: "agent_guard_agent_processes",
+        kind: Kind::Gauge,
+        help: "Processes in the agent's cgroup.",
+        samples: |s| single(s.usage.as_ref()?.processes? as f64),
+    },
+    Family {
+        name: "agent_guard_agent_pressure_stalled_seconds_total",
+        kind: Kind::Counter,
+        help: "Time the agent's processes stalled on a resource (PSI total), by resource and kind (some: at least one; full: all).",
+        samples: |s| {
+            let usage = s.usage.as_ref()?;
+            let mut each = Vec::new();
+            for (resource, p) in &usage.pressure {
+                let secs = |usec: u64| usec as f64 / 1e6;
+                each.push(Sample::new(
+                    [("resource", *resource), ("kind", "some")],
+                    secs(p.some_total_usec),
+                ));
+                if let Some(full) = p.full_total_usec {
+                    each.push(Sample::new(
+                        [("resource", *resource), ("kind", "full")],
+                        secs(full),
+                    ));
+                }
+            }
+            Some(each)
+        },
     },
     Family {
         name: "agent_guard_watchdog_missed",
@@ -340,26 +405,6 @@ const FAMILIES: &[Family] = &[
     },
 ];
 
-/// Every notice kind, in the order of `agent_guard_notices_total`. `aws::notices` has no
-/// `NoticeKind::ALL` yet; [`notice_index`] stops compiling when a kind is added, pointing here.
-const NOTICE_KINDS: [NoticeKind; 4] = [
-    NoticeKind::LifecycleState,
-    NoticeKind::Spot,
-    NoticeKind::Rebalance,
-    NoticeKind::ScheduledEvent,
-];
-
-/// The place of `kind` in [`NOTICE_KINDS`]; an exhaustive match, so a new kind cannot be missed.
-#[cfg(test)]
-fn notice_index(kind: NoticeKind) -> usize {
-    match kind {
-        NoticeKind::LifecycleState => 0,
-        NoticeKind::Spot => 1,
-        NoticeKind::Rebalance => 2,
-        NoticeKind::ScheduledEvent => 3,
-    }
-}
-
 /// A label value in Prometheus text: backslash, quote and newline escaped.
 fn label(value: &str) -> String {
     value
@@ -375,7 +420,7 @@ mod tests {
 
     use tokio::sync::watch;
 
-    use crate::aws::notices::NoticeRecord;
+    use crate::aws::notices::{NoticeKind, NoticeRecord};
     use crate::aws::scheduled::{Handling, ScheduledEvent, Tracked};
     use crate::config::HookResult;
     use crate::config::check::Check;
@@ -527,6 +572,9 @@ agent_guard_maintenance_events{code="other"} 0
 # HELP agent_guard_imds_errors_total Failed IMDS reads.
 # TYPE agent_guard_imds_errors_total counter
 agent_guard_imds_errors_total 7
+# HELP agent_guard_log_lines_dropped_total The guard's log lines dropped because stderr was not read fast enough.
+# TYPE agent_guard_log_lines_dropped_total counter
+agent_guard_log_lines_dropped_total 0
 # HELP agent_guard_check_up Whether a check passes (1) or fails (0); stale results fail.
 # TYPE agent_guard_check_up gauge
 agent_guard_check_up{check="db"} 1
@@ -604,6 +652,9 @@ agent_guard_maintenance_events{code="other"} 0
 # HELP agent_guard_imds_errors_total Failed IMDS reads.
 # TYPE agent_guard_imds_errors_total counter
 agent_guard_imds_errors_total 0
+# HELP agent_guard_log_lines_dropped_total The guard's log lines dropped because stderr was not read fast enough.
+# TYPE agent_guard_log_lines_dropped_total counter
+agent_guard_log_lines_dropped_total 0
 # HELP agent_guard_check_up Whether a check passes (1) or fails (0); stale results fail.
 # TYPE agent_guard_check_up gauge
 # HELP agent_guard_check_latency_seconds How long the last probe of a check took.
@@ -647,13 +698,6 @@ agent_guard_subscribers 0
     fn an_idle_guard_reads_as_before() {
         let views = Views::fixed("agent", watch::channel(Phase::Ready).1);
         assert_eq!(steady(&render(&views)), IDLE);
-    }
-
-    #[test]
-    fn notice_kinds_are_listed_in_their_index_order() {
-        for (i, kind) in NOTICE_KINDS.into_iter().enumerate() {
-            assert_eq!(notice_index(kind), i, "{}", kind.as_str());
-        }
     }
 
     #[test]

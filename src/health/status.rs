@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::aws::notices::ImdsStatus;
 use crate::fmt::rfc3339;
 use crate::health::views::Views;
-use crate::machine::state::Phase;
+use crate::machine::state::{Cleanup, Phase, Restart};
 use crate::model::hooks::HookStatus;
 use crate::model::lifecycle::LifecycleStatus;
 use crate::model::run::{AgentRuns, DrainCommandStatus};
@@ -15,6 +15,8 @@ use crate::model::status::{
     CheckStatus, DrainCommandView, DrainStatus, HookView, ImdsView, LifecycleView, NoticeView,
     RestartView, ScheduledEventView, Status, WaitingView,
 };
+use crate::process::cgroup::Tracking;
+use serde_json::{Value, json};
 
 /// The whole state now: the control socket's `status` reply and the body of `/status`.
 pub fn status(views: &Views) -> Status {
@@ -57,6 +59,7 @@ pub fn status(views: &Views) -> Status {
             .map(|(r, n)| (r.as_str().to_string(), *n))
             .collect::<BTreeMap<_, _>>(),
         restart: restart(&phase, &stats.runs, now),
+        cgroup: cgroup(&views.tracking),
         on_drain: stats.runs.drain_command.as_ref().map(drain_command),
         watchdog_missed: views.watchdog_missed(now),
         subscribers: views.subscribers(),
@@ -92,9 +95,50 @@ fn restart(phase: &Phase, runs: &AgentRuns, now: Instant) -> RestartView {
         restarts: runs.restarts,
         restarting: pending.is_some(),
         attempt: pending.map(|r| r.attempt),
-        next_in_ms: pending.map(|r| millis(r.at.saturating_duration_since(now))),
+        // At the latest: the next start also waits out the old agent's leftovers' grace.
+        next_in_ms: pending.map(|r| millis(next_start(r).saturating_duration_since(now))),
+        waiting_for_leftovers: pending.map(|r| r.cleanup.is_some()),
         crash_loop: runs.crash_loop,
     }
+}
+
+/// The latest the next start waits for: its delay, and the grace (or the kernel's removal) of
+/// what is left of the last agent's group, whichever ends later.
+fn next_start(r: &Restart) -> Instant {
+    match r.cleanup {
+        Some(Cleanup::Signalled { kill_at }) => r.at.max(kill_at),
+        Some(Cleanup::Killed { give_up_at }) => r.at.max(give_up_at),
+        None => r.at,
+    }
+}
+
+/// `--cgroup`: what stands for the agent's processes, and, with a cgroup, their resources now.
+fn cgroup(tracking: &Tracking) -> Value {
+    let Some(cgroup) = &tracking.cgroup else {
+        return json!({
+            "mode": tracking.mode,
+            "tracked_by": "process-group",
+            "why": tracking.fallback,
+        });
+    };
+    let usage = cgroup.usage();
+    json!({
+        "mode": tracking.mode,
+        "tracked_by": "cgroup",
+        "path": cgroup.path().display().to_string(),
+        "controllers": cgroup.controllers(),
+        "memory_max": cgroup.memory_max(),
+        "populated": cgroup.populated(),
+        "processes": usage.processes,
+        "memory_current": usage.memory_current,
+        "memory_peak": usage.memory_peak,
+        "cpu_usage_s": usage.cpu_usage_usec.map(|u| u as f64 / 1e6),
+        "oom_kills": usage.oom_kills,
+        "pressure": usage.pressure.iter().map(|(r, p)| (r.to_string(), json!({
+            "some_avg10": p.some_avg10,
+            "full_avg10": p.full_avg10,
+        }))).collect::<serde_json::Map<_, _>>(),
+    })
 }
 
 fn drain_command(c: &DrainCommandStatus) -> DrainCommandView {
@@ -343,10 +387,10 @@ mod tests {
 
     /// The JSON users see, field for field (README documents it), as the `json!` builder of
     /// `agent::hub` wrote it before the typed `Status`.
-    const GOLDEN: &str = r#"{"agent_exit":null,"agent_pid":42,"agent_uptime_s":N,"checks":[{"checked":"2026-05-28T20:26:48.000Z","latency_ms":1.5,"name":"db","ok":true,"target":"tcp://127.0.0.1:1","why":"ok"},{"checked":null,"latency_ms":null,"name":"web","ok":false,"target":null,"why":"not checked yet"}],"drain":{"deadline":"2026-05-28T20:27:41.000Z","deadline_in_ms":N,"reason":"scale-in"},"drains":{"operator":1,"scale-in":2},"health_listen":"127.0.0.1:8099","held":null,"imds":{"endpoint":"http://169.254.169.254","errors":7,"instance_id":"i-1","last_error":"timed out","last_ok":"2026-05-28T20:26:44.000Z","last_poll":"2026-05-28T20:26:44.000Z","lifecycle_state":"Terminated","notices":[{"drain":"scale-in","kind":"target-lifecycle-state","seen":"2026-05-28T20:26:47.000Z","value":"Terminated"}],"region":"eu-west-1","scheduled_events":[{"code":"system-reboot","drain_at":"2026-05-28T20:26:46.000Z","handling":"drain-scheduled","id":"instance-event-1","listed":true,"not_after":null,"not_before":"2026-05-28T20:26:45.000Z","state":"active"}]},"in_flight":3,"in_flight_reported":"2026-05-28T20:26:43.000Z","lifecycle":{"error":null,"group":"workers","heartbeat_interval_s":0.3,"instance_id":"i-1","launch_hook":{"heartbeats":4,"last_error":"throttled","name":"launch","result":"CONTINUE","state":"completed"},"protected_from_scale_in":true,"terminate_hook":{"heartbeats":4,"last_error":"throttled","name":"term","result":null,"state":"awaiting"},"waiting_for":{"detail":"deregistration in progress (Terminating)","since":"2026-05-28T20:26:49.000Z","text":"waiting for Terminating:Wait since 20:26:49, deregistration in progress (Terminating)","what":"wait-state"}},"name":"agent","ok":true,"on_drain":{"pid":43,"started":"2026-05-28T20:26:42.000Z","state":"exited","status":0},"phase":"draining","phase_since":"2026-05-28T20:26:41.000Z","ready_source":"start","restart":{"attempt":null,"crash_loop":false,"next_in_ms":null,"policy":"never","restarting":false,"restarts":2},"status":"working","stopping":true,"subscribers":0,"uptime_s":N,"watchdog_missed":false}"#;
+    const GOLDEN: &str = r#"{"agent_exit":null,"agent_pid":42,"agent_uptime_s":N,"checks":[{"checked":"2026-05-28T20:26:48.000Z","latency_ms":1.5,"name":"db","ok":true,"target":"tcp://127.0.0.1:1","why":"ok"},{"checked":null,"latency_ms":null,"name":"web","ok":false,"target":null,"why":"not checked yet"}],"cgroup":{"mode":"","tracked_by":"process-group","why":null},"drain":{"deadline":"2026-05-28T20:27:41.000Z","deadline_in_ms":N,"reason":"scale-in"},"drains":{"operator":1,"scale-in":2},"health_listen":"127.0.0.1:8099","held":null,"imds":{"endpoint":"http://169.254.169.254","errors":7,"instance_id":"i-1","last_error":"timed out","last_ok":"2026-05-28T20:26:44.000Z","last_poll":"2026-05-28T20:26:44.000Z","lifecycle_state":"Terminated","notices":[{"drain":"scale-in","kind":"target-lifecycle-state","seen":"2026-05-28T20:26:47.000Z","value":"Terminated"}],"region":"eu-west-1","scheduled_events":[{"code":"system-reboot","drain_at":"2026-05-28T20:26:46.000Z","handling":"drain-scheduled","id":"instance-event-1","listed":true,"not_after":null,"not_before":"2026-05-28T20:26:45.000Z","state":"active"}]},"in_flight":3,"in_flight_reported":"2026-05-28T20:26:43.000Z","lifecycle":{"error":null,"group":"workers","heartbeat_interval_s":0.3,"instance_id":"i-1","launch_hook":{"heartbeats":4,"last_error":"throttled","name":"launch","result":"CONTINUE","state":"completed"},"protected_from_scale_in":true,"terminate_hook":{"heartbeats":4,"last_error":"throttled","name":"term","result":null,"state":"awaiting"},"waiting_for":{"detail":"deregistration in progress (Terminating)","since":"2026-05-28T20:26:49.000Z","text":"waiting for Terminating:Wait since 20:26:49, deregistration in progress (Terminating)","what":"wait-state"}},"name":"agent","ok":true,"on_drain":{"pid":43,"started":"2026-05-28T20:26:42.000Z","state":"exited","status":0},"phase":"draining","phase_since":"2026-05-28T20:26:41.000Z","ready_source":"start","restart":{"attempt":null,"crash_loop":false,"next_in_ms":null,"policy":"never","restarting":false,"restarts":2,"waiting_for_leftovers":null},"status":"working","stopping":true,"subscribers":0,"uptime_s":N,"watchdog_missed":false}"#;
 
     /// A guard with nothing to show: no IMDS, no lifecycle, no checks.
-    const IDLE: &str = r#"{"agent_exit":null,"agent_pid":null,"agent_uptime_s":null,"checks":[],"drain":null,"drains":{},"health_listen":null,"held":null,"imds":null,"in_flight":null,"in_flight_reported":null,"lifecycle":null,"name":"agent","ok":true,"on_drain":null,"phase":"ready","phase_since":"2026-05-28T20:26:41.000Z","ready_source":null,"restart":{"attempt":null,"crash_loop":false,"next_in_ms":null,"policy":"never","restarting":false,"restarts":0},"status":null,"stopping":false,"subscribers":0,"uptime_s":N,"watchdog_missed":false}"#;
+    const IDLE: &str = r#"{"agent_exit":null,"agent_pid":null,"agent_uptime_s":null,"checks":[],"cgroup":{"mode":"","tracked_by":"process-group","why":null},"drain":null,"drains":{},"health_listen":null,"held":null,"imds":null,"in_flight":null,"in_flight_reported":null,"lifecycle":null,"name":"agent","ok":true,"on_drain":null,"phase":"ready","phase_since":"2026-05-28T20:26:41.000Z","ready_source":null,"restart":{"attempt":null,"crash_loop":false,"next_in_ms":null,"policy":"never","restarting":false,"restarts":0,"waiting_for_leftovers":null},"status":null,"stopping":false,"subscribers":0,"uptime_s":N,"watchdog_missed":false}"#;
 
     /// What the guard writes, `ctl` and the drill read back as the same value.
     #[test]
@@ -371,5 +415,32 @@ mod tests {
         .1;
         let text = status(&idle).json();
         assert_eq!(masked(&text), IDLE, "\n{}", masked(&text));
+    }
+
+    #[test]
+    fn the_next_start_waits_for_the_leftovers_grace() {
+        use crate::machine::state::{Cleanup, Restart};
+        use crate::process::exit::ChildExit;
+        let now = Instant::now();
+        let s = Duration::from_secs(1);
+        let restart = |cleanup| Restart {
+            last: ChildExit::for_test(1),
+            attempt: 1,
+            at: now,
+            cleanup,
+        };
+        assert_eq!(next_start(&restart(None)), now);
+        let grace = Some(Cleanup::Signalled {
+            kill_at: now + 5 * s,
+        });
+        assert_eq!(
+            next_start(&restart(grace)),
+            now + 5 * s,
+            "not 0 while the grace runs"
+        );
+        let killed = Some(Cleanup::Killed {
+            give_up_at: now + 2 * s,
+        });
+        assert_eq!(next_start(&restart(killed)), now + 2 * s);
     }
 }

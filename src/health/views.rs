@@ -15,6 +15,7 @@ use crate::machine::state::Phase;
 use crate::model::lifecycle::LifecycleStatus;
 use crate::model::report::AgentReport;
 use crate::model::run::RunStats;
+use crate::process::cgroup::Tracking;
 
 /// The readers' side of every snapshot. One per run, shared by the health threads and the
 /// `status` reply.
@@ -38,6 +39,9 @@ pub struct Views {
     pub held: watch::Receiver<Option<String>>,
     /// For the count of the agent's subscribed connections.
     pub announcer: Announcer,
+    /// What stands for the agent's processes (`--cgroup`): fixed for the run; a cgroup's
+    /// figures are read when asked for.
+    pub tracking: Tracking,
 }
 
 impl Views {
@@ -58,6 +62,7 @@ impl Views {
             lifecycle: watch::channel(LifecycleStatus::default()).1,
             held: watch::channel(None).1,
             announcer: Announcer::default(),
+            tracking: Tracking::default(),
         }
     }
 

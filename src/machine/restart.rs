@@ -134,6 +134,12 @@ mod tests {
                 true,
             ),
             (RestartPolicy::Always, ChildExit::for_test(0), true),
+            (
+                RestartPolicy::OnFailure,
+                ChildExit::for_test(0).for_test_oom_kills(1),
+                true,
+            ),
+            (RestartPolicy::OnFailure, ChildExit::for_test_oom(), true),
         ];
         for (policy, exit, want) in cases {
             assert_eq!(policy.applies(&exit), want, "{policy} after {exit}");

@@ -172,6 +172,9 @@ pub enum Event {
     },
     /// The agent reported that it is drained.
     Drained,
+    /// The `--on-drain` command could not start: an agent with no other way to hear of the
+    /// drain is not waited for.
+    DrainCommandFailed,
     /// A signal to pass through to the agent.
     Forward(Sig),
     /// The current phase's deadline was reached.
@@ -218,6 +221,22 @@ pub enum Action {
     CrashLoop { starts: u32, within: Duration },
     /// A stop or a drain came between an agent's exit and its restart: none is started again.
     RestartCancelled { reason: DrainReason },
+    /// A drain was asked for but the agent goes straight to its stop signal: said, with why,
+    /// because no drain event, `--drain-signal` or `--on-drain` follows.
+    DrainSkipped {
+        reason: DrainReason,
+        why: DrainSkipped,
+    },
+}
+
+/// Why a drain went straight to the stop signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainSkipped {
+    /// Nothing could tell the agent: no subscriber, no `--drain-signal`, no `--on-drain`.
+    NoWayToTell,
+    /// The hard deadline (a spot interruption) leaves `left`, no more than `--stop-timeout`:
+    /// all of it goes to the stop grace.
+    NoTimeLeft { left: Duration },
 }
 
 /// What `step` needs besides the state and the event: the time and the stop settings.
@@ -430,6 +449,9 @@ fn draining(d: Drain, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
             no_change(Phase::Draining(Drain { reason, ..d }))
         }
         Event::Drained => stop(d.reason, d.hard_deadline, d.signalled, ctx),
+        Event::DrainCommandFailed if !ctx.listeners && ctx.drain_signal.is_none() => {
+            stop(d.reason, d.hard_deadline, d.signalled, ctx)
+        }
         Event::Timer if now >= d.deadline => stop(d.reason, d.hard_deadline, d.signalled, ctx),
         Event::Forward(signal) => (Phase::Draining(d), vec![forward(signal)]),
         Event::ChildExited(exit) => {
@@ -630,8 +652,13 @@ fn begin_drain(
     signalled: bool,
     ctx: &Ctx,
 ) -> (Phase, Vec<Action>) {
+    let skip = |why| {
+        let (phase, mut actions) = stop(reason, hard_deadline, signalled, ctx);
+        actions.insert(0, Action::DrainSkipped { reason, why });
+        (phase, actions)
+    };
     if !ctx.agent_can_hear_drain() {
-        return stop(reason, hard_deadline, signalled, ctx);
+        return skip(DrainSkipped::NoWayToTell);
     }
     let drain_end = later(ctx.now, ctx.drain_timeout);
     let deadline = match hard_deadline {
@@ -639,7 +666,8 @@ fn begin_drain(
         None => drain_end,
     };
     if deadline <= ctx.now {
-        return stop(reason, hard_deadline, signalled, ctx);
+        let left = hard_deadline.map_or(Duration::ZERO, |h| h.saturating_duration_since(ctx.now));
+        return skip(DrainSkipped::NoTimeLeft { left });
     }
     let mut actions = vec![Action::AnnounceDrain { reason, deadline }];
     actions.extend(ctx.drain_signal.map(forward));
@@ -812,12 +840,18 @@ mod tests {
                 vec![],
             ),
             (
-                "SIGTERM with nobody listening stops at once",
+                "SIGTERM with nobody listening stops at once, and says why",
                 Phase::Ready,
                 Event::StopSignal,
                 c.clone(),
                 stopping.clone(),
-                vec![stop_signal()],
+                vec![
+                    Action::DrainSkipped {
+                        reason: DrainReason::Signal,
+                        why: DrainSkipped::NoWayToTell,
+                    },
+                    stop_signal(),
+                ],
             ),
             (
                 "SIGTERM with a drain signal drains first",
@@ -1055,7 +1089,44 @@ mod tests {
         );
         assert!(matches!(phase, Phase::Stopping(Stop { .. })), "{phase:?}");
         assert_eq!(phase.deadline(), Some(t0 + 4 * S));
+        let skipped = Action::DrainSkipped {
+            reason: DrainReason::SpotInterruption,
+            why: DrainSkipped::NoTimeLeft { left: 4 * S },
+        };
+        assert_eq!(actions, vec![skipped, stop_signal()], "the skip is said");
+    }
+
+    #[test]
+    fn an_on_drain_command_that_cannot_start_stops_an_agent_nothing_else_told() {
+        let t0 = Instant::now();
+        let told_only_by_the_command = Ctx {
+            drain_command: true,
+            ..ctx(t0)
+        };
+        let (draining, _) = run(
+            Phase::Ready,
+            Event::Drain {
+                reason: DrainReason::ScaleIn,
+                hard_deadline: None,
+            },
+            &told_only_by_the_command,
+        );
+        assert!(matches!(draining, Phase::Draining(_)), "{draining:?}");
+        let (phase, actions) = run(
+            draining.clone(),
+            Event::DrainCommandFailed,
+            &told_only_by_the_command,
+        );
+        assert!(matches!(phase, Phase::Stopping(_)), "{phase:?}");
         assert_eq!(actions, vec![stop_signal()]);
+        // Told another way too (a drain signal): the drain goes on.
+        let also_signalled = Ctx {
+            drain_command: true,
+            ..with_drain_signal(t0)
+        };
+        let (phase, actions) = run(draining.clone(), Event::DrainCommandFailed, &also_signalled);
+        assert_eq!(phase, draining);
+        assert!(actions.is_empty());
     }
 
     #[test]

@@ -21,10 +21,12 @@ use crate::journal::Record;
 use crate::machine::announce::Announcer;
 use crate::machine::restart::RestartSettings;
 use crate::machine::state::{
-    Action, Cleanup, Ctx, DrainReason, Event, Phase, ReadyOn, Restart, State, Target, step,
+    Action, Cleanup, Ctx, DrainReason, DrainSkipped, Event, Phase, ReadyOn, Restart, State, Target,
+    step,
 };
 use crate::model::report::AgentReport;
 use crate::model::run::{Announcement, DrainCommandStatus, DrainInfo, RunStats};
+use crate::process::cgroup::{AgentCgroup, EmptyWatch};
 use crate::process::child::{Agent, Launcher, SpawnError};
 use crate::process::drain_command::DrainCommand;
 use crate::process::exit::ChildExit;
@@ -54,6 +56,13 @@ fn jitter() -> f64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     f64::from(nanos % 1000) / 1000.0
+}
+
+/// A signal that could not be sent is logged, never fatal: the timers still end the stop.
+fn log_signal_error(result: std::io::Result<()>, pgid: libc::pid_t) {
+    if let Err(err) = result {
+        tracing::error!(pgid, error = %err, "cannot signal the agent");
+    }
 }
 
 /// The settings `step` needs, taken from the config once.
@@ -133,6 +142,12 @@ pub struct Supervisor {
     drain: Option<DrainReason>,
     ready: bool,
     crash_loop: bool,
+    /// The agent's cgroup (`--cgroup`): what "gone" means, where signals and SIGKILL go.
+    cgroup: Option<std::sync::Arc<AgentCgroup>>,
+    /// Woken when the cgroup's `populated` changes; without it the cgroup is polled.
+    empty_watch: Option<EmptyWatch>,
+    /// The cgroup's OOM kills when the current agent started.
+    oom_before: u64,
 }
 
 /// What the supervisor tells the lifecycle work as it happens; everything else it needs is the
@@ -195,6 +210,14 @@ impl Supervisor {
         out: Published,
         upstream: Upstream,
     ) -> Result<Self, SpawnError> {
+        let cgroup = launcher.cgroup.clone();
+        // Watched from before the agent starts, so that no change of `populated` is missed.
+        let empty_watch = cgroup.as_ref().and_then(|c| {
+            c.watch()
+                .map_err(|err| tracing::warn!(error = %err, "polling the agent's cgroup instead"))
+                .ok()
+        });
+        let oom_before = cgroup.as_ref().and_then(|c| c.oom_kills()).unwrap_or(0);
         let agent = launcher.spawn()?;
         out.run(|run| {
             run.agent_pid = Some(agent.pid());
@@ -226,7 +249,43 @@ impl Supervisor {
             drain: None,
             ready: false,
             crash_loop: false,
+            cgroup,
+            empty_watch,
+            oom_before,
         })
+    }
+
+    /// Whether anything of the agent is left: a process in its cgroup, or else a live member of
+    /// its process group.
+    fn alive(&self) -> bool {
+        match &self.cgroup {
+            Some(cgroup) => cgroup.populated(),
+            None => self.agent.group_alive(),
+        }
+    }
+
+    /// What stands for the agent's processes, as `/status` and the journal name it.
+    fn tracked_by(&self) -> &'static str {
+        match self.cgroup {
+            Some(_) => "cgroup",
+            None => "process-group",
+        }
+    }
+
+    /// Where the agent's leftovers are, for log lines.
+    fn leftovers(&self) -> &'static str {
+        match self.cgroup {
+            Some(_) => "the agent's cgroup",
+            None => "the agent's group",
+        }
+    }
+
+    /// `exit`, sealed with the proof that nothing of the agent is left, where that holds now.
+    fn prove_gone(&self, exit: ChildExit) -> ChildExit {
+        match &self.cgroup {
+            Some(cgroup) => cgroup.prove_empty(exit),
+            None => self.agent.prove_group_gone(exit),
+        }
     }
 
     /// Runs until the last agent and its process group are gone; returns how it ended, and the
@@ -236,7 +295,7 @@ impl Supervisor {
         self.apply(Event::Spawned);
         loop {
             if let Phase::Done(exit) = &self.state.phase {
-                let exit = exit.clone();
+                let exit = self.prove_gone(exit.clone());
                 self.end_drain_command().await;
                 let outcome = Outcome {
                     exit,
@@ -259,7 +318,7 @@ impl Supervisor {
                     // that are the guard's own (orphans it adopted) must not outlive the run.
                     // Reaping first would race a leftover that exits between the reap and the
                     // look: the group would read as gone with that zombie never reaped.
-                    let gone = !self.agent.group_alive();
+                    let gone = !self.alive();
                     let _ = self.reap();
                     gone.then_some(Event::GroupGone)
                 }
@@ -287,6 +346,18 @@ impl Supervisor {
         let far = || Instant::now() + Duration::from_secs(86_400);
         let timer_at = tokio::time::Instant::from_std(deadline.unwrap_or_else(far));
         let command_due = self.drain_command.as_ref().and_then(DrainCommand::due);
+        // With a cgroup the kernel says when it empties; a look first, as the change that
+        // matters may have been drained from the watch by an earlier wake.
+        let watched = cleaning && self.cgroup.is_some() && self.empty_watch.is_some();
+        if watched && !self.alive() {
+            return Wake::GroupPoll;
+        }
+        let emptied = async {
+            match self.empty_watch.as_mut() {
+                Some(watch) if watched => watch.changed().await,
+                _ => std::future::pending().await,
+            }
+        };
         let command_at = tokio::time::Instant::from_std(command_due.unwrap_or_else(far));
         tokio::select! {
             biased;
@@ -296,7 +367,8 @@ impl Supervisor {
             },
             Some(event) = self.events.recv() => Wake::Event(event),
             _ = sleep_until(timer_at), if deadline.is_some() => Wake::Timer,
-            _ = self.group_poll.tick(), if cleaning => Wake::GroupPoll,
+            _ = emptied => Wake::GroupPoll,
+            _ = self.group_poll.tick(), if cleaning && !watched => Wake::GroupPoll,
             _ = sleep_until(command_at), if command_due.is_some() => Wake::DrainCommandDue,
             _ = self.reap_tick.tick() => Wake::ReapTick,
         }
@@ -324,12 +396,34 @@ impl Supervisor {
                 }
             });
         }
-        agent.map(Event::ChildExited)
+        agent
+            .map(|exit| match &self.cgroup {
+                Some(cgroup) => cgroup.note_oom(exit, self.oom_before),
+                None => exit,
+            })
+            .map(Event::ChildExited)
     }
 
     fn on_signal(&mut self, sig: Sig) -> Option<Event> {
         match role(sig) {
-            Role::Reap => self.reap(),
+            Role::Reap => {
+                let exited = self.reap();
+                // ^Z on the terminal the agent's group holds stopped the agent, not the guard:
+                // the shell waiting for the guard would hang.
+                if exited.is_none()
+                    && self.launcher.job_control.terminal()
+                    && self.reaper.take_job_control_stop()
+                {
+                    self.stop_guard_too();
+                }
+                exited
+            }
+            Role::Suspend => {
+                // As dumb-init does: pass it on, then stop the guard as well.
+                self.apply(Event::Forward(sig));
+                self.stop_guard_too();
+                None
+            }
             Role::Stop => {
                 let record = Record::StopSignalReceived { signal: sig };
                 tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal");
@@ -337,6 +431,13 @@ impl Supervisor {
             }
             Role::Forward => Some(Event::Forward(sig)),
         }
+    }
+
+    /// Stops the guard until SIGCONT; a stop report of the agent's that came meanwhile is one
+    /// this stop already answered.
+    fn stop_guard_too(&mut self) {
+        self.agent.stop_guard_too();
+        let _ = self.reaper.take_job_control_stop();
     }
 
     /// Feeds `event` to `step`, then whatever the actions produced for it (a spawn's outcome).
@@ -448,28 +549,43 @@ impl Supervisor {
         self.out.announcer.announce(Announcement::Drain(info));
     }
 
+    /// The stop signal to the agent's group (and SIGCONT to a stopped agent after it).
+    fn stop_signal_to_group(&self, signal: Sig, pgid: i32) -> std::io::Result<()> {
+        if !self.state.phase.agent_running() && !self.alive() {
+            return Ok(()); // the agent left nothing behind
+        }
+        let record = Record::StopSignalSent {
+            signal,
+            pgid,
+            cgroup: self.cgroup.is_some(),
+        };
+        if let Some(cgroup) = &self.cgroup {
+            tracing::info!(signal = %signal, pgid, journal = %record.json(), "sent the stop signal to every process in the agent's cgroup");
+            let sent = cgroup.signal_all(signal).map(|_| ());
+            if signal != Sig::CONT && signal != Sig::KILL && cgroup.any_stopped() {
+                let _ = cgroup.signal_all(Sig::CONT);
+            }
+            return sent;
+        }
+        tracing::info!(signal = %signal, pgid, journal = %record.json(), "sent the stop signal to the agent's process group");
+        let sent = self.signal_group(signal);
+        // As systemd does after KillSignal=: a stopped agent (SIGSTOP, or a TSTP passed
+        // on) could not act on the stop signal and would only ever end SIGKILLed. Only
+        // when one is stopped: an agent that handles SIGCONT gets no spurious one.
+        let running = self.state.phase.agent_running();
+        if signal != Sig::CONT && signal != Sig::KILL && self.agent.any_stopped(running) {
+            let _ = self.signal_group(Sig::CONT);
+        }
+        sent
+    }
+
     fn perform(&mut self, action: Action, ctx: &Ctx) {
         let pgid = self.agent.pid();
         let result = match action {
             Action::Signal {
                 signal,
                 to: Target::Group,
-            } => {
-                if !self.state.phase.agent_running() && !self.agent.group_alive() {
-                    return; // the agent left nothing behind
-                }
-                let record = Record::StopSignalSent { signal, pgid };
-                tracing::info!(signal = %signal, pgid, journal = %record.json(), "sent the stop signal to the agent's process group");
-                let sent = self.signal_group(signal);
-                // As systemd does after KillSignal=: a stopped agent (SIGSTOP, or a TSTP passed
-                // on) could not act on the stop signal and would only ever end SIGKILLed. Only
-                // when one is stopped: an agent that handles SIGCONT gets no spurious one.
-                let running = self.state.phase.agent_running();
-                if signal != Sig::CONT && signal != Sig::KILL && self.agent.any_stopped(running) {
-                    let _ = self.signal_group(Sig::CONT);
-                }
-                sent
-            }
+            } => self.stop_signal_to_group(signal, pgid),
             Action::Signal {
                 signal,
                 to: Target::Forwarded,
@@ -483,8 +599,16 @@ impl Supervisor {
             Action::Kill => {
                 self.sigkilled = true;
                 let record = Record::Killed { pgid };
-                tracing::warn!(pgid, journal = %record.json(), "sent SIGKILL to the agent's process group");
-                self.signal_group(Sig::KILL)
+                match &self.cgroup {
+                    Some(cgroup) => {
+                        tracing::warn!(pgid, journal = %record.json(), "sent SIGKILL to every process in the agent's cgroup (cgroup.kill)");
+                        cgroup.kill()
+                    }
+                    None => {
+                        tracing::warn!(pgid, journal = %record.json(), "sent SIGKILL to the agent's process group");
+                        self.signal_group(Sig::KILL)
+                    }
+                }
             }
             Action::AnnounceDrain { reason, deadline } => {
                 self.told_to_drain(reason, deadline, ctx);
@@ -523,10 +647,12 @@ impl Supervisor {
                 self.restart_cancelled(reason);
                 Ok(())
             }
+            Action::DrainSkipped { reason, why } => {
+                self.drain_skipped(reason, why);
+                Ok(())
+            }
         };
-        if let Err(err) = result {
-            tracing::error!(pgid, error = %err, "cannot signal the agent");
-        }
+        log_signal_error(result, pgid);
     }
 
     /// Tells the agent's listeners of the drain, and logs every way the agent is told of it.
@@ -603,7 +729,15 @@ impl Supervisor {
                 let record = Record::DrainCommandFailed {
                     error: err.to_string(),
                 };
-                tracing::error!(error = %err, journal = %record.json(), "cannot start the --on-drain command; the drain goes on");
+                let told =
+                    self.out.announcer.listeners() > 0 || self.settings.drain_signal.is_some();
+                let then = if told {
+                    "the drain goes on"
+                } else {
+                    "nothing else can tell the agent, so it gets its stop signal now"
+                };
+                tracing::error!(error = %err, journal = %record.json(), "cannot start the --on-drain command; {then}");
+                self.queued = Some(Event::DrainCommandFailed);
             }
         }
     }
@@ -661,6 +795,11 @@ impl Supervisor {
         match self.launcher.respawn(&self.agent) {
             Ok(agent) => {
                 self.agent = agent;
+                self.oom_before = self
+                    .cgroup
+                    .as_ref()
+                    .and_then(|c| c.oom_kills())
+                    .unwrap_or(0);
                 self.reaper.set_agent(agent.pid());
                 // A SIGKILL of the last agent's leftovers says nothing about this one.
                 self.sigkilled = false;
@@ -741,21 +880,60 @@ impl Supervisor {
     }
 
     /// Says when a hard deadline (a spot notice) cut a configured timeout short, and by how much.
-    fn log_cut(&self, option: &str, configured: Duration, ends: Instant, ctx: &Ctx) {
+    /// `was`: when the phase ended before this step, if the phase is the same (a later notice
+    /// recalculating it); then only an earlier end is a cut. A phase entered now is cut when it
+    /// ends sooner than its option gives (both measured from this step's `now`).
+    fn log_cut(
+        &self,
+        option: &str,
+        configured: Duration,
+        was: Option<Instant>,
+        ends: Instant,
+        ctx: &Ctx,
+    ) {
         let given = ends.saturating_duration_since(ctx.now);
-        if given < configured {
-            let given = Duration::from_secs(given.as_secs_f64().round() as u64);
-            let record = Record::TimeoutCut {
-                option: option.trim_start_matches("--").to_string(),
-                configured_ms: u64::try_from(configured.as_millis()).unwrap_or(u64::MAX),
-                given_ms: u64::try_from(given.as_millis()).unwrap_or(u64::MAX),
-            };
-            tracing::warn!(
-                configured = %format_duration(configured),
-                given = %format_duration(given),
-                journal = %record.json(),
-                "{option} cut short by the spot interruption deadline"
-            );
+        let cut = match was {
+            Some(was) => ends < was,
+            None => given < configured,
+        };
+        if !cut {
+            return;
+        }
+        let record = Record::TimeoutCut {
+            option: option.trim_start_matches("--").to_string(),
+            configured_ms: u64::try_from(configured.as_millis()).unwrap_or(u64::MAX),
+            given_ms: u64::try_from(given.as_millis()).unwrap_or(u64::MAX),
+        };
+        tracing::warn!(
+            configured = %format_duration(configured),
+            given = %format_duration(given),
+            journal = %record.json(),
+            "{option} cut short by the spot interruption deadline: {} left",
+            format_duration(given)
+        );
+    }
+
+    /// A drain asked for, and the stop signal sent at once instead: said, since no drain
+    /// event, `--drain-signal` or `--on-drain` follows.
+    fn drain_skipped(&self, reason: DrainReason, why: DrainSkipped) {
+        match why {
+            // A SIGTERM to a guard without listeners is a plain stop, as under tini: not news.
+            DrainSkipped::NoWayToTell if reason == DrainReason::Signal => tracing::debug!(
+                reason = %reason,
+                "no drain: nothing can tell the agent; sending the stop signal now"
+            ),
+            DrainSkipped::NoWayToTell => tracing::info!(
+                reason = %reason,
+                "no drain: nothing can tell the agent (no control-socket subscriber, no --drain-signal, no --on-drain); sending the stop signal now"
+            ),
+            DrainSkipped::NoTimeLeft { left } => tracing::warn!(
+                reason = %reason,
+                left = %format_duration(left),
+                stop_timeout = %format_duration(self.settings.stop_timeout),
+                "no drain: the deadline leaves {}, no more than --stop-timeout ({}), so all of it goes to the stop grace; no drain event, --drain-signal or --on-drain; sending the stop signal now",
+                format_duration(left),
+                format_duration(self.settings.stop_timeout)
+            ),
         }
     }
 
@@ -784,12 +962,12 @@ impl Supervisor {
                         tracing::info!(reason = %d.reason, deadline_in = %until(d.deadline), journal = %record, "draining")
                     }
                 }
-                self.log_cut(
-                    "--drain-timeout",
-                    self.settings.drain_timeout,
-                    d.deadline,
-                    ctx,
-                );
+                let was = match before {
+                    Phase::Draining(b) => Some(b.deadline),
+                    _ => None,
+                };
+                let timeout = self.settings.drain_timeout;
+                self.log_cut("--drain-timeout", timeout, was, d.deadline, ctx);
             }
             Phase::Stopping(s)
                 if matches!(before, Phase::Stopping(_))
@@ -802,7 +980,12 @@ impl Supervisor {
                     tracing::warn!(reason = %s.reason, journal = %record, "killing the agent");
                     return;
                 }
-                self.log_cut("--stop-timeout", self.settings.stop_timeout, s.kill_at, ctx);
+                let was = match before {
+                    Phase::Stopping(b) => Some(b.kill_at),
+                    _ => None,
+                };
+                let timeout = self.settings.stop_timeout;
+                self.log_cut("--stop-timeout", timeout, was, s.kill_at, ctx);
                 if let Phase::Draining(_) = before {
                     tracing::info!(reason = %s.reason, sigkill_in = %until(s.kill_at), journal = %record, "drain over; stopping the agent");
                 } else {
@@ -818,13 +1001,24 @@ impl Supervisor {
     fn log_exit(&self, before: &Phase, exit: &ChildExit, cleanup: &Cleanup) {
         if let Phase::Exited { .. } = before {
             if let Cleanup::Killed { .. } = cleanup {
-                tracing::warn!("processes left in the agent's group outlived the grace period");
+                tracing::warn!(
+                    "processes left in {} outlived the grace period",
+                    self.leftovers()
+                );
             }
             return;
         }
         // After a restart delay, the exit was logged when it happened.
         if before.agent_running() {
             self.log_agent_exited(exit);
+            if self.alive() {
+                let processes = self.cgroup.as_ref().map(|c| c.pids().len() as u64);
+                let record = Record::LeftoversWaited {
+                    tracked_by: self.tracked_by().to_string(),
+                    processes,
+                };
+                tracing::info!(processes, journal = %record.json(), "processes the agent started still run in {}: waiting for them", self.leftovers());
+            }
         }
     }
 
@@ -845,7 +1039,10 @@ impl Supervisor {
         match (before, &r.cleanup) {
             (Phase::Restarting(b), _) if b.attempt == r.attempt && b.at == r.at => {
                 if let Some(Cleanup::Killed { .. }) = r.cleanup {
-                    tracing::warn!("processes left in the agent's group outlived the grace period");
+                    tracing::warn!(
+                        "processes left in {} outlived the grace period",
+                        self.leftovers()
+                    );
                 }
             }
             _ => {
@@ -873,12 +1070,18 @@ impl Supervisor {
             cleanup: Cleanup::Killed { .. },
             ..
         } = before
-            && self.agent.group_alive()
+            && self.alive()
         {
             tracing::error!(
                 pgid = self.agent.pid(),
-                "processes in the agent's group survived SIGKILL (uninterruptible sleep?); exiting without them"
+                "processes in {} survived SIGKILL (uninterruptible sleep?); exiting without them",
+                self.leftovers()
             );
+        } else {
+            let record = Record::AllGone {
+                tracked_by: self.tracked_by().to_string(),
+            };
+            tracing::info!(journal = %record.json(), "every process of the agent is gone ({} is empty)", self.leftovers());
         }
         tracing::info!(
             status = exit.exit_code(),

@@ -19,11 +19,12 @@ named_enum! {
 }
 
 impl RestartPolicy {
-    /// Whether an agent that ended this way by itself is to be started again.
+    /// Whether an agent that ended this way by itself is to be started again. An OOM kill in
+    /// its cgroup is a failure even when the agent itself then exited 0.
     pub fn applies(self, exit: &ChildExit) -> bool {
         match self {
             RestartPolicy::Never => false,
-            RestartPolicy::OnFailure => exit.kind() != ExitKind::Code(0),
+            RestartPolicy::OnFailure => exit.kind() != ExitKind::Code(0) || exit.oom_kills() > 0,
             RestartPolicy::Always => true,
         }
     }

@@ -18,6 +18,9 @@ pub struct Status {
     pub agent_pid: Option<i32>,
     pub agent_uptime_s: Option<u64>,
     pub checks: Vec<CheckStatus>,
+    /// What stands for the agent's processes (`--cgroup`) and a cgroup's figures: read from
+    /// cgroupfs as they are, so kept as JSON (`ctl` and the drill only show it).
+    pub cgroup: serde_json::Value,
     /// The drain in progress, while the agent runs.
     pub drain: Option<DrainStatus>,
     /// Drains started, by reason (a metric).
@@ -73,6 +76,8 @@ pub struct RestartView {
     pub policy: String,
     pub restarting: bool,
     pub restarts: u64,
+    /// The next start also waits for the old agent's leftovers to go.
+    pub waiting_for_leftovers: Option<bool>,
 }
 
 /// This run's `--on-drain` command.

@@ -12,8 +12,13 @@ use std::process::Command;
 
 use libc::pid_t;
 
+use crate::process::cgroup::{self, AgentCgroup};
+use crate::process::clone_into;
+use crate::process::crash;
+use crate::process::exit::{ChildExit, Gone};
 use crate::process::sig::Sig;
 use crate::process::signals::JobControl;
+use crate::process::spawn::posix_spawn;
 
 /// The running agent: its pid, which is also its process group id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,32 +59,39 @@ pub struct Launcher {
     pub spec: SpawnSpec,
     /// The signal dispositions to restore in the agent (and in the `--on-drain` command).
     pub job_control: JobControl,
+    /// The agent's cgroup (`--cgroup`), which every agent this starts is born in.
+    pub cgroup: Option<std::sync::Arc<AgentCgroup>>,
 }
 
 impl Launcher {
     /// Starts the first agent.
     pub fn spawn(&self) -> Result<Agent, SpawnError> {
-        Agent::spawn(&self.spec, self.job_control)
+        let cgroup = self.cgroup.as_deref();
+        Agent::spawn_with(
+            &self.spec,
+            self.job_control,
+            holds_terminal_foreground(),
+            cgroup,
+        )
     }
 
     /// Starts the agent again after `previous` exited. The terminal's foreground, if the last
     /// agent's group held it, goes to the new one (the guard's own group no longer holds it).
     pub fn respawn(&self, previous: &Agent) -> Result<Agent, SpawnError> {
         let take_terminal = holds_terminal_foreground() || foreground_is(previous.pid);
-        Agent::spawn_with(&self.spec, self.job_control, take_terminal)
+        let cgroup = self.cgroup.as_deref();
+        Agent::spawn_with(&self.spec, self.job_control, take_terminal, cgroup)
     }
 }
 
 impl Agent {
-    /// Starts the agent. `job_control` holds the signal dispositions to restore in it.
-    pub fn spawn(spec: &SpawnSpec, job_control: JobControl) -> Result<Agent, SpawnError> {
-        Agent::spawn_with(spec, job_control, holds_terminal_foreground())
-    }
-
+    /// `cgroup`: the agent's cgroup, which its first instruction, and all it forks, already run
+    /// inside: it is born there (clone3), or, on a kernel older than 5.7, enters it before exec.
     fn spawn_with(
         spec: &SpawnSpec,
         job_control: JobControl,
         hand_over_terminal: bool,
+        cgroup: Option<&AgentCgroup>,
     ) -> Result<Agent, SpawnError> {
         let Some((program, args)) = spec.command.split_first() else {
             return Err(SpawnError::NotFound {
@@ -87,47 +99,93 @@ impl Agent {
                 why: "no command given".to_string(),
             });
         };
+        let program_text = program.to_string_lossy().into_owned();
+        if let Some(cgroup) = cgroup {
+            let mut exec = ExecWithPid::new(&spec.command, &spec.env, spec.watchdog_pid)?;
+            let mut run = || exec.exec();
+            match clone_into::spawn(cgroup.dir_fd(), &mut run, hand_over_terminal, job_control) {
+                Ok(Some(pid)) => return Ok(Agent::started(pid)),
+                Ok(None) => {} // no CLONE_INTO_CGROUP here: the write before exec below
+                Err(err) => return Err(classify(program_text, err)),
+            }
+        }
+        let cgroup_procs = cgroup.map(AgentCgroup::join_fd);
+        let mut own_exec = if spec.watchdog_pid {
+            Some(ExecWithPid::new(&spec.command, &spec.env, true)?)
+        } else {
+            None
+        };
+        // Code between fork and exec only when there is something to do there: without it the
+        // agent starts with posix_spawn, a vfork that copies none of the guard's memory.
+        if !hand_over_terminal && own_exec.is_none() && cgroup_procs.is_none() {
+            match posix_spawn(&spec.command, &spec.env) {
+                Ok(pid) => return Ok(Agent::started(pid)),
+                // No `#!` line: posix_spawn refuses it, execvp (below) runs it with /bin/sh, as
+                // a shell would.
+                Err(err) if err.raw_os_error() == Some(libc::ENOEXEC) => {}
+                Err(err) => return Err(classify(program_text, err)),
+            }
+        }
         let mut cmd = Command::new(program);
         cmd.args(args)
             .envs(spec.env.iter().cloned())
             .process_group(0);
-        let mut own_exec = if spec.watchdog_pid {
-            Some(ExecWithPid::new(&spec.command, &spec.env)?)
-        } else {
-            None
-        };
-        // Code between fork and exec only when there is something to do there: without it std
-        // starts the agent with posix_spawn, a vfork that copies none of the guard's memory.
-        let forks = hand_over_terminal || own_exec.is_some() || job_control.restores_in_child();
-        if forks {
-            // SAFETY: the closure only makes async-signal-safe calls (tcsetpgrp, getpid,
-            // sigaction, execvpe) and writes into memory allocated before the fork; it runs in
-            // the forked child after setpgid and before std's own exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if hand_over_terminal {
-                        // Errors are tolerated (ENOTTY, ENXIO), as tini does: the agent still
-                        // runs.
-                        libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
-                    }
-                    job_control.restore_in_child()?;
-                    match own_exec.as_mut() {
-                        // Only returns if exec failed; std then reports the error as for its
-                        // own exec.
-                        Some(exec) => Err(exec.exec()),
-                        None => Ok(()),
-                    }
-                });
-            }
+        // SAFETY: the closure only makes async-signal-safe calls (tcsetpgrp, getpid,
+        // sigaction, execvpe) and writes into memory allocated before the fork; it runs in
+        // the forked child after setpgid and before std's own exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(fd) = cgroup_procs {
+                    cgroup::enter(fd)?;
+                }
+                if hand_over_terminal {
+                    // Errors are tolerated (ENOTTY, ENXIO), as tini does: the agent still
+                    // runs.
+                    libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
+                }
+                job_control.restore_in_child()?;
+                match own_exec.as_mut() {
+                    // Only returns if exec failed; std then reports the error as for its
+                    // own exec.
+                    Some(exec) => Err(exec.exec()),
+                    None => Ok(()),
+                }
+            });
         }
-        let program_text = program.to_string_lossy().into_owned();
-        match spawn_like_a_shell(&mut cmd, forks) {
+        // std forks (there is code to run in the child) and execs with execvp, which runs an
+        // executable without a `#!` line with /bin/sh.
+        match cmd.spawn() {
             // The pid is the process id and the group id; the handle is not kept, because only
             // the reaper may wait for it. Dropping a std Child neither kills nor waits.
-            Ok(child) => Ok(Agent {
-                pid: child.id() as pid_t,
-            }),
+            Ok(child) => Ok(Agent::started(child.id() as pid_t)),
             Err(err) => Err(classify(program_text, err)),
+        }
+    }
+
+    /// The agent with this pid was started: a crash of the guard from now on stops its group.
+    fn started(pid: pid_t) -> Agent {
+        crash::set_agent_group(pid);
+        Agent { pid }
+    }
+
+    /// Job control, as dumb-init does it: the agent's group has been stopped (a TSTP passed on,
+    /// or ^Z on the terminal it holds), and now the guard stops itself, so that the shell that
+    /// started it as a job gets its prompt back. Returns once the guard is continued (`fg`,
+    /// `bg`, `kill -CONT`); the SIGCONT is then passed on to the agent like any other signal.
+    /// If the shell gave the terminal to the guard's group (`fg`), it goes back to the agent's
+    /// first, so that the agent does not wake up in the background.
+    pub fn stop_guard_too(&self) {
+        tracing::info!(
+            pgid = self.pid,
+            "the agent's process group was stopped (job control): stopping the guard too until SIGCONT"
+        );
+        // SAFETY: raise stops this process (all its threads) until a SIGCONT; tcsetpgrp only
+        // changes the terminal's foreground group.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+            if holds_terminal_foreground() {
+                libc::tcsetpgrp(libc::STDIN_FILENO, self.pid);
+            }
         }
     }
 
@@ -160,6 +218,16 @@ impl Agent {
 }
 
 impl Agent {
+    /// Proof that nothing of the agent is left in its process group: `exit` sealed with it, if
+    /// the group is empty now.
+    pub fn prove_group_gone(&self, exit: ChildExit) -> ChildExit {
+        if self.group_alive() {
+            exit
+        } else {
+            exit.proven_gone(Gone::ProcessGroup)
+        }
+    }
+
     /// Sends `sig` to every process in the agent's group, and to the agent by its pid as well if
     /// it has left that group. An agent that `setpgid`s itself into another group leaves the old
     /// one empty (or holding only its children): `kill(-pgid)` then misses it, or fails with
@@ -268,6 +336,8 @@ struct ExecWithPid {
     envp: Vec<*const libc::c_char>,
     /// "WATCHDOG_PID=" followed by room for the digits and the NUL.
     pid_entry: Vec<u8>,
+    /// Whether the environment carries `WATCHDOG_PID` (a cgroup's spawn uses this without it).
+    with_pid: bool,
 }
 
 // SAFETY: the raw pointers point into the CStrings and the buffer owned by the same struct, which
@@ -278,7 +348,11 @@ unsafe impl Sync for ExecWithPid {}
 const PID_PREFIX: &[u8] = b"WATCHDOG_PID=";
 
 impl ExecWithPid {
-    fn new(command: &[OsString], extra: &[(OsString, OsString)]) -> Result<Self, SpawnError> {
+    fn new(
+        command: &[OsString],
+        extra: &[(OsString, OsString)],
+        with_pid: bool,
+    ) -> Result<Self, SpawnError> {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;
         let text = command
@@ -310,7 +384,9 @@ impl ExecWithPid {
         let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
         let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
-        envp.push(pid_entry.as_ptr().cast());
+        if with_pid {
+            envp.push(pid_entry.as_ptr().cast());
+        }
         envp.push(std::ptr::null());
         Ok(ExecWithPid {
             program,
@@ -319,11 +395,15 @@ impl ExecWithPid {
             _env: env,
             envp,
             pid_entry,
+            with_pid,
         })
     }
 
     /// In the child: writes the pid into the environment and execs. Returns only on failure.
     fn exec(&mut self) -> io::Error {
+        if !self.with_pid {
+            return self.exec_as_is();
+        }
         // SAFETY: getpid is async-signal-safe.
         let mut pid = unsafe { libc::getpid() } as u64;
         let mut digits = [0u8; 20];
@@ -340,6 +420,10 @@ impl ExecWithPid {
             self.pid_entry[PID_PREFIX.len() + i] = digits[n - 1 - i];
         }
         self.pid_entry[PID_PREFIX.len() + n] = 0;
+        self.exec_as_is()
+    }
+
+    fn exec_as_is(&self) -> io::Error {
         // SAFETY: argv and envp are NUL-terminated arrays of NUL-terminated strings that live in
         // self; execvpe searches PATH as execvp does.
         unsafe {
@@ -395,27 +479,6 @@ fn holds_terminal_foreground() -> bool {
 fn foreground_is(pgid: pid_t) -> bool {
     // SAFETY: isatty and tcgetpgrp only read terminal state.
     unsafe { libc::isatty(libc::STDIN_FILENO) == 1 && libc::tcgetpgrp(libc::STDIN_FILENO) == pgid }
-}
-
-/// Spawns `cmd`. posix_spawn (std's way when no code runs between fork and exec) refuses an
-/// executable file without a `#!` line (ENOEXEC), which execvp, like a shell, runs with
-/// /bin/sh: such an agent or `--on-drain` command is then started again through fork and
-/// execvp, as it always was before posix_spawn was used. `forks`: `cmd` already has code to run
-/// in the child, so std forks and execvp already did its best.
-pub(crate) fn spawn_like_a_shell(
-    cmd: &mut Command,
-    forks: bool,
-) -> io::Result<std::process::Child> {
-    match cmd.spawn() {
-        Err(err) if !forks && err.raw_os_error() == Some(libc::ENOEXEC) => {
-            // SAFETY: the closure does nothing; it only makes std fork and exec with execvp.
-            unsafe {
-                cmd.pre_exec(|| Ok(()));
-            }
-            cmd.spawn()
-        }
-        other => other,
-    }
 }
 
 /// Why a program could not be started: not found (127) or not executable (126).

@@ -13,13 +13,14 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libc::pid_t;
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
-use crate::process::child::{SpawnError, classify, live_members, spawn_like_a_shell};
+use crate::process::child::{SpawnError, classify, live_members};
 use crate::process::sig::Sig;
 use crate::process::signals::JobControl;
 
@@ -36,6 +37,11 @@ pub enum OnDrain {
 const MAX_LINE: usize = 4096;
 /// How long the output readers get, once the command is gone, to log what is left in the pipes.
 const READERS_WITHIN: Duration = Duration::from_millis(500);
+/// How many of the command's lines a second reach the log (with a burst as large), and how many
+/// bytes in all per drain: a chatty command printed 444 MB into the log in a 3 s drain. The
+/// rest is read (so the command never blocks on a full pipe) and counted, then said in one line.
+const LINES_PER_SECOND: f64 = 100.0;
+const BYTES_PER_DRAIN: usize = 256 * 1024;
 
 /// Variables the command must not inherit from the guard: they are for the guard's own main
 /// process (systemd's notify socket and watchdog), not for a helper of the agent.
@@ -54,6 +60,45 @@ pub struct DrainCommand {
     killed: bool,
     /// The tasks that log its stdout and stderr.
     readers: Vec<JoinHandle<()>>,
+    /// What its output may still put in the log, shared by both readers.
+    budget: Arc<Mutex<Budget>>,
+}
+
+/// The bound on what one drain's command may log: a token bucket of lines, and bytes in all.
+#[derive(Debug)]
+struct Budget {
+    tokens: f64,
+    refilled: Instant,
+    bytes: usize,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+}
+
+impl Budget {
+    fn new(now: Instant) -> Budget {
+        Budget {
+            tokens: LINES_PER_SECOND,
+            refilled: now,
+            bytes: 0,
+            dropped_lines: 0,
+            dropped_bytes: 0,
+        }
+    }
+
+    /// Whether a line of `len` bytes may be logged now; if not, it is counted as dropped.
+    fn admit(&mut self, len: usize, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * LINES_PER_SECOND).min(LINES_PER_SECOND);
+        self.refilled = now;
+        if self.tokens < 1.0 || self.bytes.saturating_add(len) > BYTES_PER_DRAIN {
+            self.dropped_lines += 1;
+            self.dropped_bytes += len as u64;
+            return false;
+        }
+        self.tokens -= 1.0;
+        self.bytes += len;
+        true
+    }
 }
 
 impl DrainCommand {
@@ -86,24 +131,25 @@ impl DrainCommand {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        let forks = job_control.restores_in_child();
-        if forks {
-            // SAFETY: sigaction is async-signal-safe and `job_control` is plain data copied in.
-            unsafe {
-                cmd.pre_exec(move || job_control.restore_in_child());
-            }
+        // Every signal as the guard found it at start: posix_spawn (std's way without this)
+        // would leave the C library's own signals ignored in the command. With code to run in
+        // the child std forks and execs with execvp, which runs a script without a `#!` line
+        // with /bin/sh.
+        // SAFETY: sigaction is async-signal-safe and `job_control` is plain data copied in.
+        unsafe {
+            cmd.pre_exec(move || job_control.restore_in_child());
         }
         // The handle is dropped unwaited: only the reaper waits (a std Child's drop neither kills
         // nor waits).
-        let mut child =
-            spawn_like_a_shell(&mut cmd, forks).map_err(|err| classify(program, err))?;
+        let mut child = cmd.spawn().map_err(|err| classify(program, err))?;
         let pid = child.id() as pid_t;
+        let budget = Arc::new(Mutex::new(Budget::new(Instant::now())));
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
-            readers.extend(log_lines(pid, "stdout", out.into()));
+            readers.extend(log_lines(pid, "stdout", out.into(), budget.clone()));
         }
         if let Some(err) = child.stderr.take() {
-            readers.extend(log_lines(pid, "stderr", err.into()));
+            readers.extend(log_lines(pid, "stderr", err.into(), budget.clone()));
         }
         Ok(DrainCommand {
             pid,
@@ -111,6 +157,7 @@ impl DrainCommand {
             reaped: false,
             killed: false,
             readers,
+            budget,
         })
     }
 
@@ -160,7 +207,8 @@ impl DrainCommand {
         Ok(was_running)
     }
 
-    /// Lets the output readers log what is left in the pipes, within a bound.
+    /// Lets the output readers log what is left in the pipes, within a bound, then says how
+    /// much of the output was over the bound.
     pub async fn finish(self) {
         for mut reader in self.readers {
             if tokio::time::timeout(READERS_WITHIN, &mut reader)
@@ -170,12 +218,30 @@ impl DrainCommand {
                 reader.abort();
             }
         }
+        let budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        if budget.dropped_lines > 0 {
+            tracing::warn!(
+                pid = self.pid,
+                dropped_lines = budget.dropped_lines,
+                dropped_bytes = budget.dropped_bytes,
+                "dropped {} line(s) ({} bytes) of the --on-drain command's output: over {} lines a second or {} KiB per drain",
+                budget.dropped_lines,
+                budget.dropped_bytes,
+                LINES_PER_SECOND,
+                BYTES_PER_DRAIN / 1024
+            );
+        }
     }
 }
 
 /// A task that logs each line read from `pipe`, labelled with the stream; `None` if the pipe
 /// cannot be watched (its output is then lost, and said so).
-fn log_lines(pid: pid_t, stream: &'static str, pipe: OwnedFd) -> Option<JoinHandle<()>> {
+fn log_lines(
+    pid: pid_t,
+    stream: &'static str,
+    pipe: OwnedFd,
+    budget: Arc<Mutex<Budget>>,
+) -> Option<JoinHandle<()>> {
     let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) {
         Ok(pipe) => pipe,
         Err(err) => {
@@ -190,11 +256,11 @@ fn log_lines(pid: pid_t, stream: &'static str, pipe: OwnedFd) -> Option<JoinHand
         while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
             pending.extend_from_slice(&chunk[..n]);
             for line in take_lines(&mut pending) {
-                log_line(pid, stream, &line);
+                log_line(pid, stream, &line, &budget);
             }
         }
         if !pending.is_empty() {
-            log_line(pid, stream, &pending);
+            log_line(pid, stream, &pending, &budget);
         }
     }))
 }
@@ -215,7 +281,14 @@ fn take_lines(pending: &mut Vec<u8>) -> Vec<Vec<u8>> {
     }
 }
 
-fn log_line(pid: pid_t, stream: &'static str, line: &[u8]) {
+fn log_line(pid: pid_t, stream: &'static str, line: &[u8], budget: &Mutex<Budget>) {
+    let admitted = budget
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .admit(line.len(), Instant::now());
+    if !admitted {
+        return;
+    }
     let text = String::from_utf8_lossy(line);
     let text = text.trim_end_matches('\r');
     tracing::info!(pid, "on-drain {stream}: {text}");
@@ -224,6 +297,29 @@ fn log_line(pid: pid_t, stream: &'static str, line: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_bounds_lines_a_second_and_bytes_a_drain() {
+        let t0 = Instant::now();
+        let mut budget = Budget::new(t0);
+        let burst = (0..1000).filter(|_| budget.admit(10, t0)).count();
+        assert_eq!(burst, LINES_PER_SECOND as usize, "a burst, then nothing");
+        assert_eq!(budget.dropped_lines, 900);
+        // A second later, another second's worth.
+        let later = t0 + Duration::from_secs(1);
+        let next = (0..1000).filter(|_| budget.admit(10, later)).count();
+        assert_eq!(next, LINES_PER_SECOND as usize);
+        // Bytes: never past the drain's total, however slowly they come.
+        let mut big = Budget::new(t0);
+        let mut logged = 0;
+        for i in 0..1000u64 {
+            if big.admit(MAX_LINE, t0 + Duration::from_secs(i)) {
+                logged += MAX_LINE;
+            }
+        }
+        assert!(logged <= BYTES_PER_DRAIN && logged + MAX_LINE > BYTES_PER_DRAIN);
+        assert_eq!(big.dropped_bytes, (1000 * MAX_LINE - logged) as u64);
+    }
 
     #[test]
     fn lines_are_split_and_long_ones_cut() {

@@ -57,6 +57,29 @@ impl Reaper {
         self.orphans
     }
 
+    /// Whether the agent was stopped by a job control signal (TSTP, TTIN, TTOU: ^Z, or a read
+    /// from the terminal in the background) since the last call. Takes the stop's report
+    /// (`waitid` with WSTOPPED only, so no exit is ever reaped here); a SIGSTOP is not job
+    /// control (a debugger, an operator) and answers `false`.
+    pub fn take_job_control_stop(&mut self) -> bool {
+        // SAFETY: a zeroed siginfo is valid for waitid to fill in; WNOHANG keeps it
+        // non-blocking; WSTOPPED without WEXITED never reaps.
+        let stopped_by = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let rc = libc::waitid(
+                libc::P_PID,
+                self.agent as libc::id_t,
+                &mut info,
+                libc::WSTOPPED | libc::WNOHANG,
+            );
+            if rc != 0 || info.si_pid() == 0 {
+                return false;
+            }
+            info.si_status()
+        };
+        matches!(stopped_by, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)
+    }
+
     /// Reaps every child that has exited, without blocking. Returns the agent's status if the
     /// agent was among them. Signals coalesce (200 orphans may raise one SIGCHLD), so this loops
     /// until nothing is left to reap.

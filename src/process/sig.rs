@@ -70,6 +70,12 @@ impl Sig {
         (1..=libc::SIGRTMAX()).contains(&n).then_some(Sig(n))
     }
 
+    /// The name of a standard signal without the `SIG` prefix (`TERM`), with no allocation: for
+    /// a signal handler.
+    pub fn standard_name(raw: c_int) -> Option<&'static str> {
+        NAMES.iter().find(|(_, n)| *n == raw).map(|(name, _)| *name)
+    }
+
     /// The conventional name: `SIGTERM`, `SIGRTMIN+3`.
     pub fn name(self) -> Cow<'static, str> {
         if let Some((name, _)) = NAMES.iter().find(|(_, n)| *n == self.0) {
@@ -162,7 +168,11 @@ pub enum Role {
     Stop,
     /// SIGCHLD: a child changed state; time to reap.
     Reap,
-    /// Everything else that can be caught: pass it on to the agent.
+    /// SIGTSTP (^Z, or `kill -TSTP`): pass it on to the agent, then stop the guard too, as
+    /// dumb-init does, so that the shell that started the guard gets its prompt back.
+    Suspend,
+    /// Everything else that can be caught, the fault signals sent with kill(2) included: pass
+    /// it on to the agent.
     Forward,
 }
 
@@ -171,33 +181,42 @@ pub fn role(sig: Sig) -> Role {
     match sig.0 {
         libc::SIGTERM | libc::SIGINT => Role::Stop,
         libc::SIGCHLD => Role::Reap,
+        libc::SIGTSTP => Role::Suspend,
         _ => Role::Forward,
     }
 }
 
-/// Every signal the guard installs a handler for.
+/// The signals that also report a fault of the process itself (the kernel sends them when it
+/// executes a bad instruction or address). Sent by someone else with kill(2) they are signals
+/// like any other, and forwarded; their handler tells the two apart (`process::crash`).
+pub const FAULTS: [c_int; 7] = [
+    libc::SIGILL,
+    libc::SIGTRAP,
+    libc::SIGABRT,
+    libc::SIGBUS,
+    libc::SIGFPE,
+    libc::SIGSEGV,
+    libc::SIGSYS,
+];
+
+/// Every signal the guard installs its plain handler for (the [`FAULTS`] get their own).
 ///
-/// Left out, as tini and catatonit do: KILL and STOP (cannot be caught); the synchronous
-/// ILL, TRAP, ABRT, BUS, FPE, SEGV, SYS (they describe a fault in the guard itself); TTIN and
-/// TTOU (ignored, so the guard is never stopped for touching a terminal it handed to the
-/// agent). PIPE is left out too: a write to a closed log pipe raises it in the guard, and
-/// forwarding that would kill a healthy agent.
+/// Left out: KILL and STOP (cannot be caught); the [`FAULTS`]; TTIN and TTOU (ignored, so the
+/// guard is never stopped for touching a terminal it handed to the agent). PIPE is left out too:
+/// a write to a closed log pipe raises it in the guard, and forwarding that would kill a healthy
+/// agent. A signal ignored when the guard started is not handled either (`process::inherited`).
 pub fn handled() -> Vec<Sig> {
     const SKIP: &[c_int] = &[
         libc::SIGKILL,
         libc::SIGSTOP,
-        libc::SIGILL,
-        libc::SIGTRAP,
-        libc::SIGABRT,
-        libc::SIGBUS,
-        libc::SIGFPE,
-        libc::SIGSEGV,
-        libc::SIGSYS,
         libc::SIGTTIN,
         libc::SIGTTOU,
         libc::SIGPIPE,
     ];
-    let standard = NAMES.iter().map(|(_, n)| *n).filter(|n| !SKIP.contains(n));
+    let standard = NAMES
+        .iter()
+        .map(|(_, n)| *n)
+        .filter(|n| !SKIP.contains(n) && !FAULTS.contains(n));
     let realtime = libc::SIGRTMIN()..=libc::SIGRTMAX();
     standard.chain(realtime).map(Sig).collect()
 }
@@ -248,6 +267,14 @@ mod tests {
         assert_eq!(role(Sig::TERM), Role::Stop);
         assert_eq!(role(Sig::INT), Role::Stop);
         assert_eq!(role(Sig::CHLD), Role::Reap);
+        assert_eq!(role(Sig(libc::SIGTSTP)), Role::Suspend);
+        for fault in FAULTS {
+            assert_eq!(role(Sig(fault)), Role::Forward, "{fault}");
+            assert!(
+                !handled().contains(&Sig(fault)),
+                "{fault} has a handler of its own"
+            );
+        }
         for sig in [
             Sig::HUP,
             Sig::USR1,

@@ -1,6 +1,10 @@
 //! Installing the guard's signal handlers (the stream of signals it receives) and the job
 //! control dispositions the agent must not inherit.
 //!
+//! Installed as early as the guard knows it will supervise ([`install_handlers`]); until then
+//! every signal is held blocked (`process::inherited`), so none can kill the guard before its
+//! handler exists.
+//!
 //! The handlers are the classic self-pipe, written here rather than taken from signal-hook: one
 //! `extern "C"` function for every handled signal, which writes the signal's number as one byte
 //! into a pipe that the runtime reads. signal-hook keeps a table of actions per signal that it
@@ -17,13 +21,15 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use libc::c_int;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+use crate::process::crash;
+use crate::process::inherited::{self, ignored_at_start};
 use crate::process::sig::{Sig, handled};
 
 /// The stream of signals received by the guard.
@@ -76,28 +82,18 @@ extern "C" fn on_signal(sig: c_int) {
 }
 
 impl SignalSource {
-    /// Installs handlers for every signal in [`handled`] (once a process; later calls only open
-    /// another reader, which shares the pipe: the guard opens one and hands it on, from the
-    /// supervisor to whoever waits for a stop signal after it). Signals that arrive before the
-    /// first `next()` are kept, so this must run before the agent is spawned. Must be called
-    /// within a tokio runtime.
+    /// Opens a reader of the signals received, installing the handlers first if that was not
+    /// done yet ([`install_handlers`]). Signals that arrive before the first `next()` are kept,
+    /// so this must run before the agent is spawned. Must be called within a tokio runtime.
     pub fn install() -> Result<Self, SignalSetupError> {
-        let mut read_end = READ_END
+        install_handlers()?;
+        let read_end = READ_END
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let read = match &mut *read_end {
-            Some(read) => &*read,
-            unset @ None => {
-                let (read, write) = pipe().map_err(SignalSetupError)?;
-                WRITE_END.store(write.as_raw_fd(), Ordering::Release);
-                // The write end now belongs to the handler, for good.
-                std::mem::forget(write);
-                let read = &*unset.insert(read);
-                for sig in handled() {
-                    set_handler(sig.raw()).map_err(SignalSetupError)?;
-                }
-                read
-            }
+        let Some(read) = &*read_end else {
+            return Err(SignalSetupError(io::Error::other(
+                "the signal pipe is gone",
+            )));
         };
         let own = read.try_clone().map_err(SignalSetupError)?;
         // SAFETY: an OwnedFd's descriptor is open and the same until the AsyncFd drops it.
@@ -152,6 +148,43 @@ impl SignalSource {
     }
 }
 
+/// What [`install_handlers`] set up, once a process.
+static INSTALLED: OnceLock<JobControl> = OnceLock::new();
+
+/// Installs the guard's handlers, once a process, as early as the guard knows it will
+/// supervise: the plain handler for every signal in [`handled`] and the fault handler
+/// (`process::crash`) for the others, except those ignored when the guard started, which stay
+/// ignored and are never forwarded (`process::inherited`); the job control signals as
+/// [`JobControl::take`] says. Then the signals held since start are let through, to these
+/// handlers. Needs no runtime.
+pub fn install_handlers() -> Result<JobControl, SignalSetupError> {
+    if let Some(job_control) = INSTALLED.get() {
+        return Ok(*job_control);
+    }
+    {
+        let mut read_end = READ_END
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if read_end.is_none() {
+            let (read, write) = pipe().map_err(SignalSetupError)?;
+            WRITE_END.store(write.as_raw_fd(), Ordering::Release);
+            // The write end now belongs to the handler, for good.
+            std::mem::forget(write);
+            *read_end = Some(read);
+        }
+    }
+    for sig in handled() {
+        if !ignored_at_start(sig.raw()) {
+            set_handler(sig.raw()).map_err(SignalSetupError)?;
+        }
+    }
+    crash::install(on_signal).map_err(SignalSetupError)?;
+    let job_control = JobControl::take().map_err(SignalSetupError)?;
+    let _ = INSTALLED.set(job_control);
+    inherited::unblock_all();
+    Ok(job_control)
+}
+
 fn read_some(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of its length.
     let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
@@ -189,13 +222,11 @@ fn set_handler(sig: c_int) -> io::Result<()> {
     Ok(())
 }
 
-/// How the guard keeps SIGTTIN and SIGTTOU from stopping it, and what the agent gets of them.
-#[derive(Clone, Copy)]
+/// How the guard keeps SIGTTIN and SIGTTOU from stopping it, and whether it runs on a terminal.
+#[derive(Clone, Copy, Debug)]
 pub struct JobControl {
-    /// The dispositions found at start, when the guard ignores the two and the agent must get
-    /// them back in the child before exec; `None` when exec itself gives the agent what was
-    /// found.
-    found: Option<(libc::sigaction, libc::sigaction)>,
+    /// stdin, stdout or stderr is a terminal: the guard may be a shell's job, which ^Z stops.
+    terminal: bool,
 }
 
 /// The job control signals: never forwarded, never stop the guard.
@@ -206,66 +237,39 @@ impl JobControl {
     /// agent's group takes the terminal's foreground, the guard must not be stopped for writing
     /// its logs there (a caught SIGTTOU would not do: the write would be retried and signalled
     /// for ever), and the agent itself must be able to call `tcsetpgrp` from what is still a
-    /// background group. The agent then gets the found dispositions back before exec.
+    /// background group.
     ///
     /// Without a terminal (systemd, a container without `-t`: the usual case) no terminal can
     /// send them, and a stray `kill -TTIN` is all there is to guard against: they are caught
-    /// and dropped. exec resets a caught signal to its default, which is what was found, so no
-    /// code has to run in the child between fork and exec and the agent can be started with
-    /// posix_spawn (vfork) rather than fork. A found SIG_IGN is left alone: the agent inherits
-    /// it.
-    pub fn take() -> std::io::Result<JobControl> {
+    /// and dropped. A signal ignored at start is left alone. Either way the agent starts with
+    /// them as the guard found them (`process::inherited`).
+    fn take() -> std::io::Result<JobControl> {
         let terminal = [libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO]
             .into_iter()
             // SAFETY: isatty only reads the descriptor's state.
             .any(|fd| unsafe { libc::isatty(fd) } == 1);
-        if terminal {
-            return Ok(JobControl {
-                found: Some((
-                    set_disposition(libc::SIGTTIN, libc::SIG_IGN)?,
-                    set_disposition(libc::SIGTTOU, libc::SIG_IGN)?,
-                )),
-            });
-        }
         for sig in JOB_CONTROL {
-            if disposition(sig)? != libc::SIG_IGN {
+            if ignored_at_start(sig) {
+                continue;
+            }
+            if terminal {
+                set_disposition(sig, libc::SIG_IGN)?;
+            } else {
                 set_handler(sig)?;
             }
         }
-        Ok(JobControl { found: None })
+        Ok(JobControl { terminal })
     }
 
-    /// Whether the child must run [`JobControl::restore_in_child`] before exec.
-    pub fn restores_in_child(&self) -> bool {
-        self.found.is_some()
+    /// Whether the guard runs on a terminal, where a shell may have started it as a job.
+    pub fn terminal(&self) -> bool {
+        self.terminal
     }
 
-    /// Puts back the dispositions found at start, if the guard changed them to SIG_IGN. Only
-    /// async-signal-safe calls: this runs in the forked child before `exec`.
+    /// In a forked child before exec: every signal as the guard found it at start
+    /// (`inherited::restore_in_child`). Only async-signal-safe calls.
     pub fn restore_in_child(&self) -> std::io::Result<()> {
-        let Some((ttin, ttou)) = &self.found else {
-            return Ok(());
-        };
-        for (sig, action) in [(libc::SIGTTIN, ttin), (libc::SIGTTOU, ttou)] {
-            // SAFETY: `action` is a valid sigaction read back from the kernel by
-            // `set_disposition`; sigaction(2) is async-signal-safe.
-            if unsafe { libc::sigaction(sig, action, std::ptr::null_mut()) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The current handler of `sig` (SIG_DFL, SIG_IGN or a function).
-fn disposition(sig: c_int) -> std::io::Result<libc::sighandler_t> {
-    // SAFETY: a zeroed sigaction is valid for the kernel to fill in; no action is set.
-    unsafe {
-        let mut old: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(old.sa_sigaction)
+        inherited::restore_in_child()
     }
 }
 

@@ -159,6 +159,9 @@ pub struct Faults {
     pub server_errors: u32,
     /// These actions are refused with 403 `AccessDenied`, as without the IAM permission.
     pub denied: BTreeSet<String>,
+    /// These actions get 400 `Throttling`, every call, for as long as they are listed (one
+    /// action throttled for minutes while the others answer).
+    pub throttled: BTreeSet<String>,
 }
 
 /// One call as the fake saw it.
@@ -797,7 +800,7 @@ fn refusal(
             ),
         ));
     }
-    if s.bucket.as_mut().is_some_and(|b| !b.take(now)) {
+    if s.faults.throttled.contains(action) || s.bucket.as_mut().is_some_and(|b| !b.take(now)) {
         return Some(error(
             StatusCode::BAD_REQUEST,
             "Sender",

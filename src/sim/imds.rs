@@ -5,7 +5,8 @@
 //! response header, 403 for a token PUT carrying `X-Forwarded-For` or to a versioned path, 401
 //! for a missing, unknown or expired token, 404 for absent items, `text/plain` everywhere. At run
 //! time it can change the lifecycle state, post spot and rebalance notices and scheduled events
-//! (`[]` when there are none, as on EC2), and misbehave on purpose: black-holed token PUTs (the hop-limit symptom), 503 bursts, garbage, slow answers,
+//! (`[]` when there are none, as on EC2), serve an instance profile's credentials, write notice
+//! times afresh on every read as AWS's own mock does, and misbehave on purpose: black-holed token PUTs (the hop-limit symptom), 503 bursts, garbage, slow answers,
 //! dropped connections, tokens rejected as if IMDS had restarted.
 
 use std::collections::HashMap;
@@ -121,6 +122,11 @@ struct State {
     rebalance: Option<String>,
     /// The body of `events/maintenance/scheduled` (`None`: 404).
     scheduled: Option<String>,
+    /// Spot `time` and rebalance `noticeTime` written afresh on every read, as AWS's own mock
+    /// (amazon-ec2-metadata-mock) does: the spot action (if posted) then.
+    recompute_times: bool,
+    /// The instance profile's role and its credentials' JSON, under `iam/security-credentials/`.
+    role: Option<(String, String)>,
     tags_enabled: bool,
     tags: HashMap<String, String>,
     /// `instance-life-cycle`: `on-demand`, `spot`, `scheduled` or `capacity-block`.
@@ -152,6 +158,8 @@ impl ImdsSim {
             spot_action: None,
             rebalance: None,
             scheduled: Some("[]".to_string()),
+            recompute_times: false,
+            role: None,
             tags_enabled: false,
             tags: HashMap::new(),
             life_cycle: "on-demand".to_string(),
@@ -227,6 +235,30 @@ impl ImdsSim {
     /// Sets the raw body of `events/maintenance/scheduled` (`None`: 404), garbage included.
     pub fn set_scheduled_body(&self, body: Option<String>) {
         self.lock().scheduled = body;
+    }
+
+    /// Writes spot `time` (two minutes ahead) and rebalance `noticeTime` (now) afresh, to the
+    /// millisecond, on every read of a posted notice, as AWS's own mock does.
+    pub fn set_recompute_times(&self, on: bool) {
+        self.lock().recompute_times = on;
+    }
+
+    /// Gives the instance a role: `iam/security-credentials/` lists it and
+    /// `iam/security-credentials/ROLE` serves these credentials, in the documented format,
+    /// expiring in six hours.
+    pub fn set_role_credentials(&self, role: &str, access_key_id: &str, secret: &str) {
+        let expiration =
+            humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(6 * 3600));
+        let body = serde_json::json!({
+            "Code": "Success",
+            "LastUpdated": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            "Type": "AWS-HMAC",
+            "AccessKeyId": access_key_id,
+            "SecretAccessKey": secret,
+            "Token": "IQoJb3JpZ2luX2VjEDUaCXVzLWVhc3QtMSJHMEUCIQD-sim-token",
+            "Expiration": expiration.to_string(),
+        });
+        self.lock().role = Some((role.to_string(), body.to_string()));
     }
 
     /// A handle that sets `autoscaling/target-lifecycle-state` from elsewhere (another
@@ -409,11 +441,32 @@ fn route(
         "placement/region" => Some(s.region.clone()),
         "placement/availability-zone" => Some(format!("{}a", s.region)),
         "autoscaling/target-lifecycle-state" => s.lifecycle_state.clone(),
+        "spot/instance-action" if s.recompute_times => s.spot_action.as_ref().map(|a| {
+            let action = serde_json::from_str::<serde_json::Value>(a)
+                .ok()
+                .and_then(|v| v["action"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "terminate".to_string());
+            let time =
+                humantime::format_rfc3339_millis(SystemTime::now() + Duration::from_secs(120));
+            format!("{{\"action\": \"{action}\", \"time\": \"{time}\"}}")
+        }),
         "spot/instance-action" => s.spot_action.clone(),
+        "events/recommendations/rebalance" if s.recompute_times => s.rebalance.as_ref().map(|_| {
+            let now = humantime::format_rfc3339_millis(SystemTime::now());
+            format!("{{\"noticeTime\": \"{now}\"}}")
+        }),
         "events/recommendations/rebalance" => s.rebalance.clone(),
+        "iam/security-credentials" | "iam/security-credentials/" => {
+            s.role.as_ref().map(|(role, _)| role.clone())
+        }
         "instance-life-cycle" => Some(s.life_cycle.clone()),
         "tags/instance" | "tags/instance/" => Some(tag_keys(&s)),
         "events/maintenance/scheduled" => s.scheduled.clone(),
+        _ if item.starts_with("iam/security-credentials/") => s
+            .role
+            .as_ref()
+            .filter(|(role, _)| item.strip_prefix("iam/security-credentials/") == Some(role))
+            .map(|(_, body)| body.clone()),
         _ => item
             .strip_prefix("tags/instance/")
             .filter(|_| s.tags_enabled)

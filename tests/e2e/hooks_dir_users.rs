@@ -274,3 +274,51 @@ fn a_non_root_guard_sharing_the_group_registers_clears_and_completes_once_as_the
         .collect();
     assert!(names.is_empty(), "every registration gone: {names:?}");
 }
+
+/// Issue 23 item 2: another user pre-creates the hook's directory (and its `guards/`) in the
+/// shared root, open to every user or as their own, before any guard runs; trusted, it would
+/// let them delete a live guard's registration and have the hook completed under its agent.
+/// Each guard refuses it with one line, before its agent starts.
+#[test]
+fn a_hook_directory_another_user_planted_is_refused_with_one_line() {
+    if !require_root() {
+        return;
+    }
+    // (mode, why): open to every user; or the other user's own, outside the shared group.
+    let plants = [
+        (0o777, "writable by every user (mode 777)"),
+        (0o755, "owned by uid 65534 and gid 65534"),
+    ];
+    for (mode, why) in plants {
+        let h = Host::new();
+        let hook = h.hooks().join("terminate.drain-hook");
+        for dir in [hook.clone(), hook.join("guards")] {
+            fs::create_dir(&dir).expect("mkdir");
+            std::os::unix::fs::chown(&dir, Some(WORKER_UID), Some(WORKER_UID)).expect("chown");
+            chmod(&dir, mode);
+        }
+        let started = h.dir.path().join("agent-started");
+        let agent = format!("touch {}; sleep 30", started.display());
+        let mut guard = h.guard("indexer", false, &agent);
+        let code = guard.code();
+        let log = guard.log();
+        assert_eq!(
+            code, 125,
+            "the guard ran on a directory another user controls:\n{log}"
+        );
+        let refusal = format!("--hooks-dir: refusing {}: {why}", hook.display());
+        assert_eq!(
+            log.matches(&refusal).count(),
+            1,
+            "one line saying so:\n{log}"
+        );
+        assert!(!started.exists(), "refused before the agent started");
+        assert!(
+            fs::read_dir(hook.join("guards"))
+                .expect("guards")
+                .next()
+                .is_none(),
+            "nothing registered there"
+        );
+    }
+}

@@ -327,9 +327,13 @@ fn agent_pid(guard: &Guard) -> i32 {
 fn an_agent_that_leaves_its_process_group_still_gets_the_stop_signal() {
     let dir = scratch();
     let moved = dir.path().join("moved");
+    // The process-group path (`--cgroup off`, or no cgroup to be had): with a cgroup the agent
+    // cannot leave what the stop signal reaches (tests/e2e/cgroup.rs).
     let mut guard = Guard::start(
         dir.path(),
         [
+            "--cgroup".as_ref(),
+            "off".as_ref(),
             "--".as_ref(),
             fixture("group_leaver.py").as_os_str(),
             moved.as_os_str(),
@@ -380,7 +384,7 @@ fn an_agent_that_left_its_group_and_ignores_sigterm_is_killed_after_the_stop_tim
 fn a_stopped_agent_is_continued_after_the_stop_signal() {
     let dir = scratch();
     let ready = dir.path().join("ready");
-    // Exits 0 on SIGTERM; SIGTSTP stops it (the default action).
+    // Exits 0 on SIGTERM; SIGSTOP stops it.
     let script = format!(
         "import os, signal, time\n\
          signal.signal(signal.SIGTERM, lambda *_: os._exit(0))\n\
@@ -394,8 +398,10 @@ fn a_stopped_agent_is_continued_after_the_stop_signal() {
     );
     wait_until("the agent is up", SOON, || ready.exists());
     let agent = agent_pid(&guard);
-    // A TSTP to the guard is passed on to the agent's group, which stops.
-    guard.signal(libc::SIGTSTP);
+    // Stopped by someone else (a debugger, an operator): a TSTP to the guard would stop the
+    // guard as well (`job_control.rs`), which then could not act on the SIGTERM below.
+    // SAFETY: kill(2) on the agent's pid, which the test just read.
+    assert_eq!(unsafe { libc::kill(agent, libc::SIGSTOP) }, 0);
     wait_until("the agent is stopped", SOON, || {
         process(agent).is_some_and(|p| p.state == 'T')
     });
@@ -497,8 +503,9 @@ fn a_notice_that_changes_on_every_poll_is_kept_bounded_and_a_huge_value_logged_s
         .as_array()
         .map_or(0, Vec::len);
     assert!((1..=16).contains(&kept), "{kept} notices kept");
-    // A 10 MB lifecycle state: seen, shown and logged as its start and its size.
-    let huge = "x".repeat(10 << 20);
+    // A 60 KiB lifecycle state (within the 64 KiB IMDS answers are read to): seen, shown and
+    // logged as its start and its size.
+    let huge = "x".repeat(60 << 10);
     sim.set_lifecycle_state(Some(&huge));
     wait_until("the guard saw it", SOON, || {
         guard.status()["imds"]["lifecycle_state"]
@@ -513,6 +520,11 @@ fn a_notice_that_changes_on_every_poll_is_kept_bounded_and_a_huge_value_logged_s
     let log = guard.log();
     assert!(log.len() < 256 * 1024, "{} bytes of log", log.len());
     assert!(log.contains("bytes in all"), "the cut is said");
+    // A 10 MB one is not read at all: that is said once.
+    sim.set_lifecycle_state(Some(&"x".repeat(10 << 20)));
+    wait_until("the guard saw it", SOON, || {
+        guard.log().contains("more than 64 KiB")
+    });
     guard.signal(libc::SIGTERM);
     assert_eq!(guard.code(), 143);
 }

@@ -322,6 +322,12 @@ fn throttling_is_retried_until_the_completion_succeeds() {
         &["sleep", "600"],
     );
     wait_lifecycle_ready(&guard);
+    // The hook's timeout is read in the background: the throttling is meant for the completion.
+    wait_until("the hook's timeout read", SOON, || {
+        calls(&w, "DescribeLifecycleHooks")
+            .iter()
+            .any(|c| c.status == 200)
+    });
     w.asg.terminate(GROUP, INSTANCE);
     w.asg.set_faults(Faults {
         throttle: 2,
@@ -412,8 +418,12 @@ fn the_group_is_found_by_tag_and_by_api() {
         calls(&w, "DescribeAutoScalingInstances").is_empty(),
         "the tag made the call needless"
     );
-    // A third of the hook's 30 s heartbeat timeout.
-    assert_eq!(by_tag.status()["lifecycle"]["heartbeat_interval_s"], 10.0);
+    // A third of the hook's 30 s heartbeat timeout, once read (in the background).
+    wait_until(
+        "the heartbeat cadence from the hook's timeout",
+        SOON,
+        || by_tag.status()["lifecycle"]["heartbeat_interval_s"] == 10.0,
+    );
     by_tag.signal(libc::SIGTERM);
     assert_eq!(by_tag.code(), 143);
 

@@ -1,12 +1,13 @@
 //! EC2 scheduled events under each `--on-maintenance`: `replace` marks the instance Unhealthy
 //! once per event and the scale-in that follows drains and completes the hook; a refused or
 //! impossible replacement falls back to a drain; `drain` starts at NotBefore minus the margin and
-//! not before, and a canceled or vanished event calls it off; events already over, and garbage,
-//! do nothing; `report` only reports.
+//! not before, and a canceled or vanished event calls it off (a 404 for the list too), and an
+//! event active again after that is planned again; events already over, and garbage, do
+//! nothing; `report` only reports; the instance is marked Unhealthy once, however many events.
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use agent_guard::sim::autoscaling::{AutoScalingSim, Call, Faults, Hook, TERMINATING};
 use agent_guard::sim::imds::{ImdsSim, ScheduledEvent};
@@ -111,7 +112,7 @@ fn group_with_hook() -> (ImdsSim, AutoScalingSim) {
 }
 
 #[test]
-fn replace_marks_unhealthy_once_per_event_and_the_scale_in_that_follows_completes_the_hook() {
+fn replace_marks_unhealthy_once_and_the_scale_in_that_follows_completes_the_hook() {
     let dir = scratch();
     let (imds, asg) = group_with_hook();
     let log = dir.path().join("agent.log");
@@ -127,7 +128,8 @@ fn replace_marks_unhealthy_once_per_event_and_the_scale_in_that_follows_complete
         guard.log().contains("lifecycle hooks ready")
     });
     wait_until("subscribed", SOON, || guard.status()["subscribers"] == 1);
-    // Two events at once, days ahead: one call each, and never again however often they are read.
+    // Two events at once, days ahead: one call for the instance, never again however often
+    // they are read.
     let not_before = whole_seconds(Duration::from_secs(3 * 86_400));
     imds.set_scheduled_events(&[
         ScheduledEvent::active("system-reboot", "instance-event-1", not_before),
@@ -136,7 +138,7 @@ fn replace_marks_unhealthy_once_per_event_and_the_scale_in_that_follows_complete
     assert_eq!(guard.code(), 0, "the agent's own status: {}", guard.log());
 
     let marks = calls(&asg, "SetInstanceHealth");
-    assert_eq!(marks.len(), 2, "one per EventId: {marks:?}");
+    assert_eq!(marks.len(), 1, "once for the instance: {marks:?}");
     for mark in &marks {
         assert_eq!(mark.status, 200);
         assert_eq!(mark.params["InstanceId"], INSTANCE);
@@ -563,4 +565,132 @@ fn a_scale_in_during_a_maintenance_drain_completes_the_termination_hook() {
         reasons.windows(2).any(|w| w == ["maintenance", "scale-in"]),
         "{reasons:?}"
     );
+}
+
+#[test]
+fn replace_marks_the_instance_unhealthy_once_for_32_events_and_for_ids_that_rotate() {
+    let dir = scratch();
+    let imds = ImdsSim::start().expect("imds sim");
+    let asg = AutoScalingSim::start().expect("asg sim");
+    asg.add_instance(GROUP, INSTANCE, "InService");
+    // IMDS is not told of the replacement: the guard keeps reading events, as it would while
+    // the group is slow to act.
+    let mut cmd = aws_command(&imds, &asg);
+    cmd.args(["--asg-name", GROUP]);
+    let mut guard = start_recorder(dir.path(), cmd, &[]);
+    let not_before = whole_seconds(Duration::from_secs(3 * 86_400));
+    let batch = |round: usize| -> Vec<ScheduledEvent> {
+        (0..32)
+            .map(|n| {
+                let id = format!("instance-event-{round}-{n}");
+                ScheduledEvent::active("system-reboot", &id, not_before)
+            })
+            .collect()
+    };
+    imds.set_scheduled_events(&batch(0));
+    wait_until("the instance is marked", SOON, || {
+        !calls(&asg, "SetInstanceHealth").is_empty()
+    });
+    wait_rounds(&imds, 3);
+    // New ids on every read for 5 s, as a broken IMDS could serve them.
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut round = 1;
+    while Instant::now() < until {
+        imds.set_scheduled_events(&batch(round));
+        wait_rounds(&imds, 1);
+        round += 1;
+    }
+    wait_rounds(&imds, 3);
+    let marks = calls(&asg, "SetInstanceHealth");
+    assert_eq!(
+        marks.len(),
+        1,
+        "{round} rounds of 32 events: {marks:?}\n{}",
+        guard.log()
+    );
+    assert!(asg.unhealthy(INSTANCE));
+    assert!(recorded(&dir.path().join("signals.log")).is_empty());
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 0);
+}
+
+#[test]
+fn a_flapping_event_is_planned_again_when_it_is_active_again() {
+    // (how the event flaps for one poll)
+    for how in ["canceled", "unlisted"] {
+        let dir = scratch();
+        let imds = ImdsSim::start().expect("sim");
+        let mut guard = imds_only(
+            dir.path(),
+            &imds,
+            &["--on-maintenance", "drain", "--maintenance-margin", "20s"],
+        );
+        let not_before = whole_seconds(Duration::from_secs(30));
+        let event = ScheduledEvent::active("instance-reboot", "instance-event-10", not_before);
+        imds.set_scheduled_events(std::slice::from_ref(&event));
+        wait_until(&format!("{how}: the drain is planned"), SOON, || {
+            guard.log().contains("NotBefore minus --maintenance-margin")
+        });
+        match how {
+            "canceled" => imds.set_scheduled_events(&[event.clone().with_state("canceled")]),
+            _ => imds.set_scheduled_events(&[]),
+        }
+        wait_until(&format!("{how}: the drain is called off"), SOON, || {
+            guard.log().contains("\"step\":\"drain-canceled\"")
+        });
+        imds.set_scheduled_events(std::slice::from_ref(&event));
+        // The reboot still comes: the agent drains before it, as if it had never flapped.
+        assert_eq!(guard.code(), 0, "{how}: {}", guard.log());
+        let log = guard.log();
+        let drained = first(&log, "phase_changed", |r| r["reason"] == "maintenance")
+            .unwrap_or_else(|| panic!("{how}: no maintenance drain:\n{log}"));
+        assert!(
+            drained >= not_before - Duration::from_secs(20) && drained < not_before,
+            "{how}: drained at the planned time"
+        );
+        assert_eq!(
+            recorded(&dir.path().join("signals.log")),
+            ["SIGTERM"],
+            "{how}"
+        );
+    }
+}
+
+#[test]
+fn a_404_for_the_list_after_an_active_event_calls_off_its_drain_as_an_empty_list_does() {
+    let dir = scratch();
+    let imds = ImdsSim::start().expect("sim");
+    let mut guard = imds_only(
+        dir.path(),
+        &imds,
+        &["--on-maintenance", "drain", "--maintenance-margin", "20s"],
+    );
+    let not_before = whole_seconds(Duration::from_secs(26));
+    let event = ScheduledEvent::active("system-reboot", "instance-event-11", not_before);
+    imds.set_scheduled_events(std::slice::from_ref(&event));
+    wait_until("the drain is planned", SOON, || {
+        guard.log().contains("NotBefore minus --maintenance-margin")
+    });
+    imds.set_scheduled_body(None);
+    wait_until("the drain is called off", SOON, || {
+        guard.log().contains("\"step\":\"drain-canceled\"")
+    });
+    let due = not_before - Duration::from_secs(20);
+    while SystemTime::now() < due + Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_rounds(&imds, 3);
+    assert!(
+        recorded(&dir.path().join("signals.log")).is_empty(),
+        "the agent was left alone:\n{}",
+        guard.log()
+    );
+    let log = guard.log();
+    assert_eq!(
+        log.matches("answered 404: no events listed").count(),
+        1,
+        "said once what the 404 means:\n{log}"
+    );
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 0);
 }

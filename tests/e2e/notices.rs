@@ -6,7 +6,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use agent_guard::sim::imds::{Faults, ImdsSim};
 
-use crate::support::{Guard, SOON, fixture, let_time_pass, read, recorded, scratch, wait_until};
+use crate::support::{
+    Guard, SOON, fixture, http, let_time_pass, read, recorded, scratch, wait_until,
+};
 
 const POLL: &str = "200ms";
 
@@ -400,4 +402,114 @@ fn dead_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
+}
+
+/// The lines of the guard's log that contain `text`.
+fn lines_with(guard: &Guard, text: &str) -> usize {
+    guard.log().lines().filter(|l| l.contains(text)).count()
+}
+
+/// The value of the Prometheus sample `series` on the guard's `/metrics`.
+fn metric(guard: &Guard, series: &str) -> Option<f64> {
+    let (_, _, body) = http(&guard.health_addr(), "GET", "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+fn a_notice_whose_time_changes_on_every_read_is_logged_and_counted_once() {
+    // AWS's own metadata mock (amazon-ec2-metadata-mock) writes spot `time` and rebalance
+    // `noticeTime` afresh on every request; the fake does the same, to the millisecond.
+    let dir = scratch();
+    let sim = ImdsSim::start().expect("sim");
+    sim.set_recompute_times(true);
+    let options = ["--health-listen", "127.0.0.1:0", "--stop-timeout", "8s"];
+    let mut guard = guard_with(dir.path(), &sim, &options, &["--ignore-term"]);
+    wait_rounds(&sim, 1);
+    sim.set_rebalance(Some("{}".to_string()));
+    wait_until("the recommendation is logged", SOON, || {
+        lines_with(&guard, "rebalance recommendation") > 0
+    });
+    wait_rounds(&sim, 10);
+    sim.post_spot_interruption("terminate", "soon");
+    wait_until("the agent is told to drain", SOON, || {
+        recorded(&dir.path().join("signals.log")).contains(&"SIGTERM".to_string())
+    });
+    // Eight reads more of both bodies, each different from the last, while the agent (which
+    // ignores SIGTERM) is still being stopped.
+    let spot_reads = || {
+        sim.requests()
+            .iter()
+            .filter(|r| r.path == "/latest/meta-data/spot/instance-action")
+            .count()
+    };
+    let start = spot_reads();
+    wait_until("eight more reads while stopping", SOON, || {
+        spot_reads() >= start + 8
+    });
+    let log = guard.log();
+    assert_eq!(
+        lines_with(&guard, "rebalance recommendation"),
+        1,
+        "one line for one recommendation:\n{log}"
+    );
+    assert_eq!(
+        lines_with(&guard, "spot interruption notice"),
+        1,
+        "one line for one interruption:\n{log}"
+    );
+    let counted = |kind: &str| {
+        metric(
+            &guard,
+            &format!("agent_guard_notices_total{{kind=\"{kind}\"}}"),
+        )
+    };
+    assert_eq!(counted("rebalance-recommendation"), Some(1.0));
+    assert_eq!(counted("spot-interruption"), Some(1.0));
+    assert_eq!(
+        metric(
+            &guard,
+            "agent_guard_drains_total{reason=\"spot-interruption\"}"
+        ),
+        Some(1.0),
+        "one drain"
+    );
+    guard.wait(Duration::from_secs(10));
+}
+
+/// The guard's peak resident memory (VmHWM), in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    read(format!("/proc/{pid}/status"))
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_huge_imds_body_is_not_read_and_the_guard_stays_small() {
+    let dir = scratch();
+    let sim = ImdsSim::start().expect("sim");
+    let mut guard = guard_with(dir.path(), &sim, &[], &[]);
+    wait_rounds(&sim, 3);
+    let before = peak_rss_kib(guard.pid());
+    // 48 MiB where a list of events is a few hundred bytes.
+    sim.set_scheduled_body(Some("[".to_string() + &" ".repeat(48 << 20)));
+    wait_rounds(&sim, 5);
+    let after = peak_rss_kib(guard.pid());
+    assert!(before > 0, "VmHWM is readable");
+    assert!(
+        after < before + 16 * 1024,
+        "the peak grew from {before} KiB to {after} KiB"
+    );
+    let log = guard.log();
+    assert_eq!(
+        log.matches("more than 64 KiB").count(),
+        1,
+        "said once:\n{log}"
+    );
+    assert!(recorded(&dir.path().join("signals.log")).is_empty());
+    assert!(guard.status()["phase"] == "ready");
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 0);
 }

@@ -169,3 +169,19 @@ fn as_pid_1_in_a_pid_namespace_orphans_are_reaped() {
     });
     assert_eq!(outer.code(), 7, "the agent's status; log:\n{}", outer.log());
 }
+
+/// Neither PID 1 nor a subreaper, the guard says once at start that orphans are not its to reap,
+/// as tini warns; with `--subreaper` it says nothing of the kind.
+#[test]
+fn without_subreaper_the_guard_says_once_that_orphans_are_reaped_above_it() {
+    const LINE: &str = "not PID 1 and not a child subreaper";
+    for (args, said) in [(&[][..], 1), (&["--subreaper"][..], 0)] {
+        let dir = scratch();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--", "true"]);
+        let mut guard = Guard::start(dir.path(), all);
+        assert_eq!(guard.code(), 0, "log:\n{}", guard.log());
+        let log = guard.log();
+        assert_eq!(log.matches(LINE).count(), said, "{args:?}; log:\n{log}");
+    }
+}

@@ -434,3 +434,157 @@ fn a_hooks_directory_that_cannot_be_read_is_waited_out_and_the_hook_never_comple
         "completed only once it could be read"
     );
 }
+
+/// The registration of guard `name` in the termination hook's directory.
+fn registration(h: &Host, name: &str) -> PathBuf {
+    let guards = h.hooks_dir().join("terminate.drain-hook").join("guards");
+    std::fs::read_dir(&guards)
+        .expect("guards/")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}.")))
+        })
+        .unwrap_or_else(|| panic!("{name}'s registration in {}", guards.display()))
+}
+
+/// Whether the guard has exited (then it decided, one way or the other).
+fn exited(guard: &mut Guard) -> bool {
+    matches!(guard.child.try_wait(), Ok(Some(_)))
+}
+
+/// Issue 23 item 1: any member of the `agent-guard` group (an agent included) can garble a live
+/// guard's registration; the other guard must not read that as "nobody there".
+#[test]
+fn a_live_guards_garbled_registration_holds_the_others_up_until_its_agent_is_gone() {
+    let h = terminate_host();
+    let (fast_log, slow_log) = (h.agent_log("fast"), h.agent_log("slow"));
+    let fast_agent = draining_agent(&fast_log, "0.1");
+    let slow_agent = draining_agent(&slow_log, "5");
+    let mut fast = h.guard("fast", TERMINATE, &strs(&fast_agent));
+    let mut slow = h.guard("slow", TERMINATE, &strs(&slow_agent));
+    ready(&fast);
+    ready(&slow);
+    wait_until("both agents subscribed", SOON, || {
+        fast.status()["subscribers"] == 1 && slow.status()["subscribers"] == 1
+    });
+    // Truncated and garbled in place: the slow guard still holds its lock on the file.
+    std::fs::write(registration(&h, "slow"), "{\"name\":\"slow\",").expect("garble");
+    h.scale_in();
+    wait_until("the fast guard decided", SOON, || {
+        // The log, not /status: on a guard that completes and exits, the socket goes with it.
+        exited(&mut fast) || fast.log().contains("registration that cannot be read")
+    });
+    // Looked at in this order: an agent still running now was running when the calls were read.
+    let completes = h.completions_ok();
+    assert!(
+        first_time(&json_lines(&slow_log), |e| e["signal"] == "SIGTERM").is_none(),
+        "the slow agent drains for 5 s; the test looked too late"
+    );
+    assert!(
+        completes.is_empty(),
+        "completed while the slow agent drained: {completes:?}\n{}",
+        fast.log()
+    );
+    let status = fast.status();
+    let detail = status["lifecycle"]["waiting_for"]["detail"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        detail.contains("a live guard's registration that cannot be read"),
+        "{status}"
+    );
+    assert!(
+        fast.log().contains("registration that cannot be read"),
+        "said in the log too: {}",
+        fast.log()
+    );
+    assert_eq!(slow.code(), 0, "{}", slow.log());
+    assert_eq!(fast.code(), 0, "{}", fast.log());
+    let completes = h.completions_ok();
+    assert_eq!(completes.len(), 1, "completed once: {completes:?}");
+    assert_eq!(completes[0].params["LifecycleActionResult"], "CONTINUE");
+    let slow_exit = first_time(&json_lines(&slow_log), |e| e["signal"] == "SIGTERM")
+        .expect("the slow agent's exit marker");
+    assert!(
+        mono(completes[0].at) > slow_exit,
+        "completed {:.3}s before the slow agent exited",
+        slow_exit - mono(completes[0].at)
+    );
+}
+
+/// Issue 23 item 3: a guard SIGKILLed mid-drain leaves its agent draining as an orphan; the
+/// other guard waits for that agent to be gone (or for the wait bound), not for the lock alone.
+#[test]
+fn a_guard_sigkilled_mid_drain_is_waited_for_until_its_orphaned_agent_is_gone() {
+    let h = terminate_host();
+    let own = h.dir.path().join("killed");
+    std::fs::create_dir_all(&own).expect("dir");
+    let (draining, gone) = (own.join("draining"), own.join("gone"));
+    let slow = format!(
+        "trap 'touch {}; sleep 6; touch {}; exit 0' TERM; while :; do sleep 0.1; done",
+        draining.display(),
+        gone.display()
+    );
+    let mut killed = h.guard("killed", TERMINATE, &["sh", "-c", &slow]);
+    let mut survivor = h.guard(
+        "survivor",
+        TERMINATE,
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while :; do sleep 0.1; done",
+        ],
+    );
+    ready(&killed);
+    ready(&survivor);
+    let agent = killed.status()["agent_pid"].as_i64().expect("agent pid");
+    h.scale_in();
+    wait_until("the slow agent drains", SOON, || draining.exists());
+    let recorded = std::fs::read_to_string(registration(&h, "killed")).unwrap_or_default();
+    killed.signal(libc::SIGKILL);
+    let _ = killed.child.wait();
+    wait_until("the survivor decided, its own agent gone", SOON, || {
+        // The log, not /status: on a guard that completes and exits, the socket goes with it.
+        exited(&mut survivor)
+            || survivor
+                .log()
+                .contains("its guard is gone, its agent (process group")
+    });
+    // Looked at in this order: an agent still running now was running when the calls were read.
+    let completes = h.completions_ok();
+    assert!(
+        !gone.exists(),
+        "the orphan drains for 6 s; the test looked too late"
+    );
+    assert!(
+        completes.is_empty(),
+        "completed while the killed guard's agent drained: {completes:?}\n{}",
+        survivor.log()
+    );
+    assert!(
+        recorded.contains(&format!("\"pgid\":{agent}")),
+        "its agent was recorded before the drain: {recorded}"
+    );
+    assert_eq!(survivor.code(), 0, "{}", survivor.log());
+    assert!(gone.exists());
+    let completes = h.completions_ok();
+    assert_eq!(completes.len(), 1, "completed once: {completes:?}");
+    // The killed guard's agent was never seen to stop cleanly: its --on-unclean-exit counts.
+    assert_eq!(completes[0].params["LifecycleActionResult"], "ABANDON");
+    let gone_at = std::fs::metadata(&gone)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let completed_at = std::time::SystemTime::now() - completes[0].at.elapsed();
+    assert!(
+        completed_at > gone_at,
+        "completed {:?} before the orphan was gone",
+        gone_at.duration_since(completed_at).unwrap_or_default()
+    );
+    assert!(
+        survivor.log().contains("gone without a word"),
+        "{}",
+        survivor.log()
+    );
+}

@@ -19,6 +19,8 @@ pub struct Facts {
     pub aws: AwsFact,
     pub systemd: SystemdFact,
     pub port: PortFact,
+    /// `--cgroup`: what the guard would get, or why it could not have one (`None` with `off`).
+    pub cgroup: Option<Result<crate::process::cgroup::Probe, String>>,
 }
 
 /// The agent's program, looked up as the guard will look it up.

@@ -315,9 +315,29 @@ fn entry_for(what: &Observation) -> Option<(&'static str, String)> {
             "agent drained",
             "it said so (drained / X_DRAINED=1)".to_string(),
         ),
-        Observation::Guard(Record::StopSignalSent { signal, .. }) => (
+        Observation::Guard(Record::StopSignalSent { signal, cgroup, .. }) => (
             "stop signal",
-            format!("{signal} to the agent's process group"),
+            if *cgroup {
+                format!("{signal} to every process in the agent's cgroup")
+            } else {
+                format!("{signal} to the agent's process group")
+            },
+        ),
+        Observation::Guard(Record::LeftoversWaited {
+            tracked_by,
+            processes,
+        }) => (
+            "guard waits",
+            match processes {
+                Some(n) => format!(
+                    "for {n} process(es) the agent started, still in its {tracked_by}: the hook waits"
+                ),
+                None => format!("for what is left in the agent's {tracked_by}: the hook waits"),
+            },
+        ),
+        Observation::Guard(Record::AllGone { tracked_by }) => (
+            "all gone",
+            format!("every process of the agent is gone (its {tracked_by} is empty)"),
         ),
         Observation::Guard(Record::Killed { .. }) => {
             ("SIGKILL", "the grace period ran out".to_string())

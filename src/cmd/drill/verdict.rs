@@ -393,6 +393,7 @@ mod tests {
         Observation::Guard(Record::StopSignalSent {
             signal: crate::process::sig::Sig::TERM,
             pgid: 7,
+            cgroup: false,
         })
     }
 

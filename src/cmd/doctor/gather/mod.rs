@@ -34,7 +34,7 @@ pub async fn gather(config: &Config, settings: &Settings) -> Facts {
     };
     // The guard's own client builder: the same credential chain, endpoints and timeouts.
     let client_region = region.resolved().map_or(ANY_REGION, |(r, _)| r);
-    let sdk = crate::aws::context::sdk_config(client_region).await;
+    let sdk = crate::aws::context::sdk_config(client_region, &config.imds_endpoint).await;
     let client = aws_sdk_autoscaling::Client::new(&sdk);
     let credentials = aws::credentials(&sdk).await;
     let aws = match (imds.metadata(), region.resolved(), &credentials) {
@@ -53,6 +53,8 @@ pub async fn gather(config: &Config, settings: &Settings) -> Facts {
         aws,
         systemd,
         port,
+        cgroup: (config.cgroup != crate::config::CgroupMode::Off)
+            .then(|| crate::process::cgroup::probe().map_err(|e| e.to_string())),
     }
 }
 

@@ -268,11 +268,7 @@ fn describe(h: &HookInfo) -> String {
 }
 
 fn names(hooks: &[&HookInfo]) -> String {
-    hooks
-        .iter()
-        .map(|h| h.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+    some_of(hooks.iter().map(|h| h.name.clone()), hooks.len())
 }
 
 /// "its hooks: a (launch), b (termination)", or "it has no hooks".
@@ -280,11 +276,23 @@ fn listing(hooks: &[HookInfo]) -> String {
     if hooks.is_empty() {
         return "it has no hooks".to_string();
     }
-    let each: Vec<String> = hooks
+    let each = hooks
         .iter()
-        .map(|h| format!("{} ({})", h.name, h.transition.describe()))
-        .collect();
-    format!("its hooks: {}", each.join(", "))
+        .map(|h| format!("{} ({})", h.name, h.transition.describe()));
+    format!("its hooks: {}", some_of(each, hooks.len()))
+}
+
+/// How many names a line lists: a group may have thousands of hooks (20,000 made a 430 KB line).
+const NAMES_SHOWN: usize = 10;
+
+/// The first [`NAMES_SHOWN`] of `total` items, comma-separated, then how many more there are.
+fn some_of(items: impl Iterator<Item = String>, total: usize) -> String {
+    let shown: Vec<String> = items.take(NAMES_SHOWN).collect();
+    let more = total.saturating_sub(shown.len());
+    match more {
+        0 => shown.join(", "),
+        n => format!("{}, and {n} more", shown.join(", ")),
+    }
 }
 
 /// The heartbeat interval against the termination hook's HeartbeatTimeout.
@@ -546,5 +554,20 @@ fn probe(i: &Input, permission: Permission, unneeded: &str, denied: &str) -> Ver
             "run the doctor again once the instance is InService and no guard of this configuration runs",
         ),
         None => warn("not probed", "run the doctor again"),
+    }
+}
+
+#[cfg(test)]
+mod listing_tests {
+    use super::*;
+
+    #[test]
+    fn a_long_list_is_cut_and_says_how_many_more() {
+        let few = ["a", "b"].map(String::from);
+        assert_eq!(some_of(few.into_iter(), 2), "a, b");
+        let many = (0..20_000).map(|i| format!("hook-{i}"));
+        let line = some_of(many, 20_000);
+        assert!(line.ends_with("hook-9, and 19990 more"), "{line}");
+        assert!(line.len() < 200, "{}", line.len());
     }
 }

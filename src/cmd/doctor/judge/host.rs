@@ -8,13 +8,55 @@ use crate::aws::imds::ImdsError;
 use crate::cmd::doctor::facts::{
     CommandFact, CredentialsFact, ImdsFact, PortFact, SystemdFact, TagsFact,
 };
-use crate::config::{ImdsMode, Source};
+use crate::config::{CgroupMode, ImdsMode, Source};
 use crate::fmt::format_duration;
 
 /// How much warning a spot interruption gives.
 const SPOT_NOTICE: Duration = Duration::from_secs(120);
 /// What a stop under systemd needs beyond the drain and the grace: completing the hook.
 pub(super) const COMPLETION: Duration = Duration::from_secs(10);
+
+/// `--cgroup`: which the options would get here, a cgroup of the agent's own or its process
+/// group, and why.
+pub(super) fn cgroup(i: &Input) -> Verdict {
+    let mode = i.config.cgroup;
+    match &i.facts.cgroup {
+        None => warn(
+            "--cgroup off: the agent's process group stands for it; a setsid() grandchild can outlive the agent and the hook's completion",
+            "leave --cgroup at auto where the guard may create a cgroup",
+        ),
+        Some(Ok(probe)) => {
+            let memory = probe.controllers.iter().any(|c| c == "memory");
+            let with = match probe.controllers.as_slice() {
+                [] => "no controllers (tracking only)".to_string(),
+                some => format!("controllers {}", some.join(" ")),
+            };
+            let detail = format!(
+                "--cgroup {}: the agent would run in a cgroup of its own under {}, with {with}",
+                mode.as_str(),
+                probe.path.display()
+            );
+            if i.config.memory_max.is_some() && !memory {
+                warn(
+                    format!("{detail}; --memory-max would not be applied"),
+                    "delegate the memory controller to the guard (a pure cgroup v2 host, Delegate=yes)",
+                )
+            } else {
+                ok(detail)
+            }
+        }
+        Some(Err(why)) if mode == CgroupMode::Require => fail(
+            format!("--cgroup require: the guard would exit 125: {why}"),
+            "run the guard where it may create a cgroup (systemd with Delegate=yes, a container with a writable cgroup namespace, root on a cgroup v2 host), or use --cgroup auto",
+        ),
+        Some(Err(why)) => warn(
+            format!(
+                "--cgroup auto: the agent's process group would stand for it ({why}); a setsid() grandchild can outlive the agent"
+            ),
+            "run the guard where it may create a cgroup (systemd with Delegate=yes, a container with a writable cgroup namespace, root on a cgroup v2 host)",
+        ),
+    }
+}
 
 /// The options, as `--check-config` read them (the doctor only runs when they are valid).
 pub(super) fn config(i: &Input) -> Verdict {
@@ -63,6 +105,14 @@ pub(super) fn imds(i: &Input) -> Verdict {
         ImdsFact::NotAsked => warn(
             "--imds off: no scale-in, spot or rebalance notice reaches the agent",
             "use --imds auto (the default) on EC2",
+        ),
+        // Over IPv6, no answer says as much about the endpoint being off as about the hop limit:
+        // say what is known, and the causes in the order to look at them.
+        ImdsFact::Failed(ImdsError::TokenTimeout { .. }) if endpoint.contains('[') => fail(
+            format!(
+                "the session token request to {endpoint} got no answer: the instance's IPv6 metadata endpoint may be off, its subnet not IPv6, or (in a container) the hop limit 1"
+            ),
+            "check HttpProtocolIpv6=enabled (aws ec2 describe-instances, MetadataOptions), an IPv6 subnet, and in a container --http-put-response-hop-limit 2; or use --imds-endpoint-mode ipv4",
         ),
         ImdsFact::Failed(ImdsError::TokenTimeout { .. }) => fail(
             format!(

@@ -207,6 +207,7 @@ pub const CHECKS: &[(&str, Judge)] = &[
     ("unit-stop-timeout", host::unit_stop_timeout),
     ("unit-kill-mode", host::unit_kill_mode),
     ("health-port", host::health_port),
+    ("cgroup", host::cgroup),
 ];
 
 /// Every check's verdict, in table order.

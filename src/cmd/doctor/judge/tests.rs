@@ -20,6 +20,16 @@ const GOOD: &[&str] = &[
     "launch-hook",
     "--protect-while-busy",
 ];
+/// As GOOD, with IMDS over IPv6.
+const IPV6: &[&str] = &[
+    "--terminate-hook",
+    "drain-hook",
+    "--launch-hook",
+    "launch-hook",
+    "--protect-while-busy",
+    "--imds-endpoint-mode",
+    "ipv6",
+];
 
 fn config(args: &[&str]) -> (Config, Settings) {
     let argv = ["agent-guard", "--check-config"]
@@ -103,6 +113,10 @@ fn good() -> Facts {
             kill_mode: "mixed".to_string(),
         }),
         port: PortFact::Free(SocketAddr::from(([0, 0, 0, 0], 8099))),
+        cgroup: Some(Ok(crate::process::cgroup::Probe {
+            path: "/sys/fs/cgroup/system.slice/agent-guard@worker.service".into(),
+            controllers: vec!["memory".to_string(), "pids".to_string()],
+        })),
     }
 }
 
@@ -187,6 +201,7 @@ const CASES: &[Case] = &[
     (GOOD, |f| f.command = CommandFact::Missing, "command", Status::Warn, "none given"),
     (GOOD, |f| f.command = CommandFact::Unusable("not found".into()), "command", Status::Fail, "not found"),
     (GOOD, |f| f.imds = ImdsFact::Failed(ImdsError::TokenTimeout { endpoint: "e".into() }), "imds", Status::Fail, "hop limit is 1"),
+    (IPV6, |f| f.imds = ImdsFact::Failed(ImdsError::TokenTimeout { endpoint: "e".into() }), "imds", Status::Fail, "IPv6 metadata endpoint may be off"),
     (GOOD, |f| f.imds = ImdsFact::Failed(ImdsError::Unreachable { endpoint: "e".into(), detail: "refused".into() }), "imds", Status::Fail, "cannot reach IMDS"),
     (GOOD, |f| f.imds = ImdsFact::NotAsked, "imds", Status::Fail, "--imds off"),
     (&[], |f| f.imds = ImdsFact::NotAsked, "imds", Status::Warn, "--imds off"),
@@ -244,6 +259,10 @@ const CASES: &[Case] = &[
     (GOOD, |f| unit(f).kill_mode = "control-group".into(), "unit-kill-mode", Status::Fail, "reaches the agent itself"),
     (GOOD, |f| f.port = PortFact::Taken { addr: SocketAddr::from(([0, 0, 0, 0], 8099)), by: "another program".into() }, "health-port", Status::Fail, "in use by another program"),
     (GOOD, |f| f.port = PortFact::Unusable { addr: SocketAddr::from(([0, 0, 0, 0], 80)), error: "permission denied".into() }, "health-port", Status::Fail, "cannot listen"),
+    (&["--cgroup", "off"], |f| f.cgroup = None, "cgroup", Status::Warn, "setsid() grandchild"),
+    (GOOD, |f| f.cgroup = Some(Err("not delegated".into())), "cgroup", Status::Warn, "process group would stand for it (not delegated)"),
+    (&["--cgroup", "require"], |f| f.cgroup = Some(Err("not delegated".into())), "cgroup", Status::Fail, "would exit 125: not delegated"),
+    (&["--memory-max", "1G"], |f| f.cgroup = Some(Ok(crate::process::cgroup::Probe { path: "/x".into(), controllers: vec![] })), "cgroup", Status::Warn, "--memory-max would not be applied"),
 ];
 
 #[test]

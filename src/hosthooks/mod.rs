@@ -1,14 +1,17 @@
 //! Several guards on one host share its lifecycle hooks through `--hooks-dir`: each registers
 //! for the hooks it handles, the termination hook is completed once, by the last guard whose
-//! agent is gone, and the launch hook once every registered guard's agent is ready.
+//! agent is gone, and the launch hook once every registered guard's agent is ready. This is the
+//! registry and its decision; it makes no AWS call (`aws::termination` and `aws::lifecycle` act
+//! on what it decides), and its files are reached through the safe layer of [`crate::fsat`].
 //!
 //! Layout, one directory per hook: `DIR/terminate.NAME/` (or `launch.NAME/`, `/` in a hook name
 //! written `+`) holds
 //! - `guards/NAME.PID.json`: one guard's registration, its state as JSON (starting, ready, gone
-//!   with the agent's result). The guard holds an exclusive `flock` on it for its whole life, so
-//!   the kernel itself says whether the guard still lives: a crashed or SIGKILLed guard's lock is
-//!   released with its last file descriptor, and a pid file could never say that (pids are
-//!   reused).
+//!   with the agent's result, and what identifies its agent). The guard holds an exclusive
+//!   `flock` on it for its whole life, so the kernel itself says whether the guard still lives:
+//!   a crashed or SIGKILLed guard's lock is released with its last file descriptor, and a pid
+//!   file could never say that (pids are reused). Each version is written whole under a
+//!   temporary name, locked, then renamed into place: no guard ever reads one empty.
 //! - `.lock`: every read and write of the directory happens under an exclusive `flock` on it, so
 //!   two guards finishing at the same moment decide one after the other: the second sees the
 //!   first gone, and exactly one of them completes the hook.
@@ -16,41 +19,40 @@
 //!   taken over.
 //! - `done.json`: how the hook's work ended, and by whom.
 //!
+//! What cannot be known counts as someone there, never as absent: a registration that cannot be
+//! read or parsed, or that another user could have changed, holds the others up (bounded by the
+//! wait bound, and named in their log and `/status`), and so does a guard that died while its
+//! agent still runs (its process group, recorded in its registration: [`agent`]) until that
+//! agent is gone.
+//!
 //! Guards running as different users (a unit's `User=` drop-in) share the directory through a
 //! group: when its root is group-writable and not world-writable (`d /run/agent-guard 3775 root
 //! agent-guard`, packaging/systemd/agent-guard.conf), every directory made under it is 0770 and
 //! every file 0660, each given the root's group, so any guard of that group can take the lock,
 //! read and remove the others' registrations, and replace `claim` and `done.json`. Nothing is
 //! open to other users: `flock` needs only read access, so who can read a file can hold its lock.
-//! Under any other root the modes come from the umask, as for any file.
-//!
-//! What another user can plant there is never followed: everything under the root is reached
-//! through the descriptor of its directory, opened without following a symlink; `claim` and
-//! `done.json` are written to a new file and renamed over the old one; a directory or `.lock` is
-//! made whole (shared, with its `guards/`) under a temporary name, then moved into place, so no
-//! guard finds one half made; the guard changes the owner or mode of nothing but what it has just
-//! made itself. Anything that is not a regular file is no guard's and reads as absent.
+//! Under any other root the modes come from the umask, never writable by every user. An entry
+//! owned by a user other than the guard's own, root, or (shared) a member of the group, or one
+//! every user may write, is refused with one line (`fsat::Rules`).
 //!
 //! Everything here is plain blocking file I/O on a tmpfs, bounded by the lock's deadline;
-//! callers run it off the async thread. [`Registration`] decides; it makes no AWS call.
+//! callers run it off the async thread. [`Registration`] decides.
 
-use std::fs::{self, File, Permissions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+pub mod agent;
+
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::HookResult;
+use crate::fsat::{self, Dir, Locked, Untrusted};
+use crate::hosthooks::agent::AgentId;
 
 /// How long a guard waits for another to finish its turn under the directory lock (each turn
 /// is a few small file operations).
 const LOCK_WITHIN: Duration = Duration::from_secs(10);
-
-/// The most read of one file: a registration, `claim` and `done.json` are a few hundred bytes.
-const READ_AT_MOST: u64 = 64 * 1024;
 
 /// Which hook a registration is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +89,12 @@ pub enum HooksDirError {
         #[source]
         source: std::io::Error,
     },
+    /// Another user could change it, and with it what the guards decide.
+    #[error(
+        "--hooks-dir: refusing {path}: {why}; another user could change what the guards there \
+         decide (docs/operations.md, \"Several guards on one instance\")"
+    )]
+    Untrusted { path: PathBuf, why: String },
     #[error("--hooks-dir: {path} stayed locked by another guard for 10s")]
     Busy { path: PathBuf },
 }
@@ -94,6 +102,12 @@ pub enum HooksDirError {
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HooksDirError + '_ {
     move |source| {
         let path = path.to_path_buf();
+        if let Some(refused) = Untrusted::of(&source) {
+            return HooksDirError::Untrusted {
+                path: refused.path.clone(),
+                why: refused.why.clone(),
+            };
+        }
         match source.raw_os_error() {
             Some(libc::EACCES | libc::EPERM) => HooksDirError::Denied { path, source },
             _ => HooksDirError::Io { path, source },
@@ -126,6 +140,10 @@ pub struct Entry {
     pub terminating: bool,
     /// What the agent counts as if its guard dies without a word (its `--on-unclean-exit`).
     pub on_unclean: HookResult,
+    /// The agent that runs now, once started: a guard that dies while it still runs is
+    /// waited for until it is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentId>,
 }
 
 impl Entry {
@@ -167,8 +185,34 @@ pub enum Decision {
 #[derive(Debug, Clone)]
 struct Peer {
     file: String,
-    entry: Option<Entry>,
+    /// Its registration, or why it cannot be used (then someone may be there: it holds the
+    /// others up).
+    entry: Result<Entry, String>,
+    /// Its guard lives (holds the file's lock).
     alive: bool,
+    /// Its guard is dead, its agent was not gone yet, and that agent still runs.
+    orphan_runs: bool,
+}
+
+impl Peer {
+    /// Why this peer holds up a decision that waits for live guards whose standing `holds_up`
+    /// (and, with `orphans`, for dead guards whose agent still runs); `None` if it does not.
+    fn holds_up(&self, holds_up: &impl Fn(Standing) -> bool, orphans: bool) -> Option<String> {
+        let entry = match &self.entry {
+            Err(why) => return Some(format!("{}: {why}", self.file)),
+            Ok(entry) => entry,
+        };
+        if self.alive && holds_up(entry.standing) {
+            return Some(entry.label());
+        }
+        let pgid = entry.agent.as_ref().map_or(0, |a| a.pgid);
+        (orphans && self.orphan_runs).then(|| {
+            format!(
+                "{}: its guard is gone, its agent (process group {pgid}) still runs",
+                entry.label()
+            )
+        })
+    }
 }
 
 /// This guard's registration for one hook. Dropping it releases the lock on its file: the
@@ -178,56 +222,36 @@ pub struct Registration {
     /// The hook's directory and its `guards/`, held open from registration on.
     dir: Dir,
     guards: Dir,
-    sharing: Sharing,
     file_name: String,
-    file: File,
+    /// The registration file, locked for the guard's life.
+    file: Locked,
     entry: Entry,
     registered: Instant,
 }
 
 /// The exclusive lock on a hook directory, released when dropped.
-struct DirLock(File);
+struct DirLock {
+    _held: Locked,
+}
 
 impl DirLock {
-    fn take(dir: &Dir, sharing: Sharing) -> Result<DirLock, HooksDirError> {
+    fn take(dir: &Dir) -> Result<DirLock, HooksDirError> {
         let path = dir.at(".lock");
-        let file = dir.lock_file(sharing).map_err(io(&path))?;
+        let mut file = dir.lock_file(".lock").map_err(io(&path))?;
         let until = Instant::now() + LOCK_WITHIN;
         let mut pause = Duration::from_millis(1);
         loop {
-            match try_lock(&file) {
-                Ok(true) => return Ok(DirLock(file)),
-                Ok(false) if Instant::now() < until => {
+            match fsat::try_lock(file) {
+                Ok(Ok(locked)) => return Ok(DirLock { _held: locked }),
+                Ok(Err(again)) if Instant::now() < until => {
+                    file = again;
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(20));
                 }
-                Ok(false) => return Err(HooksDirError::Busy { path }),
+                Ok(Err(_)) => return Err(HooksDirError::Busy { path }),
                 Err(source) => return Err(HooksDirError::Io { path, source }),
             }
         }
-    }
-}
-
-impl Drop for DirLock {
-    fn drop(&mut self) {
-        // Closing the file releases the lock too; unlocking first says so plainly.
-        // SAFETY: flock on a descriptor this struct owns.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
-}
-
-/// An exclusive lock without waiting: `Ok(false)` when another open file holds one.
-fn try_lock(file: &File) -> std::io::Result<bool> {
-    // SAFETY: flock on a valid descriptor owned by `file`.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(err)
     }
 }
 
@@ -242,407 +266,11 @@ pub fn hook_dir(root: &Path, kind: HookKind, hook: &str) -> PathBuf {
     root.join(hook_dir_name(kind, hook))
 }
 
-/// Who may use what a guard makes under the hooks directory, as the root's mode says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sharing {
-    /// Modes from the umask, as for any file: the root is one user's, or open to everyone (as
-    /// /tmp, where its group means nothing).
-    Private,
-    /// The root is group-writable and not world-writable: every directory made under it is 0770
-    /// and every file 0660, all of the root's group (this gid).
-    Group(u32),
-}
-
-impl Sharing {
-    fn of(root: &fs::Metadata) -> Sharing {
-        let mode = root.mode();
-        if mode & 0o020 != 0 && mode & 0o002 == 0 {
-            Sharing::Group(root.gid())
-        } else {
-            Sharing::Private
-        }
-    }
-
-    /// The mode a directory is made with; under a group, private until [`Sharing::share`] (the
-    /// umask would strip the group's write bit anyway).
-    fn dir_mode(self) -> libc::mode_t {
-        match self {
-            Sharing::Private => 0o777,
-            Sharing::Group(_) => 0o700,
-        }
-    }
-
-    /// The mode a file is made with, as [`Sharing::dir_mode`].
-    fn file_mode(self) -> libc::mode_t {
-        match self {
-            Sharing::Private => 0o666,
-            Sharing::Group(_) => 0o600,
-        }
-    }
-
-    /// Shares with the group what this guard has just made, before anyone else can use it: the
-    /// group first, then the mode, set explicitly since the umask strips the group's write bit.
-    /// A directory gets no setgid bit: the shipped unit's `RestrictSUIDSGID=yes` refuses (EPERM)
-    /// any chmod that sets or keeps one, and the explicit group does its work for everything a
-    /// guard makes.
-    fn share(self, made: &File, is_dir: bool) -> std::io::Result<()> {
-        let Sharing::Group(gid) = self else {
-            return Ok(());
-        };
-        if made.metadata()?.gid() != gid {
-            std::os::unix::fs::fchown(made, None, Some(gid))?;
-        }
-        let mode = if is_dir { 0o770 } else { 0o660 };
-        made.set_permissions(Permissions::from_mode(mode))
-    }
-}
-
-/// A directory under the hooks directory, used through its descriptor: opened without following
-/// a symlink, it stays the directory it was, whatever is renamed or planted at its path since.
-#[derive(Debug)]
-struct Dir {
-    handle: File,
-    /// For messages only.
-    path: PathBuf,
-}
-
-/// An error that means the entry is not there for a guard: gone, or a symlink (which `O_NOFOLLOW`
-/// refuses with ELOOP; no guard makes one).
-fn absent(err: &std::io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ELOOP))
-}
-
-impl Dir {
-    /// The root, made if missing (with the umask's modes, as `create_dir_all`), and what its
-    /// mode says of sharing. The operator's own path: a symlink there is followed.
-    fn root(path: &Path) -> Result<(Dir, Sharing), HooksDirError> {
-        fs::create_dir_all(path).map_err(io(path))?;
-        let handle = File::open(path).map_err(io(path))?;
-        let meta = handle.metadata().map_err(io(path))?;
-        if !meta.is_dir() {
-            return Err(io(path)(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
-        }
-        let dir = Dir {
-            handle,
-            path: path.to_path_buf(),
-        };
-        Ok((dir, Sharing::of(&meta)))
-    }
-
-    /// The path of `name` here, for messages.
-    fn at(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-
-    /// Opens `name` here, never through a symlink.
-    fn open(&self, name: &str, flags: libc::c_int, mode: libc::mode_t) -> std::io::Result<File> {
-        at::open(&self.handle, name, flags, mode).map(File::from)
-    }
-
-    /// The directory `name` here (an error if it is anything else, a symlink included).
-    fn child(&self, name: &str) -> std::io::Result<Dir> {
-        let handle = self.open(name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-        Ok(Dir {
-            handle,
-            path: self.at(name),
-        })
-    }
-
-    /// Makes the directory `name` here and shares it. Made and then opened by name: what is
-    /// opened must be this guard's own and empty, or something was swapped in between.
-    fn make(&self, name: &str, sharing: Sharing) -> std::io::Result<Dir> {
-        at::mkdir(&self.handle, name, sharing.dir_mode())?;
-        let made = self.child(name)?;
-        // SAFETY: geteuid has no side effects and cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        if made.handle.metadata()?.uid() != euid || !made.list()?.is_empty() {
-            return Err(std::io::Error::other(format!(
-                "{} was replaced as it was made",
-                made.path.display()
-            )));
-        }
-        sharing.share(&made.handle, true)?;
-        Ok(made)
-    }
-
-    /// The hook's directory `name` here with its `guards/`, made if missing: whole and shared
-    /// under a temporary name, then renamed into place, so that no guard (of another user,
-    /// say) ever finds it without `guards/`, or not yet shared.
-    fn hook_dirs(&self, name: &str, sharing: Sharing) -> std::io::Result<(Dir, Dir)> {
-        let dir = match self.child(name) {
-            Ok(dir) => dir,
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => self.publish(name, sharing)?,
-            Err(err) => return Err(err),
-        };
-        let guards = match dir.child("guards") {
-            Ok(guards) => guards,
-            // Removed by hand since: made again in place.
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
-                match dir.make("guards", sharing) {
-                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                        dir.child("guards")?
-                    }
-                    made => made?,
-                }
-            }
-            Err(err) => return Err(err),
-        };
-        Ok((dir, guards))
-    }
-
-    fn publish(&self, name: &str, sharing: Sharing) -> std::io::Result<Dir> {
-        let mut attempt = 0;
-        let (temp, made) = loop {
-            let temp = temp_name(name);
-            match self.make(&temp, sharing) {
-                Ok(made) => break (temp, made),
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && attempt < 8 => {
-                    attempt += 1;
-                }
-                Err(err) => return Err(err),
-            }
-        };
-        let moved = made
-            .make("guards", sharing)
-            .and_then(|_| at::rename(&self.handle, &temp, name));
-        match moved {
-            Ok(()) => Ok(Dir {
-                handle: made.handle,
-                path: self.at(name),
-            }),
-            Err(err) => {
-                // Another guard's came first (or the rename failed): ours goes, and theirs is
-                // used.
-                let _ = at::unlink(&made.handle, "guards", libc::AT_REMOVEDIR);
-                let _ = at::unlink(&self.handle, &temp, libc::AT_REMOVEDIR);
-                match self.child(name) {
-                    Err(again) if again.raw_os_error() == Some(libc::ENOENT) => Err(err),
-                    other => other,
-                }
-            }
-        }
-    }
-
-    /// A new file here, under a temporary name made from `name`, shared; with that name.
-    fn temp_file(&self, name: &str, sharing: Sharing) -> std::io::Result<(String, File)> {
-        let mut attempt = 0;
-        loop {
-            let temp = temp_name(name);
-            let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
-            match self.open(&temp, flags, sharing.file_mode()) {
-                Ok(file) => {
-                    if let Err(err) = sharing.share(&file, false) {
-                        let _ = self.remove(&temp);
-                        return Err(err);
-                    }
-                    return Ok((temp, file));
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && attempt < 8 => {
-                    attempt += 1;
-                }
-                Err(err) => return Err(err),
-            }
-        }
-    }
-
-    /// Replaces `name` here with a new file holding `bytes`: written under a temporary name,
-    /// then renamed over the old one. A rename needs only this directory's write permission
-    /// (the old file may be another user's), and replaces a symlink planted there instead of
-    /// writing through it.
-    fn replace(&self, name: &str, bytes: &[u8], sharing: Sharing) -> std::io::Result<()> {
-        let (temp, mut file) = self.temp_file(name, sharing)?;
-        let written = file
-            .write_all(bytes)
-            .and_then(|()| at::rename(&self.handle, &temp, name));
-        if written.is_err() {
-            let _ = self.remove(&temp);
-        }
-        written
-    }
-
-    /// The file `name` here, at most [`READ_AT_MOST`] of it; `None` if it is absent, or is not
-    /// a regular file (no guard made it: a symlink, a FIFO that would block the reader).
-    fn read(&self, name: &str) -> std::io::Result<Option<Vec<u8>>> {
-        let file = match self.open(name, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
-            Ok(file) => file,
-            Err(err) if absent(&err) => return Ok(None),
-            Err(err) => return Err(err),
-        };
-        if !file.metadata()?.is_file() {
-            return Ok(None);
-        }
-        let mut text = Vec::new();
-        file.take(READ_AT_MOST).read_to_end(&mut text)?;
-        Ok(Some(text))
-    }
-
-    /// `.lock`, made whole and shared if missing (under a temporary name, then linked into
-    /// place: never replacing one); read-only where this user may not write it, since `flock`
-    /// needs only read access.
-    fn lock_file(&self, sharing: Sharing) -> std::io::Result<File> {
-        let file = match self.open(".lock", libc::O_RDWR, 0) {
-            Ok(file) => file,
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
-                let (temp, _) = self.temp_file(".lock", sharing)?;
-                let linked = at::link(&self.handle, &temp, ".lock");
-                let _ = self.remove(&temp);
-                match linked {
-                    Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => return Err(err),
-                    _ => {}
-                }
-                self.open(".lock", libc::O_RDWR, 0)
-                    .or_else(|_| self.open(".lock", libc::O_RDONLY | libc::O_NONBLOCK, 0))?
-            }
-            Err(_) => self.open(".lock", libc::O_RDONLY | libc::O_NONBLOCK, 0)?,
-        };
-        if !file.metadata()?.is_file() {
-            return Err(std::io::Error::other("not a regular file"));
-        }
-        Ok(file)
-    }
-
-    /// Removes the file `name` here (a symlink itself, never what it points to).
-    fn remove(&self, name: &str) -> std::io::Result<()> {
-        at::unlink(&self.handle, name, 0)
-    }
-
-    /// The names here, `.` and `..` aside (and any that is not UTF-8: no guard makes one).
-    fn list(&self) -> std::io::Result<Vec<String>> {
-        at::list(&self.handle)
-    }
-}
-
-/// A name for something made here before it is renamed or linked into place, unique to this
-/// process; a leftover (a guard killed in between) is a dot file no guard reads.
-fn temp_name(name: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!(
-        ".{}.{}.{n}.tmp",
-        name.trim_start_matches('.'),
-        std::process::id()
-    )
-}
-
-/// The `*at` calls that std does not have, relative to a directory's descriptor and never
-/// following a symlink in the last component.
-mod at {
-    use std::ffi::{CStr, CString};
-    use std::fs::File;
-    use std::io;
-    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
-
-    fn c_name(name: &str) -> io::Result<CString> {
-        CString::new(name)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a name"))
-    }
-
-    fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(rc)
-        }
-    }
-
-    /// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`.
-    pub fn open(
-        dir: &File,
-        name: &str,
-        flags: libc::c_int,
-        mode: libc::mode_t,
-    ) -> io::Result<OwnedFd> {
-        let name = c_name(name)?;
-        let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-        // SAFETY: a valid directory descriptor and a NUL-terminated name; the mode is read
-        // only with O_CREAT.
-        let fd = check(unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                flags,
-                libc::c_uint::from(mode),
-            )
-        })?;
-        // SAFETY: openat just returned this descriptor, owned by no one else.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-
-    pub fn mkdir(dir: &File, name: &str, mode: libc::mode_t) -> io::Result<()> {
-        let name = c_name(name)?;
-        // SAFETY: a valid directory descriptor and a NUL-terminated name.
-        check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
-    }
-
-    /// `unlinkat`: removes the entry itself, a symlink included; `AT_REMOVEDIR` for a directory.
-    pub fn unlink(dir: &File, name: &str, flags: libc::c_int) -> io::Result<()> {
-        let name = c_name(name)?;
-        // SAFETY: a valid directory descriptor and a NUL-terminated name.
-        check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
-    }
-
-    /// `renameat` within one directory: replaces `to` (a symlink itself, not its target).
-    pub fn rename(dir: &File, from: &str, to: &str) -> io::Result<()> {
-        let (from, to) = (c_name(from)?, c_name(to)?);
-        let fd = dir.as_raw_fd();
-        // SAFETY: a valid directory descriptor and NUL-terminated names.
-        check(unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) }).map(drop)
-    }
-
-    /// `linkat` within one directory: fails with EEXIST rather than replace `to`.
-    pub fn link(dir: &File, from: &str, to: &str) -> io::Result<()> {
-        let (from, to) = (c_name(from)?, c_name(to)?);
-        let fd = dir.as_raw_fd();
-        // SAFETY: a valid directory descriptor and NUL-terminated names; flags 0 follow no
-        // symlink.
-        check(unsafe { libc::linkat(fd, from.as_ptr(), fd, to.as_ptr(), 0) }).map(drop)
-    }
-
-    /// The names in `dir`, `.` and `..` aside, read through a descriptor of its own (readdir
-    /// moves the offset of the open file it reads).
-    pub fn list(dir: &File) -> io::Result<Vec<String>> {
-        let own = open(dir, ".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?.into_raw_fd();
-        // SAFETY: `own` is a directory descriptor that fdopendir takes over.
-        let stream = unsafe { libc::fdopendir(own) };
-        if stream.is_null() {
-            let err = io::Error::last_os_error();
-            // SAFETY: not taken over: still ours to close.
-            unsafe { libc::close(own) };
-            return Err(err);
-        }
-        let mut names = Vec::new();
-        let read = loop {
-            // readdir returns null at the end and on an error alike: errno tells them apart.
-            // SAFETY: errno is this thread's.
-            unsafe { *libc::__errno_location() = 0 };
-            // SAFETY: a stream from fdopendir, not yet closed.
-            let entry = unsafe { libc::readdir(stream) };
-            if entry.is_null() {
-                let err = io::Error::last_os_error();
-                break if err.raw_os_error() == Some(0) {
-                    Ok(())
-                } else {
-                    Err(err)
-                };
-            }
-            // SAFETY: readdir's entry holds a NUL-terminated name, valid until the next call.
-            let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
-            match name.to_str() {
-                Ok("." | "..") | Err(_) => {}
-                Ok(name) => names.push(name.to_string()),
-            }
-        };
-        // SAFETY: closes the stream and its descriptor, once.
-        unsafe { libc::closedir(stream) };
-        read.map(|()| names)
-    }
-}
-
 impl Registration {
     /// Registers this guard (`name`, this process) for `hook`. The first guard of a new round
     /// (no other live registration) clears what an earlier round left; a later one removes only
-    /// the stale registrations of its own name (its predecessor's, after a restart).
+    /// the stale registrations of its own name (its predecessor's, after a restart). Neither
+    /// removes a dead guard's registration whose agent still runs.
     pub fn register(
         root: &Path,
         kind: HookKind,
@@ -650,61 +278,63 @@ impl Registration {
         name: &str,
         on_unclean: HookResult,
     ) -> Result<Registration, HooksDirError> {
-        let (root_dir, sharing) = Dir::root(root)?;
+        let root_dir = Dir::root(root).map_err(io(root))?;
         let dir_path = hook_dir(root, kind, hook);
         let (dir, guards) = root_dir
-            .hook_dirs(&hook_dir_name(kind, hook), sharing)
+            .with_sub(&hook_dir_name(kind, hook), "guards")
             .map_err(io(&dir_path))?;
-        let _lock = DirLock::take(&dir, sharing)?;
+        let _lock = DirLock::take(&dir)?;
         let pid = std::process::id();
         let file_name = format!("{name}.{pid}.json");
         let peers = read_peers(&guards, &file_name)?;
-        if peers.iter().all(|p| !p.alive) {
+        let new_round = peers.iter().all(|p| !p.alive);
+        if new_round {
             for stale in ["claim", "done.json"] {
                 let _ = dir.remove(stale);
             }
-            for p in &peers {
-                let _ = guards.remove(&p.file);
-            }
-        } else {
-            let mine = |p: &&Peer| !p.alive && p.entry.as_ref().is_some_and(|e| e.name == name);
-            for p in peers.iter().filter(mine) {
-                let _ = guards.remove(&p.file);
-            }
         }
+        let stale = |p: &&Peer| {
+            !p.alive
+                && !p.orphan_runs
+                && (new_round || p.entry.as_ref().is_ok_and(|e| e.name == name))
+        };
+        for p in peers.iter().filter(stale) {
+            let _ = guards.remove(&p.file);
+        }
+        let entry = Entry {
+            name: name.to_string(),
+            pid,
+            standing: Standing::Starting,
+            result: None,
+            terminating: false,
+            on_unclean,
+            agent: None,
+        };
+        // Whole before the directory lock is released, replacing a dead guard's file whose pid
+        // this process now has: no other guard ever reads it empty.
         let path = guards.at(&file_name);
-        // A file of this name is a dead guard's whose pid this process now has.
-        let _ = guards.remove(&file_name);
-        let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
         let file = guards
-            .open(&file_name, flags, sharing.file_mode())
+            .publish_locked(&file_name, &entry_json(&entry))
             .map_err(io(&path))?;
-        // Shared before the directory lock is released: no other guard reads it before.
-        if let Err(err) = sharing.share(&file, false) {
-            let _ = guards.remove(&file_name);
-            return Err(io(&path)(err));
-        }
-        if !try_lock(&file).map_err(io(&path))? {
-            return Err(HooksDirError::Busy { path });
-        }
-        let mut registration = Registration {
+        Ok(Registration {
             dir,
             guards,
-            sharing,
             file_name,
             file,
-            entry: Entry {
-                name: name.to_string(),
-                pid,
-                standing: Standing::Starting,
-                result: None,
-                terminating: false,
-                on_unclean,
-            },
+            entry,
             registered: Instant::now(),
-        };
-        registration.write()?;
-        Ok(registration)
+        })
+    }
+
+    /// The agent started (again): recorded, so that the other guards wait for it should this
+    /// guard die while it runs.
+    pub fn agent_started(&mut self, agent: AgentId) -> Result<(), HooksDirError> {
+        if self.entry.agent.as_ref() == Some(&agent) {
+            return Ok(());
+        }
+        let _lock = DirLock::take(&self.dir)?;
+        self.entry.agent = Some(agent);
+        self.write()
     }
 
     /// How long ago this guard registered.
@@ -717,12 +347,15 @@ impl Registration {
         self.entry.label()
     }
 
+    /// Writes this guard's entry: a new file, whole and locked, renamed over the old one (whose
+    /// lock goes with it). A guard killed in between leaves the old version, never an empty one.
     fn write(&mut self) -> Result<(), HooksDirError> {
         let path = self.guards.at(&self.file_name);
-        let text = serde_json::to_vec(&self.entry).unwrap_or_default();
-        self.file.set_len(0).map_err(io(&path))?;
-        self.file.seek(SeekFrom::Start(0)).map_err(io(&path))?;
-        self.file.write_all(&text).map_err(io(&path))
+        self.file = self
+            .guards
+            .publish_locked(&self.file_name, &entry_json(&self.entry))
+            .map_err(io(&path))?;
+        Ok(())
     }
 
     /// The agent is gone with `result`; `terminating` if this guard drained it for a drain that
@@ -734,7 +367,7 @@ impl Registration {
         result: HookResult,
         terminating: bool,
     ) -> Result<Decision, HooksDirError> {
-        let _lock = DirLock::take(&self.dir, self.sharing)?;
+        let _lock = DirLock::take(&self.dir)?;
         self.entry.standing = Standing::Gone;
         self.entry.result = Some(result);
         self.entry.terminating = terminating;
@@ -750,16 +383,19 @@ impl Registration {
     /// guard that drained for the termination, or from a guard that died without a word, wins
     /// over CONTINUE.
     pub fn termination(&mut self) -> Result<Decision, HooksDirError> {
-        let _lock = DirLock::take(&self.dir, self.sharing)?;
+        let _lock = DirLock::take(&self.dir)?;
         self.decide_termination()
     }
 
     /// The steps both decisions begin with: the hook's work is over; another live guard holds
-    /// the claim; or live guards whose standing `holds_up` keep this one waiting. `Ok(Err(peers))`
-    /// when none of these decides: the other guards' registrations, for the decision's own rules.
+    /// the claim; or others keep this one waiting: live guards whose standing `holds_up`,
+    /// registrations that cannot be read, and (with `orphans`) dead guards whose agent still
+    /// runs. `Ok(Err(peers))` when none of these decides: the other guards' registrations, for
+    /// the decision's own rules.
     fn before_deciding(
         &self,
         holds_up: impl Fn(Standing) -> bool,
+        orphans: bool,
     ) -> Result<Result<Decision, Vec<Peer>>, HooksDirError> {
         if let Some(done) = self.finished()? {
             return Ok(Ok(Decision::Done(done)));
@@ -772,10 +408,7 @@ impl Registration {
         }
         let waiting_on: Vec<String> = peers
             .iter()
-            .filter(|p| p.alive)
-            .filter_map(|p| p.entry.as_ref())
-            .filter(|e| holds_up(e.standing))
-            .map(Entry::label)
+            .filter_map(|p| p.holds_up(&holds_up, orphans))
             .collect();
         if !waiting_on.is_empty() {
             return Ok(Ok(Decision::Wait { others: waiting_on }));
@@ -785,7 +418,7 @@ impl Registration {
 
     fn decide_termination(&mut self) -> Result<Decision, HooksDirError> {
         // Waits for every live guard whose agent is not gone yet.
-        let peers = match self.before_deciding(|standing| standing != Standing::Gone)? {
+        let peers = match self.before_deciding(|standing| standing != Standing::Gone, true)? {
             Ok(decided) => return Ok(decided),
             Err(peers) => peers,
         };
@@ -814,7 +447,7 @@ impl Registration {
 
     /// This guard's agent is ready. Then decides, as [`Registration::launch`] does.
     pub fn agent_ready(&mut self) -> Result<Decision, HooksDirError> {
-        let _lock = DirLock::take(&self.dir, self.sharing)?;
+        let _lock = DirLock::take(&self.dir)?;
         self.entry.standing = Standing::Ready;
         self.write()?;
         self.decide_launch()
@@ -824,13 +457,15 @@ impl Registration {
     /// other live guard's agent is ready (or gone), else wait. A guard that died without a word
     /// is not waited for: systemd restarts it, and it registers again.
     pub fn launch(&mut self) -> Result<Decision, HooksDirError> {
-        let _lock = DirLock::take(&self.dir, self.sharing)?;
+        let _lock = DirLock::take(&self.dir)?;
         self.decide_launch()
     }
 
     fn decide_launch(&mut self) -> Result<Decision, HooksDirError> {
         // Waits for every live guard whose agent is not ready yet (a gone one holds nobody up).
-        if let Ok(decided) = self.before_deciding(|standing| standing == Standing::Starting)? {
+        if let Ok(decided) =
+            self.before_deciding(|standing| standing == Standing::Starting, false)?
+        {
             return Ok(decided);
         }
         self.claim()?;
@@ -843,7 +478,7 @@ impl Registration {
     /// This guard's agent failed its launch (not ready in time, or gone first): ABANDON wins,
     /// so this guard completes the launch hook at once, unless its work is already over.
     pub fn launch_failed(&mut self) -> Result<Decision, HooksDirError> {
-        let _lock = DirLock::take(&self.dir, self.sharing)?;
+        let _lock = DirLock::take(&self.dir)?;
         self.entry.standing = Standing::Gone;
         self.entry.result = Some(HookResult::Abandon);
         self.write()?;
@@ -863,7 +498,7 @@ impl Registration {
     /// released together each start the new round within a notice poll of each other; one that
     /// has not yet still counts its agent ready from the warm round until it does.
     pub fn new_round(&mut self) -> Result<(), HooksDirError> {
-        let _lock = DirLock::take(&self.dir, self.sharing)?;
+        let _lock = DirLock::take(&self.dir)?;
         self.entry.standing = Standing::Starting;
         self.entry.result = None;
         self.write()?;
@@ -876,7 +511,7 @@ impl Registration {
     /// The hook's work is over (`state` as in `/status`): written once for every guard to read;
     /// the registrations of dead guards, and the claim, are removed.
     pub fn finish(&mut self, state: &str, result: Option<HookResult>) -> Result<(), HooksDirError> {
-        let _lock = DirLock::take(&self.dir, self.sharing)?;
+        let _lock = DirLock::take(&self.dir)?;
         let path = self.dir.at("done.json");
         let done = Finished {
             state: state.to_string(),
@@ -884,9 +519,7 @@ impl Registration {
             by: self.label(),
         };
         let text = serde_json::to_vec(&done).unwrap_or_default();
-        self.dir
-            .replace("done.json", &text, self.sharing)
-            .map_err(io(&path))?;
+        self.dir.replace("done.json", &text).map_err(io(&path))?;
         for p in read_peers(&self.guards, &self.file_name)? {
             if !p.alive {
                 let _ = self.guards.remove(&p.file);
@@ -899,7 +532,7 @@ impl Registration {
     /// The guard exits. Its registration goes, unless it still counts: a drained agent's result
     /// that no guard has acted on yet stays for the guard that will.
     pub fn leave(self) -> Result<(), HooksDirError> {
-        let _lock = DirLock::take(&self.dir, self.sharing)?;
+        let _lock = DirLock::take(&self.dir)?;
         let pending = self.entry.standing == Standing::Gone
             && self.entry.terminating
             && self.finished()?.is_none();
@@ -926,14 +559,16 @@ impl Registration {
         Ok(peers
             .iter()
             .find(|p| p.alive && p.file == claimer)
-            .and_then(|p| p.entry.as_ref())
-            .map(|e| format!("{}, completing it", e.label())))
+            .map(|p| {
+                let who = p.entry.as_ref().map_or(p.file.clone(), Entry::label);
+                format!("{who}, completing it")
+            }))
     }
 
     fn claim(&self) -> Result<(), HooksDirError> {
         let path = self.dir.at("claim");
         self.dir
-            .replace("claim", self.file_name.as_bytes(), self.sharing)
+            .replace("claim", self.file_name.as_bytes())
             .map_err(io(&path))
     }
 }
@@ -941,10 +576,10 @@ impl Registration {
 /// What a peer's registration counts for in the termination hook's result: (drained for the
 /// termination, its result, its label). A guard that drained for the termination counts with
 /// its agent's result; one that died without a word, with its `--on-unclean-exit` (its agent
-/// was killed with it, or left unsupervised); one whose agent left by itself earlier, not at
-/// all.
+/// was killed with it, left unsupervised, or ran on until it was gone); one whose agent left by
+/// itself earlier, not at all.
 fn counted(peer: &Peer) -> Option<(bool, HookResult, String)> {
-    let entry = peer.entry.as_ref()?;
+    let entry = peer.entry.as_ref().ok()?;
     match (entry.standing, entry.result) {
         (Standing::Gone, Some(result)) if entry.terminating => Some((true, result, entry.label())),
         (Standing::Gone, _) => None,
@@ -957,41 +592,86 @@ fn counted(peer: &Peer) -> Option<(bool, HookResult, String)> {
     }
 }
 
-/// Every other guard's registration, with whether its guard lives (holds its lock).
+/// The registration as written: a plain struct, whose serialisation cannot fail.
+fn entry_json(entry: &Entry) -> Vec<u8> {
+    serde_json::to_vec(entry).expect("a registration serialises")
+}
+
+/// Every other guard's registration, with whether its guard lives (holds its lock) and, for a
+/// dead guard whose agent was not gone yet, whether that agent still runs.
 fn read_peers(guards: &Dir, own: &str) -> Result<Vec<Peer>, HooksDirError> {
     let mut peers = Vec::new();
-    for file in guards.list().map_err(io(&guards.path))? {
+    for file in guards.list().map_err(io(guards.path()))? {
         if file == own || !file.ends_with(".json") {
             continue;
         }
-        let path = guards.at(&file);
-        let handle = match guards.open(&file, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
-            Ok(handle) => handle,
-            // Gone between the listing and now, or a symlink: no guard's registration.
-            Err(err) if absent(&err) => continue,
-            // Unreadable is not absent: a live guard taken for none would let this one
-            // complete while that guard's agent still runs.
-            Err(err) => return Err(io(&path)(err)),
-        };
-        if !handle.metadata().map_err(io(&path))?.is_file() {
-            continue;
+        if let Some(peer) = read_peer(guards, file)? {
+            peers.push(peer);
         }
-        // Holding the lock for a moment is harmless: a live guard's lock makes this fail.
-        let alive = !try_lock(&handle).map_err(io(&path))?;
-        let mut text = Vec::new();
-        let entry = handle
-            .take(READ_AT_MOST)
-            .read_to_end(&mut text)
-            .ok()
-            .and_then(|_| serde_json::from_slice(&text).ok());
-        peers.push(Peer { file, entry, alive });
     }
     peers.sort_by(|a, b| a.file.cmp(&b.file));
     Ok(peers)
 }
 
+/// One registration; `None` if it is no guard's (gone since the listing, a symlink, not a
+/// regular file).
+fn read_peer(guards: &Dir, file: String) -> Result<Option<Peer>, HooksDirError> {
+    let path = guards.at(&file);
+    let handle = match guards.open_existing(&file) {
+        Ok(Some(handle)) => handle,
+        Ok(None) => return Ok(None),
+        // Another user could have written it: whatever it says, someone may be there.
+        Err(err) if Untrusted::of(&err).is_some() => {
+            let why = Untrusted::of(&err)
+                .map(|u| u.why.clone())
+                .unwrap_or_default();
+            return Ok(Some(Peer {
+                file,
+                entry: Err(format!("a registration that cannot be trusted ({why})")),
+                alive: true,
+                orphan_runs: false,
+            }));
+        }
+        // Unreadable is not absent: a live guard taken for none would let this one complete
+        // while that guard's agent still runs.
+        Err(err) => return Err(io(&path)(err)),
+    };
+    // Holding the lock for a moment is harmless: a live guard's lock makes this fail.
+    let (alive, handle): (bool, File) = match fsat::try_lock(handle).map_err(io(&path))? {
+        Ok(locked) => (
+            false,
+            locked.unlock().map_err(|(_, e)| io(&path)(e.into()))?,
+        ),
+        Err(handle) => (true, handle),
+    };
+    let entry = fsat::read_bounded(&handle)
+        .ok()
+        .and_then(|text| serde_json::from_slice::<Entry>(&text).ok());
+    let entry = entry.ok_or_else(|| {
+        let whose = if alive {
+            "a live guard's"
+        } else {
+            "a dead guard's"
+        };
+        format!("{whose} registration that cannot be read; someone may be there")
+    });
+    let orphan_runs = !alive
+        && entry.as_ref().is_ok_and(|e| {
+            e.standing != Standing::Gone && e.agent.as_ref().is_some_and(AgentId::alive)
+        });
+    Ok(Some(Peer {
+        file,
+        entry,
+        alive,
+        orphan_runs,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
+    use std::fs::{self, Permissions};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
     use super::*;
 
     const CONTINUE: HookResult = HookResult::Continue;
@@ -1244,6 +924,116 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_live_guard_whose_registration_cannot_be_read_holds_the_others_up() {
+        let root = tempfile::tempdir().expect("tmp");
+        let mut a = guard(root.path(), HookKind::Terminate, "a");
+        let mut b = guard(root.path(), HookKind::Terminate, "b");
+        let file = root.path().join(format!(
+            "terminate.drain+hook/guards/b.{}.json",
+            std::process::id()
+        ));
+        for garbled in [&b""[..], b"{\"name\":\"b\",", b"\x00\x01garbage"] {
+            // Written in place, as another member of the group could: b still holds its lock.
+            fs::write(&file, garbled).expect("garble");
+            let d = a.agent_gone(CONTINUE, true).expect("decides");
+            assert!(
+                matches!(&d, Decision::Wait { others } if others.len() == 1
+                    && others[0].contains("a live guard's registration that cannot be read")),
+                "{garbled:?}: {d:?}"
+            );
+        }
+        // b writes its own again when its agent is gone: whole, and then the last one out.
+        assert_eq!(
+            b.agent_gone(CONTINUE, true).expect("decides"),
+            complete(CONTINUE, &[])
+        );
+    }
+
+    #[test]
+    fn a_dead_guard_whose_agent_still_runs_holds_the_others_up_until_it_is_gone() {
+        use std::os::unix::process::CommandExt;
+        let root = tempfile::tempdir().expect("tmp");
+        let mut a = guard(root.path(), HookKind::Terminate, "a");
+        let mut killed = guard(root.path(), HookKind::Terminate, "killed");
+        let mut agent = std::process::Command::new("sleep")
+            .arg("60")
+            .process_group(0)
+            .spawn()
+            .expect("sleep");
+        let pid = i32::try_from(agent.id()).expect("pid");
+        killed
+            .agent_started(AgentId::of(pid).expect("in /proc"))
+            .expect("recorded");
+        let label = killed.label();
+        // As SIGKILL would: the lock is released, the agent runs on.
+        drop(killed);
+        let d = a.agent_gone(CONTINUE, true).expect("decides");
+        let want =
+            format!("{label}: its guard is gone, its agent (process group {pid}) still runs");
+        assert_eq!(d, Decision::Wait { others: vec![want] });
+        // A restarted guard of another name, and a new round, keep it too.
+        guard(root.path(), HookKind::Terminate, "other")
+            .leave()
+            .expect("leaves");
+        assert!(matches!(
+            a.termination().expect("decides"),
+            Decision::Wait { .. }
+        ));
+        agent.kill().expect("kill");
+        // Not reaped yet: a zombie does no work.
+        assert_eq!(
+            a.termination().expect("decides"),
+            complete(ABANDON, &[format!("{label}, gone without a word")])
+        );
+        agent.wait().expect("reaped");
+    }
+
+    #[test]
+    fn a_hook_directory_every_user_may_write_is_refused_with_one_line() {
+        let root = tempfile::tempdir().expect("tmp");
+        let planted = root.path().join("terminate.drain+hook");
+        fs::create_dir_all(planted.join("guards")).expect("mkdir");
+        chmod(&planted, 0o777);
+        let err =
+            Registration::register(root.path(), HookKind::Terminate, "drain/hook", "x", ABANDON)
+                .expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "--hooks-dir: refusing {}: writable by every user (mode 777); another user could \
+                 change what the guards there decide (docs/operations.md, \"Several guards on \
+                 one instance\")",
+                planted.display()
+            )
+        );
+        chmod(&planted, 0o755);
+        chmod(&planted.join("guards"), 0o777);
+        let err =
+            Registration::register(root.path(), HookKind::Terminate, "drain/hook", "x", ABANDON)
+                .expect_err("refused");
+        assert!(
+            err.to_string().contains("guards: writable by every user"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_hooks_directory_that_is_a_file_says_so() {
+        let root = tempfile::tempdir().expect("tmp");
+        let file = root.path().join("hooks");
+        fs::write(&file, b"").expect("file");
+        let err = Registration::register(&file, HookKind::Terminate, "h", "x", ABANDON)
+            .expect_err("a file");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "--hooks-dir: cannot use {}: it exists and is not a directory",
+                file.display()
+            )
+        );
+    }
+
     /// The process's umask, from /proc: umask(2) reads it only by setting it, which would race
     /// the files the other tests make.
     fn umask() -> u32 {
@@ -1313,13 +1103,13 @@ mod tests {
     }
 
     #[test]
-    fn a_private_or_world_writable_root_keeps_the_modes_of_the_umask() {
+    fn a_private_or_sticky_world_writable_root_keeps_the_umask_modes_never_writable_by_all() {
         let umask = umask();
         for root_mode in [0o700, 0o755, 0o1777] {
             let root = tempfile::tempdir().expect("tmp");
             chmod(root.path(), root_mode);
             for (path, mode, _, is_dir) in a_round(root.path()) {
-                let want = if is_dir { 0o777 } else { 0o666 } & !umask;
+                let want = if is_dir { 0o775 } else { 0o664 } & !umask;
                 assert_eq!(mode, want, "{} under a {root_mode:o} root", path.display());
             }
         }

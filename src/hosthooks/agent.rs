@@ -1,0 +1,138 @@
+//! What identifies a guard's agent to the other guards on the host, and whether it still runs
+//! once its guard is gone: its process group and its start time, read from /proc.
+//!
+//! A guard SIGKILLed mid-drain leaves its agent running as an orphan; the kernel's lock on the
+//! registration says only that the guard is gone. The agent is the leader of its own process
+//! group, so its pgid names the group, and the leader's start time (clock ticks since boot,
+//! /proc/PID/stat field 22) tells it from a later process given the same number. Linux never
+//! gives a new process a number still in use as a process group, so while any member of the
+//! group lives the number is the group's: the group is gone once no live process has that pgid,
+//! or once the number names a process that started at another time.
+
+use serde::{Deserialize, Serialize};
+
+/// A guard's agent, as recorded in its registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentId {
+    /// The agent's process group (the agent's own pid: it leads its group).
+    pub pgid: i32,
+    /// The group leader's start time, in clock ticks since boot.
+    pub start: u64,
+    /// The agent's cgroup, when it runs in one of its own (its emptiness is the proof that
+    /// every process of the agent is gone, setsid ones included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+}
+
+/// One process as /proc/PID/stat tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    state: char,
+    pgrp: i32,
+    start: u64,
+}
+
+impl Stat {
+    /// A zombie (or a dead task) does nothing: it only waits to be reaped.
+    fn runs(self) -> bool {
+        !matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Parses /proc/PID/stat: `pid (comm) state ppid pgrp … starttime …`; the command name may
+/// hold spaces and parentheses, so the fields are counted after its last `)`.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        // Field 22 of the line; the first after the name is field 3.
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
+fn stat_of(pid: &str) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+impl AgentId {
+    /// The agent whose pid is `pid`, as it runs now; `None` if /proc cannot say (it is gone).
+    pub fn of(pid: i32) -> Option<AgentId> {
+        let stat = stat_of(&pid.to_string())?;
+        Some(AgentId {
+            pgid: stat.pgrp,
+            start: stat.start,
+            cgroup: None,
+        })
+    }
+
+    /// Whether any process of the agent's group still runs (zombies aside). When /proc cannot
+    /// be listed, it counts as running: the other guards then wait, bounded, rather than end
+    /// the instance under it.
+    pub fn alive(&self) -> bool {
+        if let Some(leader) = stat_of(&self.pgid.to_string())
+            && leader.start != self.start
+        {
+            // The number is another process's: the group it named is gone.
+            return false;
+        }
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return true;
+        };
+        procs.flatten().any(|entry| {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                return false;
+            };
+            stat_of(pid).is_some_and(|s| s.pgrp == self.pgid && s.runs())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_parse_whatever_the_command_name() {
+        let line = "812 (a (weird) name) S 1 812 812 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
+                    123456 1000 10 18446744073709551615";
+        assert_eq!(
+            parse_stat(line),
+            Some(Stat {
+                state: 'S',
+                pgrp: 812,
+                start: 123456
+            })
+        );
+        assert_eq!(parse_stat("812 (x) Z"), None);
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn a_group_lives_while_a_member_runs_and_not_after() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("sleep");
+        let pid = i32::try_from(child.id()).expect("pid");
+        let id = AgentId::of(pid).expect("in /proc");
+        assert_eq!(id.pgid, pid, "its own group");
+        assert!(id.alive());
+        let reused = AgentId {
+            start: id.start + 1,
+            ..id.clone()
+        };
+        assert!(!reused.alive(), "another start time: another process");
+        child.kill().expect("kill");
+        child.wait().expect("reaped");
+        assert!(!id.alive());
+    }
+}
