@@ -33,12 +33,30 @@ use aws_smithy_types::body::SdkBody;
 /// scheduled events a few KiB; anything longer is not IMDS working as documented.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// What a token request that gets no answer usually means. Over IPv4 on EC2 it is almost always
+/// a hop limit of 1 seen from a container; over IPv6 the endpoint itself may be off, or the
+/// subnet not IPv6, which no answer tells apart from the hop limit.
+fn token_timeout_causes(endpoint: &str) -> &'static str {
+    let ipv6 = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest)
+        .starts_with('[');
+    if ipv6 {
+        "the instance's IPv6 metadata endpoint may be off (HttpProtocolIpv6=enabled), its subnet \
+         not IPv6, or, in a container, the metadata hop limit below 2 \
+         (--http-put-response-hop-limit 2); --imds-endpoint-mode ipv4 uses the IPv4 endpoint"
+    } else {
+        "in a container the instance's metadata hop limit must be at least 2 \
+         (aws ec2 modify-instance-metadata-options --http-put-response-hop-limit 2)"
+    }
+}
+
 /// Why a metadata read failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ImdsError {
     #[error(
-        "the IMDS token request to {endpoint} got no answer: in a container the instance's metadata hop limit must be at least 2 \
-         (aws ec2 modify-instance-metadata-options --http-put-response-hop-limit 2)"
+        "the IMDS token request to {endpoint} got no answer: {}",
+        token_timeout_causes(endpoint)
     )]
     TokenTimeout { endpoint: String },
     #[error("IMDS at {endpoint} refused a session token: {detail}")]
@@ -287,6 +305,22 @@ mod tests {
             .expect_err("no token");
         assert_eq!(err.kind(), "token-timeout", "{err}");
         assert!(err.to_string().contains("hop limit"), "{err}");
+    }
+
+    #[test]
+    fn an_unanswered_ipv6_token_request_is_not_blamed_on_the_hop_limit_alone() {
+        let v6 = ImdsError::TokenTimeout {
+            endpoint: "http://[fd00:ec2::254]".to_string(),
+        }
+        .to_string();
+        assert!(v6.contains("IPv6 metadata endpoint may be off"), "{v6}");
+        assert!(v6.contains("hop limit"), "still one of the causes: {v6}");
+        let v4 = ImdsError::TokenTimeout {
+            endpoint: "http://169.254.169.254".to_string(),
+        }
+        .to_string();
+        assert!(!v4.contains("IPv6"), "{v4}");
+        assert!(v4.contains("hop limit must be at least 2"), "{v4}");
     }
 
     #[test]
