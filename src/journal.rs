@@ -7,9 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::HookResult;
-use crate::machine::state::{DrainReason, PhaseName};
+pub use crate::model::Awaiting;
+use crate::model::{DrainReason, HookResult, HookState, PhaseName};
 use crate::names::named_enum;
+use crate::process::sig::Sig;
 
 /// Something the guard did or saw, as tools read it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,7 +25,7 @@ pub enum Record {
         drain: Option<DrainReason>,
     },
     /// SIGTERM or SIGINT reached the guard.
-    StopSignalReceived { signal: String },
+    StopSignalReceived { signal: Sig },
     /// The supervisor's phase changed; logged before readiness and the agent hear of it.
     PhaseChanged {
         phase: PhaseName,
@@ -35,7 +36,7 @@ pub enum Record {
         reason: DrainReason,
         deadline_in_ms: u64,
         subscribers: usize,
-        drain_signal: Option<String>,
+        drain_signal: Option<Sig>,
     },
     /// The agent said it is drained.
     AgentDrained,
@@ -48,7 +49,7 @@ pub enum Record {
     },
     /// The stop signal went to the agent's process group, or to every process in its cgroup.
     StopSignalSent {
-        signal: String,
+        signal: Sig,
         pgid: i32,
         #[serde(default)]
         cgroup: bool,
@@ -81,7 +82,7 @@ pub enum Record {
         hook: String,
         result: HookResult,
         /// `completed`, `nothing-to-complete` or `gave-up`.
-        state: String,
+        state: HookState,
     },
     /// The `--on-drain` command started.
     DrainCommandStarted { pid: i32, reason: DrainReason },
@@ -173,18 +174,6 @@ impl Record {
         // Serializing plain data to a string cannot fail; an empty object is the harmless
         // fallback should it ever.
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
-    }
-}
-
-named_enum! {
-    /// What the termination hook's work is waiting for, once the agent is gone or while it drains.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Awaiting {
-        /// The group holds the instance back (deregistering it from its load balancer) before the
-        /// wait state in which the hook can be completed.
-        WaitState = "wait-state",
-        /// Other guards on this host whose agents still run.
-        OtherGuards = "other-guards",
     }
 }
 

@@ -2,85 +2,56 @@
 //! out without losing work.
 //!
 //! # Layout
-//! Layers, lowest first; nothing imports a layer above its own, and there are no import cycles.
+//! Top-level parts, lowest first; a part imports only parts listed before it (no import cycles
+//! among modules or among parts: `tools/mod-cycles.py src --parts`). Each state has one writer
+//! that owns it; the others read a `watch` of it, and decisions travel as typed messages.
 //!
-//! Pure types and functions (no I/O, no clock):
-//! - `fmt`: durations and times as people write and read them.
-//! - `names`: `named_enum!`, one table per enum of named variants (`ALL`, `as_str`, parsing,
-//!   serde), so that no name is spelt twice.
-//! - `process::sig`: signal names and numbers, and which ones stop, reap or are forwarded.
-//! - `process::exit`: [`ChildExit`], the proof that the agent exited, and the exit-status contract.
-//! - `machine::state`: `Phase`, `Event`, `Action` and the pure `step` between them.
-//! - `config::settings`, `config::check`: the settings types the features read.
-//! - `agent::protocol`: the control socket's wire format as types (requests, replies, events).
-//! - `journal`: the typed records the guard logs for the tools that judge it.
-//!
-//! Files other users share (imports nothing of the crate):
-//! - `fsat`: directories used through their descriptors, the `*at` calls, `flock`, and the owner
-//!   and mode checks, as safe calls over nix.
-//!
-//! Configuration and the command line:
-//! - `cli`: the raw flags, with help text, env fallbacks and defaults.
-//! - `config`: flags + env + TOML file → a validated `Config`, with provenance (`layers`,
-//!   `validate`, `describe` for `--check-config`, `paths`, `subcommands`).
-//! - `logging`: the guard's own log lines on stderr, text or JSON (with the journal records).
-//!
-//! Guards on one host:
-//! - `hosthooks`: the registry in `--hooks-dir`: who registered for which hook, who is live
-//!   (its lock, or its orphaned agent: `hosthooks::agent`), and the decision who completes; no
-//!   AWS call.
-//!
-//! The process and its supervisor:
-//! - `process::{child, spawn, signals, reaper}`: spawning the agent in its own group (by
-//!   posix_spawn where no code must run in the child); installing the handlers; the only caller
-//!   of `waitpid`.
-//! - `process::{inherited, crash}`: the signal state found at start, which the agent gets back
-//!   as exec would give it; fault signals forwarded when sent, the agent stopped when the guard
-//!   really crashes.
-//! - `process::drain_command`: the `--on-drain` command: its own group, output to the log, killed
-//!   at the drain deadline.
-//! - `process::{cgroup, clone_into}`: the agent's own cgroup v2 (`--cgroup`): created, entered
-//!   at birth (clone3 `CLONE_INTO_CGROUP`), signalled, killed (`cgroup.kill`), watched until
-//!   empty, read for resources and OOM kills, removed.
-//! - `machine::restart`: `--restart` and `--crash-loop` as plain data: policy, doubling delay,
-//!   window.
-//! - `machine::supervisor`: the one owner of the phase; feeds events to `step`, performs actions.
-//!
-//! Facing the agent and the operator:
-//! - `agent::hub`: what the supervisor shares with the servers (phase, reports, status).
-//! - `agent::{control, sdnotify, unixsock}`: the control socket, the agent's NOTIFY_SOCKET, and
-//!   creating those sockets safely.
-//! - `health::{server, probes, metrics, checks}`: the HTTP endpoint, its answers, the Prometheus
-//!   text, and the background probes.
-//!
-//! Talking to AWS:
-//! - `aws::{imds, notices}`: the IMDSv2 client (answers bounded to 64 KiB) and the notice
-//!   poller over its registry of sources, one module each (`aws::notices::{target_state,
-//!   spot, rebalance, scheduled_events}`).
-//! - `aws::lifecycle_state`: every Auto Scaling lifecycle state, read once (pure).
-//! - `aws::{api, context}`: Auto Scaling call errors and counters; the one shared AWS context.
-//! - `aws::{lifecycle, protection, emf}`: lifecycle hooks, scale-in protection, EMF load lines.
-//! - `aws::{termination, wait_state, hook_calls, backoff}`: the last agent out on the host (as
-//!   `hosthooks` decides) completes the termination hook once, waiting for the wait state however
-//!   late; the lifecycle calls, retried through throttling with full jitter so a fleet never
-//!   calls in step.
-//! - `aws::{health_status, replace}`: `SetInstanceHealth` Unhealthy, and after a crash loop once.
-//! - `aws::{targets, deregistration}`: this instance in its load balancers' target groups (ELBv2
-//!   calls), and the drain's load-balancer step: deregister and wait before the agent is told.
-//! - `aws::{scheduled, maintenance}`: EC2 scheduled events read and decided (pure), then acted on:
-//!   replace the instance, drain before NotBefore, or report.
-//! - `aws::warm_pool`: `--in-warm-pool wait`: the agent is not started while the instance is
-//!   warmed.
-//!
-//! Subcommands and the composition root:
-//! - `cmd::ctl`: `agent-guard ctl`. `cmd::drill::{watch, verdict, report}`: `agent-guard drill`
-//!   watches a real guard against the simulators, judges from typed observations, and reports.
-//!   `cmd::doctor::{gather, judge, render}`: `agent-guard doctor` gathers facts about the live
-//!   instance and group, judges them against the options (pure), and renders the checks.
-//! - `fuzzing`: the entry points of the fuzz targets in `fuzz/`, one per parser of outside input.
-//! - [`sim`]: simulated IMDS, Auto Scaling and Elastic Load Balancing v2 APIs for tests and
-//!   drills; loopback only.
-//! - this file: [`run`] wires the tasks together, and shuts them down: decide, tell, wait.
+//! 1. `fmt`, `names`: durations and times as people write and read them; `named_enum!`, one
+//!    table per enum of named variants (`ALL`, `as_str`, parsing, serde), so no name is spelt twice.
+//! 2. `process`: the agent as a process. `sig` (signal names, which stop, reap or are
+//!    forwarded), `exit` ([`ChildExit`], the proof of exit, and the exit-status contract),
+//!    `signals` (the one signal stream, handlers installed first), `inherited` and `crash` (the
+//!    signal state found at start; fault signals), `child` and `spawn` (spawning in its own
+//!    group, by posix_spawn where no code must run in the child), `cgroup` and `clone_into` (the
+//!    agent's own cgroup v2, `--cgroup`), `reaper` (the only caller of `waitpid`),
+//!    `drain_command` (`--on-drain`), `upstream` (the guard's own sd_notify to systemd).
+//!    Next to it, `fsat`: directories used through their descriptors (the `*at` calls, `flock`,
+//!    owner and mode checks); imports nothing of the crate.
+//! 3. `model`: the pure vocabulary several parts decide on or show: `drain` (`DrainReason`),
+//!    `phase` (`PhaseName`), `hooks` (hook results and states), `restart` (the policy), and the
+//!    snapshot types each written by one owner: `run` (the supervisor's), `report` (the
+//!    agent's), `lifecycle` (the lifecycle work's), `status` (the typed `status` reply).
+//! 4. `cli`, `config`, `logging`: the raw flags; flags + env + TOML file → a validated `Config`
+//!    with provenance (`layers`, `validate`, `describe`, `paths`, `subcommands`, and the settings
+//!    types in `settings`, `check`); the guard's own log lines, text or JSON, written by one
+//!    thread (`logging::writer`).
+//! 5. `journal`: the typed records the guard logs for the tools that judge it. `hosthooks`:
+//!    the registry in `--hooks-dir` (who registered for which hook, who is live, who completes;
+//!    no AWS call).
+//! 6. `machine`: `state` (`Phase`, `Event`, `Action` and the pure `step`), `restart` (delays and
+//!    the crash-loop window as data), `announce` (phase changes and drains to subscribers), and
+//!    `supervisor`: the one owner of the phase and the run; it publishes them, tells the
+//!    lifecycle work what it must know, and returns the `Outcome` (the deciding drain reason
+//!    included) once the agent's group is gone.
+//! 7. `aws`: `imds`, `notices` (the poller over its registry of sources, one module each),
+//!    `lifecycle_state`, `scheduled` (IMDS and what it says); `api`, `context`,
+//!    `hook_calls`, `backoff` (the Auto Scaling calls and the one shared context); `lifecycle`,
+//!    `termination`, `wait_state` (the hooks, completed once by the last agent out,
+//!    in the wait state however late); `status` (the lifecycle snapshot, written only here);
+//!    `protection`, `maintenance`, `replace`, `health_status`, `emf`, `warm_pool`; `targets`
+//!    and `deregistration` (this instance in its load balancers' target groups, and the drain's
+//!    load-balancer step: deregister and wait before the agent is told).
+//! 8. `agent`: `control` and `protocol` (the control socket and its wire types), `sdnotify` (the
+//!    agent's NOTIFY_SOCKET), `report` (the agent's reports, written only here), `unixsock`
+//!    (creating those sockets safely).
+//! 9. `health`: `server` (the HTTP endpoint), `probes`, `metrics`, `status` (the `Status` from
+//!    every snapshot), `views` (the readers' side of every snapshot), `checks` and `http_get`
+//!    (the background probes).
+//! 10. `cmd` (`ctl`; `drill::{watch, verdict, report}`, which watches a real guard against the
+//!     simulators and judges from typed observations; `doctor::{gather, judge, render}`),
+//!     `fuzzing` (the fuzz targets' entry points), [`sim`] (simulated IMDS, Auto Scaling and Elastic
+//!     Load Balancing v2 APIs, loopback only), and this file: [`run`] makes every snapshot's channel, hands each writer
+//!     to its owner and the readers to the rest, and shuts the tasks down: decide, tell, wait.
 
 mod agent;
 mod aws;
@@ -96,6 +67,7 @@ mod hosthooks;
 mod journal;
 mod logging;
 mod machine;
+mod model;
 mod names;
 mod process;
 pub mod sim;
@@ -125,31 +97,37 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::control::Control;
-use crate::agent::hub::Hub;
-use crate::agent::sdnotify::Upstream;
+use crate::agent::control::{Control, StatusFn};
+use crate::agent::report::Reports;
 use crate::agent::{control, sdnotify, unixsock};
 use crate::aws::context::SharedAws;
 use crate::aws::deregistration::Deregistration;
 use crate::aws::emf;
 use crate::aws::imds::ImdsClient;
-use crate::aws::lifecycle::{HostHooks, LifecycleHandle};
+use crate::aws::lifecycle::{self, HostHooks, LifecycleHandle};
 use crate::aws::maintenance::{self, MaintenanceSettings};
 use crate::aws::notices::{ImdsStatus, NoticeSettings, Poller};
 use crate::aws::protection::ProtectionHandle;
+use crate::aws::status::LifecycleBoard;
 use crate::aws::{imds, notices, replace, warm_pool};
 use crate::config::{
     CgroupMode, Config, ImdsMode, InWarmPool, OnCrashLoop, OnMaintenance, TargetGroups,
 };
+use crate::health::views::Views;
 use crate::health::{checks, server};
+use crate::machine::announce::Announcer;
 use crate::machine::restart::RestartPolicy;
 use crate::machine::state;
-use crate::machine::state::State;
-use crate::machine::supervisor::{LoadBalancerLink, Outcome, StopSettings, Supervisor};
+use crate::machine::state::{Phase, State};
+use crate::machine::supervisor::{
+    LoadBalancerLink, Outcome, Published, StopSettings, Supervisor, ToLifecycle,
+};
+use crate::model::run::RunStats;
 use crate::process::cgroup::{AgentCgroup, CgroupError, Tracking};
 use crate::process::child::{Launcher, SpawnError, SpawnSpec};
 use crate::process::sig::{Role, Sig, role};
 use crate::process::signals::{JobControl, SignalSetupError, SignalSource, install_handlers};
+use crate::process::upstream::Upstream;
 use crate::process::{crash, inherited};
 
 /// Why the guard could not supervise the agent at all.
@@ -270,18 +248,9 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
     {
         return Ok(Ended::NeverStarted);
     }
-    let (phase_tx, phase_rx) = watch::channel(State::new().phase);
-    let (imds_status, imds_status_rx) = watch::channel(ImdsStatus::default());
-    let (checks_tx, checks_rx) = watch::channel(checks::Snapshot::default());
-    let hub = Arc::new(Hub::new(
-        &config.name,
-        phase_rx,
-        config.watchdog,
-        imds_status_rx,
-        checks_rx,
-    ));
-    hub.stats().tracking = tracking.clone();
-    let health = bind_health(&config, &hub).await?;
+    let health = bind_health(&config).await?;
+    let health_addr = health.as_ref().and_then(|l| l.local_addr().ok());
+    let mut wiring = Wiring::new(&config, health_addr, tracking.clone());
     // The sockets exist before the agent does, so it can connect from its first instruction;
     // they stay the same for every agent a restart starts.
     let sockets = Sockets::bind(&config)?;
@@ -293,18 +262,17 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
     // may start, and health answers (503) meanwhile.
     let mut tasks = Tasks::start(
         &config,
-        &hub,
+        &mut wiring,
         Started {
             sockets,
             health,
-            imds: imds.map(|client| (client, imds_status)),
-            checks: checks_tx,
+            imds,
             events: events_tx.clone(),
             upstream: upstream.clone(),
             host_hooks,
         },
     );
-    if stopped_while_held(&config, &hub, &upstream, &mut signals).await {
+    if stopped_while_held(&config, &wiring, &upstream, &mut signals).await {
         tasks.finish_without_agent().await;
         unixsock::remove(&config.socket);
         unixsock::remove(&config.notify_socket);
@@ -323,8 +291,8 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
         signals,
         StopSettings::from_config(&config),
         (events_tx, events_rx),
-        phase_tx,
-        hub.clone(),
+        wiring.phase,
+        wiring.published,
         upstream,
     ) {
         Ok(supervisor) => match tasks.load_balancer.take() {
@@ -341,14 +309,90 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
     };
     say_what_the_agent_inherits(&config);
     return_freed_memory();
-    let outcome = supervisor.run().await;
+    let (outcome, signals) = supervisor.run().await;
     // The agent's group is gone: its number may be anyone's now.
     crash::set_agent_group(0);
     let exit = outcome.exit.clone();
-    tasks.finish(outcome).await;
+    tasks.finish(outcome, signals).await;
     unixsock::remove(&config.socket);
     unixsock::remove(&config.notify_socket);
     Ok(Ended::Agent(exit))
+}
+
+/// Every snapshot of the run, made here once: each writer goes to its one owner, and the
+/// readers' side ([`Views`]) to everyone who reads. The supervisor owns the phase, its run, its
+/// tick and its announcements; the agent-facing servers the agent's reports; the IMDS poller
+/// its status; the probes theirs; the lifecycle work its board; the warm pool the hold.
+struct Wiring {
+    phase: watch::Sender<Phase>,
+    published: Published,
+    /// Taken by the lifecycle work, if it runs.
+    told: Option<mpsc::Receiver<ToLifecycle>>,
+    reports: Reports,
+    imds: watch::Sender<ImdsStatus>,
+    checks: watch::Sender<checks::Snapshot>,
+    board: LifecycleBoard,
+    held: watch::Sender<Option<String>>,
+    views: Arc<Views>,
+}
+
+impl Wiring {
+    fn new(
+        config: &Config,
+        health_addr: Option<std::net::SocketAddr>,
+        tracking: Tracking,
+    ) -> Wiring {
+        let (phase, phase_rx) = watch::channel(State::new().phase);
+        let (run, run_rx) = watch::channel(RunStats::default());
+        let (tick, tick_rx) = watch::channel(std::time::Instant::now());
+        let (imds, imds_rx) = watch::channel(ImdsStatus::default());
+        let (checks, checks_rx) = watch::channel(checks::Snapshot::default());
+        let (held, held_rx) = watch::channel(None);
+        // Few messages, each small; see `Published::tell` for why a full queue loses nothing.
+        let (told, told_rx) = mpsc::channel(16);
+        let reports = Reports::default();
+        let board = LifecycleBoard::default();
+        let announcer = Announcer::default();
+        let views = Arc::new(Views {
+            name: config.name.clone(),
+            watchdog: config.watchdog,
+            started: std::time::Instant::now(),
+            health_addr,
+            phase: phase_rx,
+            run: run_rx,
+            tick: tick_rx,
+            report: reports.subscribe(),
+            imds: imds_rx,
+            checks: checks_rx,
+            lifecycle: board.subscribe(),
+            held: held_rx,
+            announcer: announcer.clone(),
+            tracking,
+        });
+        Wiring {
+            phase,
+            published: Published {
+                run,
+                tick,
+                announcer,
+                told,
+                report: reports.subscribe(),
+            },
+            told: Some(told_rx),
+            reports,
+            imds,
+            checks,
+            board,
+            held,
+            views,
+        }
+    }
+
+    /// The `status` reply, read from the views at the moment it is asked for.
+    fn status(&self) -> StatusFn {
+        let views = self.views.clone();
+        Arc::new(move || crate::health::status::status(&views))
+    }
 }
 
 /// `--cgroup`: the agent's own cgroup, or why its process group stands for it; and why
@@ -452,17 +496,19 @@ fn return_freed_memory() {
 /// a stop signal came first: the agent is then never started.
 async fn stopped_while_held(
     config: &Config,
-    hub: &Hub,
+    wiring: &Wiring,
     upstream: &Upstream,
     signals: &mut SignalSource,
 ) -> bool {
     if config.in_warm_pool != InWarmPool::Wait || config.imds == ImdsMode::Off {
         return false;
     }
+    let imds = wiring.views.imds.clone();
+    let tick = &wiring.published.tick;
     tokio::select! {
-        _ = warm_pool::hold(hub, upstream) => false,
+        _ = warm_pool::hold(imds, &wiring.held, tick, upstream) => false,
         sig = stop_signal(signals) => {
-            let record = crate::journal::Record::StopSignalReceived { signal: sig.to_string() };
+            let record = crate::journal::Record::StopSignalReceived { signal: sig };
             tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal while the agent was held back; exiting without starting it");
             true
         }
@@ -479,7 +525,7 @@ async fn stopped_before_imds(
     tokio::select! {
         checked = require_imds(client) => checked.map(|()| false).map_err(RunError::ImdsRequired),
         sig = stop_signal(signals) => {
-            let record = crate::journal::Record::StopSignalReceived { signal: sig.to_string() };
+            let record = crate::journal::Record::StopSignalReceived { signal: sig };
             tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal while waiting for IMDS; exiting without starting the agent");
             Ok(true)
         }
@@ -498,10 +544,7 @@ async fn stop_signal(signals: &mut SignalSource) -> Sig {
 }
 
 /// The health listener, bound before the agent starts (a port in use is the guard's failure).
-async fn bind_health(
-    config: &Config,
-    hub: &Hub,
-) -> Result<Option<tokio::net::TcpListener>, RunError> {
+async fn bind_health(config: &Config) -> Result<Option<tokio::net::TcpListener>, RunError> {
     let Some(addr) = config.health_listen else {
         return Ok(None);
     };
@@ -511,7 +554,6 @@ async fn bind_health(
     let bound = listener
         .local_addr()
         .map_err(|source| RunError::HealthListen { addr, source })?;
-    hub.stats().health_addr = Some(bound);
     tracing::info!(addr = %bound, "health endpoint listening");
     Ok(Some(listener))
 }
@@ -539,8 +581,7 @@ fn spawn_spec(config: &Config) -> SpawnSpec {
 struct Started {
     sockets: Sockets,
     health: Option<tokio::net::TcpListener>,
-    imds: Option<(ImdsClient, watch::Sender<ImdsStatus>)>,
-    checks: watch::Sender<checks::Snapshot>,
+    imds: Option<ImdsClient>,
     events: mpsc::Sender<state::Event>,
     upstream: Upstream,
     host_hooks: HostHooks,
@@ -562,16 +603,20 @@ struct Tasks {
 /// What `--on-crash-loop unhealthy` needs: the AWS context, if the guard can know its group.
 struct Replace {
     aws: Option<Arc<SharedAws>>,
-    hub: Arc<Hub>,
 }
 
 impl Tasks {
-    fn start(config: &Config, hub: &Arc<Hub>, started: Started) -> Tasks {
+    fn start(config: &Config, wiring: &mut Wiring, started: Started) -> Tasks {
         let shutdown = CancellationToken::new();
         let control = Control {
-            hub: hub.clone(),
             events: started.events.clone(),
             ready_on: config.ready_on,
+            reports: wiring.reports.clone(),
+            phase: wiring.views.phase.clone(),
+            run: wiring.views.run.clone(),
+            announcer: wiring.published.announcer.clone(),
+            watchdog: config.watchdog,
+            status: wiring.status(),
         };
         let mut servers = vec![
             tokio::spawn(control::serve(
@@ -585,11 +630,18 @@ impl Tasks {
                 started.upstream,
                 shutdown.clone(),
             )),
+            until_cancelled(
+                wiring
+                    .reports
+                    .clone()
+                    .follow_restarts(wiring.views.run.clone()),
+                &shutdown,
+            ),
         ];
         if let Some(listener) = started.health {
             servers.push(server::serve_on_own_thread(
                 listener,
-                hub.clone(),
+                wiring.views.clone(),
                 shutdown.clone(),
             ));
         }
@@ -600,12 +652,12 @@ impl Tasks {
                 timeout: config.check_timeout,
                 ready_on_child: config.ready_on == state::ReadyOn::Health,
             },
-            started.checks,
+            wiring.checks.clone(),
             started.events.clone(),
             shutdown.clone(),
         ));
-        let aws = shared_aws(config, hub);
-        let load_balancer = load_balancer_aws(config, hub, aws.as_ref()).map(|lb_aws| {
+        let aws = shared_aws(config, wiring);
+        let load_balancer = load_balancer_aws(config, wiring, aws.as_ref()).map(|lb_aws| {
             let (task, link) = Deregistration::new(
                 config.load_balancer.clone(),
                 lb_aws,
@@ -618,8 +670,7 @@ impl Tasks {
         if let Some(imds) = started.imds {
             servers.extend(spawn_notices(
                 config,
-                hub,
-                imds,
+                (imds, wiring.imds.clone()),
                 started.events,
                 aws.clone(),
                 &shutdown,
@@ -630,14 +681,11 @@ impl Tasks {
             servers,
             lifecycle: None,
             protection: None,
-            replace: replaces_on_crash_loop(config).then(|| Replace {
-                aws: aws.clone(),
-                hub: hub.clone(),
-            }),
+            replace: replaces_on_crash_loop(config).then(|| Replace { aws: aws.clone() }),
             load_balancer,
         };
         if let Some(aws) = aws {
-            tasks.start_aws(config, hub, aws, started.host_hooks);
+            tasks.start_aws(config, wiring, aws, started.host_hooks);
         }
         tasks
     }
@@ -647,15 +695,22 @@ impl Tasks {
     fn start_aws(
         &mut self,
         config: &Config,
-        hub: &Arc<Hub>,
+        wiring: &mut Wiring,
         aws: Arc<SharedAws>,
         host_hooks: HostHooks,
     ) {
-        if config.lifecycle.enabled() {
+        let views = &wiring.views;
+        if let (true, Some(told)) = (config.lifecycle.enabled(), wiring.told.take()) {
+            let reads = lifecycle::Reads {
+                phase: views.phase.clone(),
+                told,
+                held: views.held.clone(),
+                run: views.run.clone(),
+            };
             self.lifecycle = Some(LifecycleHandle::start(
                 config.lifecycle.clone(),
                 aws.clone(),
-                hub.clone(),
+                reads,
                 host_hooks,
             ));
         }
@@ -663,15 +718,22 @@ impl Tasks {
             self.protection = Some(ProtectionHandle::start(
                 config.busy.clone(),
                 aws.clone(),
-                hub.clone(),
+                wiring.board.clone(),
+                (views.phase.clone(), views.report.clone()),
             ));
         }
         if let Some(target) = config.busy.emf.clone() {
+            let reads = emf::Reads {
+                phase: views.phase.clone(),
+                report: views.report.clone(),
+                lifecycle: wiring.board.clone(),
+                cgroup: views.tracking.cgroup.clone(),
+            };
             self.servers.push(tokio::spawn(emf::run(
                 config.busy.clone(),
                 target,
                 aws,
-                hub.clone(),
+                reads,
                 self.shutdown.clone(),
             )));
         }
@@ -680,7 +742,7 @@ impl Tasks {
     /// The agent and its group are gone. Decide (done), tell (release protection, complete the
     /// hook, ask for a replacement after a crash loop, cancel the servers), then wait for each
     /// under a deadline.
-    async fn finish(self, outcome: Outcome) {
+    async fn finish(self, outcome: Outcome, signals: SignalSource) {
         if let Some(protection) = self.protection {
             // A protected instance whose agent is gone must not stay protected.
             protection.finish().await;
@@ -688,10 +750,10 @@ impl Tasks {
         let crash_loop = outcome.crash_loop;
         if let Some(lifecycle) = self.lifecycle {
             // Only now, with the proof of exit in hand, may the termination hook complete.
-            lifecycle.finish(outcome).await;
+            lifecycle.finish(outcome, signals).await;
         }
         if let (true, Some(replace)) = (crash_loop, self.replace) {
-            replace::after_crash_loop(replace.aws.as_deref(), &replace.hub).await;
+            replace::after_crash_loop(replace.aws.as_deref()).await;
         }
         stop_servers(self.shutdown, self.servers).await;
     }
@@ -712,7 +774,6 @@ impl Tasks {
 /// The IMDS poller, and beside it the scheduled-event work it feeds; both end on `shutdown`.
 fn spawn_notices(
     config: &Config,
-    hub: &Arc<Hub>,
     (client, status): (ImdsClient, watch::Sender<ImdsStatus>),
     events: mpsc::Sender<state::Event>,
     aws: Option<Arc<SharedAws>>,
@@ -732,7 +793,7 @@ fn spawn_notices(
         margin: config.maintenance_margin,
     };
     let aws = aws.filter(|_| replaces_on_maintenance(config));
-    let maintenance = maintenance::run(settings, bodies_rx, events, status, aws, hub.clone());
+    let maintenance = maintenance::run(settings, bodies_rx, events, status, aws);
     [
         until_cancelled(poller.run(probe_first), shutdown),
         until_cancelled(maintenance, shutdown),
@@ -778,7 +839,7 @@ fn replaces_on_crash_loop(config: &Config) -> bool {
 }
 
 /// The one AWS context, if a feature acts on the group; nothing is loaded until first used.
-fn shared_aws(config: &Config, hub: &Arc<Hub>) -> Option<Arc<SharedAws>> {
+fn shared_aws(config: &Config, wiring: &Wiring) -> Option<Arc<SharedAws>> {
     // Without IMDS there is no instance id, so no group to ask after a crash loop.
     let needs_aws = config.lifecycle.enabled()
         || config.busy.enabled()
@@ -788,7 +849,8 @@ fn shared_aws(config: &Config, hub: &Arc<Hub>) -> Option<Arc<SharedAws>> {
         SharedAws::new(
             config.lifecycle.asg_name.clone(),
             config.lifecycle.imds_endpoint.clone(),
-            hub.clone(),
+            wiring.views.imds.clone(),
+            wiring.board.clone(),
         )
     })
 }
@@ -799,7 +861,7 @@ fn shared_aws(config: &Config, hub: &Arc<Hub>) -> Option<Arc<SharedAws>> {
 /// that a guard that never called AWS does not begin to at start; listed ARNs always do.
 fn load_balancer_aws(
     config: &Config,
-    hub: &Arc<Hub>,
+    wiring: &Wiring,
     aws: Option<&Arc<SharedAws>>,
 ) -> Option<Option<Arc<SharedAws>>> {
     let lb = &config.load_balancer;
@@ -814,7 +876,8 @@ fn load_balancer_aws(
             SharedAws::new(
                 config.lifecycle.asg_name.clone(),
                 config.lifecycle.imds_endpoint.clone(),
-                hub.clone(),
+                wiring.views.imds.clone(),
+                wiring.board.clone(),
             )
         })
     });
@@ -895,7 +958,7 @@ mod tests {
     #[test]
     fn every_enum_name_parses_back() {
         every_name_parses_back!(
-            crate::agent::hub::HookState,
+            crate::model::HookState,
             crate::agent::protocol::Op,
             crate::aws::scheduled::EventCode,
             crate::aws::scheduled::EventState,

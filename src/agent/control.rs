@@ -17,7 +17,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use serde::Serialize;
-use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
@@ -27,10 +26,15 @@ use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::hub::{Announcement, DrainInfo, Hub, OwnedSubscription};
+use tokio::sync::watch;
+
 use crate::agent::protocol::{self, Event, Reply, Request};
+use crate::agent::report::Reports;
 use crate::agent::unixsock;
-use crate::machine::state::{self, DrainReason, PhaseName, ReadyOn};
+use crate::machine::announce::{Announcer, Subscription};
+use crate::machine::state::{self, DrainReason, Phase, PhaseName, ReadyOn};
+use crate::model::run::{Announcement, DrainInfo, RunStats};
+use crate::model::status::Status;
 
 /// The longest request line, its newline included.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -48,12 +52,26 @@ pub const MAX_EXTEND: Duration = Duration::from_secs(48 * 3600);
 /// client that stopped reading must not hold up the guard's exit.
 const FAREWELL_WITHIN: Duration = Duration::from_secs(1);
 
+/// The whole state as the `status` reply shows it; built where every snapshot can be read (the
+/// composition root hands it in), so that this layer need not know them all.
+pub type StatusFn = Arc<dyn Fn() -> Status + Send + Sync>;
+
 /// What the control server needs from the rest of the guard.
 #[derive(Clone)]
 pub struct Control {
-    pub hub: Arc<Hub>,
+    /// Events to the supervisor.
     pub events: mpsc::Sender<state::Event>,
     pub ready_on: ReadyOn,
+    /// The agent's reports: written here (and by sd_notify), nowhere else.
+    pub reports: Reports,
+    /// The supervisor's phase, run and announcements, read.
+    pub phase: watch::Receiver<Phase>,
+    pub run: watch::Receiver<RunStats>,
+    pub announcer: Announcer,
+    /// `--watchdog`.
+    pub watchdog: Option<Duration>,
+    /// The `status` reply.
+    pub status: StatusFn,
 }
 
 /// What the agent's words mean, whichever socket they came by (this one or sd_notify), so the
@@ -65,7 +83,9 @@ impl Control {
         if self.ready_on != ReadyOn::Notify {
             return false;
         }
-        self.hub.report().ready_source.get_or_insert(source);
+        self.reports.update(|r| {
+            r.ready_source.get_or_insert(source);
+        });
         self.tell(state::Event::Ready).await;
         true
     }
@@ -77,12 +97,23 @@ impl Control {
 
     /// The agent holds `in_flight` units of work.
     pub fn agent_busy(&self, in_flight: u64) {
-        self.hub.report().in_flight = Some((in_flight, SystemTime::now()));
+        self.reports
+            .update(|r| r.in_flight = Some((in_flight, SystemTime::now())));
     }
 
     /// The agent asks for `by` more time: at most [`MAX_EXTEND`], whichever socket it came by.
     pub async fn agent_extend(&self, by: Duration) {
         self.tell(state::Event::Extend(by.min(MAX_EXTEND))).await;
+    }
+
+    /// Whether the agent missed its `--watchdog` deadline (or triggered it). Between an exit
+    /// and a restart no agent runs to feed it: nothing is missed then.
+    pub fn watchdog_missed(&self, now: Instant) -> bool {
+        let between_runs = matches!(*self.phase.borrow(), Phase::Restarting(_));
+        let started = self.run.borrow().agent_started;
+        self.reports
+            .get()
+            .watchdog_missed(self.watchdog, started, !between_runs, now)
     }
 
     async fn tell(&self, event: state::Event) {
@@ -167,7 +198,7 @@ struct Connection {
     lines: FramedRead<OwnedReadHalf, RequestLines>,
     writer: OwnedWriteHalf,
     outbox: Vec<u8>,
-    subscription: Option<OwnedSubscription>,
+    subscription: Option<Subscription>,
 }
 
 /// What reading the next request gave.
@@ -252,16 +283,17 @@ impl Connection {
         let mut current_drain = None;
         if request == Request::Subscribe && self.subscription.is_none() {
             // Only the agent's own processes make a drain wait for them.
-            let from_agent = match (peer_pid, control.hub.agent_pid()) {
+            let agent_pid = control.run.borrow().agent_pid;
+            let from_agent = match (peer_pid, agent_pid) {
                 (Some(peer), Some(agent)) => {
                     crate::process::child::process_group_of(peer) == Some(agent)
                 }
                 _ => false,
             };
-            self.subscription = Some(control.hub.subscribe_owned(from_agent));
+            self.subscription = Some(control.announcer.subscribe(from_agent));
             // A subscriber that arrives mid-drain hears of it at once.
-            let draining = control.hub.phase.borrow().name() == PhaseName::Draining;
-            current_drain = control.hub.report().drain.clone().filter(|_| draining);
+            let draining = control.phase.borrow().name() == PhaseName::Draining;
+            current_drain = control.run.borrow().drain.clone().filter(|_| draining);
         }
         self.send(&answer(request, control).await).await?;
         if let Some(info) = current_drain {
@@ -409,12 +441,12 @@ pub(crate) fn frame_lines(input: &[u8], chunk: usize) -> Vec<Option<Vec<u8>>> {
     out
 }
 
-/// A reply: most are a `Reply`; `status` is the hub's JSON (which says `"ok":true` itself).
+/// A reply: most are a `Reply`; `status` is the whole state (which says `"ok":true` itself).
 #[derive(Serialize)]
 #[serde(untagged)]
 enum Answer {
     Reply(Reply),
-    Status(Value),
+    Status(Box<Status>),
 }
 
 impl From<Reply> for Answer {
@@ -426,8 +458,8 @@ impl From<Reply> for Answer {
 /// Does what `request` asks and says how it went.
 async fn answer(request: Request, control: &Control) -> Answer {
     match request {
-        Request::Status => Answer::Status(crate::agent::hub::status_json(&control.hub)),
-        Request::Subscribe => Reply::subscribed(control.hub.phase.borrow().name()).into(),
+        Request::Status => Answer::Status(Box::new((control.status)())),
+        Request::Subscribe => Reply::subscribed(control.phase.borrow().name()).into(),
         Request::Ready => {
             if control.agent_ready("control").await {
                 Reply::ok().into()

@@ -140,7 +140,7 @@ fn text_or_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Er
     })
 }
 
-/// The reply to every request but `status` (whose body is `hub::status_json`, `ok` included):
+/// The reply to every request but `status` (whose body is `model::status::Status`, `ok` included):
 /// `{"ok":true,…}` or `{"ok":false,"error":"…"}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {

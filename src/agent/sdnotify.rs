@@ -13,8 +13,6 @@
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixDatagram as StdDatagram;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{setsockopt, sockopt};
@@ -24,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::control::Control;
 use crate::agent::unixsock;
+use crate::process::upstream::Upstream;
 
 /// systemd's own limit for one notification.
 const MAX_DATAGRAM: usize = 4096;
@@ -58,7 +57,7 @@ pub async fn serve(
     upstream: Upstream,
     shutdown: CancellationToken,
 ) {
-    let watchdog = control.hub.watchdog;
+    let watchdog = control.watchdog;
     let mut check = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| {
         (w / 4).max(Duration::from_millis(50))
     }));
@@ -86,7 +85,7 @@ pub async fn serve(
                 }
             }
             _ = check.tick(), if watchdog.is_some() => {
-                let missed = control.hub.watchdog_missed(Instant::now());
+                let missed = control.watchdog_missed(Instant::now());
                 if missed && !missed_reported {
                     tracing::warn!(
                         watchdog = %crate::fmt::format_duration(watchdog.unwrap_or_default()),
@@ -265,7 +264,7 @@ fn notification(key: &str, value: &str) -> Option<Notification> {
 /// Applies one notification. What the agent's words mean is `Control`'s, shared with the control
 /// socket; only systemd's keys and value syntax are read here.
 async fn apply(notification: Notification, control: &Control, upstream: &Upstream) {
-    let hub = &control.hub;
+    let reports = &control.reports;
     match notification {
         Notification::Ready => {
             // Without `--ready-on notify`, READY=1 is ignored as systemd ignores it for a
@@ -273,17 +272,17 @@ async fn apply(notification: Notification, control: &Control, upstream: &Upstrea
             control.agent_ready("notify").await;
         }
         Notification::Stopping => {
-            if !hub.report().stopping {
+            if !reports.get().stopping {
                 tracing::info!("the agent says it is stopping (STOPPING=1)");
             }
-            hub.report().stopping = true;
+            reports.update(|r| r.stopping = true);
         }
         Notification::Status(text) => {
             upstream.send(&format!("STATUS={text}"));
-            hub.report().status = Some(text);
+            reports.update(|r| r.status = Some(text));
         }
-        Notification::Watchdog => hub.report().last_watchdog = Some(Instant::now()),
-        Notification::WatchdogTrigger => hub.report().watchdog_triggered = true,
+        Notification::Watchdog => reports.update(|r| r.last_watchdog = Some(Instant::now())),
+        Notification::WatchdogTrigger => reports.update(|r| r.watchdog_triggered = true),
         Notification::ExtendTimeout(by) => control.agent_extend(by).await,
         Notification::Drained => control.agent_drained().await,
         Notification::InFlight(n) => control.agent_busy(n),
@@ -309,55 +308,6 @@ impl RateLimit {
         }
         self.last = Some(now);
         true
-    }
-}
-
-/// The guard's own `NOTIFY_SOCKET`, when systemd started it as a `Type=notify` unit.
-#[derive(Debug, Clone, Default)]
-pub struct Upstream {
-    target: Option<UpstreamAddr>,
-}
-
-#[derive(Debug, Clone)]
-enum UpstreamAddr {
-    Path(PathBuf),
-    Abstract(Vec<u8>),
-}
-
-impl Upstream {
-    /// Reads the guard's own `NOTIFY_SOCKET` (`/path` or `@abstract`), if systemd set one.
-    pub fn from_env() -> Self {
-        let target = std::env::var_os("NOTIFY_SOCKET").and_then(|v| {
-            let bytes = v.as_encoded_bytes();
-            match bytes.first() {
-                Some(b'/') => Some(UpstreamAddr::Path(PathBuf::from(&v))),
-                Some(b'@') => Some(UpstreamAddr::Abstract(bytes[1..].to_vec())),
-                _ => None,
-            }
-        });
-        Upstream { target }
-    }
-
-    /// Sends `message` to systemd as the guard (the unit's main process). Best effort: systemd
-    /// gone or the socket full is not the agent's problem.
-    pub fn send(&self, message: &str) {
-        let Some(target) = &self.target else { return };
-        let Ok(socket) = StdDatagram::unbound() else {
-            return;
-        };
-        let _ = socket.set_nonblocking(true);
-        let sent = match target {
-            UpstreamAddr::Path(path) => socket.send_to(message.as_bytes(), path).map(|_| ()),
-            UpstreamAddr::Abstract(name) => {
-                use std::os::linux::net::SocketAddrExt;
-                std::os::unix::net::SocketAddr::from_abstract_name(name)
-                    .and_then(|addr| socket.send_to_addr(message.as_bytes(), &addr))
-                    .map(|_| ())
-            }
-        };
-        if let Err(err) = sent {
-            tracing::debug!(error = %err, "could not notify systemd");
-        }
     }
 }
 

@@ -4,7 +4,7 @@
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_autoscaling::error::{ProvideErrorMetadata, SdkError};
 
-use crate::agent::hub::Hub;
+use crate::aws::status::LifecycleBoard;
 use crate::fmt::{capped, error_chain};
 
 /// A failed Auto Scaling call, classified.
@@ -124,14 +124,18 @@ fn missing_credentials(err: &(dyn std::error::Error + 'static)) -> Option<CallEr
 }
 
 /// Counts a call for `/metrics`: `agent_guard_lifecycle_calls_total{action, outcome}`.
-pub fn record_call(hub: &Hub, action: &'static str, outcome: &'static str) {
-    *hub.lifecycle().calls.entry((action, outcome)).or_insert(0) += 1;
+pub fn record_call(board: &LifecycleBoard, action: &'static str, outcome: &'static str) {
+    board.update(|l| *l.calls.entry((action, outcome)).or_insert(0) += 1);
 }
 
 /// Counts a call's result, ok or classified.
-pub fn record_result<T>(hub: &Hub, action: &'static str, result: &Result<T, CallError>) {
+pub fn record_result<T>(
+    board: &LifecycleBoard,
+    action: &'static str,
+    result: &Result<T, CallError>,
+) {
     record_call(
-        hub,
+        board,
         action,
         result.as_ref().map_or_else(CallError::outcome, |_| "ok"),
     );

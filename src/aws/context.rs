@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use tokio::sync::{OnceCell, watch};
 
-use crate::agent::hub::Hub;
 use crate::aws::api::{CallError, record_result};
 use crate::aws::backoff::through_throttling;
 use crate::aws::imds::ImdsClient;
 use crate::aws::notices::ImdsStatus;
+use crate::aws::status::LifecycleBoard;
 
 /// How long the first user waits for IMDS to give the instance id and region.
 const IDENTITY_WITHIN: Duration = Duration::from_secs(30);
@@ -53,20 +53,30 @@ pub struct SharedAws {
     asg_name: Option<String>,
     imds_endpoint: String,
     imds: watch::Receiver<ImdsStatus>,
-    hub: Arc<Hub>,
+    board: LifecycleBoard,
     cell: OnceCell<Result<Arc<AwsContext>, ContextError>>,
 }
 
 impl SharedAws {
     /// Nothing is loaded or called until [`SharedAws::get`].
-    pub fn new(asg_name: Option<String>, imds_endpoint: String, hub: Arc<Hub>) -> Arc<SharedAws> {
+    pub fn new(
+        asg_name: Option<String>,
+        imds_endpoint: String,
+        imds: watch::Receiver<ImdsStatus>,
+        board: LifecycleBoard,
+    ) -> Arc<SharedAws> {
         Arc::new(SharedAws {
             asg_name,
             imds_endpoint,
-            imds: hub.imds.clone(),
-            hub,
+            imds,
+            board,
             cell: OnceCell::new(),
         })
+    }
+
+    /// The lifecycle snapshot's writer, for the calls made with this context.
+    pub fn board(&self) -> &LifecycleBoard {
+        &self.board
     }
 
     /// The context, built by the first caller; later callers wait for it and share the result.
@@ -97,11 +107,10 @@ impl SharedAws {
             Some(name) => name.clone(),
             None => self.discover_group(&client, &instance_id).await?,
         };
-        {
-            let mut status = self.hub.lifecycle();
+        self.board.update(|status| {
             status.group = Some(group.clone());
             status.instance_id = Some(instance_id.clone());
-        }
+        });
         Ok(AwsContext {
             client,
             elb,
@@ -133,7 +142,7 @@ impl SharedAws {
                 .send()
                 .await
                 .map_err(|e| CallError::from(&e));
-            record_result(&self.hub, "DescribeAutoScalingInstances", &answer);
+            record_result(&self.board, "DescribeAutoScalingInstances", &answer);
             answer
         })
         .await;

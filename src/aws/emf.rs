@@ -7,20 +7,32 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::json;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::hub::Hub;
 use crate::aws::context::{AwsContext, SharedAws};
 use crate::aws::protection::busy;
+use crate::aws::status::LifecycleBoard;
 use crate::config::settings::{BusySettings, EmfTarget};
+use crate::machine::state::Phase;
 use crate::machine::state::PhaseName;
+use crate::model::report::AgentReport;
+
+/// What an EMF line reads: the phase, the agent's reports, the lifecycle snapshot (protection).
+pub struct Reads {
+    pub phase: watch::Receiver<Phase>,
+    pub report: watch::Receiver<AgentReport>,
+    pub lifecycle: LifecycleBoard,
+    /// The agent's cgroup, for `AgentMemory` (fixed for the guard's life).
+    pub cgroup: Option<std::sync::Arc<crate::process::cgroup::AgentCgroup>>,
+}
 
 /// Writes EMF lines until `shutdown`; off (one line in the log) without an AWS context.
 pub async fn run(
     settings: BusySettings,
     target: EmfTarget,
     aws: Arc<SharedAws>,
-    hub: Arc<Hub>,
+    reads: Reads,
     shutdown: CancellationToken,
 ) {
     let context = tokio::select! {
@@ -38,7 +50,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => write_emf(&target, &context, &hub, &settings),
+            _ = tick.tick() => write_emf(&target, &context, &reads, &settings),
             _ = shutdown.cancelled() => return,
         }
     }
@@ -90,18 +102,17 @@ fn emf_line(
     line.to_string()
 }
 
-fn write_emf(target: &EmfTarget, context: &AwsContext, hub: &Hub, settings: &BusySettings) {
+fn write_emf(target: &EmfTarget, context: &AwsContext, reads: &Reads, settings: &BusySettings) {
     let now = SystemTime::now();
-    let report = hub.report().in_flight;
+    let report = reads.report.borrow().in_flight;
     let in_flight = if busy(report, now, settings.busy_stale) {
         report.map_or(0, |(n, _)| n)
     } else {
         0
     };
-    let protected = hub.lifecycle().protected.unwrap_or(false);
-    let phase = hub.phase.borrow().name();
-    let cgroup = hub.stats().tracking.cgroup.clone();
-    let memory = cgroup.and_then(|c| c.usage().memory_current);
+    let protected = reads.lifecycle.get().protected.unwrap_or(false);
+    let phase = reads.phase.borrow().name();
+    let memory = reads.cgroup.as_ref().and_then(|c| c.usage().memory_current);
     let mut line = emf_line(
         &context.group,
         &context.instance_id,

@@ -1,13 +1,13 @@
 //! `SetInstanceHealth`: marks this instance Unhealthy, so that its group replaces it through the
 //! normal termination (lifecycle hooks included).
 
-use crate::agent::hub::Hub;
 use crate::aws::api::{CallError, record_result};
 use crate::aws::context::AwsContext;
+use crate::aws::status::LifecycleBoard;
 
 /// Marks the instance Unhealthy at once (`ShouldRespectGracePeriod=false`: the instance has
 /// already shown it cannot do its work). One call; the caller decides about retries.
-pub async fn mark_unhealthy(ctx: &AwsContext, hub: &Hub) -> Result<(), CallError> {
+pub async fn mark_unhealthy(ctx: &AwsContext, board: &LifecycleBoard) -> Result<(), CallError> {
     let answer = ctx
         .client
         .set_instance_health()
@@ -18,6 +18,6 @@ pub async fn mark_unhealthy(ctx: &AwsContext, hub: &Hub) -> Result<(), CallError
         .await
         .map(|_| ())
         .map_err(|e| CallError::from(&e));
-    record_result(hub, "SetInstanceHealth", &answer);
+    record_result(board, "SetInstanceHealth", &answer);
     answer
 }

@@ -5,14 +5,15 @@
 
 use std::time::{Duration, Instant};
 
-use crate::agent::hub::{HookState, Hub};
 use crate::aws::api::{CallError, record_call, record_result};
 use crate::aws::backoff::{self, patiently, through_throttling};
 use crate::aws::context::{AwsContext, ContextError, SharedAws};
+use crate::aws::status::LifecycleBoard;
 use crate::aws::wait_state::{self, Stage};
 use crate::config::settings::{HookResult, LifecycleSettings};
 use crate::fmt::format_duration;
 use crate::journal::Record;
+use crate::model::HookState;
 
 use std::sync::Arc;
 
@@ -52,7 +53,7 @@ impl HookApi {
     pub async fn setup(
         settings: &LifecycleSettings,
         aws: &SharedAws,
-        hub: &Hub,
+        board: &LifecycleBoard,
     ) -> Result<HookApi, ContextError> {
         let aws = aws.get().await?;
         let api = HookApi {
@@ -60,7 +61,7 @@ impl HookApi {
             flag_interval: settings.heartbeat_interval,
             hook_timeout: watch::Sender::new(None),
         };
-        hub.lifecycle().heartbeat_interval = Some(api.heartbeat_interval());
+        board.update(|l| l.heartbeat_interval = Some(api.heartbeat_interval()));
         let record = Record::HooksReady {
             group: api.aws.group.clone(),
             instance_id: api.aws.instance_id.clone(),
@@ -98,18 +99,18 @@ impl HookApi {
 
     /// Reads the hook's heartbeat timeout (`DescribeLifecycleHooks`), in the background: the
     /// cadence and bounds it sets take effect when it comes, and nothing waits for it.
-    pub async fn learn_hook_timeout(&self, hook: &str, hub: &Hub) {
-        let Some(timeout) = self.hook_heartbeat_timeout(hook, hub).await else {
+    pub async fn learn_hook_timeout(&self, hook: &str, board: &LifecycleBoard) {
+        let Some(timeout) = self.hook_heartbeat_timeout(hook, board).await else {
             return;
         };
         self.hook_timeout.send_replace(Some(timeout));
         let every = self.heartbeat_interval();
-        hub.lifecycle().heartbeat_interval = Some(every);
+        board.update(|l| l.heartbeat_interval = Some(every));
         tracing::info!(hook, timeout = %format_duration(timeout), heartbeat_every = %format_duration(every), "lifecycle: read the hook's heartbeat timeout");
     }
 
     /// `DescribeLifecycleHooks`, once, through throttling (patiently: nothing waits for it).
-    async fn hook_heartbeat_timeout(&self, hook: &str, hub: &Hub) -> Option<Duration> {
+    async fn hook_heartbeat_timeout(&self, hook: &str, board: &LifecycleBoard) -> Option<Duration> {
         let answer = patiently(SETUP_RETRY_WINDOW, || async {
             let answer = self
                 .aws
@@ -120,7 +121,7 @@ impl HookApi {
                 .send()
                 .await
                 .map_err(|e| CallError::from(&e));
-            record_result(hub, "DescribeLifecycleHooks", &answer);
+            record_result(board, "DescribeLifecycleHooks", &answer);
             answer
         })
         .await;
@@ -166,7 +167,7 @@ impl HookApi {
     /// `RecordLifecycleActionHeartbeat`, once; the outcome is counted, shown and logged.
     /// `expected`: "no active action" is expected here (the wait state may not have begun), so
     /// it is not worth a warning.
-    pub async fn heartbeat(&self, hook: &str, hub: &Hub, expected: bool) {
+    pub async fn heartbeat(&self, hook: &str, board: &LifecycleBoard, expected: bool) {
         let answer = self
             .aws
             .client
@@ -177,10 +178,10 @@ impl HookApi {
             .send()
             .await
             .map_err(|e| CallError::from(&e));
-        record_result(hub, "RecordLifecycleActionHeartbeat", &answer);
+        record_result(board, "RecordLifecycleActionHeartbeat", &answer);
         match answer {
             Ok(_) => {
-                set_terminate(hub, |h| h.heartbeats += 1);
+                set_terminate(board, |h| h.heartbeats += 1);
                 tracing::debug!(hook = %hook, "lifecycle: heartbeat sent");
             }
             Err(CallError::NoAction(_)) if expected => {
@@ -195,7 +196,7 @@ impl HookApi {
                     other => other.text().to_string(),
                 };
                 tracing::warn!(hook = %hook, error = %text, "lifecycle: heartbeat failed (will try again)");
-                set_terminate(hub, |h| h.last_error = Some(text));
+                set_terminate(board, |h| h.last_error = Some(text));
             }
         }
     }
@@ -204,12 +205,12 @@ impl HookApi {
     /// any other answer is returned as it is.
     pub async fn complete_once(
         &self,
-        hub: &Hub,
+        board: &LifecycleBoard,
         hook: &str,
         result: HookResult,
     ) -> Result<(), CallError> {
         through_throttling(self.retry_window(), || {
-            self.complete_call(hub, hook, result)
+            self.complete_call(board, hook, result)
         })
         .await
     }
@@ -218,16 +219,16 @@ impl HookApi {
     /// when throttled (the next probe on the schedule is its retry).
     pub async fn complete_probe(
         &self,
-        hub: &Hub,
+        board: &LifecycleBoard,
         hook: &str,
         result: HookResult,
     ) -> Result<(), CallError> {
-        backoff::once(self.complete_call(hub, hook, result)).await
+        backoff::once(self.complete_call(board, hook, result)).await
     }
 
     async fn complete_call(
         &self,
-        hub: &Hub,
+        board: &LifecycleBoard,
         hook: &str,
         result: HookResult,
     ) -> Result<(), CallError> {
@@ -244,7 +245,7 @@ impl HookApi {
             .map(|_| ())
             .map_err(|e| CallError::from(&e));
         record_call(
-            hub,
+            board,
             "CompleteLifecycleAction",
             answer.as_ref().map_or_else(CallError::outcome, |_| "ok"),
         );
@@ -252,8 +253,8 @@ impl HookApi {
     }
 
     /// Where the instance stands (`DescribeAutoScalingInstances`), through throttling.
-    pub async fn look(&self, hub: &Hub) -> Result<Stage, CallError> {
-        through_throttling(self.retry_window(), || wait_state::look(&self.aws, hub)).await
+    pub async fn look(&self, board: &LifecycleBoard) -> Result<Stage, CallError> {
+        through_throttling(self.retry_window(), || wait_state::look(&self.aws, board)).await
     }
 
     /// `CompleteLifecycleAction` with "no active action" retried for a short window: the launch
@@ -261,7 +262,7 @@ impl HookApi {
     /// all; `quiet` then). Returns the final state for `/status`.
     pub async fn complete(
         &self,
-        hub: &Hub,
+        board: &LifecycleBoard,
         hook: &str,
         result: HookResult,
         quiet: bool,
@@ -272,7 +273,7 @@ impl HookApi {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let failure = match self.complete_once(hub, hook, result).await {
+            let failure = match self.complete_once(board, hook, result).await {
                 Ok(()) => {
                     tracing::info!(
                         hook,
@@ -299,10 +300,8 @@ impl HookApi {
 }
 
 /// Updates the termination hook's status, if it has one.
-pub fn set_terminate(hub: &Hub, f: impl FnOnce(&mut crate::agent::hub::HookStatus)) {
-    if let Some(h) = hub.lifecycle().terminate.as_mut() {
-        f(h);
-    }
+pub fn set_terminate(board: &LifecycleBoard, f: impl FnOnce(&mut crate::model::hooks::HookStatus)) {
+    board.terminate(f);
 }
 
 /// The last word on a completion refused for a reason other than "no active action".

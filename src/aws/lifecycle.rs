@@ -26,13 +26,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Interval, MissedTickBehavior};
 
-use crate::agent::hub::{AwaitingStatus, HookState, HookStatus, Hub};
 use crate::aws::backoff;
 use crate::aws::context::SharedAws;
 use crate::aws::hook_calls::{HookApi, MAX_RETRY_WINDOW};
+use crate::aws::status::LifecycleBoard;
 use crate::aws::termination::{Gone, Shared, on_host};
 use crate::aws::wait_state::{self, Stage};
 use crate::config::settings::{HookResult, LifecycleSettings};
@@ -40,9 +40,14 @@ use crate::hosthooks::agent::AgentId;
 use crate::hosthooks::{Decision, HookKind, HooksDirError, Registration};
 use crate::journal::{Awaiting, Record};
 use crate::machine::state::{DrainReason, Phase};
-use crate::machine::supervisor::Outcome;
+use crate::machine::supervisor::{Outcome, ToLifecycle};
+use crate::model::HookState;
+use crate::model::hooks::HookStatus;
+use crate::model::lifecycle::AwaitingStatus;
+use crate::model::run::RunStats;
 use crate::process::exit::{ChildExit, ExitKind};
 use crate::process::sig::Sig;
+use crate::process::signals::SignalSource;
 
 /// The result for a termination hook given how the agent ended: CONTINUE when it stopped
 /// cleanly (exited 0, or ended by the guard's stop signal within the grace period, whether it
@@ -65,6 +70,17 @@ pub fn result_for(
     } else {
         on_unclean
     }
+}
+
+/// What the lifecycle work reads besides the group: the supervisor's phase (the launch hook on
+/// readiness, heartbeats while a terminating drain runs), what the supervisor tells it
+/// ([`ToLifecycle`]), and the warm-pool hold.
+pub struct Reads {
+    pub phase: watch::Receiver<Phase>,
+    pub told: mpsc::Receiver<ToLifecycle>,
+    pub held: watch::Receiver<Option<String>>,
+    /// The supervisor's run: the agent's pid, recorded in the hooks directory.
+    pub run: watch::Receiver<RunStats>,
 }
 
 /// The running lifecycle work; `finish` ends it once the agent is gone.
@@ -147,23 +163,24 @@ impl LifecycleHandle {
     pub fn start(
         settings: LifecycleSettings,
         aws: Arc<SharedAws>,
-        hub: Arc<Hub>,
+        reads: Reads,
         host: HostHooks,
     ) -> Self {
         let (finish, finish_rx) = oneshot::channel();
-        let task = tokio::spawn(run(settings, aws, hub, host, finish_rx));
+        let task = tokio::spawn(run(settings, aws, reads, host, finish_rx));
         LifecycleHandle { finish, task }
     }
 
     /// The agent and its whole group are gone (`outcome` proves it): completes the termination
     /// hook if a terminating drain ran (and this guard is the last on the host), and waits,
-    /// within a bound, for the work to end. SIGTERM or SIGINT meanwhile (an operator stopping
-    /// the unit while the instance deregisters) ends the wait: the hook is left to the other
+    /// within a bound, for the work to end. SIGTERM or SIGINT on `signals` meanwhile (an
+    /// operator stopping the unit while the instance deregisters; the stream the supervisor
+    /// handed on, so nothing it had read is lost) ends the wait: the hook is left to the other
     /// guards, or to its timeout.
-    pub async fn finish(self, outcome: Outcome) {
+    pub async fn finish(self, outcome: Outcome, signals: SignalSource) {
         let _ = self.finish.send(outcome);
         let mut task = self.task;
-        let stop = stop_signal();
+        let stop = stop_signal(signals);
         tokio::select! {
             ended = tokio::time::timeout(FINISH_WITHIN, &mut task) => {
                 if ended.is_err() {
@@ -198,11 +215,8 @@ impl LifecycleHandle {
 const NO_AGENT_WITHIN: Duration = Duration::from_secs(5);
 
 /// The next SIGTERM or SIGINT, once the supervisor (which handled them until the agent was gone)
-/// has stopped listening; never, if they cannot be listened for.
-async fn stop_signal() -> &'static str {
-    let Ok(mut signals) = crate::process::signals::SignalSource::install() else {
-        return std::future::pending().await;
-    };
+/// has handed the stream on; never, if it cannot be read any more.
+async fn stop_signal(mut signals: SignalSource) -> &'static str {
     loop {
         match signals.next().await {
             Some(Sig::INT) => return "SIGINT",
@@ -213,15 +227,11 @@ async fn stop_signal() -> &'static str {
     }
 }
 
-fn set_hook(hub: &Hub, terminate: bool, f: impl FnOnce(&mut HookStatus)) {
-    let mut status = hub.lifecycle();
-    let slot = if terminate {
-        &mut status.terminate
+fn set_hook(board: &LifecycleBoard, terminate: bool, f: impl FnOnce(&mut HookStatus)) {
+    if terminate {
+        board.terminate(f);
     } else {
-        &mut status.launch
-    };
-    if let Some(h) = slot.as_mut() {
-        f(h);
+        board.launch(f);
     }
 }
 
@@ -236,25 +246,20 @@ fn hook_status(name: &Option<String>) -> Option<HookStatus> {
 async fn run(
     settings: LifecycleSettings,
     aws: Arc<SharedAws>,
-    hub: Arc<Hub>,
+    reads: Reads,
     host: HostHooks,
     mut finish: oneshot::Receiver<Outcome>,
 ) {
-    {
-        let mut status = hub.lifecycle();
+    let board = aws.board().clone();
+    board.update(|status| {
         status.terminate = hook_status(&settings.terminate_hook);
         status.launch = hook_status(&settings.launch_hook);
-    }
+    });
     // Only the group and the instance id are waited for: the hook's timeout is read alongside.
     let setup = tokio::select! {
-        setup = HookApi::setup(&settings, &aws, &hub) => setup,
+        setup = HookApi::setup(&settings, &aws, &board) => setup,
         done = &mut finish => {
-            // The agent ended before the identity was known: one more try, bounded.
-            let setup = tokio::time::timeout(LATE_SETUP_WITHIN, HookApi::setup(&settings, &aws, &hub)).await;
-            match (setup, done) {
-                (Ok(Ok(api)), Ok(outcome)) => late_finish(Arc::new(api), &settings, &hub, &host, outcome).await,
-                _ => tracing::error!("lifecycle: the agent exited before the group and instance were known; no hook completed"),
-            }
+            late(&settings, &aws, &board, reads, &host, done.ok()).await;
             host.leave().await;
             return;
         }
@@ -262,8 +267,10 @@ async fn run(
     match setup {
         Ok(api) => {
             let api = Arc::new(api);
-            let learning = learn_hook_timeout(&api, &settings, &hub);
-            Watch::new(api, &settings, &hub, &host).run(finish).await;
+            let learning = learn_hook_timeout(&api, &settings, &board);
+            Watch::new(api, &settings, &board, &host, reads)
+                .run(finish)
+                .await;
             learning.abort();
         }
         Err(err) => {
@@ -271,7 +278,7 @@ async fn run(
                 error: err.to_string(),
             };
             tracing::error!(error = %err, journal = %record.json(), "lifecycle hooks are off");
-            hub.lifecycle().error = Some(err.to_string());
+            board.update(|l| l.error = Some(err.to_string()));
             let _ = finish.await;
         }
     }
@@ -283,37 +290,38 @@ async fn run(
 fn learn_hook_timeout(
     api: &Arc<HookApi>,
     settings: &LifecycleSettings,
-    hub: &Arc<Hub>,
+    board: &LifecycleBoard,
 ) -> tokio::task::AbortHandle {
-    let (api, hub, hook) = (api.clone(), hub.clone(), settings.terminate_hook.clone());
+    let (api, board, hook) = (api.clone(), board.clone(), settings.terminate_hook.clone());
     tokio::spawn(async move {
         if let Some(hook) = hook {
-            api.learn_hook_timeout(&hook, &hub).await;
+            api.learn_hook_timeout(&hook, &board).await;
         }
     })
     .abort_handle()
 }
 
-/// The agent ended before the hook work had the group and instance; now it has them.
-async fn late_finish(
-    api: Arc<HookApi>,
+/// The agent ended before the identity was known: one more try at the set-up, bounded, and the
+/// hooks handled from the outcome alone.
+async fn late(
     settings: &LifecycleSettings,
-    hub: &Arc<Hub>,
+    aws: &Arc<SharedAws>,
+    board: &LifecycleBoard,
+    reads: Reads,
     host: &HostHooks,
-    outcome: Outcome,
+    outcome: Option<Outcome>,
 ) {
-    let terminating = hub
-        .stats()
-        .drains
-        .iter()
-        .any(|(reason, n)| *n > 0 && reason.ends_instance());
-    let mut watch = Watch {
-        terminating,
-        ..Watch::new(api, settings, hub, host)
+    let setup = tokio::time::timeout(LATE_SETUP_WITHIN, HookApi::setup(settings, aws, board)).await;
+    let (Ok(Ok(api)), Some(outcome)) = (setup, outcome) else {
+        tracing::error!(
+            "lifecycle: the agent exited before the group and instance were known; no hook completed"
+        );
+        return;
     };
+    let mut watch = Watch::new(Arc::new(api), settings, board, host, reads);
     // An agent that never got ready (a fast crash loop, say) abandons the launch (`finish`
     // does); one that was ready leaves it to the hook's timeout.
-    if hub.report().ready_source.is_some() {
+    if outcome.ready {
         watch.launch_done = true;
     }
     watch.finish(Some(outcome)).await;
@@ -328,8 +336,14 @@ async fn late_finish(
 struct Watch<'a> {
     api: Arc<HookApi>,
     settings: &'a LifecycleSettings,
-    hub: &'a Arc<Hub>,
+    board: &'a LifecycleBoard,
     host: &'a HostHooks,
+    phase: watch::Receiver<Phase>,
+    told: mpsc::Receiver<ToLifecycle>,
+    held: watch::Receiver<Option<String>>,
+    run: watch::Receiver<RunStats>,
+    /// A drain that ends the instance runs: heartbeats keep the hook open. Whether the hook is
+    /// completed is decided from the `Outcome` alone.
     terminating: bool,
     /// When the terminating drain began, and for what.
     drain: Option<(Instant, DrainReason)>,
@@ -352,14 +366,19 @@ impl<'a> Watch<'a> {
     fn new(
         api: Arc<HookApi>,
         settings: &'a LifecycleSettings,
-        hub: &'a Arc<Hub>,
+        board: &'a LifecycleBoard,
         host: &'a HostHooks,
+        reads: Reads,
     ) -> Self {
         Watch {
             api,
             settings,
-            hub,
+            board,
             host,
+            phase: reads.phase,
+            told: reads.told,
+            held: reads.held,
+            run: reads.run,
             terminating: false,
             drain: None,
             wait_seen: false,
@@ -374,19 +393,18 @@ impl<'a> Watch<'a> {
 
     /// Runs until `finish` says the agent is gone.
     async fn run(mut self, mut finish: oneshot::Receiver<Outcome>) {
-        let mut phase = self.hub.phase.clone();
-        let mut held = self.hub.held_changes();
         let mut hook_timeout = self.api.hook_timeout_changes();
         let mut timeout_open = true;
-        if held.borrow_and_update().is_some() {
+        if self.held.borrow_and_update().is_some() {
             self.on_hold(true);
         }
+        let mut told_open = true;
         self.record_agent();
         loop {
             tokio::select! {
-                changed = held.changed() => {
+                changed = self.held.changed() => {
                     if changed.is_ok() {
-                        let now = held.borrow_and_update().is_some();
+                        let now = self.held.borrow_and_update().is_some();
                         self.on_hold(now);
                     }
                 }
@@ -394,28 +412,23 @@ impl<'a> Watch<'a> {
                     timeout_open = changed.is_ok();
                     self.new_cadence();
                 }
-                changed = phase.changed() => {
+                changed = self.phase.changed() => {
                     if changed.is_err() {
                         // The supervisor is gone; `finish` follows.
                         let done = (&mut finish).await;
                         self.finish(done.ok()).await;
                         break;
                     }
-                    let now = phase.borrow_and_update().clone();
+                    let now = self.phase.borrow_and_update().clone();
                     self.on_phase(&now);
                 }
                 _ = async { self.tick.as_mut().expect("guarded by the branch condition").tick().await }, if self.tick.is_some() => {
                     self.keep_open().await;
                 }
-                _ = self.hub.extended.notified() => {
-                    if self.terminating {
-                        tracing::info!("lifecycle: the agent asked for more time; heartbeat now");
-                        self.keep_open().await;
-                    }
-                }
-                _ = self.hub.ready_timed_out.notified(), if !self.launch_done => {
-                    self.launch(HookResult::Abandon, "the agent was not ready within --ready-timeout");
-                }
+                told = self.told.recv(), if told_open => match told {
+                    Some(told) => self.on_told(told).await,
+                    None => told_open = false,
+                },
                 done = &mut finish => {
                     self.finish(done.ok()).await;
                     break;
@@ -424,6 +437,25 @@ impl<'a> Watch<'a> {
         }
         if let Some(task) = self.launch_task {
             let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
+        }
+    }
+
+    /// What the supervisor told: the agent asked for more time (heartbeat now), or it was not
+    /// ready within `--ready-timeout` (the launch is abandoned).
+    async fn on_told(&mut self, told: ToLifecycle) {
+        match told {
+            ToLifecycle::Extended if self.terminating => {
+                tracing::info!("lifecycle: the agent asked for more time; heartbeat now");
+                self.keep_open().await;
+            }
+            ToLifecycle::Extended => {}
+            ToLifecycle::ReadyTimedOut if !self.launch_done => {
+                self.launch(
+                    HookResult::Abandon,
+                    "the agent was not ready within --ready-timeout",
+                );
+            }
+            ToLifecycle::ReadyTimedOut => {}
         }
     }
 
@@ -455,7 +487,7 @@ impl<'a> Watch<'a> {
             self.terminating = true;
             self.drain = Some((Instant::now(), reason));
             self.tick = Some(ticks(self.api.heartbeat_interval()));
-            set_hook(self.hub, true, |h| h.state = HookState::Heartbeating);
+            set_hook(self.board, true, |h| h.state = HookState::Heartbeating);
         }
     }
 
@@ -463,7 +495,7 @@ impl<'a> Watch<'a> {
     /// termination registration, once per agent: should this guard die while it runs, the
     /// other guards on the host wait for it to be gone.
     fn record_agent(&mut self) {
-        let (Some(reg), Some(pid)) = (&self.host.terminate, self.hub.agent_pid()) else {
+        let (Some(reg), Some(pid)) = (&self.host.terminate, self.run.borrow().agent_pid) else {
             return;
         };
         if self.recorded_agent == Some(pid) {
@@ -502,11 +534,11 @@ impl<'a> Watch<'a> {
             self.was_held = false;
             self.launch_done = false;
             self.launch_again = true;
-            set_hook(self.hub, false, |h| {
+            set_hook(self.board, false, |h| {
                 h.state = HookState::Waiting;
                 h.result = None;
             });
-            let now = self.hub.phase.borrow().clone();
+            let now = self.phase.borrow().clone();
             self.on_phase(&now);
         }
     }
@@ -520,10 +552,10 @@ impl<'a> Watch<'a> {
             return;
         };
         if self.wait_seen || self.spot() {
-            self.api.heartbeat(hook, self.hub, self.spot()).await;
+            self.api.heartbeat(hook, self.board, self.spot()).await;
             return;
         }
-        match self.api.look(self.hub).await {
+        match self.api.look(self.board).await {
             Ok(Stage::Waiting(state)) => {
                 self.wait_seen = true;
                 let record = Record::WaitStateSeen {
@@ -531,9 +563,9 @@ impl<'a> Watch<'a> {
                     state: state.clone(),
                 };
                 tracing::info!(hook, journal = %record.json(), "lifecycle: the instance is in {state}; heartbeats start");
-                self.hub.lifecycle().awaiting = None;
-                set_hook(self.hub, true, |h| h.state = HookState::Heartbeating);
-                self.api.heartbeat(hook, self.hub, false).await;
+                self.board.update(|l| l.awaiting = None);
+                set_hook(self.board, true, |h| h.state = HookState::Heartbeating);
+                self.api.heartbeat(hook, self.board, false).await;
             }
             Ok(Stage::Over(state)) => {
                 tracing::info!(hook, state = %state, "lifecycle: the instance is past its wait state ({state}); no heartbeats");
@@ -543,19 +575,14 @@ impl<'a> Watch<'a> {
             Err(err) => {
                 // Without the state, heartbeat blindly: "no active action" is then expected.
                 tracing::debug!(hook, error = %err.text(), "lifecycle: cannot read the instance's state; heartbeat instead");
-                self.api.heartbeat(hook, self.hub, true).await;
+                self.api.heartbeat(hook, self.board, true).await;
             }
         }
     }
 
     fn awaiting_wait_state(&self, hook: &str, stage: &Stage) {
         let detail = stage.detail();
-        let known = self
-            .hub
-            .lifecycle()
-            .awaiting
-            .as_ref()
-            .map(|a| a.detail.clone());
+        let known = self.board.get().awaiting.map(|a| a.detail);
         if known.as_deref() == Some(detail.as_str()) {
             return;
         }
@@ -574,28 +601,21 @@ impl<'a> Watch<'a> {
             detail: status.detail.clone(),
         };
         tracing::info!(hook, state = stage.state(), journal = %record.json(), "lifecycle: {}", status.text());
-        self.hub.lifecycle().awaiting = Some(status);
-        set_hook(self.hub, true, |h| h.state = HookState::Awaiting);
+        self.board.update(|l| l.awaiting = Some(status));
+        set_hook(self.board, true, |h| h.state = HookState::Awaiting);
     }
 
-    /// A spot interruption: the group may hold no action at all, and EC2 ends the instance at
-    /// the notice's time whatever the group does.
+    /// The terminating drain is a spot interruption: the group may hold no action at all, and
+    /// EC2 ends the instance at the notice's time whatever the group does.
     fn spot(&self) -> bool {
-        let spot_only = self
-            .hub
-            .stats()
-            .drains
-            .iter()
-            .all(|(reason, n)| *n == 0 || *reason == DrainReason::SpotInterruption);
         matches!(self.drain, Some((_, DrainReason::SpotInterruption)))
-            || (self.drain.is_none() && spot_only)
     }
 
     fn launch(&mut self, result: HookResult, why: &'static str) {
         self.launch_done = true;
         let task = Launch {
             api: self.api.clone(),
-            hub: self.hub.clone(),
+            board: self.board.clone(),
             hook: self.settings.launch_hook.clone().unwrap_or_default(),
             registration: self.host.launch.clone(),
             new_round: std::mem::take(&mut self.launch_again),
@@ -612,9 +632,10 @@ impl<'a> Watch<'a> {
         let (Some(outcome), Some(hook)) = (outcome, self.settings.terminate_hook.as_deref()) else {
             return;
         };
-        // A drain that came between an exit and a restart ended the run with no draining phase
-        // to see; its hook waits all the same.
-        let terminating = self.terminating || outcome.drain.is_some_and(DrainReason::ends_instance);
+        // Decided from the outcome alone: the reason that ended the run (a scale-in that overtook
+        // an operator's drain included, and a drain that came between an exit and a restart,
+        // with no draining phase to see).
+        let terminating = outcome.drain.is_some_and(DrainReason::ends_instance);
         let exit = &outcome.exit;
         let result = result_for(
             exit,
@@ -628,13 +649,13 @@ impl<'a> Watch<'a> {
         }
         let gone = Gone {
             api: &self.api,
-            hub: self.hub,
+            board: self.board,
             hook,
             result,
             terminating,
             drain_started: self.drain.map(|(at, _)| at),
             wait_seen: self.wait_seen,
-            spot: terminating && self.spot(),
+            spot: outcome.drain == Some(DrainReason::SpotInterruption),
             registration: self.host.terminate.clone(),
         };
         let state = gone.finish().await;
@@ -642,7 +663,7 @@ impl<'a> Watch<'a> {
             let record = Record::HookFinished {
                 hook: hook.to_string(),
                 result,
-                state: state.as_str().to_string(),
+                state,
             };
             tracing::debug!(hook, journal = %record.json(), "lifecycle: hook work ended");
         }
@@ -663,7 +684,7 @@ fn ticks(every: Duration) -> Interval {
 /// registered guard's agent is ready, ABANDON from any guard at once.
 struct Launch {
     api: Arc<HookApi>,
-    hub: Arc<Hub>,
+    board: LifecycleBoard,
     hook: String,
     registration: Option<Shared>,
     /// The hook pauses the instance a second time (out of a warm pool): the registration
@@ -679,9 +700,9 @@ impl Launch {
         tracing::info!(hook = %self.hook, result = result.as_str(), "lifecycle: completing the launch hook: {why}");
         let state = self
             .api
-            .complete(&self.hub, &self.hook, result, false)
+            .complete(&self.board, &self.hook, result, false)
             .await;
-        set_hook(&self.hub, false, |h| {
+        set_hook(&self.board, false, |h| {
             h.state = state;
             h.result = Some(result);
         });
@@ -720,7 +741,7 @@ impl Launch {
                 Ok(Decision::Complete { .. }) => return true,
                 Ok(Decision::Done(done)) => {
                     tracing::info!(hook = %self.hook, by = %done.by, "lifecycle: the launch hook was {} by {} ({})", done.state, done.by, done.result.map_or("-", HookResult::as_str));
-                    set_hook(&self.hub, false, |h| {
+                    set_hook(&self.board, false, |h| {
                         h.state = HookState::LeftToOthers;
                         h.result = done.result;
                     });
@@ -730,7 +751,7 @@ impl Launch {
                 Ok(Decision::Wait { others }) => {
                     if others != shown {
                         tracing::info!(hook = %self.hook, others = %others.join(", "), "lifecycle: the agent is ready; the launch hook waits for the other guards on this host");
-                        set_hook(&self.hub, false, |h| h.state = HookState::Awaiting);
+                        set_hook(&self.board, false, |h| h.state = HookState::Awaiting);
                         shown = others;
                     }
                 }

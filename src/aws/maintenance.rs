@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::agent::hub::Hub;
 use crate::aws::api::CallError;
 use crate::aws::context::{ContextError, SharedAws};
 use crate::aws::health_status;
@@ -66,7 +65,6 @@ pub async fn run(
     events: mpsc::Sender<Event>,
     status: watch::Sender<ImdsStatus>,
     aws: Option<Arc<SharedAws>>,
-    hub: Arc<Hub>,
 ) {
     let actor = Actor {
         planner: Planner::new(settings.mode, settings.margin),
@@ -74,7 +72,6 @@ pub async fn run(
         events,
         status,
         aws,
-        hub,
         mark: Mark::Unmarked,
         replacing: JoinSet::new(),
         unreadable: None,
@@ -101,7 +98,6 @@ struct Actor {
     events: mpsc::Sender<Event>,
     status: watch::Sender<ImdsStatus>,
     aws: Option<Arc<SharedAws>>,
-    hub: Arc<Hub>,
     /// Where the instance's Unhealthy mark stands.
     mark: Mark,
     /// The one `SetInstanceHealth` call, while in flight.
@@ -240,9 +236,8 @@ impl Actor {
     fn ask_mark(&mut self, id: String) {
         match &mut self.mark {
             Mark::Unmarked => {
-                let (aws, hub) = (self.aws.clone(), self.hub.clone());
-                self.replacing
-                    .spawn(async move { replace(aws, &hub).await });
+                let aws = self.aws.clone();
+                self.replacing.spawn(async move { replace(aws).await });
                 self.mark = Mark::Asking(vec![id]);
             }
             Mark::Asking(ids) => ids.push(id),
@@ -343,7 +338,7 @@ fn scheduled_record(
 }
 
 /// Marks the instance Unhealthy, retrying transient failures for [`REPLACE_RETRY_WINDOW`].
-async fn replace(aws: Option<Arc<SharedAws>>, hub: &Hub) -> Result<(), ReplaceError> {
+async fn replace(aws: Option<Arc<SharedAws>>) -> Result<(), ReplaceError> {
     let Some(aws) = aws else {
         return Err(ReplaceError::Failed("the AWS context is off".to_string()));
     };
@@ -351,7 +346,7 @@ async fn replace(aws: Option<Arc<SharedAws>>, hub: &Hub) -> Result<(), ReplaceEr
     let started = Instant::now();
     let mut delay = Duration::from_millis(500);
     loop {
-        match health_status::mark_unhealthy(&ctx, hub).await {
+        match health_status::mark_unhealthy(&ctx, aws.board()).await {
             Ok(()) => return Ok(()),
             Err(CallError::Denied(_)) => return Err(ReplaceError::Denied),
             Err(CallError::Retry(text)) if started.elapsed() + delay < REPLACE_RETRY_WINDOW => {

@@ -15,6 +15,7 @@ pub(crate) mod notices;
 pub(crate) mod protection;
 pub(crate) mod replace;
 pub(crate) mod scheduled;
+pub(crate) mod status;
 pub(crate) mod targets;
 pub(crate) mod termination;
 pub(crate) mod wait_state;

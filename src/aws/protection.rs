@@ -11,13 +11,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
-use crate::agent::hub::Hub;
 use crate::aws::api::{CallError, record_result};
 use crate::aws::context::{AwsContext, SharedAws};
+use crate::aws::status::LifecycleBoard;
 use crate::config::settings::BusySettings;
 use crate::machine::state::Phase;
+use crate::model::report::AgentReport;
 
 /// What the protection logic decides at a moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,9 +120,16 @@ pub struct ProtectionHandle {
 }
 
 impl ProtectionHandle {
-    pub fn start(settings: BusySettings, aws: Arc<SharedAws>, hub: Arc<Hub>) -> ProtectionHandle {
+    /// Starts the protection work: it reads the phase (a drain releases protection) and the
+    /// agent's reports of work in flight.
+    pub fn start(
+        settings: BusySettings,
+        aws: Arc<SharedAws>,
+        board: LifecycleBoard,
+        reads: (watch::Receiver<Phase>, watch::Receiver<AgentReport>),
+    ) -> ProtectionHandle {
         let (finish, finish_rx) = oneshot::channel();
-        let task = tokio::spawn(run(settings, aws, hub, finish_rx));
+        let task = tokio::spawn(run(settings, aws, board, reads, finish_rx));
         ProtectionHandle { finish, task }
     }
 
@@ -141,7 +149,8 @@ impl ProtectionHandle {
 async fn run(
     settings: BusySettings,
     aws: Arc<SharedAws>,
-    hub: Arc<Hub>,
+    board: LifecycleBoard,
+    (phase, report): (watch::Receiver<Phase>, watch::Receiver<AgentReport>),
     mut finish: oneshot::Receiver<()>,
 ) {
     let context = tokio::select! {
@@ -156,32 +165,32 @@ async fn run(
             return;
         }
     };
-    let current = read_protection(&context, &hub).await;
+    let current = read_protection(&context, &board).await;
     tracing::info!(protected = ?current, "scale-in protection: the instance's current state");
-    hub.lifecycle().protected = current;
+    board.update(|l| l.protected = current);
     let mut protection = Protection::new(settings.idle_release, settings.min_interval, current);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let phase = hub.phase.borrow().clone();
-                let release = !matches!(phase, Phase::Starting { .. } | Phase::Ready);
-                let is_busy = busy(hub.report().in_flight, SystemTime::now(), settings.busy_stale);
-                protect_step(&mut protection, &context, &hub, is_busy, release).await;
+                let release = !matches!(*phase.borrow(), Phase::Starting { .. } | Phase::Ready);
+                let in_flight = report.borrow().in_flight;
+                let is_busy = busy(in_flight, SystemTime::now(), settings.busy_stale);
+                protect_step(&mut protection, &context, &board, is_busy, release).await;
             }
             _ = &mut finish => break,
         }
     }
-    release_at_exit(&mut protection, &context, &hub).await;
+    release_at_exit(&mut protection, &context, &board).await;
 }
 
 /// The agent is gone: a protected instance without an agent must not stay protected.
-async fn release_at_exit(p: &mut Protection, context: &AwsContext, hub: &Hub) {
+async fn release_at_exit(p: &mut Protection, context: &AwsContext, board: &LifecycleBoard) {
     for _ in 0..3 {
         match p.step(Instant::now(), false, true) {
             Step::Call(_) | Step::WaitUntil(_) if p.current != Some(false) => {
-                let ok = set_protection(context, hub, false).await;
+                let ok = set_protection(context, board, false).await;
                 p.called(Instant::now(), false, ok);
                 if ok {
                     break;
@@ -196,15 +205,15 @@ async fn release_at_exit(p: &mut Protection, context: &AwsContext, hub: &Hub) {
 async fn protect_step(
     p: &mut Protection,
     context: &AwsContext,
-    hub: &Hub,
+    board: &LifecycleBoard,
     is_busy: bool,
     release: bool,
 ) {
     if let Step::Call(want) = p.step(Instant::now(), is_busy, release) {
-        let ok = set_protection(context, hub, want).await;
+        let ok = set_protection(context, board, want).await;
         p.called(Instant::now(), want, ok);
         if ok {
-            hub.lifecycle().protected = Some(want);
+            board.update(|l| l.protected = Some(want));
             tracing::info!(
                 protected = want,
                 why = if release {
@@ -220,7 +229,7 @@ async fn protect_step(
     }
 }
 
-async fn read_protection(context: &AwsContext, hub: &Hub) -> Option<bool> {
+async fn read_protection(context: &AwsContext, board: &LifecycleBoard) -> Option<bool> {
     let answer = context
         .client
         .describe_auto_scaling_instances()
@@ -228,7 +237,7 @@ async fn read_protection(context: &AwsContext, hub: &Hub) -> Option<bool> {
         .send()
         .await
         .map_err(|e| CallError::from(&e));
-    record_result(hub, "DescribeAutoScalingInstances", &answer);
+    record_result(board, "DescribeAutoScalingInstances", &answer);
     match answer {
         Ok(out) => out
             .auto_scaling_instances()
@@ -242,7 +251,7 @@ async fn read_protection(context: &AwsContext, hub: &Hub) -> Option<bool> {
     }
 }
 
-async fn set_protection(context: &AwsContext, hub: &Hub, protect: bool) -> bool {
+async fn set_protection(context: &AwsContext, board: &LifecycleBoard, protect: bool) -> bool {
     let answer = context
         .client
         .set_instance_protection()
@@ -252,7 +261,7 @@ async fn set_protection(context: &AwsContext, hub: &Hub, protect: bool) -> bool 
         .send()
         .await
         .map_err(|e| CallError::from(&e));
-    record_result(hub, "SetInstanceProtection", &answer);
+    record_result(board, "SetInstanceProtection", &answer);
     if let Err(err) = &answer {
         tracing::warn!(protect, error = %err, "scale-in protection: SetInstanceProtection failed; will retry");
     }

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use crate::agent::hub::Hub;
 use crate::aws::api::CallError;
 use crate::aws::context::SharedAws;
 use crate::aws::health_status::mark_unhealthy;
@@ -19,7 +18,7 @@ const FIRST_PAUSE: Duration = Duration::from_secs(1);
 
 /// Asks the group to replace this instance. `aws` is `None` when the guard cannot know its
 /// group (`--imds off`).
-pub async fn after_crash_loop(aws: Option<&SharedAws>, hub: &Hub) {
+pub async fn after_crash_loop(aws: Option<&SharedAws>) {
     let Some(aws) = aws else {
         not_marked("no Auto Scaling group is known with --imds off".to_string());
         return;
@@ -30,7 +29,7 @@ pub async fn after_crash_loop(aws: Option<&SharedAws>, hub: &Hub) {
     };
     let mut pause = FIRST_PAUSE;
     for attempt in 1..=TRIES {
-        match mark_unhealthy(&ctx, hub).await {
+        match mark_unhealthy(&ctx, aws.board()).await {
             Ok(()) => {
                 let record = Record::MarkedUnhealthy {
                     group: ctx.group.clone(),

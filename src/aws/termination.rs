@@ -13,15 +13,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::agent::hub::{AwaitingStatus, HookState, Hub};
 use crate::aws::api::CallError;
 use crate::aws::backoff;
 use crate::aws::hook_calls::{self, HookApi, set_terminate};
+use crate::aws::status::LifecycleBoard;
 use crate::aws::wait_state::{self, Stage};
 use crate::config::settings::HookResult;
 use crate::fmt::format_duration;
 use crate::hosthooks::{Decision, Finished, HooksDirError, Registration};
 use crate::journal::{Awaiting, Record};
+use crate::model::HookState;
+use crate::model::lifecycle::AwaitingStatus;
 
 /// A registration shared with the blocking threads that read and write the hooks directory.
 pub type Shared = Arc<Mutex<Registration>>;
@@ -58,7 +60,7 @@ pub async fn on_host<T: Send + 'static>(
 /// What the termination's work knows when the agent is gone.
 pub struct Gone<'a> {
     pub api: &'a HookApi,
-    pub hub: &'a Hub,
+    pub board: &'a LifecycleBoard,
     pub hook: &'a str,
     /// The agent's result (`result_for` its exit).
     pub result: HookResult,
@@ -106,7 +108,7 @@ impl Gone<'_> {
             Some(go) => go,
             None => return self.hub_state(),
         };
-        self.hub.lifecycle().awaiting = None;
+        self.board.update(|l| l.awaiting = None);
         if !because.is_empty() {
             tracing::info!(hook = self.hook, because = %because.join(", "), "lifecycle: ABANDON, for an unclean exit on this host");
         }
@@ -115,14 +117,14 @@ impl Gone<'_> {
             result = result.as_str(),
             "lifecycle: the agents on this host are gone; completing the termination hook"
         );
-        set_terminate(self.hub, |h| h.state = HookState::Completing);
+        set_terminate(self.board, |h| h.state = HookState::Completing);
         let state = if self.spot {
-            self.api.complete(self.hub, self.hook, result, true).await
+            self.api.complete(self.board, self.hook, result, true).await
         } else {
             self.complete_when_waiting(result, bound_at).await
         };
-        self.hub.lifecycle().awaiting = None;
-        set_terminate(self.hub, |h| {
+        self.board.update(|l| l.awaiting = None);
+        set_terminate(self.board, |h| {
             h.state = state;
             h.result = Some(result);
         });
@@ -142,8 +144,8 @@ impl Gone<'_> {
     }
 
     fn hub_state(&self) -> HookState {
-        self.hub
-            .lifecycle()
+        self.board
+            .get()
             .terminate
             .as_ref()
             .map_or(HookState::Waiting, |h| h.state)
@@ -178,7 +180,7 @@ impl Gone<'_> {
             }
             if Instant::now() >= bound_at {
                 tracing::error!(hook = self.hook, others = %shown.join(", "), "lifecycle: gave up waiting for the other guards on this host; the hook runs to its timeout");
-                set_terminate(self.hub, |h| h.state = HookState::GaveUp);
+                set_terminate(self.board, |h| h.state = HookState::GaveUp);
                 return None;
             }
             tokio::time::sleep(backoff::within(GUARDS_EVERY)).await;
@@ -219,8 +221,8 @@ impl Gone<'_> {
             detail,
         };
         tracing::info!(hook = self.hook, journal = %record.json(), "lifecycle: the agent is gone; {}", status.text());
-        self.hub.lifecycle().awaiting = Some(status);
-        set_terminate(self.hub, |h| h.state = HookState::Awaiting);
+        self.board.update(|l| l.awaiting = Some(status));
+        set_terminate(self.board, |h| h.state = HookState::Awaiting);
     }
 
     fn left_to_others(&self, finished: &Finished) {
@@ -237,8 +239,8 @@ impl Gone<'_> {
             finished.state,
             finished.by
         );
-        self.hub.lifecycle().awaiting = None;
-        set_terminate(self.hub, |h| {
+        self.board.update(|l| l.awaiting = None);
+        set_terminate(self.board, |h| {
             h.state = HookState::LeftToOthers;
             h.result = finished.result;
         });
@@ -251,9 +253,9 @@ impl Gone<'_> {
         let mut waiting = Waiting::new(self.wait_seen);
         loop {
             let answer = if waiting.probing() {
-                self.api.complete_probe(self.hub, self.hook, result).await
+                self.api.complete_probe(self.board, self.hook, result).await
             } else {
-                self.api.complete_once(self.hub, self.hook, result).await
+                self.api.complete_once(self.board, self.hook, result).await
             };
             let failure = match answer {
                 Ok(()) => return self.completed(result, started),
@@ -270,7 +272,7 @@ impl Gone<'_> {
             };
             let now = Instant::now();
             if waiting.should_look(now) {
-                waiting.looked(now, self.api.look(self.hub).await);
+                waiting.looked(now, self.api.look(self.board).await);
             }
             let next = match waiting.next(now, self.api.no_action_window(), bound_at, drain_started)
             {
@@ -330,8 +332,8 @@ impl Gone<'_> {
             detail: status.detail.clone(),
         };
         tracing::info!(hook = self.hook, journal = %record.json(), "lifecycle: {}", status.text());
-        self.hub.lifecycle().awaiting = Some(status);
-        set_terminate(self.hub, |h| h.state = HookState::Awaiting);
+        self.board.update(|l| l.awaiting = Some(status));
+        set_terminate(self.board, |h| h.state = HookState::Awaiting);
     }
 }
 

@@ -12,11 +12,11 @@
 
 use std::time::Duration;
 
-use crate::agent::hub::Hub;
 use crate::aws::api::{CallError, record_result};
 use crate::aws::backoff;
 use crate::aws::context::AwsContext;
 use crate::aws::lifecycle_state::LifecycleState;
+use crate::aws::status::LifecycleBoard;
 
 /// The longest deregistration delay a target group allows (`deregistration_delay.timeout_seconds`
 /// is 0–3600): the wait state may come this late after the notice.
@@ -121,7 +121,7 @@ pub fn next_look(since_drain: Duration) -> Duration {
 }
 
 /// `DescribeAutoScalingInstances` for this instance: its stage, or why it could not be read.
-pub async fn look(aws: &AwsContext, hub: &Hub) -> Result<Stage, CallError> {
+pub async fn look(aws: &AwsContext, board: &LifecycleBoard) -> Result<Stage, CallError> {
     let answer = aws
         .client
         .describe_auto_scaling_instances()
@@ -129,7 +129,7 @@ pub async fn look(aws: &AwsContext, hub: &Hub) -> Result<Stage, CallError> {
         .send()
         .await
         .map_err(|e| CallError::from(&e));
-    record_result(hub, "DescribeAutoScalingInstances", &answer);
+    record_result(board, "DescribeAutoScalingInstances", &answer);
     let out = answer?;
     let state = out
         .auto_scaling_instances()

@@ -1,5 +1,5 @@
 //! `--in-warm-pool wait`: an instance launched into a warm pool does not start its agent. Its
-//! launch hook is completed with CONTINUE at once (by the lifecycle work, on [`Hub::held`]), and
+//! launch hook is completed with CONTINUE at once (by the lifecycle work, on the hold it reads), and
 //! the agent starts when the target lifecycle state becomes `InService`. On AWS that usually
 //! comes after a stop and a start, and the guard, started afresh, then finds `InService` first;
 //! a pool of running instances moves to `InService` under the guard's eyes. Both end here.
@@ -8,12 +8,13 @@
 
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
-use crate::agent::hub::Hub;
-use crate::agent::sdnotify::Upstream;
 use crate::aws::lifecycle_state::LifecycleState;
+use crate::aws::notices::ImdsStatus;
 use crate::journal::Record;
+use crate::process::upstream::Upstream;
 
 /// How long the guard waits for a first target lifecycle state before starting the agent
 /// anyway: off a group there is none, and an agent must not wait for ever for a state that
@@ -60,11 +61,15 @@ pub enum Release {
 }
 
 /// Waits, if the instance is in a warm pool, until it goes into service. Meanwhile readiness
-/// says why (through [`Hub::held`]), the guard's liveness tick goes on, and systemd is kept
+/// says why (through `held`, which this owns), the guard's liveness tick goes on, and systemd is kept
 /// from timing the start out. The hold itself has no deadline: it lasts as long as the
 /// instance stays in the pool, and a stop signal (raced against this by the caller) ends it.
-pub async fn hold(hub: &Hub, upstream: &Upstream) -> Release {
-    let mut imds = hub.imds.clone();
+pub async fn hold(
+    mut imds: watch::Receiver<ImdsStatus>,
+    held: &watch::Sender<Option<String>>,
+    tick_to: &watch::Sender<Instant>,
+    upstream: &Upstream,
+) -> Release {
     let first = tokio::time::timeout(FIRST_STATE_WITHIN, async {
         imds.wait_for(|s| s.lifecycle_state.is_some())
             .await
@@ -89,7 +94,7 @@ pub async fn hold(hub: &Hub, upstream: &Upstream) -> Release {
     };
     tracing::info!(journal = %record.json(), "{why}");
     upstream.send(&format!("STATUS=held: in a warm pool ({state})"));
-    hub.set_held(Some(why));
+    held.send_replace(Some(why));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut extended: Option<Instant> = None;
@@ -108,7 +113,7 @@ pub async fn hold(hub: &Hub, upstream: &Upstream) -> Release {
                 if releases(&now) {
                     let record = Record::WarmPoolReleased { state: now.clone() };
                     tracing::info!(journal = %record.json(), "target lifecycle state is {now}: starting the agent");
-                    hub.set_held(None);
+                    held.send_replace(None);
                     return Release::InService;
                 }
                 tracing::info!("target lifecycle state is {now}: the agent stays held");
@@ -116,7 +121,7 @@ pub async fn hold(hub: &Hub, upstream: &Upstream) -> Release {
             }
             _ = tick.tick() => {
                 // The supervisor's loop is not running yet: this is the guard's heartbeat.
-                hub.stats().last_tick = Instant::now();
+                tick_to.send_replace(Instant::now());
                 if extended.is_none_or(|at| at.elapsed() >= EXTEND_EVERY) {
                     upstream.send(&format!("EXTEND_TIMEOUT_USEC={EXTEND_BY_USEC}"));
                     extended = Some(Instant::now());

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::agent::protocol::{self, Event, Reply, Request};
 use crate::cli::CtlRequest;
+use crate::model::status::Status;
 
 /// The guard refused the request.
 pub const REFUSED: u8 = 1;
@@ -109,10 +110,14 @@ pub fn run(socket: &PathBuf, request: CtlRequest, as_json: bool) -> u8 {
 }
 
 /// The readable answer to `request`: `reply` is its typed head, `body` the whole line (the
-/// `status` body is the hub's JSON, read field by field).
+/// `status` body is read as the guard wrote it: [`Status`]).
 fn summary(request: &Request, reply: &Reply, body: &Value) -> String {
     match request {
-        Request::Status => status_summary(body),
+        Request::Status => match Status::deserialize(body) {
+            Ok(status) => status_summary(&status),
+            // A guard of another version: its JSON as it is.
+            Err(_) => format!("{body}\n"),
+        },
         Request::Drain { .. } => "drain requested\n".to_string(),
         Request::Ready => match &reply.ignored {
             Some(why) => format!("ignored: {why}\n"),
@@ -128,78 +133,68 @@ fn summary(request: &Request, reply: &Reply, body: &Value) -> String {
     }
 }
 
-fn status_summary(reply: &Value) -> String {
-    let s = |k: &str| {
-        reply
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or("-")
-            .to_string()
-    };
+/// A value as JSON shows it: the number, or `null`.
+fn or_null(v: Option<impl std::fmt::Display>) -> String {
+    v.map_or_else(|| "null".to_string(), |v| v.to_string())
+}
+
+fn status_summary(s: &Status) -> String {
     let mut out = format!(
         "{}: {} (agent pid {}, up {}s)\n",
-        s("name"),
-        s("phase"),
-        reply
-            .get("agent_pid")
-            .map_or("-".to_string(), Value::to_string),
-        reply
-            .get("uptime_s")
-            .map_or("-".to_string(), Value::to_string),
+        s.name,
+        s.phase.as_str(),
+        or_null(s.agent_pid),
+        s.uptime_s,
     );
-    if let Some(d) = reply.get("drain").filter(|d| !d.is_null()) {
+    if let Some(d) = &s.drain {
         out.push_str(&format!(
             "draining: reason {}, deadline {} (in {} ms)\n",
-            d.get("reason").and_then(Value::as_str).unwrap_or("-"),
-            d.get("deadline").and_then(Value::as_str).unwrap_or("-"),
-            d.get("deadline_in_ms")
-                .map_or("-".to_string(), Value::to_string)
+            d.reason.as_str(),
+            d.deadline,
+            d.deadline_in_ms
         ));
     }
-    if let Some(st) = reply.get("status").and_then(Value::as_str) {
+    if let Some(st) = &s.status {
         out.push_str(&format!("agent status: {st}\n"));
     }
-    if let Some(n) = reply.get("in_flight").and_then(Value::as_u64) {
+    if let Some(n) = s.in_flight {
         out.push_str(&format!("in flight: {n}\n"));
     }
-    if let Some(n) = reply.get("subscribers").and_then(Value::as_u64) {
-        out.push_str(&format!("subscribers: {n}\n"));
-    }
-    if reply.get("watchdog_missed") == Some(&Value::Bool(true)) {
+    out.push_str(&format!("subscribers: {}\n", s.subscribers));
+    if s.watchdog_missed {
         out.push_str("watchdog: MISSED\n");
     }
-    if let Some(r) = reply.get("restart").filter(|r| r["restarting"] == true) {
+    if s.restart.restarting {
         out.push_str(&format!(
             "restarting: attempt {}, next in {} ms (last exit {})\n",
-            r["attempt"], r["next_in_ms"], reply["agent_exit"]
+            or_null(s.restart.attempt),
+            or_null(s.restart.next_in_ms),
+            or_null(s.agent_exit)
         ));
     }
-    if let Some(c) = reply.get("on_drain").filter(|c| !c.is_null()) {
+    if let Some(c) = &s.on_drain {
         out.push_str(&format!(
             "on-drain command: pid {}, {} (status {})\n",
-            c["pid"],
-            c["state"].as_str().unwrap_or("-"),
-            c["status"]
+            c.pid,
+            c.state,
+            or_null(c.status)
         ));
     }
-    out.push_str(&lifecycle_summary(reply));
+    out.push_str(&lifecycle_summary(s));
     out
 }
 
 /// The termination hook's line, while its work waits (for the wait state, or other guards).
-fn lifecycle_summary(reply: &Value) -> String {
-    let lifecycle = reply.get("lifecycle");
-    let text = lifecycle
-        .and_then(|l| l.get("waiting_for"))
-        .and_then(|w| w.get("text"))
-        .and_then(Value::as_str);
+fn lifecycle_summary(s: &Status) -> String {
+    let Some(lifecycle) = &s.lifecycle else {
+        return String::new();
+    };
     let hook = lifecycle
-        .and_then(|l| l.get("terminate_hook"))
-        .and_then(|h| h.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("-");
-    match text {
-        Some(text) => format!("lifecycle hook {hook}: {text}\n"),
+        .terminate_hook
+        .as_ref()
+        .map_or("-", |h| h.name.as_str());
+    match &lifecycle.waiting_for {
+        Some(waiting) => format!("lifecycle hook {hook}: {}\n", waiting.text),
         None => String::new(),
     }
 }

@@ -29,9 +29,9 @@ mod validate;
 pub use self::layers::{Settings, Source};
 pub(crate) use self::settings::*;
 use crate::cli::{BadDuration, Cli, Sub};
+use crate::config::settings::ReadyOn;
+use crate::config::settings::RestartSettings;
 use crate::logging::LogFormat;
-use crate::machine::restart::RestartSettings;
-use crate::machine::state::ReadyOn;
 use crate::process::sig::Sig;
 
 /// Why the configuration cannot be used. Each renders as one line naming the option, file or key.

@@ -7,6 +7,9 @@ use std::time::Duration;
 use crate::names::named_enum;
 use crate::process::sig::Sig;
 
+pub use crate::model::{HookResult, RestartPolicy};
+pub use crate::process::drain_command::OnDrain;
+
 /// Where forwarded signals go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardTo {
@@ -100,15 +103,6 @@ pub enum InWarmPool {
     Wait,
 }
 
-named_enum! {
-    /// What the lifecycle hooks answer.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum HookResult {
-        Continue = "CONTINUE",
-        Abandon = "ABANDON",
-    }
-}
-
 /// The lifecycle settings from the config.
 #[derive(Debug, Clone)]
 pub struct LifecycleSettings {
@@ -156,15 +150,6 @@ impl BusySettings {
     }
 }
 
-/// `--on-drain`: the agent's own drain command, run when a drain starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OnDrain {
-    /// A string (flag, environment or file): run with `sh -c`.
-    Shell(String),
-    /// An array in the config file: the program and its arguments, run without a shell.
-    Exec(Vec<String>),
-}
-
 /// What a crash loop (`--crash-loop`) does once the restarts have ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnCrashLoop {
@@ -172,6 +157,53 @@ pub enum OnCrashLoop {
     Unhealthy,
     /// Exit with the agent's last status.
     Exit,
+}
+
+/// When the agent counts as ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyOn {
+    /// As soon as it is spawned.
+    Start,
+    /// On sd_notify `READY=1` or the control socket's `ready`.
+    Notify,
+    /// When `--child-health` passes.
+    Health,
+    /// After a warm-up period.
+    Warmup(Duration),
+}
+
+/// `--crash-loop N/DUR`: this many starts within this long end the restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashLoop {
+    pub starts: u32,
+    pub within: Duration,
+}
+
+/// The restart settings, as validated from `--restart*` and `--crash-loop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartSettings {
+    pub policy: RestartPolicy,
+    /// The first delay (`--restart-delay`).
+    pub delay: Duration,
+    /// The longest delay (`--restart-max-delay`); an agent that ran longer than this resets the
+    /// delay to the first one.
+    pub max_delay: Duration,
+    pub crash_loop: CrashLoop,
+}
+
+impl Default for RestartSettings {
+    /// INTERFACE.md's defaults: never, 1s, 1m, 5/10m.
+    fn default() -> Self {
+        RestartSettings {
+            policy: RestartPolicy::Never,
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+            crash_loop: CrashLoop {
+                starts: 5,
+                within: Duration::from_secs(600),
+            },
+        }
+    }
 }
 
 /// `--target-groups`: where the target groups to deregister from come from.

@@ -17,10 +17,10 @@ use super::settings::{
     OnDrain, OnMaintenance, OnRebalance, TargetGroups,
 };
 use super::{Config, ConfigError};
+use crate::config::settings::ReadyOn;
+use crate::config::settings::{CrashLoop, RestartPolicy, RestartSettings};
 use crate::fmt::{format_duration, parse_duration};
 use crate::logging::LogFormat;
-use crate::machine::restart::{CrashLoop, RestartPolicy, RestartSettings};
-use crate::machine::state::ReadyOn;
 use crate::process::sig::Sig;
 
 impl Config {

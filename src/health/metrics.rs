@@ -10,17 +10,22 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::agent::hub::{AgentReport, GuardStats, HookState, HookStatus, Hub, LifecycleStatus};
 use crate::aws::notices::{ImdsStatus, KINDS};
 use crate::aws::scheduled::{EventCode, EventState};
 use crate::health::checks::Verdict;
+use crate::health::views::Views;
 use crate::journal::Awaiting;
 use crate::machine::state::{DrainReason, Phase, PhaseName};
+use crate::model::HookState;
+use crate::model::hooks::HookStatus;
+use crate::model::lifecycle::LifecycleStatus;
+use crate::model::report::AgentReport;
+use crate::model::run::RunStats;
 use crate::process::cgroup::Usage;
 
-/// The Prometheus text of `hub` at this moment.
-pub fn render(hub: &Hub) -> String {
-    let scrape = Scrape::take(hub);
+/// The Prometheus text of `views` at this moment.
+pub fn render(views: &Views) -> String {
+    let scrape = Scrape::take(views);
     let mut out = String::new();
     for family in FAMILIES {
         if let Some(samples) = (family.samples)(&scrape) {
@@ -30,10 +35,10 @@ pub fn render(hub: &Hub) -> String {
     out
 }
 
-/// Everything the families read, copied out of the hub at once (each lock taken once).
+/// Everything the families read, copied out of the views at once (each lock taken once).
 struct Scrape {
     phase: Phase,
-    stats: GuardStats,
+    stats: RunStats,
     report: AgentReport,
     imds: ImdsStatus,
     verdicts: Vec<Verdict>,
@@ -48,18 +53,18 @@ struct Scrape {
 }
 
 impl Scrape {
-    fn take(hub: &Hub) -> Scrape {
+    fn take(views: &Views) -> Scrape {
         // One statement per lock: a guard held to the end of a bigger expression would deadlock
         // with `watchdog_missed`, which takes the report's lock again.
         let now = Instant::now();
-        let phase = hub.phase.borrow().clone();
-        let stats = hub.stats().clone();
-        let usage = stats.tracking.cgroup.as_ref().map(|c| c.usage());
-        let report = hub.report().clone();
-        let imds = hub.imds.borrow().clone();
-        let verdicts = hub.checks.borrow().verdicts(now);
-        let lifecycle = hub.lifecycle().clone();
-        let watchdog_missed = hub.watchdog_missed(now);
+        let phase = views.phase.borrow().clone();
+        let stats = views.run.borrow().clone();
+        let report = views.report.borrow().clone();
+        let imds = views.imds.borrow().clone();
+        let verdicts = views.checks.borrow().verdicts(now);
+        let lifecycle = views.lifecycle.borrow().clone();
+        let watchdog_missed = views.watchdog_missed(now);
+        let usage = views.tracking.cgroup.as_ref().map(|c| c.usage());
         Scrape {
             phase,
             stats,
@@ -68,8 +73,8 @@ impl Scrape {
             verdicts,
             lifecycle,
             watchdog_missed,
-            subscribers: hub.subscribers(),
-            uptime: hub.uptime(),
+            subscribers: views.subscribers(),
+            uptime: views.uptime(),
             wall: SystemTime::now(),
             usage,
         }
@@ -423,9 +428,9 @@ mod tests {
 
     use super::*;
 
-    /// A hub with something in every family: drains, notices, checks (one unchecked), work in
+    /// A views with something in every family: drains, notices, checks (one unchecked), work in
     /// flight, protection, calls, and two completed hooks (one name needing escapes).
-    fn busy_hub() -> Hub {
+    fn busy_hub() -> Views {
         let now = Instant::now();
         let phase = Phase::Draining(crate::machine::state::Drain {
             told: true,
@@ -480,26 +485,31 @@ mod tests {
             interval: Duration::from_secs(3600),
             checks: vec![(db, Some(result)), (web, None)],
         };
-        let hub = Hub::new(
-            "agent",
-            watch::channel(phase).1,
-            Some(Duration::from_millis(1)),
-            watch::channel(imds).1,
-            watch::channel(checks).1,
-        );
-        hub.set_agent_pid(42);
-        hub.report().watchdog_triggered = true;
-        hub.report().in_flight = Some((3, SystemTime::now()));
+        let mut views = Views::fixed("agent", watch::channel(phase).1);
+        views.watchdog = Some(Duration::from_millis(1));
+        views.imds = watch::channel(imds).1;
+        views.checks = watch::channel(checks).1;
+        views.report = watch::channel(AgentReport {
+            watchdog_triggered: true,
+            in_flight: Some((3, SystemTime::now())),
+            ..AgentReport::default()
+        })
+        .1;
+        let mut stats = RunStats {
+            agent_pid: Some(42),
+            agent_started: Some(Instant::now()),
+            ..RunStats::default()
+        };
+        stats.drains = BTreeMap::from([(DrainReason::Operator, 1), (DrainReason::ScaleIn, 2)]);
+        stats.agent_exit = Some(143);
+        stats.runs.exits = 3;
+        stats.runs.restarts = 2;
+        views.run = watch::channel(stats).1;
         {
-            let mut stats = hub.stats();
-            stats.drains = BTreeMap::from([(DrainReason::Operator, 1), (DrainReason::ScaleIn, 2)]);
-            stats.agent_exit = Some(143);
-            stats.runs.exits = 3;
-            stats.runs.restarts = 2;
-        }
-        {
-            let mut l = hub.lifecycle();
-            l.protected = Some(true);
+            let mut l = LifecycleStatus {
+                protected: Some(true),
+                ..LifecycleStatus::default()
+            };
             l.calls.insert(("complete", "ok"), 1);
             l.calls.insert(("heartbeat", "error"), 2);
             l.terminate = Some(HookStatus {
@@ -516,8 +526,9 @@ mod tests {
                 result: Some(HookResult::Abandon),
                 last_error: None,
             });
+            views.lifecycle = watch::channel(l).1;
         }
-        hub
+        views
     }
 
     /// The text without the uptime sample, the one value that moves by itself.
@@ -686,14 +697,8 @@ agent_guard_subscribers 0
 
     #[test]
     fn an_idle_guard_reads_as_before() {
-        let hub = Hub::new(
-            "agent",
-            watch::channel(Phase::Ready).1,
-            None,
-            watch::channel(ImdsStatus::default()).1,
-            watch::channel(Snapshot::default()).1,
-        );
-        assert_eq!(steady(&render(&hub)), IDLE);
+        let views = Views::fixed("agent", watch::channel(Phase::Ready).1);
+        assert_eq!(steady(&render(&views)), IDLE);
     }
 
     #[test]

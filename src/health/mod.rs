@@ -4,3 +4,5 @@ pub(crate) mod http_get;
 pub(crate) mod metrics;
 pub(crate) mod probes;
 pub(crate) mod server;
+pub(crate) mod status;
+pub(crate) mod views;

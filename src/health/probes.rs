@@ -1,4 +1,4 @@
-//! The answers of `/livez`, `/readyz` and `/health`, built from the hub's snapshots (the phase,
+//! The answers of `/livez`, `/readyz` and `/health`, built from the views's snapshots (the phase,
 //! the agent's reports, the last check results); no HTTP here, the server turns them into
 //! responses.
 
@@ -8,9 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::agent::hub::Hub;
 use crate::fmt::rfc3339;
 use crate::health::checks::Verdict;
+use crate::health::views::Views;
 use crate::machine::state::Phase;
 
 /// Past this without a supervisor wake-up (it wakes every second), the guard counts as stuck.
@@ -40,19 +40,19 @@ fn item(name: &'static str, ok: bool, why: impl Into<Cow<'static, str>>) -> Item
 }
 
 /// `/livez`: alive while the guard's loop runs, the agent runs, and its watchdog (if any) is fed.
-pub fn livez(hub: &Hub, verbose: bool) -> Answer {
-    listing("livez", live_items(hub), verbose)
+pub fn livez(views: &Views, verbose: bool) -> Answer {
+    listing("livez", live_items(views), verbose)
 }
 
 /// `/readyz`: ready while the phase is `ready` and every check passes with a fresh result.
-pub fn readyz(hub: &Hub, verbose: bool) -> Answer {
-    listing("readyz", ready_items(hub), verbose)
+pub fn readyz(views: &Views, verbose: bool) -> Answer {
+    listing("readyz", ready_items(views), verbose)
 }
 
-fn live_items(hub: &Hub) -> [Item; 3] {
+fn live_items(views: &Views) -> [Item; 3] {
     let now = Instant::now();
-    let tick = hub.stats().last_tick;
-    let ended = hub.phase.borrow().ended();
+    let tick = views.last_tick();
+    let ended = views.phase.borrow().ended();
     [
         item(
             "supervisor",
@@ -63,7 +63,7 @@ fn live_items(hub: &Hub) -> [Item; 3] {
         item("agent", !ended, "the agent has exited"),
         item(
             "watchdog",
-            !hub.watchdog_missed(now),
+            !views.watchdog_missed(now),
             "the agent missed its --watchdog deadline",
         ),
     ]
@@ -71,13 +71,13 @@ fn live_items(hub: &Hub) -> [Item; 3] {
 
 /// Every item, read from the snapshots now; an iterator, not a list, so that the usual answer
 /// (no checks, not held) allocates nothing.
-fn ready_items(hub: &Hub) -> impl Iterator<Item = Item> {
+fn ready_items(views: &Views) -> impl Iterator<Item = Item> {
     let (ready, phase) = {
-        let phase = hub.phase.borrow();
+        let phase = views.phase.borrow();
         (matches!(*phase, Phase::Ready), phase.name())
     };
-    let held = hub.held();
-    let verdicts = hub.checks.borrow().verdicts(Instant::now());
+    let held = views.held();
+    let verdicts = views.checks.borrow().verdicts(Instant::now());
     std::iter::once(item("phase", ready, phase.as_str()))
         .chain(held.map(|why| item("warm-pool", false, why)))
         .chain(verdicts.into_iter().map(|v| Item {
@@ -121,12 +121,12 @@ fn listing(kind: &str, items: impl IntoIterator<Item = Item>, verbose: bool) -> 
 
 /// `/health` in the IETF health-check response format (draft-inadarei-api-health-check-06):
 /// the phase, the agent's liveness and every check, each as one entry of `checks`.
-pub fn health(hub: &Hub) -> Answer {
+pub fn health(views: &Views) -> Answer {
     let wall = SystemTime::now();
-    let phase = hub.phase.borrow().clone();
-    let live = live_items(hub);
+    let phase = views.phase.borrow().clone();
+    let live = live_items(views);
     let alive = live.iter().all(|i| i.ok);
-    let verdicts = hub.checks.borrow().verdicts(Instant::now());
+    let verdicts = views.checks.borrow().verdicts(Instant::now());
     // Starting, draining and stopping are expected on the way, not failures.
     let phase_status = match phase {
         Phase::Ready => "pass",
@@ -143,7 +143,7 @@ pub fn health(hub: &Hub) -> Answer {
     );
     checks.insert(
         "agent:uptime".into(),
-        json!([agent_entry(hub, &live, wall)]),
+        json!([agent_entry(views, &live, wall)]),
     );
     for v in &verdicts {
         checks.insert(format!("{}:responseTime", v.name), json!([check_entry(v)]));
@@ -160,7 +160,7 @@ pub fn health(hub: &Hub) -> Answer {
         "status": status,
         "version": "1",
         "releaseId": env!("CARGO_PKG_VERSION"),
-        "serviceId": hub.name,
+        "serviceId": views.name,
         "description": "agent-guard: the agent's health as its supervisor sees it",
         "checks": checks,
     });
@@ -174,16 +174,16 @@ pub fn health(hub: &Hub) -> Answer {
 }
 
 /// The agent's entry: its uptime, and why it is not alive if it is not.
-fn agent_entry(hub: &Hub, live: &[Item], wall: SystemTime) -> Value {
+fn agent_entry(views: &Views, live: &[Item], wall: SystemTime) -> Value {
     let alive = live.iter().all(|i| i.ok);
     let mut agent = json!({
         "componentType": "system",
-        "observedValue": hub.agent_uptime().map_or(0.0, |d| d.as_secs_f64()),
+        "observedValue": views.agent_uptime().map_or(0.0, |d| d.as_secs_f64()),
         "observedUnit": "s",
         "status": if alive { "pass" } else { "fail" },
         "time": rfc3339(wall),
     });
-    if let Some(pid) = hub.agent_pid() {
+    if let Some(pid) = views.agent_pid() {
         agent["componentId"] = json!(pid.to_string());
     }
     if !alive {

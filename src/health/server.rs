@@ -24,7 +24,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::hub::{Hub, status_json};
+use crate::health::status::status;
+use crate::health::views::Views;
 use crate::health::{metrics, probes};
 
 /// The largest request head read (hyper's minimum buffer is 8 KiB).
@@ -70,7 +71,7 @@ fn worker() -> (Worker, mpsc::UnboundedReceiver<Handoff>) {
 /// returned handle ends when the threads do.
 pub fn serve_on_own_thread(
     listener: TcpListener,
-    hub: Arc<Hub>,
+    views: Arc<Views>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     // Each thread holds a clone of `alive` until its work ends; the returned task ends when the
@@ -78,7 +79,7 @@ pub fn serve_on_own_thread(
     let (alive, mut ended) = mpsc::channel::<()>(1);
     // Taken off this runtime's reactor here, registered with the first thread's own there.
     match listener.into_std() {
-        Ok(listener) => start_threads(listener, hub, shutdown, alive),
+        Ok(listener) => start_threads(listener, views, shutdown, alive),
         Err(err) => {
             tracing::error!(error = %err, "health endpoint: cannot start its threads; it is not served");
         }
@@ -88,16 +89,16 @@ pub fn serve_on_own_thread(
 
 fn start_threads(
     listener: std::net::TcpListener,
-    hub: Arc<Hub>,
+    views: Arc<Views>,
     shutdown: CancellationToken,
     alive: mpsc::Sender<()>,
 ) {
     let mut workers = Vec::with_capacity(THREADS);
     for _ in 1..THREADS {
         let (worker, handed) = worker();
-        let (hub, shutdown, alive) = (hub.clone(), shutdown.clone(), alive.clone());
+        let (views, shutdown, alive) = (views.clone(), shutdown.clone(), alive.clone());
         let started = spawn(move || {
-            on_own_runtime(serve_handed(handed, hub, shutdown));
+            on_own_runtime(serve_handed(handed, views, shutdown));
             drop(alive);
         });
         if started {
@@ -112,7 +113,7 @@ fn start_threads(
                 Ok(listener) => {
                     tokio::join!(
                         accept(listener, workers, shutdown.clone()),
-                        serve_handed(handed, hub, shutdown),
+                        serve_handed(handed, views, shutdown),
                     );
                 }
                 Err(err) => {
@@ -207,7 +208,7 @@ async fn accept(listener: TcpListener, mut workers: Vec<Worker>, shutdown: Cance
 /// requests in flight finish for at most [`SHUTDOWN_GRACE`], and returns.
 async fn serve_handed(
     mut handed: mpsc::UnboundedReceiver<Handoff>,
-    hub: Arc<Hub>,
+    views: Arc<Views>,
     shutdown: CancellationToken,
 ) {
     // Every connection waits on this thread's own token: waiting on a token polls it at each
@@ -230,7 +231,7 @@ async fn serve_handed(
         // Still non-blocking, as accepted: registered with this thread's reactor.
         match TcpStream::from_std(stream) {
             Ok(stream) => {
-                connections.spawn(connection(stream, hub.clone(), shutdown.clone(), slot));
+                connections.spawn(connection(stream, views.clone(), shutdown.clone(), slot));
             }
             Err(err) => tracing::warn!(error = %err, "health endpoint: cannot serve a connection"),
         }
@@ -255,7 +256,7 @@ async fn serve_handed(
 /// request in flight finish for at most [`SHUTDOWN_GRACE`]. `slot` is its place in the limit.
 async fn connection(
     stream: TcpStream,
-    hub: Arc<Hub>,
+    views: Arc<Views>,
     shutdown: CancellationToken,
     slot: OwnedSemaphorePermit,
 ) {
@@ -263,10 +264,10 @@ async fn connection(
     let heads = HeadClock::new(HEADER_READ_TIMEOUT);
     let service = {
         let heads = heads.clone();
-        // Answered at once, so the request borrows the `Hub` instead of cloning a handle to it.
+        // Answered at once, so the request borrows the `Views` instead of cloning a handle to it.
         service_fn(move |req| {
             heads.arrived();
-            std::future::ready(Ok::<_, Infallible>(respond(&hub, &req)))
+            std::future::ready(Ok::<_, Infallible>(respond(&views, &req)))
         })
     };
     let conn = hyper::server::conn::http1::Builder::new()
@@ -339,7 +340,7 @@ impl HeadClock {
 type Reply = Response<Full<Bytes>>;
 
 /// Routes one request. Only GET and HEAD; every answer is `no-store`, since it is a moment's.
-fn respond(hub: &Hub, req: &Request<Incoming>) -> Reply {
+fn respond(views: &Views, req: &Request<Incoming>) -> Reply {
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
         let mut reply = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -353,18 +354,18 @@ fn respond(hub: &Hub, req: &Request<Incoming>) -> Reply {
             .any(|kv| kv == "verbose" || kv.starts_with("verbose="))
     });
     let mut reply = match req.uri().path() {
-        "/livez" => probe(probes::livez(hub, verbose), "text/plain; charset=utf-8"),
-        "/readyz" => probe(probes::readyz(hub, verbose), "text/plain; charset=utf-8"),
-        "/health" => probe(probes::health(hub), "application/health+json"),
+        "/livez" => probe(probes::livez(views, verbose), "text/plain; charset=utf-8"),
+        "/readyz" => probe(probes::readyz(views, verbose), "text/plain; charset=utf-8"),
+        "/health" => probe(probes::health(views), "application/health+json"),
         "/status" => body(
             StatusCode::OK,
             "application/json",
-            status_json(hub).to_string().into(),
+            status(views).json().into(),
         ),
         "/metrics" => body(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics::render(hub).into(),
+            metrics::render(views).into(),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
@@ -412,27 +413,18 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::watch;
 
-    use crate::aws::notices::ImdsStatus;
-    use crate::health::checks::Snapshot;
     use crate::machine::state::Phase;
 
     use super::*;
 
-    fn hub() -> Arc<Hub> {
+    fn views() -> Arc<Views> {
         hub_in(Phase::Ready).1
     }
 
-    /// A hub, and the phase's sender to change it with.
-    fn hub_in(phase: Phase) -> (watch::Sender<Phase>, Arc<Hub>) {
+    /// A views, and the phase's sender to change it with.
+    fn hub_in(phase: Phase) -> (watch::Sender<Phase>, Arc<Views>) {
         let (set_phase, phase) = watch::channel(phase);
-        let hub = Hub::new(
-            "agent",
-            phase,
-            None,
-            watch::channel(ImdsStatus::default()).1,
-            watch::channel(Snapshot::default()).1,
-        );
-        (set_phase, Arc::new(hub))
+        (set_phase, Arc::new(Views::fixed("agent", phase)))
     }
 
     /// One request on a keep-alive connection: the status line, the head, and the body.
@@ -495,11 +487,11 @@ mod tests {
 
     #[tokio::test]
     async fn readiness_flips_on_the_very_next_request() {
-        let (set_phase, hub) = hub_in(Phase::Ready);
+        let (set_phase, views) = hub_in(Phase::Ready);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
-        let server = serve_on_own_thread(listener, hub, shutdown.clone());
+        let server = serve_on_own_thread(listener, views, shutdown.clone());
         // A failed assertion must not leave the server's threads (and the test) running.
         let _stop = shutdown.clone().drop_guard();
         let mut client = TcpStream::connect(addr).await.expect("connect");
@@ -554,7 +546,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
-        let server = serve_on_own_thread(listener, hub(), shutdown.clone());
+        let server = serve_on_own_thread(listener, views(), shutdown.clone());
         let _stop = shutdown.clone().drop_guard();
 
         // A keep-alive client, idle after one answer.

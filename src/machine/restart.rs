@@ -9,69 +9,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::names::named_enum;
-use crate::process::exit::{ChildExit, ExitKind};
-
-named_enum! {
-    /// Which exits of the agent are followed by a new start (`--restart`). A drain or a stop always
-    /// ends the guard, whatever this says.
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-    pub enum RestartPolicy {
-        /// The guard exits with the agent (the default).
-        #[default]
-        Never = "never",
-        /// After a non-zero status or a death by a signal.
-        OnFailure = "on-failure",
-        /// After any exit, 0 included.
-        Always = "always",
-    }
-}
-
-impl RestartPolicy {
-    /// Whether an agent that ended this way by itself is to be started again. An OOM kill in
-    /// its cgroup is a failure even when the agent itself then exited 0.
-    pub fn applies(self, exit: &ChildExit) -> bool {
-        match self {
-            RestartPolicy::Never => false,
-            RestartPolicy::OnFailure => exit.kind() != ExitKind::Code(0) || exit.oom_kills() > 0,
-            RestartPolicy::Always => true,
-        }
-    }
-}
-
-/// `--crash-loop N/DUR`: this many starts within this long end the restarts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CrashLoop {
-    pub starts: u32,
-    pub within: Duration,
-}
-
-/// The restart settings, as validated from `--restart*` and `--crash-loop`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RestartSettings {
-    pub policy: RestartPolicy,
-    /// The first delay (`--restart-delay`).
-    pub delay: Duration,
-    /// The longest delay (`--restart-max-delay`); an agent that ran longer than this resets the
-    /// delay to the first one.
-    pub max_delay: Duration,
-    pub crash_loop: CrashLoop,
-}
-
-impl Default for RestartSettings {
-    /// INTERFACE.md's defaults: never, 1s, 1m, 5/10m.
-    fn default() -> Self {
-        RestartSettings {
-            policy: RestartPolicy::Never,
-            delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(60),
-            crash_loop: CrashLoop {
-                starts: 5,
-                within: Duration::from_secs(600),
-            },
-        }
-    }
-}
+pub use crate::config::settings::RestartSettings;
+pub use crate::model::RestartPolicy;
 
 /// The most a delay is shortened by jitter: delays stay within (80 %, 100 %] of their doubling
 /// step, so many instances do not restart in step, a delay never passes the maximum, and each
@@ -166,6 +105,8 @@ fn delay_for(attempt: u32, settings: &RestartSettings, jitter: f64) -> Duration 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::settings::CrashLoop;
+    use crate::process::exit::ChildExit;
 
     const S: Duration = Duration::from_secs(1);
 

@@ -8,52 +8,11 @@ use std::time::{Duration, Instant};
 
 use crate::process::sig::Sig;
 
+pub use crate::config::settings::ReadyOn;
+pub use crate::model::{DrainReason, PhaseName};
+
 use crate::machine::restart::{Decision, History, RestartSettings};
-use crate::names::named_enum;
 use crate::process::exit::ChildExit;
-
-named_enum! {
-    /// Why a drain started. The names are the protocol's (`{"event":"drain","reason":…}`).
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-    pub enum DrainReason {
-        /// The Auto Scaling group set the target lifecycle state to `Terminated`.
-        ScaleIn = "scale-in",
-        /// EC2 posted a spot `instance-action`; the notice time is a hard deadline.
-        SpotInterruption = "spot-interruption",
-        /// EC2 recommended a rebalance and `--on-rebalance drain` is set.
-        Rebalance = "rebalance",
-        /// SIGTERM or SIGINT reached the guard.
-        Signal = "signal",
-        /// An operator asked for it on the control socket.
-        Operator = "operator",
-        /// The instance is going back to a warm pool.
-        WarmPool = "warm-pool",
-        /// An EC2 scheduled event (reboot, stop, retirement, maintenance) is near
-        /// (`--on-maintenance drain`). The instance stays in its group: no hook is completed.
-        Maintenance = "maintenance",
-    }
-}
-
-impl DrainReason {
-    /// Whether a drain for this reason ends with the instance leaving the group, so that the
-    /// termination lifecycle hook is to be completed once the agent is gone.
-    pub fn ends_instance(self) -> bool {
-        matches!(
-            self,
-            DrainReason::ScaleIn | DrainReason::WarmPool | DrainReason::SpotInterruption
-        )
-    }
-
-    /// Whether a drain for this reason ends the instance without the group deregistering it
-    /// from its load balancers first (a scale-in is deregistered by the group before
-    /// `Terminating:Wait`), so that the guard deregisters it before the agent hears of the drain.
-    pub fn deregisters(self) -> bool {
-        matches!(
-            self,
-            DrainReason::SpotInterruption | DrainReason::Maintenance
-        )
-    }
-}
 
 /// What is left of the agent's process group once the agent itself has been reaped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,19 +88,6 @@ pub enum Phase {
     Exited { exit: ChildExit, cleanup: Cleanup },
     /// The agent and its group are gone: the supervisor returns `exit`.
     Done(ChildExit),
-}
-
-named_enum! {
-    /// A phase as the outside world names it (`{"event":"phase","phase":…}`, `/status`, metrics):
-    /// `Exited` and `Done` are one phase there.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-    pub enum PhaseName {
-        Starting = "starting",
-        Ready = "ready",
-        Draining = "draining",
-        Stopping = "stopping",
-        Exited = "exited",
-    }
 }
 
 impl Phase {
@@ -304,19 +250,6 @@ pub enum DrainSkipped {
     /// The hard deadline (a spot interruption) leaves `left`, no more than `--stop-timeout`:
     /// all of it goes to the stop grace.
     NoTimeLeft { left: Duration },
-}
-
-/// When the agent counts as ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadyOn {
-    /// As soon as it is spawned.
-    Start,
-    /// On sd_notify `READY=1` or the control socket's `ready`.
-    Notify,
-    /// When `--child-health` passes.
-    Health,
-    /// After a warm-up period.
-    Warmup(Duration),
 }
 
 /// What `step` needs besides the state and the event: the time and the stop settings.
@@ -916,7 +849,8 @@ fn earliest(current: Option<Instant>, new: Instant) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::restart::{CrashLoop, RestartPolicy};
+    use crate::config::settings::CrashLoop;
+    use crate::machine::restart::RestartPolicy;
     use crate::process::exit::ChildExit;
 
     const S: Duration = Duration::from_secs(1);

@@ -10,22 +10,22 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Interval, MissedTickBehavior, interval, sleep_until};
 
-use crate::agent::hub::{Announcement, DrainCommandStatus, DrainInfo, Hub};
-use crate::agent::sdnotify::Upstream;
 use crate::config::{Config, ForwardTo, OnDrain};
 use crate::fmt::{format_duration, rfc3339};
 use crate::journal::Record;
+use crate::machine::announce::Announcer;
 use crate::machine::restart::RestartSettings;
 use crate::machine::state::{
     Action, Cleanup, Ctx, DrainReason, DrainSkipped, Event, Phase, ReadyOn, Restart, State, Target,
     step,
 };
+use crate::model::report::AgentReport;
+use crate::model::run::{Announcement, DrainCommandStatus, DrainInfo, RunStats};
 use crate::process::cgroup::{AgentCgroup, EmptyWatch};
 use crate::process::child::{Agent, Launcher, SpawnError};
 use crate::process::drain_command::DrainCommand;
@@ -33,6 +33,7 @@ use crate::process::exit::ChildExit;
 use crate::process::reaper::Reaper;
 use crate::process::sig::{Role, Sig, role};
 use crate::process::signals::SignalSource;
+use crate::process::upstream::Upstream;
 
 /// How long to wait for the kernel to remove processes after SIGKILL before giving up on them.
 /// Only a process stuck in uninterruptible sleep takes longer, and waiting cannot help it.
@@ -120,9 +121,13 @@ pub struct Outcome {
     pub exit: ChildExit,
     /// SIGKILL went to the last agent's group: a status of 128+TERM is then not a clean stop.
     pub sigkilled: bool,
-    /// The drain that ended the run, if one did; also one that came between an exit and a
-    /// restart, when no agent ran to be drained (its termination hook still waits).
+    /// The reason that decides how the run ended, if a drain or a stop ended it: the last one,
+    /// so a scale-in that overtook an operator's drain reads `ScaleIn`; also a drain that came
+    /// between an exit and a restart, when no agent ran to be drained (its termination hook
+    /// still waits). Whether the termination hook is completed is decided from this alone.
     pub drain: Option<DrainReason>,
+    /// The agent was ready at least once (a launch hook not completed yet is then left alone).
+    pub ready: bool,
     /// The restarts ended in a crash loop (`--on-crash-loop` follows).
     pub crash_loop: bool,
 }
@@ -138,7 +143,7 @@ pub struct Supervisor {
     /// Kept so the channel never closes while the supervisor runs.
     _events_tx: mpsc::Sender<Event>,
     phase: watch::Sender<Phase>,
-    hub: Arc<Hub>,
+    out: Published,
     upstream: Upstream,
     settings: StopSettings,
     state: State,
@@ -149,17 +154,55 @@ pub struct Supervisor {
     drain_command: Option<DrainCommand>,
     /// What an action produced for `step` (a spawn's outcome), applied before the next wait.
     queued: Option<Event>,
-    /// The first drain of the run, for [`Outcome::drain`].
+    /// The reason that decides, for [`Outcome::drain`].
     drain: Option<DrainReason>,
+    ready: bool,
     crash_loop: bool,
     /// Who stops the load balancer first; `None`: the agent is always told at once.
     load_balancer: Option<LoadBalancerLink>,
     /// The agent's cgroup (`--cgroup`): what "gone" means, where signals and SIGKILL go.
-    cgroup: Option<Arc<AgentCgroup>>,
+    cgroup: Option<std::sync::Arc<AgentCgroup>>,
     /// Woken when the cgroup's `populated` changes; without it the cgroup is polled.
     empty_watch: Option<EmptyWatch>,
     /// The cgroup's OOM kills when the current agent started.
     oom_before: u64,
+}
+
+/// What the supervisor tells the lifecycle work as it happens; everything else it needs is the
+/// phase (a `watch`) and, at the end, the [`Outcome`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToLifecycle {
+    /// The agent asked for more time: heartbeat now.
+    Extended,
+    /// `--ready-timeout` ran out: the launch hook is abandoned.
+    ReadyTimedOut,
+}
+
+/// What the supervisor publishes, each with this task as its only writer, and what it reads of
+/// the agent's own reports.
+pub struct Published {
+    /// Its run: pids, exits, restarts, drains (as metrics), the drain command.
+    pub run: watch::Sender<RunStats>,
+    /// Its last wake-up: a stuck loop fails /livez.
+    pub tick: watch::Sender<Instant>,
+    /// Phase changes and drains, to subscribers.
+    pub announcer: Announcer,
+    /// Typed messages to the lifecycle work (none listens when no hook is configured).
+    pub told: mpsc::Sender<ToLifecycle>,
+    /// The agent's reports: whether it set its own `STATUS=`.
+    pub report: watch::Receiver<AgentReport>,
+}
+
+impl Published {
+    fn run(&self, f: impl FnOnce(&mut RunStats)) {
+        self.run.send_modify(f);
+    }
+
+    fn tell(&self, told: ToLifecycle) {
+        // Bounded and never awaited: a lifecycle work that is gone, or behind by a queue of
+        // extensions, loses nothing it needs (one heartbeat per queue is enough).
+        let _ = self.told.try_send(told);
+    }
 }
 
 /// What woke the supervisor up.
@@ -182,7 +225,7 @@ impl Supervisor {
         settings: StopSettings,
         events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
         phase: watch::Sender<Phase>,
-        hub: Arc<Hub>,
+        out: Published,
         upstream: Upstream,
     ) -> Result<Self, SpawnError> {
         let cgroup = launcher.cgroup.clone();
@@ -194,8 +237,11 @@ impl Supervisor {
         });
         let oom_before = cgroup.as_ref().and_then(|c| c.oom_kills()).unwrap_or(0);
         let agent = launcher.spawn()?;
-        hub.set_agent_pid(agent.pid());
-        hub.stats().runs.policy = settings.restart.policy;
+        out.run(|run| {
+            run.agent_pid = Some(agent.pid());
+            run.agent_started = Some(Instant::now());
+            run.runs.policy = settings.restart.policy;
+        });
         let mut reap_tick = interval(REAP_TICK);
         reap_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut group_poll = interval(GROUP_POLL);
@@ -209,7 +255,7 @@ impl Supervisor {
             events: events.1,
             _events_tx: events.0,
             phase,
-            hub,
+            out,
             upstream,
             settings,
             state: State::new(),
@@ -219,6 +265,7 @@ impl Supervisor {
             drain_command: None,
             queued: None,
             drain: None,
+            ready: false,
             crash_loop: false,
             load_balancer: None,
             cgroup,
@@ -267,23 +314,26 @@ impl Supervisor {
         }
     }
 
-    /// Runs until the last agent and its process group are gone; returns how it ended.
-    pub async fn run(mut self) -> Outcome {
+    /// Runs until the last agent and its process group are gone; returns how it ended, and the
+    /// signal stream for whoever waits on signals after it (the one stream of the process).
+    pub async fn run(mut self) -> (Outcome, SignalSource) {
         tracing::info!(pid = self.agent.pid(), "agent started");
         self.apply(Event::Spawned);
         loop {
             if let Phase::Done(exit) = &self.state.phase {
                 let exit = self.prove_gone(exit.clone());
                 self.end_drain_command().await;
-                return Outcome {
+                let outcome = Outcome {
                     exit,
                     sigkilled: self.sigkilled,
                     drain: self.drain,
+                    ready: self.ready,
                     crash_loop: self.crash_loop,
                 };
+                return (outcome, self.signals);
             }
             let woke = self.wait().await;
-            self.hub.stats().last_tick = Instant::now();
+            self.out.tick.send_replace(Instant::now());
             let event = match woke {
                 Wake::Signal(sig) => self.on_signal(sig),
                 Wake::Event(event) => Some(event),
@@ -366,9 +416,11 @@ impl Supervisor {
                 killed: command.killed(),
             };
             tracing::info!(pid, status = kind.status(), journal = %record.json(), "the --on-drain command {kind}");
-            if let Some(shown) = self.hub.stats().runs.drain_command.as_mut() {
-                shown.status = Some(kind.status());
-            }
+            self.out.run(|run| {
+                if let Some(shown) = run.runs.drain_command.as_mut() {
+                    shown.status = Some(kind.status());
+                }
+            });
         }
         agent
             .map(|exit| match &self.cgroup {
@@ -399,9 +451,7 @@ impl Supervisor {
                 None
             }
             Role::Stop => {
-                let record = Record::StopSignalReceived {
-                    signal: sig.to_string(),
-                };
+                let record = Record::StopSignalReceived { signal: sig };
                 tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal");
                 Some(Event::StopSignal)
             }
@@ -432,7 +482,7 @@ impl Supervisor {
             stop_timeout: self.settings.stop_timeout,
             drain_timeout: self.settings.drain_timeout,
             drain_signal: self.settings.drain_signal,
-            listeners: self.hub.has_subscribers(),
+            listeners: self.out.announcer.listeners() > 0,
             kill_wait: KILL_WAIT,
             ready_on: self.settings.ready_on,
             ready_timeout: self.settings.ready_timeout,
@@ -450,10 +500,10 @@ impl Supervisor {
         let (next, actions) = step(&self.state, event, &ctx);
         self.state = next;
         if agent_exited {
-            self.hub.stats().runs.exits += 1;
+            self.out.run(|run| run.runs.exits += 1);
         }
         if let Some(reason) = self.state.phase.drain_reason() {
-            self.drain.get_or_insert(reason);
+            self.decided(reason);
         }
         // The command lives until the drain's deadline, wherever an extension or a spot
         // notice moves it.
@@ -478,8 +528,7 @@ impl Supervisor {
         if before.name() == phase.name() && !restart_begins {
             return;
         }
-        {
-            let mut stats = self.hub.stats();
+        self.out.run(|stats| {
             stats.phase_since = SystemTime::now();
             let drain_started = matches!(before, Phase::Starting { .. } | Phase::Ready);
             if let (Some(reason), true) = (phase.drain_reason(), drain_started) {
@@ -490,7 +539,7 @@ impl Supervisor {
             {
                 stats.agent_exit = Some(exit.exit_code());
             }
-        }
+        });
         if let Phase::Ready = phase {
             let source = match self.settings.ready_on {
                 ReadyOn::Start => "start",
@@ -498,26 +547,33 @@ impl Supervisor {
                 ReadyOn::Notify => "notify",
                 ReadyOn::Health => "health",
             };
-            self.hub.report().ready_source.get_or_insert(source);
+            self.ready = true;
+            self.out.run(|run| {
+                run.ready_source.get_or_insert(source);
+            });
             self.upstream.send("READY=1");
         }
         if phase.drain_reason().is_some() && before.drain_reason().is_none() {
             self.upstream.send("STOPPING=1");
         }
-        if self.hub.report().status.is_none() {
+        if self.out.report.borrow().status.is_none() {
             self.upstream
                 .send(&format!("STATUS=agent {}", phase.name()));
         }
-        self.hub.announce(Announcement::Phase(phase.name()));
+        self.out
+            .announcer
+            .announce(Announcement::Phase(phase.name()));
     }
 
     fn announce_drain(&self, reason: DrainReason, deadline: Instant, now: Instant) {
         let left = deadline.saturating_duration_since(now);
-        self.hub.announce(Announcement::Drain(DrainInfo {
+        let info = DrainInfo {
             reason,
             deadline: crate::fmt::wall_after(SystemTime::now(), left),
             deadline_at: deadline,
-        }));
+        };
+        self.out.run(|run| run.drain = Some(info.clone()));
+        self.out.announcer.announce(Announcement::Drain(info));
     }
 
     /// The stop signal to the agent's group (and SIGCONT to a stopped agent after it).
@@ -526,7 +582,7 @@ impl Supervisor {
             return Ok(()); // the agent left nothing behind
         }
         let record = Record::StopSignalSent {
-            signal: signal.to_string(),
+            signal,
             pgid,
             cgroup: self.cgroup.is_some(),
         };
@@ -586,7 +642,7 @@ impl Supervisor {
                 Ok(())
             }
             Action::ReadyTimedOut => {
-                self.hub.ready_timed_out.notify_one();
+                self.out.tell(ToLifecycle::ReadyTimedOut);
                 tracing::warn!(
                     ready_timeout = %format_duration(self.settings.ready_timeout),
                     "the agent did not become ready within --ready-timeout"
@@ -594,7 +650,7 @@ impl Supervisor {
                 Ok(())
             }
             Action::Extended { until } => {
-                self.hub.extended.notify_one();
+                self.out.tell(ToLifecycle::Extended);
                 let left = until.saturating_duration_since(ctx.now);
                 tracing::info!(until_in = %format_duration(Duration::from_millis(left.as_millis() as u64)), "the agent asked for more time");
                 if let Phase::Draining(d) = self.state.phase {
@@ -652,7 +708,7 @@ impl Supervisor {
     /// Tells the agent's listeners of the drain, and logs every way the agent is told of it.
     fn told_to_drain(&self, reason: DrainReason, deadline: Instant, ctx: &Ctx) {
         self.announce_drain(reason, deadline, ctx.now);
-        let subscribers = self.hub.subscribers();
+        let subscribers = self.out.announcer.listeners();
         let mut via = Vec::new();
         if subscribers > 0 || (ctx.drain_signal.is_none() && !ctx.drain_command) {
             via.push(format!("drain event to {subscribers} subscriber(s)"));
@@ -666,7 +722,7 @@ impl Supervisor {
             reason,
             deadline_in_ms: u64::try_from(deadline_in.as_millis()).unwrap_or(u64::MAX),
             subscribers,
-            drain_signal: ctx.drain_signal.map(|s| s.to_string()),
+            drain_signal: ctx.drain_signal,
         };
         tracing::info!(
             reason = %reason,
@@ -708,11 +764,13 @@ impl Supervisor {
                 let pid = started.pid();
                 self.reaper.watch(pid);
                 self.drain_command = Some(started);
-                self.hub.stats().runs.drain_command = Some(DrainCommandStatus {
-                    pid,
-                    started: SystemTime::now(),
-                    status: None,
-                    killed: false,
+                self.out.run(|run| {
+                    run.runs.drain_command = Some(DrainCommandStatus {
+                        pid,
+                        started: SystemTime::now(),
+                        status: None,
+                        killed: false,
+                    });
                 });
                 let record = Record::DrainCommandStarted { pid, reason };
                 tracing::info!(pid, reason = %reason, journal = %record.json(), "started the --on-drain command");
@@ -721,7 +779,8 @@ impl Supervisor {
                 let record = Record::DrainCommandFailed {
                     error: err.to_string(),
                 };
-                let told = self.hub.has_subscribers() || self.settings.drain_signal.is_some();
+                let told =
+                    self.out.announcer.listeners() > 0 || self.settings.drain_signal.is_some();
                 let then = if told {
                     "the drain goes on"
                 } else {
@@ -741,9 +800,11 @@ impl Supervisor {
         match command.kill() {
             Ok(true) => {
                 tracing::warn!(pid = command.pid(), "killed the --on-drain command {when}");
-                if let Some(shown) = self.hub.stats().runs.drain_command.as_mut() {
-                    shown.killed = true;
-                }
+                self.out.run(|run| {
+                    if let Some(shown) = run.runs.drain_command.as_mut() {
+                        shown.killed = true;
+                    }
+                });
             }
             Ok(false) => {}
             Err(err) => {
@@ -792,8 +853,11 @@ impl Supervisor {
                 self.reaper.set_agent(agent.pid());
                 // A SIGKILL of the last agent's leftovers says nothing about this one.
                 self.sigkilled = false;
-                self.hub.agent_restarted(agent.pid());
-                self.hub.stats().runs.restarts += 1;
+                self.out.run(|run| {
+                    run.agent_pid = Some(agent.pid());
+                    run.agent_started = Some(Instant::now());
+                    run.runs.restarts += 1;
+                });
                 let record = Record::AgentRestarted {
                     pid: agent.pid(),
                     attempt,
@@ -811,7 +875,7 @@ impl Supervisor {
     /// The restarts end: logged once, and kept for `--on-crash-loop` after the run.
     fn crash_looped(&mut self, starts: u32, within: Duration) {
         self.crash_loop = true;
-        self.hub.stats().runs.crash_loop = true;
+        self.out.run(|run| run.runs.crash_loop = true);
         let status = match &self.state.phase {
             Phase::Exited { exit, .. } | Phase::Done(exit) => exit.exit_code(),
             _ => 0,
@@ -834,9 +898,25 @@ impl Supervisor {
     /// A stop or a drain came while no agent ran: none starts again, and the run ends with the
     /// last status. The drain counts as one, so that its termination hook is still completed.
     fn restart_cancelled(&mut self, reason: DrainReason) {
-        self.drain.get_or_insert(reason);
-        *self.hub.stats().drains.entry(reason).or_insert(0) += 1;
+        self.decided(reason);
+        self.out
+            .run(|run| *run.drains.entry(reason).or_insert(0) += 1);
         tracing::info!(reason = %reason, "stopping during the restart delay: the agent is not started again");
+    }
+
+    /// A drain or stop reason in force now: the one that decides how the run ends (a scale-in
+    /// overtakes an operator's drain; nothing overtakes a drain that ends the instance). The
+    /// drain the agent and `/status` see follows it.
+    fn decided(&mut self, reason: DrainReason) {
+        let decided = self.drain.map_or(reason, |before| before.then(reason));
+        if self.drain != Some(decided) {
+            self.out.run(|run| {
+                if let Some(shown) = run.drain.as_mut() {
+                    shown.reason = decided;
+                }
+            });
+        }
+        self.drain = Some(decided);
     }
 
     /// The agent's group, and the agent by its pid if it left the group; only the group once the

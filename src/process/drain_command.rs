@@ -20,10 +20,18 @@ use libc::pid_t;
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
-use crate::config::settings::OnDrain;
 use crate::process::child::{SpawnError, classify, live_members};
 use crate::process::sig::Sig;
 use crate::process::signals::JobControl;
+
+/// `--on-drain`: the agent's own drain command, run when a drain starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnDrain {
+    /// A string (flag, environment or file): run with `sh -c`.
+    Shell(String),
+    /// An array in the config file: the program and its arguments, run without a shell.
+    Exec(Vec<String>),
+}
 
 /// The longest line logged as one; a longer one is logged in pieces of this size.
 const MAX_LINE: usize = 4096;

@@ -10,3 +10,4 @@ pub(crate) mod reaper;
 pub(crate) mod sig;
 pub(crate) mod signals;
 pub(crate) mod spawn;
+pub(crate) mod upstream;

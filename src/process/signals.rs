@@ -56,10 +56,6 @@ static OVERFLOW: AtomicU64 = AtomicU64::new(0);
 /// reader); each [`SignalSource`] reads a duplicate.
 static READ_END: Mutex<Option<OwnedFd>> = Mutex::new(None);
 
-/// Signals a dropped [`SignalSource`] had read but not returned, for the next one (the
-/// lifecycle's wait for a stop signal opens one after the supervisor's is gone).
-static LEFTOVER: Mutex<VecDeque<Sig>> = Mutex::new(VecDeque::new());
-
 /// The byte that only wakes the reader (no signal is 0).
 const WAKE: u8 = 0;
 
@@ -103,12 +99,10 @@ impl SignalSource {
         // SAFETY: an OwnedFd's descriptor is open and the same until the AsyncFd drops it.
         let inbox = unsafe { AsyncFd::register_with_interest(own, Interest::READABLE) }
             .map_err(|err| SignalSetupError(err.into_parts().1))?;
-        let queue = std::mem::take(
-            &mut *LEFTOVER
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        Ok(SignalSource { inbox, queue })
+        Ok(SignalSource {
+            inbox,
+            queue: VecDeque::new(),
+        })
     }
 
     /// The next signal received; `None` only if the source cannot be read any more.
@@ -150,21 +144,6 @@ impl SignalSource {
             && !self.queue.contains(&sig)
         {
             self.queue.push_back(sig);
-        }
-    }
-}
-
-impl Drop for SignalSource {
-    fn drop(&mut self) {
-        if !self.queue.is_empty() {
-            let mut leftover = LEFTOVER
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for sig in self.queue.drain(..) {
-                if !leftover.contains(&sig) {
-                    leftover.push_back(sig);
-                }
-            }
         }
     }
 }
@@ -328,9 +307,9 @@ mod tests {
     }
 
     /// One test, because the pipe is the process's: signals arrive in order, a repeat merged
-    /// into the unread first; a reader opened after another was dropped (as the lifecycle's wait
-    /// for a stop signal opens one after the supervisor's) gets what the first had read and not
-    /// returned; and a flood that fills the pipe loses no other signal.
+    /// into the unread first; the stream handed on (as the supervisor hands it to the lifecycle's
+    /// wait for a stop signal) still holds what it had read and not returned; and a flood that
+    /// fills the pipe loses no other signal.
     #[test]
     fn signals_arrive_in_order_merged_and_never_lost() {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -345,9 +324,7 @@ mod tests {
             }
             assert_eq!(next(&mut first).await, Sig::USR1);
             assert_eq!(next(&mut first).await, Sig::USR2);
-            drop(first);
-
-            let mut second = SignalSource::install().expect("a second reader");
+            let mut second = first;
             raise(libc::SIGUSR2);
             assert_eq!(
                 next(&mut second).await,

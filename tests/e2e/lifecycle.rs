@@ -826,3 +826,54 @@ fn a_stop_signal_ends_the_wait_for_the_wait_state() {
         "nothing completed in a wait state that never came"
     );
 }
+
+/// An operator's drain that a scale-in overtakes: the drain now ends the instance, so the
+/// reason shown is the one that decides (`scale-in`), and the termination hook is completed
+/// CONTINUE once the agent has exited.
+#[test]
+fn an_operator_drain_upgraded_by_a_scale_in_completes_the_hook_and_shows_scale_in() {
+    let dir = scratch();
+    let w = world(Some(terminate_hook()), None);
+    let log = dir.path().join("agent.log");
+    let mut guard = draining_guard(dir.path(), &w, &log, "6");
+    let (code, out, err) = guard.ctl(&["drain"]);
+    assert_eq!(code, 0, "ctl drain: {out} {err}");
+    wait_until("the operator's drain", SOON, || {
+        guard.status()["drain"]["reason"] == "operator"
+    });
+    let clock = Clock::now();
+    w.asg.terminate(GROUP, INSTANCE);
+    w.imds.set_lifecycle_state(Some("Terminated"));
+    // Watched while the agent still drains (for 6 s): the reason shown there is the one that
+    // decides, not the operator's that came first.
+    let mut shown = serde_json::Value::Null;
+    wait_until("the scale-in seen by the guard", SOON, || {
+        let status = guard.status();
+        if status["phase"] == "draining" {
+            shown = status["drain"]["reason"].clone();
+        }
+        status["imds"]["lifecycle_state"] == "Terminated" && status["phase"] == "draining"
+            || status["phase"] != "draining"
+    });
+    wait_until("the drain shown as the scale-in's", SOON, || {
+        let status = guard.status();
+        if status["phase"] == "draining" {
+            shown = status["drain"]["reason"].clone();
+        }
+        shown == "scale-in" || status["phase"] != "draining"
+    });
+    assert_eq!(shown, "scale-in", "the reason that decides, while draining");
+    assert_eq!(guard.code(), 0, "the agent's own status: {}", guard.log());
+
+    let completes = calls(&w, "CompleteLifecycleAction");
+    assert_eq!(completes.len(), 1, "{completes:?}\n{}", guard.log());
+    assert_eq!(completes[0].params["LifecycleActionResult"], "CONTINUE");
+    let entries = json_lines(&log);
+    let exit_marker =
+        first_time(&entries, |e| e["signal"] == "SIGTERM").expect("the agent's exit marker");
+    assert!(
+        clock.mono(completes[0].at) > exit_marker,
+        "completed before the agent exited"
+    );
+    assert!(w.asg.completions()[0].by_call, "completed by the guard");
+}

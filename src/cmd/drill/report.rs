@@ -276,7 +276,7 @@ fn told(observed: &[Timed], noticed: bool) -> Option<(SystemTime, &'static str, 
             subscribers,
             drain_signal,
             ..
-        }) => Some((o.at, *subscribers, drain_signal.clone())),
+        }) => Some((o.at, *subscribers, *drain_signal)),
         _ => None,
     });
     let command = observed.iter().any(|o| {

@@ -391,7 +391,7 @@ mod tests {
 
     fn stop_sent() -> Observation {
         Observation::Guard(Record::StopSignalSent {
-            signal: "SIGTERM".to_string(),
+            signal: crate::process::sig::Sig::TERM,
             pgid: 7,
             cgroup: false,
         })

@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::agent::protocol;
 use crate::config::Config;
 use crate::journal::Record;
+use crate::model::status::Status;
 
 use super::verdict::{Observation, Timed};
 
@@ -160,10 +161,8 @@ pub fn health_addr(socket: &Path) -> Option<String> {
     write_request(&mut stream, &protocol::Request::Status).ok()?;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line).ok()?;
-    let v: Value = serde_json::from_str(&line).ok()?;
-    v.get("health_listen")
-        .and_then(Value::as_str)
-        .map(str::to_string)
+    let status: Status = serde_json::from_str(&line).ok()?;
+    status.health_listen
 }
 
 /// Polls `/readyz` until it answers 503 (recorded), the guard exits, or 30 s pass.

@@ -1,0 +1,23 @@
+//! The crate's pure vocabulary: the types several parts decide on or show, with no I/O and no
+//! clock of their own. Everything here may be imported from anywhere above `process`.
+//!
+//! - `drain`: [`DrainReason`], and whether a drain ends the instance.
+//! - `phase`: [`PhaseName`], the phase as the outside world names it.
+//! - `hooks`: [`HookResult`], [`HookState`], [`Awaiting`]: lifecycle hooks as every part names them.
+//! - `run`, `report`, `lifecycle`: snapshot types, each written by one owner and read by the
+//!   others through a `watch`: the supervisor's run, the agent's reports, the lifecycle work.
+//! - `status`: the typed `status` reply of the control socket and `/status`.
+
+pub(crate) mod drain;
+pub(crate) mod hooks;
+pub(crate) mod lifecycle;
+pub(crate) mod phase;
+pub(crate) mod report;
+pub(crate) mod restart;
+pub(crate) mod run;
+pub(crate) mod status;
+
+pub use self::drain::DrainReason;
+pub use self::hooks::{Awaiting, HookResult, HookState};
+pub use self::phase::PhaseName;
+pub use self::restart::RestartPolicy;
