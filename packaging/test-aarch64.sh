@@ -35,7 +35,7 @@ done
 check "the archive $archive holds what the x86_64 one holds" \
   diff <(tar tzf "dist/$x86_name.tar.gz" | sed "s|^$x86_name/|$name/|" | sort) <(tar tzf "$archive" | sort)
 check "the archive's owners, modes and times are the x86_64 one's (release.sh's fixed ones)" \
-  diff <(tar tvzf "dist/$x86_name.tar.gz" | grep -v ' [^ ]*/agent-guard$' | awk '{print $1, $2, $4, $5, $6}') \
+  diff <(tar tvzf "dist/$x86_name.tar.gz" | grep -v ' [^ ]*/agent-guard$' | awk '{print $1, $2, $4, $5, $6}' | sed "s| $x86_name/| $name/|") \
        <(tar tvzf "$archive" | grep -v ' [^ ]*/agent-guard$' | awk '{print $1, $2, $4, $5, $6}')
 tar xzf "$archive" -C "$work"
 binary=$work/$name/agent-guard
@@ -45,13 +45,13 @@ check "the binary names no interpreter and no shared libraries" sh -c \
   "! readelf -lW '$binary' | grep -q INTERP && ! readelf -dW '$binary' 2>/dev/null | grep -q NEEDED"
 size=$(stat -c %s "$binary")
 check "the binary is at most 8 MiB ($size bytes)" test "$size" -le $((8 * 1024 * 1024))
-check "the .deb is arm64 and holds the files of the amd64 one" sh -c "
+check "the .deb is arm64 and holds the files of the amd64 one" bash -c "
   dpkg-deb -f '$deb' Architecture | grep -qx arm64 &&
   diff <(dpkg-deb -c dist/agent-guard_${version}-1_amd64.deb | awk '{print \$6}') <(dpkg-deb -c '$deb' | awk '{print \$6}')"
 check "the .deb's binary is the archive's" sh -c \
   "mkdir '$work/deb' && dpkg-deb -x '$deb' '$work/deb' && cmp '$binary' '$work/deb/usr/bin/agent-guard'"
 check "the .deb has no library dependencies (the binary is static)" sh -c "! dpkg-deb -f '$deb' Depends | grep -q libc6"
-check "the .rpm is aarch64 and holds the files of the x86_64 one" sh -c "
+check "the .rpm is aarch64 and holds the files of the x86_64 one" bash -c "
   rpm -qp --qf '%{ARCH}\n' '$rpm' | grep -qx aarch64 &&
   diff <(rpm -qpl dist/agent-guard-$version-1.x86_64.rpm) <(rpm -qpl '$rpm')"
 check "the .rpm requires nothing but /bin/sh and rpm's own features" sh -c \
@@ -96,7 +96,10 @@ if [[ $code == 7 ]]; then ok "under qemu: the agent's exit status is passed on (
 
 # A signal forwarded: the agent says it is ready (its trap is set), the guard gets SIGUSR1, the
 # agent exits 42 from its trap, and the guard passes that on.
-guard -- sh -c "trap 'exit 42' USR1; touch '$work/ready'; while :; do sleep 0.1; done" >"$work/out" 2>&1 &
+# qemu itself in the background, not through the function: $! must be the guard's pid, not that
+# of a subshell running the function (which a SIGUSR1 would kill with 138).
+"$qemu" "$binary" --imds off --health-listen off --socket "$work/g.sock" \
+  -- sh -c "trap 'exit 42' USR1; touch '$work/ready'; while :; do sleep 0.1; done" >"$work/out" 2>&1 &
 pid=$!
 for _ in $(seq 600); do [[ -e $work/ready ]] && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 kill -USR1 "$pid" 2>/dev/null
