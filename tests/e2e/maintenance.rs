@@ -266,26 +266,42 @@ fn drain_starts_at_not_before_minus_the_margin_and_not_before() {
     assert!(seen < drain_at, "seen at once, drained later");
 }
 
+/// A guard with `--on-maintenance drain` (20 s margin) that has planned its drain for an active
+/// reboot event `id` beginning at `not_before`.
+fn drain_planned(
+    how: &str,
+    id: &str,
+    not_before: SystemTime,
+) -> (tempfile::TempDir, ImdsSim, Guard, ScheduledEvent) {
+    let dir = scratch();
+    let imds = ImdsSim::start().expect("sim");
+    let guard = imds_only(
+        dir.path(),
+        &imds,
+        &["--on-maintenance", "drain", "--maintenance-margin", "20s"],
+    );
+    let event = ScheduledEvent::active("instance-reboot", id, not_before);
+    imds.set_scheduled_events(std::slice::from_ref(&event));
+    wait_until(&format!("{how}: the drain is planned"), SOON, || {
+        guard.log().contains("NotBefore minus --maintenance-margin")
+    });
+    (dir, imds, guard, event)
+}
+
+/// The event takes `state` (`canceled`), or with `None` is no longer listed.
+fn withdraw(imds: &ImdsSim, event: &ScheduledEvent, state: Option<&str>) {
+    match state {
+        Some(state) => imds.set_scheduled_events(&[event.clone().with_state(state)]),
+        None => imds.set_scheduled_events(&[]),
+    }
+}
+
 #[test]
 fn a_canceled_or_vanished_event_calls_off_its_drain() {
     for (how, end) in [("canceled", Some("canceled")), ("no longer listed", None)] {
-        let dir = scratch();
-        let imds = ImdsSim::start().expect("sim");
-        let mut guard = imds_only(
-            dir.path(),
-            &imds,
-            &["--on-maintenance", "drain", "--maintenance-margin", "20s"],
-        );
         let not_before = whole_seconds(Duration::from_secs(28));
-        let event = ScheduledEvent::active("instance-reboot", "instance-event-4", not_before);
-        imds.set_scheduled_events(std::slice::from_ref(&event));
-        wait_until(&format!("{how}: the drain is planned"), SOON, || {
-            guard.log().contains("NotBefore minus --maintenance-margin")
-        });
-        match end {
-            Some(state) => imds.set_scheduled_events(&[event.clone().with_state(state)]),
-            None => imds.set_scheduled_events(&[]),
-        }
+        let (dir, imds, mut guard, event) = drain_planned(how, "instance-event-4", not_before);
+        withdraw(&imds, &event, end);
         wait_until(&format!("{how}: the drain is called off"), SOON, || {
             guard.log().contains("\"step\":\"drain-canceled\"")
         });
@@ -618,23 +634,9 @@ fn replace_marks_the_instance_unhealthy_once_for_32_events_and_for_ids_that_rota
 fn a_flapping_event_is_planned_again_when_it_is_active_again() {
     // (how the event flaps for one poll)
     for how in ["canceled", "unlisted"] {
-        let dir = scratch();
-        let imds = ImdsSim::start().expect("sim");
-        let mut guard = imds_only(
-            dir.path(),
-            &imds,
-            &["--on-maintenance", "drain", "--maintenance-margin", "20s"],
-        );
         let not_before = whole_seconds(Duration::from_secs(30));
-        let event = ScheduledEvent::active("instance-reboot", "instance-event-10", not_before);
-        imds.set_scheduled_events(std::slice::from_ref(&event));
-        wait_until(&format!("{how}: the drain is planned"), SOON, || {
-            guard.log().contains("NotBefore minus --maintenance-margin")
-        });
-        match how {
-            "canceled" => imds.set_scheduled_events(&[event.clone().with_state("canceled")]),
-            _ => imds.set_scheduled_events(&[]),
-        }
+        let (dir, imds, mut guard, event) = drain_planned(how, "instance-event-10", not_before);
+        withdraw(&imds, &event, (how == "canceled").then_some("canceled"));
         wait_until(&format!("{how}: the drain is called off"), SOON, || {
             guard.log().contains("\"step\":\"drain-canceled\"")
         });
