@@ -640,6 +640,10 @@ print(c.describe_auto_scaling_groups(AutoScalingGroupNames=["{group}"])["AutoSca
         ]);
     let mut guard = Guard::spawn(dir.path(), cmd);
     wait_lifecycle_ready(&guard);
+    // The hook's timeout is read in the background (nothing waits for it): wait for that too.
+    wait_until("DescribeLifecycleHooks read", SOON, || {
+        guard.log().contains("read the hook's heartbeat timeout")
+    });
     let status = guard.status();
     // DescribeAutoScalingInstances found the group; DescribeLifecycleHooks gave 90 s / 3.
     assert_eq!(status["lifecycle"]["group"], group.as_str(), "{status}");
