@@ -759,7 +759,12 @@ impl Supervisor {
                 self.settings.socket.clone().into(),
             ),
         ];
-        match DrainCommand::start(command, env, self.launcher.job_control, deadline) {
+        let cgroup = self.cgroup.as_ref().and_then(|c| {
+            c.on_drain()
+                .map_err(|err| tracing::warn!(error = %err, "the --on-drain command runs in its process group only"))
+                .ok()
+        });
+        match DrainCommand::start(command, env, self.launcher.job_control, deadline, cgroup) {
             Ok(started) => {
                 let pid = started.pid();
                 self.reaper.watch(pid);
@@ -814,23 +819,32 @@ impl Supervisor {
     }
 
     /// The agent is gone, and with it the drain: the command is killed if it still runs, and
-    /// reaped within a bound so that its status is logged.
+    /// reaped within a bound so that its status is logged. With a cgroup, what it started is
+    /// killed with it and waited for too, within the same bound: the hook is completed only
+    /// after this returns.
     async fn end_drain_command(&mut self) {
         if self.drain_command.is_none() {
             return;
         }
         self.kill_drain_command("now that the agent is gone");
         let give_up = tokio::time::Instant::now() + COMMAND_REAP_WITHIN;
-        while self
-            .drain_command
-            .as_ref()
-            .is_some_and(DrainCommand::running)
-            && tokio::time::Instant::now() < give_up
-        {
+        let left = |s: &Self| {
+            s.drain_command
+                .as_ref()
+                .is_some_and(|c| c.running() || c.leftovers())
+        };
+        while left(self) && tokio::time::Instant::now() < give_up {
             tokio::time::sleep(Duration::from_millis(10)).await;
             let _ = self.reap();
         }
         if let Some(command) = self.drain_command.take() {
+            if command.leftovers() {
+                tracing::error!(
+                    pid = command.pid(),
+                    "processes of the --on-drain command in {} survived SIGKILL (uninterruptible sleep?); exiting without them",
+                    command.tracked_in()
+                );
+            }
             command.finish().await;
         }
     }
