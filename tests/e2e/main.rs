@@ -4,6 +4,8 @@ mod support;
 
 mod busy;
 mod cgroup;
+mod cgroup_signals;
+mod cgroup_stale;
 mod clients;
 mod config;
 mod docs;
