@@ -102,8 +102,9 @@ pub struct Cli {
     /// Run CMD when a drain starts (`sh -c`; an array in the config file runs without a shell),
     /// with AGENT_GUARD_DRAIN_REASON, AGENT_GUARD_DRAIN_DEADLINE (RFC 3339) and
     /// AGENT_GUARD_AGENT_PID; its output goes to the log (at most 100 lines a second, 256 KiB per
-    /// drain); its process group is killed at the drain deadline (a `setsid` daemon it starts is
-    /// not). It counts as telling the agent, as --drain-signal does
+    /// drain); it is killed at the drain deadline or once the agent is gone: in a cgroup beside the
+    /// agent's, all it started (`setsid` daemons too), which the hook waits for; without one, its
+    /// process group. It counts as telling the agent, as --drain-signal does
     #[arg(long, env = "AGENT_GUARD_ON_DRAIN", value_name = "CMD")]
     pub on_drain: Option<String>,
 
