@@ -237,6 +237,9 @@ impl Supervisor {
         });
         let oom_before = cgroup.as_ref().and_then(|c| c.oom_kills()).unwrap_or(0);
         let agent = launcher.spawn()?;
+        if let Some(cgroup) = &cgroup {
+            cgroup.sweep_stale();
+        }
         out.run(|run| {
             run.agent_pid = Some(agent.pid());
             run.agent_started = Some(Instant::now());

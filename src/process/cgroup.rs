@@ -133,7 +133,6 @@ impl AgentCgroup {
         memory_max: Option<u64>,
     ) -> Result<(AgentCgroup, Notes), CgroupError> {
         let base = parent_dir()?;
-        sweep_stale(&base);
         let unique = format!("{PREFIX}{name}.{}", std::process::id());
         let outer = base.join(unique);
         make_dir(&outer)?;
@@ -252,6 +251,15 @@ impl AgentCgroup {
     /// rounds of SIGKILL by pid.
     pub fn kill(&self) -> io::Result<()> {
         kill_at(&self.dir)
+    }
+
+    /// Removes what guards that died left beside this one's cgroup ([`sweep_stale`]). Called once
+    /// the agent runs: off its start path, and after anything that could still fail the start
+    /// (a guard that cannot start says one line, its error).
+    pub fn sweep_stale(&self) {
+        if let Some(base) = self.outer.parent() {
+            sweep_stale(base);
+        }
     }
 
     /// A cgroup beside the agent's for the `--on-drain` command, so that nothing it starts
@@ -709,13 +717,19 @@ enum Stale {
     Held,
 }
 
+/// The extended attribute that marks a dead guard's populated cgroup as reported, so that it is
+/// said once on the host, not by every guard that starts while the orphan runs.
+const REPORTED: &std::ffi::CStr = c"user.agent-guard.reported";
+
 /// At start: removes the cgroups (`agent-guard.<name>.<pid>`, with what is inside) that guards
 /// which died without cleaning up left in `base`: those whose guard pid is dead, that no live
 /// guard holds locked, and that are empty. A populated one means an orphaned agent still runs:
-/// it is said once, here, and left alone (the kernel refuses to remove a populated cgroup in
+/// it is said once (the first guard to find it marks it, [`REPORTED`]; where the mark cannot be
+/// set, each guard says it) and left alone (the kernel refuses to remove a populated cgroup in
 /// any case); the next guard to start removes it once it is empty. Best effort: a failure
-/// costs a stale directory, never the start.
-pub fn sweep_stale(base: &Path) {
+/// costs a stale directory, never the start. Not news for the log: what was removed is said at
+/// debug level.
+fn sweep_stale(base: &Path) {
     let Ok(entries) = fs::read_dir(base) else {
         return;
     };
@@ -731,13 +745,14 @@ pub fn sweep_stale(base: &Path) {
         let outer = base.join(&name);
         match sweep_one(&outer) {
             Ok(Stale::Removed) => removed.push(name.to_string_lossy().into_owned()),
-            Ok(Stale::Populated(processes)) => tracing::warn!(
+            Ok(Stale::Populated(processes)) if !reported_before(&outer) => tracing::info!(
                 path = %outer.display(),
                 guard_pid = pid,
                 processes,
                 "a guard that died (pid {pid}) left processes of its agent running in {}: left alone; it is removed once they are gone",
                 outer.display()
             ),
+            Ok(Stale::Populated(_)) => {}
             Ok(Stale::Held) => {}
             Err(err) => {
                 tracing::debug!(path = %outer.display(), error = %err, "cannot remove a stale cgroup")
@@ -745,13 +760,33 @@ pub fn sweep_stale(base: &Path) {
         }
     }
     if !removed.is_empty() {
-        tracing::info!(
+        tracing::debug!(
             removed = removed.len(),
             "removed {} empty cgroup(s) left by guards that died: {}",
             removed.len(),
             removed.join(", ")
         );
     }
+}
+
+/// Whether `outer` was marked as reported already; marks it if not, in one step (`XATTR_CREATE`),
+/// so that of two guards starting at once only one says it. Unmarkable (no user extended
+/// attributes here) counts as not reported: said again rather than never.
+fn reported_before(outer: &Path) -> bool {
+    let Ok(path) = std::ffi::CString::new(outer.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: NUL-terminated path and name, and a one-byte value of the length given.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            REPORTED.as_ptr(),
+            b"1".as_ptr().cast(),
+            1,
+            libc::XATTR_CREATE,
+        )
+    };
+    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST)
 }
 
 /// Removes `outer`, a dead guard's cgroup, if it is empty and no live guard holds its lock.
