@@ -712,7 +712,7 @@ enum Stale {
     /// Empty: removed (or removed meanwhile by another guard).
     Removed,
     /// Processes of the dead guard's agent still run in it: left alone.
-    Populated(usize),
+    Populated,
     /// A live guard holds its lock (one of another pid namespace): not stale after all.
     Held,
 }
@@ -745,14 +745,14 @@ fn sweep_stale(base: &Path) {
         let outer = base.join(&name);
         match sweep_one(&outer) {
             Ok(Stale::Removed) => removed.push(name.to_string_lossy().into_owned()),
-            Ok(Stale::Populated(processes)) if !reported_before(&outer) => tracing::info!(
+            Ok(Stale::Populated) if !reported_before(&outer) => tracing::info!(
                 path = %outer.display(),
                 guard_pid = pid,
-                processes,
+                processes = count_procs(&outer, 0),
                 "a guard that died (pid {pid}) left processes of its agent running in {}: left alone; it is removed once they are gone",
                 outer.display()
             ),
-            Ok(Stale::Populated(_)) => {}
+            Ok(Stale::Populated) => {}
             Ok(Stale::Held) => {}
             Err(err) => {
                 tracing::debug!(path = %outer.display(), error = %err, "cannot remove a stale cgroup")
@@ -798,7 +798,7 @@ fn sweep_one(outer: &Path) -> io::Result<Stale> {
         Err(err) => return Err(err),
     };
     if populated_at(outer) {
-        return Ok(Stale::Populated(count_procs(outer, 0)));
+        return Ok(Stale::Populated);
     }
     remove_tree(outer, 0)?;
     Ok(Stale::Removed)
