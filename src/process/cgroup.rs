@@ -98,6 +98,10 @@ pub struct AgentCgroup {
     procs: OwnedFd,
     /// `dir` itself, open for clone3's `CLONE_INTO_CGROUP`.
     dir_fd: OwnedFd,
+    /// `dir/cgroup.events`, open for [`AgentCgroup::populated`]: read again from offset 0 it says
+    /// the state now, without a walk down the cgroup path and an open each time (a guard asks
+    /// several times per agent).
+    events: Option<OwnedFd>,
     /// The controllers enabled for the agent.
     controllers: Vec<String>,
     /// `--memory-max`, when it could be applied.
@@ -176,6 +180,9 @@ impl AgentCgroup {
             let dir_fd = fs::File::open(&dir)?;
             Ok((procs, OwnedFd::from(dir_fd)))
         });
+        let events = fs::File::open(dir.join("cgroup.events"))
+            .ok()
+            .map(OwnedFd::from);
         let (procs, dir_fd) = match opened {
             Ok(fds) => fds,
             Err(source) => {
@@ -194,6 +201,7 @@ impl AgentCgroup {
                 home,
                 procs,
                 dir_fd,
+                events,
                 controllers,
                 memory_max: applied,
                 _lock: lock,
@@ -232,7 +240,18 @@ impl AgentCgroup {
     /// no work. A cgroup that is no longer there holds no process; any other failure to read
     /// counts as populated, so that nothing is called gone unproven.
     pub fn populated(&self) -> bool {
-        populated_at(&self.dir)
+        let Some(fd) = &self.events else {
+            return populated_at(&self.dir);
+        };
+        let mut buf = [0u8; 128];
+        // SAFETY: pread(2) into a local buffer of the length given, on a descriptor this value
+        // owns. From offset 0 the kernel formats the file anew.
+        let n = unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        match usize::try_from(n) {
+            Ok(n) => parse_populated(&String::from_utf8_lossy(&buf[..n])).unwrap_or(true),
+            // Removed under the guard (ENODEV): no process is in it. Else unproven: populated.
+            Err(_) => io::Error::last_os_error().raw_os_error() != Some(libc::ENODEV),
+        }
     }
 
     /// The pids in the cgroup now.
@@ -298,6 +317,11 @@ impl AgentCgroup {
     /// OOM kills in the cgroup so far (`memory.events` `oom_kill`); `None` without the memory
     /// controller.
     pub fn oom_kills(&self) -> Option<u64> {
+        // Not even looked for without the controller (a hybrid host's v2 tree): a failed lookup
+        // down the cgroup path costs the start what a read does.
+        if !self.controllers.iter().any(|c| c == "memory") {
+            return None;
+        }
         let text = fs::read_to_string(self.dir.join("memory.events")).ok()?;
         keyed(&text, "oom_kill")
     }
