@@ -6,7 +6,7 @@
 //! call belongs to a drain.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -18,6 +18,9 @@ use crate::config::{LoadBalancerSettings, TargetGroups};
 use crate::fmt::format_duration;
 use crate::machine::state::Event;
 use crate::machine::supervisor::{Hold, LoadBalancerLink};
+use crate::model::load_balancer::{
+    DeregistrationEnd, DeregistrationRun, LoadBalancerStatus, TargetGroupState, TargetState,
+};
 
 /// How long past the deregistration delay the wait lasts, so that the poll sees the target
 /// leave `draining` rather than the wait's bound passing at the same moment.
@@ -38,21 +41,26 @@ pub struct Deregistration {
     wait: watch::Sender<Option<Duration>>,
     holds: mpsc::Receiver<Hold>,
     events: mpsc::Sender<Event>,
+    /// The snapshot `/status` and `/metrics` read; written only here.
+    status: watch::Sender<LoadBalancerStatus>,
 }
 
 impl Deregistration {
     /// The task and the link the supervisor is given. `aws` is `None` when there is no group to
-    /// read target groups from; `--lb-grace` still holds readiness then.
+    /// read target groups from; `--lb-grace` still holds readiness then. `status` is the
+    /// snapshot this task alone writes.
     pub fn new(
         settings: LoadBalancerSettings,
         aws: Option<Arc<SharedAws>>,
         imds_endpoint: String,
         events: mpsc::Sender<Event>,
+        status: watch::Sender<LoadBalancerStatus>,
     ) -> (Deregistration, LoadBalancerLink) {
         let grace = (!settings.grace.is_zero()).then_some(settings.grace);
         let (wait, wait_rx) = watch::channel(grace);
         let (holds_tx, holds) = mpsc::channel(4);
         let aws = aws.filter(|_| settings.target_groups != TargetGroups::Off);
+        status.send_modify(|s| s.active = true);
         (
             Deregistration {
                 settings,
@@ -61,6 +69,7 @@ impl Deregistration {
                 wait,
                 holds,
                 events,
+                status,
             },
             LoadBalancerLink {
                 wait: wait_rx,
@@ -128,6 +137,18 @@ impl Deregistration {
                 return None;
             }
         };
+        let seen = SystemTime::now();
+        self.status.send_modify(|s| {
+            s.target_groups = memberships
+                .iter()
+                .map(|m| TargetGroupState {
+                    arn: m.arn.clone(),
+                    state: m.state,
+                    seen,
+                    delay: m.delay,
+                })
+                .collect();
+        });
         for m in &memberships {
             tracing::info!(target_group = %m.arn, targets = m.targets.len(), delay = %format_duration(m.delay), "load balancer: a drain deregisters this instance from this target group first");
         }
@@ -154,14 +175,24 @@ impl Deregistration {
     /// DeregisterTargets, then the wait for the targets to leave `draining`, within the hold.
     async fn deregister(&self, ctx: &AwsContext, memberships: &[Membership], hold: Hold) {
         let started = Instant::now();
+        self.status.send_modify(|s| {
+            s.deregistration = Some(DeregistrationRun {
+                reason: hold.reason,
+                started: SystemTime::now(),
+                ended: None,
+                took: None,
+                registered_again: None,
+            });
+        });
         if let Err(e) = targets::deregister(&ctx.elb, memberships).await {
-            let why = if e.denied() {
-                "deregistration was refused"
+            let (why, end) = if e.denied() {
+                ("deregistration was refused", DeregistrationEnd::Refused)
             } else {
-                "deregistration failed"
+                ("deregistration failed", DeregistrationEnd::Failed)
             };
             tracing::warn!(error = %e, "load balancer: {why}");
-            return self.grace(hold, why).await;
+            self.grace(hold, why).await;
+            return self.ended(end, started.elapsed());
         }
         let bound = hold.until.saturating_duration_since(Instant::now());
         let wanted = targets::wait_bound(memberships, self.settings.wait, Duration::MAX);
@@ -173,16 +204,47 @@ impl Deregistration {
                 "load balancer: the wait is cut so that the agent keeps its full drain and stop budget"
             );
         }
-        match targets::wait_drained(&ctx.elb, memberships, bound).await {
-            Drained::Done { .. } => tracing::info!(
-                took = %shown(started.elapsed()),
-                "load balancer done: the target left draining; telling the agent"
-            ),
-            Drained::Cut { .. } => tracing::warn!(
-                took = %shown(started.elapsed()),
-                "load balancer still draining at the end of the wait; telling the agent now"
-            ),
-        }
+        let seen = |states: &[TargetState]| self.seen(memberships, states);
+        let end = match targets::wait_drained(&ctx.elb, memberships, bound, seen).await {
+            Drained::Done { .. } => {
+                tracing::info!(
+                    took = %shown(started.elapsed()),
+                    "load balancer done: the target left draining; telling the agent"
+                );
+                DeregistrationEnd::Done
+            }
+            Drained::Cut { .. } => {
+                tracing::warn!(
+                    took = %shown(started.elapsed()),
+                    "load balancer still draining at the end of the wait; telling the agent now"
+                );
+                DeregistrationEnd::Cut
+            }
+        };
+        self.ended(end, started.elapsed());
+    }
+
+    /// The states one read answered, one per membership, into the snapshot.
+    fn seen(&self, memberships: &[Membership], states: &[TargetState]) {
+        let now = SystemTime::now();
+        self.status.send_modify(|s| {
+            for (m, state) in memberships.iter().zip(states) {
+                if let Some(g) = s.target_groups.iter_mut().find(|g| g.arn == m.arn) {
+                    g.state = *state;
+                    g.seen = now;
+                }
+            }
+        });
+    }
+
+    /// The deregistration ended (the agent is told next).
+    fn ended(&self, end: DeregistrationEnd, took: Duration) {
+        self.status.send_modify(|s| {
+            if let Some(run) = s.deregistration.as_mut() {
+                run.ended = Some((SystemTime::now(), end));
+                run.took = Some(took);
+            }
+        });
     }
 
     /// `--lb-grace`: readiness stays 503 this long (within the hold) before the agent is told.

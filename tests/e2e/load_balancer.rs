@@ -11,7 +11,7 @@ use agent_guard::sim::elb::{ElbSim, TargetGroupSpec};
 use agent_guard::sim::imds::ImdsSim;
 
 use crate::support::{
-    Guard, SOON, aws_command, first_time, fixture, json_lines, scratch, wait_until,
+    Guard, SOON, aws_command, first_time, fixture, http, json_lines, scratch, wait_until,
 };
 
 const GROUP: &str = "web";
@@ -65,6 +65,17 @@ fn world(delay: Duration) -> World {
 /// A guard of the termination hook around the socket agent (drained 0.2 s after it is told),
 /// returned once the target groups are read and the agent is subscribed.
 fn guard(dir: &Path, w: &World, log: &Path, options: &[&str]) -> Guard {
+    guard_drained_after(dir, w, log, options, "0.2")
+}
+
+/// As [`guard`], the agent drained `drained_after` seconds after it is told.
+fn guard_drained_after(
+    dir: &Path,
+    w: &World,
+    log: &Path,
+    options: &[&str],
+    drained_after: &str,
+) -> Guard {
     let mut cmd = aws_command(&w.imds, &w.asg);
     cmd.env("AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2", w.elb.url())
         .args(["--terminate-hook", "drain-hook", "--asg-name", GROUP])
@@ -74,7 +85,7 @@ fn guard(dir: &Path, w: &World, log: &Path, options: &[&str]) -> Guard {
             fixture("socket_agent.py").to_str().expect("utf-8"),
             log.to_str().expect("utf-8"),
             "--drained-after",
-            "0.2",
+            drained_after,
         ]);
     let guard = Guard::spawn(dir, cmd);
     wait_until("the target groups read", SOON, || {
@@ -199,5 +210,100 @@ fn a_wait_longer_than_the_notice_allows_is_cut_to_keep_the_agents_budget() {
     assert!(
         text.contains("still draining at the end of the wait"),
         "{text}"
+    );
+}
+
+/// The `/metrics` line that starts with `prefix`, if any.
+fn metric(addr: &str, prefix: &str) -> Option<String> {
+    let (_, _, body) = http(addr, "GET", "/metrics");
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .map(str::to_string)
+}
+
+#[test]
+fn status_and_metrics_show_the_target_group_and_the_deregistration() {
+    let dir = scratch();
+    let log = dir.path().join("agent.log");
+    let w = world(Duration::from_secs(3));
+    // Drained 5 s after it is told: time to read the end of the deregistration while it runs.
+    let mut guard = guard_drained_after(
+        dir.path(),
+        &w,
+        &log,
+        &[
+            "--drain-timeout",
+            "30s",
+            "--stop-timeout",
+            "5s",
+            "--health-listen",
+            "127.0.0.1:0",
+        ],
+        "5",
+    );
+    let addr = guard.health_addr();
+    let lb = |g: &Guard| g.status()["load_balancer"].clone();
+    let before = lb(&guard);
+    assert_eq!(
+        before["target_groups"][0]["arn"],
+        w.arn.as_str(),
+        "{before}"
+    );
+    assert_eq!(before["target_groups"][0]["state"], "healthy", "{before}");
+    assert_eq!(before["target_groups"][0]["deregistration_delay_s"], 3);
+    assert!(before["deregistration"].is_null(), "{before}");
+    let healthy = format!(
+        "agent_guard_target_group_state{{target_group=\"{}\",state=\"healthy\"}} 1",
+        w.arn
+    );
+    let (_, _, body) = http(&addr, "GET", "/metrics");
+    assert!(body.lines().any(|l| l == healthy), "{body}");
+    assert!(!body.contains("agent_guard_deregistration_start_time_seconds"));
+
+    w.asg.terminate(GROUP, INSTANCE);
+    w.imds
+        .post_spot_interruption("terminate", &spot_notice_in(Duration::from_secs(120)));
+    wait_until("the deregistration begins", Duration::from_secs(60), || {
+        lb(&guard)["target_groups"][0]["state"] == "draining"
+    });
+    let during = lb(&guard);
+    assert_eq!(during["deregistration"]["reason"], "spot-interruption");
+    assert!(during["deregistration"]["started"].is_string(), "{during}");
+    assert!(during["deregistration"]["ended"].is_null(), "{during}");
+    assert!(metric(&addr, "agent_guard_deregistration_start_time_seconds ").is_some());
+    assert!(metric(&addr, "agent_guard_deregistration_end_time_seconds ").is_none());
+
+    wait_until("the deregistration ends", Duration::from_secs(60), || {
+        lb(&guard)["deregistration"]["outcome"] == "done"
+    });
+    let after = lb(&guard);
+    assert_eq!(after["target_groups"][0]["state"], "unused", "{after}");
+    let took = after["deregistration"]["took_ms"]
+        .as_u64()
+        .expect("took_ms");
+    assert!(
+        took >= 2_500,
+        "the load balancer drained for its delay: {after}"
+    );
+    assert!(after["deregistration"]["ended"].is_string(), "{after}");
+    let unused = format!(
+        "agent_guard_target_group_state{{target_group=\"{}\",state=\"unused\"}} 1",
+        w.arn
+    );
+    let (_, _, body) = http(&addr, "GET", "/metrics");
+    assert!(body.lines().any(|l| l == unused), "{body}");
+    assert!(
+        body.contains("agent_guard_deregistration_end_time_seconds "),
+        "{body}"
+    );
+    assert!(
+        body.contains("agent_guard_deregistration_duration_seconds{outcome=\"done\"} "),
+        "{body}"
+    );
+    assert_eq!(guard.code(), 0);
+    let text = guard.log();
+    assert!(
+        text.contains("load balancer done") && text.contains("took"),
+        "the log says how long the load balancer took: {text}"
     );
 }
