@@ -1,7 +1,7 @@
 //! What health (and the `status` reply) reads: a `watch` of each snapshot, each written by its
 //! one owner (the supervisor's phase, run and tick; the agent's reports; the IMDS poller; the
-//! lifecycle work; the probes; the warm-pool hold; the load-balancer step). Reading never blocks a writer for longer
-//! than a clone.
+//! lifecycle work; the probes; the warm-pool hold; the load-balancer step). Reading never
+//! blocks a writer for longer than a clone.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
