@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::aws::context::{AwsContext, SharedAws};
 use crate::aws::imds::ImdsClient;
 use crate::aws::targets::{self, Drained, Identity, Membership};
-use crate::config::{LoadBalancerSettings, TargetGroups};
+use crate::config::{DeregistrationWait, LoadBalancerSettings, TargetGroups};
 use crate::fmt::format_duration;
 use crate::machine::state::Event;
 use crate::machine::supervisor::{Hold, LoadBalancerLink};
@@ -152,8 +152,11 @@ impl Deregistration {
         for m in &memberships {
             tracing::info!(target_group = %m.arn, targets = m.targets.len(), delay = %format_duration(m.delay), "load balancer: a drain deregisters this instance from this target group first");
         }
+        // Even a target group without a delay is waited for while DeregisterTargets is answered
+        // and the target read once: only `--deregistration-wait 0` tells the agent at once.
         let wait = targets::wait_bound(&memberships, self.settings.wait, Duration::MAX);
-        let wait = if wait.is_zero() { wait } else { wait + OBSERVE };
+        let at_once = self.settings.wait == DeregistrationWait::AtMost(Duration::ZERO);
+        let wait = if at_once { wait } else { wait + OBSERVE };
         self.wait.send_replace(Some(wait.max(self.settings.grace)));
         Some((ctx, memberships))
     }

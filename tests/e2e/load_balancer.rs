@@ -307,3 +307,119 @@ fn status_and_metrics_show_the_target_group_and_the_deregistration() {
         "the log says how long the load balancer took: {text}"
     );
 }
+
+/// `agent-guard drill ARGS --json` with a clean environment: (status, the JSON report).
+fn drill(args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let mut cmd = std::process::Command::new(crate::support::bin());
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("AGENT_GUARD_") || k.starts_with("AWS_") || k == "RUST_LOG" {
+            cmd.env_remove(&key);
+        }
+    }
+    // `--json` before the `--` that starts the agent's command.
+    let out = cmd
+        .arg("drill")
+        .args(&args[..1])
+        .arg("--json")
+        .args(&args[1..])
+        .output()
+        .expect("drill runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let doc = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "one JSON document ({e}): {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), doc)
+}
+
+/// The offset of the timeline's first `what` entry.
+fn offset(doc: &serde_json::Value, what: &str) -> i64 {
+    doc["timeline"]
+        .as_array()
+        .and_then(|t| t.iter().find(|e| e["what"] == what))
+        .and_then(|e| e["offset_ms"].as_i64())
+        .unwrap_or_else(|| panic!("no {what} in {doc:#}"))
+}
+
+#[test]
+fn drill_spot_and_maintenance_show_the_load_balancer_letting_go_before_the_agent_is_told() {
+    let dir = scratch();
+    let log = dir.path().join("agent.log");
+    let agent = fixture("socket_agent.py");
+    let agent = [
+        agent.to_str().expect("utf-8"),
+        log.to_str().expect("utf-8"),
+        "--drained-after",
+        "0.3",
+    ];
+    let spot = [
+        &["spot", "--deregistration-delay", "2s", "--"][..],
+        &agent[..],
+    ]
+    .concat();
+    let maintenance = [
+        &[
+            "maintenance",
+            "--on-maintenance",
+            "drain",
+            "--maintenance-margin",
+            "30s",
+            "--deregistration-delay",
+            "2s",
+            "--",
+        ][..],
+        &agent[..],
+    ]
+    .concat();
+    for args in [spot, maintenance] {
+        let (code, doc) = drill(&args);
+        assert_eq!(code, Some(0), "{doc:#}");
+        assert_eq!(doc["verdict"], "PASS", "{doc:#}");
+        let deregistered = offset(&doc, "deregistered");
+        let done = offset(&doc, "load balancer done");
+        let told = offset(&doc, "agent told to drain");
+        assert!(
+            (1900..3000).contains(&(done - deregistered)),
+            "the 2 s delay: {doc:#}"
+        );
+        assert!(done <= told, "told after the load balancer let go: {doc:#}");
+        assert_eq!(doc["notes"], serde_json::json!([]), "{doc:#}");
+    }
+}
+
+#[test]
+fn drill_spot_notes_a_wait_the_deadline_cut() {
+    let dir = scratch();
+    let log = dir.path().join("agent.log");
+    let agent = fixture("socket_agent.py");
+    // 20 s notice − 2 s margin − 3 s stop − 10 s drain: 5 s for a 12 s deregistration delay.
+    let (code, doc) = drill(&[
+        "spot",
+        "--deadline",
+        "20s",
+        "--spot-margin",
+        "2s",
+        "--stop-timeout",
+        "3s",
+        "--drain-timeout",
+        "10s",
+        "--deregistration-delay",
+        "12s",
+        "--",
+        agent.to_str().expect("utf-8"),
+        log.to_str().expect("utf-8"),
+        "--drained-after",
+        "0.3",
+    ]);
+    assert_eq!(code, Some(0), "{doc:#}");
+    let notes = doc["notes"].to_string();
+    assert!(
+        notes.contains("before the load balancer") && notes.contains("spot deadline"),
+        "{doc:#}"
+    );
+    offset(&doc, "deregistered");
+    offset(&doc, "agent told to drain");
+}
