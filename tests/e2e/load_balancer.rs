@@ -423,3 +423,92 @@ fn drill_spot_notes_a_wait_the_deadline_cut() {
     offset(&doc, "deregistered");
     offset(&doc, "agent told to drain");
 }
+
+/// moto's URL, when a moto server answers there (`.ci/run` starts one).
+fn moto_url() -> Option<String> {
+    let url = std::env::var("AGENT_GUARD_TEST_MOTO").ok()?;
+    let addr = url.trim_start_matches("http://").to_string();
+    std::net::TcpStream::connect(&addr).ok().map(|_| url)
+}
+
+/// Runs a boto3 script against moto; its stdout, trimmed.
+fn boto3(script: &str) -> String {
+    let python = std::env::var("AGENT_GUARD_TEST_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string());
+    let out = std::process::Command::new(&python)
+        .args(["-c", script])
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "boto3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// moto, a server we did not write, checks the Elastic Load Balancing v2 wiring: a spot notice
+/// deregisters the instance from the target group given with `--target-groups`.
+#[test]
+fn a_spot_drain_deregisters_the_instance_from_a_real_moto_target_group() {
+    let Some(moto) = moto_url() else {
+        crate::support::require(false, "no moto server (.ci/run starts one)");
+        return;
+    };
+    let clients = format!(
+        r#"
+import boto3
+kw = dict(endpoint_url="{moto}", region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+ec2 = boto3.client("ec2", **kw)
+elb = boto3.client("elbv2", **kw)
+"#
+    );
+    // A VPC, a target group with a 2 s delay, and an instance registered in it on port 8080.
+    let name = format!("moto-tg-{}", std::process::id());
+    let made = boto3(&format!(
+        r#"{clients}
+vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+tg = elb.create_target_group(Name="{name}", Protocol="HTTP", Port=8080, VpcId=vpc, TargetType="instance")["TargetGroups"][0]["TargetGroupArn"]
+elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[{{"Key": "deregistration_delay.timeout_seconds", "Value": "2"}}])
+i = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="t2.micro")["Instances"][0]["InstanceId"]
+elb.register_targets(TargetGroupArn=tg, Targets=[{{"Id": i, "Port": 8080}}])
+print(tg, i)
+"#
+    ));
+    let (arn, instance) = made.split_once(' ').expect("ARN and instance id");
+    let targets = || {
+        boto3(&format!(
+            r#"{clients}
+print(",".join(d["Target"]["Id"] + "=" + d["TargetHealth"]["State"] for d in elb.describe_target_health(TargetGroupArn="{arn}")["TargetHealthDescriptions"]))
+"#
+        ))
+    };
+    assert_eq!(targets(), format!("{instance}=healthy"));
+    let imds = ImdsSim::start().expect("imds sim");
+    imds.set_identity(instance, "us-east-1");
+    let dir = scratch();
+    let mut cmd = crate::support::command();
+    cmd.env("AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2", &moto)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .args(["--imds", "on", "--imds-endpoint", &imds.url()])
+        .args(["--imds-poll", "200ms", "--asg-name", "moto-group"])
+        .args(["--target-groups", arn, "--stop-timeout", "5s"])
+        .args(["--", "sleep", "600"]);
+    let mut guard = Guard::spawn(dir.path(), cmd);
+    wait_until("the target group read", SOON, || {
+        guard.log().contains("a drain deregisters this instance")
+    });
+    let status = guard.status();
+    let group = &status["load_balancer"]["target_groups"][0];
+    assert_eq!(group["arn"], arn, "{status}");
+    assert_eq!(group["state"], "healthy", "{status}");
+    assert_eq!(group["deregistration_delay_s"], 2, "{status}");
+    imds.post_spot_interruption("terminate", &spot_notice_in(Duration::from_secs(120)));
+    // The agent does not subscribe: it hears of the drain by its stop signal.
+    assert_eq!(guard.code(), 143);
+    assert_eq!(targets(), "", "moto no longer lists the instance");
+    let text = guard.log();
+    assert!(text.contains("load balancer done"), "{text}");
+}
