@@ -512,3 +512,48 @@ print(",".join(d["Target"]["Id"] + "=" + d["TargetHealth"]["State"] for d in elb
     let text = guard.log();
     assert!(text.contains("load balancer done"), "{text}");
 }
+
+/// The actions of `calls`, sorted, for comparing what was called.
+fn actions(calls: Vec<agent_guard::sim::autoscaling::Call>) -> Vec<String> {
+    let mut out: Vec<String> = calls.into_iter().map(|c| c.action).collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn an_idle_guard_makes_no_load_balancer_call_after_its_set_up() {
+    let dir = scratch();
+    let log = dir.path().join("agent.log");
+    let w = world(Duration::from_secs(5));
+    // `--target-groups auto` (the default): the group's target groups are read at set-up.
+    let mut guard = guard(dir.path(), &w, &log, &["--drain-timeout", "20s"]);
+    wait_until("the hook's set-up", SOON, || {
+        guard.log().contains("read the hook's heartbeat timeout")
+    });
+    let (elb, asg) = (actions(w.elb.calls()), actions(w.asg.calls()));
+    assert_eq!(
+        elb,
+        ["DescribeTargetGroupAttributes", "DescribeTargetHealth"],
+        "the set-up reads the targets and the delay once"
+    );
+    assert_eq!(
+        asg.iter()
+            .filter(|a| *a == "DescribeAutoScalingGroups")
+            .count(),
+        1,
+        "the target groups are read once: {asg:?}"
+    );
+    crate::support::let_time_pass("an idle period", Duration::from_secs(5));
+    assert_eq!(
+        actions(w.elb.calls()),
+        elb,
+        "no load balancer call while idle"
+    );
+    assert_eq!(
+        actions(w.asg.calls()),
+        asg,
+        "no Auto Scaling call while idle"
+    );
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 0);
+}
