@@ -557,3 +557,127 @@ fn an_idle_guard_makes_no_load_balancer_call_after_its_set_up() {
     guard.signal(libc::SIGTERM);
     assert_eq!(guard.code(), 0);
 }
+
+/// `agent-guard doctor --json` against the world: (exit status, the document).
+fn doctor(w: &World, options: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let mut cmd = crate::support::command();
+    cmd.env_remove("INVOCATION_ID")
+        .env("AWS_ENDPOINT_URL_AUTO_SCALING", w.asg.url())
+        .env("AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2", w.elb.url())
+        .env("AWS_ACCESS_KEY_ID", "AKIDTESTTESTTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .args([
+            "doctor",
+            "--json",
+            "--imds",
+            "on",
+            "--imds-endpoint",
+            &w.imds.url(),
+        ])
+        .args(["--asg-name", GROUP, "--terminate-hook", "drain-hook"])
+        .args(options)
+        .args(["--", "/bin/true"]);
+    let out = cmd.output().expect("doctor runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let doc = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), doc)
+}
+
+/// The doctor's check `name`: (status, detail).
+fn doctor_check(doc: &serde_json::Value, name: &str) -> (String, String) {
+    let c = doc["checks"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no check {name} in {doc:#}"));
+    (
+        c["status"].as_str().unwrap_or_default().to_string(),
+        c["detail"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn doctor_reports_the_target_groups_their_health_checks_and_the_permissions() {
+    let w = world(Duration::from_secs(5));
+    // The world's target group checks / on the traffic port every 30 s, 5 times: AWS's defaults.
+    let (code, doc) = doctor(&w, &["--health-listen", "127.0.0.1:0"]);
+    let (status, detail) = doctor_check(&doc, "target-groups");
+    assert_eq!(status, "ok", "{doc:#}");
+    assert!(detail.contains(&w.arn), "{detail}");
+    let (status, detail) = doctor_check(&doc, "target-group-health-check");
+    assert_eq!(status, "warn", "{doc:#}");
+    assert!(detail.contains("checks / on port 8080"), "{detail}");
+    let (status, detail) = doctor_check(&doc, "target-group-spot-budget");
+    assert_eq!(status, "warn", "{doc:#}");
+    assert!(
+        detail.contains("for up to 30s × 5 unhealthy checks = 2m 30s"),
+        "{detail}"
+    );
+    for action in [
+        "DeregisterTargets",
+        "DescribeTargetHealth",
+        "DescribeTargetGroupAttributes",
+    ] {
+        let (status, detail) = doctor_check(&doc, &format!("elasticloadbalancing:{action}"));
+        assert_eq!(status, "ok", "{action}: {doc:#}");
+        assert!(detail.contains("allowed"), "{action}: {detail}");
+    }
+    let (status, detail) = doctor_check(&doc, "elasticloadbalancing:RegisterTargets");
+    assert_eq!(
+        (status.as_str(), detail.contains("not probed")),
+        ("ok", true)
+    );
+    assert_eq!(code, Some(0), "warnings only: {doc:#}");
+    assert_eq!(
+        w.elb.target_state(&w.arn, INSTANCE),
+        Some("healthy"),
+        "the doctor changed nothing"
+    );
+    assert!(
+        w.elb.calls().iter().all(|c| c.action != "RegisterTargets"),
+        "never registers"
+    );
+
+    // A health check of /readyz on the guard's port, checked often enough; and a refused
+    // DeregisterTargets fails, naming the action.
+    let w = World {
+        arn: String::new(),
+        ..world(Duration::from_secs(5))
+    };
+    let spec = TargetGroupSpec::new("ready", 8080)
+        .health_check("/readyz", "8099")
+        .deregistration_delay(Duration::from_secs(5));
+    let spec = TargetGroupSpec {
+        health_check_interval_s: 10,
+        unhealthy_threshold: 3,
+        ..spec
+    };
+    let arn = w.elb.add_target_group(spec);
+    w.elb.add_healthy_target(&arn, INSTANCE, 8080);
+    w.elb.deny("DeregisterTargets");
+    let (code, doc) = doctor(
+        &w,
+        &["--health-listen", "127.0.0.1:8099", "--target-groups", &arn],
+    );
+    assert_eq!(
+        doctor_check(&doc, "target-group-health-check").0,
+        "ok",
+        "{doc:#}"
+    );
+    assert_eq!(
+        doctor_check(&doc, "target-group-spot-budget").0,
+        "ok",
+        "{doc:#}"
+    );
+    let (status, detail) = doctor_check(&doc, "elasticloadbalancing:DeregisterTargets");
+    assert_eq!(status, "fail", "{doc:#}");
+    assert!(detail.contains("cannot deregister"), "{detail}");
+    assert_eq!(code, Some(1));
+}
