@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::aws::context::{AwsContext, SharedAws};
@@ -43,6 +43,10 @@ pub struct Deregistration {
     events: mpsc::Sender<Event>,
     /// The snapshot `/status` and `/metrics` read; written only here.
     status: watch::Sender<LoadBalancerStatus>,
+    /// Told by the supervisor when a held drain is called off.
+    called_off: Arc<Notify>,
+    /// The targets are deregistered by this task and not registered again yet.
+    deregistered: bool,
 }
 
 impl Deregistration {
@@ -61,6 +65,7 @@ impl Deregistration {
         let (holds_tx, holds) = mpsc::channel(4);
         let aws = aws.filter(|_| settings.target_groups != TargetGroups::Off);
         status.send_modify(|s| s.active = true);
+        let called_off = Arc::new(Notify::new());
         (
             Deregistration {
                 settings,
@@ -70,10 +75,13 @@ impl Deregistration {
                 holds,
                 events,
                 status,
+                called_off: called_off.clone(),
+                deregistered: false,
             },
             LoadBalancerLink {
                 wait: wait_rx,
                 holds: holds_tx,
+                called_off,
             },
         )
     }
@@ -87,6 +95,13 @@ impl Deregistration {
         loop {
             let hold = tokio::select! {
                 hold = self.holds.recv() => hold,
+                // Called off after the wait ended but before the agent was told.
+                _ = self.called_off.notified() => {
+                    if let Some((ctx, memberships)) = &found {
+                        self.register_again(ctx, memberships).await;
+                    }
+                    continue;
+                }
                 _ = shutdown.cancelled() => return,
             };
             let Some(hold) = hold else { return };
@@ -176,7 +191,7 @@ impl Deregistration {
     }
 
     /// DeregisterTargets, then the wait for the targets to leave `draining`, within the hold.
-    async fn deregister(&self, ctx: &AwsContext, memberships: &[Membership], hold: Hold) {
+    async fn deregister(&mut self, ctx: &AwsContext, memberships: &[Membership], hold: Hold) {
         let started = Instant::now();
         self.status.send_modify(|s| {
             s.deregistration = Some(DeregistrationRun {
@@ -197,6 +212,7 @@ impl Deregistration {
             self.grace(hold, why).await;
             return self.ended(end, started.elapsed());
         }
+        self.deregistered = true;
         let bound = hold.until.saturating_duration_since(Instant::now());
         let wanted = targets::wait_bound(memberships, self.settings.wait, Duration::MAX);
         tracing::info!(reason = %hold.reason, target_groups = memberships.len(), "load balancer: deregistered; waiting for it to stop sending before the agent hears of the drain");
@@ -208,7 +224,14 @@ impl Deregistration {
             );
         }
         let seen = |states: &[TargetState]| self.seen(memberships, states);
-        let end = match targets::wait_drained(&ctx.elb, memberships, bound, seen).await {
+        let waited = tokio::select! {
+            waited = targets::wait_drained(&ctx.elb, memberships, bound, seen) => Some(waited),
+            _ = self.called_off.notified() => None,
+        };
+        let Some(waited) = waited else {
+            return self.register_again(ctx, memberships).await;
+        };
+        let end = match waited {
             Drained::Done { .. } => {
                 tracing::info!(
                     took = %shown(started.elapsed()),
@@ -225,6 +248,33 @@ impl Deregistration {
             }
         };
         self.ended(end, started.elapsed());
+    }
+
+    /// The drain was called off before the agent heard of it: the targets this task deregistered
+    /// are registered again (the group registers replacements, so nothing else does this).
+    async fn register_again(&mut self, ctx: &AwsContext, memberships: &[Membership]) {
+        if !std::mem::take(&mut self.deregistered) {
+            return;
+        }
+        match targets::register(&ctx.elb, memberships).await {
+            Ok(()) => {
+                tracing::info!(
+                    target_groups = memberships.len(),
+                    "load balancer: the drain was called off; registered the instance again"
+                );
+                let at = SystemTime::now();
+                self.status.send_modify(|s| {
+                    if let Some(run) = s.deregistration.as_mut() {
+                        run.registered_again = Some(at);
+                    }
+                });
+                let states = targets::states(&ctx.elb, memberships).await;
+                self.seen(memberships, &states);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "load balancer: the drain was called off, but the instance cannot be registered again; its group's next scale-out or an operator must")
+            }
+        }
     }
 
     /// The states one read answered, one per membership, into the snapshot.

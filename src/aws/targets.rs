@@ -35,6 +35,8 @@ pub enum TargetError {
     Health { arn: String, error: CallError },
     #[error("DeregisterTargets for {arn}: {error}")]
     Deregister { arn: String, error: CallError },
+    #[error("RegisterTargets for {arn}: {error}")]
+    Register { arn: String, error: CallError },
 }
 
 impl TargetError {
@@ -42,7 +44,9 @@ impl TargetError {
     pub fn denied(&self) -> bool {
         let error = match self {
             TargetError::Lookup(e) => e,
-            TargetError::Health { error, .. } | TargetError::Deregister { error, .. } => error,
+            TargetError::Health { error, .. }
+            | TargetError::Deregister { error, .. }
+            | TargetError::Register { error, .. } => error,
         };
         matches!(error, CallError::Denied(_))
     }
@@ -235,6 +239,26 @@ pub async fn deregister(
     Ok(())
 }
 
+/// `RegisterTargets` for each membership: the same targets, on the same ports, as before the
+/// deregistration (only after a drain that was called off).
+pub async fn register(
+    elb: &aws_sdk_elasticloadbalancingv2::Client,
+    memberships: &[Membership],
+) -> Result<(), TargetError> {
+    for m in memberships {
+        elb.register_targets()
+            .target_group_arn(&m.arn)
+            .set_targets(Some(descriptions(&m.targets)))
+            .send()
+            .await
+            .map_err(|e| TargetError::Register {
+                arn: m.arn.clone(),
+                error: CallError::from(&e),
+            })?;
+    }
+    Ok(())
+}
+
 /// How long to wait for the load balancer: the longest deregistration delay (or the
 /// `--deregistration-wait` cap), never past `budget`.
 pub fn wait_bound(
@@ -275,7 +299,7 @@ fn least_settled(states: impl Iterator<Item = TargetState>) -> TargetState {
 
 /// The state of this instance's targets in each membership, in order (`unknown` where the
 /// answer could not be read).
-async fn states(
+pub async fn states(
     elb: &aws_sdk_elasticloadbalancingv2::Client,
     memberships: &[Membership],
 ) -> Vec<TargetState> {

@@ -681,3 +681,54 @@ fn doctor_reports_the_target_groups_their_health_checks_and_the_permissions() {
     assert!(detail.contains("cannot deregister"), "{detail}");
     assert_eq!(code, Some(1));
 }
+
+#[test]
+fn a_maintenance_drain_called_off_while_the_load_balancer_drains_registers_the_instance_again() {
+    use agent_guard::sim::imds::ScheduledEvent;
+    let dir = scratch();
+    let log = dir.path().join("agent.log");
+    let w = world(Duration::from_secs(30));
+    let mut guard = guard(
+        dir.path(),
+        &w,
+        &log,
+        &["--on-maintenance", "drain", "--maintenance-margin", "30s"],
+    );
+    let registers = |w: &World| {
+        w.elb
+            .calls()
+            .iter()
+            .filter(|c| c.action == "RegisterTargets")
+            .count()
+    };
+    // Due now: NotBefore is the margin ahead, in whole seconds as EC2 writes it.
+    let not_before = std::time::SystemTime::now() + Duration::from_secs(31);
+    let event = ScheduledEvent::active("system-reboot", "instance-event-7", not_before);
+    w.imds.set_scheduled_events(std::slice::from_ref(&event));
+    wait_until("the load balancer drains", Duration::from_secs(60), || {
+        w.elb.target_state(&w.arn, INSTANCE) == Some("draining")
+    });
+    assert_eq!(registers(&w), 0, "nothing registers before the call-off");
+    w.imds
+        .set_scheduled_events(&[event.clone().with_state("canceled")]);
+    wait_until("registered again", Duration::from_secs(60), || {
+        w.elb.target_state(&w.arn, INSTANCE) == Some("healthy")
+    });
+    assert_eq!(registers(&w), 1);
+    wait_until("ready again", SOON, || guard.status()["phase"] == "ready");
+    let status = guard.status();
+    let lb = &status["load_balancer"];
+    assert!(
+        lb["deregistration"]["registered_again"].is_string(),
+        "{status}"
+    );
+    assert_eq!(lb["target_groups"][0]["state"], "healthy", "{status}");
+    assert!(
+        first_time(&json_lines(&log), drain_event).is_none(),
+        "the agent never heard of the drain"
+    );
+    // Nothing else registers: a stop drains as usual, without RegisterTargets.
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 0);
+    assert_eq!(registers(&w), 1);
+}
