@@ -123,6 +123,10 @@ pub enum Standing {
     Starting,
     /// The agent is ready.
     Ready,
+    /// The agent is held back in a warm pool (`--in-warm-pool wait`) and does not run, by
+    /// design: ready for the launch round the instance entered the pool with, not for a later
+    /// one (a guard that has not seen the release yet).
+    Held,
     /// The agent and its process group are gone.
     Gone,
 }
@@ -144,6 +148,10 @@ pub struct Entry {
     /// waited for until it is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentId>,
+    /// The launch round its standing belongs to: each release from a warm pool begins a new
+    /// one ([`Registration::new_round`]), so a standing from an earlier round is told apart.
+    #[serde(default)]
+    pub round: u64,
 }
 
 impl Entry {
@@ -161,6 +169,9 @@ pub struct Finished {
     pub result: Option<HookResult>,
     /// The guard that did it, as `name (pid N)`.
     pub by: String,
+    /// The launch round it ended: an earlier round's end is not this round's.
+    #[serde(default)]
+    pub round: u64,
 }
 
 /// What a guard does next with a hook, decided under the directory lock.
@@ -195,15 +206,19 @@ struct Peer {
 }
 
 impl Peer {
-    /// Why this peer holds up a decision that waits for live guards whose standing `holds_up`
-    /// (and, with `orphans`, for dead guards whose agent still runs); `None` if it does not.
-    fn holds_up(&self, holds_up: &impl Fn(Standing) -> bool, orphans: bool) -> Option<String> {
+    /// Why this peer holds up a decision that waits for live guards whose registration
+    /// `holds_up` (and, with `orphans`, for dead guards whose agent still runs); `None` if it
+    /// does not.
+    fn holds_up(&self, holds_up: &impl Fn(&Entry) -> bool, orphans: bool) -> Option<String> {
         let entry = match &self.entry {
             Err(why) => return Some(format!("{}: {why}", self.file)),
             Ok(entry) => entry,
         };
-        if self.alive && holds_up(entry.standing) {
-            return Some(entry.label());
+        if self.alive && holds_up(entry) {
+            return Some(match entry.standing {
+                Standing::Held => format!("{}: still held in the warm pool", entry.label()),
+                _ => entry.label(),
+            });
         }
         let pgid = entry.agent.as_ref().map_or(0, |a| a.pgid);
         (orphans && self.orphan_runs).then(|| {
@@ -287,6 +302,7 @@ impl Registration {
         let pid = std::process::id();
         let file_name = format!("{name}.{pid}.json");
         let peers = read_peers(&guards, &file_name)?;
+        let round = current_round(&peers, 0);
         let new_round = peers.iter().all(|p| !p.alive);
         if new_round {
             for stale in ["claim", "done.json"] {
@@ -309,6 +325,7 @@ impl Registration {
             terminating: false,
             on_unclean,
             agent: None,
+            round,
         };
         // Whole before the directory lock is released, replacing a dead guard's file whose pid
         // this process now has: no other guard ever reads it empty.
@@ -388,19 +405,21 @@ impl Registration {
     }
 
     /// The steps both decisions begin with: the hook's work is over; another live guard holds
-    /// the claim; or others keep this one waiting: live guards whose standing `holds_up`,
+    /// the claim; or others keep this one waiting: live guards whose registration `holds_up`,
     /// registrations that cannot be read, and (with `orphans`) dead guards whose agent still
-    /// runs. `Ok(Err(peers))` when none of these decides: the other guards' registrations, for
-    /// the decision's own rules.
+    /// runs. `holds_up` is given the current launch round too. `Ok(Err(peers))` when none of
+    /// these decides: the other guards' registrations, for the decision's own rules.
     fn before_deciding(
         &self,
-        holds_up: impl Fn(Standing) -> bool,
+        holds_up: impl Fn(&Entry, u64) -> bool,
         orphans: bool,
     ) -> Result<Result<Decision, Vec<Peer>>, HooksDirError> {
         if let Some(done) = self.finished()? {
             return Ok(Ok(Decision::Done(done)));
         }
         let peers = read_peers(&self.guards, &self.file_name)?;
+        let round = current_round(&peers, self.entry.round);
+        let holds_up = |entry: &Entry| holds_up(entry, round);
         if let Some(claimer) = self.live_claim(&peers)? {
             return Ok(Ok(Decision::Wait {
                 others: vec![claimer],
@@ -418,7 +437,7 @@ impl Registration {
 
     fn decide_termination(&mut self) -> Result<Decision, HooksDirError> {
         // Waits for every live guard whose agent is not gone yet.
-        let peers = match self.before_deciding(|standing| standing != Standing::Gone, true)? {
+        let peers = match self.before_deciding(|e, _| e.standing != Standing::Gone, true)? {
             Ok(decided) => return Ok(decided),
             Err(peers) => peers,
         };
@@ -447,26 +466,50 @@ impl Registration {
 
     /// This guard's agent is ready. Then decides, as [`Registration::launch`] does.
     pub fn agent_ready(&mut self) -> Result<Decision, HooksDirError> {
+        self.ready_as(Standing::Ready)
+    }
+
+    /// This guard holds its agent back in a warm pool (`--in-warm-pool wait`): its part of the
+    /// launch round the instance entered the pool with is done. Then decides, as
+    /// [`Registration::launch`] does.
+    pub fn held(&mut self) -> Result<Decision, HooksDirError> {
+        self.ready_as(Standing::Held)
+    }
+
+    fn ready_as(&mut self, standing: Standing) -> Result<Decision, HooksDirError> {
         let _lock = DirLock::take(&self.dir)?;
-        self.entry.standing = Standing::Ready;
+        self.entry.standing = standing;
         self.write()?;
         self.decide_launch()
     }
 
-    /// For the launch hook, once this guard's agent is ready: complete it with CONTINUE if every
-    /// other live guard's agent is ready (or gone), else wait. A guard that died without a word
-    /// is not waited for: systemd restarts it, and it registers again.
+    /// For the launch hook, once this guard's agent is ready (or held): complete it with
+    /// CONTINUE if every other live guard's agent is ready, held or gone in this round, else
+    /// wait. A guard that died without a word is not waited for: systemd restarts it, and it
+    /// registers again.
     pub fn launch(&mut self) -> Result<Decision, HooksDirError> {
         let _lock = DirLock::take(&self.dir)?;
         self.decide_launch()
     }
 
     fn decide_launch(&mut self) -> Result<Decision, HooksDirError> {
-        // Waits for every live guard whose agent is not ready yet (a gone one holds nobody up).
-        if let Ok(decided) =
-            self.before_deciding(|standing| standing == Standing::Starting, false)?
-        {
-            return Ok(decided);
+        // Waits for every live guard whose agent is not ready yet (a gone one holds nobody up),
+        // and for every guard still held from an earlier round: released later than this one,
+        // its agent has not even started. A ready agent's readiness is its own, whatever the
+        // round (`--in-warm-pool run` keeps its agent running through the release).
+        let not_ready = |e: &Entry, round: u64| match e.standing {
+            Standing::Starting => true,
+            Standing::Held => e.round < round,
+            Standing::Ready | Standing::Gone => false,
+        };
+        let peers = match self.before_deciding(not_ready, false)? {
+            Ok(decided) => return Ok(decided),
+            Err(peers) => peers,
+        };
+        // Behind: another guard began a later round, so this one's is over (its end is read
+        // from `done.json` first); this guard joins the new round once released.
+        if current_round(&peers, self.entry.round) > self.entry.round {
+            return Ok(Decision::NotNeeded);
         }
         self.claim()?;
         Ok(Decision::Complete {
@@ -493,19 +536,25 @@ impl Registration {
     }
 
     /// The launch hook pauses the instance again: it left a warm pool (`Warmed:Pending:Wait`
-    /// was completed, `Pending:Wait` is next). This guard's agent counts as starting again, and
-    /// the last round's end is forgotten so that this round's completion is made. Guards
-    /// released together each start the new round within a notice poll of each other; one that
-    /// has not yet still counts its agent ready from the warm round until it does.
+    /// was completed, `Pending:Wait` is next). This guard's agent counts as starting again, in
+    /// a new round: the first guard released begins it (the round after its own), a later one
+    /// joins it. Guards released together see the release up to a notice poll apart, and one
+    /// that has not yet is still held from the earlier round: that holds the others up
+    /// ([`Registration::launch`]) until it joins and its own agent is ready. The earlier
+    /// round's `done.json` stays, told apart by its round, so a late write of it is harmless.
     pub fn new_round(&mut self) -> Result<(), HooksDirError> {
         let _lock = DirLock::take(&self.dir)?;
+        let peers = read_peers(&self.guards, &self.file_name)?;
+        let current = current_round(&peers, self.entry.round);
+        if current == self.entry.round {
+            self.entry.round = current.saturating_add(1);
+            let _ = self.dir.remove("claim");
+        } else {
+            self.entry.round = current;
+        }
         self.entry.standing = Standing::Starting;
         self.entry.result = None;
-        self.write()?;
-        for stale in ["claim", "done.json"] {
-            let _ = self.dir.remove(stale);
-        }
-        Ok(())
+        self.write()
     }
 
     /// The hook's work is over (`state` as in `/status`): written once for every guard to read;
@@ -517,6 +566,7 @@ impl Registration {
             state: state.to_string(),
             result,
             by: self.label(),
+            round: self.entry.round,
         };
         let text = serde_json::to_vec(&done).unwrap_or_default();
         self.dir.replace("done.json", &text).map_err(io(&path))?;
@@ -543,10 +593,14 @@ impl Registration {
         Ok(())
     }
 
+    /// How this guard's round ended, if it did: a `done.json` of an earlier round is not
+    /// this one's.
     fn finished(&self) -> Result<Option<Finished>, HooksDirError> {
         let path = self.dir.at("done.json");
         let text = self.dir.read("done.json").map_err(io(&path))?;
-        Ok(text.and_then(|text| serde_json::from_slice(&text).ok()))
+        Ok(text
+            .and_then(|text| serde_json::from_slice::<Finished>(&text).ok())
+            .filter(|done| done.round >= self.entry.round))
     }
 
     /// The guard holding a claim, if it is another and alive.
@@ -590,6 +644,16 @@ fn counted(peer: &Peer) -> Option<(bool, HookResult, String)> {
         )),
         _ => None,
     }
+}
+
+/// The latest launch round any guard has begun, `own` included: registrations that cannot be
+/// read say nothing of it (and hold the others up anyway).
+fn current_round(peers: &[Peer], own: u64) -> u64 {
+    peers
+        .iter()
+        .filter_map(|p| p.entry.as_ref().ok())
+        .map(|e| e.round)
+        .fold(own, u64::max)
 }
 
 /// The registration as written: a plain struct, whose serialisation cannot fail.
