@@ -745,6 +745,12 @@ mod tests {
         Registration::register(root, kind, "drain/hook", name, ABANDON).expect("registers")
     }
 
+    fn wait(others: &[&Registration]) -> Decision {
+        Decision::Wait {
+            others: others.iter().map(|r| r.label()).collect(),
+        }
+    }
+
     fn complete(result: HookResult, because: &[String]) -> Decision {
         Decision::Complete {
             result,
@@ -782,6 +788,7 @@ mod tests {
             state: "completed".to_string(),
             result: Some(CONTINUE),
             by: slow.label(),
+            round: 0,
         };
         assert_eq!(fast.termination().expect("decides"), Decision::Done(done));
         fast.leave().expect("leaves");
@@ -950,6 +957,63 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn out_of_a_warm_pool_a_guard_still_held_from_the_warm_round_holds_the_new_round_up() {
+        let root = tempfile::tempdir().expect("tmp");
+        let mut fast = guard(root.path(), HookKind::Launch, "fast");
+        let mut slow = guard(root.path(), HookKind::Launch, "slow");
+        // A `--in-warm-pool run` guard: its agent runs and is ready through the release.
+        let mut runs = guard(root.path(), HookKind::Launch, "runs");
+        assert_eq!(runs.agent_ready().expect("decides"), wait(&[&fast, &slow]));
+        assert_eq!(fast.held().expect("decides"), wait(&[&slow]));
+        assert_eq!(slow.held().expect("decides"), complete(CONTINUE, &[]));
+        // The warm round's completer writes its end: every guard of that round reads it.
+        slow.finish("completed", Some(CONTINUE)).expect("finish");
+        assert!(matches!(runs.launch().expect("decides"), Decision::Done(_)));
+
+        // Released: the fast guard begins the new round; the slow one has not seen it yet.
+        fast.new_round().expect("new round");
+        let held = format!("{}: still held in the warm pool", slow.label());
+        assert_eq!(
+            fast.agent_ready().expect("decides"),
+            Decision::Wait {
+                others: vec![held.clone()]
+            },
+            "the warm round's end is not this round's, and held is not ready"
+        );
+        // A late end of the warm round changes nothing.
+        slow.finish("completed", Some(CONTINUE)).expect("finish");
+        assert_eq!(
+            fast.launch().expect("decides"),
+            Decision::Wait { others: vec![held] }
+        );
+        // The slow guard joins the round (it does not begin another) and is last ready.
+        slow.new_round().expect("joins");
+        assert_eq!(fast.launch().expect("decides"), wait(&[&slow]));
+        assert_eq!(slow.agent_ready().expect("decides"), complete(CONTINUE, &[]));
+        slow.finish("completed", Some(CONTINUE)).expect("finish");
+        for g in [&mut fast, &mut runs] {
+            assert!(matches!(
+                g.launch().expect("decides"),
+                Decision::Done(Finished { round: 1, .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_guard_behind_the_current_round_never_completes_it() {
+        let root = tempfile::tempdir().expect("tmp");
+        let mut a = guard(root.path(), HookKind::Launch, "a");
+        let mut b = guard(root.path(), HookKind::Launch, "b");
+        a.new_round().expect("new round");
+        a.agent_ready().expect("decides");
+        // b, still in round 0 with no end of it to read: it decides nothing.
+        assert_eq!(b.held().expect("decides"), Decision::NotNeeded);
+        // Registered now, a guard joins the current round.
+        let c = guard(root.path(), HookKind::Launch, "c");
+        assert_eq!(c.entry.round, 1);
     }
 
     #[test]
