@@ -992,7 +992,10 @@ mod tests {
         // The slow guard joins the round (it does not begin another) and is last ready.
         slow.new_round().expect("joins");
         assert_eq!(fast.launch().expect("decides"), wait(&[&slow]));
-        assert_eq!(slow.agent_ready().expect("decides"), complete(CONTINUE, &[]));
+        assert_eq!(
+            slow.agent_ready().expect("decides"),
+            complete(CONTINUE, &[])
+        );
         slow.finish("completed", Some(CONTINUE)).expect("finish");
         for g in [&mut fast, &mut runs] {
             assert!(matches!(

@@ -633,7 +633,9 @@ fn out_of_a_warm_pool_the_launch_hook_waits_for_both_agents_of_the_new_round() {
     h.asg.launch(GROUP, INSTANCE);
     h.imds.set_lifecycle_state(Some("InService"));
     for g in [&fast, &slow] {
-        wait_until("the agent started", SOON, || !g.status()["agent_pid"].is_null());
+        wait_until("the agent started", SOON, || {
+            !g.status()["agent_pid"].is_null()
+        });
     }
     std::fs::write(go("fast"), "").expect("fast ready");
     wait_until("the fast guard decided", SOON, || {
