@@ -98,10 +98,13 @@ pub fn judge(completions: &[f64], gone: &[(&str, Option<f64>)]) -> Result<(), St
     Ok(())
 }
 
+/// The agents' `gone` marks, by name.
+type GoneMarks<'a> = &'a [(&'a str, Option<f64>)];
+
 /// [`judge`] on made-up cycles: `(what, whether it must be flagged, whether it was)`.
 pub fn self_check() -> Vec<(&'static str, bool, bool)> {
     let gone = [("fast", Some(10.0)), ("slow", Some(12.0))];
-    let cases: [(&str, Vec<f64>, &[(&str, Option<f64>)], bool); 5] = [
+    let cases: [(&str, Vec<f64>, GoneMarks, bool); 5] = [
         (
             "one completion after both agents were gone",
             vec![12.5],
@@ -224,7 +227,7 @@ fn flap(i: usize, host: &Host) -> bool {
     );
     host.imds.set_scheduled_events(std::slice::from_ref(&event));
     std::thread::sleep(Duration::from_millis(600));
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         let canceled = event.clone().with_state("canceled");
         host.imds.set_scheduled_events(&[canceled]);
     } else {

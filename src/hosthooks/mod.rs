@@ -6,8 +6,9 @@
 //!
 //! Layout, one directory per hook: `DIR/terminate.NAME/` (or `launch.NAME/`, `/` in a hook name
 //! written `+`) holds
-//! - `guards/NAME.PID.json`: one guard's registration, its state as JSON (starting, ready, gone
-//!   with the agent's result, and what identifies its agent). The guard holds an exclusive
+//! - `guards/NAME.PID.json`: one guard's registration, its state as JSON (starting, ready, held
+//!   in a warm pool, gone with the agent's result; the launch round that state belongs to; and
+//!   what identifies its agent). The guard holds an exclusive
 //!   `flock` on it for its whole life, so the kernel itself says whether the guard still lives:
 //!   a crashed or SIGKILLed guard's lock is released with its last file descriptor, and a pid
 //!   file could never say that (pids are reused). Each version is written whole under a
@@ -17,7 +18,7 @@
 //!   first gone, and exactly one of them completes the hook.
 //! - `claim`: the registration of the guard completing the hook; a claim whose guard died is
 //!   taken over.
-//! - `done.json`: how the hook's work ended, and by whom.
+//! - `done.json`: how the hook's work ended (in which launch round), and by whom.
 //!
 //! What cannot be known counts as someone there, never as absent: a registration that cannot be
 //! read or parsed, or that another user could have changed, holds the others up (bounded by the
