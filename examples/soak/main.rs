@@ -124,6 +124,10 @@ fn start_guard(bin: &Path, dir: &Path, imds: &ImdsSim, asg: &AutoScalingSim, mod
         .args(["--imds-poll", "100ms", "--terminate-hook", HOOK])
         .args(["--asg-name", GROUP, "--stop-timeout", "1s"])
         .args(["--drain-timeout", "3s", "--health-listen", "127.0.0.1:0"])
+        // Each cycle is an instance of its own: the host's default hooks directory would have
+        // the guards of cycles running at once wait for each other, and leave it to each other.
+        .arg("--hooks-dir")
+        .arg(dir.join("hooks"))
         .args(["--log-level", "warn", "--", "python3"])
         .arg(root().join("bench/soak_agent.py"))
         .arg(dir)
