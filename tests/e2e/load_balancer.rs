@@ -424,13 +424,6 @@ fn drill_spot_notes_a_wait_the_deadline_cut() {
     offset(&doc, "agent told to drain");
 }
 
-/// moto's URL, when a moto server answers there (`.ci/run` starts one).
-fn moto_url() -> Option<String> {
-    let url = std::env::var("AGENT_GUARD_TEST_MOTO").ok()?;
-    let addr = url.trim_start_matches("http://").to_string();
-    std::net::TcpStream::connect(&addr).ok().map(|_| url)
-}
-
 /// Runs a boto3 script against moto; its stdout, trimmed.
 fn boto3(script: &str) -> String {
     let python = std::env::var("AGENT_GUARD_TEST_PYTHON")
@@ -451,7 +444,7 @@ fn boto3(script: &str) -> String {
 /// deregisters the instance from the target group given with `--target-groups`.
 #[test]
 fn a_spot_drain_deregisters_the_instance_from_a_real_moto_target_group() {
-    let Some(moto) = moto_url() else {
+    let Some(moto) = crate::support::moto_url() else {
         crate::support::require(false, "no moto server (.ci/run starts one)");
         return;
     };
