@@ -706,6 +706,7 @@ impl Tasks {
                 told,
                 held: views.held.clone(),
                 run: views.run.clone(),
+                imds: views.imds.clone(),
             };
             self.lifecycle = Some(LifecycleHandle::start(
                 config.lifecycle.clone(),
@@ -739,21 +740,27 @@ impl Tasks {
         }
     }
 
-    /// The agent and its group are gone. Decide (done), tell (release protection, complete the
-    /// hook, ask for a replacement after a crash loop, cancel the servers), then wait for each
-    /// under a deadline.
+    /// The agent and its group are gone. Decide (done), tell (release protection, ask for a
+    /// replacement after a crash loop, complete the hook, cancel the servers), then wait for
+    /// each under a deadline.
     async fn finish(self, outcome: Outcome, signals: SignalSource) {
         if let Some(protection) = self.protection {
             // A protected instance whose agent is gone must not stay protected.
             protection.finish().await;
         }
-        let crash_loop = outcome.crash_loop;
+        // Before the hook work: an instance marked Unhealthy is terminated by its group, and
+        // its termination hook then waits for this guard, which stays to complete it.
+        let marked_unhealthy = match (outcome.crash_loop, self.replace) {
+            (true, Some(replace)) => replace::after_crash_loop(replace.aws.as_deref()).await,
+            _ => false,
+        };
         if let Some(lifecycle) = self.lifecycle {
             // Only now, with the proof of exit in hand, may the termination hook complete.
-            lifecycle.finish(outcome, signals).await;
-        }
-        if let (true, Some(replace)) = (crash_loop, self.replace) {
-            replace::after_crash_loop(replace.aws.as_deref()).await;
+            let over = lifecycle::RunOver {
+                outcome,
+                marked_unhealthy,
+            };
+            lifecycle.finish(over, signals).await;
         }
         stop_servers(self.shutdown, self.servers).await;
     }

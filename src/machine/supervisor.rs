@@ -674,6 +674,10 @@ impl Supervisor {
                 self.restart_cancelled(reason);
                 Ok(())
             }
+            Action::DrainAfterExit { reason } => {
+                self.drain_after_exit(reason);
+                Ok(())
+            }
             Action::HoldForLoadBalancer { reason, until } => {
                 self.hold_for_load_balancer(reason, until, ctx.now);
                 Ok(())
@@ -902,6 +906,15 @@ impl Supervisor {
         self.out
             .run(|run| *run.drains.entry(reason).or_insert(0) += 1);
         tracing::info!(reason = %reason, "stopping during the restart delay: the agent is not started again");
+    }
+
+    /// A drain came once the agent had exited by itself: nothing is left to tell, but the drain
+    /// decides how the run ends, so that a scale-in's termination hook is still completed.
+    fn drain_after_exit(&mut self, reason: DrainReason) {
+        self.decided(reason);
+        self.out
+            .run(|run| *run.drains.entry(reason).or_insert(0) += 1);
+        tracing::info!(reason = %reason, "drain after the agent exited by itself: nothing left to tell; it decides how the run ends once every process of the agent is gone");
     }
 
     /// A drain or stop reason in force now: the one that decides how the run ends (a scale-in
