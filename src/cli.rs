@@ -266,8 +266,9 @@ pub struct Cli {
     )]
     pub lb_grace: String,
 
-    /// `wait`: an instance launched into a warm pool completes its launch hook without starting
-    /// the agent, which starts once the target lifecycle state is InService; `run` starts it at once
+    /// `wait`: an instance launched into a warm pool (or back in it after service, the guard
+    /// staying) completes its launch hook without starting the agent, which starts once the
+    /// target lifecycle state is InService; `run` starts it at once
     #[arg(
         long,
         env = "AGENT_GUARD_IN_WARM_POOL",

@@ -97,11 +97,16 @@ pub struct RunOver {
     /// After a crash loop the instance was marked Unhealthy (`--on-crash-loop unhealthy`): the
     /// group will terminate it, and its termination hook will wait for this guard.
     pub marked_unhealthy: bool,
+    /// The guard stays once the hook work is over (back in a warm pool, it starts the agent
+    /// again when the instance goes into service): said so, instead of "the guard exits".
+    pub guard_stays: bool,
 }
 
 /// The running lifecycle work; `finish` ends it once the agent is gone.
 pub struct LifecycleHandle {
     finish: oneshot::Sender<RunOver>,
+    /// The AWS context it works with, for the lifecycle work of a next run.
+    aws: Arc<SharedAws>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -185,8 +190,13 @@ impl LifecycleHandle {
         host: HostHooks,
     ) -> Self {
         let (finish, finish_rx) = oneshot::channel();
-        let task = tokio::spawn(run(settings, aws, reads, host, finish_rx));
-        LifecycleHandle { finish, task }
+        let task = tokio::spawn(run(settings, aws.clone(), reads, host, finish_rx));
+        LifecycleHandle { finish, aws, task }
+    }
+
+    /// The AWS context this work shares with the others.
+    pub fn aws(&self) -> Arc<SharedAws> {
+        self.aws.clone()
     }
 
     /// The agent and its whole group are gone (`outcome` proves it): completes the termination
@@ -195,20 +205,24 @@ impl LifecycleHandle {
     /// operator stopping the unit while the instance deregisters; the stream the supervisor
     /// handed on, so nothing it had read is lost) ends the wait: the hook is left to the other
     /// guards, or to its timeout.
-    pub async fn finish(self, over: RunOver, signals: SignalSource) {
+    ///
+    /// Returns the signal stream, or `None` if a stop signal ended the wait (the guard is to
+    /// exit then).
+    pub async fn finish(self, over: RunOver, mut signals: SignalSource) -> Option<SignalSource> {
         let _ = self.finish.send(over);
         let mut task = self.task;
-        let stop = stop_signal(signals);
         tokio::select! {
             ended = tokio::time::timeout(FINISH_WITHIN, &mut task) => {
                 if ended.is_err() {
                     task.abort();
                     tracing::error!("lifecycle: gave up waiting for the hook completion");
                 }
+                Some(signals)
             }
-            sig = stop => {
+            sig = stop_signal(&mut signals) => {
                 task.abort();
                 tracing::warn!(signal = %sig, "lifecycle: stopped while the hook work waited; the hook is left to the other guards on this host or to its timeout; the guard exits with the agent's status");
+                None
             }
         }
     }
@@ -234,7 +248,7 @@ const NO_AGENT_WITHIN: Duration = Duration::from_secs(5);
 
 /// The next SIGTERM or SIGINT, once the supervisor (which handled them until the agent was gone)
 /// has handed the stream on; never, if it cannot be read any more.
-async fn stop_signal(mut signals: SignalSource) -> &'static str {
+async fn stop_signal(signals: &mut SignalSource) -> &'static str {
     loop {
         match signals.next().await {
             Some(Sig::INT) => return "SIGINT",
@@ -456,6 +470,11 @@ impl<'a> Watch<'a> {
             }
         }
         if let Some(task) = self.launch_task {
+            if !task.is_finished() {
+                tracing::info!(
+                    "lifecycle: waiting for the launch hook's completion (at most 1m) before the hook work ends"
+                );
+            }
             let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
         }
     }
@@ -735,7 +754,7 @@ impl<'a> Watch<'a> {
             return;
         };
         let terminating = self.terminating_after(&over, hook).await;
-        let outcome = over.outcome;
+        let outcome = &over.outcome;
         let exit = &outcome.exit;
         let result = result_for(
             exit,
@@ -757,6 +776,7 @@ impl<'a> Watch<'a> {
             wait_seen: self.wait_seen,
             spot: outcome.drain == Some(DrainReason::SpotInterruption),
             registration: self.host.terminate.clone(),
+            guard_stays: over.guard_stays,
         };
         let state = gone.finish().await;
         if terminating {
