@@ -208,6 +208,12 @@ fn back_in_the_warm_pool_the_guard_stays_and_starts_the_agent_again_in_service()
         "the agent was stopped: {}",
         read(&log)
     );
+    // The sim records the call before the guard logs its answer.
+    wait_until("the completion is logged", SOON, || {
+        guard
+            .log()
+            .contains("the guard stays, to start the agent again")
+    });
     let text = guard.log();
     let all_gone = text
         .find("every process of the agent is gone")
