@@ -146,8 +146,9 @@ pub struct Cli {
     pub crash_loop: String,
 
     /// After a crash loop: `unhealthy` marks the instance Unhealthy (SetInstanceHealth) so the
-    /// group replaces it, then exits with the agent's last status (outside a group it just
-    /// exits); `exit` just exits
+    /// group replaces it, and with --terminate-hook stays to complete that termination's hook
+    /// (at most the hook's timeout), then exits with the agent's last status (outside a group it
+    /// just exits); `exit` just exits
     #[arg(
         long,
         env = "AGENT_GUARD_ON_CRASH_LOOP",
@@ -266,8 +267,9 @@ pub struct Cli {
     )]
     pub lb_grace: String,
 
-    /// `wait`: an instance launched into a warm pool completes its launch hook without starting
-    /// the agent, which starts once the target lifecycle state is InService; `run` starts it at once
+    /// `wait`: an instance launched into a warm pool (or back in it after service, the guard
+    /// staying) completes its launch hook without starting the agent, which starts once the
+    /// target lifecycle state is InService; `run` starts it at once
     #[arg(
         long,
         env = "AGENT_GUARD_IN_WARM_POOL",

@@ -29,6 +29,7 @@ mod load_balancer;
 mod log_lines;
 mod maintenance;
 mod missing_credentials;
+mod no_agent_left;
 mod notices;
 mod on_drain;
 mod on_drain_bounds;

@@ -413,6 +413,9 @@ fn entry_for(what: &Observation) -> Option<(&'static str, String)> {
             match awaiting {
                 Awaiting::WaitState => format!("for Terminating:Wait: {detail}"),
                 Awaiting::OtherGuards => format!("for the other guards on this host: {detail}"),
+                Awaiting::Termination => {
+                    format!("for the group to terminate the instance: {detail}")
+                }
             },
         ),
         Observation::Guard(Record::WaitStateSeen { state, .. }) => (
