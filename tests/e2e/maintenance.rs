@@ -505,7 +505,16 @@ fn drill_maintenance_rehearses_each_mode() {
             "scheduled event system-reboot",
         ),
     ] {
-        let (code, text) = drill(&["--on-maintenance", mode, "--", recorder, agent]);
+        // Ready once its handlers are installed (Python can be slow to start under load).
+        let (code, text) = drill(&[
+            "--ready-on",
+            "notify",
+            "--on-maintenance",
+            mode,
+            "--",
+            recorder,
+            agent,
+        ]);
         assert_eq!(code, Some(0), "{mode}: {text}");
         assert!(text.contains(pass), "{mode}: {text}");
         assert!(text.contains(entry), "{mode}: {text}");
@@ -516,6 +525,8 @@ fn drill_maintenance_rehearses_each_mode() {
     }
     // An agent still running at NotBefore fails, in plain words.
     let (code, text) = drill(&[
+        "--ready-on",
+        "notify",
         "--on-maintenance",
         "drain",
         "--maintenance-margin",
