@@ -6,25 +6,16 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_guard::sim::autoscaling::{AutoScalingSim, Call, Faults};
-use agent_guard::sim::imds::ImdsSim;
+use agent_guard::sim::autoscaling::{Call, Faults};
 use serde_json::Value;
 
-use crate::support::{Guard, SOON, aws_command, let_time_pass, read, scratch, wait_until};
+use crate::support::{Guard, SOON, World, aws_command, let_time_pass, read, scratch, wait_until};
 
 const GROUP: &str = "workers";
 const INSTANCE: &str = "i-0123456789abcdef0";
 
-struct World {
-    imds: ImdsSim,
-    asg: AutoScalingSim,
-}
-
 fn world() -> World {
-    let imds = ImdsSim::start().expect("imds sim");
-    let asg = AutoScalingSim::start().expect("asg sim");
-    asg.add_instance(GROUP, INSTANCE, "InService");
-    World { imds, asg }
+    World::start(GROUP, INSTANCE, [])
 }
 
 fn guard(dir: &Path, w: &World, options: &[&str]) -> Guard {

@@ -12,7 +12,7 @@ use agent_guard::sim::autoscaling::{AutoScalingSim, Faults, Hook, LAUNCHING, TER
 use agent_guard::sim::imds::{self, ImdsSim};
 use serde_json::Value;
 
-use crate::support::{Guard, command, scratch};
+use crate::support::{Guard, World, command, scratch};
 
 const GROUP: &str = "workers";
 const INSTANCE: &str = "i-0123456789abcdef0";
@@ -24,11 +24,6 @@ const FITS: &[&str] = &[
     "launch-hook",
     "--protect-while-busy",
 ];
-
-struct World {
-    imds: ImdsSim,
-    asg: AutoScalingSim,
-}
 
 /// An instance in service in a group with a termination hook (5 min) and a launch hook (15
 /// min, longer than the default --ready-timeout), metadata tags on.
@@ -119,14 +114,6 @@ fn all_ok_but(doc: &Value, except: &[&str]) {
     }
 }
 
-fn calls(w: &World, action: &str) -> Vec<agent_guard::sim::autoscaling::Call> {
-    w.asg
-        .calls()
-        .into_iter()
-        .filter(|c| c.action == action)
-        .collect()
-}
-
 #[test]
 fn a_deployment_that_fits_passes_whole_and_changes_nothing() {
     let w = world();
@@ -142,7 +129,7 @@ fn a_deployment_that_fits_passes_whole_and_changes_nothing() {
     expect(&doc, "autoscaling:CompleteLifecycleAction", "ok", "proven");
     // The probes: a random token and no instance id, refused as no action has it.
     for action in ["CompleteLifecycleAction", "RecordLifecycleActionHeartbeat"] {
-        let probes = calls(&w, action);
+        let probes = w.calls(action);
         assert_eq!(probes.len(), 1, "{probes:?}");
         let probe = &probes[0];
         assert_eq!(
@@ -152,7 +139,7 @@ fn a_deployment_that_fits_passes_whole_and_changes_nothing() {
         assert!(!probe.params.contains_key("InstanceId"), "{probe:?}");
         assert_eq!(probe.params["LifecycleActionToken"].len(), 36, "{probe:?}");
     }
-    let protection = calls(&w, "SetInstanceProtection");
+    let protection = w.calls("SetInstanceProtection");
     assert_eq!(protection.len(), 1, "{protection:?}");
     assert_eq!(protection[0].params["ProtectedFromScaleIn"], "false");
     // Nothing changed: no action completed, the instance as it was.
@@ -476,7 +463,7 @@ fn never_probes_while_the_instance_waits_in_a_lifecycle_action() {
             "warn",
             "not proven: the instance is in Pending:Wait",
         );
-        assert!(calls(&w, action).is_empty(), "{action} was called");
+        assert!(w.calls(action).is_empty(), "{action} was called");
     }
     assert_eq!(
         w.asg.instance_state(INSTANCE).as_deref(),

@@ -6,12 +6,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agent_guard::sim::autoscaling::{AutoScalingSim, Call, Faults, Hook, LAUNCHING, TERMINATING};
+use agent_guard::sim::autoscaling::{Call, Faults, Hook, LAUNCHING, TERMINATING};
 use agent_guard::sim::imds::ImdsSim;
 
 use crate::support::{
-    Guard, SOON, aws_command, command, first_time, fixture, json_lines, let_time_pass, scratch,
-    wait_until,
+    Guard, SOON, World, aws_command, command, first_time, fixture, json_lines, let_time_pass,
+    scratch, wait_until,
 };
 
 const GROUP: &str = "workers";
@@ -50,19 +50,8 @@ impl Clock {
     }
 }
 
-struct World {
-    imds: ImdsSim,
-    asg: AutoScalingSim,
-}
-
 fn world(terminate: Option<Hook>, launch: Option<Hook>) -> World {
-    let imds = ImdsSim::start().expect("imds sim");
-    let asg = AutoScalingSim::start().expect("asg sim");
-    asg.add_instance(GROUP, INSTANCE, "InService");
-    for hook in [terminate, launch].into_iter().flatten() {
-        asg.put_hook(GROUP, hook);
-    }
-    World { imds, asg }
+    World::start(GROUP, INSTANCE, [terminate, launch].into_iter().flatten())
 }
 
 fn terminate_hook() -> Hook {
@@ -73,14 +62,6 @@ fn guard(dir: &Path, w: &World, options: &[&str], agent: &[&str]) -> Guard {
     let mut cmd = aws_command(&w.imds, &w.asg);
     cmd.args(options).arg("--").args(agent);
     Guard::spawn(dir, cmd)
-}
-
-fn calls(w: &World, action: &str) -> Vec<Call> {
-    w.asg
-        .calls()
-        .into_iter()
-        .filter(|c| c.action == action)
-        .collect()
 }
 
 fn wait_lifecycle_ready(guard: &Guard) {
@@ -128,7 +109,7 @@ fn scale_in_heartbeats_while_draining_and_completes_continue_after_the_agent_exi
     w.imds.set_lifecycle_state(Some("Terminated"));
     assert_eq!(guard.code(), 0, "the agent's own status: {}", guard.log());
 
-    let completes = calls(&w, "CompleteLifecycleAction");
+    let completes = w.calls("CompleteLifecycleAction");
     assert_eq!(completes.len(), 1, "{completes:?}");
     let complete = &completes[0];
     assert_eq!(complete.status, 200);
@@ -136,7 +117,7 @@ fn scale_in_heartbeats_while_draining_and_completes_continue_after_the_agent_exi
     assert_eq!(complete.params["LifecycleHookName"], "drain-hook");
     assert_eq!(complete.params["InstanceId"], INSTANCE);
     assert_eq!(complete.params["AutoScalingGroupName"], GROUP);
-    let heartbeats = calls(&w, "RecordLifecycleActionHeartbeat");
+    let heartbeats = w.calls("RecordLifecycleActionHeartbeat");
     assert!(
         heartbeats.len() >= 2,
         "heartbeats while the 1.5 s drain ran: {heartbeats:?}"
@@ -201,7 +182,7 @@ fn an_agent_that_ignores_sigterm_gets_the_unclean_result_after_sigkill() {
         w.asg.terminate(GROUP, INSTANCE);
         w.imds.set_lifecycle_state(Some("Terminated"));
         assert_eq!(guard.code(), 137, "{}", guard.log());
-        let completes = calls(&w, "CompleteLifecycleAction");
+        let completes = w.calls("CompleteLifecycleAction");
         assert_eq!(completes.len(), 1, "{completes:?}");
         assert_eq!(
             completes[0].params["LifecycleActionResult"], want,
@@ -241,15 +222,15 @@ fn the_launch_hook_is_completed_only_after_ready_1() {
         Duration::from_millis(800),
     );
     assert!(
-        calls(&w, "CompleteLifecycleAction").is_empty(),
+        w.calls("CompleteLifecycleAction").is_empty(),
         "no completion before the agent is ready"
     );
     let clock = Clock::now();
     std::fs::write(&trigger, "").expect("trigger");
     wait_until("the launch hook completes", SOON, || {
-        !calls(&w, "CompleteLifecycleAction").is_empty()
+        !w.calls("CompleteLifecycleAction").is_empty()
     });
-    let complete = &calls(&w, "CompleteLifecycleAction")[0];
+    let complete = &w.calls("CompleteLifecycleAction")[0];
     assert_eq!(complete.params["LifecycleActionResult"], "CONTINUE");
     assert_eq!(complete.params["LifecycleHookName"], "launch-hook");
     let ready_sent = first_time(&json_lines(&log), |e| {
@@ -287,10 +268,10 @@ fn the_launch_hook_is_abandoned_when_the_agent_is_not_ready_in_time() {
         &["sleep", "600"],
     );
     wait_until("the launch hook is abandoned", SOON, || {
-        !calls(&w, "CompleteLifecycleAction").is_empty()
+        !w.calls("CompleteLifecycleAction").is_empty()
     });
     assert_eq!(
-        calls(&w, "CompleteLifecycleAction")[0].params["LifecycleActionResult"],
+        w.calls("CompleteLifecycleAction")[0].params["LifecycleActionResult"],
         "ABANDON"
     );
     assert!(
@@ -327,7 +308,7 @@ fn throttling_is_retried_until_the_completion_succeeds() {
     wait_lifecycle_ready(&guard);
     // The hook's timeout is read in the background: the throttling is meant for the completion.
     wait_until("the hook's timeout read", SOON, || {
-        calls(&w, "DescribeLifecycleHooks")
+        w.calls("DescribeLifecycleHooks")
             .iter()
             .any(|c| c.status == 200)
     });
@@ -340,7 +321,7 @@ fn throttling_is_retried_until_the_completion_succeeds() {
     // Full jitter under ceilings of 3 s, then 9 s: at most 12 s of backoff, and the bound's slack.
     let status = guard.wait(Duration::from_secs(20));
     assert_eq!(status.code(), Some(143), "{}", guard.log());
-    let completes = calls(&w, "CompleteLifecycleAction");
+    let completes = w.calls("CompleteLifecycleAction");
     let outcomes: Vec<_> = completes
         .iter()
         .map(|c| c.error.clone().unwrap_or_else(|| c.status.to_string()))
@@ -388,7 +369,7 @@ fn no_active_lifecycle_action_is_retried_for_a_window_then_given_up() {
         started.elapsed() < Duration::from_secs(40),
         "within a bound"
     );
-    let completes = calls(&w, "CompleteLifecycleAction");
+    let completes = w.calls("CompleteLifecycleAction");
     assert!(completes.len() >= 2, "retried: {completes:?}");
     assert!(
         completes
@@ -418,7 +399,7 @@ fn the_group_is_found_by_tag_and_by_api() {
     wait_lifecycle_ready(&by_tag);
     assert_eq!(by_tag.status()["lifecycle"]["group"], GROUP);
     assert!(
-        calls(&w, "DescribeAutoScalingInstances").is_empty(),
+        w.calls("DescribeAutoScalingInstances").is_empty(),
         "the tag made the call needless"
     );
     // A third of the hook's 30 s heartbeat timeout, once read (in the background).
@@ -441,7 +422,7 @@ fn the_group_is_found_by_tag_and_by_api() {
     );
     wait_lifecycle_ready(&by_api);
     assert_eq!(by_api.status()["lifecycle"]["group"], GROUP);
-    let describe = calls(&w, "DescribeAutoScalingInstances");
+    let describe = w.calls("DescribeAutoScalingInstances");
     assert_eq!(describe.len(), 1);
     assert_eq!(describe[0].params["InstanceIds.member.1"], INSTANCE);
     by_api.signal(libc::SIGTERM);
@@ -475,7 +456,7 @@ fn a_missing_permission_is_one_line_naming_the_iam_action() {
         .collect();
     assert_eq!(lines.len(), 1, "{log}");
     assert_eq!(
-        calls(&w, "CompleteLifecycleAction").len(),
+        w.calls("CompleteLifecycleAction").len(),
         1,
         "a denial is not retried"
     );
@@ -507,9 +488,7 @@ fn a_spot_interruption_completes_the_hook_when_the_group_holds_one_and_stays_qui
     w.imds.post_spot_interruption("terminate", &notice);
     assert_eq!(guard1.code(), 143);
     assert_eq!(
-        calls(&w, "CompleteLifecycleAction")
-            .first()
-            .map(|c| c.status),
+        w.calls("CompleteLifecycleAction").first().map(|c| c.status),
         Some(200)
     );
 
@@ -719,7 +698,8 @@ fn a_wait_state_later_than_the_agent_is_waited_for_and_shown() {
     assert_eq!(guard.code(), 143, "the agent's status: {}", guard.log());
 
     let began = entered(&w, "Terminating:Wait").expect("the wait state began");
-    let ok: Vec<Call> = calls(&w, "CompleteLifecycleAction")
+    let ok: Vec<Call> = w
+        .calls("CompleteLifecycleAction")
         .into_iter()
         .filter(|c| c.status == 200)
         .collect();
@@ -731,7 +711,7 @@ fn a_wait_state_later_than_the_agent_is_waited_for_and_shown() {
         ok[0].at - began
     );
     assert!(
-        calls(&w, "CompleteLifecycleAction")
+        w.calls("CompleteLifecycleAction")
             .iter()
             .filter(|c| c.status != 200)
             .all(|c| c.at < began && c.error.as_deref() == Some("ValidationError")),
@@ -764,7 +744,7 @@ fn heartbeats_start_only_once_the_wait_state_begins() {
     assert_eq!(guard.code(), 0, "{}", guard.log());
 
     let began = entered(&w, "Terminating:Wait").expect("the wait state began");
-    let heartbeats = calls(&w, "RecordLifecycleActionHeartbeat");
+    let heartbeats = w.calls("RecordLifecycleActionHeartbeat");
     assert!(
         heartbeats.len() >= 2,
         "heartbeats in the 2 s between the wait state and the end of the drain: {heartbeats:?}"
@@ -777,12 +757,12 @@ fn heartbeats_start_only_once_the_wait_state_begins() {
         heartbeats[0].at - began < Duration::from_secs(2),
         "the first heartbeat within a probe of the wait state"
     );
-    let looks = calls(&w, "DescribeAutoScalingInstances");
+    let looks = w.calls("DescribeAutoScalingInstances");
     assert!(
         looks.iter().any(|l| l.at < began),
         "the state was looked at while deregistering: {looks:?}"
     );
-    let completes = calls(&w, "CompleteLifecycleAction");
+    let completes = w.calls("CompleteLifecycleAction");
     assert_eq!(completes.len(), 1, "{completes:?}");
     assert_eq!(completes[0].status, 200);
     let exit_marker = first_time(&json_lines(&log), |e| e["signal"] == "SIGTERM")
@@ -818,7 +798,7 @@ fn a_stop_signal_ends_the_wait_for_the_wait_state() {
         guard.log()
     );
     assert!(
-        calls(&w, "CompleteLifecycleAction")
+        w.calls("CompleteLifecycleAction")
             .iter()
             .all(|c| c.status != 200),
         "nothing completed in a wait state that never came"
@@ -863,7 +843,7 @@ fn an_operator_drain_upgraded_by_a_scale_in_completes_the_hook_and_shows_scale_i
     assert_eq!(shown, "scale-in", "the reason that decides, while draining");
     assert_eq!(guard.code(), 0, "the agent's own status: {}", guard.log());
 
-    let completes = calls(&w, "CompleteLifecycleAction");
+    let completes = w.calls("CompleteLifecycleAction");
     assert_eq!(completes.len(), 1, "{completes:?}\n{}", guard.log());
     assert_eq!(completes[0].params["LifecycleActionResult"], "CONTINUE");
     let entries = json_lines(&log);

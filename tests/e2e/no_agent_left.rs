@@ -8,36 +8,21 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agent_guard::sim::autoscaling::{AutoScalingSim, Call, Hook, TERMINATING};
-use agent_guard::sim::imds::ImdsSim;
+use agent_guard::sim::autoscaling::{Hook, TERMINATING};
 
-use crate::support::{Guard, SOON, aws_command, fixture, gone, http, read, scratch, wait_until};
+use crate::support::{
+    Guard, SOON, World, aws_command, fixture, gone, http, read, scratch, wait_until,
+};
 
 const GROUP: &str = "workers";
 const INSTANCE: &str = "i-0123456789abcdef0";
 
-struct World {
-    imds: ImdsSim,
-    asg: AutoScalingSim,
-}
-
 fn world() -> World {
-    let imds = ImdsSim::start().expect("imds sim");
-    let asg = AutoScalingSim::start().expect("asg sim");
-    asg.add_instance(GROUP, INSTANCE, "InService");
-    asg.put_hook(
+    World::start(
         GROUP,
-        Hook::new("drain-hook", TERMINATING).heartbeat_timeout(Duration::from_secs(60)),
-    );
-    World { imds, asg }
-}
-
-fn calls(w: &World, action: &str) -> Vec<Call> {
-    w.asg
-        .calls()
-        .into_iter()
-        .filter(|c| c.action == action)
-        .collect()
+        INSTANCE,
+        [Hook::new("drain-hook", TERMINATING).heartbeat_timeout(Duration::from_secs(60))],
+    )
 }
 
 fn guard(dir: &Path, w: &World, options: &[&str], agent: &[String]) -> Guard {
@@ -66,7 +51,7 @@ fn scale_in(w: &World) {
 
 /// The one completion of the termination hook, checked: CONTINUE, by this guard, after `after`.
 fn completed_once_after(w: &World, guard: &Guard, after: Instant) {
-    let completes = calls(w, "CompleteLifecycleAction");
+    let completes = w.calls("CompleteLifecycleAction");
     assert_eq!(completes.len(), 1, "{completes:?}\n{}", guard.log());
     let complete = &completes[0];
     assert_eq!(complete.status, 200, "{complete:?}");
@@ -127,7 +112,7 @@ fn a_scale_in_while_a_self_exited_agents_leftovers_are_cleared_completes_the_hoo
     wait_until("the scale-in is kept for the run's end", SOON, || {
         guard.status()["drains"]["scale-in"] == 1
     });
-    assert!(calls(&w, "CompleteLifecycleAction").is_empty());
+    assert!(w.calls("CompleteLifecycleAction").is_empty());
     let released = Instant::now();
     std::fs::write(dir.path().join("release"), b"").expect("release the leftover");
 
@@ -170,7 +155,7 @@ fn crash_looped(dir: &Path, w: &World) -> (Guard, PathBuf) {
     let (log, agent) = crash_looping_agent(dir);
     let guard = guard(dir, w, CRASH_LOOP, &agent);
     wait_until("marked Unhealthy", SOON, || {
-        !calls(w, "SetInstanceHealth").is_empty()
+        !w.calls("SetInstanceHealth").is_empty()
     });
     wait_until("the guard says what it waits for", SOON, || {
         guard.status()["lifecycle"]["waiting_for"]["what"] == "termination"
@@ -202,15 +187,15 @@ fn after_a_crash_loop_marked_the_instance_unhealthy_the_guard_stays_to_complete_
         .unwrap_or_default();
     assert!(text.contains("terminate the instance"), "{status}");
     assert_eq!(status["lifecycle"]["terminate_hook"]["state"], "awaiting");
-    assert!(calls(&w, "CompleteLifecycleAction").is_empty());
+    assert!(w.calls("CompleteLifecycleAction").is_empty());
 
     let terminating = Instant::now();
     scale_in(&w);
     assert_eq!(guard.code(), 1, "the agent's last status: {}", guard.log());
     completed_once_after(&w, &guard, terminating);
-    let marked = calls(&w, "SetInstanceHealth");
+    let marked = w.calls("SetInstanceHealth");
     assert_eq!(marked.len(), 1, "{marked:?}");
-    assert!(marked[0].at < calls(&w, "CompleteLifecycleAction")[0].at);
+    assert!(marked[0].at < w.calls("CompleteLifecycleAction")[0].at);
 }
 
 #[test]
@@ -231,5 +216,5 @@ fn a_stop_signal_ends_the_wait_for_the_termination_at_once() {
         "{}",
         guard.log()
     );
-    assert!(calls(&w, "CompleteLifecycleAction").is_empty());
+    assert!(w.calls("CompleteLifecycleAction").is_empty());
 }

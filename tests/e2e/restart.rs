@@ -7,12 +7,11 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agent_guard::sim::autoscaling::{AutoScalingSim, Call, Faults, Hook, LAUNCHING};
-use agent_guard::sim::imds::ImdsSim;
+use agent_guard::sim::autoscaling::{Faults, Hook, LAUNCHING};
 use serde_json::Value;
 
 use crate::support::{
-    Guard, SOON, aws_command, command, fixture, gone, http, read, scratch, wait_until,
+    Guard, SOON, World, aws_command, command, fixture, gone, http, read, scratch, wait_until,
 };
 
 const GROUP: &str = "workers";
@@ -235,24 +234,8 @@ fn while_restarting_the_guard_says_so_and_a_sigterm_ends_it_at_once() {
     assert_eq!(starts(&log), 1);
 }
 
-struct World {
-    imds: ImdsSim,
-    asg: AutoScalingSim,
-}
-
 fn world() -> World {
-    let imds = ImdsSim::start().expect("imds sim");
-    let asg = AutoScalingSim::start().expect("asg sim");
-    asg.add_instance(GROUP, INSTANCE, "InService");
-    World { imds, asg }
-}
-
-fn calls(w: &World, action: &str) -> Vec<Call> {
-    w.asg
-        .calls()
-        .into_iter()
-        .filter(|c| c.action == action)
-        .collect()
+    World::start(GROUP, INSTANCE, [])
 }
 
 const CRASH_LOOP: &[&str] = &[
@@ -297,14 +280,14 @@ fn a_crash_loop_marks_the_instance_unhealthy_once_and_abandons_the_launch_hook()
     assert_eq!(code, 1, "the agent's last status: {}", guard.log());
     assert_eq!(starts(&log), 3, "{}", read(&log));
 
-    let marked = calls(&w, "SetInstanceHealth");
+    let marked = w.calls("SetInstanceHealth");
     assert_eq!(marked.len(), 1, "{marked:?}");
     assert_eq!(marked[0].status, 200);
     assert_eq!(marked[0].params["HealthStatus"], "Unhealthy");
     assert_eq!(marked[0].params["ShouldRespectGracePeriod"], "false");
     assert_eq!(marked[0].params["InstanceId"], INSTANCE);
     assert_eq!(w.asg.health(INSTANCE).as_deref(), Some("Unhealthy"));
-    let completes = calls(&w, "CompleteLifecycleAction");
+    let completes = w.calls("CompleteLifecycleAction");
     assert_eq!(completes.len(), 1, "{}", guard.log());
     assert_eq!(completes[0].params["LifecycleHookName"], "launch-hook");
     assert_eq!(completes[0].params["LifecycleActionResult"], "ABANDON");
@@ -335,7 +318,7 @@ fn a_crash_loop_outside_a_group_or_refused_is_one_line_then_the_exit() {
     });
     let (mut guard, _) = aws_guard(dir.path(), &w, &[], &["fail", "fail", "fail"]);
     assert_eq!(guard.code(), 1, "{}", guard.log());
-    assert_eq!(calls(&w, "SetInstanceHealth").len(), 1);
+    assert_eq!(w.calls("SetInstanceHealth").len(), 1);
     let refused = records(&guard, "not_marked_unhealthy");
     assert_eq!(refused.len(), 1, "{}", guard.log());
     assert!(
@@ -355,7 +338,7 @@ fn a_crash_loop_outside_a_group_or_refused_is_one_line_then_the_exit() {
         &["fail", "fail", "fail"],
     );
     assert_eq!(guard.code(), 1, "{}", guard.log());
-    assert!(calls(&w, "SetInstanceHealth").is_empty());
+    assert!(w.calls("SetInstanceHealth").is_empty());
     assert!(records(&guard, "not_marked_unhealthy").is_empty());
 }
 

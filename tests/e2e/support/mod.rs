@@ -462,3 +462,35 @@ pub fn moto_url() -> Option<String> {
     let addr = url.trim_start_matches("http://").to_string();
     std::net::TcpStream::connect(&addr).ok().map(|_| url)
 }
+
+/// A simulated instance in service in a simulated group: IMDS and the Auto Scaling API, with
+/// the group's hooks put, as most lifecycle tests start.
+pub struct World {
+    pub imds: agent_guard::sim::imds::ImdsSim,
+    pub asg: agent_guard::sim::autoscaling::AutoScalingSim,
+}
+
+impl World {
+    pub fn start(
+        group: &str,
+        instance: &str,
+        hooks: impl IntoIterator<Item = agent_guard::sim::autoscaling::Hook>,
+    ) -> World {
+        let imds = agent_guard::sim::imds::ImdsSim::start().expect("imds sim");
+        let asg = agent_guard::sim::autoscaling::AutoScalingSim::start().expect("asg sim");
+        asg.add_instance(group, instance, "InService");
+        for hook in hooks {
+            asg.put_hook(group, hook);
+        }
+        World { imds, asg }
+    }
+
+    /// The Auto Scaling calls named `action`, in the order the simulator received them.
+    pub fn calls(&self, action: &str) -> Vec<agent_guard::sim::autoscaling::Call> {
+        self.asg
+            .calls()
+            .into_iter()
+            .filter(|c| c.action == action)
+            .collect()
+    }
+}
