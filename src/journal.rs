@@ -7,9 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::model::Awaiting;
+pub use crate::model::{Awaiting, NoticeKind};
 use crate::model::{DrainReason, HookResult, HookState, PhaseName};
-use crate::names::named_enum;
 use crate::process::sig::Sig;
 
 /// Something the guard did or saw, as tools read it.
@@ -174,17 +173,5 @@ impl Record {
         // Serializing plain data to a string cannot fail; an empty object is the harmless
         // fallback should it ever.
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
-    }
-}
-
-named_enum! {
-    /// Which kind of notice.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum NoticeKind {
-        LifecycleState = "target-lifecycle-state",
-        Spot = "spot-interruption",
-        Rebalance = "rebalance-recommendation",
-        /// An EC2 scheduled event (`events/maintenance/scheduled`).
-        ScheduledEvent = "scheduled-event",
     }
 }
