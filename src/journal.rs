@@ -7,8 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::status::TrackedBy;
 pub use crate::model::{Awaiting, NoticeKind};
 use crate::model::{DrainReason, HookResult, HookState, PhaseName};
+use crate::names::named_enum;
 use crate::process::sig::Sig;
 
 /// Something the guard did or saw, as tools read it.
@@ -41,8 +43,7 @@ pub enum Record {
     AgentDrained,
     /// A hard deadline (a spot notice) left less than a configured timeout.
     TimeoutCut {
-        /// `drain-timeout` or `stop-timeout`.
-        option: String,
+        option: TimeoutOption,
         configured_ms: u64,
         given_ms: u64,
     },
@@ -65,13 +66,13 @@ pub enum Record {
     /// The agent exited, and processes it started still run: the guard waits for them (and
     /// stops them) before it is done.
     LeftoversWaited {
-        /// `cgroup` or `process-group`: where they are counted.
-        tracked_by: String,
+        /// Where they are counted.
+        tracked_by: TrackedBy,
         /// How many (in the cgroup; `None` for a process group).
         processes: Option<u64>,
     },
     /// Every process of the agent is gone: its cgroup empty, or its process group.
-    AllGone { tracked_by: String },
+    AllGone { tracked_by: TrackedBy },
     /// The lifecycle work found its group and instance.
     HooksReady { group: String, instance_id: String },
     /// The lifecycle work could not start: no hook will be completed.
@@ -173,5 +174,14 @@ impl Record {
         // Serializing plain data to a string cannot fail; an empty object is the harmless
         // fallback should it ever.
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
+    }
+}
+
+named_enum! {
+    /// A configured timeout a hard deadline can cut (`TimeoutCut`), named as its option.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum TimeoutOption {
+        DrainTimeout = "drain-timeout",
+        StopTimeout = "stop-timeout",
     }
 }
