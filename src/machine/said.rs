@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use crate::fmt::format_duration;
 use crate::journal::{Record, TimeoutOption};
-use crate::machine::state::{Action, Cleanup, Ctx, DrainReason, DrainSkipped, Event, Phase};
+use crate::machine::state::{
+    Action, Cleanup, Ctx, Drain, DrainReason, DrainSkipped, Event, Phase, Restart,
+};
 use crate::model::status::TrackedBy;
 use crate::model::{PhaseName, RestartPolicy};
 use crate::process::exit::ChildExit;
@@ -153,39 +155,7 @@ fn transition(before: &Phase, after: &Phase, facts: &Facts, said: &mut Vec<Said>
     match after {
         Phase::Starting { .. } => {}
         Phase::Ready => said.push(Said::Ready),
-        Phase::Draining(d) => {
-            if !d.told && matches!(before, Phase::Draining(_)) {
-                return;
-            }
-            let was = match before {
-                Phase::Draining(b) if b.reason != d.reason => {
-                    said.push(Said::DrainEndsInstance { reason: d.reason });
-                    Some(b.deadline)
-                }
-                Phase::Draining(b) if d.deadline < b.deadline => {
-                    let deadline_in = until(d.deadline);
-                    said.push(Said::DrainDeadlineEarlier { deadline_in });
-                    Some(b.deadline)
-                }
-                // Moved later: the agent's extension, which `Extended` says.
-                Phase::Draining(b) => Some(b.deadline),
-                // The deadline is the load balancer's wait, not the agent's drain yet.
-                _ if !d.told => {
-                    said.push(Said::DrainHeld { reason: d.reason });
-                    return;
-                }
-                _ => {
-                    let deadline_in = until(d.deadline);
-                    said.push(Said::Draining {
-                        reason: d.reason,
-                        deadline_in,
-                    });
-                    None
-                }
-            };
-            let option = TimeoutOption::DrainTimeout;
-            said.extend(cut(option, facts.ctx.drain_timeout, was, d.deadline, now));
-        }
+        Phase::Draining(d) => draining(before, d, facts, said),
         Phase::Stopping(s)
             if matches!(before, Phase::Stopping(_)) && before.drain_reason() != Some(s.reason) =>
         {
@@ -205,28 +175,7 @@ fn transition(before: &Phase, after: &Phase, facts: &Facts, said: &mut Vec<Said>
                 after_drain: matches!(before, Phase::Draining(_)),
             });
         }
-        Phase::Restarting(r) => {
-            if before.agent_running() {
-                said.push(Said::AgentExited {
-                    exit: r.last.clone(),
-                });
-            }
-            match before {
-                Phase::Restarting(b) if b.attempt == r.attempt && b.at == r.at => {
-                    if let Some(Cleanup::Killed { .. }) = r.cleanup {
-                        let tracked_by = facts.tracked_by;
-                        said.push(Said::LeftoversOutlivedGrace { tracked_by });
-                    }
-                }
-                _ => said.push(Said::RestartScheduled {
-                    attempt: r.attempt,
-                    // Whole milliseconds, as the journal gives it.
-                    delay: Duration::from_millis(millis(until(r.at))),
-                    status: r.last.exit_code(),
-                    policy: facts.ctx.restart.policy,
-                }),
-            }
-        }
+        Phase::Restarting(r) => restarting(before, r, facts, said),
         Phase::Exited { exit, cleanup } => exited(before, exit, cleanup, facts, said),
         Phase::Done(exit) => {
             let killed = matches!(
@@ -249,6 +198,66 @@ fn transition(before: &Phase, after: &Phase, facts: &Facts, said: &mut Vec<Said>
                 orphans_reaped: facts.orphans_reaped,
             });
         }
+    }
+}
+
+fn draining(before: &Phase, d: &Drain, facts: &Facts, said: &mut Vec<Said>) {
+    if !d.told && matches!(before, Phase::Draining(_)) {
+        return;
+    }
+    let until = |t: Instant| t.saturating_duration_since(facts.ctx.now);
+    let was = match before {
+        Phase::Draining(b) if b.reason != d.reason => {
+            said.push(Said::DrainEndsInstance { reason: d.reason });
+            Some(b.deadline)
+        }
+        Phase::Draining(b) if d.deadline < b.deadline => {
+            let deadline_in = until(d.deadline);
+            said.push(Said::DrainDeadlineEarlier { deadline_in });
+            Some(b.deadline)
+        }
+        // Moved later: the agent's extension, which `Extended` says.
+        Phase::Draining(b) => Some(b.deadline),
+        // The deadline is the load balancer's wait, not the agent's drain yet.
+        _ if !d.told => {
+            said.push(Said::DrainHeld { reason: d.reason });
+            return;
+        }
+        _ => {
+            let deadline_in = until(d.deadline);
+            said.push(Said::Draining {
+                reason: d.reason,
+                deadline_in,
+            });
+            None
+        }
+    };
+    let option = TimeoutOption::DrainTimeout;
+    let now = facts.ctx.now;
+    said.extend(cut(option, facts.ctx.drain_timeout, was, d.deadline, now));
+}
+
+/// The agent exited and is to start again; or a spawn failed and the next try is set.
+fn restarting(before: &Phase, r: &Restart, facts: &Facts, said: &mut Vec<Said>) {
+    if before.agent_running() {
+        said.push(Said::AgentExited {
+            exit: r.last.clone(),
+        });
+    }
+    match before {
+        Phase::Restarting(b) if b.attempt == r.attempt && b.at == r.at => {
+            if let Some(Cleanup::Killed { .. }) = r.cleanup {
+                let tracked_by = facts.tracked_by;
+                said.push(Said::LeftoversOutlivedGrace { tracked_by });
+            }
+        }
+        _ => said.push(Said::RestartScheduled {
+            attempt: r.attempt,
+            // Whole milliseconds, as the journal gives it.
+            delay: Duration::from_millis(millis(r.at.saturating_duration_since(facts.ctx.now))),
+            status: r.last.exit_code(),
+            policy: facts.ctx.restart.policy,
+        }),
     }
 }
 
@@ -357,18 +366,26 @@ fn leftovers(tracked_by: TrackedBy) -> &'static str {
 }
 
 impl Said {
-    /// The journal record this line carries, if any.
-    pub fn record(&self) -> Option<Record> {
-        let phase = |phase, reason| Record::PhaseChanged { phase, reason };
-        Some(match self {
-            Said::AgentDrained => Record::AgentDrained,
-            Said::Ready => phase(PhaseName::Ready, None),
+    /// The phase a phase-change line announces, and its reason.
+    fn phase_changed(&self) -> Option<(PhaseName, Option<DrainReason>)> {
+        match *self {
+            Said::Ready => Some((PhaseName::Ready, None)),
             Said::DrainEndsInstance { reason }
             | Said::DrainHeld { reason }
-            | Said::Draining { reason, .. } => phase(PhaseName::Draining, Some(*reason)),
+            | Said::Draining { reason, .. } => Some((PhaseName::Draining, Some(reason))),
             Said::StopEndsInstance { reason }
             | Said::Killing { reason }
-            | Said::Stopping { reason, .. } => phase(PhaseName::Stopping, Some(*reason)),
+            | Said::Stopping { reason, .. } => Some((PhaseName::Stopping, Some(reason))),
+            _ => None,
+        }
+    }
+
+    /// The journal record this line carries, if any.
+    pub fn record(&self) -> Option<Record> {
+        if let Some((phase, reason)) = self.phase_changed() {
+            return Some(Record::PhaseChanged { phase, reason });
+        }
+        Some(match self {
             Said::TimeoutCut {
                 option,
                 configured,
@@ -425,19 +442,107 @@ impl Said {
                 within_ms: millis(*within),
                 status: *status,
             },
-            Said::DrainDeadlineEarlier { .. }
-            | Said::LeftoversOutlivedGrace { .. }
-            | Said::SurvivedKill { .. }
-            | Said::Exiting { .. }
-            | Said::ReadyTimedOut { .. }
-            | Said::Extended { .. }
-            | Said::DrainSkipped { .. } => return None,
+            Said::AgentDrained => Record::AgentDrained,
+            // Phase changes (answered above) and the lines with no record.
+            _ => return None,
         })
     }
 
     /// Logs the line, with its record as the `journal` field.
     pub fn log(&self) {
         let journal = self.record().map(|r| r.json()).unwrap_or_default();
+        let fd = format_duration;
+        match self {
+            Said::AgentExited { exit } => {
+                tracing::info!(pid = exit.pid(), status = exit.exit_code(), journal = %journal, "agent {exit}")
+            }
+            Said::LeftoversWaited {
+                tracked_by,
+                processes,
+            } => tracing::info!(
+                processes,
+                journal = %journal,
+                "processes the agent started still run in {}: waiting for them",
+                leftovers(*tracked_by)
+            ),
+            Said::LeftoversOutlivedGrace { tracked_by } => tracing::warn!(
+                "processes left in {} outlived the grace period",
+                leftovers(*tracked_by)
+            ),
+            Said::RestartScheduled {
+                attempt,
+                delay,
+                policy,
+                ..
+            } => tracing::info!(
+                attempt,
+                restart_in = %fd(*delay),
+                journal = %journal,
+                "restarting the agent (--restart {policy})"
+            ),
+            Said::AllGone { tracked_by } => tracing::info!(
+                journal = %journal,
+                "every process of the agent is gone ({} is empty)",
+                leftovers(*tracked_by)
+            ),
+            Said::SurvivedKill { tracked_by, pgid } => tracing::error!(
+                pgid,
+                "processes in {} survived SIGKILL (uninterruptible sleep?); exiting without them",
+                leftovers(*tracked_by)
+            ),
+            Said::Exiting {
+                status,
+                orphans_reaped,
+            } => tracing::info!(status, orphans_reaped, "exiting"),
+            _ => self.log_action(&journal),
+        }
+    }
+
+    /// The lines of actions, said as they are done.
+    fn log_action(&self, journal: &str) {
+        let fd = format_duration;
+        match self {
+            Said::Killed { tracked_by, pgid } => match tracked_by {
+                TrackedBy::Cgroup => tracing::warn!(
+                    pgid,
+                    journal = %journal,
+                    "sent SIGKILL to every process in the agent's cgroup (cgroup.kill)"
+                ),
+                TrackedBy::ProcessGroup => {
+                    tracing::warn!(pgid, journal = %journal, "sent SIGKILL to the agent's process group")
+                }
+            },
+            Said::DrainAnnounced { .. } => self.log_announced(journal),
+            Said::ReadyTimedOut { ready_timeout } => tracing::warn!(
+                ready_timeout = %fd(*ready_timeout),
+                "the agent did not become ready within --ready-timeout"
+            ),
+            Said::Extended { until_in } => {
+                tracing::info!(until_in = %fd(*until_in), "the agent asked for more time")
+            }
+            Said::CrashLoop {
+                starts,
+                within,
+                status,
+            } => tracing::error!(
+                starts,
+                within = %fd(*within),
+                status,
+                journal = %journal,
+                "crash loop: {starts} starts within {}; the agent is not started again",
+                fd(*within)
+            ),
+            Said::DrainSkipped {
+                reason,
+                why,
+                stop_timeout,
+            } => log_skipped(*reason, *why, *stop_timeout),
+            _ => self.log_phase(journal),
+        }
+    }
+
+    /// The lines of a phase change, and the agent's word that it is drained.
+    fn log_phase(&self, journal: &str) {
         let fd = format_duration;
         match self {
             Said::AgentDrained => {
@@ -490,82 +595,7 @@ impl Said {
                 };
                 tracing::info!(reason = %reason, sigkill_in = %fd(*sigkill_in), journal = %journal, "{what}");
             }
-            Said::AgentExited { exit } => {
-                tracing::info!(pid = exit.pid(), status = exit.exit_code(), journal = %journal, "agent {exit}")
-            }
-            Said::LeftoversWaited {
-                tracked_by,
-                processes,
-            } => tracing::info!(
-                processes,
-                journal = %journal,
-                "processes the agent started still run in {}: waiting for them",
-                leftovers(*tracked_by)
-            ),
-            Said::LeftoversOutlivedGrace { tracked_by } => tracing::warn!(
-                "processes left in {} outlived the grace period",
-                leftovers(*tracked_by)
-            ),
-            Said::RestartScheduled {
-                attempt,
-                delay,
-                policy,
-                ..
-            } => tracing::info!(
-                attempt,
-                restart_in = %fd(*delay),
-                journal = %journal,
-                "restarting the agent (--restart {policy})"
-            ),
-            Said::AllGone { tracked_by } => tracing::info!(
-                journal = %journal,
-                "every process of the agent is gone ({} is empty)",
-                leftovers(*tracked_by)
-            ),
-            Said::SurvivedKill { tracked_by, pgid } => tracing::error!(
-                pgid,
-                "processes in {} survived SIGKILL (uninterruptible sleep?); exiting without them",
-                leftovers(*tracked_by)
-            ),
-            Said::Exiting {
-                status,
-                orphans_reaped,
-            } => tracing::info!(status, orphans_reaped, "exiting"),
-            Said::Killed { tracked_by, pgid } => match tracked_by {
-                TrackedBy::Cgroup => tracing::warn!(
-                    pgid,
-                    journal = %journal,
-                    "sent SIGKILL to every process in the agent's cgroup (cgroup.kill)"
-                ),
-                TrackedBy::ProcessGroup => {
-                    tracing::warn!(pgid, journal = %journal, "sent SIGKILL to the agent's process group")
-                }
-            },
-            Said::DrainAnnounced { .. } => self.log_announced(&journal),
-            Said::ReadyTimedOut { ready_timeout } => tracing::warn!(
-                ready_timeout = %fd(*ready_timeout),
-                "the agent did not become ready within --ready-timeout"
-            ),
-            Said::Extended { until_in } => {
-                tracing::info!(until_in = %fd(*until_in), "the agent asked for more time")
-            }
-            Said::CrashLoop {
-                starts,
-                within,
-                status,
-            } => tracing::error!(
-                starts,
-                within = %fd(*within),
-                status,
-                journal = %journal,
-                "crash loop: {starts} starts within {}; the agent is not started again",
-                fd(*within)
-            ),
-            Said::DrainSkipped {
-                reason,
-                why,
-                stop_timeout,
-            } => log_skipped(*reason, *why, *stop_timeout),
+            _ => {}
         }
     }
 
@@ -628,7 +658,7 @@ fn log_skipped(reason: DrainReason, why: DrainSkipped, stop_timeout: Duration) {
 mod tests {
     use super::*;
     use crate::machine::restart::RestartSettings;
-    use crate::machine::state::{Drain, ReadyOn, Restart, State, Stop};
+    use crate::machine::state::{ReadyOn, State, Stop};
 
     const S: Duration = Duration::from_secs(1);
 
