@@ -224,19 +224,37 @@ pub fn run(config: Config) -> Result<Ended, RunError> {
 /// subscribers) and close.
 const SHUTDOWN_WITHIN: Duration = Duration::from_secs(2);
 
-async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, RunError> {
+/// What the process sets up before anything else: its TLS provider, the subreaper bit, and the
+/// IMDS client (none with `--imds off`).
+fn prepare(config: &Config) -> Result<Option<ImdsClient>, RunError> {
     // One TLS stack for the whole process: rustls with ring. The AWS client and the HTTPS checks
     // name ring themselves; the default is for anything that asks the process for one.
     let _ = rustls::crypto::ring::default_provider().install_default();
     if config.subreaper && std::process::id() != 1 {
         become_subreaper().map_err(RunError::Subreaper)?;
     }
-    let imds = match config.imds {
+    Ok(match config.imds {
         ImdsMode::Off => None,
         ImdsMode::Auto | ImdsMode::On => {
             Some(ImdsClient::new(&config.imds_endpoint, IMDS_TIMEOUT)?)
         }
-    };
+    })
+}
+
+/// No agent runs, or will: the tasks end without one (no hook to complete), and the sockets go.
+async fn end_without_agent(tasks: Tasks, config: &Config) {
+    tasks.finish_without_agent().await;
+    remove_sockets(config);
+}
+
+/// The control and notify sockets, removed as the guard ends.
+fn remove_sockets(config: &Config) {
+    unixsock::remove(&config.socket);
+    unixsock::remove(&config.notify_socket);
+}
+
+async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, RunError> {
+    let imds = prepare(&config)?;
     // Before anything runs: `--cgroup require` fails here, and the cgroup is removed on every
     // way out of this function.
     let (tracking, memory_note) = agent_cgroup(&config)?;
@@ -273,9 +291,7 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
         },
     );
     if stopped_while_held(&config, &wiring, &upstream, &mut signals).await {
-        tasks.finish_without_agent().await;
-        unixsock::remove(&config.socket);
-        unixsock::remove(&config.notify_socket);
+        end_without_agent(tasks, &config).await;
         return Ok(Ended::NeverStarted);
     }
     // Said only now, when the agent is about to start: a guard that fails before has one line
@@ -301,9 +317,7 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
         },
         Err(err) => {
             // No agent: nothing to wait for, no hook to complete.
-            tasks.finish_without_agent().await;
-            unixsock::remove(&config.socket);
-            unixsock::remove(&config.notify_socket);
+            end_without_agent(tasks, &config).await;
             return Err(err.into());
         }
     };
@@ -314,8 +328,7 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
     crash::set_agent_group(0);
     let exit = outcome.exit.clone();
     tasks.finish(outcome, signals).await;
-    unixsock::remove(&config.socket);
-    unixsock::remove(&config.notify_socket);
+    remove_sockets(&config);
     Ok(Ended::Agent(exit))
 }
 
@@ -606,10 +619,17 @@ struct Replace {
 }
 
 impl Tasks {
-    fn start(config: &Config, wiring: &mut Wiring, started: Started) -> Tasks {
-        let shutdown = CancellationToken::new();
+    /// The servers the agent and the outside world talk to: the control socket, the agent's
+    /// NOTIFY_SOCKET (and its reports across restarts), and the health endpoint.
+    fn agent_servers(
+        config: &Config,
+        wiring: &Wiring,
+        (sockets, health): (Sockets, Option<tokio::net::TcpListener>),
+        (events, upstream): (&mpsc::Sender<state::Event>, Upstream),
+        shutdown: &CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let control = Control {
-            events: started.events.clone(),
+            events: events.clone(),
             ready_on: config.ready_on,
             reports: wiring.reports.clone(),
             phase: wiring.views.phase.clone(),
@@ -620,14 +640,14 @@ impl Tasks {
         };
         let mut servers = vec![
             tokio::spawn(control::serve(
-                started.sockets.control,
+                sockets.control,
                 control.clone(),
                 shutdown.clone(),
             )),
             tokio::spawn(sdnotify::serve(
-                started.sockets.notify,
+                sockets.notify,
                 control,
-                started.upstream,
+                upstream,
                 shutdown.clone(),
             )),
             until_cancelled(
@@ -635,16 +655,28 @@ impl Tasks {
                     .reports
                     .clone()
                     .follow_restarts(wiring.views.run.clone()),
-                &shutdown,
+                shutdown,
             ),
         ];
-        if let Some(listener) = started.health {
+        if let Some(listener) = health {
             servers.push(server::serve_on_own_thread(
                 listener,
                 wiring.views.clone(),
                 shutdown.clone(),
             ));
         }
+        servers
+    }
+
+    fn start(config: &Config, wiring: &mut Wiring, started: Started) -> Tasks {
+        let shutdown = CancellationToken::new();
+        let mut servers = Tasks::agent_servers(
+            config,
+            wiring,
+            (started.sockets, started.health),
+            (&started.events, started.upstream),
+            &shutdown,
+        );
         servers.extend(checks::spawn(
             config.checks.clone(),
             checks::ProbeSettings {

@@ -711,6 +711,9 @@ mod tests {
         })
     }
 
+    /// A name, the event, the phase before and after, what is left, and what is said.
+    type Case = (&'static str, Event, Phase, Phase, Option<Left>, Vec<Said>);
+
     /// Each transition, and what it says, in order.
     #[test]
     fn each_step_says_what_happened_and_nothing_that_did_not() {
@@ -737,7 +740,7 @@ mod tests {
         let drained = Event::Drained;
         let timer = Event::Timer;
         #[rustfmt::skip]
-        let cases: Vec<(&str, Event, Phase, Phase, Option<Left>, Vec<Said>)> = vec![
+        let cases: Vec<Case> = vec![
             ("ready", Event::Spawned, Phase::Ready, Phase::Ready, None, vec![]),
             ("becomes ready", timer.clone(), State::new().phase, Phase::Ready, None, vec![Said::Ready]),
             ("a drain told at once", timer.clone(), Phase::Ready, draining(scale_in, now + 60 * S, true), None,

@@ -621,6 +621,15 @@ impl Supervisor {
         sent
     }
 
+    /// A signal passed on to the agent (`--forward-to`).
+    fn forward(&self, signal: Sig) -> std::io::Result<()> {
+        tracing::debug!(signal = %signal, "forwarding a signal to the agent");
+        match self.settings.forward_to {
+            ForwardTo::Group => self.signal_group(signal),
+            ForwardTo::Child => self.agent.signal_child(signal),
+        }
+    }
+
     fn perform(&mut self, action: Action, ctx: &Ctx) {
         let pgid = self.agent.pid();
         // Said before it is done; the announcement once made, with whom it reached.
@@ -637,13 +646,7 @@ impl Supervisor {
             Action::Signal {
                 signal,
                 to: Target::Forwarded,
-            } => {
-                tracing::debug!(signal = %signal, "forwarding a signal to the agent");
-                match self.settings.forward_to {
-                    ForwardTo::Group => self.signal_group(signal),
-                    ForwardTo::Child => self.agent.signal_child(signal),
-                }
-            }
+            } => self.forward(signal),
             Action::Kill => {
                 self.sigkilled = true;
                 match &self.cgroup {

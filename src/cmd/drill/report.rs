@@ -311,53 +311,9 @@ fn told(observed: &[Timed], noticed: bool) -> Option<(SystemTime, &'static str, 
 /// The timeline entry an observation stands for on its own, if any.
 fn entry_for(what: &Observation) -> Option<(&'static str, String)> {
     Some(match what {
-        Observation::Guard(Record::AgentDrained) => (
-            "agent drained",
-            "it said so (drained / X_DRAINED=1)".to_string(),
-        ),
-        Observation::Guard(Record::StopSignalSent { signal, cgroup, .. }) => (
-            "stop signal",
-            if *cgroup {
-                format!("{signal} to every process in the agent's cgroup")
-            } else {
-                format!("{signal} to the agent's process group")
-            },
-        ),
-        Observation::Guard(Record::LeftoversWaited {
-            tracked_by,
-            processes,
-        }) => (
-            "guard waits",
-            match processes {
-                Some(n) => format!(
-                    "for {n} process(es) the agent started, still in its {tracked_by}: the hook waits"
-                ),
-                None => format!("for what is left in the agent's {tracked_by}: the hook waits"),
-            },
-        ),
-        Observation::Guard(Record::AllGone { tracked_by }) => (
-            "all gone",
-            format!("every process of the agent is gone (its {tracked_by} is empty)"),
-        ),
-        Observation::Guard(Record::Killed { .. }) => {
-            ("SIGKILL", "the grace period ran out".to_string())
+        Observation::Guard(record) => {
+            return process_entry(record).or_else(|| lifecycle_entry(record));
         }
-        Observation::Guard(Record::AgentExited { how, .. }) => ("agent exit", how.clone()),
-        Observation::Guard(Record::DrainCommandStarted { pid, .. }) => (
-            "on-drain started",
-            format!("the --on-drain command (pid {pid})"),
-        ),
-        Observation::Guard(Record::DrainCommandFailed { error }) => {
-            ("on-drain failed", format!("could not start: {error}"))
-        }
-        Observation::Guard(Record::DrainCommandEnded { how, killed, .. }) => (
-            "on-drain ended",
-            if *killed {
-                format!("{how}, killed by the guard (drain deadline, or the agent was gone)")
-            } else {
-                how.clone()
-            },
-        ),
         Observation::HookCall(call) if call.action == "RecordLifecycleActionHeartbeat" => {
             ("heartbeat", outcome(call))
         }
@@ -373,7 +329,79 @@ fn entry_for(what: &Observation) -> Option<(&'static str, String)> {
         Observation::HookCall(call) if call.action == "SetInstanceHealth" => {
             ("instance health", format!("Unhealthy: {}", outcome(call)))
         }
-        Observation::Guard(Record::ScheduledEvent { step, drain_at, .. }) => (
+        Observation::GuardExit(status) => (
+            "guard exit",
+            status.map_or("killed by the drill".to_string(), |c| format!("status {c}")),
+        ),
+        Observation::InstanceState(LifecycleState::Terminating) => (
+            "deregistering",
+            "the group deregisters the instance from its load balancer: no lifecycle action yet"
+                .to_string(),
+        ),
+        Observation::InstanceState(state @ LifecycleState::TerminatingWait) => (
+            "wait state",
+            format!("the group holds the instance in {state}: the hook can be completed"),
+        ),
+        _ => return None,
+    })
+}
+
+/// What the guard said of the agent's processes and the drain, for the timeline.
+fn process_entry(record: &Record) -> Option<(&'static str, String)> {
+    Some(match record {
+        Record::AgentDrained => (
+            "agent drained",
+            "it said so (drained / X_DRAINED=1)".to_string(),
+        ),
+        Record::StopSignalSent { signal, cgroup, .. } => (
+            "stop signal",
+            if *cgroup {
+                format!("{signal} to every process in the agent's cgroup")
+            } else {
+                format!("{signal} to the agent's process group")
+            },
+        ),
+        Record::LeftoversWaited {
+            tracked_by,
+            processes,
+        } => (
+            "guard waits",
+            match processes {
+                Some(n) => format!(
+                    "for {n} process(es) the agent started, still in its {tracked_by}: the hook waits"
+                ),
+                None => format!("for what is left in the agent's {tracked_by}: the hook waits"),
+            },
+        ),
+        Record::AllGone { tracked_by } => (
+            "all gone",
+            format!("every process of the agent is gone (its {tracked_by} is empty)"),
+        ),
+        Record::Killed { .. } => ("SIGKILL", "the grace period ran out".to_string()),
+        Record::AgentExited { how, .. } => ("agent exit", how.clone()),
+        Record::DrainCommandStarted { pid, .. } => (
+            "on-drain started",
+            format!("the --on-drain command (pid {pid})"),
+        ),
+        Record::DrainCommandFailed { error } => {
+            ("on-drain failed", format!("could not start: {error}"))
+        }
+        Record::DrainCommandEnded { how, killed, .. } => (
+            "on-drain ended",
+            if *killed {
+                format!("{how}, killed by the guard (drain deadline, or the agent was gone)")
+            } else {
+                how.clone()
+            },
+        ),
+        _ => return None,
+    })
+}
+
+/// What the guard said of the instance's lifecycle and scheduled events, for the timeline.
+fn lifecycle_entry(record: &Record) -> Option<(&'static str, String)> {
+    Some(match record {
+        Record::ScheduledEvent { step, drain_at, .. } => (
             "scheduled event",
             match (step, drain_at) {
                 (MaintenanceStep::MarkedUnhealthy, _) => {
@@ -389,29 +417,16 @@ fn entry_for(what: &Observation) -> Option<(&'static str, String)> {
                 (MaintenanceStep::DrainCanceled, _) => "the drain was called off".to_string(),
             },
         ),
-        Observation::GuardExit(status) => (
-            "guard exit",
-            status.map_or("killed by the drill".to_string(), |c| format!("status {c}")),
-        ),
-        Observation::InstanceState(LifecycleState::Terminating) => (
-            "deregistering",
-            "the group deregisters the instance from its load balancer: no lifecycle action yet"
-                .to_string(),
-        ),
-        Observation::InstanceState(state @ LifecycleState::TerminatingWait) => (
-            "wait state",
-            format!("the group holds the instance in {state}: the hook can be completed"),
-        ),
-        Observation::Guard(Record::HookAwaiting {
+        Record::HookAwaiting {
             awaiting, detail, ..
-        }) => (
+        } => (
             "guard waits",
             match awaiting {
                 Awaiting::WaitState => format!("for Terminating:Wait: {detail}"),
                 Awaiting::OtherGuards => format!("for the other guards on this host: {detail}"),
             },
         ),
-        Observation::Guard(Record::WaitStateSeen { state, .. }) => (
+        Record::WaitStateSeen { state, .. } => (
             "wait state seen",
             format!("by the guard ({state}): heartbeats start"),
         ),
