@@ -18,7 +18,7 @@
 //!    Next to it, `fsat`: directories used through their descriptors (the `*at` calls, `flock`,
 //!    owner and mode checks); imports nothing of the crate.
 //! 3. `model`: the pure vocabulary several parts decide on or show: `drain` (`DrainReason`),
-//!    `phase` (`PhaseName`), `hooks` (hook results and states), `restart` (the policy), and the
+//!    `phase` (`PhaseName`), `notice` (`NoticeKind`), `hooks` (hook results and states), `restart` (the policy), and the
 //!    snapshot types each written by one owner: `run` (the supervisor's), `report` (the
 //!    agent's), `lifecycle` (the lifecycle work's), `status` (the typed `status` reply).
 //! 4. `cli`, `config`, `logging`: the raw flags; flags + env + TOML file → a validated `Config`
@@ -29,7 +29,8 @@
 //!    the registry in `--hooks-dir` (who registered for which hook, who is live, who completes;
 //!    no AWS call).
 //! 6. `machine`: `state` (`Phase`, `Event`, `Action` and the pure `step`), `restart` (delays and
-//!    the crash-loop window as data), `announce` (phase changes and drains to subscribers), and
+//!    the crash-loop window as data), `announce` (phase changes and drains to subscribers),
+//!    `said` (what each step says: log lines and journal records, from pure functions), and
 //!    `supervisor`: the one owner of the phase and the run; it publishes them, tells the
 //!    lifecycle work what it must know, and returns the `Outcome` (the deciding drain reason
 //!    included) once the agent's group is gone.

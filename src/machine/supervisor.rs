@@ -1,6 +1,6 @@
 //! The one owner of the phase: receives events (signals, the reaper, timers, and the event
-//! channel other parts send on), calls `state::step`, publishes the new phase, then performs the
-//! actions in order.
+//! channel other parts send on), calls `state::step`, logs what the step says (`said`, pure),
+//! publishes the new phase, then performs the actions in order.
 //!
 //! Publishing comes before acting so that anything reading the phase (readiness) already sees
 //! the drain when the agent is told of it.
