@@ -81,6 +81,9 @@ fn an_agent_that_only_handles_sigterm_passes() {
     let log = marker(dir.path());
     let out = drill(&[
         "scale-in",
+        // Ready once its SIGTERM handler is installed (Python can be slow to start under load).
+        "--ready-on",
+        "notify",
         "--",
         fixture("recorder.py").to_str().expect("utf-8"),
         &log,
@@ -100,6 +103,10 @@ fn an_agent_that_ignores_sigterm_fails_naming_the_sigkill() {
         "scale-in",
         "--stop-timeout",
         "1s",
+        // Ready once its handlers are installed: on a loaded machine Python can take longer than
+        // the drill's 1 s, and a SIGTERM before the handler kills it instead of being ignored.
+        "--ready-on",
+        "notify",
         "--",
         fixture("recorder.py").to_str().expect("utf-8"),
         &log,
