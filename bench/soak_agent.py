@@ -7,6 +7,10 @@ usage: soak_agent.py DIR MODE
   leave   moves itself into another process group; exits 0 on SIGTERM
   flood   first floods both sockets (connections past the limit, a line past 64 KiB, datagrams
           carrying 17 fds each, hundreds of notifications, the largest extension), then as drain
+  slow=S  subscribes; on the drain event writes DIR/drain, says drained S seconds later, and
+          exits 0 on SIGTERM; with its guard gone (SIGKILLed), it exits by itself then: an
+          orphan that finished its drain. Either way its last act is DIR/gone, CLOCK_MONOTONIC
+          seconds: every process of it is gone right after that time
 """
 import json
 import os
@@ -19,15 +23,43 @@ import time
 directory, mode = sys.argv[1], sys.argv[2]
 
 
-def subscribe():
+def mark(name):
+    """DIR/NAME, holding CLOCK_MONOTONIC now, written whole (renamed into place)."""
+    path = os.path.join(directory, name)
+    with open(path + ".tmp", "w") as f:
+        f.write(repr(time.monotonic()))
+    os.rename(path + ".tmp", path)
+
+
+def gone():
+    mark("gone")
+    os._exit(0)
+
+
+def slow_drain(guard, seconds):
+    mark("drain")
+    time.sleep(seconds)
+    try:
+        guard.sendall(b'{"op":"drained"}\n')
+    except OSError:
+        gone()  # the guard is gone: nobody will stop this orphan
+    time.sleep(10)  # SIGTERM comes first from a live guard
+    gone()
+
+
+def subscribe(slow=None):
     guard = socket.socket(socket.AF_UNIX)
     guard.connect(os.environ["AGENT_GUARD_SOCKET"])
     guard.sendall(b'{"op":"subscribe"}\n')
 
     def listen():
         for line in guard.makefile():
-            if json.loads(line).get("event") == "drain":
+            if json.loads(line).get("event") != "drain":
+                continue
+            if slow is None:
                 guard.sendall(b'{"op":"drained"}\n')
+            else:
+                threading.Thread(target=slow_drain, args=(guard, slow), daemon=True).start()
 
     threading.Thread(target=listen, daemon=True).start()
     return guard
@@ -70,6 +102,8 @@ if mode == "ignore":
     if os.fork() == 0:
         while True:
             time.sleep(1)
+elif mode.startswith("slow="):
+    signal.signal(signal.SIGTERM, lambda *_: gone())
 else:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 if mode == "leave":
@@ -78,6 +112,8 @@ if mode == "flood":
     flood()
 if mode in ("drain", "flood"):
     kept = subscribe()
+if mode.startswith("slow="):
+    kept = subscribe(float(mode.split("=", 1)[1]))
 open(os.path.join(directory, "ready"), "w").close()
 while True:
     time.sleep(1)

@@ -506,8 +506,9 @@ pub struct DrillCli {
     #[arg(long, value_name = "DUR", default_value = "300s", value_parser = duration)]
     pub heartbeat_timeout: Duration,
 
-    /// For `scale-in`: how long the simulated group deregisters the instance from its load
-    /// balancer (the target group's deregistration delay) before Terminating:Wait
+    /// The simulated target group's deregistration delay: for `scale-in`, how long the group
+    /// deregisters the instance before Terminating:Wait; for `spot` and `maintenance`, how long
+    /// the load balancer drains after the guard's DeregisterTargets, before the agent is told
     #[arg(long, value_name = "DUR", default_value = "0s", value_parser = duration)]
     pub deregistration_delay: Duration,
 

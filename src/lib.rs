@@ -123,6 +123,7 @@ use crate::machine::state::{Phase, State};
 use crate::machine::supervisor::{
     LoadBalancerLink, Outcome, Published, StopSettings, Supervisor, ToLifecycle,
 };
+use crate::model::load_balancer::LoadBalancerStatus;
 use crate::model::run::RunStats;
 use crate::process::cgroup::{AgentCgroup, CgroupError, Tracking};
 use crate::process::child::{Launcher, SpawnError, SpawnSpec};
@@ -347,6 +348,8 @@ struct Wiring {
     checks: watch::Sender<checks::Snapshot>,
     board: LifecycleBoard,
     held: watch::Sender<Option<String>>,
+    /// The load-balancer step's snapshot, written only by `aws::deregistration`.
+    load_balancer: watch::Sender<LoadBalancerStatus>,
     views: Arc<Views>,
 }
 
@@ -362,6 +365,7 @@ impl Wiring {
         let (imds, imds_rx) = watch::channel(ImdsStatus::default());
         let (checks, checks_rx) = watch::channel(checks::Snapshot::default());
         let (held, held_rx) = watch::channel(None);
+        let (load_balancer, load_balancer_rx) = watch::channel(LoadBalancerStatus::default());
         // Few messages, each small; see `Published::tell` for why a full queue loses nothing.
         let (told, told_rx) = mpsc::channel(16);
         let reports = Reports::default();
@@ -380,6 +384,7 @@ impl Wiring {
             checks: checks_rx,
             lifecycle: board.subscribe(),
             held: held_rx,
+            load_balancer: load_balancer_rx,
             announcer: announcer.clone(),
             tracking,
         });
@@ -398,6 +403,7 @@ impl Wiring {
             checks,
             board,
             held,
+            load_balancer,
             views,
         }
     }
@@ -696,6 +702,7 @@ impl Tasks {
                 lb_aws,
                 config.lifecycle.imds_endpoint.clone(),
                 started.events.clone(),
+                wiring.load_balancer.clone(),
             );
             servers.push(tokio::spawn(task.run(shutdown.clone())));
             link

@@ -619,6 +619,7 @@ impl<'a> Watch<'a> {
             hook: self.settings.launch_hook.clone().unwrap_or_default(),
             registration: self.host.launch.clone(),
             new_round: std::mem::take(&mut self.launch_again),
+            held: self.was_held,
         };
         self.launch_task = Some(tokio::spawn(task.run(result, why)));
     }
@@ -690,6 +691,8 @@ struct Launch {
     /// The hook pauses the instance a second time (out of a warm pool): the registration
     /// starts a new round first.
     new_round: bool,
+    /// Completed for a warm pool, the agent held back: the registration says held, not ready.
+    held: bool,
 }
 
 impl Launch {
@@ -733,6 +736,7 @@ impl Launch {
         let give_up = Instant::now() + wait_state::DEFAULT_HOOK_TIMEOUT.max(MAX_RETRY_WINDOW);
         let mut shown = Vec::new();
         let mut decision = match result {
+            HookResult::Continue if self.held => on_host(reg, Registration::held).await,
             HookResult::Continue => on_host(reg, Registration::agent_ready).await,
             HookResult::Abandon => on_host(reg, Registration::launch_failed).await,
         };

@@ -75,6 +75,7 @@ pub async fn run(
         mark: Mark::Unmarked,
         replacing: JoinSet::new(),
         unreadable: None,
+        drained_for: Vec::new(),
     };
     actor.run().await;
 }
@@ -104,6 +105,8 @@ struct Actor {
     replacing: JoinSet<Result<(), ReplaceError>>,
     /// When unreadable bodies began, and when that was last logged.
     unreadable: Option<(Instant, Instant)>,
+    /// The events whose drain was started: one canceled (or gone) then calls the drain off.
+    drained_for: Vec<String>,
 }
 
 impl Actor {
@@ -189,6 +192,7 @@ impl Actor {
             }
             Step::Over { event, why, .. } => {
                 tracing::info!(id = %event.id, code = %event.code_text, "scheduled event {}", why.as_str());
+                self.call_off(&event.id, why);
             }
         }
     }
@@ -304,6 +308,23 @@ impl Actor {
             .unwrap_or_default()
     }
 
+    /// An event whose drain was started is canceled or gone: the drain is called off (the
+    /// supervisor ignores it once the agent has heard of the drain). A completed event is not:
+    /// the maintenance happened.
+    fn call_off(&mut self, id: &str, why: crate::aws::scheduled::Over) {
+        let Some(i) = self.drained_for.iter().position(|d| d == id) else {
+            return;
+        };
+        self.drained_for.remove(i);
+        if why == crate::aws::scheduled::Over::Completed || !self.drained_for.is_empty() {
+            return;
+        }
+        // The supervisor outlives this task; a full or closed queue means it is busy finishing.
+        let _ = self
+            .events
+            .try_send(Event::DrainCalledOff(DrainReason::Maintenance));
+    }
+
     /// Drains due now start now: one drain for however many events are due.
     async fn fire_due(&mut self) {
         let due = self.planner.due(SystemTime::now());
@@ -311,6 +332,7 @@ impl Actor {
             return;
         }
         for event in &due {
+            self.drained_for.push(event.id.clone());
             let record = scheduled_record(event, MaintenanceStep::Draining, None);
             tracing::warn!(id = %event.id, code = %event.code_text, not_before = %format_event_time(event.not_before), journal = %record.json(), "scheduled event is near: draining the agent (reason maintenance)");
         }

@@ -350,7 +350,7 @@ impl Planner {
         }
         for t in &mut self.tracked {
             t.listed = events.iter().any(|e| e.id == t.event.id);
-            if !t.listed && !finished(t.handling) {
+            if !t.listed && endable(t.handling) {
                 steps.push(end(t, Over::Gone));
             }
         }
@@ -416,7 +416,7 @@ impl Planner {
             EventState::Completed => Over::Completed,
             EventState::Active | EventState::Other => return None,
         };
-        (!finished(t.handling)).then(|| end(t, why))
+        endable(t.handling).then(|| end(t, why))
     }
 
     /// `SetInstanceHealth` was accepted.
@@ -484,6 +484,12 @@ fn finished(handling: Handling) -> bool {
         handling,
         Handling::Ignored | Handling::Draining | Handling::Over(_)
     )
+}
+
+/// Whether an event's end is news: it is still handled, or its drain began (the drain can
+/// still be called off while the agent has not heard of it).
+fn endable(handling: Handling) -> bool {
+    !finished(handling) || handling == Handling::Draining
 }
 
 /// Ends a tracked event: any drain still to come is called off. (An instance already marked
@@ -730,11 +736,11 @@ mod tests {
         assert_eq!(planner.tracked()[0].handling, Handling::Draining);
         assert!(planner.due(at + MIN).is_empty(), "once");
         assert_eq!(planner.next_drain(), None);
+        // A drain that began has nothing still to come (`drain_canceled` false), but its end is
+        // news: the actor calls the begun drain off, which holds only while the agent has not
+        // heard of it.
         let steps = planner.read(&[event("a", EventState::Canceled)]);
-        assert!(
-            steps.is_empty(),
-            "a drain that began is not called off: {steps:?}"
-        );
+        assert_eq!(short(&steps), ["over a canceled false"], "{steps:?}");
         // A margin longer than the time left: due at once.
         let mut planner = Planner::new(OnMaintenance::Drain, Duration::from_secs(u64::MAX / 4));
         planner.read(&[event("a", EventState::Active)]);

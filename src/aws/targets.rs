@@ -15,10 +15,11 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetHealthStateEnum};
+use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
 
 use crate::aws::api::CallError;
 use crate::config::{DeregistrationWait, TargetGroups};
+use crate::model::load_balancer::TargetState;
 
 /// How often the target's state is read while the load balancer drains it.
 const POLL: Duration = Duration::from_millis(500);
@@ -34,6 +35,8 @@ pub enum TargetError {
     Health { arn: String, error: CallError },
     #[error("DeregisterTargets for {arn}: {error}")]
     Deregister { arn: String, error: CallError },
+    #[error("RegisterTargets for {arn}: {error}")]
+    Register { arn: String, error: CallError },
 }
 
 impl TargetError {
@@ -41,7 +44,9 @@ impl TargetError {
     pub fn denied(&self) -> bool {
         let error = match self {
             TargetError::Lookup(e) => e,
-            TargetError::Health { error, .. } | TargetError::Deregister { error, .. } => error,
+            TargetError::Health { error, .. }
+            | TargetError::Deregister { error, .. }
+            | TargetError::Register { error, .. } => error,
         };
         matches!(error, CallError::Denied(_))
     }
@@ -62,6 +67,8 @@ pub struct Membership {
     pub targets: Vec<Target>,
     /// `deregistration_delay.timeout_seconds`.
     pub delay: Duration,
+    /// The state of this instance's targets when they were found (the least settled of them).
+    pub state: TargetState,
 }
 
 /// How a wait for the load balancer ended.
@@ -147,14 +154,22 @@ pub async fn memberships(
                 arn: arn.clone(),
                 error: CallError::from(&e),
             })?;
-        let mut targets: Vec<Target> = health
+        let mine: Vec<_> = health
             .target_health_descriptions()
+            .iter()
+            .filter(|d| {
+                d.target()
+                    .and_then(|t| t.id())
+                    .is_some_and(|id| me.matches(id))
+            })
+            .collect();
+        let state = least_settled(mine.iter().map(|d| state_of(d.target_health())));
+        let mut targets: Vec<Target> = mine
             .iter()
             .filter_map(|d| d.target())
             .filter_map(|t| {
-                let id = t.id()?;
-                me.matches(id).then(|| Target {
-                    id: id.to_string(),
+                Some(Target {
+                    id: t.id()?.to_string(),
                     port: t.port(),
                 })
             })
@@ -168,6 +183,7 @@ pub async fn memberships(
             arn: arn.clone(),
             targets,
             delay: deregistration_delay(elb, arn).await,
+            state,
         });
     }
     Ok(out)
@@ -223,6 +239,26 @@ pub async fn deregister(
     Ok(())
 }
 
+/// `RegisterTargets` for each membership: the same targets, on the same ports, as before the
+/// deregistration (only after a drain that was called off).
+pub async fn register(
+    elb: &aws_sdk_elasticloadbalancingv2::Client,
+    memberships: &[Membership],
+) -> Result<(), TargetError> {
+    for m in memberships {
+        elb.register_targets()
+            .target_group_arn(&m.arn)
+            .set_targets(Some(descriptions(&m.targets)))
+            .send()
+            .await
+            .map_err(|e| TargetError::Register {
+                arn: m.arn.clone(),
+                error: CallError::from(&e),
+            })?;
+    }
+    Ok(())
+}
+
 /// How long to wait for the load balancer: the longest deregistration delay (or the
 /// `--deregistration-wait` cap), never past `budget`.
 pub fn wait_bound(
@@ -242,44 +278,74 @@ pub fn wait_bound(
     wanted.min(budget)
 }
 
-/// Whether any of this instance's targets is still `draining` (an unreadable answer counts as
-/// still draining: the wait is bounded anyway).
-async fn still_draining(
+/// A target's state as the SDK read it; `unknown` when it is missing or new to this version.
+fn state_of(health: Option<&aws_sdk_elasticloadbalancingv2::types::TargetHealth>) -> TargetState {
+    health
+        .and_then(|h| h.state())
+        .and_then(|s| s.as_str().parse().ok())
+        .unwrap_or(TargetState::Unknown)
+}
+
+/// Of several targets' states, the one that says the most about whether the load balancer still
+/// sends: `draining` (or unreadable) before anything else, then the others as found.
+fn least_settled(states: impl Iterator<Item = TargetState>) -> TargetState {
+    let all: Vec<TargetState> = states.collect();
+    [TargetState::Draining, TargetState::Unknown]
+        .into_iter()
+        .find(|s| all.contains(s))
+        .or_else(|| all.first().copied())
+        .unwrap_or(TargetState::Unused)
+}
+
+/// The state of this instance's targets in each membership, in order (`unknown` where the
+/// answer could not be read).
+pub async fn states(
     elb: &aws_sdk_elasticloadbalancingv2::Client,
     memberships: &[Membership],
-) -> bool {
+) -> Vec<TargetState> {
+    let mut out = Vec::with_capacity(memberships.len());
     for m in memberships {
-        let Ok(out) = elb
+        let state = match elb
             .describe_target_health()
             .target_group_arn(&m.arn)
             .set_targets(Some(descriptions(&m.targets)))
             .send()
             .await
-        else {
-            return true;
+        {
+            Ok(read) => least_settled(
+                read.target_health_descriptions()
+                    .iter()
+                    .map(|d| state_of(d.target_health())),
+            ),
+            Err(_) => TargetState::Unknown,
         };
-        let draining = out.target_health_descriptions().iter().any(|d| {
-            d.target_health()
-                .and_then(|h| h.state())
-                .is_some_and(|s| *s == TargetHealthStateEnum::Draining)
-        });
-        if draining {
-            return true;
-        }
+        out.push(state);
     }
-    false
+    out
 }
 
-/// Polls until no target of this instance is `draining`, or `bound` passes.
+/// Whether the load balancer may still send: a target still `draining`, or an unreadable
+/// answer (the wait is bounded anyway).
+fn still_draining(states: &[TargetState]) -> bool {
+    states
+        .iter()
+        .any(|s| matches!(s, TargetState::Draining | TargetState::Unknown))
+}
+
+/// Polls until no target of this instance is `draining`, or `bound` passes; `seen` is given
+/// each read's states (one per membership, in order).
 pub async fn wait_drained(
     elb: &aws_sdk_elasticloadbalancingv2::Client,
     memberships: &[Membership],
     bound: Duration,
+    mut seen: impl FnMut(&[TargetState]),
 ) -> Drained {
     let started = Instant::now();
     let until = started + bound;
     loop {
-        if !still_draining(elb, memberships).await {
+        let now_states = states(elb, memberships).await;
+        seen(&now_states);
+        if !still_draining(&now_states) {
             return Drained::Done {
                 took: started.elapsed(),
             };
@@ -303,6 +369,7 @@ mod tests {
             arn: "arn".to_string(),
             targets: Vec::new(),
             delay: Duration::from_secs(delay),
+            state: TargetState::Healthy,
         }
     }
 
@@ -336,6 +403,18 @@ mod tests {
             wait_bound(&[], DeregistrationWait::Auto, budget),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn draining_or_unreadable_targets_decide_the_state_shown_and_the_wait() {
+        use TargetState::*;
+        assert_eq!(least_settled([Healthy, Draining].into_iter()), Draining);
+        assert_eq!(least_settled([Unused, Unknown].into_iter()), Unknown);
+        assert_eq!(least_settled([Unused, Unused].into_iter()), Unused);
+        assert_eq!(least_settled(std::iter::empty()), Unused, "gone");
+        assert!(still_draining(&[Unused, Draining]));
+        assert!(still_draining(&[Unknown]));
+        assert!(!still_draining(&[Unused, Healthy]));
     }
 
     #[test]

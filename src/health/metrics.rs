@@ -19,6 +19,7 @@ use crate::machine::state::{DrainReason, Phase, PhaseName};
 use crate::model::HookState;
 use crate::model::hooks::HookStatus;
 use crate::model::lifecycle::LifecycleStatus;
+use crate::model::load_balancer::{LoadBalancerStatus, TargetState};
 use crate::model::report::AgentReport;
 use crate::model::run::RunStats;
 use crate::process::cgroup::Usage;
@@ -50,6 +51,8 @@ struct Scrape {
     wall: SystemTime,
     /// The agent's resources, read from its cgroup at the scrape (kernfs reads, no waiting).
     usage: Option<Usage>,
+    /// The target groups as last seen, and the last deregistration.
+    load_balancer: LoadBalancerStatus,
 }
 
 impl Scrape {
@@ -65,6 +68,7 @@ impl Scrape {
         let lifecycle = views.lifecycle.borrow().clone();
         let watchdog_missed = views.watchdog_missed(now);
         let usage = views.tracking.cgroup.as_ref().map(|c| c.usage());
+        let load_balancer = views.load_balancer.borrow().clone();
         Scrape {
             phase,
             stats,
@@ -77,6 +81,7 @@ impl Scrape {
             uptime: views.uptime(),
             wall: SystemTime::now(),
             usage,
+            load_balancer,
         }
     }
 }
@@ -398,12 +403,62 @@ const FAMILIES: &[Family] = &[
         },
     },
     Family {
+        name: "agent_guard_target_group_state",
+        kind: Kind::Gauge,
+        help: "This instance's state in each of its target groups, as the guard last read it (at set-up and while a drain waits): 1 for the current one.",
+        // Only with the load-balancer step on: a guard that stops no load balancer has none.
+        samples: |s| {
+            let lb = s.load_balancer.active.then_some(&s.load_balancer)?;
+            let each = lb.target_groups.iter().flat_map(|g| {
+                TargetState::ALL.map(|state| {
+                    Sample::new(
+                        [("target_group", g.arn.as_str()), ("state", state.as_str())],
+                        flag(state == g.state),
+                    )
+                })
+            });
+            Some(each.collect())
+        },
+    },
+    Family {
+        name: "agent_guard_deregistration_start_time_seconds",
+        kind: Kind::Gauge,
+        help: "When the last deregistration from the target groups began, in seconds since the Unix epoch.",
+        samples: |s| single(unix(s.load_balancer.deregistration.as_ref()?.started)),
+    },
+    Family {
+        name: "agent_guard_deregistration_end_time_seconds",
+        kind: Kind::Gauge,
+        help: "When the last deregistration ended (the load balancer let go, or the wait was cut) and the agent could be told, in seconds since the Unix epoch.",
+        samples: |s| single(unix(s.load_balancer.deregistration.as_ref()?.ended?.0)),
+    },
+    Family {
+        name: "agent_guard_deregistration_duration_seconds",
+        kind: Kind::Gauge,
+        help: "How long the load balancer took to stop sending in the last deregistration, by how it ended (done, cut, refused, failed).",
+        samples: |s| {
+            let run = s.load_balancer.deregistration.as_ref()?;
+            let ((_, end), took) = (run.ended?, run.took?);
+            Some(vec![Sample::new(
+                [("outcome", end.as_str())],
+                took.as_secs_f64(),
+            )])
+        },
+    },
+    Family {
         name: "agent_guard_uptime_seconds",
         kind: Kind::Gauge,
         help: "How long the guard has run.",
         samples: |s| single(s.uptime.as_secs_f64()),
     },
 ];
+
+/// Seconds since the Unix epoch (0 for a time before it).
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
 
 /// A label value in Prometheus text: backslash, quote and newline escaped.
 fn label(value: &str) -> String {
@@ -699,6 +754,49 @@ agent_guard_subscribers 0
     fn an_idle_guard_reads_as_before() {
         let views = Views::fixed("agent", watch::channel(Phase::Ready).1);
         assert_eq!(steady(&render(&views)), IDLE);
+    }
+
+    #[test]
+    fn the_target_groups_and_the_last_deregistration_are_shown() {
+        use crate::model::load_balancer::{DeregistrationEnd, DeregistrationRun, TargetGroupState};
+        let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let mut views = Views::fixed("agent", watch::channel(Phase::Ready).1);
+        views.load_balancer = watch::channel(LoadBalancerStatus {
+            active: true,
+            target_groups: vec![TargetGroupState {
+                arn: "arn:tg/web".into(),
+                state: TargetState::Unused,
+                seen: at(1_800_000_010),
+                delay: Duration::from_secs(5),
+            }],
+            deregistration: Some(DeregistrationRun {
+                reason: DrainReason::SpotInterruption,
+                started: at(1_800_000_000),
+                ended: Some((at(1_800_000_005), DeregistrationEnd::Done)),
+                took: Some(Duration::from_millis(5200)),
+                registered_again: None,
+            }),
+        })
+        .1;
+        let text = render(&views);
+        for line in [
+            "agent_guard_target_group_state{target_group=\"arn:tg/web\",state=\"unused\"} 1",
+            "agent_guard_target_group_state{target_group=\"arn:tg/web\",state=\"draining\"} 0",
+            "agent_guard_deregistration_start_time_seconds 1800000000",
+            "agent_guard_deregistration_end_time_seconds 1800000005",
+            "agent_guard_deregistration_duration_seconds{outcome=\"done\"} 5.2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        let off = render(&Views::fixed("agent", watch::channel(Phase::Ready).1));
+        assert!(
+            !off.contains("target_group"),
+            "nothing when the step is off"
+        );
+        assert!(
+            !off.contains("deregistration"),
+            "nothing before a deregistration"
+        );
     }
 
     #[test]

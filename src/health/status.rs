@@ -10,11 +10,13 @@ use crate::health::views::Views;
 use crate::machine::state::{Cleanup, Phase, Restart};
 use crate::model::hooks::HookStatus;
 use crate::model::lifecycle::LifecycleStatus;
+use crate::model::load_balancer::LoadBalancerStatus;
 use crate::model::run::{AgentRuns, DrainCommandStatus};
 use crate::model::status::{
-    CgroupFigures, CgroupView, CheckStatus, CommandState, DrainCommandView, DrainStatus, HookView,
-    ImdsView, LifecycleView, NoticeView, PressureView, PressureViews, ProcessGroupView,
-    RestartView, ScheduledEventView, Status, TrackedBy, WaitingView,
+    CgroupFigures, CgroupView, CheckStatus, CommandState, DeregistrationView, DrainCommandView,
+    DrainStatus, HookView, ImdsView, LifecycleView, LoadBalancerView, NoticeView, PressureView,
+    PressureViews, ProcessGroupView, RestartView, ScheduledEventView, Status, TargetGroupView,
+    TrackedBy, WaitingView,
 };
 use crate::process::cgroup::Tracking;
 
@@ -66,6 +68,7 @@ pub fn status(views: &Views) -> Status {
         health_listen: views.health_addr.map(|a| a.to_string()),
         imds: (!imds.endpoint.is_empty()).then(|| imds_view(&imds)),
         lifecycle: lifecycle(&views.lifecycle.borrow()),
+        load_balancer: load_balancer(&views.load_balancer.borrow()),
         checks: checks
             .into_iter()
             .map(|v| CheckStatus {
@@ -234,6 +237,33 @@ fn lifecycle(l: &LifecycleStatus) -> Option<LifecycleView> {
     })
 }
 
+/// The load-balancer step, when it is on.
+fn load_balancer(lb: &LoadBalancerStatus) -> Option<LoadBalancerView> {
+    if !lb.active {
+        return None;
+    }
+    Some(LoadBalancerView {
+        target_groups: lb
+            .target_groups
+            .iter()
+            .map(|g| TargetGroupView {
+                arn: g.arn.clone(),
+                deregistration_delay_s: g.delay.as_secs(),
+                seen: rfc3339(g.seen),
+                state: g.state,
+            })
+            .collect(),
+        deregistration: lb.deregistration.as_ref().map(|d| DeregistrationView {
+            reason: d.reason,
+            started: rfc3339(d.started),
+            ended: d.ended.map(|(at, _)| rfc3339(at)),
+            outcome: d.ended.map(|(_, end)| end),
+            took_ms: d.took.map(millis),
+            registered_again: d.registered_again.map(rfc3339),
+        }),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::SystemTime;
@@ -248,6 +278,9 @@ mod tests {
     use crate::machine::state::Drain;
     use crate::model::hooks::HookState;
     use crate::model::lifecycle::AwaitingStatus;
+    use crate::model::load_balancer::{
+        DeregistrationEnd, DeregistrationRun, TargetGroupState, TargetState,
+    };
     use crate::model::report::AgentReport;
     use crate::model::run::{DrainInfo, RunStats};
     use crate::model::{Awaiting, DrainReason, HookResult};
@@ -372,6 +405,23 @@ mod tests {
             ..LifecycleStatus::default()
         })
         .1;
+        views.load_balancer = watch::channel(LoadBalancerStatus {
+            active: true,
+            target_groups: vec![TargetGroupState {
+                arn: "arn:tg/web".into(),
+                state: TargetState::Draining,
+                seen: at(10),
+                delay: Duration::from_secs(300),
+            }],
+            deregistration: Some(DeregistrationRun {
+                reason: DrainReason::SpotInterruption,
+                started: at(10),
+                ended: Some((at(15), DeregistrationEnd::Cut)),
+                took: Some(Duration::from_millis(5001)),
+                registered_again: None,
+            }),
+        })
+        .1;
         views
     }
 
@@ -398,10 +448,10 @@ mod tests {
 
     /// The JSON users see, field for field (README documents it), as the `json!` builder of
     /// `agent::hub` wrote it before the typed `Status`.
-    const GOLDEN: &str = r#"{"agent_exit":null,"agent_pid":42,"agent_uptime_s":N,"checks":[{"checked":"2026-05-28T20:26:48.000Z","latency_ms":1.5,"name":"db","ok":true,"target":"tcp://127.0.0.1:1","why":"ok"},{"checked":null,"latency_ms":null,"name":"web","ok":false,"target":null,"why":"not checked yet"}],"cgroup":{"mode":"","tracked_by":"process-group","why":null},"drain":{"deadline":"2026-05-28T20:27:41.000Z","deadline_in_ms":N,"reason":"scale-in"},"drains":{"operator":1,"scale-in":2},"health_listen":"127.0.0.1:8099","held":null,"imds":{"endpoint":"http://169.254.169.254","errors":7,"instance_id":"i-1","last_error":"timed out","last_ok":"2026-05-28T20:26:44.000Z","last_poll":"2026-05-28T20:26:44.000Z","lifecycle_state":"Terminated","notices":[{"drain":"scale-in","kind":"target-lifecycle-state","seen":"2026-05-28T20:26:47.000Z","value":"Terminated"}],"region":"eu-west-1","scheduled_events":[{"code":"system-reboot","drain_at":"2026-05-28T20:26:46.000Z","handling":"drain-scheduled","id":"instance-event-1","listed":true,"not_after":null,"not_before":"2026-05-28T20:26:45.000Z","state":"active"}]},"in_flight":3,"in_flight_reported":"2026-05-28T20:26:43.000Z","lifecycle":{"error":null,"group":"workers","heartbeat_interval_s":0.3,"instance_id":"i-1","launch_hook":{"heartbeats":4,"last_error":"throttled","name":"launch","result":"CONTINUE","state":"completed"},"protected_from_scale_in":true,"terminate_hook":{"heartbeats":4,"last_error":"throttled","name":"term","result":null,"state":"awaiting"},"waiting_for":{"detail":"deregistration in progress (Terminating)","since":"2026-05-28T20:26:49.000Z","text":"waiting for Terminating:Wait since 20:26:49, deregistration in progress (Terminating)","what":"wait-state"}},"name":"agent","ok":true,"on_drain":{"pid":43,"started":"2026-05-28T20:26:42.000Z","state":"exited","status":0},"phase":"draining","phase_since":"2026-05-28T20:26:41.000Z","ready_source":"start","restart":{"attempt":null,"crash_loop":false,"next_in_ms":null,"policy":"never","restarting":false,"restarts":2,"waiting_for_leftovers":null},"status":"working","stopping":true,"subscribers":0,"uptime_s":N,"watchdog_missed":false}"#;
+    const GOLDEN: &str = r#"{"agent_exit":null,"agent_pid":42,"agent_uptime_s":N,"checks":[{"checked":"2026-05-28T20:26:48.000Z","latency_ms":1.5,"name":"db","ok":true,"target":"tcp://127.0.0.1:1","why":"ok"},{"checked":null,"latency_ms":null,"name":"web","ok":false,"target":null,"why":"not checked yet"}],"cgroup":{"mode":"","tracked_by":"process-group","why":null},"drain":{"deadline":"2026-05-28T20:27:41.000Z","deadline_in_ms":N,"reason":"scale-in"},"drains":{"operator":1,"scale-in":2},"health_listen":"127.0.0.1:8099","held":null,"imds":{"endpoint":"http://169.254.169.254","errors":7,"instance_id":"i-1","last_error":"timed out","last_ok":"2026-05-28T20:26:44.000Z","last_poll":"2026-05-28T20:26:44.000Z","lifecycle_state":"Terminated","notices":[{"drain":"scale-in","kind":"target-lifecycle-state","seen":"2026-05-28T20:26:47.000Z","value":"Terminated"}],"region":"eu-west-1","scheduled_events":[{"code":"system-reboot","drain_at":"2026-05-28T20:26:46.000Z","handling":"drain-scheduled","id":"instance-event-1","listed":true,"not_after":null,"not_before":"2026-05-28T20:26:45.000Z","state":"active"}]},"in_flight":3,"in_flight_reported":"2026-05-28T20:26:43.000Z","lifecycle":{"error":null,"group":"workers","heartbeat_interval_s":0.3,"instance_id":"i-1","launch_hook":{"heartbeats":4,"last_error":"throttled","name":"launch","result":"CONTINUE","state":"completed"},"protected_from_scale_in":true,"terminate_hook":{"heartbeats":4,"last_error":"throttled","name":"term","result":null,"state":"awaiting"},"waiting_for":{"detail":"deregistration in progress (Terminating)","since":"2026-05-28T20:26:49.000Z","text":"waiting for Terminating:Wait since 20:26:49, deregistration in progress (Terminating)","what":"wait-state"}},"load_balancer":{"deregistration":{"ended":"2026-05-28T20:26:55.000Z","outcome":"cut","reason":"spot-interruption","registered_again":null,"started":"2026-05-28T20:26:50.000Z","took_ms":5001},"target_groups":[{"arn":"arn:tg/web","deregistration_delay_s":300,"seen":"2026-05-28T20:26:50.000Z","state":"draining"}]},"name":"agent","ok":true,"on_drain":{"pid":43,"started":"2026-05-28T20:26:42.000Z","state":"exited","status":0},"phase":"draining","phase_since":"2026-05-28T20:26:41.000Z","ready_source":"start","restart":{"attempt":null,"crash_loop":false,"next_in_ms":null,"policy":"never","restarting":false,"restarts":2,"waiting_for_leftovers":null},"status":"working","stopping":true,"subscribers":0,"uptime_s":N,"watchdog_missed":false}"#;
 
     /// A guard with nothing to show: no IMDS, no lifecycle, no checks.
-    const IDLE: &str = r#"{"agent_exit":null,"agent_pid":null,"agent_uptime_s":null,"checks":[],"cgroup":{"mode":"","tracked_by":"process-group","why":null},"drain":null,"drains":{},"health_listen":null,"held":null,"imds":null,"in_flight":null,"in_flight_reported":null,"lifecycle":null,"name":"agent","ok":true,"on_drain":null,"phase":"ready","phase_since":"2026-05-28T20:26:41.000Z","ready_source":null,"restart":{"attempt":null,"crash_loop":false,"next_in_ms":null,"policy":"never","restarting":false,"restarts":0,"waiting_for_leftovers":null},"status":null,"stopping":false,"subscribers":0,"uptime_s":N,"watchdog_missed":false}"#;
+    const IDLE: &str = r#"{"agent_exit":null,"agent_pid":null,"agent_uptime_s":null,"checks":[],"cgroup":{"mode":"","tracked_by":"process-group","why":null},"drain":null,"drains":{},"health_listen":null,"held":null,"imds":null,"in_flight":null,"in_flight_reported":null,"lifecycle":null,"load_balancer":null,"name":"agent","ok":true,"on_drain":null,"phase":"ready","phase_since":"2026-05-28T20:26:41.000Z","ready_source":null,"restart":{"attempt":null,"crash_loop":false,"next_in_ms":null,"policy":"never","restarting":false,"restarts":0,"waiting_for_leftovers":null},"status":null,"stopping":false,"subscribers":0,"uptime_s":N,"watchdog_missed":false}"#;
 
     /// What the guard writes, `ctl` and the drill read back as the same value.
     #[test]

@@ -1,7 +1,7 @@
 //! What health (and the `status` reply) reads: a `watch` of each snapshot, each written by its
 //! one owner (the supervisor's phase, run and tick; the agent's reports; the IMDS poller; the
-//! lifecycle work; the probes; the warm-pool hold). Reading never blocks a writer for longer
-//! than a clone.
+//! lifecycle work; the probes; the warm-pool hold; the load-balancer step). Reading never
+//! blocks a writer for longer than a clone.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use crate::health::checks::Snapshot;
 use crate::machine::announce::Announcer;
 use crate::machine::state::Phase;
 use crate::model::lifecycle::LifecycleStatus;
+use crate::model::load_balancer::LoadBalancerStatus;
 use crate::model::report::AgentReport;
 use crate::model::run::RunStats;
 use crate::process::cgroup::Tracking;
@@ -37,6 +38,8 @@ pub struct Views {
     pub lifecycle: watch::Receiver<LifecycleStatus>,
     /// Why the agent is held back, not started yet (`--in-warm-pool wait`); `None` otherwise.
     pub held: watch::Receiver<Option<String>>,
+    /// This instance's target groups as last seen, and the last deregistration.
+    pub load_balancer: watch::Receiver<LoadBalancerStatus>,
     /// For the count of the agent's subscribed connections.
     pub announcer: Announcer,
     /// What stands for the agent's processes (`--cgroup`): fixed for the run; a cgroup's
@@ -61,6 +64,7 @@ impl Views {
             checks: watch::channel(Snapshot::default()).1,
             lifecycle: watch::channel(LifecycleStatus::default()).1,
             held: watch::channel(None).1,
+            load_balancer: watch::channel(LoadBalancerStatus::default()).1,
             announcer: Announcer::default(),
             tracking: Tracking::default(),
         }

@@ -6,8 +6,9 @@
 //!
 //! Layout, one directory per hook: `DIR/terminate.NAME/` (or `launch.NAME/`, `/` in a hook name
 //! written `+`) holds
-//! - `guards/NAME.PID.json`: one guard's registration, its state as JSON (starting, ready, gone
-//!   with the agent's result, and what identifies its agent). The guard holds an exclusive
+//! - `guards/NAME.PID.json`: one guard's registration, its state as JSON (starting, ready, held
+//!   in a warm pool, gone with the agent's result; the launch round that state belongs to; and
+//!   what identifies its agent). The guard holds an exclusive
 //!   `flock` on it for its whole life, so the kernel itself says whether the guard still lives:
 //!   a crashed or SIGKILLed guard's lock is released with its last file descriptor, and a pid
 //!   file could never say that (pids are reused). Each version is written whole under a
@@ -17,7 +18,7 @@
 //!   first gone, and exactly one of them completes the hook.
 //! - `claim`: the registration of the guard completing the hook; a claim whose guard died is
 //!   taken over.
-//! - `done.json`: how the hook's work ended, and by whom.
+//! - `done.json`: how the hook's work ended (in which launch round), and by whom.
 //!
 //! What cannot be known counts as someone there, never as absent: a registration that cannot be
 //! read or parsed, or that another user could have changed, holds the others up (bounded by the
@@ -123,6 +124,10 @@ pub enum Standing {
     Starting,
     /// The agent is ready.
     Ready,
+    /// The agent is held back in a warm pool (`--in-warm-pool wait`) and does not run, by
+    /// design: ready for the launch round the instance entered the pool with, not for a later
+    /// one (a guard that has not seen the release yet).
+    Held,
     /// The agent and its process group are gone.
     Gone,
 }
@@ -144,6 +149,10 @@ pub struct Entry {
     /// waited for until it is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentId>,
+    /// The launch round its standing belongs to: each release from a warm pool begins a new
+    /// one ([`Registration::new_round`]), so a standing from an earlier round is told apart.
+    #[serde(default)]
+    pub round: u64,
 }
 
 impl Entry {
@@ -161,6 +170,9 @@ pub struct Finished {
     pub result: Option<HookResult>,
     /// The guard that did it, as `name (pid N)`.
     pub by: String,
+    /// The launch round it ended: an earlier round's end is not this round's.
+    #[serde(default)]
+    pub round: u64,
 }
 
 /// What a guard does next with a hook, decided under the directory lock.
@@ -195,15 +207,19 @@ struct Peer {
 }
 
 impl Peer {
-    /// Why this peer holds up a decision that waits for live guards whose standing `holds_up`
-    /// (and, with `orphans`, for dead guards whose agent still runs); `None` if it does not.
-    fn holds_up(&self, holds_up: &impl Fn(Standing) -> bool, orphans: bool) -> Option<String> {
+    /// Why this peer holds up a decision that waits for live guards whose registration
+    /// `holds_up` (and, with `orphans`, for dead guards whose agent still runs); `None` if it
+    /// does not.
+    fn holds_up(&self, holds_up: &impl Fn(&Entry) -> bool, orphans: bool) -> Option<String> {
         let entry = match &self.entry {
             Err(why) => return Some(format!("{}: {why}", self.file)),
             Ok(entry) => entry,
         };
-        if self.alive && holds_up(entry.standing) {
-            return Some(entry.label());
+        if self.alive && holds_up(entry) {
+            return Some(match entry.standing {
+                Standing::Held => format!("{}: still held in the warm pool", entry.label()),
+                _ => entry.label(),
+            });
         }
         let pgid = entry.agent.as_ref().map_or(0, |a| a.pgid);
         (orphans && self.orphan_runs).then(|| {
@@ -287,6 +303,7 @@ impl Registration {
         let pid = std::process::id();
         let file_name = format!("{name}.{pid}.json");
         let peers = read_peers(&guards, &file_name)?;
+        let round = current_round(&peers, 0);
         let new_round = peers.iter().all(|p| !p.alive);
         if new_round {
             for stale in ["claim", "done.json"] {
@@ -309,6 +326,7 @@ impl Registration {
             terminating: false,
             on_unclean,
             agent: None,
+            round,
         };
         // Whole before the directory lock is released, replacing a dead guard's file whose pid
         // this process now has: no other guard ever reads it empty.
@@ -388,19 +406,21 @@ impl Registration {
     }
 
     /// The steps both decisions begin with: the hook's work is over; another live guard holds
-    /// the claim; or others keep this one waiting: live guards whose standing `holds_up`,
+    /// the claim; or others keep this one waiting: live guards whose registration `holds_up`,
     /// registrations that cannot be read, and (with `orphans`) dead guards whose agent still
-    /// runs. `Ok(Err(peers))` when none of these decides: the other guards' registrations, for
-    /// the decision's own rules.
+    /// runs. `holds_up` is given the current launch round too. `Ok(Err(peers))` when none of
+    /// these decides: the other guards' registrations, for the decision's own rules.
     fn before_deciding(
         &self,
-        holds_up: impl Fn(Standing) -> bool,
+        holds_up: impl Fn(&Entry, u64) -> bool,
         orphans: bool,
     ) -> Result<Result<Decision, Vec<Peer>>, HooksDirError> {
         if let Some(done) = self.finished()? {
             return Ok(Ok(Decision::Done(done)));
         }
         let peers = read_peers(&self.guards, &self.file_name)?;
+        let round = current_round(&peers, self.entry.round);
+        let holds_up = |entry: &Entry| holds_up(entry, round);
         if let Some(claimer) = self.live_claim(&peers)? {
             return Ok(Ok(Decision::Wait {
                 others: vec![claimer],
@@ -418,7 +438,7 @@ impl Registration {
 
     fn decide_termination(&mut self) -> Result<Decision, HooksDirError> {
         // Waits for every live guard whose agent is not gone yet.
-        let peers = match self.before_deciding(|standing| standing != Standing::Gone, true)? {
+        let peers = match self.before_deciding(|e, _| e.standing != Standing::Gone, true)? {
             Ok(decided) => return Ok(decided),
             Err(peers) => peers,
         };
@@ -447,26 +467,50 @@ impl Registration {
 
     /// This guard's agent is ready. Then decides, as [`Registration::launch`] does.
     pub fn agent_ready(&mut self) -> Result<Decision, HooksDirError> {
+        self.ready_as(Standing::Ready)
+    }
+
+    /// This guard holds its agent back in a warm pool (`--in-warm-pool wait`): its part of the
+    /// launch round the instance entered the pool with is done. Then decides, as
+    /// [`Registration::launch`] does.
+    pub fn held(&mut self) -> Result<Decision, HooksDirError> {
+        self.ready_as(Standing::Held)
+    }
+
+    fn ready_as(&mut self, standing: Standing) -> Result<Decision, HooksDirError> {
         let _lock = DirLock::take(&self.dir)?;
-        self.entry.standing = Standing::Ready;
+        self.entry.standing = standing;
         self.write()?;
         self.decide_launch()
     }
 
-    /// For the launch hook, once this guard's agent is ready: complete it with CONTINUE if every
-    /// other live guard's agent is ready (or gone), else wait. A guard that died without a word
-    /// is not waited for: systemd restarts it, and it registers again.
+    /// For the launch hook, once this guard's agent is ready (or held): complete it with
+    /// CONTINUE if every other live guard's agent is ready, held or gone in this round, else
+    /// wait. A guard that died without a word is not waited for: systemd restarts it, and it
+    /// registers again.
     pub fn launch(&mut self) -> Result<Decision, HooksDirError> {
         let _lock = DirLock::take(&self.dir)?;
         self.decide_launch()
     }
 
     fn decide_launch(&mut self) -> Result<Decision, HooksDirError> {
-        // Waits for every live guard whose agent is not ready yet (a gone one holds nobody up).
-        if let Ok(decided) =
-            self.before_deciding(|standing| standing == Standing::Starting, false)?
-        {
-            return Ok(decided);
+        // Waits for every live guard whose agent is not ready yet (a gone one holds nobody up),
+        // and for every guard still held from an earlier round: released later than this one,
+        // its agent has not even started. A ready agent's readiness is its own, whatever the
+        // round (`--in-warm-pool run` keeps its agent running through the release).
+        let not_ready = |e: &Entry, round: u64| match e.standing {
+            Standing::Starting => true,
+            Standing::Held => e.round < round,
+            Standing::Ready | Standing::Gone => false,
+        };
+        let peers = match self.before_deciding(not_ready, false)? {
+            Ok(decided) => return Ok(decided),
+            Err(peers) => peers,
+        };
+        // Behind: another guard began a later round, so this one's is over (its end is read
+        // from `done.json` first); this guard joins the new round once released.
+        if current_round(&peers, self.entry.round) > self.entry.round {
+            return Ok(Decision::NotNeeded);
         }
         self.claim()?;
         Ok(Decision::Complete {
@@ -493,19 +537,25 @@ impl Registration {
     }
 
     /// The launch hook pauses the instance again: it left a warm pool (`Warmed:Pending:Wait`
-    /// was completed, `Pending:Wait` is next). This guard's agent counts as starting again, and
-    /// the last round's end is forgotten so that this round's completion is made. Guards
-    /// released together each start the new round within a notice poll of each other; one that
-    /// has not yet still counts its agent ready from the warm round until it does.
+    /// was completed, `Pending:Wait` is next). This guard's agent counts as starting again, in
+    /// a new round: the first guard released begins it (the round after its own), a later one
+    /// joins it. Guards released together see the release up to a notice poll apart, and one
+    /// that has not yet is still held from the earlier round: that holds the others up
+    /// ([`Registration::launch`]) until it joins and its own agent is ready. The earlier
+    /// round's `done.json` stays, told apart by its round, so a late write of it is harmless.
     pub fn new_round(&mut self) -> Result<(), HooksDirError> {
         let _lock = DirLock::take(&self.dir)?;
+        let peers = read_peers(&self.guards, &self.file_name)?;
+        let current = current_round(&peers, self.entry.round);
+        if current == self.entry.round {
+            self.entry.round = current.saturating_add(1);
+            let _ = self.dir.remove("claim");
+        } else {
+            self.entry.round = current;
+        }
         self.entry.standing = Standing::Starting;
         self.entry.result = None;
-        self.write()?;
-        for stale in ["claim", "done.json"] {
-            let _ = self.dir.remove(stale);
-        }
-        Ok(())
+        self.write()
     }
 
     /// The hook's work is over (`state` as in `/status`): written once for every guard to read;
@@ -517,6 +567,7 @@ impl Registration {
             state: state.to_string(),
             result,
             by: self.label(),
+            round: self.entry.round,
         };
         let text = serde_json::to_vec(&done).unwrap_or_default();
         self.dir.replace("done.json", &text).map_err(io(&path))?;
@@ -543,10 +594,14 @@ impl Registration {
         Ok(())
     }
 
+    /// How this guard's round ended, if it did: a `done.json` of an earlier round is not
+    /// this one's.
     fn finished(&self) -> Result<Option<Finished>, HooksDirError> {
         let path = self.dir.at("done.json");
         let text = self.dir.read("done.json").map_err(io(&path))?;
-        Ok(text.and_then(|text| serde_json::from_slice(&text).ok()))
+        Ok(text
+            .and_then(|text| serde_json::from_slice::<Finished>(&text).ok())
+            .filter(|done| done.round >= self.entry.round))
     }
 
     /// The guard holding a claim, if it is another and alive.
@@ -590,6 +645,16 @@ fn counted(peer: &Peer) -> Option<(bool, HookResult, String)> {
         )),
         _ => None,
     }
+}
+
+/// The latest launch round any guard has begun, `own` included: registrations that cannot be
+/// read say nothing of it (and hold the others up anyway).
+fn current_round(peers: &[Peer], own: u64) -> u64 {
+    peers
+        .iter()
+        .filter_map(|p| p.entry.as_ref().ok())
+        .map(|e| e.round)
+        .fold(own, u64::max)
 }
 
 /// The registration as written: a plain struct, whose serialisation cannot fail.
@@ -681,6 +746,12 @@ mod tests {
         Registration::register(root, kind, "drain/hook", name, ABANDON).expect("registers")
     }
 
+    fn wait(others: &[&Registration]) -> Decision {
+        Decision::Wait {
+            others: others.iter().map(|r| r.label()).collect(),
+        }
+    }
+
     fn complete(result: HookResult, because: &[String]) -> Decision {
         Decision::Complete {
             result,
@@ -718,6 +789,7 @@ mod tests {
             state: "completed".to_string(),
             result: Some(CONTINUE),
             by: slow.label(),
+            round: 0,
         };
         assert_eq!(fast.termination().expect("decides"), Decision::Done(done));
         fast.leave().expect("leaves");
@@ -886,6 +958,66 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn out_of_a_warm_pool_a_guard_still_held_from_the_warm_round_holds_the_new_round_up() {
+        let root = tempfile::tempdir().expect("tmp");
+        let mut fast = guard(root.path(), HookKind::Launch, "fast");
+        let mut slow = guard(root.path(), HookKind::Launch, "slow");
+        // A `--in-warm-pool run` guard: its agent runs and is ready through the release.
+        let mut runs = guard(root.path(), HookKind::Launch, "runs");
+        assert_eq!(runs.agent_ready().expect("decides"), wait(&[&fast, &slow]));
+        assert_eq!(fast.held().expect("decides"), wait(&[&slow]));
+        assert_eq!(slow.held().expect("decides"), complete(CONTINUE, &[]));
+        // The warm round's completer writes its end: every guard of that round reads it.
+        slow.finish("completed", Some(CONTINUE)).expect("finish");
+        assert!(matches!(runs.launch().expect("decides"), Decision::Done(_)));
+
+        // Released: the fast guard begins the new round; the slow one has not seen it yet.
+        fast.new_round().expect("new round");
+        let held = format!("{}: still held in the warm pool", slow.label());
+        assert_eq!(
+            fast.agent_ready().expect("decides"),
+            Decision::Wait {
+                others: vec![held.clone()]
+            },
+            "the warm round's end is not this round's, and held is not ready"
+        );
+        // A late end of the warm round changes nothing.
+        slow.finish("completed", Some(CONTINUE)).expect("finish");
+        assert_eq!(
+            fast.launch().expect("decides"),
+            Decision::Wait { others: vec![held] }
+        );
+        // The slow guard joins the round (it does not begin another) and is last ready.
+        slow.new_round().expect("joins");
+        assert_eq!(fast.launch().expect("decides"), wait(&[&slow]));
+        assert_eq!(
+            slow.agent_ready().expect("decides"),
+            complete(CONTINUE, &[])
+        );
+        slow.finish("completed", Some(CONTINUE)).expect("finish");
+        for g in [&mut fast, &mut runs] {
+            assert!(matches!(
+                g.launch().expect("decides"),
+                Decision::Done(Finished { round: 1, .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_guard_behind_the_current_round_never_completes_it() {
+        let root = tempfile::tempdir().expect("tmp");
+        let mut a = guard(root.path(), HookKind::Launch, "a");
+        let mut b = guard(root.path(), HookKind::Launch, "b");
+        a.new_round().expect("new round");
+        a.agent_ready().expect("decides");
+        // b, still in round 0 with no end of it to read: it decides nothing.
+        assert_eq!(b.held().expect("decides"), Decision::NotNeeded);
+        // Registered now, a guard joins the current round.
+        let c = guard(root.path(), HookKind::Launch, "c");
+        assert_eq!(c.entry.round, 1);
     }
 
     #[test]

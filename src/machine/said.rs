@@ -349,7 +349,8 @@ pub fn of_action(action: &Action, after: &Phase, facts: &Facts) -> Option<Said> 
         | Action::RunDrainCommand { .. }
         | Action::Spawn
         | Action::RestartCancelled { .. }
-        | Action::HoldForLoadBalancer { .. } => return None,
+        | Action::HoldForLoadBalancer { .. }
+        | Action::RegisterAgain { .. } => return None,
     })
 }
 

@@ -179,6 +179,10 @@ pub enum Event {
     /// The load balancer stopped sending to the instance (or the wait for it ended): the agent
     /// may now be told of the drain.
     LoadBalancerDone,
+    /// What asked for a drain of this reason called it off (a canceled maintenance event): if
+    /// the agent has not heard of it yet, the guard is ready again and the instance is
+    /// registered in its target groups again.
+    DrainCalledOff(DrainReason),
     /// The agent reported that it is drained.
     Drained,
     /// The `--on-drain` command could not start: an agent with no other way to hear of the
@@ -234,6 +238,9 @@ pub enum Action {
     /// `--lb-grace`) and answer [`Event::LoadBalancerDone`], by `until` at the latest; an
     /// `until` that is already past asks for the deregistration without the wait.
     HoldForLoadBalancer { reason: DrainReason, until: Instant },
+    /// A held drain was called off before the agent heard of it: register the instance in its
+    /// target groups again.
+    RegisterAgain { reason: DrainReason },
     /// A drain was asked for but the agent goes straight to its stop signal: said, with why,
     /// because no drain event, `--drain-signal` or `--on-drain` follows.
     DrainSkipped {
@@ -496,6 +503,11 @@ fn held(d: Drain, event: Event, ctx: &Ctx) -> (Phase, Vec<Action>) {
     let now = ctx.now;
     match event {
         Event::LoadBalancerDone => begin_drain(d.reason, d.hard_deadline, d.signalled, ctx),
+        // Called off while the agent has not heard of it (nor a stop signal come): as if it
+        // never began.
+        Event::DrainCalledOff(reason) if reason == d.reason && !d.signalled => {
+            (Phase::Ready, vec![Action::RegisterAgain { reason }])
+        }
         Event::Timer if now >= d.deadline => {
             begin_drain(d.reason, d.hard_deadline, d.signalled, ctx)
         }
@@ -2062,5 +2074,54 @@ mod tests {
         let (phase, actions) = run(phase, Event::LoadBalancerDone, &ctx(t0 + S));
         assert!(matches!(phase, Phase::Stopping(_)), "{phase:?}");
         assert_eq!(actions.last(), Some(&stop_signal()), "{actions:?}");
+    }
+
+    #[test]
+    fn a_held_drain_called_off_is_ready_again_and_registers_but_a_told_one_goes_on() {
+        let t0 = Instant::now();
+        let c = Ctx {
+            load_balancer: Some(5 * S),
+            ..ctx(t0)
+        };
+        let maintenance = Event::Drain {
+            reason: DrainReason::Maintenance,
+            hard_deadline: None,
+            deregister: false,
+        };
+        let (held, _) = run(Phase::Ready, maintenance, &c);
+        assert!(
+            matches!(held, Phase::Draining(Drain { told: false, .. })),
+            "{held:?}"
+        );
+        let called_off = Event::DrainCalledOff(DrainReason::Maintenance);
+        assert_eq!(
+            run(held.clone(), called_off.clone(), &ctx(t0 + S)),
+            (
+                Phase::Ready,
+                vec![Action::RegisterAgain {
+                    reason: DrainReason::Maintenance
+                }]
+            )
+        );
+        // Another reason's call-off changes nothing.
+        let other = Event::DrainCalledOff(DrainReason::Operator);
+        assert_eq!(
+            run(held.clone(), other, &ctx(t0 + S)),
+            (held.clone(), vec![])
+        );
+        // Once the agent heard of it, the drain goes on.
+        let listening = Ctx {
+            listeners: true,
+            ..ctx(t0 + S)
+        };
+        let (told, _) = run(held, Event::LoadBalancerDone, &listening);
+        assert!(
+            matches!(told, Phase::Draining(Drain { told: true, .. })),
+            "{told:?}"
+        );
+        assert_eq!(
+            run(told.clone(), called_off, &ctx(t0 + 2 * S)),
+            (told, vec![])
+        );
     }
 }

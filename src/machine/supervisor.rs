@@ -113,6 +113,8 @@ pub struct LoadBalancerLink {
     /// `None` until target groups (or `--lb-grace`) give something to wait for.
     pub wait: watch::Receiver<Option<Duration>>,
     pub holds: mpsc::Sender<Hold>,
+    /// Told when a held drain is called off: the instance is registered again.
+    pub called_off: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// How the supervision ended: the last agent's status, and whether the guard had to SIGKILL.
@@ -692,6 +694,13 @@ impl Supervisor {
                 Ok(())
             }
             Action::DrainSkipped { .. } => Ok(()),
+            Action::RegisterAgain { reason } => {
+                tracing::info!(reason = %reason, "the drain was called off before the agent heard of it: ready again");
+                if let Some(link) = &self.load_balancer {
+                    link.called_off.notify_one();
+                }
+                Ok(())
+            }
         };
         log_signal_error(result, pgid);
     }

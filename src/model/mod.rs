@@ -7,11 +7,14 @@
 //! - `hooks`: [`HookResult`], [`HookState`], [`Awaiting`]: lifecycle hooks as every part names them.
 //! - `run`, `report`, `lifecycle`: snapshot types, each written by one owner and read by the
 //!   others through a `watch`: the supervisor's run, the agent's reports, the lifecycle work.
+//! - `load_balancer`: the load-balancer step's snapshot (target groups as last seen, the last
+//!   deregistration), written only by `aws::deregistration`.
 //! - `status`: the typed `status` reply of the control socket and `/status`.
 
 pub(crate) mod drain;
 pub(crate) mod hooks;
 pub(crate) mod lifecycle;
+pub(crate) mod load_balancer;
 pub(crate) mod notice;
 pub(crate) mod phase;
 pub(crate) mod report;

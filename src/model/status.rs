@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::load_balancer::{DeregistrationEnd, TargetState};
 use crate::model::{
     Awaiting, DrainReason, HookResult, HookState, NoticeKind, PhaseName, RestartPolicy,
 };
@@ -36,6 +37,8 @@ pub struct Status {
     pub in_flight: Option<u64>,
     pub in_flight_reported: Option<String>,
     pub lifecycle: Option<LifecycleView>,
+    /// The load-balancer step (`--target-groups`, `--lb-grace`), when it is on.
+    pub load_balancer: Option<LoadBalancerView>,
     pub name: String,
     /// Always `true`: the reply's success, as every reply says it.
     pub ok: bool,
@@ -241,6 +244,35 @@ pub struct WaitingView {
     pub since: String,
     pub text: String,
     pub what: Awaiting,
+}
+
+/// This instance's target groups as the guard last saw them, and its last deregistration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadBalancerView {
+    pub deregistration: Option<DeregistrationView>,
+    pub target_groups: Vec<TargetGroupView>,
+}
+
+/// One target group this instance is registered in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetGroupView {
+    pub arn: String,
+    pub deregistration_delay_s: u64,
+    /// When the guard last read the state (at set-up, or while a drain waited).
+    pub seen: String,
+    pub state: TargetState,
+}
+
+/// A deregistration: when it started and ended, how, and how long the load balancer took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeregistrationView {
+    pub ended: Option<String>,
+    pub outcome: Option<DeregistrationEnd>,
+    pub reason: DrainReason,
+    /// When the targets were registered again, after the drain was called off.
+    pub registered_again: Option<String>,
+    pub started: String,
+    pub took_ms: Option<u64>,
 }
 
 impl Status {

@@ -599,7 +599,7 @@ fn a_missing_agent_fails_and_bad_options_cannot_run() {
 /// moto, a server we did not write, answers the Describe calls the doctor reads.
 #[test]
 fn the_describe_calls_work_against_a_real_moto_server() {
-    let Some(moto) = moto_url() else {
+    let Some(moto) = crate::support::moto_url() else {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI runs a moto server (.ci/run): a skipped test would hide a failure"
@@ -695,10 +695,4 @@ print(c.describe_auto_scaling_groups(AutoScalingGroupNames=["{group}"])["AutoSca
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn moto_url() -> Option<String> {
-    let url = std::env::var("AGENT_GUARD_TEST_MOTO").ok()?;
-    let addr = url.trim_start_matches("http://").to_string();
-    std::net::TcpStream::connect(&addr).ok().map(|_| url)
 }

@@ -584,7 +584,7 @@ fn status_and_metrics_show_the_hook() {
 /// moto, a server we did not write, checks the SDK wiring for the calls it implements.
 #[test]
 fn the_sdk_wiring_works_against_a_real_moto_server() {
-    let Some(moto) = moto_url() else {
+    let Some(moto) = crate::support::moto_url() else {
         crate::support::require(false, "no moto server (.ci/run starts one)");
         return;
     };
@@ -653,12 +653,6 @@ print(c.describe_auto_scaling_groups(AutoScalingGroupNames=["{group}"])["AutoSca
     );
     guard.signal(libc::SIGTERM);
     assert_eq!(guard.code(), 143);
-}
-
-fn moto_url() -> Option<String> {
-    let url = std::env::var("AGENT_GUARD_TEST_MOTO").ok()?;
-    let addr = url.trim_start_matches("http://").to_string();
-    std::net::TcpStream::connect(&addr).ok().map(|_| url)
 }
 
 /// When the group entered `state` for the instance.

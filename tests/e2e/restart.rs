@@ -95,7 +95,7 @@ fn restart_delays_double_and_reset_after_a_long_run() {
         ],
         &["fail", "fail", "fail", "5", "fail", "fail", "stay"],
     );
-    wait_until("the seventh start", Duration::from_secs(60), || {
+    wait_until("the seventh start", Duration::from_secs(120), || {
         starts(&log) == 7
     });
     let d = delays(&log);

@@ -588,3 +588,108 @@ fn a_guard_sigkilled_mid_drain_is_waited_for_until_its_orphaned_agent_is_gone() 
         survivor.log()
     );
 }
+
+/// Issue 23 item 4: two guards with `--in-warm-pool wait`. Both are held through the warm round
+/// (whose launch hook they complete without their agents); released into service, the launch
+/// hook pauses the instance again, and that round is completed only once both agents are ready:
+/// the slower guard's readiness from the warm round does not count.
+#[test]
+fn out_of_a_warm_pool_the_launch_hook_waits_for_both_agents_of_the_new_round() {
+    let h = host(Hook::new("launch-hook", LAUNCHING).heartbeat_timeout(Duration::from_secs(60)));
+    h.imds.set_lifecycle_state(Some("Warmed:Running"));
+    h.asg.launch_into_warm_pool(GROUP, INSTANCE);
+    let options = [
+        "--launch-hook",
+        "launch-hook",
+        "--ready-on",
+        "notify",
+        "--in-warm-pool",
+        "wait",
+    ];
+    let go = |name: &str| h.dir.path().join(name).join("go");
+    let agent = |name: &str| {
+        vec![
+            fixture("notify_agent.py").display().to_string(),
+            h.agent_log(name).display().to_string(),
+            "--ready-on-file".to_string(),
+            go(name).display().to_string(),
+        ]
+    };
+    let (fast_agent, slow_agent) = (agent("fast"), agent("slow"));
+    let mut fast = h.guard("fast", &options, &strs(&fast_agent));
+    let mut slow = h.guard("slow", &options, &strs(&slow_agent));
+    wait_until("the warm round's launch hook is completed", SOON, || {
+        h.completions_ok().len() == 1
+    });
+    for g in [&fast, &slow] {
+        wait_until("held", SOON, || g.log().contains("the agent starts once"));
+    }
+    assert_eq!(
+        h.asg.instance_state(INSTANCE).as_deref(),
+        Some("Warmed:Stopped")
+    );
+
+    // Into service: the group pauses the launch at Pending:Wait again.
+    h.asg.launch(GROUP, INSTANCE);
+    h.imds.set_lifecycle_state(Some("InService"));
+    for g in [&fast, &slow] {
+        wait_until("the agent started", SOON, || {
+            !g.status()["agent_pid"].is_null()
+        });
+    }
+    std::fs::write(go("fast"), "").expect("fast ready");
+    wait_until("the fast guard decided", SOON, || {
+        h.completions_ok().len() > 1
+            || fast.status()["lifecycle"]["launch_hook"]["state"] == "awaiting"
+    });
+    let_time_pass(
+        "no completion comes while the slow agent is not ready",
+        Duration::from_millis(500),
+    );
+    let sent_ready = |name: &str| {
+        first_time(&json_lines(&h.agent_log(name)), |e| {
+            e["sent"].as_str().is_some_and(|s| s.starts_with("READY=1"))
+        })
+    };
+    // Looked at in this order: an agent not ready now was not ready when the calls were read.
+    let completes = h.completions_ok();
+    assert!(sent_ready("slow").is_none(), "the slow agent is not ready");
+    assert_eq!(
+        completes.len(),
+        1,
+        "the new round was completed before the slow agent was ready: {completes:?}\n{}",
+        fast.log()
+    );
+    assert_eq!(
+        h.asg.instance_state(INSTANCE).as_deref(),
+        Some("Pending:Wait")
+    );
+
+    std::fs::write(go("slow"), "").expect("slow ready");
+    wait_until("the new round's launch hook is completed", SOON, || {
+        h.completions_ok().len() == 2
+    });
+    wait_until("both guards know", SOON, || {
+        let states =
+            [&fast, &slow].map(|g| g.status()["lifecycle"]["launch_hook"]["state"].clone());
+        states.contains(&"completed".into()) && states.contains(&"left-to-other-guards".into())
+    });
+    let completes = h.calls("CompleteLifecycleAction");
+    assert_eq!(completes.len(), 2, "once per round: {completes:?}");
+    assert!(completes.iter().all(|c| c.status == 200), "{completes:?}");
+    assert_eq!(completes[1].params["LifecycleActionResult"], "CONTINUE");
+    for name in ["fast", "slow"] {
+        let ready = sent_ready(name).expect("READY=1 sent");
+        assert!(
+            mono(completes[1].at) > ready,
+            "completed {:.3}s before the {name} agent was ready",
+            ready - mono(completes[1].at)
+        );
+    }
+    assert_eq!(h.asg.instance_state(INSTANCE).as_deref(), Some("InService"));
+    for g in [&fast, &slow] {
+        g.signal(libc::SIGTERM);
+    }
+    assert_eq!(fast.code(), 0, "{}", fast.log());
+    assert_eq!(slow.code(), 0, "{}", slow.log());
+}

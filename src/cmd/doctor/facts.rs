@@ -21,6 +21,8 @@ pub struct Facts {
     pub port: PortFact,
     /// `--cgroup`: what the guard would get, or why it could not have one (`None` with `off`).
     pub cgroup: Option<Result<crate::process::cgroup::Probe, String>>,
+    /// `--target-groups`: the target groups a drain deregisters from, and their health checks.
+    pub load_balancer: LbFact,
 }
 
 /// The agent's program, looked up as the guard will look it up.
@@ -329,4 +331,65 @@ pub enum PortFact {
         addr: SocketAddr,
         error: String,
     },
+}
+
+/// What the doctor saw of the load balancers (`--target-groups`).
+#[derive(Debug, Clone)]
+pub enum LbFact {
+    /// `--target-groups off`.
+    Off,
+    /// The group is unknown or AWS was not asked: nothing to look at.
+    NotAsked,
+    Asked(Box<LbFacts>),
+}
+
+/// The target groups and what Elastic Load Balancing v2 says of them.
+#[derive(Debug, Clone)]
+pub struct LbFacts {
+    /// The target groups a drain would deregister from (the group's, for `auto`).
+    pub arns: Result<Vec<String>, CallError>,
+    /// The group's classic load balancers (`LoadBalancerNames`), which the guard does not handle.
+    pub classic: Vec<String>,
+    /// `DescribeTargetGroups` for `arns`.
+    pub groups: Result<Vec<TargetGroupInfo>, CallError>,
+    /// The permissions, each proven by a call that cannot change anything (or why not).
+    pub probes: Vec<(LbPermission, ProbeOutcome)>,
+}
+
+/// One target group's health check, as `DescribeTargetGroups` gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetGroupInfo {
+    pub arn: String,
+    /// `instance`, `ip`, `lambda` or `alb`.
+    pub target_type: String,
+    /// The traffic port.
+    pub port: Option<i32>,
+    pub health_check_enabled: bool,
+    pub health_check_path: Option<String>,
+    /// `traffic-port` or a port number.
+    pub health_check_port: Option<String>,
+    pub interval: Duration,
+    pub unhealthy_threshold: u32,
+}
+
+/// The Elastic Load Balancing v2 calls a drain makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPermission {
+    /// Proven by deregistering a target that is not registered: `InvalidTarget` if allowed.
+    DeregisterTargets,
+    DescribeTargetHealth,
+    DescribeTargetGroupAttributes,
+    /// No call proves it without registering something: never probed.
+    RegisterTargets,
+}
+
+impl LbPermission {
+    pub fn action(self) -> &'static str {
+        match self {
+            LbPermission::DeregisterTargets => "DeregisterTargets",
+            LbPermission::DescribeTargetHealth => "DescribeTargetHealth",
+            LbPermission::DescribeTargetGroupAttributes => "DescribeTargetGroupAttributes",
+            LbPermission::RegisterTargets => "RegisterTargets",
+        }
+    }
 }

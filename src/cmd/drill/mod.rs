@@ -19,15 +19,19 @@ use std::time::{Duration, SystemTime};
 
 use crate::aws::lifecycle_state::LifecycleState;
 use crate::cli::{DrillArgs, DrillEvent};
-use crate::config::{self, Config, ConfigError, Invocation, OnMaintenance, OnRebalance, Source};
+use crate::config::{
+    self, Config, ConfigError, DeregistrationWait, Invocation, OnMaintenance, OnRebalance, Source,
+    TargetGroups,
+};
 use crate::fmt::format_duration;
 use crate::journal::Record;
 use crate::machine::state::{PhaseName, ReadyOn};
 use crate::sim::autoscaling::{AutoScalingSim, Hook, LAUNCHING, TERMINATING};
+use crate::sim::elb::{ElbSim, TargetGroupSpec};
 use crate::sim::imds::{ImdsSim, ScheduledEvent};
 
 use report::{Context, Report};
-use verdict::{HookCall, Observation, Scenario};
+use verdict::{HookCall, LoadBalancerBudget, Observation, Scenario};
 use watch::Observations;
 
 /// Exit statuses.
@@ -121,10 +125,15 @@ impl Drop for TempDir {
     }
 }
 
-/// The simulated world the guard runs in.
+/// The port the instance is registered on in the simulated target group.
+const TARGET_PORT: u16 = 8080;
+
+/// The simulated world the guard runs in: the instance is a healthy target of one target group
+/// of its group, whose deregistration delay is `--deregistration-delay`.
 struct World {
     imds: ImdsSim,
     asg: AutoScalingSim,
+    elb: ElbSim,
 }
 
 impl Drill {
@@ -214,7 +223,14 @@ impl Drill {
         let simulator = |which| move |source| DrillError::Simulator { which, source };
         let imds = ImdsSim::start().map_err(simulator("IMDS"))?;
         let asg = AutoScalingSim::start().map_err(simulator("Auto Scaling"))?;
+        let elb = ElbSim::start().map_err(simulator("Elastic Load Balancing"))?;
         asg.add_instance(GROUP, INSTANCE, "InService");
+        let target_group = elb.add_target_group(
+            TargetGroupSpec::new("drill", TARGET_PORT)
+                .deregistration_delay(self.args.deregistration_delay),
+        );
+        elb.add_healthy_target(&target_group, INSTANCE, TARGET_PORT);
+        asg.set_target_groups(GROUP, &[target_group]);
         asg.set_deregistration_delay(GROUP, self.args.deregistration_delay);
         asg.put_hook(
             GROUP,
@@ -230,7 +246,7 @@ impl Drill {
         // As on AWS: when the group starts replacing the instance, IMDS says Terminated.
         let set_state = imds.lifecycle_setter();
         asg.on_target_state(move |_, state| set_state(Some(state)));
-        Ok(World { imds, asg })
+        Ok(World { imds, asg, elb })
     }
 
     /// This binary as a guard, with the user's options, pointed at the simulators.
@@ -262,11 +278,16 @@ impl Drill {
             "AWS_PROFILE",
             "AWS_SESSION_TOKEN",
             "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2",
             "AWS_DEFAULT_REGION",
         ] {
             cmd.env_remove(var);
         }
         cmd.env("AWS_ENDPOINT_URL_AUTO_SCALING", world.asg.url())
+            .env(
+                "AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2",
+                world.elb.url(),
+            )
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "AKIDDRILLDRILLDRILL")
             .env("AWS_SECRET_ACCESS_KEY", "drill")
@@ -304,6 +325,18 @@ impl Drill {
                 Observation::InstanceState(LifecycleState::parse(&entered.state)),
             );
         }
+        for call in world.elb.calls() {
+            let at = start + call.at.saturating_duration_since(origin);
+            let (action, status) = (call.action, call.status);
+            observations.push(at, Observation::TargetCall { action, status });
+        }
+        // The target's own state changes; its first `healthy` is the drill's set-up.
+        for entered in world.elb.transitions() {
+            if entered.state != "healthy" {
+                let at = start + entered.at.saturating_duration_since(origin);
+                observations.push(at, Observation::TargetState(entered.state));
+            }
+        }
         let observed = observations.sorted();
         let scenario = Scenario {
             event: self.args.event,
@@ -312,7 +345,19 @@ impl Drill {
             spot_margin: self.config.spot_margin,
             on_maintenance: self.config.on_maintenance,
         };
-        let verdict = verdict::verdict(&scenario, &observed);
+        let mut verdict = verdict::verdict(&scenario, &observed);
+        let budget = LoadBalancerBudget {
+            spot_margin: self.config.spot_margin,
+            stop_timeout: self.config.stop_timeout,
+            drain_timeout: self.config.drain_timeout,
+            wait_cap: match self.config.load_balancer.wait {
+                DeregistrationWait::Auto => None,
+                DeregistrationWait::AtMost(cap) => Some(cap),
+            },
+        };
+        let lb = verdict::load_balancer(&budget, &observed);
+        verdict.reasons.extend(lb.reasons);
+        verdict.notes.extend(lb.notes);
         Ok(Report::new(self.context(), verdict, &observed, start))
     }
 
@@ -344,6 +389,7 @@ impl Drill {
             return Ok(());
         }
         self.wait_for_setup(guard, observations)?;
+        self.wait_for_target_groups(world);
         std::thread::sleep(self.args.after);
         let health = watch::health_addr(&socket);
         self.trigger(world, guard, observations);
@@ -378,6 +424,20 @@ impl Drill {
             Some(Record::HooksOff { error }) => error,
             _ => "no answer within 30s".to_string(),
         }))
+    }
+
+    /// The guard has read its target groups (the deregistration delay is its last call of the
+    /// set-up), as on an instance that has been up a while; not waited for when it reads none.
+    fn wait_for_target_groups(&self, world: &World) {
+        if self.config.load_balancer.target_groups == TargetGroups::Off {
+            return;
+        }
+        watch::wait(Duration::from_secs(30), || {
+            let calls = world.elb.calls();
+            calls
+                .iter()
+                .any(|c| c.action == "DescribeTargetGroupAttributes")
+        });
     }
 
     /// Posts the notice (or sends the signal) and records when.

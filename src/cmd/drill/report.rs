@@ -95,6 +95,7 @@ impl Report {
             "verdict": if self.pass() { "PASS" } else { "FAIL" },
             "reasons": self.reasons(),
             "summary": self.summary(),
+            "notes": self.verdict.notes,
             "exit_status": self.status,
             "timeline": self.timeline.iter().map(|e| json!({
                 "offset_ms": (e.offset * 1000.0).round() as i64,
@@ -125,6 +126,9 @@ impl Report {
             for r in self.reasons() {
                 out.push_str(&format!("  - {r}\n"));
             }
+        }
+        for note in &self.verdict.notes {
+            out.push_str(&format!("note: {note}\n"));
         }
         out
     }
@@ -341,6 +345,22 @@ fn entry_for(what: &Observation) -> Option<(&'static str, String)> {
         Observation::InstanceState(state @ LifecycleState::TerminatingWait) => (
             "wait state",
             format!("the group holds the instance in {state}: the hook can be completed"),
+        ),
+        Observation::TargetCall { action, status } if action == "DeregisterTargets" => (
+            "deregistered",
+            if *status == 200 {
+                "DeregisterTargets: the load balancer drains the instance's connections".to_string()
+            } else {
+                format!("DeregisterTargets refused ({status}): --lb-grace holds readiness instead")
+            },
+        ),
+        Observation::TargetCall { action, status } if action == "RegisterTargets" => (
+            "registered again",
+            format!("RegisterTargets ({status}): the drain was called off"),
+        ),
+        Observation::TargetState(state) if state == "unused" => (
+            "load balancer done",
+            "the target left draining: the load balancer sends nothing more".to_string(),
         ),
         _ => return None,
     })

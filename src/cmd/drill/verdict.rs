@@ -51,6 +51,11 @@ pub enum Observation {
     GuardExit(Option<u8>),
     /// The simulated group put the instance in this lifecycle state.
     InstanceState(LifecycleState),
+    /// A call the simulated Elastic Load Balancing v2 API answered (`DeregisterTargets` …).
+    TargetCall { action: String, status: u16 },
+    /// The instance's target entered this state in its target group (`draining`, `unused` once
+    /// the load balancer let go, `initial` when registered again).
+    TargetState(String),
 }
 
 /// A lifecycle call as the simulated Auto Scaling API logged it.
@@ -110,6 +115,11 @@ pub enum FailReason {
     PastNotBefore {
         by: Duration,
     },
+    /// The agent heard of the drain while the load balancer still sent to it; `by` is how long
+    /// before the target left `draining` (`None`: it never did during the rehearsal).
+    ToldBeforeLoadBalancer {
+        by: Option<Duration>,
+    },
 }
 
 impl fmt::Display for FailReason {
@@ -168,6 +178,14 @@ impl fmt::Display for FailReason {
                 "the agent was still running {} past the scheduled event's NotBefore",
                 format_duration(*by)
             ),
+            FailReason::ToldBeforeLoadBalancer { by: Some(by) } => write!(
+                f,
+                "the agent was told to drain {} before the load balancer stopped sending (its target left draining), and nothing forced it",
+                format_duration(*by)
+            ),
+            FailReason::ToldBeforeLoadBalancer { by: None } => f.write_str(
+                "the agent was told to drain while the load balancer still sent to it (its target never left draining), and nothing forced it",
+            ),
         }
     }
 }
@@ -176,6 +194,8 @@ impl fmt::Display for FailReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub reasons: Vec<FailReason>,
+    /// What the report must say besides (a wait the budget cut, say); never a reason to fail.
+    pub notes: Vec<String>,
 }
 
 impl Verdict {
@@ -211,6 +231,7 @@ pub fn verdict(scenario: &Scenario, observed: &[Timed]) -> Verdict {
     {
         return Verdict {
             reasons: vec![FailReason::NeverReady { waited: *waited }],
+            notes: Vec::new(),
         };
     }
     let mut reasons = Vec::new();
@@ -245,7 +266,88 @@ pub fn verdict(scenario: &Scenario, observed: &[Timed]) -> Verdict {
     if !scenario.report_only {
         reasons.extend(stop_reasons(scenario, observed, killed.is_some()));
     }
-    Verdict { reasons }
+    Verdict {
+        reasons,
+        notes: Vec::new(),
+    }
+}
+
+/// What bounds the guard's wait for the load balancer, for [`load_balancer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadBalancerBudget {
+    pub spot_margin: Duration,
+    pub stop_timeout: Duration,
+    pub drain_timeout: Duration,
+    /// `--deregistration-wait DUR`: the user's own cap on the wait.
+    pub wait_cap: Option<Duration>,
+}
+
+/// How much earlier than its bound a cut wait may tell the agent and still count as forced (the
+/// guard and the drill read the bound on two clocks).
+const BOUND_SLACK: Duration = Duration::from_millis(500);
+
+/// The load balancer stops sending before the agent hears of the drain: after a deregistration,
+/// telling the agent before the target left `draining` fails the drill, unless the budget forced
+/// it (a spot deadline that must leave the agent its whole drain and stop budget, or the
+/// user's `--deregistration-wait`), which is then noted. Returns the reasons and the notes.
+pub fn load_balancer(budget: &LoadBalancerBudget, observed: &[Timed]) -> Verdict {
+    let mut verdict = Verdict {
+        reasons: Vec::new(),
+        notes: Vec::new(),
+    };
+    let deregistered = observed.iter().find_map(|o| match &o.what {
+        Observation::TargetCall {
+            action,
+            status: 200,
+        } if action == "DeregisterTargets" => Some(o.at),
+        _ => None,
+    });
+    let told = observed.iter().find_map(|o| match o.what {
+        Observation::Guard(Record::DrainAnnounced { .. } | Record::StopSignalSent { .. }) => {
+            Some(o.at)
+        }
+        _ => None,
+    });
+    let (Some(deregistered), Some(told)) = (deregistered, told) else {
+        return verdict;
+    };
+    let done = observed.iter().find_map(|o| match &o.what {
+        Observation::TargetState(state) if state == "unused" && o.at >= deregistered => Some(o.at),
+        _ => None,
+    });
+    if done.is_some_and(|done| told >= done) {
+        return verdict;
+    }
+    let by = done
+        .and_then(|done| done.duration_since(told).ok())
+        .map(millis);
+    let spot = observed.iter().find_map(|o| match o.what {
+        Observation::SpotDeadline(t) => t
+            .checked_sub(budget.spot_margin + budget.stop_timeout + budget.drain_timeout)
+            .map(|bound| (bound, "the spot deadline left no more time: the agent's whole drain and stop budget came first")),
+        _ => None,
+    });
+    let cap = budget
+        .wait_cap
+        .map(|cap| (deregistered + cap, "--deregistration-wait capped the wait"));
+    let forced = [spot, cap]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(bound, _)| *bound)
+        .filter(|(bound, _)| told + BOUND_SLACK >= *bound);
+    match forced {
+        Some((_, why)) => verdict.notes.push(match by {
+            Some(by) => format!(
+                "the agent was told {} before the load balancer stopped sending: {why}",
+                format_duration(by)
+            ),
+            None => format!("the agent was told while the load balancer still drained: {why}"),
+        }),
+        None => verdict
+            .reasons
+            .push(FailReason::ToldBeforeLoadBalancer { by }),
+    }
+    verdict
 }
 
 /// For a drill that stops the agent: it stopped cleanly, in time, and the hook was completed.
@@ -684,5 +786,108 @@ mod tests {
         for (reason, text) in cases {
             assert_eq!(reason.to_string(), text);
         }
+    }
+
+    #[test]
+    fn the_agent_is_told_only_once_the_load_balancer_let_go_unless_the_budget_forced_it() {
+        let t0 = SystemTime::UNIX_EPOCH + 1_000_000 * S;
+        let budget = LoadBalancerBudget {
+            spot_margin: 10 * S,
+            stop_timeout: 15 * S,
+            drain_timeout: 90 * S,
+            wait_cap: None,
+        };
+        let deregister = |status| Observation::TargetCall {
+            action: "DeregisterTargets".to_string(),
+            status,
+        };
+        let gone = || Observation::TargetState("unused".to_string());
+        let told = || {
+            Observation::Guard(Record::DrainAnnounced {
+                reason: crate::model::DrainReason::SpotInterruption,
+                deadline_in_ms: 90_000,
+                subscribers: 1,
+                drain_signal: None,
+            })
+        };
+        // The spot notice 120 s ahead: the wait may last until 120 - 10 - 15 - 90 = 5 s.
+        let spot = at(t0, 120_000, Observation::NoticePosted);
+        let spot = Timed {
+            what: Observation::SpotDeadline(t0 + 120 * S),
+            ..spot
+        };
+        let judge = |budget: &LoadBalancerBudget, observed: Vec<Timed>| {
+            let v = load_balancer(budget, &observed);
+            (v.reasons, v.notes.len())
+        };
+        // Told 0.1 s after the target left draining: pass, nothing to note.
+        assert_eq!(
+            judge(
+                &budget,
+                vec![
+                    at(t0, 0, deregister(200)),
+                    at(t0, 3000, gone()),
+                    at(t0, 3100, told())
+                ]
+            ),
+            (vec![], 0)
+        );
+        // Told before it, with time left in the budget: FAIL, by how much.
+        assert_eq!(
+            judge(
+                &budget,
+                vec![
+                    spot.clone(),
+                    at(t0, 0, deregister(200)),
+                    at(t0, 1000, told()),
+                    at(t0, 3000, gone())
+                ]
+            ),
+            (
+                vec![FailReason::ToldBeforeLoadBalancer { by: Some(2 * S) }],
+                0
+            )
+        );
+        // Told at the budget's bound (5 s) while it still drained: forced, and noted.
+        assert_eq!(
+            judge(
+                &budget,
+                vec![
+                    spot.clone(),
+                    at(t0, 0, deregister(200)),
+                    at(t0, 5050, told())
+                ]
+            ),
+            (vec![], 1)
+        );
+        // The same without a spot deadline (a maintenance drain has none): FAIL, never done.
+        assert_eq!(
+            judge(
+                &budget,
+                vec![at(t0, 0, deregister(200)), at(t0, 5050, told())]
+            ),
+            (vec![FailReason::ToldBeforeLoadBalancer { by: None }], 0)
+        );
+        // ... unless --deregistration-wait capped it there.
+        let capped = LoadBalancerBudget {
+            wait_cap: Some(5 * S),
+            ..budget
+        };
+        assert_eq!(
+            judge(
+                &capped,
+                vec![at(t0, 0, deregister(200)), at(t0, 5050, told())]
+            ),
+            (vec![], 1)
+        );
+        // No deregistration (refused, or a scale-in the group deregistered): nothing to judge.
+        assert_eq!(
+            judge(
+                &budget,
+                vec![at(t0, 0, deregister(400)), at(t0, 10, told())]
+            ),
+            (vec![], 0)
+        );
+        assert_eq!(judge(&budget, vec![at(t0, 10, told())]), (vec![], 0));
     }
 }

@@ -455,3 +455,10 @@ pub fn aws_command(
         ]);
     cmd
 }
+
+/// The moto server `.ci/run` starts (`AGENT_GUARD_TEST_MOTO`), if it answers.
+pub fn moto_url() -> Option<String> {
+    let url = std::env::var("AGENT_GUARD_TEST_MOTO").ok()?;
+    let addr = url.trim_start_matches("http://").to_string();
+    std::net::TcpStream::connect(&addr).ok().map(|_| url)
+}

@@ -305,8 +305,9 @@ async fn probe(
     }
 }
 
-/// A probe's answer: a ValidationError means IAM let the call through.
-fn outcome<T, E>(answer: Result<T, SdkError<E>>) -> ProbeOutcome
+/// A probe's answer: a ValidationError (or, for a target that is not registered,
+/// InvalidTarget) means IAM let the call through.
+pub(super) fn outcome<T, E>(answer: Result<T, SdkError<E>>) -> ProbeOutcome
 where
     E: ProvideErrorMetadata + StdError + 'static,
 {
@@ -314,7 +315,7 @@ where
         Ok(_) => return ProbeOutcome::Allowed,
         Err(err) => err,
     };
-    if err.code() == Some("ValidationError") {
+    if matches!(err.code(), Some("ValidationError" | "InvalidTarget")) {
         return ProbeOutcome::Allowed;
     }
     match CallError::from(&err) {

@@ -1,16 +1,20 @@
 //! Looks at the instance, once, each look bounded in time and none of them changing anything:
-//! the command, the health port, the systemd unit, IMDS, the credentials and the Auto Scaling
-//! API. Everything seen goes into [`Facts`]; nothing here judges it.
+//! the command, the health port, the systemd unit, IMDS, the credentials, the Auto Scaling
+//! API and the target groups (Elastic Load Balancing v2). Everything seen goes into
+//! [`Facts`]; nothing here judges it.
 
 mod aws;
+mod elb;
 mod imds;
 mod systemd;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use super::facts::{AwsFact, Blocker, CommandFact, CredentialsFact, Facts, PortFact, RegionFact};
-use crate::config::{Config, Settings};
+use super::facts::{
+    AwsFact, Blocker, CommandFact, CredentialsFact, Facts, LbFact, PortFact, RegionFact,
+};
+use crate::config::{Config, Settings, TargetGroups};
 use crate::health::http_get;
 
 /// How long the health port's holder has to say who it is.
@@ -45,6 +49,19 @@ pub async fn gather(config: &Config, settings: &Settings) -> Facts {
             aws::group(&client, config, metadata, guard_running).await,
         )),
     };
+    let load_balancer = match (&config.load_balancer.target_groups, &aws) {
+        (TargetGroups::Off, _) => LbFact::Off,
+        (_, AwsFact::Asked(facts)) => match &facts.group {
+            Some(group) if matches!(group.described, Ok(Some(_))) => {
+                let elb = aws_sdk_elasticloadbalancingv2::Client::new(&sdk);
+                LbFact::Asked(Box::new(
+                    elb::gather(&client, &elb, config, &group.name).await,
+                ))
+            }
+            _ => LbFact::NotAsked,
+        },
+        _ => LbFact::NotAsked,
+    };
     Facts {
         command,
         imds,
@@ -55,6 +72,7 @@ pub async fn gather(config: &Config, settings: &Settings) -> Facts {
         port,
         cgroup: (config.cgroup != crate::config::CgroupMode::Off)
             .then(|| crate::process::cgroup::probe().map_err(|e| e.to_string())),
+        load_balancer,
     }
 }
 

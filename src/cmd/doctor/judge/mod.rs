@@ -8,6 +8,7 @@
 
 mod group;
 mod host;
+mod load_balancer;
 
 use std::time::Duration;
 
@@ -204,6 +205,25 @@ pub const CHECKS: &[(&str, Judge)] = &[
     ),
     ("autoscaling:SetInstanceProtection", group::protection),
     ("autoscaling:SetInstanceHealth", group::instance_health),
+    ("target-groups", load_balancer::target_groups),
+    ("target-group-health-check", load_balancer::health_check),
+    ("target-group-spot-budget", load_balancer::spot_budget),
+    (
+        "elasticloadbalancing:DeregisterTargets",
+        load_balancer::deregister_targets,
+    ),
+    (
+        "elasticloadbalancing:DescribeTargetHealth",
+        load_balancer::describe_target_health,
+    ),
+    (
+        "elasticloadbalancing:DescribeTargetGroupAttributes",
+        load_balancer::describe_attributes,
+    ),
+    (
+        "elasticloadbalancing:RegisterTargets",
+        load_balancer::register_targets,
+    ),
     ("unit-stop-timeout", host::unit_stop_timeout),
     ("unit-kill-mode", host::unit_kill_mode),
     ("health-port", host::health_port),

@@ -12,6 +12,7 @@ use crate::config::{Invocation, load};
 
 const ID: &str = "i-0123456789abcdef0";
 const GROUP: &str = "workers";
+const TG: &str = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1";
 /// The options of the deployment that fits.
 const GOOD: &[&str] = &[
     "--terminate-hook",
@@ -117,7 +118,44 @@ fn good() -> Facts {
             path: "/sys/fs/cgroup/system.slice/agent-guard@worker.service".into(),
             controllers: vec!["memory".to_string(), "pids".to_string()],
         })),
+        load_balancer: LbFact::Asked(Box::new(LbFacts {
+            arns: Ok(vec![TG.to_string()]),
+            classic: Vec::new(),
+            groups: Ok(vec![TargetGroupInfo {
+                arn: TG.to_string(),
+                target_type: "instance".to_string(),
+                port: Some(8080),
+                health_check_enabled: true,
+                health_check_path: Some("/readyz".to_string()),
+                health_check_port: Some("8099".to_string()),
+                interval: Duration::from_secs(10),
+                unhealthy_threshold: 3,
+            }]),
+            probes: vec![
+                (LbPermission::DeregisterTargets, ProbeOutcome::Allowed),
+                (LbPermission::DescribeTargetHealth, ProbeOutcome::Allowed),
+                (
+                    LbPermission::DescribeTargetGroupAttributes,
+                    ProbeOutcome::Allowed,
+                ),
+                (
+                    LbPermission::RegisterTargets,
+                    ProbeOutcome::NotProbed("no harmless call".to_string()),
+                ),
+            ],
+        })),
     }
+}
+
+fn lb(f: &mut Facts) -> &mut LbFacts {
+    match &mut f.load_balancer {
+        LbFact::Asked(lb) => lb,
+        _ => panic!("the fixture asked Elastic Load Balancing"),
+    }
+}
+
+fn target_group(f: &mut Facts) -> &mut TargetGroupInfo {
+    &mut lb(f).groups.as_mut().expect("described")[0]
 }
 
 fn aws(f: &mut Facts) -> &mut AwsFacts {
@@ -263,6 +301,19 @@ const CASES: &[Case] = &[
     (GOOD, |f| f.cgroup = Some(Err("not delegated".into())), "cgroup", Status::Warn, "process group would stand for it (not delegated)"),
     (&["--cgroup", "require"], |f| f.cgroup = Some(Err("not delegated".into())), "cgroup", Status::Fail, "would exit 125: not delegated"),
     (&["--memory-max", "1G"], |f| f.cgroup = Some(Ok(crate::process::cgroup::Probe { path: "/x".into(), controllers: vec![] })), "cgroup", Status::Warn, "--memory-max would not be applied"),
+    (GOOD, |f| lb(f).classic = vec!["old-elb".into()], "target-groups", Status::Warn, "old-elb are not handled"),
+    (GOOD, |f| lb(f).arns = Err(denied()), "target-groups", Status::Warn, "cannot read the group's target groups"),
+    (&["--target-groups", "off"], |f| f.load_balancer = LbFact::Off, "target-groups", Status::Ok, "--target-groups off"),
+    (GOOD, |f| target_group(f).health_check_path = Some("/".into()), "target-group-health-check", Status::Warn, "checks / on port 8099"),
+    (GOOD, |f| target_group(f).health_check_port = Some("traffic-port".into()), "target-group-health-check", Status::Warn, "/readyz on port 8080"),
+    (&["--health-listen", "off"], |_| {}, "target-group-health-check", Status::Warn, "--health-listen is off"),
+    (GOOD, |f| {
+        target_group(f).interval = Duration::from_secs(30);
+        target_group(f).unhealthy_threshold = 5;
+    }, "target-group-spot-budget", Status::Warn, "for up to 30s × 5 unhealthy checks = 2m 30s"),
+    (GOOD, |f| lb(f).probes[0].1 = ProbeOutcome::Denied("AccessDenied".into()), "elasticloadbalancing:DeregisterTargets", Status::Fail, "cannot deregister"),
+    (GOOD, |f| lb(f).probes[1].1 = ProbeOutcome::Denied("AccessDenied".into()), "elasticloadbalancing:DescribeTargetHealth", Status::Fail, "cannot find its targets"),
+    (GOOD, |f| lb(f).probes[2].1 = ProbeOutcome::Denied("AccessDenied".into()), "elasticloadbalancing:DescribeTargetGroupAttributes", Status::Warn, "default, 300s"),
 ];
 
 #[test]
@@ -289,9 +340,12 @@ fn each_misfit_turns_its_own_check() {
 #[test]
 fn every_check_that_can_fail_has_a_misfit() {
     // `config` cannot: invalid options stop the doctor before it judges (exit 125).
-    // SetInstanceHealth is never probed, and says so.
+    // SetInstanceHealth and RegisterTargets are never probed, and say so.
     for (name, _) in CHECKS {
-        if *name == "config" || *name == "autoscaling:SetInstanceHealth" {
+        if *name == "config"
+            || *name == "autoscaling:SetInstanceHealth"
+            || *name == "elasticloadbalancing:RegisterTargets"
+        {
             continue;
         }
         assert!(

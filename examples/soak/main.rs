@@ -12,7 +12,15 @@
 //! the agent's processes still alive once the guard has exited. It reports them per hundred
 //! cycles: fds and RSS must stay flat, no process may be left, no cycle may fail.
 //!
-//! usage: soak [--cycles N] [--parallel P] [--budget SECS]   (AGENT_GUARD_BIN: the guard binary)
+//! Then the several-guards cycles ([`host`]): two guards sharing a hooks directory, with a
+//! flapping scheduled event, a garbled registration or a guard SIGKILLed mid-drain; each must
+//! complete the hook exactly once, after every agent was gone, reported a line per fault class.
+//! The judge of that is checked first on made-up cycles that it must flag.
+//!
+//! usage: soak [--cycles N] [--host-cycles N] [--parallel P] [--budget SECS]
+//!        (AGENT_GUARD_BIN: the guard binary)
+
+mod host;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -116,6 +124,10 @@ fn start_guard(bin: &Path, dir: &Path, imds: &ImdsSim, asg: &AutoScalingSim, mod
         .args(["--imds-poll", "100ms", "--terminate-hook", HOOK])
         .args(["--asg-name", GROUP, "--stop-timeout", "1s"])
         .args(["--drain-timeout", "3s", "--health-listen", "127.0.0.1:0"])
+        // Each cycle is an instance of its own: the host's default hooks directory would have
+        // the guards of cycles running at once wait for each other, and leave it to each other.
+        .arg("--hooks-dir")
+        .arg(dir.join("hooks"))
         .args(["--log-level", "warn", "--", "python3"])
         .arg(root().join("bench/soak_agent.py"))
         .arg(dir)
@@ -257,8 +269,53 @@ fn report(cycles: &[Cycle]) -> bool {
     failures.is_empty() && cycles.iter().all(|c| c.leftovers == 0)
 }
 
+/// The judge of the several-guards cycles on made-up cycles: `true` if it flags exactly the bad
+/// ones.
+fn self_check() -> bool {
+    let mut sound = true;
+    for (what, bad, flagged) in host::self_check() {
+        let verdict = if flagged { "flagged" } else { "passed" };
+        let ok = bad == flagged;
+        sound &= ok;
+        println!(
+            "self-check: {what}: {verdict} ({})",
+            if ok { "right" } else { "WRONG" }
+        );
+    }
+    println!();
+    sound
+}
+
+/// The several-guards cycles, `parallel` at a time, while the budget lasts.
+fn host_cycles(
+    n: usize,
+    parallel: usize,
+    bin: &Path,
+    base: &Path,
+    until: Instant,
+) -> Vec<host::HostCycle> {
+    let mut results = Vec::with_capacity(n);
+    while results.len() < n && Instant::now() < until {
+        let batch: Vec<usize> = (results.len()..n.min(results.len() + parallel)).collect();
+        let handles: Vec<_> = batch
+            .into_iter()
+            .map(|i| {
+                let (bin, base) = (bin.to_path_buf(), base.to_path_buf());
+                let fault = host::Fault::ALL[i % host::Fault::ALL.len()];
+                std::thread::spawn(move || host::cycle(i, fault, &bin, &base))
+            })
+            .collect();
+        results.extend(handles.into_iter().map(|h| h.join().expect("a host cycle")));
+    }
+    results
+}
+
 fn main() {
+    if !self_check() {
+        std::process::exit(1);
+    }
     let cycles = flag("--cycles", 300) as usize;
+    let hosts = flag("--host-cycles", 30) as usize;
     let parallel = flag("--parallel", 3).max(1) as usize;
     let budget = Duration::from_secs(flag("--budget", 600));
     let bin = std::env::var_os("AGENT_GUARD_BIN")
@@ -292,7 +349,22 @@ fn main() {
             ""
         }
     );
-    if !report(&results) {
+    let single = report(&results);
+    let host_started = Instant::now();
+    let hosted = host_cycles(hosts, parallel, &bin, base.path(), started + budget);
+    println!(
+        "\n{} several-guards cycles in {:.0} s (two guards sharing --hooks-dir; {} asked{}):\n",
+        hosted.len(),
+        host_started.elapsed().as_secs_f64(),
+        hosts,
+        if hosted.len() < hosts {
+            ", the time budget ran out"
+        } else {
+            ""
+        }
+    );
+    let several = host::report(&hosted);
+    if !(single && several) {
         std::process::exit(1);
     }
 }
