@@ -102,8 +102,9 @@ pub struct Cli {
     /// Run CMD when a drain starts (`sh -c`; an array in the config file runs without a shell),
     /// with AGENT_GUARD_DRAIN_REASON, AGENT_GUARD_DRAIN_DEADLINE (RFC 3339) and
     /// AGENT_GUARD_AGENT_PID; its output goes to the log (at most 100 lines a second, 256 KiB per
-    /// drain); its process group is killed at the drain deadline (a `setsid` daemon it starts is
-    /// not). It counts as telling the agent, as --drain-signal does
+    /// drain); it is killed at the drain deadline or once the agent is gone: in a cgroup beside the
+    /// agent's, all it started (`setsid` daemons too), which the hook waits for; without one, its
+    /// process group. It counts as telling the agent, as --drain-signal does
     #[arg(long, env = "AGENT_GUARD_ON_DRAIN", value_name = "CMD")]
     pub on_drain: Option<String>,
 
@@ -145,8 +146,9 @@ pub struct Cli {
     pub crash_loop: String,
 
     /// After a crash loop: `unhealthy` marks the instance Unhealthy (SetInstanceHealth) so the
-    /// group replaces it, then exits with the agent's last status (outside a group it just
-    /// exits); `exit` just exits
+    /// group replaces it, and with --terminate-hook stays to complete that termination's hook
+    /// (at most the hook's timeout), then exits with the agent's last status (outside a group it
+    /// just exits); `exit` just exits
     #[arg(
         long,
         env = "AGENT_GUARD_ON_CRASH_LOOP",
@@ -265,8 +267,9 @@ pub struct Cli {
     )]
     pub lb_grace: String,
 
-    /// `wait`: an instance launched into a warm pool completes its launch hook without starting
-    /// the agent, which starts once the target lifecycle state is InService; `run` starts it at once
+    /// `wait`: an instance launched into a warm pool (or back in it after service, the guard
+    /// staying) completes its launch hook without starting the agent, which starts once the
+    /// target lifecycle state is InService; `run` starts it at once
     #[arg(
         long,
         env = "AGENT_GUARD_IN_WARM_POOL",

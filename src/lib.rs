@@ -52,7 +52,9 @@
 //!     simulators and judges from typed observations; `doctor::{gather, judge, render}`),
 //!     `fuzzing` (the fuzz targets' entry points), [`sim`] (simulated IMDS, Auto Scaling and Elastic
 //!     Load Balancing v2 APIs, loopback only), and this file: [`run`] makes every snapshot's channel, hands each writer
-//!     to its owner and the readers to the rest, and shuts the tasks down: decide, tell, wait.
+//!     to its owner and the readers to the rest, runs the agent again (a next supervisor from
+//!     the last one's parts) when the instance comes back from a warm pool, and shuts the tasks
+//!     down: decide, tell, wait.
 
 mod agent;
 mod aws;
@@ -208,7 +210,12 @@ pub fn run(config: Config) -> Result<Ended, RunError> {
         runtime.block_on(Box::pin(supervise(config, job_control)))
     }));
     let ended = match supervised {
-        Ok(ended) => ended,
+        Ok(ended) => {
+            if let Ok(ended) = &ended {
+                tracing::info!(status = ended.exit_code(), "the guard exits");
+            }
+            ended
+        }
         Err(panic) => {
             // A bug: the agent must not run on unsupervised without a word (the panic's own
             // message is already on stderr).
@@ -249,12 +256,6 @@ async fn end_without_agent(tasks: Tasks, config: &Config) {
     remove_sockets(config);
 }
 
-/// The control and notify sockets, removed as the guard ends.
-fn remove_sockets(config: &Config) {
-    unixsock::remove(&config.socket);
-    unixsock::remove(&config.notify_socket);
-}
-
 async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, RunError> {
     let imds = prepare(&config)?;
     // Before anything runs: `--cgroup require` fails here, and the cgroup is removed on every
@@ -292,7 +293,13 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
             host_hooks,
         },
     );
-    if stopped_while_held(&config, &wiring, &upstream, &mut signals).await {
+    let hold = Hold {
+        views: &wiring.views,
+        held: &wiring.held,
+        tick: &wiring.published.tick,
+        upstream: &upstream,
+    };
+    if stopped_while_held(&config, &hold, &mut signals).await {
         end_without_agent(tasks, &config).await;
         return Ok(Ended::NeverStarted);
     }
@@ -311,7 +318,7 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
         (events_tx, events_rx),
         wiring.phase,
         wiring.published,
-        upstream,
+        upstream.clone(),
     ) {
         Ok(supervisor) => match tasks.load_balancer.take() {
             Some(link) => supervisor.with_load_balancer(link),
@@ -325,13 +332,80 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
     };
     say_what_the_agent_inherits(&config);
     return_freed_memory();
-    let (outcome, signals) = supervisor.run().await;
-    // The agent's group is gone: its number may be anyone's now.
-    crash::set_agent_group(0);
-    let exit = outcome.exit.clone();
-    tasks.finish(outcome, signals).await;
-    remove_sockets(&config);
-    Ok(Ended::Agent(exit))
+    let hold = (&*wiring.views, &wiring.held, &upstream);
+    runs(&config, tasks, hold, supervisor).await
+}
+
+/// Runs the agent until the guard is to exit: once, or again after each return of the
+/// instance to a warm pool (the guard stays across it: the unit would not start it again after
+/// a clean exit, and the instance would come back into service without it).
+async fn runs(
+    config: &Config,
+    mut tasks: Tasks,
+    (views, held, upstream): (&Views, &watch::Sender<Option<String>>, &Upstream),
+    mut supervisor: Supervisor,
+) -> Result<Ended, RunError> {
+    loop {
+        let (outcome, signals, mut parts) = supervisor.run().await;
+        // The agent's group is gone: its number may be anyone's now.
+        crash::set_agent_group(0);
+        let exit = outcome.exit.clone();
+        if !back_in_warm_pool(config, &outcome) {
+            tasks.finish(outcome, signals).await;
+            remove_sockets(config);
+            return Ok(Ended::Agent(exit));
+        }
+        let Some(mut signals) = tasks
+            .back_in_pool(config, views, &mut parts.out, (outcome, signals))
+            .await
+        else {
+            end_without_agent(tasks, config).await;
+            return Ok(Ended::Agent(exit));
+        };
+        parts.start_over();
+        let hold = Hold {
+            views,
+            held,
+            tick: &parts.out.tick,
+            upstream,
+        };
+        if stopped_while_held(config, &hold, &mut signals).await {
+            end_without_agent(tasks, config).await;
+            return Ok(Ended::Agent(exit));
+        }
+        supervisor = match parts.again(signals) {
+            Ok(supervisor) => supervisor,
+            Err(err) => {
+                end_without_agent(tasks, config).await;
+                return Err(err.into());
+            }
+        };
+    }
+}
+
+/// Whether the run ended with the instance back in its warm pool, and the guard is to stay for
+/// its next time in service: not after a stop signal or a crash loop, which end the guard.
+fn back_in_warm_pool(config: &Config, outcome: &Outcome) -> bool {
+    let back = outcome.drain == Some(state::DrainReason::WarmPool)
+        && !outcome.stop_signalled
+        && !outcome.crash_loop
+        && config.imds != ImdsMode::Off;
+    if back {
+        let when = match config.in_warm_pool {
+            InWarmPool::Wait => "once the instance is InService again (--in-warm-pool wait)",
+            InWarmPool::Run => "at once, as in a fresh start in the pool (--in-warm-pool run)",
+        };
+        tracing::info!(
+            "back in the warm pool: the agent is gone; the guard stays and starts it again {when}"
+        );
+    }
+    back
+}
+
+/// The control and sd_notify sockets go as the guard exits.
+fn remove_sockets(config: &Config) {
+    unixsock::remove(&config.socket);
+    unixsock::remove(&config.notify_socket);
 }
 
 /// Every snapshot of the run, made here once: each writer goes to its one owner, and the
@@ -514,25 +588,28 @@ fn return_freed_memory() {
 
 /// `--in-warm-pool wait`: holds the agent back while the instance is in a warm pool. `true` if
 /// a stop signal came first: the agent is then never started.
-async fn stopped_while_held(
-    config: &Config,
-    wiring: &Wiring,
-    upstream: &Upstream,
-    signals: &mut SignalSource,
-) -> bool {
+async fn stopped_while_held(config: &Config, hold: &Hold<'_>, signals: &mut SignalSource) -> bool {
     if config.in_warm_pool != InWarmPool::Wait || config.imds == ImdsMode::Off {
         return false;
     }
-    let imds = wiring.views.imds.clone();
-    let tick = &wiring.published.tick;
+    let imds = hold.views.imds.clone();
     tokio::select! {
-        _ = warm_pool::hold(imds, &wiring.held, tick, upstream) => false,
+        _ = warm_pool::hold(imds, hold.held, hold.tick, hold.upstream) => false,
         sig = stop_signal(signals) => {
             let record = crate::journal::Record::StopSignalReceived { signal: sig };
             tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal while the agent was held back; exiting without starting it");
             true
         }
     }
+}
+
+/// What holding the agent back in a warm pool reads and writes: the IMDS status, the hold (its
+/// one writer while no agent runs), the guard's tick and systemd.
+struct Hold<'a> {
+    views: &'a Views,
+    held: &'a watch::Sender<Option<String>>,
+    tick: &'a watch::Sender<std::time::Instant>,
+    upstream: &'a Upstream,
 }
 
 /// `--imds on`: IMDS is checked before the agent starts, which is not started at all without
@@ -746,6 +823,7 @@ impl Tasks {
                 told,
                 held: views.held.clone(),
                 run: views.run.clone(),
+                imds: views.imds.clone(),
             };
             self.lifecycle = Some(LifecycleHandle::start(
                 config.lifecycle.clone(),
@@ -779,23 +857,76 @@ impl Tasks {
         }
     }
 
-    /// The agent and its group are gone. Decide (done), tell (release protection, complete the
-    /// hook, ask for a replacement after a crash loop, cancel the servers), then wait for each
-    /// under a deadline.
+    /// The agent and its group are gone. Decide (done), tell (release protection, ask for a
+    /// replacement after a crash loop, complete the hook, cancel the servers), then wait for
+    /// each under a deadline.
     async fn finish(self, outcome: Outcome, signals: SignalSource) {
         if let Some(protection) = self.protection {
             // A protected instance whose agent is gone must not stay protected.
             protection.finish().await;
         }
-        let crash_loop = outcome.crash_loop;
+        // Before the hook work: an instance marked Unhealthy is terminated by its group, and
+        // its termination hook then waits for this guard, which stays to complete it.
+        let marked_unhealthy = match (outcome.crash_loop, self.replace) {
+            (true, Some(replace)) => replace::after_crash_loop(replace.aws.as_deref()).await,
+            _ => false,
+        };
         if let Some(lifecycle) = self.lifecycle {
             // Only now, with the proof of exit in hand, may the termination hook complete.
-            lifecycle.finish(outcome, signals).await;
-        }
-        if let (true, Some(replace)) = (crash_loop, self.replace) {
-            replace::after_crash_loop(replace.aws.as_deref()).await;
+            let over = lifecycle::RunOver {
+                outcome,
+                marked_unhealthy,
+                guard_stays: false,
+            };
+            lifecycle.finish(over, signals).await;
         }
         stop_servers(self.shutdown, self.servers).await;
+    }
+
+    /// The agent is gone after a return to the warm pool, and the guard stays: the termination
+    /// hook is completed as on any way out, then the lifecycle work starts over for the next
+    /// run (registered again in the hooks directory, told afresh). Everything else runs on.
+    /// `None` if a stop signal came meanwhile: the guard is to exit.
+    async fn back_in_pool(
+        &mut self,
+        config: &Config,
+        views: &Views,
+        out: &mut Published,
+        (outcome, signals): (Outcome, SignalSource),
+    ) -> Option<SignalSource> {
+        let Some(lifecycle) = self.lifecycle.take() else {
+            return Some(signals);
+        };
+        let over = lifecycle::RunOver {
+            outcome,
+            marked_unhealthy: false,
+            guard_stays: true,
+        };
+        let aws = lifecycle.aws();
+        let signals = lifecycle.finish(over, signals).await?;
+        let host = match HostHooks::register(&config.lifecycle, &config.name) {
+            Ok(host) => host,
+            Err(err) => {
+                tracing::error!(error = %err, "lifecycle: cannot register again in the hooks directory; the hooks are off for the next run");
+                return Some(signals);
+            }
+        };
+        let (told, told_rx) = mpsc::channel(16);
+        out.told = told;
+        let reads = lifecycle::Reads {
+            phase: views.phase.clone(),
+            told: told_rx,
+            held: views.held.clone(),
+            run: views.run.clone(),
+            imds: views.imds.clone(),
+        };
+        self.lifecycle = Some(LifecycleHandle::start(
+            config.lifecycle.clone(),
+            aws,
+            reads,
+            host,
+        ));
+        Some(signals)
     }
 
     /// The run ends before an agent was started (held in a warm pool, or the spawn failed): no

@@ -24,7 +24,7 @@
 //! [`hook_calls`]: crate::aws::hook_calls
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Interval, MissedTickBehavior};
@@ -32,10 +32,13 @@ use tokio::time::{Interval, MissedTickBehavior};
 use crate::aws::backoff;
 use crate::aws::context::SharedAws;
 use crate::aws::hook_calls::{HookApi, MAX_RETRY_WINDOW};
+use crate::aws::lifecycle_state::LifecycleState;
+use crate::aws::notices::ImdsStatus;
 use crate::aws::status::LifecycleBoard;
 use crate::aws::termination::{Gone, Shared, on_host};
 use crate::aws::wait_state::{self, Stage};
 use crate::config::settings::{HookResult, LifecycleSettings};
+use crate::fmt::format_duration;
 use crate::hosthooks::agent::AgentId;
 use crate::hosthooks::{Decision, HookKind, HooksDirError, Registration};
 use crate::journal::{Awaiting, Record};
@@ -81,18 +84,38 @@ pub struct Reads {
     pub held: watch::Receiver<Option<String>>,
     /// The supervisor's run: the agent's pid, recorded in the hooks directory.
     pub run: watch::Receiver<RunStats>,
+    /// What IMDS says (the poller's status): once the run is over, whether the instance is
+    /// terminating although no drain reached the supervisor.
+    pub imds: watch::Receiver<ImdsStatus>,
+}
+
+/// What the lifecycle work is told once the run is over.
+#[derive(Debug)]
+pub struct RunOver {
+    /// The supervisor's outcome: the proof that the agent and its group are gone.
+    pub outcome: Outcome,
+    /// After a crash loop the instance was marked Unhealthy (`--on-crash-loop unhealthy`): the
+    /// group will terminate it, and its termination hook will wait for this guard.
+    pub marked_unhealthy: bool,
+    /// The guard stays once the hook work is over (back in a warm pool, it starts the agent
+    /// again when the instance goes into service): said so, instead of "the guard exits".
+    pub guard_stays: bool,
 }
 
 /// The running lifecycle work; `finish` ends it once the agent is gone.
 pub struct LifecycleHandle {
-    finish: oneshot::Sender<Outcome>,
+    finish: oneshot::Sender<RunOver>,
+    /// The AWS context it works with, for the lifecycle work of a next run.
+    aws: Arc<SharedAws>,
     task: tokio::task::JoinHandle<()>,
 }
 
 /// The longest the guard waits, after the agent is gone, for the termination hook to be
-/// completed or given up: the wait state may come the longest deregistration delay plus the
-/// longest hook timeout (7200 s) after the notice, and the completion may then be throttled.
-const FINISH_WITHIN: Duration = Duration::from_secs(3600 + 7200 + 600 + 60);
+/// completed or given up: after a crash loop the termination may come up to the longest hook
+/// timeout (7200 s) after the Unhealthy mark; the wait state may then come the longest
+/// deregistration delay plus the longest hook timeout after the notice, and the completion may
+/// then be throttled.
+const FINISH_WITHIN: Duration = Duration::from_secs(7200 + 3600 + 7200 + 600 + 60);
 /// How long a late setup may take once the agent has already exited.
 const LATE_SETUP_WITHIN: Duration = Duration::from_secs(20);
 /// A guard alone when its agent is ready waits this long after registering before completing
@@ -167,8 +190,13 @@ impl LifecycleHandle {
         host: HostHooks,
     ) -> Self {
         let (finish, finish_rx) = oneshot::channel();
-        let task = tokio::spawn(run(settings, aws, reads, host, finish_rx));
-        LifecycleHandle { finish, task }
+        let task = tokio::spawn(run(settings, aws.clone(), reads, host, finish_rx));
+        LifecycleHandle { finish, aws, task }
+    }
+
+    /// The AWS context this work shares with the others.
+    pub fn aws(&self) -> Arc<SharedAws> {
+        self.aws.clone()
     }
 
     /// The agent and its whole group are gone (`outcome` proves it): completes the termination
@@ -177,20 +205,24 @@ impl LifecycleHandle {
     /// operator stopping the unit while the instance deregisters; the stream the supervisor
     /// handed on, so nothing it had read is lost) ends the wait: the hook is left to the other
     /// guards, or to its timeout.
-    pub async fn finish(self, outcome: Outcome, signals: SignalSource) {
-        let _ = self.finish.send(outcome);
+    ///
+    /// Returns the signal stream, or `None` if a stop signal ended the wait (the guard is to
+    /// exit then).
+    pub async fn finish(self, over: RunOver, mut signals: SignalSource) -> Option<SignalSource> {
+        let _ = self.finish.send(over);
         let mut task = self.task;
-        let stop = stop_signal(signals);
         tokio::select! {
             ended = tokio::time::timeout(FINISH_WITHIN, &mut task) => {
                 if ended.is_err() {
                     task.abort();
                     tracing::error!("lifecycle: gave up waiting for the hook completion");
                 }
+                Some(signals)
             }
-            sig = stop => {
+            sig = stop_signal(&mut signals) => {
                 task.abort();
                 tracing::warn!(signal = %sig, "lifecycle: stopped while the hook work waited; the hook is left to the other guards on this host or to its timeout; the guard exits with the agent's status");
+                None
             }
         }
     }
@@ -216,7 +248,7 @@ const NO_AGENT_WITHIN: Duration = Duration::from_secs(5);
 
 /// The next SIGTERM or SIGINT, once the supervisor (which handled them until the agent was gone)
 /// has handed the stream on; never, if it cannot be read any more.
-async fn stop_signal(mut signals: SignalSource) -> &'static str {
+async fn stop_signal(signals: &mut SignalSource) -> &'static str {
     loop {
         match signals.next().await {
             Some(Sig::INT) => return "SIGINT",
@@ -248,7 +280,7 @@ async fn run(
     aws: Arc<SharedAws>,
     reads: Reads,
     host: HostHooks,
-    mut finish: oneshot::Receiver<Outcome>,
+    mut finish: oneshot::Receiver<RunOver>,
 ) {
     let board = aws.board().clone();
     board.update(|status| {
@@ -309,10 +341,10 @@ async fn late(
     board: &LifecycleBoard,
     reads: Reads,
     host: &HostHooks,
-    outcome: Option<Outcome>,
+    over: Option<RunOver>,
 ) {
     let setup = tokio::time::timeout(LATE_SETUP_WITHIN, HookApi::setup(settings, aws, board)).await;
-    let (Ok(Ok(api)), Some(outcome)) = (setup, outcome) else {
+    let (Ok(Ok(api)), Some(over)) = (setup, over) else {
         tracing::error!(
             "lifecycle: the agent exited before the group and instance were known; no hook completed"
         );
@@ -321,10 +353,10 @@ async fn late(
     let mut watch = Watch::new(Arc::new(api), settings, board, host, reads);
     // An agent that never got ready (a fast crash loop, say) abandons the launch (`finish`
     // does); one that was ready leaves it to the hook's timeout.
-    if outcome.ready {
+    if over.outcome.ready {
         watch.launch_done = true;
     }
-    watch.finish(Some(outcome)).await;
+    watch.finish(Some(over)).await;
     if let Some(task) = watch.launch_task.take() {
         let _ = tokio::time::timeout(LATE_SETUP_WITHIN, task).await;
     }
@@ -342,6 +374,7 @@ struct Watch<'a> {
     told: mpsc::Receiver<ToLifecycle>,
     held: watch::Receiver<Option<String>>,
     run: watch::Receiver<RunStats>,
+    imds: watch::Receiver<ImdsStatus>,
     /// A drain that ends the instance runs: heartbeats keep the hook open. Whether the hook is
     /// completed is decided from the `Outcome` alone.
     terminating: bool,
@@ -379,6 +412,7 @@ impl<'a> Watch<'a> {
             told: reads.told,
             held: reads.held,
             run: reads.run,
+            imds: reads.imds,
             terminating: false,
             drain: None,
             wait_seen: false,
@@ -392,7 +426,7 @@ impl<'a> Watch<'a> {
     }
 
     /// Runs until `finish` says the agent is gone.
-    async fn run(mut self, mut finish: oneshot::Receiver<Outcome>) {
+    async fn run(mut self, mut finish: oneshot::Receiver<RunOver>) {
         let mut hook_timeout = self.api.hook_timeout_changes();
         let mut timeout_open = true;
         if self.held.borrow_and_update().is_some() {
@@ -436,6 +470,11 @@ impl<'a> Watch<'a> {
             }
         }
         if let Some(task) = self.launch_task {
+            if !task.is_finished() {
+                tracing::info!(
+                    "lifecycle: waiting for the launch hook's completion (at most 1m) before the hook work ends"
+                );
+            }
             let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
         }
     }
@@ -624,19 +663,99 @@ impl<'a> Watch<'a> {
         self.launch_task = Some(tokio::spawn(task.run(result, why)));
     }
 
-    async fn finish(&mut self, outcome: Option<Outcome>) {
+    /// Whether the run's end is the instance's: decided from the outcome (the reason that ended
+    /// the run: a scale-in that overtook an operator's drain, a drain between an exit and a
+    /// restart or after a self-exit, with no draining phase to see), else from IMDS (a scale-in
+    /// read just as the agent's group emptied, before it reached the supervisor), else, after a
+    /// crash loop marked the instance Unhealthy, by waiting for the group to terminate it.
+    async fn terminating_after(&mut self, over: &RunOver, hook: &str) -> bool {
+        if over.outcome.drain.is_some_and(DrainReason::ends_instance) {
+            return true;
+        }
+        if self.imds_says_terminated() {
+            tracing::info!(
+                hook,
+                "lifecycle: IMDS says the instance is Terminated, though no drain reached the agent; the termination hook is this guard's to complete"
+            );
+            self.drain = Some((Instant::now(), DrainReason::ScaleIn));
+            return true;
+        }
+        if over.marked_unhealthy && self.await_termination(hook).await {
+            self.drain = Some((Instant::now(), DrainReason::ScaleIn));
+            return true;
+        }
+        false
+    }
+
+    /// IMDS `autoscaling/target-lifecycle-state` reads `Terminated` (a scale-in).
+    fn imds_says_terminated(&self) -> bool {
+        let state = self.imds.borrow().lifecycle_state.clone();
+        state.is_some_and(|s| LifecycleState::parse(&s) == LifecycleState::Terminated)
+    }
+
+    /// After a crash loop marked the instance Unhealthy, the group terminates it, and its
+    /// termination hook (if it has one) waits for this guard: the guard stays (health served,
+    /// readiness 503) until IMDS says `Terminated`, bounded by the hook's timeout, then completes
+    /// it. `false` if the bound passed first. A stop signal ends the wait at once
+    /// ([`LifecycleHandle::finish`]).
+    async fn await_termination(&mut self, hook: &str) -> bool {
+        let bound = self
+            .api
+            .hook_timeout()
+            .unwrap_or(wait_state::DEFAULT_HOOK_TIMEOUT);
+        let status = AwaitingStatus {
+            what: Awaiting::Termination,
+            since: SystemTime::now(),
+            detail: format!(
+                "the instance is marked Unhealthy; IMDS target-lifecycle-state Terminated, at most {}",
+                format_duration(bound)
+            ),
+        };
+        let record = Record::HookAwaiting {
+            hook: hook.to_string(),
+            awaiting: Awaiting::Termination,
+            detail: status.detail.clone(),
+        };
+        tracing::info!(hook, journal = %record.json(), "lifecycle: the agent is gone after a crash loop; {}; the guard stays to complete the termination hook (a stop signal ends the wait)", status.text());
+        self.board.update(|l| l.awaiting = Some(status));
+        set_hook(self.board, true, |h| h.state = HookState::Awaiting);
+        let imds = &mut self.imds;
+        let terminated = async move {
+            let said = imds.wait_for(|s| {
+                s.lifecycle_state
+                    .as_deref()
+                    .is_some_and(|s| LifecycleState::parse(s) == LifecycleState::Terminated)
+            });
+            if said.await.is_err() {
+                // No poller any more: only the bound ends the wait.
+                std::future::pending::<()>().await;
+            }
+        };
+        let seen = tokio::time::timeout(bound, terminated).await.is_ok();
+        self.board.update(|l| l.awaiting = None);
+        if seen {
+            tracing::info!(
+                hook,
+                "lifecycle: IMDS says the instance is Terminated; the termination hook is completed once it is in its wait state"
+            );
+        } else {
+            set_hook(self.board, true, |h| h.state = HookState::GaveUp);
+            tracing::warn!(hook, waited = %format_duration(bound), "lifecycle: the group did not terminate the instance within the hook's timeout; the guard exits with the agent's status");
+        }
+        seen
+    }
+
+    async fn finish(&mut self, over: Option<RunOver>) {
         // The run ended (the last phase change may not have been seen yet): an agent that never
         // got ready abandons the launch.
         if !self.launch_done {
             self.launch(HookResult::Abandon, "the agent exited before it was ready");
         }
-        let (Some(outcome), Some(hook)) = (outcome, self.settings.terminate_hook.as_deref()) else {
+        let (Some(over), Some(hook)) = (over, self.settings.terminate_hook.as_deref()) else {
             return;
         };
-        // Decided from the outcome alone: the reason that ended the run (a scale-in that overtook
-        // an operator's drain included, and a drain that came between an exit and a restart,
-        // with no draining phase to see).
-        let terminating = outcome.drain.is_some_and(DrainReason::ends_instance);
+        let terminating = self.terminating_after(&over, hook).await;
+        let outcome = &over.outcome;
         let exit = &outcome.exit;
         let result = result_for(
             exit,
@@ -658,6 +777,7 @@ impl<'a> Watch<'a> {
             wait_seen: self.wait_seen,
             spot: outcome.drain == Some(DrainReason::SpotInterruption),
             registration: self.host.terminate.clone(),
+            guard_stays: over.guard_stays,
         };
         let state = gone.finish().await;
         if terminating {

@@ -16,12 +16,11 @@ const TRIES: u32 = 3;
 /// The pause after the first failed try; doubled after each.
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
 
-/// Asks the group to replace this instance. `aws` is `None` when the guard cannot know its
-/// group (`--imds off`).
-pub async fn after_crash_loop(aws: Option<&SharedAws>) {
+/// Asks the group to replace this instance; `true` once it is marked Unhealthy. `aws` is `None`
+/// when the guard cannot know its group (`--imds off`).
+pub async fn after_crash_loop(aws: Option<&SharedAws>) -> bool {
     let Some(aws) = aws else {
-        not_marked("no Auto Scaling group is known with --imds off".to_string());
-        return;
+        return not_marked("no Auto Scaling group is known with --imds off".to_string());
     };
     let ctx = match aws.get().await {
         Ok(ctx) => ctx,
@@ -41,7 +40,7 @@ pub async fn after_crash_loop(aws: Option<&SharedAws>) {
                     journal = %record.json(),
                     "crash loop: marked the instance Unhealthy; the group will replace it"
                 );
-                return;
+                return true;
             }
             Err(CallError::Retry(text)) if attempt < TRIES => {
                 tracing::debug!(error = %text, attempt, "SetInstanceHealth failed; retrying");
@@ -56,9 +55,11 @@ pub async fn after_crash_loop(aws: Option<&SharedAws>) {
             Err(other) => return not_marked(format!("SetInstanceHealth: {}", other.text())),
         }
     }
+    false
 }
 
-fn not_marked(why: String) {
+fn not_marked(why: String) -> bool {
     let record = Record::NotMarkedUnhealthy { error: why.clone() };
     tracing::error!(journal = %record.json(), "crash loop: cannot mark the instance Unhealthy ({why}); exiting");
+    false
 }

@@ -73,6 +73,8 @@ pub struct Gone<'a> {
     /// A spot interruption only: the group may hold no action at all; keep the old short window.
     pub spot: bool,
     pub registration: Option<Shared>,
+    /// The guard stays once the hook is done (a warm-pool return): its lines say so.
+    pub guard_stays: bool,
 }
 
 impl Gone<'_> {
@@ -235,9 +237,10 @@ impl Gone<'_> {
         tracing::info!(
             hook = self.hook,
             journal = %record.json(),
-            "lifecycle: termination hook {} by {} ({result}); the guard exits with the agent's status",
+            "lifecycle: termination hook {} by {} ({result}); {}",
             finished.state,
-            finished.by
+            finished.by,
+            self.then()
         );
         self.board.update(|l| l.awaiting = None);
         set_terminate(self.board, |h| {
@@ -290,15 +293,25 @@ impl Gone<'_> {
     fn completed(&self, result: HookResult, started: Instant) -> HookState {
         let waited = started.elapsed();
         if waited >= Duration::from_secs(1) {
-            tracing::info!(hook = self.hook, result = result.as_str(), waited = %format_duration(Duration::from_secs(waited.as_secs())), "lifecycle: hook completed, once the instance was in its wait state; the guard exits with the agent's status");
+            tracing::info!(hook = self.hook, result = result.as_str(), waited = %format_duration(Duration::from_secs(waited.as_secs())), "lifecycle: hook completed, once the instance was in its wait state; {}", self.then());
         } else {
             tracing::info!(
                 hook = self.hook,
                 result = result.as_str(),
-                "lifecycle: hook completed; the guard exits with the agent's status"
+                "lifecycle: hook completed; {}",
+                self.then()
             );
         }
         HookState::Completed
+    }
+
+    /// What the guard does once the hook is done.
+    fn then(&self) -> &'static str {
+        if self.guard_stays {
+            "the guard stays, to start the agent again when the instance is back in service"
+        } else {
+            "the guard exits with the agent's status"
+        }
     }
 
     fn nothing(&self, failure: &CallError, why: Option<String>) -> HookState {

@@ -9,9 +9,9 @@
 //! moves again one line says how many were lost.
 
 use std::io::Write as _;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -24,6 +24,9 @@ static SENDER: OnceLock<SyncSender<Vec<u8>>> = OnceLock::new();
 static QUEUED: AtomicU64 = AtomicU64::new(0);
 static DONE: AtomicU64 = AtomicU64::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Woken after each written line, so that [`flush`] returns the moment its lines are out
+/// (polling cost every exit up to a poll's period).
+static WRITTEN: (Mutex<()>, Condvar) = (Mutex::new(()), Condvar::new());
 
 /// Lines dropped since start because stderr was not read fast enough.
 pub fn dropped_lines() -> u64 {
@@ -38,8 +41,16 @@ pub fn flush(within: Duration) {
     }
     let target = QUEUED.load(Ordering::Acquire);
     let give_up = Instant::now() + within;
-    while DONE.load(Ordering::Acquire) < target && Instant::now() < give_up {
-        std::thread::sleep(Duration::from_millis(2));
+    let (lock, written) = &WRITTEN;
+    let mut held = lock.lock().unwrap_or_else(PoisonError::into_inner);
+    while DONE.load(Ordering::Acquire) < target {
+        let Some(left) = give_up.checked_duration_since(Instant::now()) else {
+            return;
+        };
+        held = written
+            .wait_timeout(held, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
     }
 }
 
@@ -73,7 +84,10 @@ fn write_lines(rx: &Receiver<Vec<u8>>, notice: &dyn Fn(u64, u64) -> Vec<u8>) {
         }
         // A failed write (stderr closed) loses the line; nothing else can be done with it.
         let _ = std::io::stderr().write_all(&line);
+        let (lock, written) = &WRITTEN;
+        let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
         DONE.fetch_add(1, Ordering::Release);
+        written.notify_all();
     }
 }
 

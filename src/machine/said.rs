@@ -31,7 +31,7 @@ pub struct Facts<'a> {
     pub left: Option<Left>,
     /// The agent's process group.
     pub pgid: i32,
-    /// Orphans the guard reaped so far (the `exiting` line).
+    /// Orphans the guard reaped so far (the line that ends the run).
     pub orphans_reaped: u64,
     /// Subscribers to drain events now.
     pub subscribers: usize,
@@ -350,7 +350,8 @@ pub fn of_action(action: &Action, after: &Phase, facts: &Facts) -> Option<Said> 
         | Action::Spawn
         | Action::RestartCancelled { .. }
         | Action::HoldForLoadBalancer { .. }
-        | Action::RegisterAgain { .. } => return None,
+        | Action::RegisterAgain { .. }
+        | Action::DrainAfterExit { .. } => return None,
     })
 }
 
@@ -494,7 +495,7 @@ impl Said {
             Said::Exiting {
                 status,
                 orphans_reaped,
-            } => tracing::info!(status, orphans_reaped, "exiting"),
+            } => tracing::info!(status, orphans_reaped, "the agent's run is over"),
             _ => self.log_action(&journal),
         }
     }

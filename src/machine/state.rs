@@ -234,6 +234,10 @@ pub enum Action {
     CrashLoop { starts: u32, within: Duration },
     /// A stop or a drain came between an agent's exit and its restart: none is started again.
     RestartCancelled { reason: DrainReason },
+    /// A drain came after the agent had exited by itself, while its leftovers are cleared:
+    /// nothing is left to tell, but the drain decides how the run ends (a scale-in's termination
+    /// hook is completed once everything of the agent is gone).
+    DrainAfterExit { reason: DrainReason },
     /// Deregister the instance from its load balancers (or hold readiness at 503 for
     /// `--lb-grace`) and answer [`Event::LoadBalancerDone`], by `until` at the latest; an
     /// `until` that is already past asks for the deregistration without the wait.
@@ -338,6 +342,14 @@ pub fn step(state: &State, event: Event, ctx: &Ctx) -> (State, Vec<Action>) {
         (Phase::Draining(d), event) => draining(*d, event, ctx),
         (Phase::Stopping(s), event) => stopping(*s, event, ctx),
         (Phase::Restarting(r), event) => restarting(r, event, &mut history, ctx),
+        (
+            Phase::Exited { exit, cleanup },
+            Event::Drain {
+                reason,
+                hard_deadline,
+                ..
+            },
+        ) => drain_after_exit(exit, cleanup, reason, hard_deadline),
         (Phase::Exited { exit, cleanup }, event) => exited(exit, cleanup, event, ctx),
         (Phase::Done(_), _) => (state.phase.clone(), Vec::new()),
     };
@@ -723,6 +735,30 @@ fn exited(exit: &ChildExit, cleanup: &Cleanup, event: Event, ctx: &Ctx) -> (Phas
         }
         _ => unchanged(),
     }
+}
+
+/// A drain while the leftovers of an agent that exited by itself are cleared: kept for the
+/// outcome, never dropped (the instance may be leaving, and its hook must still be completed).
+/// A hard deadline (spot) brings their SIGKILL forward to it.
+fn drain_after_exit(
+    exit: &ChildExit,
+    cleanup: &Cleanup,
+    reason: DrainReason,
+    hard_deadline: Option<Instant>,
+) -> (Phase, Vec<Action>) {
+    let cleanup = match (cleanup, hard_deadline) {
+        (Cleanup::Signalled { kill_at }, Some(hard)) => Cleanup::Signalled {
+            kill_at: (*kill_at).min(hard),
+        },
+        (cleanup, _) => cleanup.clone(),
+    };
+    (
+        Phase::Exited {
+            exit: exit.clone(),
+            cleanup,
+        },
+        vec![Action::DrainAfterExit { reason }],
+    )
 }
 
 /// Starts a drain: tell the agent and wait for it, or go straight to the stop signal when it
@@ -1155,6 +1191,54 @@ mod tests {
                     },
                 },
                 vec![Action::Kill],
+            ),
+            (
+                "a scale-in while the leftovers of a self-exited agent are cleared is kept",
+                Phase::Exited {
+                    exit: exit.clone(),
+                    cleanup: Cleanup::Signalled {
+                        kill_at: t0 + 30 * S,
+                    },
+                },
+                Event::Drain {
+                    deregister: false,
+                    reason: DrainReason::ScaleIn,
+                    hard_deadline: None,
+                },
+                c.clone(),
+                Phase::Exited {
+                    exit: exit.clone(),
+                    cleanup: Cleanup::Signalled {
+                        kill_at: t0 + 30 * S,
+                    },
+                },
+                vec![Action::DrainAfterExit {
+                    reason: DrainReason::ScaleIn,
+                }],
+            ),
+            (
+                "a spot notice then brings the leftovers' SIGKILL forward to its deadline",
+                Phase::Exited {
+                    exit: exit.clone(),
+                    cleanup: Cleanup::Signalled {
+                        kill_at: t0 + 30 * S,
+                    },
+                },
+                Event::Drain {
+                    deregister: false,
+                    reason: DrainReason::SpotInterruption,
+                    hard_deadline: Some(t0 + 7 * S),
+                },
+                c.clone(),
+                Phase::Exited {
+                    exit: exit.clone(),
+                    cleanup: Cleanup::Signalled {
+                        kill_at: t0 + 7 * S,
+                    },
+                },
+                vec![Action::DrainAfterExit {
+                    reason: DrainReason::SpotInterruption,
+                }],
             ),
             (
                 "an empty group ends the run",

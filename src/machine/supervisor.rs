@@ -133,6 +133,56 @@ pub struct Outcome {
     pub ready: bool,
     /// The restarts ended in a crash loop (`--on-crash-loop` follows).
     pub crash_loop: bool,
+    /// SIGTERM or SIGINT reached the guard during the run: the guard is to exit, whatever
+    /// drain decided the run's end (a warm-pool return does not then start another run).
+    pub stop_signalled: bool,
+}
+
+/// What a finished supervisor hands back for a next run in the same guard (the instance came
+/// back from a warm pool and goes into service again): the channels and what it publishes stay
+/// the same, so every reader and sender keeps working across runs.
+pub struct Parts {
+    pub launcher: Launcher,
+    pub settings: StopSettings,
+    pub events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
+    /// The phase, which a next run starts over (`starting`).
+    pub phase: watch::Sender<Phase>,
+    pub out: Published,
+    pub upstream: Upstream,
+    pub load_balancer: Option<LoadBalancerLink>,
+}
+
+impl Parts {
+    /// The phase starts over while no agent runs yet (a new run is coming, not an exit).
+    pub fn start_over(&self) {
+        self.phase.send_replace(State::new().phase);
+    }
+
+    /// A supervisor for the next run, the agent started anew. What was sent while no agent ran
+    /// (the notices of the return itself, an operator's drain) is for the agent that is gone.
+    pub fn again(mut self, signals: SignalSource) -> Result<Supervisor, SpawnError> {
+        let mut dropped = 0u32;
+        while self.events.1.try_recv().is_ok() {
+            dropped += 1;
+        }
+        if dropped > 0 {
+            tracing::debug!(dropped, "events sent while no agent ran are dropped");
+        }
+        self.start_over();
+        let supervisor = Supervisor::new(
+            self.launcher,
+            signals,
+            self.settings,
+            self.events,
+            self.phase,
+            self.out,
+            self.upstream,
+        )?;
+        Ok(match self.load_balancer {
+            Some(link) => supervisor.with_load_balancer(link),
+            None => supervisor,
+        })
+    }
 }
 
 /// The supervisor of one running agent.
@@ -161,6 +211,7 @@ pub struct Supervisor {
     drain: Option<DrainReason>,
     ready: bool,
     crash_loop: bool,
+    stop_signalled: bool,
     /// Who stops the load balancer first; `None`: the agent is always told at once.
     load_balancer: Option<LoadBalancerLink>,
     /// The agent's cgroup (`--cgroup`): what "gone" means, where signals and SIGKILL go.
@@ -240,6 +291,9 @@ impl Supervisor {
         });
         let oom_before = cgroup.as_ref().and_then(|c| c.oom_kills()).unwrap_or(0);
         let agent = launcher.spawn()?;
+        if let Some(cgroup) = &cgroup {
+            cgroup.sweep_stale();
+        }
         out.run(|run| {
             run.agent_pid = Some(agent.pid());
             run.agent_started = Some(Instant::now());
@@ -270,6 +324,7 @@ impl Supervisor {
             drain: None,
             ready: false,
             crash_loop: false,
+            stop_signalled: false,
             load_balancer: None,
             cgroup,
             empty_watch,
@@ -328,9 +383,10 @@ impl Supervisor {
         }
     }
 
-    /// Runs until the last agent and its process group are gone; returns how it ended, and the
-    /// signal stream for whoever waits on signals after it (the one stream of the process).
-    pub async fn run(mut self) -> (Outcome, SignalSource) {
+    /// Runs until the last agent and its process group are gone; returns how it ended, the
+    /// signal stream for whoever waits on signals after it (the one stream of the process), and
+    /// what a next run would be made of.
+    pub async fn run(mut self) -> (Outcome, SignalSource, Parts) {
         tracing::info!(pid = self.agent.pid(), "agent started");
         self.apply(Event::Spawned);
         loop {
@@ -343,8 +399,18 @@ impl Supervisor {
                     drain: self.drain,
                     ready: self.ready,
                     crash_loop: self.crash_loop,
+                    stop_signalled: self.stop_signalled,
                 };
-                return (outcome, self.signals);
+                let parts = Parts {
+                    launcher: self.launcher,
+                    settings: self.settings,
+                    events: (self._events_tx, self.events),
+                    phase: self.phase,
+                    out: self.out,
+                    upstream: self.upstream,
+                    load_balancer: self.load_balancer,
+                };
+                return (outcome, self.signals, parts);
             }
             let woke = self.wait().await;
             self.out.tick.send_replace(Instant::now());
@@ -465,6 +531,7 @@ impl Supervisor {
                 None
             }
             Role::Stop => {
+                self.stop_signalled = true;
                 let record = Record::StopSignalReceived { signal: sig };
                 tracing::info!(signal = %sig, journal = %record.json(), "received a stop signal");
                 Some(Event::StopSignal)
@@ -689,6 +756,7 @@ impl Supervisor {
                 self.restart_cancelled(reason);
                 Ok(())
             }
+            Action::DrainAfterExit { reason } => self.drain_after_exit(reason),
             Action::HoldForLoadBalancer { reason, until } => {
                 self.hold_for_load_balancer(reason, until, ctx.now);
                 Ok(())
@@ -749,7 +817,12 @@ impl Supervisor {
                 self.settings.socket.clone().into(),
             ),
         ];
-        match DrainCommand::start(command, env, self.launcher.job_control, deadline) {
+        let cgroup = self.cgroup.as_ref().and_then(|c| {
+            c.on_drain()
+                .map_err(|err| tracing::warn!(error = %err, "the --on-drain command runs in its process group only"))
+                .ok()
+        });
+        match DrainCommand::start(command, env, self.launcher.job_control, deadline, cgroup) {
             Ok(started) => {
                 let pid = started.pid();
                 self.reaper.watch(pid);
@@ -804,23 +877,32 @@ impl Supervisor {
     }
 
     /// The agent is gone, and with it the drain: the command is killed if it still runs, and
-    /// reaped within a bound so that its status is logged.
+    /// reaped within a bound so that its status is logged. With a cgroup, what it started is
+    /// killed with it and waited for too, within the same bound: the hook is completed only
+    /// after this returns.
     async fn end_drain_command(&mut self) {
         if self.drain_command.is_none() {
             return;
         }
         self.kill_drain_command("now that the agent is gone");
         let give_up = tokio::time::Instant::now() + COMMAND_REAP_WITHIN;
-        while self
-            .drain_command
-            .as_ref()
-            .is_some_and(DrainCommand::running)
-            && tokio::time::Instant::now() < give_up
-        {
+        let left = |s: &Self| {
+            s.drain_command
+                .as_ref()
+                .is_some_and(|c| c.running() || c.leftovers())
+        };
+        while left(self) && tokio::time::Instant::now() < give_up {
             tokio::time::sleep(Duration::from_millis(10)).await;
             let _ = self.reap();
         }
         if let Some(command) = self.drain_command.take() {
+            if command.leftovers() {
+                tracing::error!(
+                    pid = command.pid(),
+                    "processes of the --on-drain command in {} survived SIGKILL (uninterruptible sleep?); exiting without them",
+                    command.tracked_in()
+                );
+            }
             command.finish().await;
         }
     }
@@ -869,6 +951,17 @@ impl Supervisor {
         self.out
             .run(|run| *run.drains.entry(reason).or_insert(0) += 1);
         tracing::info!(reason = %reason, "stopping during the restart delay: the agent is not started again");
+    }
+
+    /// A drain came once the agent had exited by itself: nothing is left to tell, but the drain
+    /// decides how the run ends, so that a scale-in's termination hook is still completed.
+    /// Sends no signal, so never fails (the result is `perform`'s).
+    fn drain_after_exit(&mut self, reason: DrainReason) -> std::io::Result<()> {
+        self.decided(reason);
+        self.out
+            .run(|run| *run.drains.entry(reason).or_insert(0) += 1);
+        tracing::info!(reason = %reason, "drain after the agent exited by itself: nothing left to tell; it decides how the run ends once every process of the agent is gone");
+        Ok(())
     }
 
     /// A drain or stop reason in force now: the one that decides how the run ends (a scale-in

@@ -21,6 +21,9 @@ named_enum! {
         WaitState = "wait-state",
         /// Other guards on this host whose agents still run.
         OtherGuards = "other-guards",
+        /// After a crash loop marked the instance Unhealthy: the group's termination of it
+        /// (IMDS `target-lifecycle-state` Terminated), whose hook this guard then completes.
+        Termination = "termination",
     }
 }
 

@@ -50,6 +50,10 @@ impl AwaitingStatus {
                 "waiting since {clock} for the other guards on this host: {}",
                 self.detail
             ),
+            Awaiting::Termination => format!(
+                "waiting since {clock} for the group to terminate the instance: {}",
+                self.detail
+            ),
         }
     }
 }

@@ -7,13 +7,19 @@
 //! systemd uses. Layout, under the guard's own cgroup:
 //!
 //! ```text
-//! <the guard's cgroup>/agent-guard.<name>.<pid>/agent   the agent and all it starts
-//! <the guard's cgroup>/agent-guard.<name>.<pid>/guard   the guard, only if it had to move
+//! <the guard's cgroup>/agent-guard.<name>.<pid>/agent      the agent and all it starts
+//! <the guard's cgroup>/agent-guard.<name>.<pid>/on-drain   the --on-drain command, while it runs
+//! <the guard's cgroup>/agent-guard.<name>.<pid>/guard      the guard, only if it had to move
 //! ```
 //!
 //! The guard moves into `guard/` only to enable controllers (memory, pids) for `agent/`: the
 //! "no internal processes" rule forbids a cgroup with processes to hand controllers down. With
 //! no controller to hand down (a hybrid host's v2 tree), the guard stays where it is.
+//!
+//! A guard that is SIGKILLed (or crashes) cannot remove its cgroups; the next guard to start
+//! beside them removes those whose guard is dead and which are empty ([`sweep_stale`]). The guard
+//! holds a `flock` on its `agent-guard.…` directory for its whole life, so that a guard of
+//! another pid namespace (whose pid means nothing here) is never taken for a dead one.
 
 use std::fs;
 use std::io;
@@ -34,6 +40,12 @@ const WANTED: &[&str] = &["memory", "pids"];
 /// processes forked while it is sent get it too; a fork bomb outruns any bound, and meets
 /// `cgroup.kill` at the stop timeout.
 const SIGNAL_ROUNDS: usize = 16;
+
+/// The start of every cgroup a guard makes beside itself: `agent-guard.<name>.<pid>`.
+const PREFIX: &str = "agent-guard.";
+
+/// The `--on-drain` command's cgroup, beside the agent's.
+const ON_DRAIN: &str = "on-drain";
 
 /// Why the agent cannot have a cgroup of its own.
 #[derive(Debug, thiserror::Error)]
@@ -86,10 +98,17 @@ pub struct AgentCgroup {
     procs: OwnedFd,
     /// `dir` itself, open for clone3's `CLONE_INTO_CGROUP`.
     dir_fd: OwnedFd,
+    /// `dir/cgroup.events`, open for [`AgentCgroup::populated`]: read again from offset 0 it says
+    /// the state now, without a walk down the cgroup path and an open each time (a guard asks
+    /// several times per agent).
+    events: Option<OwnedFd>,
     /// The controllers enabled for the agent.
     controllers: Vec<String>,
     /// `--memory-max`, when it could be applied.
     memory_max: Option<u64>,
+    /// `outer`, open and `flock`ed for as long as the guard runs: the sign to the guards that
+    /// start later that this one lives ([`sweep_stale`]). `None` if it could not be locked.
+    _lock: Option<OwnedFd>,
 }
 
 /// What stands for the agent's processes, for `/status` and `/metrics`.
@@ -118,9 +137,12 @@ impl AgentCgroup {
         memory_max: Option<u64>,
     ) -> Result<(AgentCgroup, Notes), CgroupError> {
         let base = parent_dir()?;
-        let unique = format!("agent-guard.{name}.{}", std::process::id());
+        let unique = format!("{PREFIX}{name}.{}", std::process::id());
         let outer = base.join(unique);
         make_dir(&outer)?;
+        let lock = lock_dir(&outer)
+            .map_err(|err| tracing::debug!(error = %err, "cannot lock the guard's cgroup"))
+            .ok();
         let mut home = None;
         let controllers = match hand_down_controllers(&base, &outer) {
             Ok((enabled, moved)) => {
@@ -158,6 +180,9 @@ impl AgentCgroup {
             let dir_fd = fs::File::open(&dir)?;
             Ok((procs, OwnedFd::from(dir_fd)))
         });
+        let events = fs::File::open(dir.join("cgroup.events"))
+            .ok()
+            .map(OwnedFd::from);
         let (procs, dir_fd) = match opened {
             Ok(fds) => fds,
             Err(source) => {
@@ -176,8 +201,10 @@ impl AgentCgroup {
                 home,
                 procs,
                 dir_fd,
+                events,
                 controllers,
                 memory_max: applied,
+                _lock: lock,
             },
             notes,
         ))
@@ -213,55 +240,64 @@ impl AgentCgroup {
     /// no work. A cgroup that is no longer there holds no process; any other failure to read
     /// counts as populated, so that nothing is called gone unproven.
     pub fn populated(&self) -> bool {
-        match fs::read_to_string(self.dir.join("cgroup.events")) {
-            Ok(text) => parse_populated(&text).unwrap_or(true),
-            Err(err) => err.kind() != io::ErrorKind::NotFound,
+        let Some(fd) = &self.events else {
+            return populated_at(&self.dir);
+        };
+        let mut buf = [0u8; 128];
+        // SAFETY: pread(2) into a local buffer of the length given, on a descriptor this value
+        // owns. From offset 0 the kernel formats the file anew.
+        let n = unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        match usize::try_from(n) {
+            Ok(n) => parse_populated(&String::from_utf8_lossy(&buf[..n])).unwrap_or(true),
+            // Removed under the guard (ENODEV): no process is in it. Else unproven: populated.
+            Err(_) => io::Error::last_os_error().raw_os_error() != Some(libc::ENODEV),
         }
     }
 
     /// The pids in the cgroup now.
     pub fn pids(&self) -> Vec<pid_t> {
-        fs::read_to_string(self.dir.join("cgroup.procs"))
-            .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
+        pids_at(&self.dir)
     }
 
     /// Sends `sig` to every process in the cgroup, in rounds, so that a process forked while
     /// the signal goes out gets it as well. Returns how many processes it was sent to.
     pub fn signal_all(&self, sig: Sig) -> io::Result<usize> {
-        let mut sent: Vec<pid_t> = Vec::new();
-        for _ in 0..SIGNAL_ROUNDS {
-            let fresh: Vec<pid_t> = self
-                .pids()
-                .into_iter()
-                .filter(|p| !sent.contains(p))
-                .collect();
-            if fresh.is_empty() {
-                break;
-            }
-            for pid in fresh {
-                // SAFETY: kill(2) with a pid read from cgroup.procs and a valid signal.
-                let rc = unsafe { libc::kill(pid, sig.raw()) };
-                let err = io::Error::last_os_error();
-                if rc != 0 && err.raw_os_error() != Some(libc::ESRCH) {
-                    return Err(err);
-                }
-                sent.push(pid);
-            }
-        }
-        Ok(sent.len())
+        signal_all_at(&self.dir, sig)
     }
 
     /// SIGKILLs every process in the cgroup at once (`cgroup.kill`, Linux 5.14), so that none
     /// can fork its way out between a read of `cgroup.procs` and the signal. On an older kernel,
     /// rounds of SIGKILL by pid.
     pub fn kill(&self) -> io::Result<()> {
-        match fs::write(self.dir.join("cgroup.kill"), "1") {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                self.signal_all(Sig::KILL).map(|_| ())
+        kill_at(&self.dir)
+    }
+
+    /// Removes what guards that died left beside this one's cgroup ([`sweep_stale`]). Called once
+    /// the agent runs: off its start path, and after anything that could still fail the start
+    /// (a guard that cannot start says one line, its error).
+    pub fn sweep_stale(&self) {
+        if let Some(base) = self.outer.parent() {
+            sweep_stale(base);
+        }
+    }
+
+    /// A cgroup beside the agent's for the `--on-drain` command, so that nothing it starts
+    /// (a `setsid` helper) outlives the hook's completion; the stop signal the agent's cgroup
+    /// gets does not reach it, as it does not reach the command's process group without one.
+    pub fn on_drain(&self) -> Result<HelperCgroup, CgroupError> {
+        let dir = self.outer.join(ON_DRAIN);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(CgroupError::Create { path: dir, source }),
+        }
+        let path = dir.join("cgroup.procs");
+        match open_write(&path) {
+            Ok(procs) => Ok(HelperCgroup { dir, procs }),
+            Err(source) => {
+                let _ = fs::remove_dir(&dir);
+                Err(CgroupError::Open { path, source })
             }
-            Err(err) => Err(err),
         }
     }
 
@@ -281,6 +317,11 @@ impl AgentCgroup {
     /// OOM kills in the cgroup so far (`memory.events` `oom_kill`); `None` without the memory
     /// controller.
     pub fn oom_kills(&self) -> Option<u64> {
+        // Not even looked for without the controller (a hybrid host's v2 tree): a failed lookup
+        // down the cgroup path costs the start what a read does.
+        if !self.controllers.iter().any(|c| c == "memory") {
+            return None;
+        }
         let text = fs::read_to_string(self.dir.join("memory.events")).ok()?;
         keyed(&text, "oom_kill")
     }
@@ -344,6 +385,7 @@ impl AgentCgroup {
     /// Removes the cgroup, once empty; the guard goes back to its own cgroup first if it moved.
     /// Best effort: systemd (or the container) removes what is left when the unit stops.
     pub fn remove(&self) {
+        let _ = fs::remove_dir(self.outer.join(ON_DRAIN));
         if let Err(err) = fs::remove_dir(&self.dir)
             && err.kind() != io::ErrorKind::NotFound
         {
@@ -354,6 +396,37 @@ impl AgentCgroup {
             let _ = fs::remove_dir(self.outer.join("guard"));
         }
         let _ = fs::remove_dir(&self.outer);
+    }
+}
+
+/// The `--on-drain` command's cgroup ([`AgentCgroup::on_drain`]): entered by the command before
+/// its exec, killed with `cgroup.kill`, empty before the guard is done.
+#[derive(Debug)]
+pub struct HelperCgroup {
+    dir: PathBuf,
+    /// `dir/cgroup.procs`, which the command writes "0" into before exec ([`enter`]).
+    procs: OwnedFd,
+}
+
+impl HelperCgroup {
+    /// The descriptor the command writes "0" into before exec; open as long as this value lives.
+    pub fn join_fd(&self) -> RawFd {
+        self.procs.as_raw_fd()
+    }
+
+    /// Whether any process of the command's is left (zombies aside).
+    pub fn populated(&self) -> bool {
+        populated_at(&self.dir)
+    }
+
+    /// SIGKILLs every process in it at once (`cgroup.kill`).
+    pub fn kill(&self) -> io::Result<()> {
+        kill_at(&self.dir)
+    }
+
+    /// The cgroup's directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
     }
 }
 
@@ -580,6 +653,215 @@ fn delegated(dir: &Path) -> bool {
     })
 }
 
+/// Whether any process is left in the cgroup `dir` (`populated 1`), its children included.
+/// Zombies do not count: they do no work. A cgroup that is no longer there holds no process;
+/// any other failure to read counts as populated, so that nothing is called gone unproven.
+fn populated_at(dir: &Path) -> bool {
+    match fs::read_to_string(dir.join("cgroup.events")) {
+        Ok(text) => parse_populated(&text).unwrap_or(true),
+        Err(err) => err.kind() != io::ErrorKind::NotFound,
+    }
+}
+
+/// The pids in the cgroup `dir` now (not its children's).
+fn pids_at(dir: &Path) -> Vec<pid_t> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Sends `sig` to every process in the cgroup `dir`, in rounds ([`SIGNAL_ROUNDS`]).
+fn signal_all_at(dir: &Path, sig: Sig) -> io::Result<usize> {
+    let mut sent: Vec<pid_t> = Vec::new();
+    for _ in 0..SIGNAL_ROUNDS {
+        let fresh: Vec<pid_t> = pids_at(dir)
+            .into_iter()
+            .filter(|p| !sent.contains(p))
+            .collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for pid in fresh {
+            // SAFETY: kill(2) with a pid read from cgroup.procs and a valid signal.
+            let rc = unsafe { libc::kill(pid, sig.raw()) };
+            let err = io::Error::last_os_error();
+            if rc != 0 && err.raw_os_error() != Some(libc::ESRCH) {
+                return Err(err);
+            }
+            sent.push(pid);
+        }
+    }
+    Ok(sent.len())
+}
+
+/// `cgroup.kill` of `dir`, or rounds of SIGKILL by pid on a kernel without it (before 5.14).
+fn kill_at(dir: &Path) -> io::Result<()> {
+    match fs::write(dir.join("cgroup.kill"), "1") {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            signal_all_at(dir, Sig::KILL).map(|_| ())
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Opens `dir` and takes an exclusive `flock` on it without waiting: held until the descriptor
+/// closes, which the kernel does when its process dies, however it dies.
+fn lock_dir(dir: &Path) -> io::Result<OwnedFd> {
+    let fd = OwnedFd::from(fs::File::open(dir)?);
+    // SAFETY: flock(2) on a descriptor this function owns.
+    if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// The pid in the name of a cgroup a guard made (`agent-guard.<name>.<pid>`), if it is one.
+fn guard_pid(name: &str) -> Option<pid_t> {
+    let (_, pid) = name.strip_prefix(PREFIX)?.rsplit_once('.')?;
+    pid.parse().ok().filter(|p: &pid_t| *p > 0)
+}
+
+/// Whether a process numbered `pid` exists (here: it may be another one, given the number
+/// later; that only keeps a stale cgroup a little longer).
+fn pid_exists(pid: pid_t) -> bool {
+    // SAFETY: kill(2) with signal 0 sends nothing; it only checks the pid.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// What [`sweep_stale`] found in one cgroup of a dead guard's.
+#[derive(Debug, PartialEq, Eq)]
+enum Stale {
+    /// Empty: removed (or removed meanwhile by another guard).
+    Removed,
+    /// Processes of the dead guard's agent still run in it: left alone.
+    Populated,
+    /// A live guard holds its lock (one of another pid namespace): not stale after all.
+    Held,
+}
+
+/// The extended attribute that marks a dead guard's populated cgroup as reported, so that it is
+/// said once on the host, not by every guard that starts while the orphan runs.
+const REPORTED: &std::ffi::CStr = c"user.agent-guard.reported";
+
+/// At start: removes the cgroups (`agent-guard.<name>.<pid>`, with what is inside) that guards
+/// which died without cleaning up left in `base`: those whose guard pid is dead, that no live
+/// guard holds locked, and that are empty. A populated one means an orphaned agent still runs:
+/// it is said once (the first guard to find it marks it, [`REPORTED`]; where the mark cannot be
+/// set, each guard says it) and left alone (the kernel refuses to remove a populated cgroup in
+/// any case); the next guard to start removes it once it is empty. Best effort: a failure
+/// costs a stale directory, never the start. Not news for the log: what was removed is said at
+/// debug level.
+fn sweep_stale(base: &Path) {
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(guard_pid) else {
+            continue;
+        };
+        if pid_exists(pid) {
+            continue;
+        }
+        let outer = base.join(&name);
+        match sweep_one(&outer) {
+            Ok(Stale::Removed) => removed.push(name.to_string_lossy().into_owned()),
+            Ok(Stale::Populated) if !reported_before(&outer) => tracing::info!(
+                path = %outer.display(),
+                guard_pid = pid,
+                processes = count_procs(&outer, 0),
+                "a guard that died (pid {pid}) left processes of its agent running in {}: left alone; it is removed once they are gone",
+                outer.display()
+            ),
+            Ok(Stale::Populated) => {}
+            Ok(Stale::Held) => {}
+            Err(err) => {
+                tracing::debug!(path = %outer.display(), error = %err, "cannot remove a stale cgroup")
+            }
+        }
+    }
+    if !removed.is_empty() {
+        tracing::debug!(
+            removed = removed.len(),
+            "removed {} empty cgroup(s) left by guards that died: {}",
+            removed.len(),
+            removed.join(", ")
+        );
+    }
+}
+
+/// Whether `outer` was marked as reported already; marks it if not, in one step (`XATTR_CREATE`),
+/// so that of two guards starting at once only one says it. Unmarkable (no user extended
+/// attributes here) counts as not reported: said again rather than never.
+fn reported_before(outer: &Path) -> bool {
+    let Ok(path) = std::ffi::CString::new(outer.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: NUL-terminated path and name, and a one-byte value of the length given.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            REPORTED.as_ptr(),
+            b"1".as_ptr().cast(),
+            1,
+            libc::XATTR_CREATE,
+        )
+    };
+    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST)
+}
+
+/// Removes `outer`, a dead guard's cgroup, if it is empty and no live guard holds its lock.
+fn sweep_one(outer: &Path) -> io::Result<Stale> {
+    let _lock = match lock_dir(outer) {
+        Ok(lock) => lock,
+        Err(err) if err.raw_os_error() == Some(libc::EWOULDBLOCK) => return Ok(Stale::Held),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Stale::Removed),
+        Err(err) => return Err(err),
+    };
+    if populated_at(outer) {
+        return Ok(Stale::Populated);
+    }
+    remove_tree(outer, 0)?;
+    Ok(Stale::Removed)
+}
+
+/// How deep [`remove_tree`] and [`count_procs`] go: the guard makes two levels; an agent with
+/// cgroups of its own may have made a few more.
+const MAX_DEPTH: usize = 8;
+
+/// The processes in the cgroup `dir` and its children.
+fn count_procs(dir: &Path, depth: usize) -> usize {
+    let own = pids_at(dir).len();
+    if depth >= MAX_DEPTH {
+        return own;
+    }
+    let children = fs::read_dir(dir).into_iter().flatten().flatten();
+    own + children
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| count_procs(&e.path(), depth + 1))
+        .sum::<usize>()
+}
+
+/// Removes the empty cgroup `dir`, its child cgroups first (a cgroup with children cannot be
+/// removed). A process that enters meanwhile makes the kernel refuse (`EBUSY`): nothing that
+/// runs is ever removed. Gone already (another guard swept it) is success.
+fn remove_tree(dir: &Path, depth: usize) -> io::Result<()> {
+    if depth < MAX_DEPTH {
+        for entry in fs::read_dir(dir)?.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&entry.path(), depth + 1)?;
+            }
+        }
+    }
+    match fs::remove_dir(dir) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
+}
+
 fn make_dir(path: &Path) -> Result<(), CgroupError> {
     fs::create_dir(path).map_err(|source| CgroupError::Create {
         path: path.to_path_buf(),
@@ -665,6 +947,18 @@ mod tests {
         assert_eq!(own_path(text), Some("/system.slice/a.service".to_string()));
         assert_eq!(own_path("0::/gone (deleted)\n"), None);
         assert_eq!(own_path("4:memory:/x\n"), None);
+    }
+
+    #[test]
+    fn knows_its_own_cgroups_by_name() {
+        assert_eq!(guard_pid("agent-guard.c.10417"), Some(10417));
+        assert_eq!(guard_pid("agent-guard.recorder.py.14456"), Some(14456));
+        assert_eq!(guard_pid("agent-guard.doctor.5"), Some(5));
+        assert_eq!(guard_pid("agent-guard.x"), None);
+        assert_eq!(guard_pid("agent-guard.x.0"), None);
+        assert_eq!(guard_pid("agent-guard.x.-3"), None);
+        assert_eq!(guard_pid("other.x.12"), None);
+        assert_eq!(guard_pid("agent-guard.x.12a"), None);
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! It runs in a process group of its own, with the guard's environment plus the drain's reason
 //! and deadline and the agent's pid; each line of its stdout and stderr becomes a log line of
 //! the guard's, labelled; its whole group is SIGKILLed at the drain deadline, or when the agent is
-//! gone. It is the guard's child as the agent is, so only the reaper waits for it: the supervisor
+//! gone. Where the agent has a cgroup, the command has one beside it (`on-drain`), entered before
+//! its exec: what it starts cannot leave it as it can leave a process group (`setsid`), the kill
+//! is `cgroup.kill`, and the guard is done, and completes the hook, only once it is empty. It is
+//! the guard's child as the agent is, so only the reaper waits for it: the supervisor
 //! spawns it from its own task, between two reaps (std's spawn may itself wait for a child whose
 //! exec failed), and hands the pid to the reaper before the next one.
 
@@ -20,6 +23,7 @@ use libc::pid_t;
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
+use crate::process::cgroup::{self, HelperCgroup};
 use crate::process::child::{SpawnError, classify, live_members};
 use crate::process::sig::Sig;
 use crate::process::signals::JobControl;
@@ -62,6 +66,8 @@ pub struct DrainCommand {
     readers: Vec<JoinHandle<()>>,
     /// What its output may still put in the log, shared by both readers.
     budget: Arc<Mutex<Budget>>,
+    /// Its cgroup, where the agent has one: what it holds is the command's, wherever it went.
+    cgroup: Option<HelperCgroup>,
 }
 
 /// The bound on what one drain's command may log: a token bucket of lines, and bytes in all.
@@ -102,13 +108,15 @@ impl Budget {
 }
 
 impl DrainCommand {
-    /// Starts `command` with `env` added to the guard's environment; its group is killed at
-    /// `kill_at`. Must run inside the guard's runtime (the output readers are its tasks).
+    /// Starts `command` with `env` added to the guard's environment, in `cgroup` if there is one;
+    /// its group is killed at `kill_at`. Must run inside the guard's runtime (the output readers
+    /// are its tasks).
     pub fn start(
         command: &OnDrain,
         env: Vec<(OsString, OsString)>,
         job_control: JobControl,
         kill_at: Instant,
+        cgroup: Option<HelperCgroup>,
     ) -> Result<DrainCommand, SpawnError> {
         let (mut cmd, program) = match command {
             OnDrain::Shell(script) => {
@@ -135,9 +143,16 @@ impl DrainCommand {
         // would leave the C library's own signals ignored in the command. With code to run in
         // the child std forks and execs with execvp, which runs a script without a `#!` line
         // with /bin/sh.
-        // SAFETY: sigaction is async-signal-safe and `job_control` is plain data copied in.
+        // Then into its cgroup, before the command's first instruction: nothing it forks can be
+        // outside it. A command that cannot enter does not run (its spawn fails, and is said).
+        let join = cgroup.as_ref().map(HelperCgroup::join_fd);
+        // SAFETY: sigaction and write are async-signal-safe; `job_control` and `join` are plain
+        // data copied in, and `join` stays open while `cgroup` lives, past the spawn.
         unsafe {
-            cmd.pre_exec(move || job_control.restore_in_child());
+            cmd.pre_exec(move || {
+                job_control.restore_in_child()?;
+                join.map_or(Ok(()), cgroup::enter)
+            });
         }
         // The handle is dropped unwaited: only the reaper waits (a std Child's drop neither kills
         // nor waits).
@@ -158,6 +173,7 @@ impl DrainCommand {
             killed: false,
             readers,
             budget,
+            cgroup,
         })
     }
 
@@ -186,17 +202,35 @@ impl DrainCommand {
         self.reaped = true;
     }
 
-    /// SIGKILLs its process group: the command, and anything it left behind. Returns whether
-    /// the command itself still ran (and so was killed).
+    /// Whether anything it started is left: in its cgroup, or else in its process group.
+    pub fn leftovers(&self) -> bool {
+        match &self.cgroup {
+            Some(cgroup) => cgroup.populated(),
+            None => self.reaped && live_members(self.pid).is_some_and(|n| n > 0),
+        }
+    }
+
+    /// Where what it started is counted, for log lines.
+    pub fn tracked_in(&self) -> String {
+        match &self.cgroup {
+            Some(cgroup) => format!("its cgroup {}", cgroup.path().display()),
+            None => "its process group".to_string(),
+        }
+    }
+
+    /// SIGKILLs its cgroup (`cgroup.kill`), or else its process group: the command, and
+    /// anything it left behind. Returns whether the command itself still ran (and so was killed).
     pub fn kill(&mut self) -> io::Result<bool> {
         let was_running = self.running() && !self.killed;
         // After it was reaped its pid stays reserved while members of its group live; with none
         // left, nothing is sent, so a reused pid is never signalled.
-        let leftovers = self.reaped && live_members(self.pid).is_some_and(|n| n > 0);
-        if !(was_running || leftovers) {
+        if !(was_running || self.leftovers()) {
             return Ok(false);
         }
         self.killed |= was_running;
+        if let Some(cgroup) = &self.cgroup {
+            return cgroup.kill().map(|()| was_running);
+        }
         // SAFETY: kill(2) with a negative pid (the group) and a valid signal number.
         if unsafe { libc::kill(-self.pid, Sig::KILL.raw()) } != 0 {
             let err = io::Error::last_os_error();

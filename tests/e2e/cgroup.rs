@@ -21,7 +21,7 @@ const GROUP: &str = "workers";
 const INSTANCE: &str = "i-0123456789abcdef0";
 
 /// The cgroup v2 mount, from mountinfo, as the guard finds it.
-fn v2_mount() -> Option<PathBuf> {
+pub(crate) fn v2_mount() -> Option<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     text.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
@@ -33,7 +33,7 @@ fn v2_mount() -> Option<PathBuf> {
 }
 
 /// Whether this machine can give the agent a cgroup: root and a cgroup v2 mount.
-fn cgroups_here() -> bool {
+pub(crate) fn cgroups_here() -> bool {
     // SAFETY: geteuid has no side effects.
     let root = unsafe { libc::geteuid() } == 0;
     require(
@@ -43,7 +43,7 @@ fn cgroups_here() -> bool {
 }
 
 /// CLOCK_MONOTONIC in seconds, the clock the fixture processes write.
-fn monotonic() -> f64 {
+pub(crate) fn monotonic() -> f64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -54,7 +54,7 @@ fn monotonic() -> f64 {
 }
 
 /// An `Instant` (the simulator's call times) on CLOCK_MONOTONIC.
-fn mono_of(at: Instant) -> f64 {
+pub(crate) fn mono_of(at: Instant) -> f64 {
     let (now, mono) = (Instant::now(), monotonic());
     if at >= now {
         mono + (at - now).as_secs_f64()
@@ -64,7 +64,7 @@ fn mono_of(at: Instant) -> f64 {
 }
 
 /// Kills `pid` if it still runs (a test that failed must not leave it behind); whether it ran.
-fn reap_leftover(pid: i32) -> bool {
+pub(crate) fn reap_leftover(pid: i32) -> bool {
     let ran = !gone(pid);
     if ran {
         // SAFETY: kill(2) on a pid this test's agent recorded.
@@ -74,7 +74,7 @@ fn reap_leftover(pid: i32) -> bool {
 }
 
 /// Waits for `path` to hold a pid, written by a process that already set its signal handling.
-fn pid_in(path: &Path) -> i32 {
+pub(crate) fn pid_in(path: &Path) -> i32 {
     wait_until(&format!("{}", path.display()), SOON, || {
         !read(path).trim().is_empty()
     });
@@ -114,7 +114,11 @@ os.rename("{d}.tmp", "{d}")
 }
 
 /// The simulators with one termination hook, and a guard of it around `script`.
-fn scale_in_guard(dir: &Path, extra: &[&str], script: &str) -> (ImdsSim, AutoScalingSim, Guard) {
+pub(crate) fn scale_in_guard(
+    dir: &Path,
+    extra: &[&str],
+    script: &str,
+) -> (ImdsSim, AutoScalingSim, Guard) {
     let imds = ImdsSim::start().expect("imds sim");
     let asg = AutoScalingSim::start().expect("asg sim");
     asg.add_instance(GROUP, INSTANCE, "InService");
@@ -141,7 +145,7 @@ fn scale_in_guard(dir: &Path, extra: &[&str], script: &str) -> (ImdsSim, AutoSca
 }
 
 /// When the termination hook was completed, on CLOCK_MONOTONIC.
-fn completed_at(asg: &AutoScalingSim) -> f64 {
+pub(crate) fn completed_at(asg: &AutoScalingSim) -> f64 {
     let completes: Vec<_> = asg
         .calls()
         .into_iter()

@@ -4,6 +4,8 @@ mod support;
 
 mod busy;
 mod cgroup;
+mod cgroup_signals;
+mod cgroup_stale;
 mod clients;
 mod config;
 mod docs;
@@ -27,6 +29,7 @@ mod load_balancer;
 mod log_lines;
 mod maintenance;
 mod missing_credentials;
+mod no_agent_left;
 mod notices;
 mod on_drain;
 mod on_drain_bounds;

@@ -237,9 +237,19 @@ fn warm_pool_launch_warms_up_and_going_back_drains() {
     );
     sim.set_lifecycle_state(Some("InService"));
     wait_rounds(&sim, 2);
+    let agent_up = dir.path().join("signals.log.ready");
+    std::fs::remove_file(&agent_up).expect("remove the ready mark");
     sim.set_lifecycle_state(Some("Warmed:Hibernated"));
-    assert_eq!(guard.code(), 0, "{}", guard.log());
+    // Drained for the warm pool; the guard stays across the return (issue 23 item 6), and with
+    // `--in-warm-pool run` starts the agent again at once, as in a fresh start in the pool.
+    wait_until("back in the warm pool, the guard stays", SOON, || {
+        guard.log().contains("back in the warm pool")
+    });
     assert!(guard.log().contains("reason=warm-pool"), "{}", guard.log());
+    wait_until("the agent starts again", SOON, || agent_up.exists());
+    assert_eq!(guard.log().matches("agent started").count(), 2);
+    guard.signal(libc::SIGTERM);
+    assert_eq!(guard.code(), 0, "{}", guard.log());
 }
 
 #[test]

@@ -209,3 +209,38 @@ fn the_drill_shows_the_command_on_the_timeline() {
     assert!(text.contains("on-drain ended"), "{text}");
     assert!(text.contains("exited with code 0"), "{text}");
 }
+
+/// With a cgroup, the command runs in one beside the agent's: a `setsid` helper it leaves behind
+/// (which its process group cannot hold) is killed with it once the agent is gone, before the
+/// termination hook is completed. Without one (`--cgroup off`), only its process group is killed.
+#[test]
+fn what_the_command_leaves_behind_does_not_outlive_the_hook() {
+    use crate::cgroup::{cgroups_here, pid_in, reap_leftover, scale_in_guard};
+    if !cgroups_here() {
+        return;
+    }
+    let dir = scratch();
+    let helper = dir.path().join("helper.pid");
+    let command = format!(
+        "setsid sh -c 'trap \"\" TERM; echo $$ > {h}.tmp; mv {h}.tmp {h}; exec sleep 600' & exit 0",
+        h = helper.display()
+    );
+    let options = ["--on-drain", &command, "--drain-timeout", "1s"];
+    let (imds, asg, mut guard) = scale_in_guard(dir.path(), &options, "exec sleep 600");
+    asg.terminate("workers", "i-0123456789abcdef0");
+    imds.set_lifecycle_state(Some("Terminated"));
+    let helper_pid = pid_in(&helper);
+    wait_until("the hook is completed", SOON * 2, || {
+        asg.calls()
+            .iter()
+            .any(|c| c.action == "CompleteLifecycleAction")
+    });
+    let outlived = !gone(helper_pid);
+    reap_leftover(helper_pid);
+    assert!(
+        !outlived,
+        "the --on-drain command's helper outlived the hook:\n{}",
+        guard.log()
+    );
+    assert_eq!(guard.code(), 143, "{}", guard.log());
+}

@@ -444,6 +444,9 @@ fn lifecycle_entry(record: &Record) -> Option<(&'static str, String)> {
             match awaiting {
                 Awaiting::WaitState => format!("for Terminating:Wait: {detail}"),
                 Awaiting::OtherGuards => format!("for the other guards on this host: {detail}"),
+                Awaiting::Termination => {
+                    format!("for the group to terminate the instance: {detail}")
+                }
             },
         ),
         Record::WaitStateSeen { state, .. } => (

@@ -115,6 +115,11 @@ pub enum FailReason {
     PastNotBefore {
         by: Duration,
     },
+    /// The termination hook was completed before the guard saw every process of the agent
+    /// gone (`by` earlier), or without ever seeing it (`None`).
+    CompletedBeforeAllGone {
+        by: Option<Duration>,
+    },
     /// The agent heard of the drain while the load balancer still sent to it; `by` is how long
     /// before the target left `draining` (`None`: it never did during the rehearsal).
     ToldBeforeLoadBalancer {
@@ -177,6 +182,14 @@ impl fmt::Display for FailReason {
                 f,
                 "the agent was still running {} past the scheduled event's NotBefore",
                 format_duration(*by)
+            ),
+            FailReason::CompletedBeforeAllGone { by: Some(by) } => write!(
+                f,
+                "the lifecycle hook was completed {} before every process of the agent was gone",
+                format_duration(*by)
+            ),
+            FailReason::CompletedBeforeAllGone { by: None } => f.write_str(
+                "the lifecycle hook was completed while processes of the agent still ran (the guard never saw them all gone)",
             ),
             FailReason::ToldBeforeLoadBalancer { by: Some(by) } => write!(
                 f,
@@ -265,6 +278,7 @@ pub fn verdict(scenario: &Scenario, observed: &[Timed]) -> Verdict {
     }
     if !scenario.report_only {
         reasons.extend(stop_reasons(scenario, observed, killed.is_some()));
+        reasons.extend(completed_before_all_gone(observed));
     }
     Verdict {
         reasons,
@@ -401,6 +415,40 @@ fn stop_reasons(scenario: &Scenario, observed: &[Timed], killed: bool) -> Vec<Fa
     reasons
 }
 
+/// The invariant: the termination hook is completed only after every process of the agent is
+/// gone, which the guard's `AllGone` record says (its cgroup empty, or its process group). A
+/// completion after the notice (a launch hook's comes before it) that precedes that record, or
+/// has none at all, would have let the instance go while the agent still worked.
+fn completed_before_all_gone(observed: &[Timed]) -> Option<FailReason> {
+    let notice = observed
+        .iter()
+        .find(|o| o.what == Observation::NoticePosted)
+        .map_or(SystemTime::UNIX_EPOCH, |o| o.at);
+    let completed = observed
+        .iter()
+        .filter(|o| o.at >= notice)
+        .filter(|o| {
+            matches!(&o.what, Observation::HookCall(c)
+                if c.action == "CompleteLifecycleAction" && c.status == 200)
+        })
+        .map(|o| o.at)
+        .min()?;
+    let all_gone = observed
+        .iter()
+        .find(|o| matches!(o.what, Observation::Guard(Record::AllGone { .. })));
+    match all_gone {
+        None => Some(FailReason::CompletedBeforeAllGone { by: None }),
+        Some(gone) => gone
+            .at
+            .duration_since(completed)
+            .ok()
+            .filter(|by| !by.is_zero())
+            .map(|by| FailReason::CompletedBeforeAllGone {
+                by: Some(millis(by)),
+            }),
+    }
+}
+
 /// For a scheduled event: replaced when asked to, drained neither early nor too late.
 fn maintenance_reasons(
     scenario: &Scenario,
@@ -505,9 +553,16 @@ mod tests {
             at(t0, 0, Observation::NoticePosted),
             at(t0, 10, stop_sent()),
             at(t0, 20, exited(143)),
+            at(t0, 25, all_gone()),
             at(t0, 30, completion("CONTINUE", 200)),
             at(t0, 40, Observation::GuardExit(Some(143))),
         ]
+    }
+
+    fn all_gone() -> Observation {
+        Observation::Guard(Record::AllGone {
+            tracked_by: crate::model::status::TrackedBy::Cgroup,
+        })
     }
 
     #[test]
@@ -564,6 +619,7 @@ mod tests {
                     at(t0, 10, stop_sent()),
                     at(t0, 1010, Observation::Guard(Record::Killed { pgid: 7 })),
                     at(t0, 1020, exited(137)),
+                    at(t0, 1025, all_gone()),
                     at(t0, 1030, completion("ABANDON", 200)),
                     at(t0, 1040, Observation::GuardExit(Some(137))),
                 ],
@@ -631,6 +687,7 @@ mod tests {
                 vec![
                     at(t0, 10, stop_sent()),
                     at(t0, 20, exited(143)),
+                    at(t0, 25, all_gone()),
                     at(t0, 30, completion("ABANDON", 200)),
                     at(t0, 40, Observation::GuardExit(Some(143))),
                 ],
@@ -664,6 +721,50 @@ mod tests {
             assert_eq!(got.reasons, want, "{name}");
             assert_eq!(got.pass(), want.is_empty(), "{name}");
         }
+    }
+
+    /// A setsid grandchild still ran when the hook was completed: the agent's own exit and a
+    /// clean status do not make that a pass.
+    #[test]
+    fn a_completion_before_every_process_is_gone_fails() {
+        let t0 = SystemTime::UNIX_EPOCH + 1_000_000 * S;
+        let scale_in = scenario(DrillEvent::ScaleIn);
+        let launch = at(t0, 0, completion("CONTINUE", 200));
+        let timeline = |gone_at: Option<u64>| {
+            let mut all: Vec<Timed> = clean_scale_in(t0 + S)
+                .into_iter()
+                .filter(|o| !matches!(o.what, Observation::Guard(Record::AllGone { .. })))
+                .collect();
+            all.push(launch.clone());
+            all.extend(gone_at.map(|ms| at(t0 + S, ms, all_gone())));
+            all
+        };
+        let cases = [
+            ("all gone, then completed", Some(25), vec![]),
+            ("in the same millisecond", Some(30), vec![]),
+            (
+                "completed 3s before all gone",
+                Some(3030),
+                vec![FailReason::CompletedBeforeAllGone { by: Some(3 * S) }],
+            ),
+            (
+                "completed, never all gone",
+                None,
+                vec![FailReason::CompletedBeforeAllGone { by: None }],
+            ),
+        ];
+        for (name, gone_at, want) in cases {
+            assert_eq!(
+                verdict(&scale_in, &timeline(gone_at)).reasons,
+                want,
+                "{name}"
+            );
+        }
+        let reason = FailReason::CompletedBeforeAllGone { by: Some(3 * S) };
+        assert_eq!(
+            reason.to_string(),
+            "the lifecycle hook was completed 3s before every process of the agent was gone"
+        );
     }
 
     #[test]
