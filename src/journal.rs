@@ -7,7 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::model::Awaiting;
+use crate::model::status::TrackedBy;
+pub use crate::model::{Awaiting, NoticeKind};
 use crate::model::{DrainReason, HookResult, HookState, PhaseName};
 use crate::names::named_enum;
 use crate::process::sig::Sig;
@@ -42,8 +43,7 @@ pub enum Record {
     AgentDrained,
     /// A hard deadline (a spot notice) left less than a configured timeout.
     TimeoutCut {
-        /// `drain-timeout` or `stop-timeout`.
-        option: String,
+        option: TimeoutOption,
         configured_ms: u64,
         given_ms: u64,
     },
@@ -66,13 +66,13 @@ pub enum Record {
     /// The agent exited, and processes it started still run: the guard waits for them (and
     /// stops them) before it is done.
     LeftoversWaited {
-        /// `cgroup` or `process-group`: where they are counted.
-        tracked_by: String,
+        /// Where they are counted.
+        tracked_by: TrackedBy,
         /// How many (in the cgroup; `None` for a process group).
         processes: Option<u64>,
     },
     /// Every process of the agent is gone: its cgroup empty, or its process group.
-    AllGone { tracked_by: String },
+    AllGone { tracked_by: TrackedBy },
     /// The lifecycle work found its group and instance.
     HooksReady { group: String, instance_id: String },
     /// The lifecycle work could not start: no hook will be completed.
@@ -178,13 +178,10 @@ impl Record {
 }
 
 named_enum! {
-    /// Which kind of notice.
+    /// A configured timeout a hard deadline can cut (`TimeoutCut`), named as its option.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum NoticeKind {
-        LifecycleState = "target-lifecycle-state",
-        Spot = "spot-interruption",
-        Rebalance = "rebalance-recommendation",
-        /// An EC2 scheduled event (`events/maintenance/scheduled`).
-        ScheduledEvent = "scheduled-event",
+    pub enum TimeoutOption {
+        DrainTimeout = "drain-timeout",
+        StopTimeout = "stop-timeout",
     }
 }

@@ -18,7 +18,7 @@
 //!    Next to it, `fsat`: directories used through their descriptors (the `*at` calls, `flock`,
 //!    owner and mode checks); imports nothing of the crate.
 //! 3. `model`: the pure vocabulary several parts decide on or show: `drain` (`DrainReason`),
-//!    `phase` (`PhaseName`), `hooks` (hook results and states), `restart` (the policy), and the
+//!    `phase` (`PhaseName`), `notice` (`NoticeKind`), `hooks` (hook results and states), `restart` (the policy), and the
 //!    snapshot types each written by one owner: `run` (the supervisor's), `report` (the
 //!    agent's), `lifecycle` (the lifecycle work's), `status` (the typed `status` reply).
 //! 4. `cli`, `config`, `logging`: the raw flags; flags + env + TOML file → a validated `Config`
@@ -29,7 +29,8 @@
 //!    the registry in `--hooks-dir` (who registered for which hook, who is live, who completes;
 //!    no AWS call).
 //! 6. `machine`: `state` (`Phase`, `Event`, `Action` and the pure `step`), `restart` (delays and
-//!    the crash-loop window as data), `announce` (phase changes and drains to subscribers), and
+//!    the crash-loop window as data), `announce` (phase changes and drains to subscribers),
+//!    `said` (what each step says: log lines and journal records, from pure functions), and
 //!    `supervisor`: the one owner of the phase and the run; it publishes them, tells the
 //!    lifecycle work what it must know, and returns the `Outcome` (the deciding drain reason
 //!    included) once the agent's group is gone.
@@ -232,19 +233,31 @@ pub fn run(config: Config) -> Result<Ended, RunError> {
 /// subscribers) and close.
 const SHUTDOWN_WITHIN: Duration = Duration::from_secs(2);
 
-async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, RunError> {
+/// What the process sets up before anything else: its TLS provider, the subreaper bit, and the
+/// IMDS client (none with `--imds off`).
+fn prepare(config: &Config) -> Result<Option<ImdsClient>, RunError> {
     // One TLS stack for the whole process: rustls with ring. The AWS client and the HTTPS checks
     // name ring themselves; the default is for anything that asks the process for one.
     let _ = rustls::crypto::ring::default_provider().install_default();
     if config.subreaper && std::process::id() != 1 {
         become_subreaper().map_err(RunError::Subreaper)?;
     }
-    let imds = match config.imds {
+    Ok(match config.imds {
         ImdsMode::Off => None,
         ImdsMode::Auto | ImdsMode::On => {
             Some(ImdsClient::new(&config.imds_endpoint, IMDS_TIMEOUT)?)
         }
-    };
+    })
+}
+
+/// No agent runs, or will: the tasks end without one (no hook to complete), and the sockets go.
+async fn end_without_agent(tasks: Tasks, config: &Config) {
+    tasks.finish_without_agent().await;
+    remove_sockets(config);
+}
+
+async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, RunError> {
+    let imds = prepare(&config)?;
     // Before anything runs: `--cgroup require` fails here, and the cgroup is removed on every
     // way out of this function.
     let (tracking, memory_note) = agent_cgroup(&config)?;
@@ -287,8 +300,7 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
         upstream: &upstream,
     };
     if stopped_while_held(&config, &hold, &mut signals).await {
-        tasks.finish_without_agent().await;
-        remove_sockets(&config);
+        end_without_agent(tasks, &config).await;
         return Ok(Ended::NeverStarted);
     }
     // Said only now, when the agent is about to start: a guard that fails before has one line
@@ -314,8 +326,7 @@ async fn supervise(config: Config, job_control: JobControl) -> Result<Ended, Run
         },
         Err(err) => {
             // No agent: nothing to wait for, no hook to complete.
-            tasks.finish_without_agent().await;
-            remove_sockets(&config);
+            end_without_agent(tasks, &config).await;
             return Err(err.into());
         }
     };
@@ -348,8 +359,7 @@ async fn runs(
             .back_in_pool(config, views, &mut parts.out, (outcome, signals))
             .await
         else {
-            tasks.finish_without_agent().await;
-            remove_sockets(config);
+            end_without_agent(tasks, config).await;
             return Ok(Ended::Agent(exit));
         };
         parts.start_over();
@@ -360,15 +370,13 @@ async fn runs(
             upstream,
         };
         if stopped_while_held(config, &hold, &mut signals).await {
-            tasks.finish_without_agent().await;
-            remove_sockets(config);
+            end_without_agent(tasks, config).await;
             return Ok(Ended::Agent(exit));
         }
         supervisor = match parts.again(signals) {
             Ok(supervisor) => supervisor,
             Err(err) => {
-                tasks.finish_without_agent().await;
-                remove_sockets(config);
+                end_without_agent(tasks, config).await;
                 return Err(err.into());
             }
         };
@@ -695,10 +703,17 @@ struct Replace {
 }
 
 impl Tasks {
-    fn start(config: &Config, wiring: &mut Wiring, started: Started) -> Tasks {
-        let shutdown = CancellationToken::new();
+    /// The servers the agent and the outside world talk to: the control socket, the agent's
+    /// NOTIFY_SOCKET (and its reports across restarts), and the health endpoint.
+    fn agent_servers(
+        config: &Config,
+        wiring: &Wiring,
+        (sockets, health): (Sockets, Option<tokio::net::TcpListener>),
+        (events, upstream): (&mpsc::Sender<state::Event>, Upstream),
+        shutdown: &CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let control = Control {
-            events: started.events.clone(),
+            events: events.clone(),
             ready_on: config.ready_on,
             reports: wiring.reports.clone(),
             phase: wiring.views.phase.clone(),
@@ -709,14 +724,14 @@ impl Tasks {
         };
         let mut servers = vec![
             tokio::spawn(control::serve(
-                started.sockets.control,
+                sockets.control,
                 control.clone(),
                 shutdown.clone(),
             )),
             tokio::spawn(sdnotify::serve(
-                started.sockets.notify,
+                sockets.notify,
                 control,
-                started.upstream,
+                upstream,
                 shutdown.clone(),
             )),
             until_cancelled(
@@ -724,16 +739,28 @@ impl Tasks {
                     .reports
                     .clone()
                     .follow_restarts(wiring.views.run.clone()),
-                &shutdown,
+                shutdown,
             ),
         ];
-        if let Some(listener) = started.health {
+        if let Some(listener) = health {
             servers.push(server::serve_on_own_thread(
                 listener,
                 wiring.views.clone(),
                 shutdown.clone(),
             ));
         }
+        servers
+    }
+
+    fn start(config: &Config, wiring: &mut Wiring, started: Started) -> Tasks {
+        let shutdown = CancellationToken::new();
+        let mut servers = Tasks::agent_servers(
+            config,
+            wiring,
+            (started.sockets, started.health),
+            (&started.events, started.upstream),
+            &shutdown,
+        );
         servers.extend(checks::spawn(
             config.checks.clone(),
             checks::ProbeSettings {

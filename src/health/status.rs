@@ -13,12 +13,12 @@ use crate::model::lifecycle::LifecycleStatus;
 use crate::model::load_balancer::LoadBalancerStatus;
 use crate::model::run::{AgentRuns, DrainCommandStatus};
 use crate::model::status::{
-    CheckStatus, DeregistrationView, DrainCommandView, DrainStatus, HookView, ImdsView,
-    LifecycleView, LoadBalancerView, NoticeView, RestartView, ScheduledEventView, Status,
-    TargetGroupView, WaitingView,
+    CgroupFigures, CgroupView, CheckStatus, CommandState, DeregistrationView, DrainCommandView,
+    DrainStatus, HookView, ImdsView, LifecycleView, LoadBalancerView, NoticeView, PressureView,
+    PressureViews, ProcessGroupView, RestartView, ScheduledEventView, Status, TargetGroupView,
+    TrackedBy, WaitingView,
 };
 use crate::process::cgroup::Tracking;
-use serde_json::{Value, json};
 
 /// The whole state now: the control socket's `status` reply and the body of `/status`.
 pub fn status(views: &Views) -> Status {
@@ -94,7 +94,7 @@ fn restart(phase: &Phase, runs: &AgentRuns, now: Instant) -> RestartView {
         _ => None,
     };
     RestartView {
-        policy: runs.policy.as_str().to_string(),
+        policy: runs.policy,
         restarts: runs.restarts,
         restarting: pending.is_some(),
         attempt: pending.map(|r| r.attempt),
@@ -116,44 +116,54 @@ fn next_start(r: &Restart) -> Instant {
 }
 
 /// `--cgroup`: what stands for the agent's processes, and, with a cgroup, their resources now.
-fn cgroup(tracking: &Tracking) -> Value {
+fn cgroup(tracking: &Tracking) -> CgroupView {
     let Some(cgroup) = &tracking.cgroup else {
-        return json!({
-            "mode": tracking.mode,
-            "tracked_by": "process-group",
-            "why": tracking.fallback,
+        return CgroupView::ProcessGroup(ProcessGroupView {
+            mode: tracking.mode.to_string(),
+            tracked_by: TrackedBy::ProcessGroup,
+            why: tracking.fallback.clone(),
         });
     };
     let usage = cgroup.usage();
-    json!({
-        "mode": tracking.mode,
-        "tracked_by": "cgroup",
-        "path": cgroup.path().display().to_string(),
-        "controllers": cgroup.controllers(),
-        "memory_max": cgroup.memory_max(),
-        "populated": cgroup.populated(),
-        "processes": usage.processes,
-        "memory_current": usage.memory_current,
-        "memory_peak": usage.memory_peak,
-        "cpu_usage_s": usage.cpu_usage_usec.map(|u| u as f64 / 1e6),
-        "oom_kills": usage.oom_kills,
-        "pressure": usage.pressure.iter().map(|(r, p)| (r.to_string(), json!({
-            "some_avg10": p.some_avg10,
-            "full_avg10": p.full_avg10,
-        }))).collect::<serde_json::Map<_, _>>(),
+    let mut pressure = PressureViews::default();
+    for (resource, p) in &usage.pressure {
+        let view = Some(PressureView {
+            full_avg10: p.full_avg10,
+            some_avg10: p.some_avg10,
+        });
+        match *resource {
+            "cpu" => pressure.cpu = view,
+            "io" => pressure.io = view,
+            "memory" => pressure.memory = view,
+            _ => {}
+        }
+    }
+    CgroupView::Cgroup(CgroupFigures {
+        controllers: cgroup.controllers().to_vec(),
+        cpu_usage_s: usage.cpu_usage_usec.map(|u| u as f64 / 1e6),
+        memory_current: usage.memory_current,
+        memory_max: cgroup.memory_max(),
+        memory_peak: usage.memory_peak,
+        mode: tracking.mode.to_string(),
+        oom_kills: usage.oom_kills,
+        path: cgroup.path().display().to_string(),
+        populated: cgroup.populated(),
+        pressure,
+        processes: usage.processes,
+        tracked_by: TrackedBy::Cgroup,
     })
 }
 
 fn drain_command(c: &DrainCommandStatus) -> DrainCommandView {
     let state = match (c.status, c.killed) {
-        (None, false) => "running",
-        (None, true) | (Some(_), true) => "killed",
-        (Some(_), false) => "exited",
+        (None, false) => CommandState::Running,
+        (_, true) => CommandState::Killed,
+        (Some(_), false) => CommandState::Exited,
     };
     DrainCommandView {
         pid: c.pid,
         started: rfc3339(c.started),
-        state: state.to_string(),
+        state,
         status: c.status,
     }
 }
@@ -173,7 +183,7 @@ fn imds_view(imds: &ImdsStatus) -> ImdsView {
             .notices
             .iter()
             .map(|n| NoticeView {
-                kind: n.kind.as_str().to_string(),
+                kind: n.kind,
                 value: n.value.clone(),
                 seen: rfc3339(n.seen_at),
                 drain: n.drain,
@@ -201,7 +211,7 @@ fn lifecycle(l: &LifecycleStatus) -> Option<LifecycleView> {
     let hook = |h: &Option<HookStatus>| {
         h.as_ref().map(|h| HookView {
             name: h.name.clone(),
-            state: h.state.as_str().to_string(),
+            state: h.state,
             heartbeats: h.heartbeats,
             result: h.result,
             last_error: h.last_error.clone(),

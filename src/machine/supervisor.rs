@@ -1,6 +1,6 @@
 //! The one owner of the phase: receives events (signals, the reaper, timers, and the event
-//! channel other parts send on), calls `state::step`, publishes the new phase, then performs the
-//! actions in order.
+//! channel other parts send on), calls `state::step`, logs what the step says (`said`, pure),
+//! publishes the new phase, then performs the actions in order.
 //!
 //! Publishing comes before acting so that anything reading the phase (readiness) already sees
 //! the drain when the agent is told of it.
@@ -20,12 +20,13 @@ use crate::fmt::{format_duration, rfc3339};
 use crate::journal::Record;
 use crate::machine::announce::Announcer;
 use crate::machine::restart::RestartSettings;
+use crate::machine::said::{self, Facts, Left, Said};
 use crate::machine::state::{
-    Action, Cleanup, Ctx, DrainReason, DrainSkipped, Event, Phase, ReadyOn, Restart, State, Target,
-    step,
+    Action, Ctx, DrainReason, Event, Phase, ReadyOn, Restart, State, Target, step,
 };
 use crate::model::report::AgentReport;
 use crate::model::run::{Announcement, DrainCommandStatus, DrainInfo, RunStats};
+use crate::model::status::TrackedBy;
 use crate::process::cgroup::{AgentCgroup, EmptyWatch};
 use crate::process::child::{Agent, Launcher, SpawnError};
 use crate::process::drain_command::DrainCommand;
@@ -348,18 +349,29 @@ impl Supervisor {
     }
 
     /// What stands for the agent's processes, as `/status` and the journal name it.
-    fn tracked_by(&self) -> &'static str {
+    fn tracked_by(&self) -> TrackedBy {
         match self.cgroup {
-            Some(_) => "cgroup",
-            None => "process-group",
+            Some(_) => TrackedBy::Cgroup,
+            None => TrackedBy::ProcessGroup,
         }
     }
 
-    /// Where the agent's leftovers are, for log lines.
-    fn leftovers(&self) -> &'static str {
-        match self.cgroup {
-            Some(_) => "the agent's cgroup",
-            None => "the agent's group",
+    /// What is left of the agent's processes now, if anything.
+    fn left(&self) -> Option<Left> {
+        self.alive().then(|| Left {
+            processes: self.cgroup.as_ref().map(|c| c.pids().len() as u64),
+        })
+    }
+
+    /// What [`said`] needs of this step beside the step itself.
+    fn facts<'a>(&self, ctx: &'a Ctx, left: Option<Left>) -> Facts<'a> {
+        Facts {
+            ctx,
+            tracked_by: self.tracked_by(),
+            left,
+            pgid: self.agent.pid(),
+            orphans_reaped: self.reaper.orphans_reaped(),
+            subscribers: self.out.announcer.listeners(),
         }
     }
 
@@ -561,10 +573,7 @@ impl Supervisor {
             load_balancer: self.load_balancer.as_ref().and_then(|l| *l.wait.borrow()),
         };
         let before = self.state.phase.clone();
-        if event == Event::Drained && matches!(before, Phase::Draining(_)) {
-            let record = Record::AgentDrained;
-            tracing::info!(journal = %record.json(), "the agent says it is drained");
-        }
+        let seen = event.clone();
         let agent_exited = matches!(event, Event::ChildExited(_)) && before.agent_running();
         let (next, actions) = step(&self.state, event, &ctx);
         self.state = next;
@@ -579,8 +588,14 @@ impl Supervisor {
         if let (Phase::Draining(d), Some(command)) = (&self.state.phase, &mut self.drain_command) {
             command.kill_at = d.deadline;
         }
+        let left = matches!(self.state.phase, Phase::Exited { .. } | Phase::Done(_))
+            .then(|| self.left())
+            .flatten();
+        let facts = self.facts(&ctx, left);
+        for line in said::of_step(&seen, &before, &self.state.phase, &facts) {
+            line.log();
+        }
         if before != self.state.phase {
-            self.log_transition(&before, &ctx);
             self.publish(&before);
         }
         for action in actions {
@@ -675,8 +690,23 @@ impl Supervisor {
         sent
     }
 
+    /// A signal passed on to the agent (`--forward-to`).
+    fn forward(&self, signal: Sig) -> std::io::Result<()> {
+        tracing::debug!(signal = %signal, "forwarding a signal to the agent");
+        match self.settings.forward_to {
+            ForwardTo::Group => self.signal_group(signal),
+            ForwardTo::Child => self.agent.signal_child(signal),
+        }
+    }
+
     fn perform(&mut self, action: Action, ctx: &Ctx) {
         let pgid = self.agent.pid();
+        // Said before it is done; the announcement once made, with whom it reached.
+        let line = said::of_action(&action, &self.state.phase, &self.facts(ctx, None));
+        let announces = matches!(action, Action::AnnounceDrain { .. });
+        if !announces {
+            line.iter().for_each(Said::log);
+        }
         let result = match action {
             Action::Signal {
                 signal,
@@ -685,43 +715,25 @@ impl Supervisor {
             Action::Signal {
                 signal,
                 to: Target::Forwarded,
-            } => {
-                tracing::debug!(signal = %signal, "forwarding a signal to the agent");
-                match self.settings.forward_to {
-                    ForwardTo::Group => self.signal_group(signal),
-                    ForwardTo::Child => self.agent.signal_child(signal),
-                }
-            }
+            } => self.forward(signal),
             Action::Kill => {
                 self.sigkilled = true;
-                let record = Record::Killed { pgid };
                 match &self.cgroup {
-                    Some(cgroup) => {
-                        tracing::warn!(pgid, journal = %record.json(), "sent SIGKILL to every process in the agent's cgroup (cgroup.kill)");
-                        cgroup.kill()
-                    }
-                    None => {
-                        tracing::warn!(pgid, journal = %record.json(), "sent SIGKILL to the agent's process group");
-                        self.signal_group(Sig::KILL)
-                    }
+                    Some(cgroup) => cgroup.kill(),
+                    None => self.signal_group(Sig::KILL),
                 }
             }
             Action::AnnounceDrain { reason, deadline } => {
-                self.told_to_drain(reason, deadline, ctx);
+                self.announce_drain(reason, deadline, ctx.now);
+                line.iter().for_each(Said::log);
                 Ok(())
             }
             Action::ReadyTimedOut => {
                 self.out.tell(ToLifecycle::ReadyTimedOut);
-                tracing::warn!(
-                    ready_timeout = %format_duration(self.settings.ready_timeout),
-                    "the agent did not become ready within --ready-timeout"
-                );
                 Ok(())
             }
             Action::Extended { until } => {
                 self.out.tell(ToLifecycle::Extended);
-                let left = until.saturating_duration_since(ctx.now);
-                tracing::info!(until_in = %format_duration(Duration::from_millis(left.as_millis() as u64)), "the agent asked for more time");
                 if let Phase::Draining(d) = self.state.phase {
                     self.announce_drain(d.reason, until, ctx.now);
                 }
@@ -735,8 +747,9 @@ impl Supervisor {
                 self.respawn();
                 Ok(())
             }
-            Action::CrashLoop { starts, within } => {
-                self.crash_looped(starts, within);
+            Action::CrashLoop { .. } => {
+                self.crash_loop = true;
+                self.out.run(|run| run.runs.crash_loop = true);
                 Ok(())
             }
             Action::RestartCancelled { reason } => {
@@ -748,10 +761,7 @@ impl Supervisor {
                 self.hold_for_load_balancer(reason, until, ctx.now);
                 Ok(())
             }
-            Action::DrainSkipped { reason, why } => {
-                self.drain_skipped(reason, why);
-                Ok(())
-            }
+            Action::DrainSkipped { .. } => Ok(()),
             Action::RegisterAgain { reason } => {
                 tracing::info!(reason = %reason, "the drain was called off before the agent heard of it: ready again");
                 if let Some(link) = &self.load_balancer {
@@ -780,35 +790,6 @@ impl Supervisor {
                 "readiness is 503: stopping the load balancer before the agent hears of the drain"
             );
         }
-    }
-
-    /// Tells the agent's listeners of the drain, and logs every way the agent is told of it.
-    fn told_to_drain(&self, reason: DrainReason, deadline: Instant, ctx: &Ctx) {
-        self.announce_drain(reason, deadline, ctx.now);
-        let subscribers = self.out.announcer.listeners();
-        let mut via = Vec::new();
-        if subscribers > 0 || (ctx.drain_signal.is_none() && !ctx.drain_command) {
-            via.push(format!("drain event to {subscribers} subscriber(s)"));
-        }
-        via.extend(ctx.drain_signal.map(|sig| format!("drain signal {sig}")));
-        if ctx.drain_command {
-            via.push("the --on-drain command".to_string());
-        }
-        let deadline_in = deadline.saturating_duration_since(ctx.now);
-        let record = Record::DrainAnnounced {
-            reason,
-            deadline_in_ms: u64::try_from(deadline_in.as_millis()).unwrap_or(u64::MAX),
-            subscribers,
-            drain_signal: ctx.drain_signal,
-        };
-        tracing::info!(
-            reason = %reason,
-            deadline_in = %format_duration(deadline_in),
-            subscribers = subscribers > 0,
-            via = %via.join(" and "),
-            journal = %record.json(),
-            "told the agent to drain"
-        );
     }
 
     /// Runs the `--on-drain` command for this drain: spawned from this task, so that no reap
@@ -963,29 +944,6 @@ impl Supervisor {
         }
     }
 
-    /// The restarts end: logged once, and kept for `--on-crash-loop` after the run.
-    fn crash_looped(&mut self, starts: u32, within: Duration) {
-        self.crash_loop = true;
-        self.out.run(|run| run.runs.crash_loop = true);
-        let status = match &self.state.phase {
-            Phase::Exited { exit, .. } | Phase::Done(exit) => exit.exit_code(),
-            _ => 0,
-        };
-        let record = Record::CrashLoop {
-            starts,
-            within_ms: u64::try_from(within.as_millis()).unwrap_or(u64::MAX),
-            status,
-        };
-        tracing::error!(
-            starts,
-            within = %format_duration(within),
-            status,
-            journal = %record.json(),
-            "crash loop: {starts} starts within {}; the agent is not started again",
-            format_duration(within)
-        );
-    }
-
     /// A stop or a drain came while no agent ran: none starts again, and the run ends with the
     /// last status. The drain counts as one, so that its termination hook is still completed.
     fn restart_cancelled(&mut self, reason: DrainReason) {
@@ -1029,224 +987,5 @@ impl Supervisor {
         } else {
             self.agent.signal_group(sig)
         }
-    }
-
-    /// Says when a hard deadline (a spot notice) cut a configured timeout short, and by how much.
-    /// `was`: when the phase ended before this step, if the phase is the same (a later notice
-    /// recalculating it); then only an earlier end is a cut. A phase entered now is cut when it
-    /// ends sooner than its option gives (both measured from this step's `now`).
-    fn log_cut(
-        &self,
-        option: &str,
-        configured: Duration,
-        was: Option<Instant>,
-        ends: Instant,
-        ctx: &Ctx,
-    ) {
-        let given = ends.saturating_duration_since(ctx.now);
-        let cut = match was {
-            Some(was) => ends < was,
-            None => given < configured,
-        };
-        if !cut {
-            return;
-        }
-        let record = Record::TimeoutCut {
-            option: option.trim_start_matches("--").to_string(),
-            configured_ms: u64::try_from(configured.as_millis()).unwrap_or(u64::MAX),
-            given_ms: u64::try_from(given.as_millis()).unwrap_or(u64::MAX),
-        };
-        tracing::warn!(
-            configured = %format_duration(configured),
-            given = %format_duration(given),
-            journal = %record.json(),
-            "{option} cut short by the spot interruption deadline: {} left",
-            format_duration(given)
-        );
-    }
-
-    /// A drain asked for, and the stop signal sent at once instead: said, since no drain
-    /// event, `--drain-signal` or `--on-drain` follows.
-    fn drain_skipped(&self, reason: DrainReason, why: DrainSkipped) {
-        match why {
-            // A SIGTERM to a guard without listeners is a plain stop, as under tini: not news.
-            DrainSkipped::NoWayToTell if reason == DrainReason::Signal => tracing::debug!(
-                reason = %reason,
-                "no drain: nothing can tell the agent; sending the stop signal now"
-            ),
-            DrainSkipped::NoWayToTell => tracing::info!(
-                reason = %reason,
-                "no drain: nothing can tell the agent (no control-socket subscriber, no --drain-signal, no --on-drain); sending the stop signal now"
-            ),
-            DrainSkipped::NoTimeLeft { left } => tracing::warn!(
-                reason = %reason,
-                left = %format_duration(left),
-                stop_timeout = %format_duration(self.settings.stop_timeout),
-                "no drain: the deadline leaves {}, no more than --stop-timeout ({}), so all of it goes to the stop grace; no drain event, --drain-signal or --on-drain; sending the stop signal now",
-                format_duration(left),
-                format_duration(self.settings.stop_timeout)
-            ),
-        }
-    }
-
-    fn log_transition(&self, before: &Phase, ctx: &Ctx) {
-        let until = |t: Instant| format_duration(t.saturating_duration_since(ctx.now));
-        let phase = &self.state.phase;
-        let record = Record::PhaseChanged {
-            phase: phase.name(),
-            reason: phase.drain_reason(),
-        }
-        .json();
-        match phase {
-            Phase::Starting { .. } => {}
-            Phase::Ready => tracing::info!(journal = %record, "agent is ready"),
-            Phase::Draining(d) => {
-                if !d.told && matches!(before, Phase::Draining(_)) {
-                    return;
-                }
-                match before {
-                    Phase::Draining(b) if b.reason != d.reason => {
-                        tracing::info!(reason = %d.reason, journal = %record, "the drain now ends the instance");
-                    }
-                    Phase::Draining(b) if d.deadline < b.deadline => {
-                        tracing::warn!(deadline_in = %until(d.deadline), "drain deadline moved earlier");
-                    }
-                    // Moved later: the agent's extension, which `Extended` logs.
-                    Phase::Draining(_) => {}
-                    // The deadline is the load balancer's wait, not the agent's drain yet.
-                    _ if !d.told => {
-                        tracing::info!(reason = %d.reason, journal = %record, "draining: readiness is 503; the agent hears of it once the load balancer stops sending");
-                        return;
-                    }
-                    _ => {
-                        tracing::info!(reason = %d.reason, deadline_in = %until(d.deadline), journal = %record, "draining")
-                    }
-                }
-                let was = match before {
-                    Phase::Draining(b) => Some(b.deadline),
-                    _ => None,
-                };
-                let timeout = self.settings.drain_timeout;
-                self.log_cut("--drain-timeout", timeout, was, d.deadline, ctx);
-            }
-            Phase::Stopping(s)
-                if matches!(before, Phase::Stopping(_))
-                    && before.drain_reason() != Some(s.reason) =>
-            {
-                tracing::info!(reason = %s.reason, journal = %record, "the stop now ends the instance");
-            }
-            Phase::Stopping(s) => {
-                if s.killed {
-                    tracing::warn!(reason = %s.reason, journal = %record, "killing the agent");
-                    return;
-                }
-                let was = match before {
-                    Phase::Stopping(b) => Some(b.kill_at),
-                    _ => None,
-                };
-                let timeout = self.settings.stop_timeout;
-                self.log_cut("--stop-timeout", timeout, was, s.kill_at, ctx);
-                if let Phase::Draining(_) = before {
-                    tracing::info!(reason = %s.reason, sigkill_in = %until(s.kill_at), journal = %record, "drain over; stopping the agent");
-                } else {
-                    tracing::info!(reason = %s.reason, sigkill_in = %until(s.kill_at), journal = %record, "stopping the agent");
-                }
-            }
-            Phase::Restarting(r) => self.log_restart(before, r, ctx),
-            Phase::Exited { exit, cleanup } => self.log_exit(before, exit, cleanup),
-            Phase::Done(exit) => self.log_done(before, exit),
-        }
-    }
-
-    fn log_exit(&self, before: &Phase, exit: &ChildExit, cleanup: &Cleanup) {
-        if let Phase::Exited { .. } = before {
-            if let Cleanup::Killed { .. } = cleanup {
-                tracing::warn!(
-                    "processes left in {} outlived the grace period",
-                    self.leftovers()
-                );
-            }
-            return;
-        }
-        // After a restart delay, the exit was logged when it happened.
-        if before.agent_running() {
-            self.log_agent_exited(exit);
-            if self.alive() {
-                let processes = self.cgroup.as_ref().map(|c| c.pids().len() as u64);
-                let record = Record::LeftoversWaited {
-                    tracked_by: self.tracked_by().to_string(),
-                    processes,
-                };
-                tracing::info!(processes, journal = %record.json(), "processes the agent started still run in {}: waiting for them", self.leftovers());
-            }
-        }
-    }
-
-    fn log_agent_exited(&self, exit: &ChildExit) {
-        let record = Record::AgentExited {
-            pid: exit.pid(),
-            status: exit.exit_code(),
-            how: exit.to_string(),
-        };
-        tracing::info!(pid = exit.pid(), status = exit.exit_code(), journal = %record.json(), "agent {exit}");
-    }
-
-    /// The agent exited and is to start again; or a spawn failed and the next try is set.
-    fn log_restart(&self, before: &Phase, r: &Restart, ctx: &Ctx) {
-        if before.agent_running() {
-            self.log_agent_exited(&r.last);
-        }
-        match (before, &r.cleanup) {
-            (Phase::Restarting(b), _) if b.attempt == r.attempt && b.at == r.at => {
-                if let Some(Cleanup::Killed { .. }) = r.cleanup {
-                    tracing::warn!(
-                        "processes left in {} outlived the grace period",
-                        self.leftovers()
-                    );
-                }
-            }
-            _ => {
-                let delay = r.at.saturating_duration_since(ctx.now);
-                let delay =
-                    Duration::from_millis(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
-                let record = Record::RestartScheduled {
-                    attempt: r.attempt,
-                    delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                    status: r.last.exit_code(),
-                };
-                tracing::info!(
-                    attempt = r.attempt,
-                    restart_in = %format_duration(delay),
-                    journal = %record.json(),
-                    "restarting the agent (--restart {})",
-                    self.settings.restart.policy
-                );
-            }
-        }
-    }
-
-    fn log_done(&self, before: &Phase, exit: &ChildExit) {
-        if let Phase::Exited {
-            cleanup: Cleanup::Killed { .. },
-            ..
-        } = before
-            && self.alive()
-        {
-            tracing::error!(
-                pgid = self.agent.pid(),
-                "processes in {} survived SIGKILL (uninterruptible sleep?); exiting without them",
-                self.leftovers()
-            );
-        } else {
-            let record = Record::AllGone {
-                tracked_by: self.tracked_by().to_string(),
-            };
-            tracing::info!(journal = %record.json(), "every process of the agent is gone ({} is empty)", self.leftovers());
-        }
-        tracing::info!(
-            status = exit.exit_code(),
-            orphans_reaped = self.reaper.orphans_reaped(),
-            "the agent's run is over"
-        );
     }
 }

@@ -2,6 +2,7 @@
 //! clock of their own. Everything here may be imported from anywhere above `process`.
 //!
 //! - `drain`: [`DrainReason`], and whether a drain ends the instance.
+//! - `notice`: [`NoticeKind`], which kind of notice IMDS gave.
 //! - `phase`: [`PhaseName`], the phase as the outside world names it.
 //! - `hooks`: [`HookResult`], [`HookState`], [`Awaiting`]: lifecycle hooks as every part names them.
 //! - `run`, `report`, `lifecycle`: snapshot types, each written by one owner and read by the
@@ -14,6 +15,7 @@ pub(crate) mod drain;
 pub(crate) mod hooks;
 pub(crate) mod lifecycle;
 pub(crate) mod load_balancer;
+pub(crate) mod notice;
 pub(crate) mod phase;
 pub(crate) mod report;
 pub(crate) mod restart;
@@ -22,5 +24,6 @@ pub(crate) mod status;
 
 pub use self::drain::DrainReason;
 pub use self::hooks::{Awaiting, HookResult, HookState};
+pub use self::notice::NoticeKind;
 pub use self::phase::PhaseName;
 pub use self::restart::RestartPolicy;

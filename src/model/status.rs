@@ -2,14 +2,19 @@
 //! serialised by the guard and parsed by `ctl` and the drill, so the three cannot drift apart.
 //!
 //! Fields are declared in alphabetical order: the JSON users see (and README documents) lists
-//! them so. Timestamps are RFC 3339 text; names whose enums have no serde form yet are text.
+//! them so. Timestamps are RFC 3339 text; a name with an enum of its own is that enum (serde
+//! writes its name); free text only where none exists (an agent's `STATUS=`, an event code EC2
+//! may add tomorrow, `--cgroup`'s mode, shown empty when nothing was configured).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::load_balancer::{DeregistrationEnd, TargetState};
-use crate::model::{Awaiting, DrainReason, HookResult, PhaseName};
+use crate::model::{
+    Awaiting, DrainReason, HookResult, HookState, NoticeKind, PhaseName, RestartPolicy,
+};
+use crate::names::named_enum;
 
 /// The `status` reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,9 +24,8 @@ pub struct Status {
     pub agent_pid: Option<i32>,
     pub agent_uptime_s: Option<u64>,
     pub checks: Vec<CheckStatus>,
-    /// What stands for the agent's processes (`--cgroup`) and a cgroup's figures: read from
-    /// cgroupfs as they are, so kept as JSON (`ctl` and the drill only show it).
-    pub cgroup: serde_json::Value,
+    /// What stands for the agent's processes (`--cgroup`), and a cgroup's figures.
+    pub cgroup: CgroupView,
     /// The drain in progress, while the agent runs.
     pub drain: Option<DrainStatus>,
     /// Drains started, by reason (a metric).
@@ -76,7 +80,7 @@ pub struct RestartView {
     pub attempt: Option<u32>,
     pub crash_loop: bool,
     pub next_in_ms: Option<u64>,
-    pub policy: String,
+    pub policy: RestartPolicy,
     pub restarting: bool,
     pub restarts: u64,
     /// The next start also waits for the old agent's leftovers to go.
@@ -88,8 +92,7 @@ pub struct RestartView {
 pub struct DrainCommandView {
     pub pid: i32,
     pub started: String,
-    /// `running`, `exited` or `killed`.
-    pub state: String,
+    pub state: CommandState,
     pub status: Option<u8>,
 }
 
@@ -112,7 +115,7 @@ pub struct ImdsView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NoticeView {
     pub drain: Option<DrainReason>,
-    pub kind: String,
+    pub kind: NoticeKind,
     pub seen: String,
     pub value: String,
 }
@@ -150,8 +153,88 @@ pub struct HookView {
     pub last_error: Option<String>,
     pub name: String,
     pub result: Option<HookResult>,
-    /// `waiting`, `heartbeating`, `completing`, `completed` …
-    pub state: String,
+    pub state: HookState,
+}
+
+named_enum! {
+    /// Where this run's `--on-drain` command stands.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum CommandState {
+        Running = "running",
+        Exited = "exited",
+        /// The guard killed it: at the drain deadline, or when the agent was gone.
+        Killed = "killed",
+    }
+}
+
+named_enum! {
+    /// What stands for the agent's processes: "every process of the agent is gone" means this is
+    /// empty (`/status`'s `cgroup.tracked_by`, and the journal's `tracked_by`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum TrackedBy {
+        /// Its own cgroup v2 (`--cgroup`).
+        Cgroup = "cgroup",
+        /// Its process group (no cgroup: `--cgroup off`, or none could be made).
+        ProcessGroup = "process-group",
+    }
+}
+
+/// `--cgroup`: what stands for the agent's processes, and, with a cgroup, its figures now.
+/// Untagged, so that the JSON is the object users have read since `--cgroup` came (two shapes
+/// told apart by `tracked_by`); a cgroup's shape is tried first, as the other's fields are a
+/// subset of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CgroupView {
+    Cgroup(CgroupFigures),
+    ProcessGroup(ProcessGroupView),
+}
+
+/// The process group stands for the agent, and why (`None` with `--cgroup off`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessGroupView {
+    /// `--cgroup` as configured (`auto`, `off`, `require`).
+    pub mode: String,
+    pub tracked_by: TrackedBy,
+    pub why: Option<String>,
+}
+
+/// The agent's cgroup and its figures, each `None` where the kernel does not show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CgroupFigures {
+    /// The controllers enabled for it (`memory`, `pids` …).
+    pub controllers: Vec<String>,
+    pub cpu_usage_s: Option<f64>,
+    pub memory_current: Option<u64>,
+    /// `--memory-max` as applied, in bytes.
+    pub memory_max: Option<u64>,
+    pub memory_peak: Option<u64>,
+    pub mode: String,
+    pub oom_kills: Option<u64>,
+    pub path: String,
+    pub populated: bool,
+    /// Pressure stall information, by resource, where the kernel has PSI on.
+    pub pressure: PressureViews,
+    pub processes: Option<u64>,
+    pub tracked_by: TrackedBy,
+}
+
+/// One stall figure per resource; a resource without PSI is left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PressureViews {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<PressureView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io: Option<PressureView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<PressureView>,
+}
+
+/// The share of the last 10 s in which some (or all) of the agent's tasks stalled, in percent.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PressureView {
+    pub full_avg10: Option<f64>,
+    pub some_avg10: f64,
 }
 
 /// What the termination hook's work waits for, since when, in words.
@@ -197,5 +280,84 @@ impl Status {
     pub fn json(&self) -> String {
         // Plain data: serialising it cannot fail; an empty object is the harmless fallback.
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two shapes of `cgroup`, field for field as the `json!` builder wrote them before the
+    /// type (README documents them), and each read back as the same value.
+    #[test]
+    fn the_cgroup_view_reads_as_before_and_round_trips() {
+        let cases = [
+            (
+                CgroupView::ProcessGroup(ProcessGroupView {
+                    mode: "auto".into(),
+                    tracked_by: TrackedBy::ProcessGroup,
+                    why: Some("no cgroup v2 here".into()),
+                }),
+                r#"{"mode":"auto","tracked_by":"process-group","why":"no cgroup v2 here"}"#,
+            ),
+            (
+                CgroupView::ProcessGroup(ProcessGroupView {
+                    mode: "off".into(),
+                    tracked_by: TrackedBy::ProcessGroup,
+                    why: None,
+                }),
+                r#"{"mode":"off","tracked_by":"process-group","why":null}"#,
+            ),
+            (
+                CgroupView::Cgroup(CgroupFigures {
+                    controllers: vec!["memory".into(), "pids".into()],
+                    cpu_usage_s: Some(1.25),
+                    memory_current: Some(4096),
+                    memory_max: None,
+                    memory_peak: Some(8192),
+                    mode: "require".into(),
+                    oom_kills: Some(0),
+                    path: "/sys/fs/cgroup/guard/agent".into(),
+                    populated: true,
+                    pressure: PressureViews {
+                        cpu: Some(PressureView {
+                            full_avg10: None,
+                            some_avg10: 0.5,
+                        }),
+                        io: None,
+                        memory: Some(PressureView {
+                            full_avg10: Some(0.0),
+                            some_avg10: 1.0,
+                        }),
+                    },
+                    processes: Some(2),
+                    tracked_by: TrackedBy::Cgroup,
+                }),
+                r#"{"controllers":["memory","pids"],"cpu_usage_s":1.25,"memory_current":4096,"memory_max":null,"memory_peak":8192,"mode":"require","oom_kills":0,"path":"/sys/fs/cgroup/guard/agent","populated":true,"pressure":{"cpu":{"full_avg10":null,"some_avg10":0.5},"memory":{"full_avg10":0.0,"some_avg10":1.0}},"processes":2,"tracked_by":"cgroup"}"#,
+            ),
+            (
+                CgroupView::Cgroup(CgroupFigures {
+                    controllers: vec![],
+                    cpu_usage_s: None,
+                    memory_current: None,
+                    memory_max: None,
+                    memory_peak: None,
+                    mode: "auto".into(),
+                    oom_kills: None,
+                    path: "/x".into(),
+                    populated: false,
+                    pressure: PressureViews::default(),
+                    processes: None,
+                    tracked_by: TrackedBy::Cgroup,
+                }),
+                r#"{"controllers":[],"cpu_usage_s":null,"memory_current":null,"memory_max":null,"memory_peak":null,"mode":"auto","oom_kills":null,"path":"/x","populated":false,"pressure":{},"processes":null,"tracked_by":"cgroup"}"#,
+            ),
+        ];
+        for (view, golden) in cases {
+            let text = serde_json::to_string(&view).expect("JSON");
+            assert_eq!(text, golden);
+            let read: CgroupView = serde_json::from_str(&text).expect("a cgroup view");
+            assert_eq!(read, view, "{text}");
+        }
     }
 }

@@ -384,6 +384,41 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Result<Answer, 
     Ok(answer)
 }
 
+/// `PUT /latest/api/token`: a token for its TTL, refused as IMDS refuses it.
+fn token(state: &Mutex<State>, req: &Request<Incoming>, method: &Method, path: &str) -> Answer {
+    if method != Method::PUT {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "405 - Method Not Allowed");
+    }
+    // Only /latest/api/token mints tokens; a versioned path is refused, as is any PUT
+    // that went through a proxy (X-Forwarded-For).
+    if path != "/latest/api/token" || req.headers().contains_key("x-forwarded-for") {
+        return text(StatusCode::FORBIDDEN, "403 - Forbidden");
+    }
+    let ttl = req
+        .headers()
+        .get(TTL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ttl| (1..=21_600).contains(ttl));
+    let Some(ttl) = ttl else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "400 - Missing or Invalid Parameters",
+        );
+    };
+    let mut s = lock(state);
+    s.minted += 1;
+    let token = format!("AQAEA{:016x}{:08x}", pseudo_random(), s.minted);
+    s.tokens
+        .insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
+    let mut answer = text(StatusCode::OK, &token);
+    answer.headers_mut().insert(
+        TTL_HEADER,
+        http::HeaderValue::from_str(&ttl.to_string()).expect("digits are a valid header"),
+    );
+    answer
+}
+
 fn route(
     state: &Mutex<State>,
     req: &Request<Incoming>,
@@ -393,37 +428,7 @@ fn route(
     garbage: bool,
 ) -> Answer {
     if path.ends_with("/api/token") {
-        if method != Method::PUT {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "405 - Method Not Allowed");
-        }
-        // Only /latest/api/token mints tokens; a versioned path is refused, as is any PUT
-        // that went through a proxy (X-Forwarded-For).
-        if path != "/latest/api/token" || req.headers().contains_key("x-forwarded-for") {
-            return text(StatusCode::FORBIDDEN, "403 - Forbidden");
-        }
-        let ttl = req
-            .headers()
-            .get(TTL_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|ttl| (1..=21_600).contains(ttl));
-        let Some(ttl) = ttl else {
-            return text(
-                StatusCode::BAD_REQUEST,
-                "400 - Missing or Invalid Parameters",
-            );
-        };
-        let mut s = lock(state);
-        s.minted += 1;
-        let token = format!("AQAEA{:016x}{:08x}", pseudo_random(), s.minted);
-        s.tokens
-            .insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
-        let mut answer = text(StatusCode::OK, &token);
-        answer.headers_mut().insert(
-            TTL_HEADER,
-            http::HeaderValue::from_str(&ttl.to_string()).expect("digits are a valid header"),
-        );
-        return answer;
+        return token(state, req, method, path);
     }
     if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "405 - Method Not Allowed");

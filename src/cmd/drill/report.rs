@@ -315,53 +315,9 @@ fn told(observed: &[Timed], noticed: bool) -> Option<(SystemTime, &'static str, 
 /// The timeline entry an observation stands for on its own, if any.
 fn entry_for(what: &Observation) -> Option<(&'static str, String)> {
     Some(match what {
-        Observation::Guard(Record::AgentDrained) => (
-            "agent drained",
-            "it said so (drained / X_DRAINED=1)".to_string(),
-        ),
-        Observation::Guard(Record::StopSignalSent { signal, cgroup, .. }) => (
-            "stop signal",
-            if *cgroup {
-                format!("{signal} to every process in the agent's cgroup")
-            } else {
-                format!("{signal} to the agent's process group")
-            },
-        ),
-        Observation::Guard(Record::LeftoversWaited {
-            tracked_by,
-            processes,
-        }) => (
-            "guard waits",
-            match processes {
-                Some(n) => format!(
-                    "for {n} process(es) the agent started, still in its {tracked_by}: the hook waits"
-                ),
-                None => format!("for what is left in the agent's {tracked_by}: the hook waits"),
-            },
-        ),
-        Observation::Guard(Record::AllGone { tracked_by }) => (
-            "all gone",
-            format!("every process of the agent is gone (its {tracked_by} is empty)"),
-        ),
-        Observation::Guard(Record::Killed { .. }) => {
-            ("SIGKILL", "the grace period ran out".to_string())
+        Observation::Guard(record) => {
+            return process_entry(record).or_else(|| lifecycle_entry(record));
         }
-        Observation::Guard(Record::AgentExited { how, .. }) => ("agent exit", how.clone()),
-        Observation::Guard(Record::DrainCommandStarted { pid, .. }) => (
-            "on-drain started",
-            format!("the --on-drain command (pid {pid})"),
-        ),
-        Observation::Guard(Record::DrainCommandFailed { error }) => {
-            ("on-drain failed", format!("could not start: {error}"))
-        }
-        Observation::Guard(Record::DrainCommandEnded { how, killed, .. }) => (
-            "on-drain ended",
-            if *killed {
-                format!("{how}, killed by the guard (drain deadline, or the agent was gone)")
-            } else {
-                how.clone()
-            },
-        ),
         Observation::HookCall(call) if call.action == "RecordLifecycleActionHeartbeat" => {
             ("heartbeat", outcome(call))
         }
@@ -377,22 +333,6 @@ fn entry_for(what: &Observation) -> Option<(&'static str, String)> {
         Observation::HookCall(call) if call.action == "SetInstanceHealth" => {
             ("instance health", format!("Unhealthy: {}", outcome(call)))
         }
-        Observation::Guard(Record::ScheduledEvent { step, drain_at, .. }) => (
-            "scheduled event",
-            match (step, drain_at) {
-                (MaintenanceStep::MarkedUnhealthy, _) => {
-                    "marked Unhealthy: the group replaces the instance".to_string()
-                }
-                (MaintenanceStep::FellBack, Some(at)) => {
-                    format!("could not replace the instance: drains at {at}")
-                }
-                (MaintenanceStep::FellBack, None) => "could not replace the instance".to_string(),
-                (MaintenanceStep::Draining, _) => {
-                    "NotBefore minus --maintenance-margin: draining".to_string()
-                }
-                (MaintenanceStep::DrainCanceled, _) => "the drain was called off".to_string(),
-            },
-        ),
         Observation::GuardExit(status) => (
             "guard exit",
             status.map_or("killed by the drill".to_string(), |c| format!("status {c}")),
@@ -405,22 +345,6 @@ fn entry_for(what: &Observation) -> Option<(&'static str, String)> {
         Observation::InstanceState(state @ LifecycleState::TerminatingWait) => (
             "wait state",
             format!("the group holds the instance in {state}: the hook can be completed"),
-        ),
-        Observation::Guard(Record::HookAwaiting {
-            awaiting, detail, ..
-        }) => (
-            "guard waits",
-            match awaiting {
-                Awaiting::WaitState => format!("for Terminating:Wait: {detail}"),
-                Awaiting::OtherGuards => format!("for the other guards on this host: {detail}"),
-                Awaiting::Termination => {
-                    format!("for the group to terminate the instance: {detail}")
-                }
-            },
-        ),
-        Observation::Guard(Record::WaitStateSeen { state, .. }) => (
-            "wait state seen",
-            format!("by the guard ({state}): heartbeats start"),
         ),
         Observation::TargetCall { action, status } if action == "DeregisterTargets" => (
             "deregistered",
@@ -437,6 +361,97 @@ fn entry_for(what: &Observation) -> Option<(&'static str, String)> {
         Observation::TargetState(state) if state == "unused" => (
             "load balancer done",
             "the target left draining: the load balancer sends nothing more".to_string(),
+        ),
+        _ => return None,
+    })
+}
+
+/// What the guard said of the agent's processes and the drain, for the timeline.
+fn process_entry(record: &Record) -> Option<(&'static str, String)> {
+    Some(match record {
+        Record::AgentDrained => (
+            "agent drained",
+            "it said so (drained / X_DRAINED=1)".to_string(),
+        ),
+        Record::StopSignalSent { signal, cgroup, .. } => (
+            "stop signal",
+            if *cgroup {
+                format!("{signal} to every process in the agent's cgroup")
+            } else {
+                format!("{signal} to the agent's process group")
+            },
+        ),
+        Record::LeftoversWaited {
+            tracked_by,
+            processes,
+        } => (
+            "guard waits",
+            match processes {
+                Some(n) => format!(
+                    "for {n} process(es) the agent started, still in its {tracked_by}: the hook waits"
+                ),
+                None => format!("for what is left in the agent's {tracked_by}: the hook waits"),
+            },
+        ),
+        Record::AllGone { tracked_by } => (
+            "all gone",
+            format!("every process of the agent is gone (its {tracked_by} is empty)"),
+        ),
+        Record::Killed { .. } => ("SIGKILL", "the grace period ran out".to_string()),
+        Record::AgentExited { how, .. } => ("agent exit", how.clone()),
+        Record::DrainCommandStarted { pid, .. } => (
+            "on-drain started",
+            format!("the --on-drain command (pid {pid})"),
+        ),
+        Record::DrainCommandFailed { error } => {
+            ("on-drain failed", format!("could not start: {error}"))
+        }
+        Record::DrainCommandEnded { how, killed, .. } => (
+            "on-drain ended",
+            if *killed {
+                format!("{how}, killed by the guard (drain deadline, or the agent was gone)")
+            } else {
+                how.clone()
+            },
+        ),
+        _ => return None,
+    })
+}
+
+/// What the guard said of the instance's lifecycle and scheduled events, for the timeline.
+fn lifecycle_entry(record: &Record) -> Option<(&'static str, String)> {
+    Some(match record {
+        Record::ScheduledEvent { step, drain_at, .. } => (
+            "scheduled event",
+            match (step, drain_at) {
+                (MaintenanceStep::MarkedUnhealthy, _) => {
+                    "marked Unhealthy: the group replaces the instance".to_string()
+                }
+                (MaintenanceStep::FellBack, Some(at)) => {
+                    format!("could not replace the instance: drains at {at}")
+                }
+                (MaintenanceStep::FellBack, None) => "could not replace the instance".to_string(),
+                (MaintenanceStep::Draining, _) => {
+                    "NotBefore minus --maintenance-margin: draining".to_string()
+                }
+                (MaintenanceStep::DrainCanceled, _) => "the drain was called off".to_string(),
+            },
+        ),
+        Record::HookAwaiting {
+            awaiting, detail, ..
+        } => (
+            "guard waits",
+            match awaiting {
+                Awaiting::WaitState => format!("for Terminating:Wait: {detail}"),
+                Awaiting::OtherGuards => format!("for the other guards on this host: {detail}"),
+                Awaiting::Termination => {
+                    format!("for the group to terminate the instance: {detail}")
+                }
+            },
+        ),
+        Record::WaitStateSeen { state, .. } => (
+            "wait state seen",
+            format!("by the guard ({state}): heartbeats start"),
         ),
         _ => return None,
     })

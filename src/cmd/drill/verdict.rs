@@ -272,7 +272,7 @@ pub fn verdict(scenario: &Scenario, observed: &[Timed]) -> Verdict {
             reasons.push(FailReason::SpotSqueeze {
                 given: Duration::from_millis(*given_ms),
                 configured: Duration::from_millis(*configured_ms),
-                option: option.clone(),
+                option: option.to_string(),
             });
         }
     }
@@ -561,7 +561,7 @@ mod tests {
 
     fn all_gone() -> Observation {
         Observation::Guard(Record::AllGone {
-            tracked_by: "cgroup".to_string(),
+            tracked_by: crate::model::status::TrackedBy::Cgroup,
         })
     }
 
@@ -640,7 +640,7 @@ mod tests {
                     t0,
                     5,
                     Observation::Guard(Record::TimeoutCut {
-                        option: "stop-timeout".to_string(),
+                        option: crate::journal::TimeoutOption::StopTimeout,
                         configured_ms: 30_000,
                         given_ms: 5_000,
                     }),
