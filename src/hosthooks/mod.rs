@@ -1113,7 +1113,16 @@ mod tests {
             Decision::Wait { .. }
         ));
         agent.kill().expect("kill");
-        // Not reaped yet: a zombie does no work.
+        // SIGKILL is delivered asynchronously: wait (bounded) until it is a zombie. Not reaped
+        // yet: a zombie does no work.
+        let zombie = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !zombie() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert_eq!(
             a.termination().expect("decides"),
             complete(ABANDON, &[format!("{label}, gone without a word")])
