@@ -296,6 +296,11 @@ pub struct LoadBalancerBudget {
     pub wait_cap: Option<Duration>,
 }
 
+/// How much earlier than the target's leaving `draining` a telling may read and still come after
+/// it: the guard's log times are cut to the millisecond, the simulator's are not. A guard that
+/// tells before `DeregisterTargets` has answered is earlier by more (9 ms when that was a defect).
+const CLOCKS: Duration = Duration::from_millis(3);
+
 /// How much earlier than its bound a cut wait may tell the agent and still count as forced (the
 /// guard and the drill read the bound on two clocks).
 const BOUND_SLACK: Duration = Duration::from_millis(500);
@@ -329,7 +334,7 @@ pub fn load_balancer(budget: &LoadBalancerBudget, observed: &[Timed]) -> Verdict
         Observation::TargetState(state) if state == "unused" && o.at >= deregistered => Some(o.at),
         _ => None,
     });
-    if done.is_some_and(|done| told >= done) {
+    if done.is_some_and(|done| told + CLOCKS >= done) {
         return verdict;
     }
     let by = done
@@ -932,6 +937,38 @@ mod tests {
                 ]
             ),
             (vec![], 0)
+        );
+        // Told within the guard's millisecond of it (its log time cut to the millisecond): pass.
+        assert_eq!(
+            judge(
+                &budget,
+                vec![
+                    at(t0, 0, deregister(200)),
+                    at(t0, 3000, gone()),
+                    Timed {
+                        at: t0 + Duration::from_micros(2_999_400),
+                        what: told()
+                    }
+                ]
+            ),
+            (vec![], 0)
+        );
+        // Told 9 ms before it (before DeregisterTargets had answered, a defect once): FAIL.
+        assert_eq!(
+            judge(
+                &budget,
+                vec![
+                    at(t0, 0, deregister(200)),
+                    at(t0, 3000, gone()),
+                    at(t0, 2991, told())
+                ]
+            ),
+            (
+                vec![FailReason::ToldBeforeLoadBalancer {
+                    by: Some(Duration::from_millis(9))
+                }],
+                0
+            )
         );
         // Told before it, with time left in the budget: FAIL, by how much.
         assert_eq!(
