@@ -109,9 +109,18 @@ fn a_scale_in_while_a_self_exited_agents_leftovers_are_cleared_completes_the_hoo
     });
 
     scale_in(&w);
-    wait_until("the scale-in is kept for the run's end", SOON, || {
-        guard.status()["drains"]["scale-in"] == 1
-    });
+    let asked = Instant::now();
+    while !guard
+        .log()
+        .contains("drain after the agent exited by itself")
+    {
+        assert!(
+            asked.elapsed() < SOON,
+            "the scale-in was not kept for the run's end:\n{}",
+            guard.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     assert!(w.calls("CompleteLifecycleAction").is_empty());
     let released = Instant::now();
     std::fs::write(dir.path().join("release"), b"").expect("release the leftover");
