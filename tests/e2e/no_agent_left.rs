@@ -73,9 +73,12 @@ fn completed_once_after(w: &World, guard: &Guard, after: Instant) {
 /// until `DIR/release` exists; it writes its pid to `DIR/leftover.pid` and `DIR/leftover.gone`
 /// as it ends.
 fn agent_leaving_a_leftover(dir: &Path) -> Vec<String> {
+    // The agent exits only once the leftover ignores SIGTERM: the guard's stop signal to the
+    // leftovers comes at once, and could otherwise beat the `trap`.
     let script = r#"d=$1
-(trap '' TERM; while [ ! -e "$d/release" ]; do sleep 0.05; done; echo gone > "$d/leftover.gone") &
+(trap '' TERM; : > "$d/leftover.trapped"; while [ ! -e "$d/release" ]; do sleep 0.05; done; echo gone > "$d/leftover.gone") &
 echo $! > "$d/leftover.pid"
+while [ ! -e "$d/leftover.trapped" ]; do sleep 0.01; done
 exit 0"#;
     vec![
         "sh".into(),
