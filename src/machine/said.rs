@@ -659,28 +659,10 @@ fn log_skipped(reason: DrainReason, why: DrainSkipped, stop_timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::restart::RestartSettings;
-    use crate::machine::state::{ReadyOn, State, Stop};
+    use crate::machine::state::tests::ctx;
+    use crate::machine::state::{State, Stop};
 
     const S: Duration = Duration::from_secs(1);
-
-    fn ctx(now: Instant) -> Ctx {
-        Ctx {
-            load_balancer: None,
-            now,
-            stop_signal: Sig::TERM,
-            stop_timeout: 30 * S,
-            drain_timeout: 60 * S,
-            drain_signal: None,
-            listeners: false,
-            kill_wait: 5 * S,
-            ready_on: ReadyOn::Start,
-            ready_timeout: 600 * S,
-            drain_command: false,
-            restart: RestartSettings::default(),
-            jitter: 0.0,
-        }
-    }
 
     fn facts(ctx: &Ctx, left: Option<Left>) -> Facts<'_> {
         Facts {

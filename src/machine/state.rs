@@ -895,7 +895,7 @@ fn earliest(current: Option<Instant>, new: Instant) -> Instant {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::settings::CrashLoop;
     use crate::machine::restart::RestartPolicy;
@@ -903,7 +903,8 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
-    fn ctx(now: Instant) -> Ctx {
+    /// The context most transitions are judged in; `machine::said`'s tests use it too.
+    pub(crate) fn ctx(now: Instant) -> Ctx {
         Ctx {
             load_balancer: None,
             now,
