@@ -221,3 +221,51 @@ fn check_entry(v: &Verdict) -> Value {
     }
     entry
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Awaiting;
+    use crate::model::lifecycle::{AwaitingStatus, LifecycleStatus};
+    use crate::process::exit::ChildExit;
+    use tokio::sync::watch;
+
+    /// Views of an agent that is gone for good; `awaiting`: what the lifecycle work waits for.
+    fn gone(awaiting: Option<Awaiting>) -> Views {
+        let phase = watch::channel(Phase::Done(ChildExit::for_test(1))).1;
+        let mut views = Views::fixed("agent", phase);
+        views.lifecycle = watch::channel(LifecycleStatus {
+            awaiting: awaiting.map(|what| AwaitingStatus {
+                what,
+                since: SystemTime::now(),
+                detail: String::new(),
+            }),
+            ..LifecycleStatus::default()
+        })
+        .1;
+        views
+    }
+
+    /// A guard that stays after its agent to complete a hook (after a crash loop, for the
+    /// group to terminate the instance) is live: a liveness probe must not restart it and leave
+    /// the hook to its timeout. Its `/health` still says the agent is not alive.
+    #[test]
+    fn livez_passes_while_the_guard_stays_for_a_hook_and_fails_once_nothing_is_left_to_do() {
+        let staying = gone(Some(Awaiting::Termination));
+        assert!(livez(&staying, false).ok, "{}", livez(&staying, true).body);
+        assert!(!health(&staying).ok, "the agent is gone: /health fails");
+        for what in [Awaiting::WaitState, Awaiting::OtherGuards] {
+            assert!(livez(&gone(Some(what)), false).ok, "{what:?}");
+        }
+        let done = gone(None);
+        let answer = livez(&done, true);
+        assert!(!answer.ok);
+        assert!(
+            answer
+                .body
+                .contains("[-]agent failed: the agent has exited"),
+            "{}",
+            answer.body
+        );
+    }
+}
