@@ -429,7 +429,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "agent_guard_deregistration_end_time_seconds",
         kind: Kind::Gauge,
-        help: "When the last deregistration ended (the load balancer let go, or the wait was cut) and the agent could be told, in seconds since the Unix epoch.",
+        help: "When the last deregistration ended (the load balancer let go, or the wait was cut) and the agent could be told (after a crash loop: no agent), in seconds since the Unix epoch.",
         samples: |s| single(unix(s.load_balancer.deregistration.as_ref()?.ended?.0)),
     },
     Family {
