@@ -18,7 +18,8 @@
 //!    Next to it, `fsat`: directories used through their descriptors (the `*at` calls, `flock`,
 //!    owner and mode checks); imports nothing of the crate.
 //! 3. `model`: the pure vocabulary several parts decide on or show: `drain` (`DrainReason`),
-//!    `phase` (`PhaseName`), `notice` (`NoticeKind`), `hooks` (hook results and states), `restart` (the policy), and the
+//!    `phase` (`PhaseName`), `notice` (`NoticeKind`), `hooks` (hook results and states), `restart` (the policy),
+//!    `lifecycle_state` (every Auto Scaling lifecycle state, parsed in one place), and the
 //!    snapshot types each written by one owner: `run` (the supervisor's), `report` (the
 //!    agent's), `lifecycle` (the lifecycle work's), `status` (the typed `status` reply).
 //! 4. `cli`, `config`, `logging`: the raw flags; flags + env + TOML file → a validated `Config`
@@ -35,7 +36,7 @@
 //!    lifecycle work what it must know, and returns the `Outcome` (the deciding drain reason
 //!    included) once the agent's group is gone.
 //! 7. `aws`: `imds`, `notices` (the poller over its registry of sources, one module each),
-//!    `lifecycle_state`, `scheduled` (IMDS and what it says); `api`, `context`,
+//!    `scheduled` (IMDS and what it says); `api`, `context`,
 //!    `hook_calls`, `backoff` (the Auto Scaling calls and the one shared context); `lifecycle`,
 //!    `termination`, `wait_state` (the hooks, completed once by the last agent out,
 //!    in the wait state however late); `status` (the lifecycle snapshot, written only here);

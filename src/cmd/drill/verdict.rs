@@ -6,12 +6,12 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use crate::aws::lifecycle_state::LifecycleState;
 use crate::cli::DrillEvent;
 use crate::config::OnMaintenance;
 use crate::fmt::format_duration;
 use crate::journal::Record;
 use crate::machine::state::PhaseName;
+use crate::model::lifecycle_state::LifecycleState;
 use crate::process::exit::is_clean_status;
 use crate::process::sig::Sig;
 
