@@ -84,7 +84,10 @@ impl AgentId {
     /// the instance under it.
     pub fn alive(&self) -> bool {
         // Both: a process the agent moved out of its cgroup (root may) still holds the group.
-        self.cgroup.as_deref().is_some_and(cgroup::populated_at) || self.group_alive()
+        self.cgroup
+            .as_deref()
+            .is_some_and(cgroup::recorded_populated)
+            || self.group_alive()
     }
 
     /// Whether any process of the agent's process group still runs (zombies aside).
@@ -153,28 +156,69 @@ mod tests {
         assert!(!id.alive());
     }
 
-    /// Issue 25: a `setsid()` grandchild leaves the agent's group, not its cgroup. A temporary
-    /// directory stands for the cgroup: its `cgroup.events` is what the kernel would say.
+    /// Issue 25: a `setsid()` grandchild leaves the agent's group, not its cgroup: with the
+    /// group gone, the agent runs while its recorded cgroup holds a process.
     #[test]
     fn an_agent_whose_group_is_gone_lives_while_its_cgroup_is_populated() {
-        let mut child = std::process::Command::new("true").spawn().expect("true");
-        let pid = i32::try_from(child.id()).expect("pid");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let events = dir.path().join("cgroup.events");
-        std::fs::write(&events, "populated 1\nfrozen 0\n").expect("events");
-        let id = AgentId::of(pid, Some(dir.path().to_path_buf())).expect("in /proc");
-        child.wait().expect("reaped");
-        assert!(id.alive(), "its group is gone, its cgroup holds a process");
+        use std::os::unix::process::CommandExt;
+        let Some(cgroup) = crate::process::cgroup::AgentCgroup::for_test("unit-agent-id") else {
+            return;
+        };
+        let mut agent = std::process::Command::new("true")
+            .process_group(0)
+            .spawn()
+            .expect("true");
+        let pid = i32::try_from(agent.id()).expect("pid");
+        let id = AgentId::of(pid, Some(cgroup.path().to_path_buf())).expect("in /proc");
+        agent.wait().expect("reaped");
+        assert!(!id.alive(), "group gone, cgroup empty");
+        let join = cgroup.join_fd();
+        let mut left = std::process::Command::new("sleep");
+        left.arg("30");
+        // SAFETY: one write(2) between fork and exec.
+        unsafe { left.pre_exec(move || crate::process::cgroup::enter(join)) };
+        let mut left = left.spawn().expect("sleep in the cgroup");
+        let alive = id.alive();
         let json = serde_json::to_string(&id).expect("json");
         let back: AgentId = serde_json::from_str(&json).expect("read back");
-        assert!(back.alive(), "recorded with the cgroup: {json}");
-        std::fs::write(&events, "populated 0\nfrozen 0\n").expect("events");
-        assert!(!id.alive(), "the cgroup is empty");
-        std::fs::write(&events, "populated 1\nfrozen 0\n").expect("events");
-        drop(dir);
+        let alive_as_recorded = back.alive();
+        left.kill().expect("kill");
+        left.wait().expect("reaped");
+        assert!(alive, "its group is gone, its cgroup holds a process");
+        assert!(alive_as_recorded, "recorded with the cgroup: {json}");
+        assert!(!id.alive(), "the cgroup is empty again");
+        cgroup.remove();
         assert!(
             !id.alive(),
             "a cgroup removed was empty (the kernel removes no other)"
         );
+    }
+
+    /// A recorded path that is not a cgroup (another user of the hooks directory may have
+    /// written it) counts as an agent still there, and is never read as a cgroup: a FIFO in
+    /// place of `cgroup.events` does not hold the reader up.
+    #[test]
+    fn a_recorded_cgroup_that_is_not_one_is_not_trusted_and_does_not_block() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = std::ffi::CString::new(
+            dir.path()
+                .join("cgroup.events")
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .expect("path");
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let id = AgentId {
+            pgid: i32::MAX,
+            start: 0,
+            cgroup: Some(dir.path().to_path_buf()),
+        };
+        assert!(id.alive(), "not a cgroup: not taken for an empty one");
+        let gone = AgentId {
+            cgroup: Some(dir.path().join("removed")),
+            ..id
+        };
+        assert!(!gone.alive(), "nothing there: removed, so it was empty");
     }
 }

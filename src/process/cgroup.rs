@@ -23,7 +23,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use libc::pid_t;
@@ -402,6 +402,26 @@ impl AgentCgroup {
     }
 }
 
+#[cfg(test)]
+impl AgentCgroup {
+    /// A cgroup of a unit test's own, or `None` (and one line; a failure in CI) where this
+    /// machine cannot make one (not root, no cgroup v2).
+    pub(crate) fn for_test(name: &str) -> Option<AgentCgroup> {
+        match AgentCgroup::create(name, None) {
+            Ok((cgroup, _)) => Some(cgroup),
+            Err(err) => {
+                let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+                assert!(
+                    !ci,
+                    "no cgroup for the test: {err} (with CI=true a skip is a failure)"
+                );
+                eprintln!("SKIPPED: no cgroup for the test here: {err}");
+                None
+            }
+        }
+    }
+}
+
 /// The `--on-drain` command's cgroup ([`AgentCgroup::on_drain`]): entered by the command before
 /// its exec, killed with `cgroup.kill`, empty before the guard is done.
 #[derive(Debug)]
@@ -669,10 +689,58 @@ fn delegated(dir: &Path) -> bool {
 /// Whether any process is left in the cgroup `dir` (`populated 1`), its children included.
 /// Zombies do not count: they do no work. A cgroup that is no longer there holds no process;
 /// any other failure to read counts as populated, so that nothing is called gone unproven.
-pub fn populated_at(dir: &Path) -> bool {
+fn populated_at(dir: &Path) -> bool {
     match fs::read_to_string(dir.join("cgroup.events")) {
         Ok(text) => parse_populated(&text).unwrap_or(true),
         Err(err) => err.kind() != io::ErrorKind::NotFound,
+    }
+}
+
+/// `statfs`'s `f_type` of a cgroup v2 file system (linux/magic.h).
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+
+/// [`populated_at`] for a path read from a file another user could have written (a dead guard's
+/// registration in the hooks directory): only a directory on a cgroup v2 file system is read as
+/// a cgroup, through its descriptor, without following a link and without waiting (a FIFO in
+/// its place would hold the reader for ever). Anything else there counts as populated (the
+/// others wait for it, bounded, as for any registration that cannot be trusted); nothing there
+/// counts as empty, since the kernel removes no populated cgroup.
+pub fn recorded_populated(dir: &Path) -> bool {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+    {
+        Ok(dir) => dir,
+        Err(err) => return err.kind() != io::ErrorKind::NotFound,
+    };
+    // SAFETY: fstatfs fills the zeroed struct for a descriptor we own.
+    let on_cgroup2 = unsafe {
+        let mut fs: libc::statfs = std::mem::zeroed();
+        libc::fstatfs(dir.as_raw_fd(), &mut fs) == 0 && fs.f_type as u64 == CGROUP2_SUPER_MAGIC
+    };
+    if !on_cgroup2 {
+        return true;
+    }
+    // SAFETY: openat(2) relative to a directory we own, with a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c"cgroup.events".as_ptr(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT);
+    }
+    // SAFETY: a descriptor just opened, owned from here on.
+    let mut events = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut buf = [0u8; 256];
+    match events.read(&mut buf) {
+        Ok(n) => parse_populated(&String::from_utf8_lossy(&buf[..n])).unwrap_or(true),
+        Err(err) => err.raw_os_error() != Some(libc::ENODEV),
     }
 }
 
