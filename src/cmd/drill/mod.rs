@@ -340,6 +340,7 @@ impl Drill {
         let observed = observations.sorted();
         let scenario = Scenario {
             event: self.args.event,
+            terminate_hook: self.hook.clone(),
             stop_signal: self.config.stop_signal,
             report_only: self.report_only(),
             spot_margin: self.config.spot_margin,
