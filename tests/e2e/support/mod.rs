@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -158,6 +159,21 @@ pub fn command() -> Command {
     // Each guard its own control socket: tests run at once and many agents share a name.
     cmd.env("AGENT_GUARD_SOCKET", unique_socket());
     cmd.stdin(Stdio::null());
+    // And no signal ignored: a test binary started from a script's background job (`cmd &`
+    // without job control, nohup) inherits SIGINT and SIGQUIT (or SIGHUP) ignored, and every
+    // guard would pass that on. A test that wants one ignored says so in a pre_exec of its own,
+    // which runs after this one.
+    // SAFETY: only signal(2), async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in 1..=libc::SIGSYS {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            Ok(())
+        });
+    }
     cmd
 }
 
