@@ -146,9 +146,9 @@ pub struct Cli {
     pub crash_loop: String,
 
     /// After a crash loop: `unhealthy` marks the instance Unhealthy (SetInstanceHealth) so the
-    /// group replaces it, and with --terminate-hook stays to complete that termination's hook
-    /// (at most the hook's timeout), then exits with the agent's last status (outside a group it
-    /// just exits); `exit` just exits
+    /// group replaces it, deregisters it from its target groups (--target-groups), and with
+    /// --terminate-hook stays to complete that termination's hook (at most the hook's timeout),
+    /// then exits with the agent's last status (outside a group it just exits); `exit` just exits
     #[arg(
         long,
         env = "AGENT_GUARD_ON_CRASH_LOOP",

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::status::TrackedBy;
 pub use crate::model::{Awaiting, NoticeKind};
-use crate::model::{DrainReason, HookResult, HookState, PhaseName};
+use crate::model::{DrainReason, HookResult, HookState, LifecycleState, PhaseName};
 use crate::names::named_enum;
 use crate::process::sig::Sig;
 
@@ -131,10 +131,10 @@ pub enum Record {
     /// `--in-warm-pool wait`: the agent is not started while the instance is in a warm pool.
     WarmPoolHeld {
         /// The target lifecycle state (`Warmed:Running` …).
-        state: String,
+        state: LifecycleState,
     },
     /// The instance left the warm pool (the target state is InService): the agent starts.
-    WarmPoolReleased { state: String },
+    WarmPoolReleased { state: LifecycleState },
     /// The termination hook's work waits: for the instance's wait state, or for other guards.
     HookAwaiting {
         hook: String,
@@ -143,7 +143,7 @@ pub enum Record {
         detail: String,
     },
     /// The instance was seen in its wait state: heartbeats and the completion can start.
-    WaitStateSeen { hook: String, state: String },
+    WaitStateSeen { hook: String, state: LifecycleState },
     /// This guard's agent is gone, and another guard on the host completes the hook (or has).
     HookLeftToOthers {
         hook: String,

@@ -18,7 +18,8 @@
 //!    Next to it, `fsat`: directories used through their descriptors (the `*at` calls, `flock`,
 //!    owner and mode checks); imports nothing of the crate.
 //! 3. `model`: the pure vocabulary several parts decide on or show: `drain` (`DrainReason`),
-//!    `phase` (`PhaseName`), `notice` (`NoticeKind`), `hooks` (hook results and states), `restart` (the policy), and the
+//!    `phase` (`PhaseName`), `notice` (`NoticeKind`), `hooks` (hook results and states), `restart` (the policy),
+//!    `lifecycle_state` (every Auto Scaling lifecycle state, parsed in one place), and the
 //!    snapshot types each written by one owner: `run` (the supervisor's), `report` (the
 //!    agent's), `lifecycle` (the lifecycle work's), `status` (the typed `status` reply).
 //! 4. `cli`, `config`, `logging`: the raw flags; flags + env + TOML file → a validated `Config`
@@ -35,7 +36,7 @@
 //!    lifecycle work what it must know, and returns the `Outcome` (the deciding drain reason
 //!    included) once the agent's group is gone.
 //! 7. `aws`: `imds`, `notices` (the poller over its registry of sources, one module each),
-//!    `lifecycle_state`, `scheduled` (IMDS and what it says); `api`, `context`,
+//!    `scheduled` (IMDS and what it says); `api`, `context`,
 //!    `hook_calls`, `backoff` (the Auto Scaling calls and the one shared context); `lifecycle`,
 //!    `termination`, `wait_state` (the hooks, completed once by the last agent out,
 //!    in the wait state however late); `status` (the lifecycle snapshot, written only here);
@@ -104,7 +105,7 @@ use crate::agent::control::{Control, StatusFn};
 use crate::agent::report::Reports;
 use crate::agent::{control, sdnotify, unixsock};
 use crate::aws::context::SharedAws;
-use crate::aws::deregistration::Deregistration;
+use crate::aws::deregistration::{AfterCrashLoop, Deregistration};
 use crate::aws::emf;
 use crate::aws::imds::ImdsClient;
 use crate::aws::lifecycle::{self, HostHooks, LifecycleHandle};
@@ -351,14 +352,12 @@ async fn runs(
         crash::set_agent_group(0);
         let exit = outcome.exit.clone();
         if !back_in_warm_pool(config, &outcome) {
-            tasks.finish(outcome, signals).await;
+            ticking(&parts.out.tick, tasks.finish(outcome, signals)).await;
             remove_sockets(config);
             return Ok(Ended::Agent(exit));
         }
-        let Some(mut signals) = tasks
-            .back_in_pool(config, views, &mut parts.out, (outcome, signals))
-            .await
-        else {
+        let back = tasks.back_in_pool(config, views, &mut parts.out.told, (outcome, signals));
+        let Some(mut signals) = ticking(&parts.out.tick, back).await else {
             end_without_agent(tasks, config).await;
             return Ok(Ended::Agent(exit));
         };
@@ -380,6 +379,26 @@ async fn runs(
                 return Err(err.into());
             }
         };
+    }
+}
+
+/// Runs `work` (the hook's work once the agent is gone) with the guard's tick kept fresh: the
+/// supervisor's loop that ticked is over, and a guard that stays for a hook is at work, not
+/// stuck, for `/livez`. The tick's writer is the composition root from here on.
+async fn ticking<T>(
+    tick: &watch::Sender<std::time::Instant>,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = every.tick() => {
+                tick.send_replace(std::time::Instant::now());
+            }
+        }
     }
 }
 
@@ -695,6 +714,8 @@ struct Tasks {
     replace: Option<Replace>,
     /// For the supervisor: who stops the load balancer before the agent hears of a drain.
     load_balancer: Option<LoadBalancerLink>,
+    /// After a crash loop that marked the instance Unhealthy: take it out of its target groups.
+    after_crash_loop: Option<AfterCrashLoop>,
 }
 
 /// What `--on-crash-loop unhealthy` needs: the AWS context, if the guard can know its group.
@@ -764,17 +785,21 @@ impl Tasks {
             shutdown.clone(),
         ));
         let aws = shared_aws(config, wiring);
-        let load_balancer = load_balancer_aws(config, wiring, aws.as_ref()).map(|lb_aws| {
-            let (task, link) = Deregistration::new(
-                config.load_balancer.clone(),
-                lb_aws,
-                config.lifecycle.imds_endpoint.clone(),
-                started.events.clone(),
-                wiring.load_balancer.clone(),
-            );
-            servers.push(spawn_made(|| task.run(shutdown.clone())));
-            link
-        });
+        let (load_balancer, after_crash_loop) =
+            match load_balancer_aws(config, wiring, aws.as_ref()) {
+                Some(lb_aws) => {
+                    let (task, link, after_crash_loop) = Deregistration::new(
+                        config.load_balancer.clone(),
+                        lb_aws,
+                        config.lifecycle.imds_endpoint.clone(),
+                        started.events.clone(),
+                        wiring.load_balancer.clone(),
+                    );
+                    servers.push(spawn_made(|| task.run(shutdown.clone())));
+                    (Some(link), Some(after_crash_loop))
+                }
+                None => (None, None),
+            };
         if let Some(imds) = started.imds {
             servers.extend(spawn_notices(
                 config,
@@ -791,6 +816,7 @@ impl Tasks {
             protection: None,
             replace: replaces_on_crash_loop(config).then(|| Replace { aws: aws.clone() }),
             load_balancer,
+            after_crash_loop,
         };
         if let Some(aws) = aws {
             tasks.start_aws(config, wiring, aws, started.host_hooks);
@@ -860,6 +886,12 @@ impl Tasks {
             (true, Some(replace)) => replace::after_crash_loop(replace.aws.as_deref()).await,
             _ => false,
         };
+        // Its load balancer would send to the dead agent until its health checks fail: the
+        // instance leaves its target groups now, before the guard waits for the group. Only
+        // when marked Unhealthy: an instance that stays in service must stay registered.
+        if let (true, Some(lb)) = (marked_unhealthy, self.after_crash_loop) {
+            lb.deregister().await;
+        }
         if let Some(lifecycle) = self.lifecycle {
             // Only now, with the proof of exit in hand, may the termination hook complete.
             let over = lifecycle::RunOver {
@@ -880,7 +912,7 @@ impl Tasks {
         &mut self,
         config: &Config,
         views: &Views,
-        out: &mut Published,
+        told: &mut mpsc::Sender<ToLifecycle>,
         (outcome, signals): (Outcome, SignalSource),
     ) -> Option<SignalSource> {
         let Some(lifecycle) = self.lifecycle.take() else {
@@ -900,8 +932,8 @@ impl Tasks {
                 return Some(signals);
             }
         };
-        let (told, told_rx) = mpsc::channel(16);
-        out.told = told;
+        let (to_lifecycle, told_rx) = mpsc::channel(16);
+        *told = to_lifecycle;
         let reads = lifecycle::Reads {
             phase: views.phase.clone(),
             told: told_rx,
@@ -1032,23 +1064,28 @@ fn shared_aws(config: &Config, wiring: &Wiring) -> Option<Arc<SharedAws>> {
     })
 }
 
-/// Whether a drain may stop a load balancer first, and the AWS context it reads the target
-/// groups with (`None` inside: only `--lb-grace`). `auto` reads the group's target groups when
-/// the guard works with the group from the start (a lifecycle hook or scale-in protection), so
-/// that a guard that never called AWS does not begin to at start; listed ARNs always do.
+/// Whether a drain (or a crash loop's end) may stop a load balancer, the AWS context it reads
+/// the target groups with (`None` inside: only `--lb-grace`), and whether it reads them at
+/// start. `auto` reads the group's target groups at start when the guard works with the group
+/// from the start (a lifecycle hook or scale-in protection), so that a guard that never called
+/// AWS does not begin to at start; listed ARNs always do. A guard that works with its group only
+/// after a crash loop (`--on-crash-loop unhealthy`) reads them then, to deregister.
 fn load_balancer_aws(
     config: &Config,
     wiring: &Wiring,
     aws: Option<&Arc<SharedAws>>,
-) -> Option<Option<Arc<SharedAws>>> {
+) -> Option<(Option<Arc<SharedAws>>, bool)> {
     let lb = &config.load_balancer;
-    let from_group = config.imds != ImdsMode::Off
+    let imds = config.imds != ImdsMode::Off;
+    let at_start = imds
         && match lb.target_groups {
             TargetGroups::Off => false,
             TargetGroups::Auto => config.lifecycle.enabled() || config.busy.enabled(),
             TargetGroups::Arns(_) => true,
         };
-    let aws = from_group.then(|| {
+    let after_crash_loop =
+        imds && lb.target_groups == TargetGroups::Auto && replaces_on_crash_loop(config);
+    let aws = (at_start || after_crash_loop).then(|| {
         aws.cloned().unwrap_or_else(|| {
             SharedAws::new(
                 config.lifecycle.asg_name.clone(),
@@ -1058,7 +1095,7 @@ fn load_balancer_aws(
             )
         })
     });
-    (aws.is_some() || !lb.grace.is_zero()).then_some(aws)
+    (aws.is_some() || !lb.grace.is_zero()).then_some((aws, at_start))
 }
 
 /// The control and sd_notify sockets, bound before the agent starts.

@@ -34,7 +34,8 @@ impl UnknownName {
 /// `ALL` (every variant, in table order), `NAMES` (their names), `as_str`, `FromStr` (exact
 /// match; [`UnknownName`] otherwise), `Display` (the name) and serde `Serialize`/`Deserialize`
 /// as the name string. Attributes on the enum (derives, docs) and on each variant (docs,
-/// `#[default]`) are kept.
+/// `#[default]`) are kept. The open form (`_ => Other`) reads any name and keeps an unknown one
+/// as `Other(text)`, in serde too.
 macro_rules! named_enum {
     (
         $(#[$meta:meta])*
@@ -149,6 +150,19 @@ macro_rules! named_enum {
                 f.write_str(self.as_str())
             }
         }
+
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let name = <::std::borrow::Cow<'de, str>>::deserialize(d)?;
+                Ok($name::parse(&name))
+            }
+        }
     };
 }
 
@@ -200,6 +214,15 @@ mod tests {
         assert_eq!(Open::parse("Four"), Open::Other("Four".to_string()));
         assert_eq!(Open::parse("Four").as_str(), "Four");
         assert_eq!("One".parse::<Open>(), Ok(Open::One));
+        // serde: the name as text both ways, an unknown one kept.
+        for o in [Open::One, Open::Other("Four".to_string())] {
+            let json = serde_json::to_string(&o).expect("serializes");
+            assert_eq!(json, format!("\"{}\"", o.as_str()));
+            assert_eq!(
+                serde_json::from_str::<Open>(&json).expect("deserializes"),
+                o
+            );
+        }
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! The drain's load-balancer step: finds this instance's target groups once at set-up, and on
 //! each hold from the supervisor deregisters it, waits (within the hold's bound) for the load
-//! balancer to stop sending, and answers `LoadBalancerDone` so that the agent is told.
+//! balancer to stop sending, and answers `LoadBalancerDone` so that the agent is told. After a
+//! crash loop that marked the instance Unhealthy it deregisters it too, asked by the composition
+//! root ([`AfterCrashLoop`]): no agent is left, so nothing is held and nothing is told.
 //!
-//! Nothing is called on the idle path: the set-up reads the target groups once, and every other
-//! call belongs to a drain.
+//! Nothing is called on the idle path: the set-up reads the target groups once (or, for a guard
+//! that works with its group only after a crash loop, only then), and every other call belongs
+//! to a drain or to the crash loop's end.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::aws::context::{AwsContext, SharedAws};
@@ -19,7 +22,8 @@ use crate::fmt::format_duration;
 use crate::machine::state::Event;
 use crate::machine::supervisor::{Hold, LoadBalancerLink};
 use crate::model::load_balancer::{
-    DeregistrationEnd, DeregistrationRun, LoadBalancerStatus, TargetGroupState, TargetState,
+    DeregisteredFor, DeregistrationEnd, DeregistrationRun, LoadBalancerStatus, TargetGroupState,
+    TargetState,
 };
 
 /// How long past the deregistration delay the wait lasts, so that the poll sees the target
@@ -31,6 +35,40 @@ const CUT_BY_MORE_THAN: Duration = Duration::from_secs(1);
 
 /// How long IMDS is given for each of the instance's addresses.
 const ADDRESS_WITHIN: Duration = Duration::from_secs(2);
+
+/// The longest the hook's work waits for `DeregisterTargets` after a crash loop (a set-up done
+/// only then included): each call is bounded by the AWS context's own timeouts, and this bounds
+/// them all together, so that a load balancer that does not answer never holds the hook.
+const ASKED_WITHIN: Duration = Duration::from_secs(20);
+
+/// The answer to a deregistration after a crash loop: sent once `DeregisterTargets` was
+/// answered (or there was nothing to call).
+type Answered = oneshot::Sender<()>;
+
+/// The composition root's side of the deregistration after a crash loop: its own typed message,
+/// so that nothing of it reaches the supervisor, or the agent, as a drain.
+pub struct AfterCrashLoop {
+    ask: oneshot::Sender<Answered>,
+}
+
+impl AfterCrashLoop {
+    /// The crash loop ended with the instance marked Unhealthy: asks for the deregistration and
+    /// returns once `DeregisterTargets` was answered, or at most [`ASKED_WITHIN`]. The wait for
+    /// the load balancer to let go goes on beside the hook's work (no agent is left to tell), for
+    /// the log and `/status` alone.
+    pub async fn deregister(self) {
+        let (answered, answer) = oneshot::channel();
+        if self.ask.send(answered).is_err() {
+            return;
+        }
+        if tokio::time::timeout(ASKED_WITHIN, answer).await.is_err() {
+            tracing::warn!(
+                within = %format_duration(ASKED_WITHIN),
+                "load balancer: no answer to the deregistration after the crash loop; the hook's work goes on"
+            );
+        }
+    }
+}
 
 /// The task's side of the supervisor's [`LoadBalancerLink`].
 pub struct Deregistration {
@@ -47,25 +85,32 @@ pub struct Deregistration {
     called_off: Arc<Notify>,
     /// The targets are deregistered by this task and not registered again yet.
     deregistered: bool,
+    /// The target groups are read at start, for drains; else only after a crash loop.
+    read_at_start: bool,
+    /// Where the composition root asks for the deregistration after a crash loop.
+    after_crash_loop: Option<oneshot::Receiver<Answered>>,
 }
 
 impl Deregistration {
-    /// The task and the link the supervisor is given. `aws` is `None` when there is no group to
-    /// read target groups from; `--lb-grace` still holds readiness then. `status` is the
-    /// snapshot this task alone writes.
+    /// The task, the link the supervisor is given, and the composition root's handle for the
+    /// end of a crash loop. `aws` is `None` when there is no group to read target groups from;
+    /// `--lb-grace` still holds readiness then. `read_at_start`: the target groups are read at
+    /// set-up, for drains; else only once a crash loop asks (drains then deregister nothing).
+    /// `status` is the snapshot this task alone writes.
     pub fn new(
         settings: LoadBalancerSettings,
-        aws: Option<Arc<SharedAws>>,
+        (aws, read_at_start): (Option<Arc<SharedAws>>, bool),
         imds_endpoint: String,
         events: mpsc::Sender<Event>,
         status: watch::Sender<LoadBalancerStatus>,
-    ) -> (Deregistration, LoadBalancerLink) {
+    ) -> (Deregistration, LoadBalancerLink, AfterCrashLoop) {
         let grace = (!settings.grace.is_zero()).then_some(settings.grace);
         let (wait, wait_rx) = watch::channel(grace);
         let (holds_tx, holds) = mpsc::channel(4);
         let aws = aws.filter(|_| settings.target_groups != TargetGroups::Off);
         status.send_modify(|s| s.active = true);
         let called_off = Arc::new(Notify::new());
+        let (ask, asked) = oneshot::channel();
         (
             Deregistration {
                 settings,
@@ -77,21 +122,28 @@ impl Deregistration {
                 status,
                 called_off: called_off.clone(),
                 deregistered: false,
+                read_at_start,
+                after_crash_loop: Some(asked),
             },
             LoadBalancerLink {
                 wait: wait_rx,
                 holds: holds_tx,
                 called_off,
             },
+            AfterCrashLoop { ask },
         )
     }
 
-    /// Set-up, then one answer per hold, until `shutdown`.
+    /// Set-up, then one answer per hold (and the crash loop's end, if asked), until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let found = tokio::select! {
-            found = self.set_up() => found,
-            _ = shutdown.cancelled() => return,
-        };
+        let mut found = None;
+        if self.read_at_start {
+            found = tokio::select! {
+                found = self.set_up() => found,
+                _ = shutdown.cancelled() => return,
+            };
+        }
+        let mut crash_loop = self.after_crash_loop.take();
         loop {
             let hold = tokio::select! {
                 hold = self.holds.recv() => hold,
@@ -100,6 +152,16 @@ impl Deregistration {
                     if let Some((ctx, memberships)) = &found {
                         self.register_again(ctx, memberships).await;
                     }
+                    continue;
+                }
+                answered = asked(&mut crash_loop) => {
+                    if !self.read_at_start {
+                        found = tokio::select! {
+                            found = self.set_up() => found,
+                            _ = shutdown.cancelled() => return,
+                        };
+                    }
+                    self.after_crash_loop(found.as_ref(), answered, &shutdown).await;
                     continue;
                 }
                 _ = shutdown.cancelled() => return,
@@ -124,7 +186,7 @@ impl Deregistration {
         let ctx = match aws.get().await {
             Ok(ctx) => ctx,
             Err(e) => {
-                tracing::warn!(error = %e, "load balancer: cannot read the target groups; a drain will not deregister");
+                tracing::warn!(error = %e, "load balancer: cannot read the target groups; nothing will be deregistered");
                 return None;
             }
         };
@@ -142,13 +204,13 @@ impl Deregistration {
         let memberships = match found {
             Ok(m) if m.is_empty() => {
                 tracing::info!(
-                    "load balancer: this instance is in no target group; a drain will not deregister"
+                    "load balancer: this instance is in no target group; nothing to deregister from"
                 );
                 return None;
             }
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(error = %e, "load balancer: cannot read the target groups; a drain will not deregister");
+                tracing::warn!(error = %e, "load balancer: cannot read the target groups; nothing will be deregistered");
                 return None;
             }
         };
@@ -165,7 +227,11 @@ impl Deregistration {
                 .collect();
         });
         for m in &memberships {
-            tracing::info!(target_group = %m.arn, targets = m.targets.len(), delay = %format_duration(m.delay), "load balancer: a drain deregisters this instance from this target group first");
+            if self.read_at_start {
+                tracing::info!(target_group = %m.arn, targets = m.targets.len(), delay = %format_duration(m.delay), "load balancer: a drain deregisters this instance from this target group first");
+            } else {
+                tracing::info!(target_group = %m.arn, targets = m.targets.len(), delay = %format_duration(m.delay), "load balancer: read after the crash loop; deregistering this instance from this target group");
+            }
         }
         // Even a target group without a delay is waited for while DeregisterTargets is answered
         // and the target read once: only `--deregistration-wait 0` tells the agent at once.
@@ -193,15 +259,7 @@ impl Deregistration {
     /// DeregisterTargets, then the wait for the targets to leave `draining`, within the hold.
     async fn deregister(&mut self, ctx: &AwsContext, memberships: &[Membership], hold: Hold) {
         let started = Instant::now();
-        self.status.send_modify(|s| {
-            s.deregistration = Some(DeregistrationRun {
-                reason: hold.reason,
-                started: SystemTime::now(),
-                ended: None,
-                took: None,
-                registered_again: None,
-            });
-        });
+        self.begun(DeregisteredFor::Drain(hold.reason));
         if let Err(e) = targets::deregister(&ctx.elb, memberships).await {
             let (why, end) = if e.denied() {
                 ("deregistration was refused", DeregistrationEnd::Refused)
@@ -248,6 +306,79 @@ impl Deregistration {
             }
         };
         self.ended(end, started.elapsed());
+    }
+
+    /// After a crash loop marked the instance Unhealthy: `DeregisterTargets`, then `answered`
+    /// (the hook's work goes on), then the wait for the load balancer to let go, for the log and
+    /// `/status` alone, until `shutdown`. No agent is left: nothing is held, `--lb-grace` has
+    /// nothing to hold for (readiness is 503 already), and nothing goes to the supervisor. The
+    /// cases with nothing to call say so in one line and answer at once.
+    async fn after_crash_loop(
+        &mut self,
+        found: Option<&(Arc<AwsContext>, Vec<Membership>)>,
+        answered: Answered,
+        shutdown: &CancellationToken,
+    ) {
+        let Some((ctx, memberships)) = found else {
+            // A set-up done only now has said why in its own line.
+            if self.read_at_start {
+                tracing::info!(
+                    "load balancer: no target group to deregister from after the crash loop; the load balancer's health checks take the instance out"
+                );
+            }
+            let _ = answered.send(());
+            return;
+        };
+        let started = Instant::now();
+        self.begun(DeregisteredFor::CrashLoop);
+        if let Err(e) = targets::deregister(&ctx.elb, memberships).await {
+            let (why, end) = if e.denied() {
+                ("refused", DeregistrationEnd::Refused)
+            } else {
+                ("failed", DeregistrationEnd::Failed)
+            };
+            tracing::warn!(error = %e, "load balancer: deregistration after the crash loop {why}; the load balancer's health checks take the instance out");
+            self.ended(end, started.elapsed());
+            let _ = answered.send(());
+            return;
+        }
+        self.deregistered = true;
+        let _ = answered.send(());
+        tracing::info!(
+            target_groups = memberships.len(),
+            "load balancer: deregistered after the crash loop (no agent to drain); the hook's work goes on while it lets go"
+        );
+        let bound = targets::wait_bound(memberships, self.settings.wait, Duration::MAX) + OBSERVE;
+        let seen = |states: &[TargetState]| self.seen(memberships, states);
+        let waited = tokio::select! {
+            waited = targets::wait_drained(&ctx.elb, memberships, bound, seen) => waited,
+            _ = shutdown.cancelled() => return,
+        };
+        let took = shown(started.elapsed());
+        let end = match waited {
+            Drained::Done { .. } => {
+                tracing::info!(took = %took, "load balancer done after the crash loop: the target left draining");
+                DeregistrationEnd::Done
+            }
+            Drained::Cut { .. } => {
+                tracing::info!(took = %took, "load balancer still draining at the end of the wait after the crash loop; the group's termination ends it");
+                DeregistrationEnd::Cut
+            }
+        };
+        self.ended(end, started.elapsed());
+    }
+
+    /// A deregistration begins, for `reason`.
+    fn begun(&self, reason: DeregisteredFor) {
+        self.status.send_modify(|s| {
+            s.deregistration = Some(DeregistrationRun {
+                reason,
+                started: SystemTime::now(),
+                ended: None,
+                took: None,
+                registered_again: None,
+            });
+        });
     }
 
     /// The drain was called off before the agent heard of it: the targets this task deregistered
@@ -310,6 +441,19 @@ impl Deregistration {
         tracing::info!(grace = %shown(grace), "load balancer: {why}; holding readiness at 503 (--lb-grace) before the agent hears of the drain");
         tokio::time::sleep(grace).await;
     }
+}
+
+/// The composition root's ask after a crash loop, once; pending for ever before it and after.
+async fn asked(ask: &mut Option<oneshot::Receiver<Answered>>) -> Answered {
+    if let Some(receiver) = ask.as_mut()
+        && let Ok(answered) = receiver.await
+    {
+        *ask = None;
+        return answered;
+    }
+    // Dropped unasked (the guard exits another way), or already answered: nothing more comes.
+    *ask = None;
+    std::future::pending().await
 }
 
 /// A duration for the log, to a tenth of a second: `4.9s` reads better than nanoseconds.

@@ -32,7 +32,6 @@ use tokio::time::{Interval, MissedTickBehavior};
 use crate::aws::backoff;
 use crate::aws::context::SharedAws;
 use crate::aws::hook_calls::{HookApi, MAX_RETRY_WINDOW};
-use crate::aws::lifecycle_state::LifecycleState;
 use crate::aws::notices::ImdsStatus;
 use crate::aws::status::LifecycleBoard;
 use crate::aws::termination::{Gone, Shared, on_host};
@@ -47,6 +46,7 @@ use crate::machine::supervisor::{Outcome, ToLifecycle};
 use crate::model::HookState;
 use crate::model::hooks::HookStatus;
 use crate::model::lifecycle::AwaitingStatus;
+use crate::model::lifecycle_state::LifecycleState;
 use crate::model::run::RunStats;
 use crate::process::exit::{ChildExit, ExitKind};
 use crate::process::sig::Sig;
@@ -599,7 +599,7 @@ impl<'a> Watch<'a> {
                 self.wait_seen = true;
                 let record = Record::WaitStateSeen {
                     hook: hook.to_string(),
-                    state: state.clone(),
+                    state: LifecycleState::parse(&state),
                 };
                 tracing::info!(hook, journal = %record.json(), "lifecycle: the instance is in {state}; heartbeats start");
                 self.board.update(|l| l.awaiting = None);

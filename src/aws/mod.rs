@@ -9,7 +9,6 @@ pub(crate) mod health_status;
 pub(crate) mod hook_calls;
 pub(crate) mod imds;
 pub(crate) mod lifecycle;
-pub(crate) mod lifecycle_state;
 pub(crate) mod maintenance;
 pub(crate) mod notices;
 pub(crate) mod protection;

@@ -15,8 +15,8 @@ use std::time::Duration;
 use crate::aws::api::{CallError, record_result};
 use crate::aws::backoff;
 use crate::aws::context::AwsContext;
-use crate::aws::lifecycle_state::LifecycleState;
 use crate::aws::status::LifecycleBoard;
+use crate::model::lifecycle_state::LifecycleState;
 
 /// The longest deregistration delay a target group allows (`deregistration_delay.timeout_seconds`
 /// is 0–3600): the wait state may come this late after the notice.

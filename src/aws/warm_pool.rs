@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
-use crate::aws::lifecycle_state::LifecycleState;
 use crate::aws::notices::ImdsStatus;
 use crate::journal::Record;
+use crate::model::lifecycle_state::LifecycleState;
 use crate::process::upstream::Upstream;
 
 /// How long the guard waits for a first target lifecycle state before starting the agent
@@ -90,7 +90,7 @@ pub async fn hold(
         "the instance is in a warm pool ({state}): the agent starts once its target lifecycle state is InService (--in-warm-pool wait)"
     );
     let record = Record::WarmPoolHeld {
-        state: state.clone(),
+        state: LifecycleState::parse(&state),
     };
     tracing::info!(journal = %record.json(), "{why}");
     upstream.send(&format!("STATUS=held: in a warm pool ({state})"));
@@ -111,7 +111,9 @@ pub async fn hold(
                 let now = imds.borrow_and_update().lifecycle_state.clone();
                 let Some(now) = now.filter(|n| *n != last) else { continue };
                 if releases(&now) {
-                    let record = Record::WarmPoolReleased { state: now.clone() };
+                    let record = Record::WarmPoolReleased {
+                        state: LifecycleState::parse(&now),
+                    };
                     tracing::info!(journal = %record.json(), "target lifecycle state is {now}: starting the agent");
                     held.send_replace(None);
                     return Release::InService;

@@ -429,7 +429,7 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "agent_guard_deregistration_end_time_seconds",
         kind: Kind::Gauge,
-        help: "When the last deregistration ended (the load balancer let go, or the wait was cut) and the agent could be told, in seconds since the Unix epoch.",
+        help: "When the last deregistration ended (the load balancer let go, or the wait was cut) and the agent could be told (after a crash loop: no agent), in seconds since the Unix epoch.",
         samples: |s| single(unix(s.load_balancer.deregistration.as_ref()?.ended?.0)),
     },
     Family {
@@ -758,7 +758,9 @@ agent_guard_subscribers 0
 
     #[test]
     fn the_target_groups_and_the_last_deregistration_are_shown() {
-        use crate::model::load_balancer::{DeregistrationEnd, DeregistrationRun, TargetGroupState};
+        use crate::model::load_balancer::{
+            DeregisteredFor, DeregistrationEnd, DeregistrationRun, TargetGroupState,
+        };
         let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
         let mut views = Views::fixed("agent", watch::channel(Phase::Ready).1);
         views.load_balancer = watch::channel(LoadBalancerStatus {
@@ -770,7 +772,7 @@ agent_guard_subscribers 0
                 delay: Duration::from_secs(5),
             }],
             deregistration: Some(DeregistrationRun {
-                reason: DrainReason::SpotInterruption,
+                reason: DeregisteredFor::Drain(DrainReason::SpotInterruption),
                 started: at(1_800_000_000),
                 ended: Some((at(1_800_000_005), DeregistrationEnd::Done)),
                 took: Some(Duration::from_millis(5200)),

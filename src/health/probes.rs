@@ -39,9 +39,12 @@ fn item(name: &'static str, ok: bool, why: impl Into<Cow<'static, str>>) -> Item
     }
 }
 
-/// `/livez`: alive while the guard's loop runs, the agent runs, and its watchdog (if any) is fed.
+/// `/livez`: the guard's liveness, for a probe that restarts what fails it: alive while the
+/// guard's loop runs, and the agent runs with its watchdog (if any) fed, or the guard stays
+/// after the agent to complete a lifecycle hook (after a crash loop it waits for the group to
+/// terminate the instance). A guard restarted then would leave that hook to its timeout.
 pub fn livez(views: &Views, verbose: bool) -> Answer {
-    listing("livez", live_items(views), verbose)
+    listing("livez", live_items(views, views.stays_for_hook()), verbose)
 }
 
 /// `/readyz`: ready while the phase is `ready` and every check passes with a fresh result.
@@ -49,10 +52,12 @@ pub fn readyz(views: &Views, verbose: bool) -> Answer {
     listing("readyz", ready_items(views), verbose)
 }
 
-fn live_items(views: &Views) -> [Item; 3] {
+/// The liveness items; `staying`: the agent is gone and the guard stays, at work, for a hook
+/// (the agent's items then pass: nothing of it is left to be alive or to feed a watchdog).
+fn live_items(views: &Views, staying: bool) -> [Item; 3] {
     let now = Instant::now();
     let tick = views.last_tick();
-    let ended = views.phase.borrow().ended();
+    let ended = views.phase.borrow().ended() && !staying;
     [
         item(
             "supervisor",
@@ -63,7 +68,7 @@ fn live_items(views: &Views) -> [Item; 3] {
         item("agent", !ended, "the agent has exited"),
         item(
             "watchdog",
-            !views.watchdog_missed(now),
+            staying || !views.watchdog_missed(now),
             "the agent missed its --watchdog deadline",
         ),
     ]
@@ -124,7 +129,8 @@ fn listing(kind: &str, items: impl IntoIterator<Item = Item>, verbose: bool) -> 
 pub fn health(views: &Views) -> Answer {
     let wall = SystemTime::now();
     let phase = views.phase.borrow().clone();
-    let live = live_items(views);
+    // The agent's own liveness: a guard staying for a hook does not make a gone agent alive.
+    let live = live_items(views, false);
     let alive = live.iter().all(|i| i.ok);
     let verdicts = views.checks.borrow().verdicts(Instant::now());
     // Starting, draining and stopping are expected on the way, not failures.
@@ -214,4 +220,52 @@ fn check_entry(v: &Verdict) -> Value {
         entry["output"] = json!(v.why);
     }
     entry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Awaiting;
+    use crate::model::lifecycle::{AwaitingStatus, LifecycleStatus};
+    use crate::process::exit::ChildExit;
+    use tokio::sync::watch;
+
+    /// Views of an agent that is gone for good; `awaiting`: what the lifecycle work waits for.
+    fn gone(awaiting: Option<Awaiting>) -> Views {
+        let phase = watch::channel(Phase::Done(ChildExit::for_test(1))).1;
+        let mut views = Views::fixed("agent", phase);
+        views.lifecycle = watch::channel(LifecycleStatus {
+            awaiting: awaiting.map(|what| AwaitingStatus {
+                what,
+                since: SystemTime::now(),
+                detail: String::new(),
+            }),
+            ..LifecycleStatus::default()
+        })
+        .1;
+        views
+    }
+
+    /// A guard that stays after its agent to complete a hook (after a crash loop, for the
+    /// group to terminate the instance) is live: a liveness probe must not restart it and leave
+    /// the hook to its timeout. Its `/health` still says the agent is not alive.
+    #[test]
+    fn livez_passes_while_the_guard_stays_for_a_hook_and_fails_once_nothing_is_left_to_do() {
+        let staying = gone(Some(Awaiting::Termination));
+        assert!(livez(&staying, false).ok, "{}", livez(&staying, true).body);
+        assert!(!health(&staying).ok, "the agent is gone: /health fails");
+        for what in [Awaiting::WaitState, Awaiting::OtherGuards] {
+            assert!(livez(&gone(Some(what)), false).ok, "{what:?}");
+        }
+        let done = gone(None);
+        let answer = livez(&done, true);
+        assert!(!answer.ok);
+        assert!(
+            answer
+                .body
+                .contains("[-]agent failed: the agent has exited"),
+            "{}",
+            answer.body
+        );
+    }
 }

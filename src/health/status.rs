@@ -279,7 +279,7 @@ mod tests {
     use crate::model::hooks::HookState;
     use crate::model::lifecycle::AwaitingStatus;
     use crate::model::load_balancer::{
-        DeregistrationEnd, DeregistrationRun, TargetGroupState, TargetState,
+        DeregisteredFor, DeregistrationEnd, DeregistrationRun, TargetGroupState, TargetState,
     };
     use crate::model::report::AgentReport;
     use crate::model::run::{DrainInfo, RunStats};
@@ -414,7 +414,7 @@ mod tests {
                 delay: Duration::from_secs(300),
             }],
             deregistration: Some(DeregistrationRun {
-                reason: DrainReason::SpotInterruption,
+                reason: DeregisteredFor::Drain(DrainReason::SpotInterruption),
                 started: at(10),
                 ended: Some((at(15), DeregistrationEnd::Cut)),
                 took: Some(Duration::from_millis(5001)),

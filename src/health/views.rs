@@ -90,7 +90,15 @@ impl Views {
         self.started.elapsed()
     }
 
-    /// The supervisor's last wake-up.
+    /// Whether the agent is gone for good and the guard stays only to complete a lifecycle hook
+    /// (the lifecycle work says what it waits for: the wait state, the other guards, or the
+    /// instance's termination after a crash loop).
+    pub fn stays_for_hook(&self) -> bool {
+        self.phase.borrow().ended() && self.lifecycle.borrow().awaiting.is_some()
+    }
+
+    /// The supervisor's last wake-up (after the last agent, the composition root's, while the
+    /// guard stays for a hook).
     pub fn last_tick(&self) -> Instant {
         *self.tick.borrow()
     }

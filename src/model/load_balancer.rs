@@ -56,10 +56,60 @@ pub struct TargetGroupState {
     pub delay: Duration,
 }
 
-/// The last deregistration: begun for `reason` at `started`; `ended` once the agent could be told.
+/// Why the instance was taken out of its target groups: a drain the group does not deregister
+/// for, or a crash loop that ended with the instance marked Unhealthy (no agent is left to
+/// drain; the group replaces the instance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeregisteredFor {
+    Drain(DrainReason),
+    CrashLoop,
+}
+
+impl DeregisteredFor {
+    /// The name `/status` shows: the drain's reason, or `crash-loop`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeregisteredFor::Drain(reason) => reason.as_str(),
+            DeregisteredFor::CrashLoop => "crash-loop",
+        }
+    }
+}
+
+impl std::fmt::Display for DeregisteredFor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeregisteredFor {
+    type Err = crate::names::UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == DeregisteredFor::CrashLoop.as_str() {
+            return Ok(DeregisteredFor::CrashLoop);
+        }
+        s.parse().map(DeregisteredFor::Drain)
+    }
+}
+
+impl serde::Serialize for DeregisteredFor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeregisteredFor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The last deregistration: begun for `reason` at `started`; `ended` once the agent could be told
+/// (after a crash loop: once the load balancer let go, for the log and `/status` alone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeregistrationRun {
-    pub reason: DrainReason,
+    pub reason: DeregisteredFor,
     pub started: SystemTime,
     pub ended: Option<(SystemTime, DeregistrationEnd)>,
     /// How long the load balancer took to let go (until the end, whichever it was).

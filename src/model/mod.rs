@@ -4,6 +4,7 @@
 //! - `drain`: [`DrainReason`], and whether a drain ends the instance.
 //! - `notice`: [`NoticeKind`], which kind of notice IMDS gave.
 //! - `phase`: [`PhaseName`], the phase as the outside world names it.
+//! - `lifecycle_state`: [`LifecycleState`], every Auto Scaling lifecycle state, parsed once.
 //! - `hooks`: [`HookResult`], [`HookState`], [`Awaiting`]: lifecycle hooks as every part names them.
 //! - `run`, `report`, `lifecycle`: snapshot types, each written by one owner and read by the
 //!   others through a `watch`: the supervisor's run, the agent's reports, the lifecycle work.
@@ -14,6 +15,7 @@
 pub(crate) mod drain;
 pub(crate) mod hooks;
 pub(crate) mod lifecycle;
+pub(crate) mod lifecycle_state;
 pub(crate) mod load_balancer;
 pub(crate) mod notice;
 pub(crate) mod phase;
@@ -24,6 +26,7 @@ pub(crate) mod status;
 
 pub use self::drain::DrainReason;
 pub use self::hooks::{Awaiting, HookResult, HookState};
+pub use self::lifecycle_state::LifecycleState;
 pub use self::notice::NoticeKind;
 pub use self::phase::PhaseName;
 pub use self::restart::RestartPolicy;

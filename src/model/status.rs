@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::load_balancer::{DeregistrationEnd, TargetState};
+use crate::model::load_balancer::{DeregisteredFor, DeregistrationEnd, TargetState};
 use crate::model::{
     Awaiting, DrainReason, HookResult, HookState, NoticeKind, PhaseName, RestartPolicy,
 };
@@ -268,7 +268,8 @@ pub struct TargetGroupView {
 pub struct DeregistrationView {
     pub ended: Option<String>,
     pub outcome: Option<DeregistrationEnd>,
-    pub reason: DrainReason,
+    /// The drain's reason, or `crash-loop`.
+    pub reason: DeregisteredFor,
     /// When the targets were registered again, after the drain was called off.
     pub registered_again: Option<String>,
     pub started: String,

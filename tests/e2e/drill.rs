@@ -115,8 +115,11 @@ fn an_agent_that_ignores_sigterm_fails_naming_the_sigkill() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("FAIL:"), "{text}");
+    // "after 1s" as a rule; the interval is between two log lines' times, and on a loaded
+    // machine the stop signal's line can be written a few ms after the grace began ("997ms").
+    // The wording itself is the verdict's unit test.
     assert!(
-        text.contains("the agent ignored SIGTERM and was killed after 1s"),
+        text.contains("the agent ignored SIGTERM and was killed after "),
         "{text}"
     );
     assert!(text.contains("ABANDON, not CONTINUE"), "{text}");

@@ -8,6 +8,7 @@ mod cgroup_signals;
 mod cgroup_stale;
 mod clients;
 mod config;
+mod crash_loop_load_balancer;
 mod docs;
 mod doctor;
 mod drain_socket;

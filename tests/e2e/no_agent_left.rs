@@ -186,10 +186,13 @@ fn after_a_crash_loop_marked_the_instance_unhealthy_the_guard_stays_to_complete_
         .count();
     let exits = read(&log).lines().filter(|l| l.starts_with("exit")).count();
     assert_eq!((starts, exits), (3, 3), "{}", read(&log));
-    // Still there, serving health: not ready (nor live: its agent exited), saying why it stays.
+    // Still there, serving health: not ready, but live (at work: a liveness probe must not
+    // restart it and leave the hook to its timeout), saying why it stays.
     assert!(guard.child.try_wait().expect("try_wait").is_none());
     let addr = guard.health_addr();
     assert_eq!(http(&addr, "GET", "/readyz").0, 503);
+    let (code, _, body) = http(&addr, "GET", "/livez?verbose");
+    assert_eq!(code, 200, "{body}");
     let (code, _, body) = http(&addr, "GET", "/status");
     assert_eq!(code, 200);
     assert!(body.contains("\"termination\""), "{body}");

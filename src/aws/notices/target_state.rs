@@ -2,10 +2,10 @@
 //! to the warm pool (`Warmed:*` after `InService`) become drains; each new state is news once.
 
 use super::{Clock, Decision, ImdsStatus, NoticeRecord, Source, VALUE_SHOWN};
-use crate::aws::lifecycle_state::LifecycleState;
 use crate::fmt::capped;
 use crate::journal::NoticeKind;
 use crate::machine::state::DrainReason;
+use crate::model::lifecycle_state::LifecycleState;
 
 /// What this source reports.
 pub const KIND: NoticeKind = NoticeKind::LifecycleState;

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use crate::aws::lifecycle_state::LifecycleState;
 use crate::cli::{DrillArgs, DrillEvent};
 use crate::config::{
     self, Config, ConfigError, DeregistrationWait, Invocation, OnMaintenance, OnRebalance, Source,
@@ -26,6 +25,7 @@ use crate::config::{
 use crate::fmt::format_duration;
 use crate::journal::Record;
 use crate::machine::state::{PhaseName, ReadyOn};
+use crate::model::lifecycle_state::LifecycleState;
 use crate::sim::autoscaling::{AutoScalingSim, Hook, LAUNCHING, TERMINATING};
 use crate::sim::elb::{ElbSim, TargetGroupSpec};
 use crate::sim::imds::{ImdsSim, ScheduledEvent};
@@ -343,6 +343,7 @@ impl Drill {
         let observed = observations.sorted();
         let scenario = Scenario {
             event: self.args.event,
+            terminate_hook: self.hook.clone(),
             stop_signal: self.config.stop_signal,
             report_only: self.report_only(),
             spot_margin: self.config.spot_margin,

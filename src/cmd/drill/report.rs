@@ -5,10 +5,10 @@ use std::time::SystemTime;
 
 use serde_json::json;
 
-use crate::aws::lifecycle_state::LifecycleState;
 use crate::cli::DrillEvent;
 use crate::journal::{Awaiting, MaintenanceStep, NoticeKind, Record};
 use crate::machine::state::PhaseName;
+use crate::model::lifecycle_state::LifecycleState;
 
 use super::verdict::{HookCall, Observation, Timed, Verdict};
 

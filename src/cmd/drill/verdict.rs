@@ -6,12 +6,12 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use crate::aws::lifecycle_state::LifecycleState;
 use crate::cli::DrillEvent;
 use crate::config::OnMaintenance;
 use crate::fmt::format_duration;
 use crate::journal::Record;
 use crate::machine::state::PhaseName;
+use crate::model::lifecycle_state::LifecycleState;
 use crate::process::exit::is_clean_status;
 use crate::process::sig::Sig;
 
@@ -71,9 +71,11 @@ pub struct HookCall {
 }
 
 /// What was rehearsed, and the options the verdict depends on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scenario {
     pub event: DrillEvent,
+    /// The termination hook's name: its completion, not the launch hook's, ends the stop.
+    pub terminate_hook: String,
     pub stop_signal: Sig,
     /// A rebalance recommendation with `--on-rebalance ignore`: the agent must keep running.
     pub report_only: bool,
@@ -104,10 +106,15 @@ pub enum FailReason {
     PastSpotDeadline {
         by: Duration,
     },
+    /// The termination hook `hook` was completed with `result`, not CONTINUE.
     HookResult {
+        hook: String,
         result: String,
     },
-    HookNotCompleted,
+    /// The termination hook `hook` was not completed (a launch hook's completion does not count).
+    HookNotCompleted {
+        hook: String,
+    },
     NotReplaced,
     DrainedEarly {
         by: Duration,
@@ -165,11 +172,13 @@ impl fmt::Display for FailReason {
                 "the agent was still running {} past the spot deadline minus --spot-margin",
                 format_duration(*by)
             ),
-            FailReason::HookResult { result } => write!(
+            FailReason::HookResult { hook, result } => write!(
                 f,
-                "the lifecycle hook was completed with {result}, not CONTINUE"
+                "the termination hook {hook} was completed with {result}, not CONTINUE"
             ),
-            FailReason::HookNotCompleted => f.write_str("the lifecycle hook was not completed"),
+            FailReason::HookNotCompleted { hook } => {
+                write!(f, "the termination hook {hook} was not completed")
+            }
             FailReason::NotReplaced => f.write_str(
                 "the instance was not marked Unhealthy (SetInstanceHealth), so its group would not replace it",
             ),
@@ -278,7 +287,7 @@ pub fn verdict(scenario: &Scenario, observed: &[Timed]) -> Verdict {
     }
     if !scenario.report_only {
         reasons.extend(stop_reasons(scenario, observed, killed.is_some()));
-        reasons.extend(completed_before_all_gone(observed));
+        reasons.extend(completed_before_all_gone(scenario, observed));
     }
     Verdict {
         reasons,
@@ -403,40 +412,48 @@ fn stop_reasons(scenario: &Scenario, observed: &[Timed], killed: bool) -> Vec<Fa
     let replaces = scenario.event == DrillEvent::Maintenance
         && scenario.on_maintenance == OnMaintenance::Replace;
     if matches!(scenario.event, DrillEvent::ScaleIn | DrillEvent::Spot) || replaces {
-        let completed = observed.iter().find_map(|o| match &o.what {
-            Observation::HookCall(c)
-                if c.action == "CompleteLifecycleAction" && c.status == 200 =>
-            {
-                Some(c.result.clone().unwrap_or_default())
-            }
-            _ => None,
-        });
+        let completed = terminate_completions(scenario, observed)
+            .next()
+            .map(|(_, c)| c.result.clone().unwrap_or_default());
         match completed {
             Some(r) if r == "CONTINUE" => {}
-            Some(result) => reasons.push(FailReason::HookResult { result }),
-            None => reasons.push(FailReason::HookNotCompleted),
+            Some(result) => reasons.push(FailReason::HookResult {
+                hook: scenario.terminate_hook.clone(),
+                result,
+            }),
+            None => reasons.push(FailReason::HookNotCompleted {
+                hook: scenario.terminate_hook.clone(),
+            }),
         }
     }
     reasons
 }
 
+/// The termination hook's answered completions, in the order observed: the launch hook's (which
+/// may be completed too, and before) is no part of the stop.
+fn terminate_completions<'a>(
+    scenario: &'a Scenario,
+    observed: &'a [Timed],
+) -> impl Iterator<Item = (SystemTime, &'a HookCall)> + 'a {
+    observed.iter().filter_map(move |o| match &o.what {
+        Observation::HookCall(c)
+            if c.action == "CompleteLifecycleAction"
+                && c.status == 200
+                && c.hook == scenario.terminate_hook =>
+        {
+            Some((o.at, c))
+        }
+        _ => None,
+    })
+}
+
 /// The invariant: the termination hook is completed only after every process of the agent is
 /// gone, which the guard's `AllGone` record says (its cgroup empty, or its process group). A
-/// completion after the notice (a launch hook's comes before it) that precedes that record, or
-/// has none at all, would have let the instance go while the agent still worked.
-fn completed_before_all_gone(observed: &[Timed]) -> Option<FailReason> {
-    let notice = observed
-        .iter()
-        .find(|o| o.what == Observation::NoticePosted)
-        .map_or(SystemTime::UNIX_EPOCH, |o| o.at);
-    let completed = observed
-        .iter()
-        .filter(|o| o.at >= notice)
-        .filter(|o| {
-            matches!(&o.what, Observation::HookCall(c)
-                if c.action == "CompleteLifecycleAction" && c.status == 200)
-        })
-        .map(|o| o.at)
+/// completion of it that precedes that record, or has none at all, would have let the instance
+/// go while the agent still worked.
+fn completed_before_all_gone(scenario: &Scenario, observed: &[Timed]) -> Option<FailReason> {
+    let completed = terminate_completions(scenario, observed)
+        .map(|(at, _)| at)
         .min()?;
     let all_gone = observed
         .iter()
@@ -512,6 +529,7 @@ mod tests {
     fn scenario(event: DrillEvent) -> Scenario {
         Scenario {
             event,
+            terminate_hook: "drill-hook".to_string(),
             stop_signal: Sig::TERM,
             report_only: false,
             spot_margin: 10 * S,
@@ -534,6 +552,84 @@ mod tests {
             status,
             error: (status != 200).then(|| "ValidationError".to_string()),
         })
+    }
+
+    /// The launch hook's completion (`launch-hook`), which is no part of a stop.
+    fn launch_completion(result: &str) -> Observation {
+        Observation::HookCall(HookCall {
+            hook: "launch-hook".to_string(),
+            ..match completion(result, 200) {
+                Observation::HookCall(call) => call,
+                _ => unreachable!("completion() is a hook call"),
+            }
+        })
+    }
+
+    /// The stop is judged by the termination hook's completion: the launch hook's, completed
+    /// before (at readiness) or even after the notice, neither passes a stop whose termination
+    /// hook was abandoned or never completed, nor fails one whose was completed with CONTINUE.
+    #[test]
+    fn the_stop_is_judged_by_the_termination_hooks_completion_not_the_launch_hooks() {
+        let t0 = SystemTime::UNIX_EPOCH + 1_000_000 * S;
+        let scale_in = scenario(DrillEvent::ScaleIn);
+        let without_completion = || -> Vec<Timed> {
+            clean_scale_in(t0 + S)
+                .into_iter()
+                .filter(|o| !matches!(o.what, Observation::HookCall(_)))
+                .collect()
+        };
+        let with = |extra: Vec<Timed>| {
+            let mut all = without_completion();
+            all.extend(extra);
+            all
+        };
+        let cases = [
+            (
+                "launch CONTINUE, termination ABANDON",
+                with(vec![
+                    at(t0, 0, launch_completion("CONTINUE")),
+                    at(t0 + S, 30, completion("ABANDON", 200)),
+                ]),
+                vec![FailReason::HookResult {
+                    hook: "drill-hook".to_string(),
+                    result: "ABANDON".to_string(),
+                }],
+            ),
+            (
+                "only the launch hook completed",
+                with(vec![at(t0, 0, launch_completion("CONTINUE"))]),
+                vec![FailReason::HookNotCompleted {
+                    hook: "drill-hook".to_string(),
+                }],
+            ),
+            (
+                "a launch ABANDON after the notice, termination CONTINUE",
+                with(vec![
+                    at(t0 + S, 5, launch_completion("ABANDON")),
+                    at(t0 + S, 30, completion("CONTINUE", 200)),
+                ]),
+                vec![],
+            ),
+        ];
+        for (name, observed, want) in cases {
+            let mut observed = observed;
+            observed.sort_by_key(|o| o.at);
+            assert_eq!(verdict(&scale_in, &observed).reasons, want, "{name}");
+        }
+        let hook = || "drill-hook".to_string();
+        assert_eq!(
+            FailReason::HookNotCompleted { hook: hook() }.to_string(),
+            "the termination hook drill-hook was not completed"
+        );
+        let result = "ABANDON".to_string();
+        assert_eq!(
+            FailReason::HookResult {
+                hook: hook(),
+                result
+            }
+            .to_string(),
+            "the termination hook drill-hook was completed with ABANDON, not CONTINUE"
+        );
     }
 
     fn exited(status: u8) -> Observation {
@@ -595,31 +691,31 @@ mod tests {
         let cases: Vec<(&str, Scenario, Vec<Timed>, Vec<FailReason>)> = vec![
             (
                 "a clean scale-in passes",
-                scale_in,
+                scale_in.clone(),
                 clean_scale_in(t0),
                 vec![],
             ),
             (
                 "never ready",
-                scale_in,
+                scale_in.clone(),
                 vec![at(t0, 0, Observation::NeverReady { waited: 2 * S })],
                 vec![FailReason::NeverReady { waited: 2 * S }],
             ),
             (
                 "a report-only rebalance that stopped the agent",
-                report_only,
+                report_only.clone(),
                 vec![at(t0, 0, Observation::KeptRunning(false))],
                 vec![FailReason::StoppedByReportOnlyRebalance],
             ),
             (
                 "a report-only rebalance the agent kept running through passes",
-                report_only,
+                report_only.clone(),
                 vec![at(t0, 0, Observation::KeptRunning(true))],
                 vec![],
             ),
             (
                 "SIGKILL after the grace",
-                scale_in,
+                scale_in.clone(),
                 vec![
                     at(t0, 10, stop_sent()),
                     at(t0, 1010, Observation::Guard(Record::Killed { pgid: 7 })),
@@ -634,13 +730,14 @@ mod tests {
                         after: S,
                     },
                     FailReason::HookResult {
+                        hook: "drill-hook".to_string(),
                         result: "ABANDON".to_string(),
                     },
                 ],
             ),
             (
                 "a spot deadline shorter than the stop timeout",
-                spot,
+                spot.clone(),
                 with(vec![at(
                     t0,
                     5,
@@ -658,25 +755,25 @@ mod tests {
             ),
             (
                 "an unclean exit",
-                scale_in,
+                scale_in.clone(),
                 replace_exit(Some(1)),
                 vec![FailReason::Unclean { status: 1 }],
             ),
             (
                 "a guard the drill had to kill",
-                scale_in,
+                scale_in.clone(),
                 replace_exit(None),
                 vec![FailReason::GuardHung],
             ),
             (
                 "the agent exited well before the spot deadline minus the margin",
-                spot,
+                spot.clone(),
                 with(vec![at(t0, 0, Observation::SpotDeadline(t0 + 120 * S))]),
                 vec![],
             ),
             (
                 "the agent exited past the spot deadline minus the margin",
-                spot,
+                spot.clone(),
                 with(vec![at(
                     t0,
                     0,
@@ -688,7 +785,7 @@ mod tests {
             ),
             (
                 "the hook completed with ABANDON",
-                scale_in,
+                scale_in.clone(),
                 vec![
                     at(t0, 10, stop_sent()),
                     at(t0, 20, exited(143)),
@@ -697,19 +794,22 @@ mod tests {
                     at(t0, 40, Observation::GuardExit(Some(143))),
                 ],
                 vec![FailReason::HookResult {
+                    hook: "drill-hook".to_string(),
                     result: "ABANDON".to_string(),
                 }],
             ),
             (
                 "the hook was never completed (a refused call does not count)",
-                scale_in,
+                scale_in.clone(),
                 vec![
                     at(t0, 10, stop_sent()),
                     at(t0, 20, exited(0)),
                     at(t0, 30, completion("CONTINUE", 400)),
                     at(t0, 40, Observation::GuardExit(Some(0))),
                 ],
-                vec![FailReason::HookNotCompleted],
+                vec![FailReason::HookNotCompleted {
+                    hook: "drill-hook".to_string(),
+                }],
             ),
             (
                 "a SIGTERM drill needs no hook",
@@ -734,7 +834,7 @@ mod tests {
     fn a_completion_before_every_process_is_gone_fails() {
         let t0 = SystemTime::UNIX_EPOCH + 1_000_000 * S;
         let scale_in = scenario(DrillEvent::ScaleIn);
-        let launch = at(t0, 0, completion("CONTINUE", 200));
+        let launch = at(t0, 0, launch_completion("CONTINUE"));
         let timeline = |gone_at: Option<u64>| {
             let mut all: Vec<Timed> = clean_scale_in(t0 + S)
                 .into_iter()
@@ -826,31 +926,36 @@ mod tests {
         let cases: Vec<(&str, Scenario, Vec<Timed>, Vec<FailReason>)> = vec![
             (
                 "replaced, then a clean scale-in",
-                replace,
+                replace.clone(),
                 plus(vec![window(600_000, 601_000), at(t0, 2, marked(200))]),
                 vec![],
             ),
             (
                 "a refused replacement",
-                replace,
+                replace.clone(),
                 without_completion(vec![window(600_000, 601_000), at(t0, 2, marked(403))]),
-                vec![FailReason::NotReplaced, FailReason::HookNotCompleted],
+                vec![
+                    FailReason::NotReplaced,
+                    FailReason::HookNotCompleted {
+                        hook: "drill-hook".to_string(),
+                    },
+                ],
             ),
             (
                 "a drain at NotBefore minus the margin needs no hook",
-                drain,
+                drain.clone(),
                 without_completion(vec![window(5, 10_000), draining.clone()]),
                 vec![],
             ),
             (
                 "a drain before NotBefore minus the margin",
-                drain,
+                drain.clone(),
                 without_completion(vec![window(1005, 10_000), draining.clone()]),
                 vec![FailReason::DrainedEarly { by: S }],
             ),
             (
                 "an agent still running at NotBefore",
-                drain,
+                drain.clone(),
                 without_completion(vec![window(5, 15), draining]),
                 vec![FailReason::PastNotBefore {
                     by: Duration::from_millis(5),

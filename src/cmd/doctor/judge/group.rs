@@ -7,10 +7,10 @@ use std::time::Duration;
 use super::host::COMPLETION;
 use super::{Input, Verdict, fail, ok, warn};
 use crate::aws::api::CallError;
-use crate::aws::lifecycle_state::LifecycleState;
 use crate::cmd::doctor::facts::{HookInfo, Member, Permission, ProbeOutcome, Transition};
 use crate::config::HookResult;
 use crate::fmt::format_duration;
+use crate::model::lifecycle_state::LifecycleState;
 
 /// The global timeout's ceiling.
 const MAX_GLOBAL: Duration = Duration::from_secs(48 * 3600);

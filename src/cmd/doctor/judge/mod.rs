@@ -15,9 +15,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::facts::{AwsFacts, Facts, GroupFacts, HookInfo, Permission, Transition};
-use crate::aws::lifecycle_state::LifecycleState;
 use crate::config::{Config, Settings};
 use crate::fmt::format_duration;
+use crate::model::lifecycle_state::LifecycleState;
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
