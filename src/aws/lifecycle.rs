@@ -530,11 +530,15 @@ impl<'a> Watch<'a> {
         }
     }
 
-    /// Records the agent that runs now (its process group and start time) in this guard's
-    /// termination registration, once per agent: should this guard die while it runs, the
-    /// other guards on the host wait for it to be gone.
+    /// Records the agent that runs now (its process group and start time, and its cgroup when
+    /// it has one) in this guard's termination registration, once per agent: should this guard
+    /// die while it runs, the other guards on the host wait for it to be gone.
     fn record_agent(&mut self) {
-        let (Some(reg), Some(pid)) = (&self.host.terminate, self.run.borrow().agent_pid) else {
+        let (pid, cgroup) = {
+            let run = self.run.borrow();
+            (run.agent_pid, run.agent_cgroup.clone())
+        };
+        let (Some(reg), Some(pid)) = (&self.host.terminate, pid) else {
             return;
         };
         if self.recorded_agent == Some(pid) {
@@ -543,7 +547,7 @@ impl<'a> Watch<'a> {
         self.recorded_agent = Some(pid);
         let reg = reg.clone();
         tokio::spawn(async move {
-            let recorded = on_host(&reg, move |r| match AgentId::of(pid) {
+            let recorded = on_host(&reg, move |r| match AgentId::of(pid, cgroup) {
                 Some(agent) => r.agent_started(agent),
                 None => Ok(()),
             })

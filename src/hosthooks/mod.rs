@@ -23,8 +23,8 @@
 //! What cannot be known counts as someone there, never as absent: a registration that cannot be
 //! read or parsed, or that another user could have changed, holds the others up (bounded by the
 //! wait bound, and named in their log and `/status`), and so does a guard that died while its
-//! agent still runs (its process group, recorded in its registration: [`agent`]) until that
-//! agent is gone.
+//! agent still runs (its process group and its cgroup, recorded in its registration:
+//! [`agent`]) until that agent is gone.
 //!
 //! Guards running as different users (a unit's `User=` drop-in) share the directory through a
 //! group: when its root is group-writable and not world-writable (`d /run/agent-guard 3775 root
@@ -222,9 +222,13 @@ impl Peer {
             });
         }
         let pgid = entry.agent.as_ref().map_or(0, |a| a.pgid);
+        let cgroup = match entry.agent.as_ref().and_then(|a| a.cgroup.as_deref()) {
+            Some(dir) => format!(", cgroup {}", dir.display()),
+            None => String::new(),
+        };
         (orphans && self.orphan_runs).then(|| {
             format!(
-                "{}: its guard is gone, its agent (process group {pgid}) still runs",
+                "{}: its guard is gone, its agent (process group {pgid}{cgroup}) still runs",
                 entry.label()
             )
         })
@@ -1095,7 +1099,7 @@ mod tests {
             .expect("sleep");
         let pid = i32::try_from(agent.id()).expect("pid");
         killed
-            .agent_started(AgentId::of(pid).expect("in /proc"))
+            .agent_started(AgentId::of(pid, None).expect("in /proc"))
             .expect("recorded");
         let label = killed.label();
         // As SIGKILL would: the lock is released, the agent runs on.

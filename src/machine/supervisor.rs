@@ -297,6 +297,7 @@ impl Supervisor {
         out.run(|run| {
             run.agent_pid = Some(agent.pid());
             run.agent_started = Some(Instant::now());
+            run.agent_cgroup = cgroup.as_ref().map(|c| c.path().to_path_buf());
             run.runs.policy = settings.restart.policy;
         });
         let mut reap_tick = interval(REAP_TICK);

@@ -2,6 +2,7 @@
 //! `/metrics` only: nothing decides on them), and the announcements every subscriber hears.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
 use crate::model::{DrainReason, PhaseName, RestartPolicy};
@@ -38,6 +39,9 @@ pub struct RunStats {
     /// The running (or last) agent's pid, and when it started.
     pub agent_pid: Option<i32>,
     pub agent_started: Option<Instant>,
+    /// The agent's cgroup directory, when it runs in one of its own (`--cgroup`): recorded in
+    /// the hooks directory beside the pid, so that the other guards wait until it is empty.
+    pub agent_cgroup: Option<PathBuf>,
     /// The drain in progress as the agent last heard of it, if any.
     pub drain: Option<DrainInfo>,
     /// What made the agent ready, as the supervisor saw it (`start`, `warm-up`, `health`,
@@ -55,6 +59,7 @@ impl Default for RunStats {
             agent_exit: None,
             agent_pid: None,
             agent_started: None,
+            agent_cgroup: None,
             drain: None,
             ready_source: None,
             runs: AgentRuns::default(),

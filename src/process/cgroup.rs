@@ -23,7 +23,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use libc::pid_t;
@@ -351,6 +351,9 @@ impl AgentCgroup {
             path: path.clone(),
             source,
         };
+        // An open file of its own, not a dup of `events`: the kernel keeps "changed since last
+        // read" per open file, and a read of `populated` (by /status) through a shared one
+        // would swallow the change the watch waits for.
         let file = fs::File::open(&path).map_err(err)?;
         // The kernel marks a change of the file with POLLPRI (kernfs_notify), as systemd waits
         // for it; inotify would work as well, but closing an inotify instance waits for an SRCU
@@ -396,6 +399,26 @@ impl AgentCgroup {
             let _ = fs::remove_dir(self.outer.join("guard"));
         }
         let _ = fs::remove_dir(&self.outer);
+    }
+}
+
+#[cfg(test)]
+impl AgentCgroup {
+    /// A cgroup of a unit test's own, or `None` (and one line; a failure in CI) where this
+    /// machine cannot make one (not root, no cgroup v2).
+    pub(crate) fn for_test(name: &str) -> Option<AgentCgroup> {
+        match AgentCgroup::create(name, None) {
+            Ok((cgroup, _)) => Some(cgroup),
+            Err(err) => {
+                let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+                assert!(
+                    !ci,
+                    "no cgroup for the test: {err} (with CI=true a skip is a failure)"
+                );
+                eprintln!("SKIPPED: no cgroup for the test here: {err}");
+                None
+            }
+        }
     }
 }
 
@@ -537,7 +560,7 @@ fn parent_dir() -> Result<PathBuf, CgroupError> {
 /// The guard's own cgroup directory: the v2 mount from mountinfo joined with the `0::` path.
 fn own_cgroup_dir() -> Result<PathBuf, CgroupError> {
     let read = |path: &str| {
-        fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        read_proc(path).map_err(|source| CgroupError::Read {
             path: path.into(),
             source,
         })
@@ -555,6 +578,16 @@ fn own_cgroup_dir() -> Result<PathBuf, CgroupError> {
     } else {
         mount.join(relative)
     })
+}
+
+/// A /proc file, read whole in as few calls as it takes. /proc files have no size, so
+/// `fs::read_to_string` starts with 32 bytes and doubles: eight reads of mountinfo, each of which
+/// has the kernel walk the mount table again to find where the last one stopped.
+fn read_proc(path: &str) -> io::Result<String> {
+    use std::io::Read;
+    let mut text = String::with_capacity(16 * 1024);
+    fs::File::open(path)?.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// The mount point and root of the first cgroup2 mount in a mountinfo text.
@@ -660,6 +693,54 @@ fn populated_at(dir: &Path) -> bool {
     match fs::read_to_string(dir.join("cgroup.events")) {
         Ok(text) => parse_populated(&text).unwrap_or(true),
         Err(err) => err.kind() != io::ErrorKind::NotFound,
+    }
+}
+
+/// `statfs`'s `f_type` of a cgroup v2 file system (linux/magic.h).
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+
+/// [`populated_at`] for a path read from a file another user could have written (a dead guard's
+/// registration in the hooks directory): only a directory on a cgroup v2 file system is read as
+/// a cgroup, through its descriptor, without following a link and without waiting (a FIFO in
+/// its place would hold the reader for ever). Anything else there counts as populated (the
+/// others wait for it, bounded, as for any registration that cannot be trusted); nothing there
+/// counts as empty, since the kernel removes no populated cgroup.
+pub fn recorded_populated(dir: &Path) -> bool {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+    {
+        Ok(dir) => dir,
+        Err(err) => return err.kind() != io::ErrorKind::NotFound,
+    };
+    // SAFETY: fstatfs fills the zeroed struct for a descriptor we own.
+    let on_cgroup2 = unsafe {
+        let mut fs: libc::statfs = std::mem::zeroed();
+        libc::fstatfs(dir.as_raw_fd(), &mut fs) == 0 && fs.f_type as u64 == CGROUP2_SUPER_MAGIC
+    };
+    if !on_cgroup2 {
+        return true;
+    }
+    // SAFETY: openat(2) relative to a directory we own, with a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c"cgroup.events".as_ptr(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT);
+    }
+    // SAFETY: a descriptor just opened, owned from here on.
+    let mut events = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut buf = [0u8; 256];
+    match events.read(&mut buf) {
+        Ok(n) => parse_populated(&String::from_utf8_lossy(&buf[..n])).unwrap_or(true),
+        Err(err) => err.raw_os_error() != Some(libc::ENODEV),
     }
 }
 
@@ -920,6 +1001,100 @@ fn hand_down_controllers(base: &Path, outer: &Path) -> io::Result<(Vec<String>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A temporary directory standing for the agent's cgroup, with these controllers: its files
+    /// are what the kernel would say. This machine's v2 tree has no memory controller to give a
+    /// real cgroup, so what the guard makes of `memory.events` is checked here.
+    fn standing_in(dir: &Path, controllers: &[&str]) -> AgentCgroup {
+        fs::write(dir.join("cgroup.procs"), "").expect("cgroup.procs");
+        AgentCgroup {
+            outer: dir.to_path_buf(),
+            dir: dir.to_path_buf(),
+            home: None,
+            procs: open_write(&dir.join("cgroup.procs")).expect("procs"),
+            dir_fd: OwnedFd::from(fs::File::open(dir).expect("dir")),
+            events: None,
+            controllers: controllers.iter().map(|c| c.to_string()).collect(),
+            memory_max: None,
+            _lock: None,
+        }
+    }
+
+    fn memory_events(dir: &Path, oom_kill: u64) {
+        let text = format!("low 0\nhigh 0\nmax 4\noom 1\noom_kill {oom_kill}\noom_group_kill 0\n");
+        fs::write(dir.join("memory.events"), text).expect("memory.events");
+    }
+
+    #[test]
+    fn an_exit_is_named_oom_from_what_memory_events_says() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cgroup = standing_in(dir.path(), &["memory", "pids"]);
+        memory_events(dir.path(), 2);
+        // Counted at the agent's start: kills of an earlier run are not this one's.
+        let before = cgroup.oom_kills().expect("with the memory controller");
+        assert_eq!(before, 2);
+        let quiet = cgroup.note_oom(ChildExit::for_test_signal(Sig::KILL), before);
+        assert!(!quiet.oom_killed(), "no kill since the start: {quiet}");
+        memory_events(dir.path(), 3);
+        let killed = cgroup.note_oom(ChildExit::for_test_signal(Sig::KILL), before);
+        assert!(killed.oom_killed());
+        assert_eq!(killed.oom_kills(), 1);
+        assert!(killed.to_string().contains("OOM killer"), "{killed}");
+        // A helper of the agent's was killed, the agent exited 0 by itself: not the agent's
+        // death, but not a clean run either (the restart policy and the hook's result see it).
+        let helper = cgroup.note_oom(ChildExit::for_test(0), before);
+        assert!(!helper.oom_killed());
+        assert_eq!(helper.oom_kills(), 1);
+        assert!(helper.to_string().contains("1 OOM kill(s)"), "{helper}");
+        assert_eq!(cgroup.usage().oom_kills, Some(3));
+    }
+
+    #[test]
+    fn without_the_memory_controller_no_oom_is_claimed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cgroup = standing_in(dir.path(), &[]);
+        memory_events(dir.path(), 5);
+        assert_eq!(cgroup.oom_kills(), None);
+        let exit = cgroup.note_oom(ChildExit::for_test_signal(Sig::KILL), 0);
+        assert!(!exit.oom_killed(), "{exit}");
+        let with = standing_in(dir.path(), &["memory"]);
+        fs::remove_file(dir.path().join("memory.events")).expect("rm");
+        assert_eq!(with.oom_kills(), None, "memory.events unreadable");
+        let exit = with.note_oom(ChildExit::for_test_signal(Sig::KILL), 0);
+        assert!(!exit.oom_killed(), "{exit}");
+    }
+
+    #[test]
+    fn the_agents_resources_are_read_from_its_cgroup_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cgroup = standing_in(dir.path(), &["memory"]);
+        let files = [
+            ("memory.current", "4096\n"),
+            ("memory.peak", "8192\n"),
+            (
+                "cpu.stat",
+                "usage_usec 1250000\nuser_usec 1000000\nsystem_usec 250000\n",
+            ),
+            ("cgroup.procs", "12\n13\n"),
+            (
+                "memory.pressure",
+                "some avg10=1.00 avg60=0.00 avg300=0.00 total=7\nfull avg10=0.50 avg60=0.00 avg300=0.00 total=3\n",
+            ),
+        ];
+        for (name, text) in files {
+            fs::write(dir.path().join(name), text).expect("write");
+        }
+        memory_events(dir.path(), 0);
+        let usage = cgroup.usage();
+        assert_eq!(usage.memory_current, Some(4096));
+        assert_eq!(usage.memory_peak, Some(8192));
+        assert_eq!(usage.cpu_usage_usec, Some(1_250_000));
+        assert_eq!(usage.processes, Some(2));
+        assert_eq!(usage.oom_kills, Some(0));
+        assert_eq!(usage.pressure.len(), 1, "{:?}", usage.pressure);
+        assert_eq!(usage.pressure[0].0, "memory");
+        assert_eq!(cgroup.pids(), vec![12, 13]);
+    }
 
     const HYBRID: &str = "\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755

@@ -103,7 +103,14 @@ impl Agent {
         if let Some(cgroup) = cgroup {
             let mut exec = ExecWithPid::new(&spec.command, &spec.env, spec.watchdog_pid)?;
             let mut run = || exec.exec();
-            match clone_into::spawn(cgroup.dir_fd(), &mut run, hand_over_terminal, job_control) {
+            let started = clone_into::spawn(
+                cgroup.dir_fd(),
+                &mut run,
+                spec.command.len(),
+                hand_over_terminal,
+                job_control,
+            );
+            match started {
                 Ok(Some(pid)) => return Ok(Agent::started(pid)),
                 Ok(None) => {} // no CLONE_INTO_CGROUP here: the write before exec below
                 Err(err) => return Err(classify(program_text, err)),

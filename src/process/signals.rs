@@ -233,6 +233,12 @@ pub struct JobControl {
 const JOB_CONTROL: [c_int; 2] = [libc::SIGTTIN, libc::SIGTTOU];
 
 impl JobControl {
+    /// No terminal, for unit tests of the spawn paths.
+    #[cfg(test)]
+    pub(crate) fn for_test() -> JobControl {
+        JobControl { terminal: false }
+    }
+
     /// With a terminal on stdin, stdout or stderr, the two are ignored, as tini does: after the
     /// agent's group takes the terminal's foreground, the guard must not be stopped for writing
     /// its logs there (a caught SIGTTOU would not do: the write would be retried and signalled

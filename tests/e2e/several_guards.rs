@@ -693,3 +693,100 @@ fn out_of_a_warm_pool_the_launch_hook_waits_for_both_agents_of_the_new_round() {
     assert_eq!(fast.code(), 0, "{}", fast.log());
     assert_eq!(slow.code(), 0, "{}", slow.log());
 }
+
+/// Issue 25: a guard SIGKILLed while its agent runs in a cgroup of its own; the agent's process
+/// group is gone, but a `setsid()` grandchild still works in the agent's cgroup. The other guard
+/// waits for that cgroup to be empty (it is recorded in the dead guard's registration), not for
+/// the group alone, before it completes the termination hook.
+#[test]
+fn a_dead_guards_setsid_grandchild_holds_the_hook_while_its_cgroup_is_populated() {
+    if !crate::cgroup::cgroups_here() {
+        return;
+    }
+    let h = terminate_host();
+    let own = h.dir.path().join("killed");
+    std::fs::create_dir_all(&own).expect("dir");
+    let (pidfile, release, done) = (own.join("gc.pid"), own.join("release"), own.join("gone"));
+    let grandchild = own.join("gc.sh");
+    std::fs::write(
+        &grandchild,
+        format!(
+            // Gone with the test's directory too, should the test fail before the release.
+            "echo $$ > {p}.tmp && mv {p}.tmp {p}\nwhile [ ! -e {r} ] && [ -d {o} ]; do sleep 0.05; done\ntouch {d}\n",
+            p = pidfile.display(),
+            r = release.display(),
+            d = done.display(),
+            o = own.display()
+        ),
+    )
+    .expect("gc.sh");
+    let agent = format!(
+        "setsid sh {} & trap 'exit 0' TERM; while :; do sleep 0.1; done",
+        grandchild.display()
+    );
+    let mut killed = h.guard("killed", TERMINATE, &["sh", "-c", &agent]);
+    let mut survivor = h.guard(
+        "survivor",
+        TERMINATE,
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while :; do sleep 0.1; done",
+        ],
+    );
+    ready(&killed);
+    ready(&survivor);
+    let gc = crate::cgroup::pid_in(&pidfile);
+    let agent_pid = killed.status()["agent_pid"].as_i64().expect("agent pid") as i32;
+    let recorded = || std::fs::read_to_string(registration(&h, "killed")).unwrap_or_default();
+    wait_until("the agent and its cgroup recorded", SOON, || {
+        recorded().contains("\"cgroup\":")
+    });
+    let entry: serde_json::Value = serde_json::from_str(&recorded()).expect("registration");
+    let cgroup = PathBuf::from(entry["agent"]["cgroup"].as_str().expect("cgroup path"));
+    killed.signal(libc::SIGKILL);
+    let _ = killed.child.wait();
+    // The agent's whole process group goes; the setsid grandchild is not in it.
+    // SAFETY: kill(2) of the process group this test's guard started.
+    unsafe { libc::kill(-agent_pid, libc::SIGKILL) };
+    wait_until("the agent's group is gone", SOON, || {
+        crate::support::gone(agent_pid)
+    });
+    assert!(!crate::support::gone(gc), "the grandchild still runs");
+    h.scale_in();
+    wait_until("the survivor decided, its own agent gone", SOON, || {
+        exited(&mut survivor)
+            || survivor
+                .log()
+                .contains("its guard is gone, its agent (process group")
+    });
+    let completes = h.completions_ok();
+    let waited_for = survivor.log();
+    std::fs::write(&release, "").expect("release the grandchild");
+    let still_ran = !done.exists();
+    assert!(
+        completes.is_empty(),
+        "completed while the dead guard's setsid grandchild ran in its cgroup: {completes:?}\n{waited_for}"
+    );
+    assert!(still_ran, "the grandchild was released only now");
+    assert!(
+        waited_for.contains(&format!("cgroup {}", cgroup.display())),
+        "{waited_for}"
+    );
+    assert_eq!(survivor.code(), 0, "{}", survivor.log());
+    let completes = h.completions_ok();
+    assert_eq!(completes.len(), 1, "completed once: {completes:?}");
+    let gone_at = std::fs::metadata(&done)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let completed_at = std::time::SystemTime::now() - completes[0].at.elapsed();
+    assert!(
+        completed_at > gone_at,
+        "completed {:?} before the grandchild was gone",
+        gone_at.duration_since(completed_at).unwrap_or_default()
+    );
+    crate::cgroup::reap_leftover(gc);
+    // The dead guard could not remove its cgroup; the next guard's sweep would.
+    let _ = std::fs::remove_dir(&cgroup);
+    let _ = cgroup.parent().map(std::fs::remove_dir);
+}
