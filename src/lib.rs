@@ -744,17 +744,8 @@ impl Tasks {
             status: wiring.status(),
         };
         let mut servers = vec![
-            tokio::spawn(control::serve(
-                sockets.control,
-                control.clone(),
-                shutdown.clone(),
-            )),
-            tokio::spawn(sdnotify::serve(
-                sockets.notify,
-                control,
-                upstream,
-                shutdown.clone(),
-            )),
+            spawn_made(|| control::serve(sockets.control, control.clone(), shutdown.clone())),
+            spawn_made(|| sdnotify::serve(sockets.notify, control, upstream, shutdown.clone())),
             until_cancelled(
                 wiring
                     .reports
@@ -804,7 +795,7 @@ impl Tasks {
                         started.events.clone(),
                         wiring.load_balancer.clone(),
                     );
-                    servers.push(tokio::spawn(task.run(shutdown.clone())));
+                    servers.push(spawn_made(|| task.run(shutdown.clone())));
                     (Some(link), Some(after_crash_loop))
                 }
                 None => (None, None),
@@ -834,7 +825,8 @@ impl Tasks {
     }
 
     /// The features that act on the group: each shares the one AWS context, built when first
-    /// needed.
+    /// needed. Not inlined, for [`spawn_made`]'s reason.
+    #[inline(never)]
     fn start_aws(
         &mut self,
         config: &Config,
@@ -873,13 +865,10 @@ impl Tasks {
                 lifecycle: wiring.board.clone(),
                 cgroup: views.tracking.cgroup.clone(),
             };
-            self.servers.push(tokio::spawn(emf::run(
-                config.busy.clone(),
-                target,
-                aws,
-                reads,
-                self.shutdown.clone(),
-            )));
+            let shutdown = self.shutdown.clone();
+            let busy = config.busy.clone();
+            self.servers
+                .push(spawn_made(|| emf::run(busy, target, aws, reads, shutdown)));
         }
     }
 
@@ -975,6 +964,8 @@ impl Tasks {
 }
 
 /// The IMDS poller, and beside it the scheduled-event work it feeds; both end on `shutdown`.
+/// Not inlined, for [`spawn_made`]'s reason.
+#[inline(never)]
 fn spawn_notices(
     config: &Config,
     (client, status): (ImdsClient, watch::Sender<ImdsStatus>),
@@ -1003,8 +994,23 @@ fn spawn_notices(
     ]
 }
 
+/// Spawns the future `make` returns, made in a stack frame of its own. Start-up spawns a dozen
+/// tasks, and their futures (several KiB each) made inline would sit side by side in one frame
+/// (`Tasks::start`'s was 99 KiB); stack probes touch every page of a frame, and the main
+/// thread's stack keeps what it touched resident for the guard's whole life. Not inlined, the
+/// frames of these calls take turns on the same stack pages.
+#[inline(never)]
+fn spawn_made<F>(make: impl FnOnce() -> F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(make())
+}
+
 /// Runs `work` until it ends or `shutdown` is told. What runs this way holds nothing that needs
-/// closing: dropping it at an await is its end.
+/// closing: dropping it at an await is its end. Not inlined, for [`spawn_made`]'s reason.
+#[inline(never)]
 fn until_cancelled(
     work: impl std::future::Future<Output = ()> + Send + 'static,
     shutdown: &CancellationToken,

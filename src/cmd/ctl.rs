@@ -32,6 +32,9 @@ fn request_for(request: CtlRequest) -> Request {
 }
 
 /// Sends `request` to the guard at `socket` and prints the answer; returns the exit status.
+// Not inlined into `main`, whose stack frame every supervising guard keeps resident for life
+// (see `spawn_made` in lib.rs).
+#[inline(never)]
 pub fn run(socket: &PathBuf, request: CtlRequest, as_json: bool) -> u8 {
     let request = &request_for(request);
     let stream = match UnixStream::connect(socket) {

@@ -153,6 +153,9 @@ pub enum Invocation {
 }
 
 /// Reads the command line (and through it the environment and the config file).
+// Not inlined into `main`, whose stack frame every supervising guard keeps resident for life
+// (see `spawn_made` in lib.rs).
+#[inline(never)]
 pub fn load<I, T>(args: I) -> Result<Invocation, ConfigError>
 where
     I: IntoIterator<Item = T>,

@@ -20,6 +20,9 @@ use render::{Report, Subject};
 pub const CANNOT_RUN: u8 = 125;
 
 /// Checks the instance against `config`; prints the answer; returns the exit status.
+// Not inlined into `main`, whose stack frame every supervising guard keeps resident for life
+// (see `spawn_made` in lib.rs).
+#[inline(never)]
 pub fn run(config: Config, settings: Settings, json: bool) -> u8 {
     // The process's one TLS stack, as in the guard: rustls with ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
