@@ -9,64 +9,27 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agent_guard::sim::autoscaling::{AutoScalingSim, Hook, TERMINATING};
-use agent_guard::sim::elb::{ElbSim, TargetGroupSpec};
-use agent_guard::sim::imds::ImdsSim;
+use agent_guard::sim::autoscaling::{Hook, TERMINATING};
 
-use crate::support::{Guard, SOON, aws_command, fixture, http, let_time_pass, scratch, wait_until};
+use crate::support::{
+    Guard, LbWorld, SOON, aws_command, fixture, http, let_time_pass, scratch, wait_until,
+};
 
 const GROUP: &str = "web";
 const INSTANCE: &str = "i-0123456789abcdef0";
 
-struct World {
-    imds: ImdsSim,
-    asg: AutoScalingSim,
-    elb: ElbSim,
-    arn: String,
-}
+type World = LbWorld;
 
 /// A group with a termination hook whose instance is a healthy target of one target group with
 /// a 2 s deregistration delay, or of none (`in_target_group` false).
 fn world(in_target_group: bool) -> World {
-    let imds = ImdsSim::start().expect("imds sim");
-    let asg = AutoScalingSim::start().expect("asg sim");
-    let elb = ElbSim::start().expect("elb sim");
-    asg.add_instance(GROUP, INSTANCE, "InService");
-    asg.put_hook(
-        GROUP,
-        Hook::new("drain-hook", TERMINATING).heartbeat_timeout(Duration::from_secs(60)),
-    );
-    let arn = elb.add_target_group(
-        TargetGroupSpec::new("web", 8080).deregistration_delay(Duration::from_secs(2)),
-    );
-    if in_target_group {
-        elb.add_healthy_target(&arn, INSTANCE, 8080);
-        asg.set_target_groups(GROUP, std::slice::from_ref(&arn));
-    }
-    World {
-        imds,
-        asg,
-        elb,
-        arn,
-    }
-}
-
-impl World {
-    fn asg_calls(&self, action: &str) -> Vec<agent_guard::sim::autoscaling::Call> {
-        self.asg
-            .calls()
-            .into_iter()
-            .filter(|c| c.action == action)
-            .collect()
-    }
-
-    fn elb_calls(&self, action: &str) -> Vec<agent_guard::sim::autoscaling::Call> {
-        self.elb
-            .calls()
-            .into_iter()
-            .filter(|c| c.action == action)
-            .collect()
-    }
+    let hook = Hook::new("drain-hook", TERMINATING).heartbeat_timeout(Duration::from_secs(60));
+    LbWorld::start(
+        (GROUP, INSTANCE),
+        hook,
+        Duration::from_secs(2),
+        in_target_group,
+    )
 }
 
 /// Restarts fast, and three failed starts within a minute are a crash loop; `unhealthy` is

@@ -6,12 +6,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_guard::sim::autoscaling::{AutoScalingSim, Hook, TERMINATING};
-use agent_guard::sim::elb::{ElbSim, TargetGroupSpec};
+use agent_guard::sim::autoscaling::{Hook, TERMINATING};
+use agent_guard::sim::elb::TargetGroupSpec;
 use agent_guard::sim::imds::ImdsSim;
 
 use crate::support::{
-    Guard, SOON, aws_command, first_time, fixture, http, json_lines, scratch, wait_until,
+    Guard, LbWorld, SOON, aws_command, first_time, fixture, http, json_lines, scratch, wait_until,
 };
 
 const GROUP: &str = "web";
@@ -34,32 +34,12 @@ fn mono(at: Instant) -> f64 {
     mono_now - now.saturating_duration_since(at).as_secs_f64()
 }
 
-struct World {
-    imds: ImdsSim,
-    asg: AutoScalingSim,
-    elb: ElbSim,
-    arn: String,
-}
+type World = LbWorld;
 
 /// A group whose instance is a healthy target of one target group with `delay`.
 fn world(delay: Duration) -> World {
-    let imds = ImdsSim::start().expect("imds sim");
-    let asg = AutoScalingSim::start().expect("asg sim");
-    let elb = ElbSim::start().expect("elb sim");
-    asg.add_instance(GROUP, INSTANCE, "InService");
-    asg.put_hook(
-        GROUP,
-        Hook::new("drain-hook", TERMINATING).heartbeat_timeout(Duration::from_secs(30)),
-    );
-    let arn = elb.add_target_group(TargetGroupSpec::new("web", 8080).deregistration_delay(delay));
-    elb.add_healthy_target(&arn, INSTANCE, 8080);
-    asg.set_target_groups(GROUP, std::slice::from_ref(&arn));
-    World {
-        imds,
-        asg,
-        elb,
-        arn,
-    }
+    let hook = Hook::new("drain-hook", TERMINATING).heartbeat_timeout(Duration::from_secs(30));
+    LbWorld::start((GROUP, INSTANCE), hook, delay, true)
 }
 
 /// A guard of the termination hook around the socket agent (drained 0.2 s after it is told),

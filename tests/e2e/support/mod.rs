@@ -510,3 +510,57 @@ impl World {
             .collect()
     }
 }
+
+/// A [`World`] with a load balancer: a simulated Elastic Load Balancing v2 API holding one
+/// target group (`web`, port 8080) with a deregistration delay, of which the instance is a
+/// healthy target when `attached` (and the group then lists the target group).
+pub struct LbWorld {
+    pub imds: agent_guard::sim::imds::ImdsSim,
+    pub asg: agent_guard::sim::autoscaling::AutoScalingSim,
+    pub elb: agent_guard::sim::elb::ElbSim,
+    /// The target group's ARN.
+    pub arn: String,
+}
+
+impl LbWorld {
+    pub fn start(
+        (group, instance): (&str, &str),
+        hook: agent_guard::sim::autoscaling::Hook,
+        delay: Duration,
+        attached: bool,
+    ) -> LbWorld {
+        use agent_guard::sim::elb::{ElbSim, TargetGroupSpec};
+        let World { imds, asg } = World::start(group, instance, [hook]);
+        let elb = ElbSim::start().expect("elb sim");
+        let arn =
+            elb.add_target_group(TargetGroupSpec::new("web", 8080).deregistration_delay(delay));
+        if attached {
+            elb.add_healthy_target(&arn, instance, 8080);
+            asg.set_target_groups(group, std::slice::from_ref(&arn));
+        }
+        LbWorld {
+            imds,
+            asg,
+            elb,
+            arn,
+        }
+    }
+
+    /// The Auto Scaling calls named `action`, in the order the simulator received them.
+    pub fn asg_calls(&self, action: &str) -> Vec<agent_guard::sim::autoscaling::Call> {
+        self.asg
+            .calls()
+            .into_iter()
+            .filter(|c| c.action == action)
+            .collect()
+    }
+
+    /// The Elastic Load Balancing calls named `action`, in order.
+    pub fn elb_calls(&self, action: &str) -> Vec<agent_guard::sim::autoscaling::Call> {
+        self.elb
+            .calls()
+            .into_iter()
+            .filter(|c| c.action == action)
+            .collect()
+    }
+}
