@@ -176,15 +176,29 @@ def idle_rss(ws):
         proc = subprocess.Popen(wrapper + ["sleep", "60"], stderr=subprocess.DEVNULL)
         time.sleep(1.0)
         out[name] = memory_kib(proc.pid)
-        children = subprocess.run(["pgrep", "-P", str(proc.pid)], stdout=subprocess.PIPE, text=True).stdout.split()
+        stop(proc)
+    return out
+
+
+def stop(proc, agents=None):
+    """Stops a wrapper as an operator would, with SIGTERM: it stops its agent and cleans up (the
+    guard removes the agent's cgroup, which a SIGKILLed guard leaves to the next guard's sweep).
+    SIGKILL only for one that has not exited within 10 s; then its agents (by default the
+    wrapper's children, found before the signal) are killed too, should any remain."""
+    if agents is None:
+        agents = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], stdout=subprocess.PIPE,
+                                                  text=True).stdout.split()]
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        for child in children:  # the `sleep` this wrapper ran, by its pid
-            try:
-                os.kill(int(child), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    return out
+    for pid in agents:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def cpu_ticks(pid):
@@ -213,14 +227,7 @@ def as_users_run(guard):
         t1, c1 = time.monotonic(), cpu_ticks(proc.pid)
         per_hour = (c1 - c0) / os.sysconf("SC_CLK_TCK") * 3600 / (t1 - t0)
     finally:
-        children = subprocess.run(["pgrep", "-P", str(proc.pid)], stdout=subprocess.PIPE, text=True).stdout.split()
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        for child in children:
-            try:
-                os.kill(int(child), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop(proc)
         sim.stdin.close()
         sim.wait()
     return {"rss": mem, "cpu_per_hour_s": per_hour, "window_s": window}
@@ -241,10 +248,7 @@ def signal_latency(ws):
             t1 = int(proc.stdout.readline())
             samples.append((t1 - t0) / 1000)
             time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-        if name != "bare":
-            os.kill(agent_pid, signal.SIGKILL)
-        proc.wait()
+        stop(proc, [] if name == "bare" else [agent_pid])
         samples.sort()
         out[name] = (statistics.median(samples), samples[int(len(samples) * 0.99) - 1])
     return out
