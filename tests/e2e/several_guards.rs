@@ -94,6 +94,24 @@ fn ready(guard: &Guard) {
     });
 }
 
+/// Two guards of the termination hook, ready: "killed" around `sh -c AGENT` (the test SIGKILLs
+/// it), and "survivor" around an agent that exits at SIGTERM.
+fn killed_and_survivor(h: &Host, agent: &str) -> (Guard, Guard) {
+    let killed = h.guard("killed", TERMINATE, &["sh", "-c", agent]);
+    let survivor = h.guard(
+        "survivor",
+        TERMINATE,
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while :; do sleep 0.1; done",
+        ],
+    );
+    ready(&killed);
+    ready(&survivor);
+    (killed, survivor)
+}
+
 const TERMINATE: &[&str] = &[
     "--terminate-hook",
     "drain-hook",
@@ -527,18 +545,7 @@ fn a_guard_sigkilled_mid_drain_is_waited_for_until_its_orphaned_agent_is_gone() 
         draining.display(),
         gone.display()
     );
-    let mut killed = h.guard("killed", TERMINATE, &["sh", "-c", &slow]);
-    let mut survivor = h.guard(
-        "survivor",
-        TERMINATE,
-        &[
-            "sh",
-            "-c",
-            "trap 'exit 0' TERM; while :; do sleep 0.1; done",
-        ],
-    );
-    ready(&killed);
-    ready(&survivor);
+    let (mut killed, mut survivor) = killed_and_survivor(&h, &slow);
     let agent = killed.status()["agent_pid"].as_i64().expect("agent pid");
     h.scale_in();
     wait_until("the slow agent drains", SOON, || draining.exists());
@@ -724,18 +731,7 @@ fn a_dead_guards_setsid_grandchild_holds_the_hook_while_its_cgroup_is_populated(
         "setsid sh {} & trap 'exit 0' TERM; while :; do sleep 0.1; done",
         grandchild.display()
     );
-    let mut killed = h.guard("killed", TERMINATE, &["sh", "-c", &agent]);
-    let mut survivor = h.guard(
-        "survivor",
-        TERMINATE,
-        &[
-            "sh",
-            "-c",
-            "trap 'exit 0' TERM; while :; do sleep 0.1; done",
-        ],
-    );
-    ready(&killed);
-    ready(&survivor);
+    let (mut killed, mut survivor) = killed_and_survivor(&h, &agent);
     let gc = crate::cgroup::pid_in(&pidfile);
     let agent_pid = killed.status()["agent_pid"].as_i64().expect("agent pid") as i32;
     let recorded = || std::fs::read_to_string(registration(&h, "killed")).unwrap_or_default();
