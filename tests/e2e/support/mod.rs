@@ -318,6 +318,20 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // A failing test's guards say what they did: CI prints the test's output, never the
+        // scratch directory (gone with it).
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(80)..];
+            eprintln!(
+                "--- guard log {} (last {} of {} lines) ---\n{}\n--- end ---",
+                self.stderr.display(),
+                tail.len(),
+                lines.len(),
+                tail.join("\n")
+            );
+        }
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
