@@ -94,21 +94,30 @@ fn ready(guard: &Guard) {
     });
 }
 
-/// Two guards of the termination hook, ready: "killed" around `sh -c AGENT` (the test SIGKILLs
-/// it), and "survivor" around an agent that exits at SIGTERM.
-fn killed_and_survivor(h: &Host, agent: &str) -> (Guard, Guard) {
-    let killed = h.guard("killed", TERMINATE, &["sh", "-c", agent]);
+/// Two guards of the termination hook, ready: "killed" around a shell that runs `setup` (its
+/// traps) and then loops (the test SIGKILLs this guard), and "survivor" around one that exits at
+/// SIGTERM. Each shell says when its traps are set, and this returns only then: a guard is ready
+/// before its agent's shell has read its first line, and a SIGTERM that came first would end the
+/// shell by the default action instead of the trap.
+fn killed_and_survivor(h: &Host, setup: &str) -> (Guard, Guard) {
+    let armed = |name: &str| h.dir.path().join(format!("{name}.armed"));
+    let agent = |setup: &str, name: &str| {
+        format!(
+            "{setup}; touch {}; while :; do sleep 0.1; done",
+            armed(name).display()
+        )
+    };
+    let killed = h.guard("killed", TERMINATE, &["sh", "-c", &agent(setup, "killed")]);
     let survivor = h.guard(
         "survivor",
         TERMINATE,
-        &[
-            "sh",
-            "-c",
-            "trap 'exit 0' TERM; while :; do sleep 0.1; done",
-        ],
+        &["sh", "-c", &agent("trap 'exit 0' TERM", "survivor")],
     );
     ready(&killed);
     ready(&survivor);
+    for name in ["killed", "survivor"] {
+        wait_until("the agent's traps are set", SOON, || armed(name).exists());
+    }
     (killed, survivor)
 }
 
@@ -541,7 +550,7 @@ fn a_guard_sigkilled_mid_drain_is_waited_for_until_its_orphaned_agent_is_gone() 
     std::fs::create_dir_all(&own).expect("dir");
     let (draining, gone) = (own.join("draining"), own.join("gone"));
     let slow = format!(
-        "trap 'touch {}; sleep 6; touch {}; exit 0' TERM; while :; do sleep 0.1; done",
+        "trap 'touch {}; sleep 6; touch {}; exit 0' TERM",
         draining.display(),
         gone.display()
     );
@@ -727,10 +736,7 @@ fn a_dead_guards_setsid_grandchild_holds_the_hook_while_its_cgroup_is_populated(
         ),
     )
     .expect("gc.sh");
-    let agent = format!(
-        "setsid sh {} & trap 'exit 0' TERM; while :; do sleep 0.1; done",
-        grandchild.display()
-    );
+    let agent = format!("setsid sh {} & trap 'exit 0' TERM", grandchild.display());
     let (mut killed, mut survivor) = killed_and_survivor(&h, &agent);
     let gc = crate::cgroup::pid_in(&pidfile);
     let agent_pid = killed.status()["agent_pid"].as_i64().expect("agent pid") as i32;
