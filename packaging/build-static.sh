@@ -19,7 +19,9 @@
 #   that file; packaging/test-root.sh checks it.
 # - packaging/startup-order.txt, for lld (x86_64 built on x86_64 only): the functions of the
 #   guard's start and idle laid out together, then those of a scale-in, so that an idle guard
-#   maps a dozen 64-KiB windows of its code instead of most of them. Why and how it is made, in
+#   maps a dozen 64-KiB windows of its code instead of most of them; and
+#   packaging/startup-rodata.ld, the same for the constants start-up reads (string literals,
+#   vtables, jump tables: 6 windows instead of 20). Why and how both are made, in
 #   packaging/startup-order.sh; a stale list costs memory, never correctness.
 # Passed as RUSTFLAGS together with --target, so they reach the target's code and not the build
 # scripts or proc-macros, and override any RUSTFLAGS of the caller's.
@@ -73,6 +75,13 @@ if [[ $target == x86_64-unknown-linux-gnu && $host == "$target" && -f packaging/
   order=$out/startup-order-$(sha256sum packaging/startup-order.txt | cut -c1-12).txt
   [[ -f $order ]] || cp packaging/startup-order.txt "$order"
   flags+=" -C link-arg=-Wl,--symbol-ordering-file=$order -C link-arg=-Wl,--no-warn-symbol-ordering"
+  if [[ -f packaging/startup-rodata.ld ]]; then
+    # The constants start-up reads, ahead of .rodata (an INSERT script: the default layout
+    # stays). Its names are x86_64's too; an unmatched line is silently nothing.
+    rodata=$out/startup-rodata-$(sha256sum packaging/startup-rodata.ld | cut -c1-12).ld
+    [[ -f $rodata ]] || cp packaging/startup-rodata.ld "$rodata"
+    flags+=" -C link-arg=-Wl,-T,$rodata"
+  fi
 fi
 
 # Stripped by the linker rather than by the profile's `strip = true`: the profile is part of the
