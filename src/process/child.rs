@@ -100,21 +100,11 @@ impl Agent {
             });
         };
         let program_text = program.to_string_lossy().into_owned();
-        if let Some(cgroup) = cgroup {
-            let mut exec = ExecWithPid::new(&spec.command, &spec.env, spec.watchdog_pid)?;
-            let mut run = || exec.exec();
-            let started = clone_into::spawn(
-                cgroup.dir_fd(),
-                &mut run,
-                spec.command.len(),
-                hand_over_terminal,
-                job_control,
-            );
-            match started {
-                Ok(Some(pid)) => return Ok(Agent::started(pid)),
-                Ok(None) => {} // no CLONE_INTO_CGROUP here: the write before exec below
-                Err(err) => return Err(classify(program_text, err)),
-            }
+        if let Some(cgroup) = cgroup
+            && let Some(agent) =
+                Agent::born_in(spec, cgroup, hand_over_terminal, job_control, &program_text)?
+        {
+            return Ok(agent);
         }
         let cgroup_procs = cgroup.map(AgentCgroup::join_fd);
         let mut own_exec = if spec.watchdog_pid {
@@ -166,6 +156,30 @@ impl Agent {
             // the reaper may wait for it. Dropping a std Child neither kills nor waits.
             Ok(child) => Ok(Agent::started(child.id() as pid_t)),
             Err(err) => Err(classify(program_text, err)),
+        }
+    }
+
+    /// The agent born in its cgroup (`clone3` with `CLONE_INTO_CGROUP`); `None` where the kernel
+    /// has no such clone (older than 5.7): the caller then enters the cgroup before exec.
+    fn born_in(
+        spec: &SpawnSpec,
+        cgroup: &AgentCgroup,
+        hand_over_terminal: bool,
+        job_control: JobControl,
+        program: &str,
+    ) -> Result<Option<Agent>, SpawnError> {
+        let mut exec = ExecWithPid::new(&spec.command, &spec.env, spec.watchdog_pid)?;
+        let mut run = || exec.exec();
+        let started = clone_into::spawn(
+            cgroup.dir_fd(),
+            &mut run,
+            spec.command.len(),
+            hand_over_terminal,
+            job_control,
+        );
+        match started {
+            Ok(pid) => Ok(pid.map(Agent::started)),
+            Err(err) => Err(classify(program.to_string(), err)),
         }
     }
 
