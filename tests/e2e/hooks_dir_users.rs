@@ -15,7 +15,8 @@ use agent_guard::sim::autoscaling::{AutoScalingSim, Call, Hook, TERMINATING};
 use agent_guard::sim::imds::ImdsSim;
 
 use crate::support::{
-    Guard, SOON, aws_command, bin, require_root, scratch, unique_socket, wait_until,
+    Guard, SOON, armed_shell, aws_command, bin, require_root, scratch, unique_socket, wait_armed,
+    wait_until,
 };
 
 const GROUP: &str = "workers";
@@ -200,18 +201,22 @@ fn a_non_root_guard_sharing_the_group_registers_clears_and_completes_once_as_the
     // The worker's guard is first of the new round: it must clear root's leftovers (else it
     // would read the old round as done, and the dead guard as an unclean exit: ABANDON).
     let marker = h.dir.path().join("worker").join("agent-exited");
-    let worker_agent = format!(
-        "trap 'sleep 5; touch {}; exit 0' TERM; while :; do sleep 0.1; done",
-        marker.display()
+    // Each armed marker in its guard's own directory: the worker's agent runs as the worker.
+    let (worker_armed, indexer_armed) = (
+        h.dir.path().join("worker").join("armed"),
+        h.dir.path().join("indexer").join("armed"),
+    );
+    let worker_agent = armed_shell(
+        &format!("trap 'sleep 5; touch {}; exit 0' TERM", marker.display()),
+        &worker_armed,
     );
     let mut worker = h.guard("worker", true, &worker_agent);
     ready(&mut worker);
-    let mut indexer = h.guard(
-        "indexer",
-        false,
-        "trap 'exit 0' TERM; while :; do sleep 0.1; done",
-    );
+    let indexer_agent = armed_shell("trap 'exit 0' TERM", &indexer_armed);
+    let mut indexer = h.guard("indexer", false, &indexer_agent);
     ready(&mut indexer);
+    wait_armed(&worker_armed);
+    wait_armed(&indexer_armed);
 
     h.asg.terminate(GROUP, INSTANCE);
     h.imds.set_lifecycle_state(Some("Terminated"));

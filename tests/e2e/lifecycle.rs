@@ -10,8 +10,8 @@ use agent_guard::sim::autoscaling::{Call, Faults, Hook, LAUNCHING, TERMINATING};
 use agent_guard::sim::imds::ImdsSim;
 
 use crate::support::{
-    Guard, SOON, World, aws_command, command, first_time, fixture, json_lines, let_time_pass,
-    scratch, wait_until,
+    Guard, SOON, World, armed_shell, aws_command, command, first_time, fixture, json_lines,
+    let_time_pass, scratch, wait_armed, wait_until,
 };
 
 const GROUP: &str = "workers";
@@ -519,6 +519,7 @@ fn a_spot_interruption_completes_the_hook_when_the_group_holds_one_and_stays_qui
 #[test]
 fn status_and_metrics_show_the_hook() {
     let dir = scratch();
+    let armed = dir.path().join("armed");
     let w = world(Some(terminate_hook()), None);
     let mut cmd_guard = guard(
         dir.path(),
@@ -540,10 +541,11 @@ fn status_and_metrics_show_the_hook() {
         &[
             "sh",
             "-c",
-            "trap '' USR1; trap 'exit 0' TERM; while :; do sleep 0.05; done",
+            &armed_shell("trap '' USR1; trap 'exit 0' TERM", &armed),
         ],
     );
     wait_lifecycle_ready(&cmd_guard);
+    wait_armed(&armed);
     let addr = cmd_guard.health_addr();
     w.asg.terminate(GROUP, INSTANCE);
     w.imds.set_lifecycle_state(Some("Terminated"));

@@ -11,7 +11,8 @@ use agent_guard::sim::autoscaling::{AutoScalingSim, Call, Hook, LAUNCHING, TERMI
 use agent_guard::sim::imds::ImdsSim;
 
 use crate::support::{
-    Guard, SOON, aws_command, first_time, fixture, json_lines, let_time_pass, scratch, wait_until,
+    Guard, SOON, armed_shell, aws_command, first_time, fixture, json_lines, let_time_pass, scratch,
+    wait_armed, wait_until,
 };
 
 const GROUP: &str = "workers";
@@ -101,23 +102,14 @@ fn ready(guard: &Guard) {
 /// shell by the default action instead of the trap.
 fn killed_and_survivor(h: &Host, setup: &str) -> (Guard, Guard) {
     let armed = |name: &str| h.dir.path().join(format!("{name}.armed"));
-    let agent = |setup: &str, name: &str| {
-        format!(
-            "{setup}; touch {}; while :; do sleep 0.1; done",
-            armed(name).display()
-        )
-    };
-    let killed = h.guard("killed", TERMINATE, &["sh", "-c", &agent(setup, "killed")]);
-    let survivor = h.guard(
-        "survivor",
-        TERMINATE,
-        &["sh", "-c", &agent("trap 'exit 0' TERM", "survivor")],
-    );
+    let killed_agent = armed_shell(setup, &armed("killed"));
+    let survivor_agent = armed_shell("trap 'exit 0' TERM", &armed("survivor"));
+    let killed = h.guard("killed", TERMINATE, &["sh", "-c", &killed_agent]);
+    let survivor = h.guard("survivor", TERMINATE, &["sh", "-c", &survivor_agent]);
     ready(&killed);
     ready(&survivor);
-    for name in ["killed", "survivor"] {
-        wait_until("the agent's traps are set", SOON, || armed(name).exists());
-    }
+    wait_armed(&armed("killed"));
+    wait_armed(&armed("survivor"));
     (killed, survivor)
 }
 
@@ -315,26 +307,15 @@ fn two_agents_exiting_at_the_same_moment_complete_it_exactly_once() {
 #[test]
 fn abandon_from_one_guard_wins_over_continue() {
     let h = terminate_host();
-    let mut clean = h.guard(
-        "clean",
-        TERMINATE,
-        &[
-            "sh",
-            "-c",
-            "trap 'exit 0' TERM; while :; do sleep 0.05; done",
-        ],
-    );
-    let mut failing = h.guard(
-        "failing",
-        TERMINATE,
-        &[
-            "sh",
-            "-c",
-            "trap 'sleep 0.5; exit 3' TERM; while :; do sleep 0.05; done",
-        ],
-    );
+    let armed = |name: &str| h.dir.path().join(format!("{name}.armed"));
+    let clean_agent = armed_shell("trap 'exit 0' TERM", &armed("clean"));
+    let failing_agent = armed_shell("trap 'sleep 0.5; exit 3' TERM", &armed("failing"));
+    let mut clean = h.guard("clean", TERMINATE, &["sh", "-c", &clean_agent]);
+    let mut failing = h.guard("failing", TERMINATE, &["sh", "-c", &failing_agent]);
     ready(&clean);
     ready(&failing);
+    wait_armed(&armed("clean"));
+    wait_armed(&armed("failing"));
     h.scale_in();
     assert_eq!(failing.code(), 3, "{}", failing.log());
     assert_eq!(clean.code(), 0, "{}", clean.log());

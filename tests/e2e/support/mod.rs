@@ -95,6 +95,22 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// An agent for `sh -c`: runs `setup` (its traps), says so by creating `armed`, then idles. A
+/// guard is ready before its agent's shell has read its first line, and a signal that came before
+/// the traps would end the shell by the default action: a test that has the guard signal the
+/// agent soon after the start waits for `armed` first ([`wait_armed`]).
+pub fn armed_shell(setup: &str, armed: &Path) -> String {
+    format!(
+        "{setup}; touch {}; while :; do sleep 0.05; done",
+        armed.display()
+    )
+}
+
+/// Waits until an [`armed_shell`] has set its traps.
+pub fn wait_armed(armed: &Path) {
+    wait_until("the agent's traps are set", SOON, || armed.exists());
+}
+
 /// A scratch directory removed when dropped.
 pub fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new()
