@@ -457,6 +457,19 @@ fn registration(h: &Host, name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{name}'s registration in {}", guards.display()))
 }
 
+/// Asserts that `completion` came after `marker` was written, the last act of `what`.
+fn completed_after(completion: &Call, marker: &Path, what: &str) {
+    let gone_at = std::fs::metadata(marker)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let completed_at = std::time::SystemTime::now() - completion.at.elapsed();
+    assert!(
+        completed_at > gone_at,
+        "completed {:?} before {what} was gone",
+        gone_at.duration_since(completed_at).unwrap_or_default()
+    );
+}
+
 /// Whether the guard has exited (then it decided, one way or the other).
 fn exited(guard: &mut Guard) -> bool {
     matches!(guard.child.try_wait(), Ok(Some(_)))
@@ -570,15 +583,7 @@ fn a_guard_sigkilled_mid_drain_is_waited_for_until_its_orphaned_agent_is_gone() 
     assert_eq!(completes.len(), 1, "completed once: {completes:?}");
     // The killed guard's agent was never seen to stop cleanly: its --on-unclean-exit counts.
     assert_eq!(completes[0].params["LifecycleActionResult"], "ABANDON");
-    let gone_at = std::fs::metadata(&gone)
-        .and_then(|m| m.modified())
-        .expect("mtime");
-    let completed_at = std::time::SystemTime::now() - completes[0].at.elapsed();
-    assert!(
-        completed_at > gone_at,
-        "completed {:?} before the orphan was gone",
-        gone_at.duration_since(completed_at).unwrap_or_default()
-    );
+    completed_after(&completes[0], &gone, "the orphan");
     assert!(
         survivor.log().contains("gone without a word"),
         "{}",
@@ -759,15 +764,7 @@ fn a_dead_guards_setsid_grandchild_holds_the_hook_while_its_cgroup_is_populated(
     assert_eq!(survivor.code(), 0, "{}", survivor.log());
     let completes = h.completions_ok();
     assert_eq!(completes.len(), 1, "completed once: {completes:?}");
-    let gone_at = std::fs::metadata(&done)
-        .and_then(|m| m.modified())
-        .expect("mtime");
-    let completed_at = std::time::SystemTime::now() - completes[0].at.elapsed();
-    assert!(
-        completed_at > gone_at,
-        "completed {:?} before the grandchild was gone",
-        gone_at.duration_since(completed_at).unwrap_or_default()
-    );
+    completed_after(&completes[0], &done, "the grandchild");
     crate::cgroup::reap_leftover(gc);
     // The dead guard could not remove its cgroup; the next guard's sweep would.
     let _ = std::fs::remove_dir(&cgroup);
