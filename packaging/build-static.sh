@@ -5,14 +5,7 @@
 # usage: packaging/build-static.sh [TARGET]     (default: this machine's, e.g. x86_64-unknown-linux-gnu)
 # exit status: 0 built; 3 TARGET cannot be built here (the reason on stderr); 1 the build failed
 #
-# The flags, and why:
-# - `+crt-static`: glibc linked in, so the binary runs on any Linux >= 3.2 whatever its libc
-#   (Amazon Linux 2's glibc 2.26, Alpine's musl, scratch and distroless images with none).
-# - `relocation-model=static`: a plain static executable rather than a static-pie. A static-pie
-#   applies ~18,000 relative relocations to itself at every start, writing (and so copying) the
-#   ~280 KiB of .data.rel.ro: measured by bench/run.py, that is start-up time and anonymous memory.
-#   It gives up ASLR of the binary's own image (the stack, heap and mmaps stay randomised), as
-#   Debian's tini-static does.
+# The flags, and why (those every static build shares, in packaging/static-flags.sh):
 # - packaging/static-nss.c, linked in: host names come from /etc/hosts and DNS only. A static glibc
 #   would otherwise dlopen the host's NSS modules named in /etc/nsswitch.conf (resolve,
 #   myhostname, sss …), built for another glibc: on Debian 11 that aborts the process. Why, in
@@ -68,7 +61,7 @@ mkdir -p "$out"
 nss_obj=$out/static-nss-$(sha256sum packaging/static-nss.c | cut -c1-12).o
 [[ -f $nss_obj ]] || "$cc" -O2 -fno-pie -c packaging/static-nss.c -o "$nss_obj"
 
-flags="-C target-feature=+crt-static -C relocation-model=static -C link-arg=$nss_obj"
+flags="$(packaging/static-flags.sh) -C link-arg=$nss_obj"
 if [[ $target == x86_64-unknown-linux-gnu && $host == "$target" && -f packaging/startup-order.txt ]]; then
   # Named by its content too. The list is of x86_64's mangled names (startup-order.sh makes it
   # on an x86_64 host): another target's linker would find none of them, silently.

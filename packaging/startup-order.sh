@@ -72,8 +72,10 @@ target_dir=${CARGO_TARGET_DIR:-$root/target}/startup-order
 # fixed path: RUSTFLAGS are part of every crate's fingerprint, so a path that changed per run would
 # rebuild everything each time.
 map=$target_dir/agent-guard.map
+# The flags of the shipped build (build-static.sh), so that the profiled code is the same code.
+static_flags=$(packaging/static-flags.sh)
 (cd "$work" && CARGO_TARGET_DIR=$target_dir CARGO_PROFILE_RELEASE_STRIP=false \
-  RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C link-arg=-Wl,-Map=$map -C link-arg=-Wl,--no-demangle" \
+  RUSTFLAGS="$static_flags -C link-arg=-Wl,-Map=$map -C link-arg=-Wl,--no-demangle" \
   cargo build --release --locked --target "$host" --bin agent-guard >&2)
 binary=$target_dir/$host/release/agent-guard
 
@@ -204,7 +206,7 @@ if [[ $(id -u) != 0 || -z $ra ]]; then
   exit 0
 fi
 (cd "$work" && CARGO_TARGET_DIR=$target_dir CARGO_PROFILE_RELEASE_STRIP=false \
-  RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C link-arg=-Wl,-Map=$map -C link-arg=-Wl,--no-demangle" \
+  RUSTFLAGS="$static_flags -C link-arg=-Wl,-Map=$map -C link-arg=-Wl,--no-demangle" \
   cargo rustc --release --locked --target "$host" --bin agent-guard -- \
   -C link-arg=-Wl,--symbol-ordering-file="$root/packaging/startup-order.txt" \
   -C link-arg=-Wl,--no-warn-symbol-ordering >&2) # RUSTFLAGS' -Map comes last: $map is this link's

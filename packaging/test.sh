@@ -58,6 +58,10 @@ mkdir -p "$work/unpacked"
 tar xzf "$archive" -C "$work/unpacked"
 binary=$work/unpacked/$name/agent-guard
 check_with file "the binary is statically linked (file)" sh -c "file -b '$binary' | tee -a /dev/stderr | grep -q 'statically linked'"
+# packaging/static-flags.sh remaps cargo's registry: the binary names no builder's home directory,
+# so it is the same whoever builds it.
+check "the binary names no path of cargo's registry (built the same by anyone)" sh -c \
+  "! grep -q -a -e '/registry/src/index.crates.io-' '$binary'"
 check "the binary says the version of Cargo.toml ($version)" sh -c "'$binary' --version | grep -qx 'agent-guard $version'"
 check_with readelf "the binary names no interpreter and no shared libraries" sh -c "! readelf -lW '$binary' | grep -q INTERP && ! readelf -dW '$binary' 2>/dev/null | grep -q NEEDED"
 check "sha256sum -c SHA256SUMS" sh -c "cd dist && sha256sum -c SHA256SUMS"
