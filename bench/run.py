@@ -23,7 +23,8 @@ Reported against peers measured in the same run, never as absolute promises:
 - /readyz under wrk against nginx returning a static 200 (64 connections, loopback);
 - the configuration users run: the guard with its health endpoint on and IMDS polled every 2 s
   (the simulated IMDS of examples/sim_world.rs, on loopback): its idle RSS, and its CPU time
-  over an idle minute (20 s with --quick), given per idle hour.
+  over an idle minute (20 s with --quick), given per idle hour; the baseline too when
+  BENCH_BASELINE is given.
 The floors of issues 22 and 26 are checked at the end; the exit status is 1 if one is missed.
 """
 import os
@@ -202,13 +203,41 @@ def stop(proc, agents=None):
 
 
 def cpu_ticks(pid):
-    """utime + stime of `pid`, in clock ticks (fields 14 and 15 of /proc/PID/stat)."""
+    """utime + stime of `pid`, in clock ticks (fields 14 and 15 of /proc/PID/stat): all its
+    threads, those that have exited included, but only to 1/CLK_TCK s (10 ms)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
 
 
-def as_users_run(guard):
+def cpu_ns(pid):
+    """CPU time of each live thread of `pid`, in nanoseconds (/proc/PID/task/TID/schedstat)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[tid] = int(f.read().split()[0])
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def idle_cpu_per_hour(pid, window):
+    """CPU seconds per hour of `pid` over `window` seconds. An idle guard uses a few ticks a
+    minute, so ticks alone would read +-0.6 s per hour; the threads' nanosecond counters are used
+    when the same threads lived through the window (a thread that exits takes its counter with
+    it), the ticks otherwise."""
+    t0, c0, n0 = time.monotonic(), cpu_ticks(pid), cpu_ns(pid)
+    time.sleep(window)
+    t1, c1, n1 = time.monotonic(), cpu_ticks(pid), cpu_ns(pid)
+    if n0.keys() == n1.keys():
+        seconds = (sum(n1.values()) - sum(n0.values())) / 1e9
+    else:
+        seconds = (c1 - c0) / os.sysconf("SC_CLK_TCK")
+    return seconds * 3600 / (t1 - t0)
+
+
+def as_users_run(guard, sock):
     """The guard as deployed: health on, IMDS polled every 2 s against the simulated IMDS. Idle
     RSS after the first polls, and CPU seconds per idle hour measured over a window."""
     subprocess.run(["cargo", "build", "--quiet", "--locked", "--example", "sim_world"], cwd=ROOT, check=True)
@@ -216,16 +245,13 @@ def as_users_run(guard):
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     ports = dict(kv.split("=") for kv in sim.stdout.readline().split())
     cmd = [guard, "--imds", "on", "--imds-endpoint", f"http://127.0.0.1:{ports['imds']}", "--imds-poll", "2s",
-           "--health-listen", "127.0.0.1:0", "--socket", os.path.join(WORK, "u.sock"), "--", "sleep", "3600"]
+           "--health-listen", "127.0.0.1:0", "--socket", os.path.join(WORK, sock), "--", "sleep", "3600"]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     try:
         time.sleep(5.0)  # the first polls, the token, the health threads up
         mem = memory_kib(proc.pid)
         window = 20 if QUICK else 60
-        t0, c0 = time.monotonic(), cpu_ticks(proc.pid)
-        time.sleep(window)
-        t1, c1 = time.monotonic(), cpu_ticks(proc.pid)
-        per_hour = (c1 - c0) / os.sysconf("SC_CLK_TCK") * 3600 / (t1 - t0)
+        per_hour = idle_cpu_per_hour(proc.pid, window)
     finally:
         stop(proc)
         sim.stdin.close()
@@ -351,7 +377,9 @@ def main():
     rss = idle_rss(ws)
     lat = signal_latency(ws)
     web = readyz(guard)
-    deployed = as_users_run(guard)
+    deployed = as_users_run(guard, "u.sock")
+    baseline = os.environ.get("BENCH_BASELINE")
+    deployed_base = as_users_run(os.path.abspath(baseline), "ub.sock") if baseline else None
     bare = start["bare"]
     sizes = {name: os.path.getsize(shutil.which(w[0])) for name, w in ws.items() if w}
 
@@ -382,7 +410,12 @@ def main():
     d = deployed["rss"]
     print(f"As users run it (health endpoint on, IMDS polled every 2 s): idle RSS {d['VmRSS']} KiB "
           f"({d['RssAnon']} KiB anonymous), CPU {deployed['cpu_per_hour_s']:.2f} s per idle hour "
-          f"(measured over {deployed['window_s']} s).\n")
+          f"(measured over {deployed['window_s']} s)", end="")
+    if deployed_base:
+        b = deployed_base["rss"]
+        print(f"; the baseline {b['VmRSS']} KiB ({b['RssAnon']} KiB anonymous), "
+              f"{deployed_base['cpu_per_hour_s']:.2f} s per idle hour", end="")
+    print(".\n")
 
     g = rss["agent-guard"]
     h = rss["agent-guard, --health-listen off"]
