@@ -16,7 +16,8 @@
 //!    agent's own cgroup v2, `--cgroup`), `reaper` (the only caller of `waitpid`),
 //!    `drain_command` (`--on-drain`), `upstream` (the guard's own sd_notify to systemd).
 //!    Next to it, `fsat`: directories used through their descriptors (the `*at` calls, `flock`,
-//!    owner and mode checks); imports nothing of the crate.
+//!    owner and mode checks); imports nothing of the crate. And `net`: client connections (TCP,
+//!    then TLS with the system's roots) for the AWS SDK's transport and the health probes.
 //! 3. `model`: the pure vocabulary several parts decide on or show: `drain` (`DrainReason`),
 //!    `phase` (`PhaseName`), `notice` (`NoticeKind`), `hooks` (hook results and states), `restart` (the policy),
 //!    `lifecycle_state` (every Auto Scaling lifecycle state, parsed in one place), and the
@@ -37,7 +38,8 @@
 //!    included) once the agent's group is gone.
 //! 7. `aws`: `imds`, `notices` (the poller over its registry of sources, one module each),
 //!    `scheduled` (IMDS and what it says); `api`, `context`,
-//!    `hook_calls`, `backoff` (the Auto Scaling calls and the one shared context); `lifecycle`,
+//!    `hook_calls`, `backoff` (the Auto Scaling calls and the one shared context), `transport`
+//!    (the SDK's HTTP client: HTTP/1.1 over `net`, a connection per request); `lifecycle`,
 //!    `termination`, `wait_state` (the hooks, completed once by the last agent out,
 //!    in the wait state however late); `status` (the lifecycle snapshot, written only here);
 //!    `protection`, `maintenance`, `replace`, `health_status`, `emf`, `warm_pool`; `targets`
@@ -73,6 +75,7 @@ mod logging;
 mod machine;
 mod model;
 mod names;
+mod net;
 mod process;
 pub mod sim;
 

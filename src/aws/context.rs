@@ -178,11 +178,7 @@ pub(crate) fn env_region() -> Option<String> {
 /// and its instance-profile credentials come from the IMDS the guard reads (`--imds-endpoint`,
 /// `--imds-endpoint-mode`), not from the SDK's own idea of it.
 pub(crate) async fn sdk_config(region: &str, imds_endpoint: &str) -> aws_config::SdkConfig {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
+    let http = crate::aws::transport::client();
     let timeouts = aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
         .operation_attempt_timeout(Duration::from_secs(10))

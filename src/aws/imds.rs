@@ -20,7 +20,6 @@ use std::time::Duration;
 use aws_config::imds::Client;
 use aws_config::imds::client::error::ImdsError as SdkImdsError;
 use aws_config::provider_config::ProviderConfig;
-use aws_smithy_http_client::Builder as HttpClientBuilder;
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
     SharedHttpConnector,
@@ -105,8 +104,8 @@ impl ImdsClient {
     /// A client for `endpoint` (`http://169.254.169.254` on EC2) whose requests each give up
     /// after `timeout` to connect and `timeout` to answer.
     pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, ImdsError> {
-        // IMDS is plain HTTP on a link-local address: no TLS stack is loaded for it.
-        let http = bounded(HttpClientBuilder::new().build_http());
+        // IMDS is plain HTTP on a link-local address: the CA bundle is never read for it.
+        let http = bounded(crate::aws::transport::client());
         let config = ProviderConfig::default().with_http_client(http);
         let client = build(&config, endpoint, timeout)?;
         Ok(ImdsClient {

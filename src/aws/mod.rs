@@ -17,5 +17,6 @@ pub(crate) mod scheduled;
 pub(crate) mod status;
 pub(crate) mod targets;
 pub(crate) mod termination;
+pub(crate) mod transport;
 pub(crate) mod wait_state;
 pub(crate) mod warm_pool;

@@ -259,7 +259,7 @@ fn reported_down(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::http_get::test_server::{closed_port, serve};
+    use crate::net::test_server::{closed_port, serve};
 
     #[test]
     fn reads_down_states_from_json_bodies() {

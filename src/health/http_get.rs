@@ -3,8 +3,8 @@
 //!
 //! Why not a general HTTP client: a probe must see the service as a new client would (no pooled
 //! connection hides a dead listener), it goes through no proxy, and it needs a status and at
-//! most a small body. hyper's connection API, tokio-rustls and the system's roots are already
-//! built for the AWS SDK, so this is one module rather than a second HTTP stack in the binary.
+//! most a small body. The connection (TCP, then TLS with the system's roots) is `net`'s, shared
+//! with the AWS SDK's transport, so this is one module rather than a second HTTP stack.
 //!
 //! Nothing here bounds time: every caller wraps the whole GET (resolving, connecting, TLS, each
 //! redirect, the body) in its own timeout, so one deadline and one message cover all of it.
@@ -13,7 +13,6 @@
 
 use std::net::IpAddr;
 use std::pin::pin;
-use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
@@ -21,12 +20,11 @@ use http::header::{ACCEPT, AUTHORIZATION, HOST, LOCATION, USER_AGENT};
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use url::Url;
 
 use crate::fmt::error_chain;
+use crate::net;
 
 /// Redirects followed before giving up: a health URL behind a login or a trailing-slash
 /// redirect needs one or two; more than this is a loop or a misconfiguration.
@@ -62,16 +60,10 @@ pub enum GetError {
     /// Resolving the host or the TCP connect failed (the OS error names neither).
     #[error("connect: {}", error_chain(.0))]
     Connect(std::io::Error),
-    /// The TLS client could not be set up (not expected with ring's provider).
-    #[error("TLS: {0}")]
-    TlsSetup(rustls::Error),
-    /// The host cannot be a TLS server name.
-    #[error("TLS: the host is not a valid server name")]
-    ServerName,
-    /// The TLS handshake failed: not TLS on the other end, an untrusted or expired certificate,
-    /// a certificate for another name.
-    #[error("TLS: {}", error_chain(.0))]
-    Tls(std::io::Error),
+    /// TLS could not be set up, or its handshake failed: not TLS on the other end, an
+    /// untrusted or expired certificate, a certificate for another name.
+    #[error("{0}")]
+    Tls(net::TlsError),
     /// The request could not be written, or the answer was not HTTP or was cut short.
     #[error("HTTP: {}", error_chain(.0))]
     Http(hyper::Error),
@@ -157,28 +149,17 @@ async fn exchange(
     let host = url.host().ok_or(GetError::NoHost)?;
     let port = url.port_or_known_default().ok_or(GetError::NoHost)?;
     let request = request(url, authorization)?;
-    let tcp = match host {
-        url::Host::Domain(name) => TcpStream::connect((name, port)).await,
-        url::Host::Ipv4(ip) => TcpStream::connect((IpAddr::V4(ip), port)).await,
-        url::Host::Ipv6(ip) => TcpStream::connect((IpAddr::V6(ip), port)).await,
-    }
-    .map_err(GetError::Connect)?;
-    // One small request written at once: no reason to wait for Nagle.
-    let _ = tcp.set_nodelay(true);
+    let host = match host {
+        url::Host::Domain(name) => net::Host::Name(name),
+        url::Host::Ipv4(ip) => net::Host::Ip(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => net::Host::Ip(IpAddr::V6(ip)),
+    };
+    let tcp = net::tcp(host, port).await.map_err(GetError::Connect)?;
     if !https {
         return send(tcp, request, read_body).await;
     }
-    let name = match host {
-        url::Host::Domain(name) => {
-            ServerName::try_from(name.to_string()).map_err(|_| GetError::ServerName)?
-        }
-        url::Host::Ipv4(ip) => ServerName::from(IpAddr::V4(ip)),
-        url::Host::Ipv6(ip) => ServerName::from(IpAddr::V6(ip)),
-    };
-    let tls = tokio_rustls::TlsConnector::from(tls_config()?)
-        .connect(name, tcp)
-        .await
-        .map_err(GetError::Tls)?;
+    let config = net::system_tls().map_err(GetError::Tls)?;
+    let tls = net::tls(config, host, tcp).await.map_err(GetError::Tls)?;
     send(tls, request, read_body).await
 }
 
@@ -275,95 +256,10 @@ fn basic_auth(url: &Url) -> Option<HeaderValue> {
     Some(value)
 }
 
-/// The TLS client configuration, built the first time an https URL is requested and then
-/// shared: it reads and parses the system's CA bundle, which costs milliseconds and several
-/// hundred KiB that a guard without HTTPS checks should never pay. It is read on the calling
-/// task's thread, once per process: a few milliseconds, not worth a blocking-pool hand-off.
-/// A bundle added after that is not seen until the guard restarts.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, GetError> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, rustls::Error>> = OnceLock::new();
-    CONFIG
-        .get_or_init(build_tls_config)
-        .clone()
-        .map_err(GetError::TlsSetup)
-}
-
-/// rustls with ring (the process's one TLS stack, the AWS SDK's too), the system's roots
-/// (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured), ALPN `http/1.1`.
-///
-/// No roots is not an error: in a scratch image without a CA bundle, http:// checks must still
-/// work; https:// ones then fail to verify, and say why. That is logged once, here.
-fn build_tls_config() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, ignored) = roots.add_parsable_certificates(found.certs);
-    let first_error = found.errors.first().map(ToString::to_string);
-    if added == 0 {
-        tracing::warn!(
-            error = first_error.as_deref().unwrap_or("none"),
-            "no CA certificates found (copy a bundle in, or set SSL_CERT_FILE): https:// checks will fail, http:// checks work"
-        );
-    } else if ignored > 0 || first_error.is_some() {
-        tracing::debug!(
-            added,
-            ignored,
-            error = first_error.as_deref().unwrap_or("none"),
-            "some CA certificates could not be used"
-        );
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// A loopback HTTP server for tests, here and in the checks'.
-#[cfg(test)]
-pub(crate) mod test_server {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    /// A loopback port with nothing listening on it (bound, then released at once).
-    pub(crate) fn closed_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a port")
-            .port()
-    }
-
-    /// A loopback server that answers each connection with `answer(request head)`, written
-    /// as is, then closes it. Returns its address.
-    pub(crate) async fn serve(answer: fn(&str) -> String) -> std::net::SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let reply = answer(&String::from_utf8_lossy(&head));
-                    let _ = stream.write_all(reply.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
-            }
-        });
-        addr
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::test_server::{closed_port, serve};
     use super::*;
+    use crate::net::test_server::{closed_port, serve};
 
     use std::time::Duration;
 
