@@ -10,8 +10,9 @@
 //! Nothing here bounds time: each caller bounds the connect and the handshake as its own
 //! contract says (the SDK's connect timeout; a probe's one deadline for the whole GET).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -64,16 +65,66 @@ pub(crate) enum TlsError {
     Handshake(std::io::Error),
 }
 
-/// A TCP connection to `host`:`port`, each address the name resolves to tried in turn.
-/// `TCP_NODELAY` is set: every request here is written at once and waits for its answer.
+/// How long an address may go unanswered before the next one is tried beside it (RFC 8305's
+/// "connection attempt delay"; hyper's client, which the SDK used before `aws::transport`,
+/// waits 300 ms before it tries the other address family).
+pub(crate) const NEXT_ADDRESS_AFTER: Duration = Duration::from_millis(300);
+
+/// A TCP connection to `host`:`port`. `TCP_NODELAY` is set: every request here is written at
+/// once and waits for its answer.
+///
+/// A name may resolve to several addresses, IPv6 first on most systems. Each is tried in turn,
+/// and one that neither answers nor fails within [`NEXT_ADDRESS_AFTER`] does not hold up the
+/// next: both go on, and the first connection made wins. Without that, a dual-stack endpoint
+/// seen from a network that drops IPv6 would time every call out on its IPv6 address, and a
+/// lifecycle hook would never be completed.
 pub(crate) async fn tcp(host: Host<'_>, port: u16) -> std::io::Result<TcpStream> {
-    let tcp = match host {
-        Host::Name(name) => TcpStream::connect((name, port)).await,
-        Host::Ip(ip) => TcpStream::connect((ip, port)).await,
-    }?;
+    let addresses: Vec<SocketAddr> = match host {
+        Host::Name(name) => tokio::net::lookup_host((name, port)).await?.collect(),
+        Host::Ip(ip) => vec![SocketAddr::new(ip, port)],
+    };
+    let tcp = connect_any(&addresses, NEXT_ADDRESS_AFTER).await?;
     // Best effort: a socket without it still works, a little later.
     let _ = tcp.set_nodelay(true);
     Ok(tcp)
+}
+
+/// The first connection made to one of `addresses`, tried in order, the next one started when
+/// the last fails or `after` it started. The attempts that lose are dropped (their sockets
+/// closed). All failing: the last error.
+async fn connect_any(addresses: &[SocketAddr], after: Duration) -> std::io::Result<TcpStream> {
+    let mut pending = addresses.iter().copied();
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut last_error = None;
+    while let Some(address) = pending.next() {
+        attempts.spawn(TcpStream::connect(address));
+        let more = pending.len() > 0;
+        let next_after = tokio::time::sleep(after);
+        tokio::pin!(next_after);
+        loop {
+            tokio::select! {
+                ended = attempts.join_next(), if !attempts.is_empty() => {
+                    match ended {
+                        Some(Ok(Ok(tcp))) => return Ok(tcp),
+                        Some(Ok(Err(err))) => last_error = Some(err),
+                        Some(Err(join)) => last_error = Some(std::io::Error::other(join)),
+                        None => {}
+                    }
+                    if more {
+                        break;
+                    }
+                }
+                () = &mut next_after, if more => break,
+                else => break,
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the name resolved to no address",
+        )
+    }))
 }
 
 /// TLS over `tcp` to `host`, verified against `config`'s roots.
@@ -262,6 +313,82 @@ openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listener on `ip` whose queue of connections is full, so that the kernel drops the next
+    /// SYN and a connect to it neither answers nor fails: a path that drops packets. Returns it
+    /// and the connections queued (to keep them open), and its address.
+    fn stalled(ip: &str) -> (std::net::TcpListener, Vec<std::net::TcpStream>, SocketAddr) {
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind");
+        let address = listener.local_addr().expect("addr");
+        // Fill its queue (std listens with a backlog of 128); nothing ever accepts.
+        let mut queued = Vec::new();
+        for _ in 0..1024 {
+            match std::net::TcpStream::connect_timeout(&address, Duration::from_millis(300)) {
+                Ok(s) => queued.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+                Err(e) => panic!("filling the queue: {e}"),
+            }
+        }
+        let probe = std::net::TcpStream::connect_timeout(&address, Duration::from_millis(500));
+        assert!(
+            probe
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut),
+            "a full queue should leave a connect unanswered: {probe:?}"
+        );
+        (listener, queued, address)
+    }
+
+    #[tokio::test]
+    async fn an_address_that_does_not_answer_does_not_hold_up_the_next() {
+        let (_held, _queued, silent) = stalled("127.0.0.2");
+        // The same port on another loopback address, answering.
+        let answering = tokio::net::TcpListener::bind(("127.0.0.1", silent.port()))
+            .await
+            .expect("bind");
+        let good = answering.local_addr().expect("addr");
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(10),
+            connect_any(&[silent, good], NEXT_ADDRESS_AFTER),
+        )
+        .await
+        .expect("connected well before the silent address's SYN retries end")
+        .expect("a connection");
+        assert_eq!(tcp.peer_addr().expect("peer"), good);
+    }
+
+    #[tokio::test]
+    async fn the_first_address_that_answers_in_time_is_the_one_used() {
+        let first = tokio::net::TcpListener::bind("127.0.0.2:0")
+            .await
+            .expect("bind");
+        let first = first.local_addr().map(|a| (a, first)).expect("addr");
+        let second = tokio::net::TcpListener::bind(("127.0.0.1", first.0.port()))
+            .await
+            .expect("bind");
+        let second = second.local_addr().expect("addr");
+        let tcp = connect_any(&[first.0, second], NEXT_ADDRESS_AFTER)
+            .await
+            .expect("a connection");
+        assert_eq!(tcp.peer_addr().expect("peer"), first.0);
+    }
+
+    #[tokio::test]
+    async fn refused_everywhere_is_the_last_error_and_no_address_is_said() {
+        let closed = |ip: &str| {
+            let l = std::net::TcpListener::bind((ip, 0)).expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let (a, b) = (closed("127.0.0.1"), closed("127.0.0.2"));
+        let err = connect_any(&[a, b], NEXT_ADDRESS_AFTER)
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        let err = connect_any(&[], NEXT_ADDRESS_AFTER)
+            .await
+            .expect_err("no address");
+        assert_eq!(err.to_string(), "the name resolved to no address");
+    }
 
     #[test]
     fn a_uri_host_is_a_name_or_an_address() {

@@ -9,9 +9,10 @@
 //! through no proxy, as the SDK's client built by `aws::context` did not either: an instance
 //! reaches the Auto Scaling and ELB APIs directly or through VPC endpoints.
 //!
-//! Time is bounded as the SDK asks ([`HttpConnectorSettings`]): the connect timeout covers the
-//! TCP connect and the TLS handshake, the read timeout the wait for the answer's head; the SDK
-//! bounds the whole attempt itself. The connection is driven by a task that the answer's body
+//! Time is bounded as the SDK asks ([`HttpConnectorSettings`]) and as its own client bounded it,
+//! both counted from the call: the connect timeout covers resolving, TCP and TLS, the read
+//! timeout everything until the answer's head; the SDK bounds the whole attempt itself. A name
+//! that resolves to several addresses does not wait on one that drops packets (`net::tcp`). The connection is driven by a task that the answer's body
 //! owns: dropping the answer, read or not, or the call before it is answered, ends that task
 //! and closes the socket, so a server that stops mid-answer leaves nothing behind.
 
@@ -20,6 +21,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
     SharedHttpConnector,
@@ -51,6 +55,15 @@ struct Transport {
 }
 
 impl HttpClient for Transport {
+    /// Named in the SDK's user agent (`md/http#agent-guard-<version>`), as its own client named
+    /// hyper.
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        Some(ConnectorMetadata::new(
+            "agent-guard",
+            Some(env!("CARGO_PKG_VERSION").into()),
+        ))
+    }
+
     fn http_connector(
         &self,
         settings: &HttpConnectorSettings,
@@ -80,8 +93,13 @@ impl HttpConnector for Connector {
 
 impl Connector {
     /// Connects (TCP, then TLS for https) within the connect timeout, sends `request` and
-    /// returns the answer with its body still to be read.
+    /// returns the answer with its body still to be read. Both timeouts count from the call, as
+    /// the SDK's own client counts them: the connect timeout covers resolving, TCP and TLS
+    /// together, the read timeout everything until the answer's head.
     async fn exchange(self, request: HttpRequest) -> Result<HttpResponse, ConnectorError> {
+        let started = Instant::now();
+        let connect_by = self.connect_timeout.map(|after| Limit { started, after });
+        let read_by = self.read_timeout.map(|after| Limit { started, after });
         let request = request
             .try_into_http1x()
             .map_err(|e| ConnectorError::user(e.into()))?;
@@ -99,33 +117,38 @@ impl Connector {
         if !parts.headers.contains_key(HOST) {
             parts.headers.insert(HOST, host_header(&uri)?);
         }
-        // Origin-form: the path and query; the host went into `Host`.
-        let target = uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = Uri::try_from(if target.is_empty() { "/" } else { target })
-            .map_err(|e| ConnectorError::user(e.into()))?;
+        // Origin-form, as hyper's client made it: the path and query; the host went into `Host`.
+        parts.uri = match uri.path_and_query() {
+            Some(target) if target.as_str() != "/" => {
+                let mut origin = http::uri::Parts::default();
+                origin.path_and_query = Some(target.clone());
+                Uri::from_parts(origin).map_err(|e| ConnectorError::user(e.into()))?
+            }
+            _ => Uri::from_static("/"),
+        };
         let request = http::Request::from_parts(parts, body);
 
         let host = net::Host::of_uri(host);
-        let tcp = within(self.connect_timeout, "connect", async {
+        let tcp = within(connect_by, "connect", async {
             net::tcp(host, port)
                 .await
                 .map_err(|e| ConnectorError::io(e.into()))
         })
         .await?;
         if !https {
-            return send(tcp, request, self.read_timeout).await;
+            return send(tcp, request, read_by).await;
         }
         let config = match self.tls {
             Some(config) => config,
             None => net::system_tls().map_err(|e| ConnectorError::other(e.into(), None))?,
         };
-        let tls = within(self.connect_timeout, "TLS handshake", async {
+        let tls = within(connect_by, "connect", async {
             net::tls(config, host, tcp)
                 .await
                 .map_err(|e| ConnectorError::io(e.into()))
         })
         .await?;
-        send(tls, request, self.read_timeout).await
+        send(tls, request, read_by).await
     }
 }
 
@@ -148,32 +171,39 @@ fn user(text: String) -> ConnectorError {
     ConnectorError::user(text.into())
 }
 
+/// A timeout of the SDK's, counted from the call.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    started: Instant,
+    after: Duration,
+}
+
 /// `work` within `limit` (no limit: `None`); past it, a timeout the SDK classifies as one.
 async fn within<T>(
-    limit: Option<Duration>,
+    limit: Option<Limit>,
     what: &'static str,
     work: impl Future<Output = Result<T, ConnectorError>>,
 ) -> Result<T, ConnectorError> {
     let Some(limit) = limit else {
         return work.await;
     };
-    match tokio::time::timeout(limit, work).await {
+    match tokio::time::timeout_at(limit.started + limit.after, work).await {
         Ok(done) => done,
         Err(_) => Err(ConnectorError::timeout(
             format!(
                 "{what} timed out after {}",
-                crate::fmt::format_duration(limit)
+                crate::fmt::format_duration(limit.after)
             )
             .into(),
         )),
     }
 }
 
-/// Sends `request` on `io` and returns the answer once its head is read (within `read_timeout`).
+/// Sends `request` on `io` and returns the answer once its head is read (within `read_by`).
 async fn send<S>(
     io: S,
     request: http::Request<SdkBody>,
-    read_timeout: Option<Duration>,
+    read_by: Option<Limit>,
 ) -> Result<HttpResponse, ConnectorError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -185,7 +215,7 @@ where
     let connection = Driven(tokio::spawn(async move {
         let _ = connection.await;
     }));
-    let response = within(read_timeout, "reading the answer", async {
+    let response = within(read_by, "reading the answer", async {
         sender.send_request(request).await.map_err(hyper_error)
     })
     .await?;
