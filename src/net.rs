@@ -213,23 +213,29 @@ pub(crate) mod test_server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let reply = answer(&String::from_utf8_lossy(&head));
-                    let _ = stream.write_all(reply.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(answer_one(stream, answer));
             }
         });
         addr
+    }
+
+    /// Reads a request head from `stream`, writes `answer(head)` as is, and closes it.
+    async fn answer_one<S>(mut stream: S, answer: fn(&str) -> String)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let reply = answer(&String::from_utf8_lossy(&head));
+        let _ = stream.write_all(reply.as_bytes()).await;
+        let _ = stream.shutdown().await;
     }
 
     /// A test CA and a server configuration whose certificate it signed for `localhost` (made
@@ -289,20 +295,9 @@ openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 
             while let Ok((stream, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let Ok(mut stream) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        answer_one(stream, answer).await;
                     }
-                    let reply = answer(&String::from_utf8_lossy(&head));
-                    let _ = stream.write_all(reply.as_bytes()).await;
-                    let _ = stream.shutdown().await;
                 });
             }
         });
