@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use aws_smithy_runtime_api::client::connection::{CaptureSmithyConnection, ConnectionMetadata};
 use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
@@ -103,6 +104,20 @@ impl Connector {
         let request = request
             .try_into_http1x()
             .map_err(|e| ConnectorError::user(e.into()))?;
+        // The SDK marks the connection of an answer it classes transient for closure (its
+        // connection-poisoning interceptor), and logs an ERROR for every such answer when no
+        // connection was registered. Each connection here serves one request and closes with
+        // its answer: there is nothing to mark, so the one registered does nothing.
+        if let Some(capture) = request.extensions().get::<CaptureSmithyConnection>() {
+            capture.set_connection_retriever(|| {
+                Some(
+                    ConnectionMetadata::builder()
+                        .proxied(false)
+                        .poison_fn(|| {})
+                        .build(),
+                )
+            });
+        }
         let (mut parts, body) = request.into_parts();
         let https = match parts.uri.scheme_str() {
             Some("http") => false,
@@ -366,6 +381,23 @@ mod tests {
         // The port is not the scheme's default, so it is part of Host (and of what SigV4 signs).
         assert!(seen.contains(&format!("|host: {addr}|")), "{seen}");
         assert!(seen.contains("|content-length: 8|"), "{seen}");
+    }
+
+    /// The SDK's connection-poisoning interceptor asks for the connection of every answer it
+    /// classes transient (a 5xx, a throttle, a cut answer), and logs an ERROR when there is none.
+    #[tokio::test]
+    async fn every_request_registers_its_connection_for_the_sdk() {
+        let addr = serve(echo).await;
+        let capture = CaptureSmithyConnection::new();
+        let mut request = post(&format!("http://{addr}/"), "");
+        request.add_extension(capture.clone());
+        assert!(capture.get().is_none());
+        call(&connector(None, None), request)
+            .await
+            .expect("an answer");
+        let connection = capture.get().expect("a connection registered");
+        // Marking it does nothing: it served its one request and is closed.
+        connection.poison();
     }
 
     #[test]
