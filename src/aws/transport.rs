@@ -44,16 +44,12 @@ use crate::net;
 
 /// The client every SDK client and the IMDS client are built with.
 pub(crate) fn client() -> SharedHttpClient {
-    SharedHttpClient::new(Transport { tls: None })
+    SharedHttpClient::new(Transport)
 }
 
 /// The SDK's [`HttpClient`]: hands out a connector with the SDK's timeouts.
 #[derive(Debug, Clone)]
-struct Transport {
-    /// The TLS configuration for https; `None`: the system's roots ([`net::system_tls`]),
-    /// read when the first https request is made.
-    tls: Option<Arc<rustls::ClientConfig>>,
-}
+struct Transport;
 
 impl HttpClient for Transport {
     /// Named in the SDK's user agent (`md/http#agent-guard-<version>`), as its own client named
@@ -71,15 +67,18 @@ impl HttpClient for Transport {
         _components: &RuntimeComponents,
     ) -> SharedHttpConnector {
         SharedHttpConnector::new(Connector {
-            tls: self.tls.clone(),
+            tls: None,
             connect_timeout: settings.connect_timeout(),
             read_timeout: settings.read_timeout(),
         })
     }
 }
 
+/// One connector per SDK client, with that client's timeouts.
 #[derive(Debug, Clone)]
 struct Connector {
+    /// The TLS configuration for https; `None` (always, but in tests): the system's roots
+    /// ([`net::system_tls`]), read when the first https request is made.
     tls: Option<Arc<rustls::ClientConfig>>,
     connect_timeout: Option<Duration>,
     read_timeout: Option<Duration>,
